@@ -1,0 +1,930 @@
+//! Validation and lowering: [`IrModule`] → [`Program`].
+//!
+//! One pass per function turns instruction objects into [`Op`]s with resolved operands,
+//! then a second pass computes handler chains and a third verifies the stack discipline
+//! (every path reaches each instruction with the same operand-stack height, and no
+//! instruction pops below its frame). After this, the interpreter needs no checks of its own
+//! for malformed code.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::error::LoadError;
+use crate::loader::check_version;
+use crate::model::{self, Instruction, IrModule};
+use crate::opcode::Opcode;
+use crate::program::*;
+
+/// Upper bound on the operand stack a single function may need.
+const MAX_STACK: u32 = 1 << 20;
+
+/// Struct types the runtime itself constructs and programs may name in a literal.
+pub const BUILTIN_STRUCTS: &[&str] = &[
+    "ToolError",
+    "AgentError",
+    "SchemaError",
+    "TimeoutError",
+    "PipelineError",
+    "RuntimeError",
+    "EmitError",
+    "Response",
+    "Message",
+    "LedgerEntry",
+];
+
+/// Validates and lowers a parsed module.
+///
+/// # Errors
+/// [`LoadError::VersionMismatch`] or [`LoadError::Invalid`].
+pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
+    let mut warnings = Vec::new();
+    if let Some(warning) = check_version(&module.version)? {
+        warnings.push(warning);
+    }
+    let mut cx = Lowerer::default();
+    cx.constants(&module.constants)?;
+    cx.types(&module.types)?;
+
+    // All code bodies, in a fixed order: functions, tool methods, pipeline stages.
+    let mut bodies: Vec<(Arc<str>, FunctionKind, model::Function)> = Vec::new();
+    for func in std::mem::take(&mut module.functions) {
+        let kind = if func.name.starts_with("$closure_") {
+            FunctionKind::Closure
+        } else if func.name.starts_with("$const_") {
+            FunctionKind::ConstInit
+        } else {
+            FunctionKind::Plain
+        };
+        bodies.push((Arc::from(func.name.as_str()), kind, func));
+    }
+    let mut tool_methods: Vec<Vec<(Arc<str>, FuncId)>> = Vec::new();
+    for (tool_idx, tool) in module.tools.iter_mut().enumerate() {
+        let mut methods = Vec::new();
+        for method in std::mem::take(&mut tool.methods) {
+            let full: Arc<str> = Arc::from(format!("{}::{}", tool.name, method.name));
+            methods.push((Arc::from(method.name.as_str()), bodies.len() as FuncId));
+            let mut method = method;
+            method.name = full.to_string();
+            bodies.push((full, FunctionKind::ToolMethod(tool_idx as u32), method));
+        }
+        tool_methods.push(methods);
+    }
+    let mut pipelines = Vec::new();
+    for (p_idx, pipeline) in module.pipelines.iter_mut().enumerate() {
+        let mut stages = Vec::new();
+        for (s_idx, stage) in pipeline.stages.iter_mut().enumerate() {
+            let full: Arc<str> = Arc::from(format!("{}::{}", pipeline.name, stage.name));
+            stages.push(StageDef {
+                name: Arc::from(stage.name.as_str()),
+                function: bodies.len() as FuncId,
+                decorators: std::mem::take(&mut stage.decorators),
+            });
+            let func = model::Function {
+                name: full.to_string(),
+                module: module.module.clone(),
+                visibility: "private".into(),
+                params: std::mem::take(&mut stage.params),
+                return_type: stage.output_type.clone(),
+                is_async: false,
+                locals: Vec::new(),
+                instructions: std::mem::take(&mut stage.instructions),
+            };
+            bodies.push((full, FunctionKind::Stage(p_idx as u32, s_idx as u32), func));
+        }
+        pipelines.push(PipelineDef { name: Arc::from(pipeline.name.as_str()), stages });
+    }
+    for (idx, (name, _, _)) in bodies.iter().enumerate() {
+        if cx.function_index.insert(name.clone(), idx as FuncId).is_some() {
+            return Err(LoadError::invalid(name.to_string(), None, "duplicate function name"));
+        }
+    }
+
+    cx.declare_globals(&module, &bodies)?;
+
+    let mut functions = Vec::with_capacity(bodies.len());
+    for (name, kind, func) in bodies {
+        functions.push(cx.function(name, kind, func, &module)?);
+    }
+
+    let mut agents = Vec::with_capacity(module.agents.len());
+    for agent in std::mem::take(&mut module.agents) {
+        let connection = if agent.connection.is_empty() {
+            None
+        } else {
+            let idx = module.connections.iter().position(|c| c.name == agent.connection);
+            match idx {
+                Some(idx) => Some(idx as u32),
+                None => {
+                    return Err(LoadError::invalid(
+                        format!("agent {}", agent.name),
+                        None,
+                        format!("unknown connection `{}`", agent.connection),
+                    ));
+                }
+            }
+        };
+        for tool in &agent.tools {
+            let known = module.tools.iter().any(|t| &t.name == tool)
+                || module.connections.iter().any(|c| &c.name == tool && c.is_mcp());
+            if !known {
+                return Err(LoadError::invalid(
+                    format!("agent {}", agent.name),
+                    None,
+                    format!("unknown tool or MCP server `{tool}`"),
+                ));
+            }
+        }
+        agents.push(AgentDef { decl: agent, connection });
+    }
+
+    let tools = std::mem::take(&mut module.tools)
+        .into_iter()
+        .zip(tool_methods)
+        .map(|(decl, methods)| ToolDef { decl, methods })
+        .collect();
+
+    let entry = match cx.function_index.get(module.metadata.entry_point.as_str()) {
+        Some(&id) => id,
+        None => {
+            return Err(LoadError::invalid(
+                "metadata",
+                None,
+                format!("entry point `{}` is not a function", module.metadata.entry_point),
+            ));
+        }
+    };
+    let const_inits = functions
+        .iter()
+        .enumerate()
+        .filter(|(_, f): &(usize, &Function)| f.kind == FunctionKind::ConstInit)
+        .map(|(idx, _)| idx as FuncId)
+        .collect();
+
+    Ok(Program {
+        version: module.version,
+        module: module.module,
+        source_file: module.source_file,
+        metadata: module.metadata,
+        warnings,
+        constants: cx.constants,
+        names: cx.names,
+        functions,
+        globals: cx.globals,
+        shapes: cx.shapes,
+        call_sites: cx.call_sites,
+        types: cx.types,
+        agents,
+        tools,
+        schemas: module.schemas,
+        connections: module.connections,
+        hashmaps: module.hashmaps,
+        ledgers: module.ledgers,
+        memories: module.memories,
+        hosts: module.hosts,
+        pipelines,
+        entry,
+        const_inits,
+        function_index: cx.function_index,
+        global_index: cx.global_index,
+        type_index: cx.type_index,
+        name_index: cx.name_index,
+    })
+}
+
+#[derive(Default)]
+struct Lowerer {
+    constants: Vec<Const>,
+    names: Vec<Arc<str>>,
+    name_index: FxHashMap<Arc<str>, NameId>,
+    globals: Vec<Global>,
+    global_index: FxHashMap<Arc<str>, u32>,
+    shapes: Vec<Shape>,
+    call_sites: Vec<CallSite>,
+    types: Vec<TypeDef>,
+    type_index: FxHashMap<Arc<str>, u32>,
+    function_index: FxHashMap<Arc<str>, FuncId>,
+    /// Schema name → index.
+    schema_index: FxHashMap<String, u32>,
+    agent_index: FxHashMap<String, u32>,
+    hashmap_index: FxHashMap<String, u32>,
+    tool_index: FxHashMap<String, u32>,
+}
+
+impl Lowerer {
+    fn intern(&mut self, name: &str) -> NameId {
+        if let Some(&id) = self.name_index.get(name) {
+            return id;
+        }
+        let id = self.names.len() as NameId;
+        let arc: Arc<str> = Arc::from(name);
+        self.names.push(arc.clone());
+        self.name_index.insert(arc, id);
+        id
+    }
+
+    fn constants(&mut self, constants: &[model::Constant]) -> Result<(), LoadError> {
+        self.constants.reserve(constants.len());
+        for (pos, c) in constants.iter().enumerate() {
+            let fail = |reason: String| LoadError::invalid("constants", Some(pos), reason);
+            if c.index != pos {
+                return Err(fail(format!("constant at position {pos} has index {}", c.index)));
+            }
+            let value = match (c.ty.as_str(), &c.value) {
+                ("int", serde_json::Value::Number(n)) if n.is_i64() => {
+                    Const::Int(n.as_i64().unwrap_or_default())
+                }
+                ("float", serde_json::Value::Number(n)) if n.is_f64() => {
+                    Const::Float(n.as_f64().unwrap_or_default())
+                }
+                ("string", serde_json::Value::String(s)) => Const::Str(Arc::from(s.as_str())),
+                ("bool", serde_json::Value::Bool(b)) => Const::Bool(*b),
+                ("nil", serde_json::Value::Null) => Const::Nil,
+                ("int" | "float" | "string" | "bool" | "nil", other) => {
+                    return Err(fail(format!(
+                        "constant of type `{}` has a value of the wrong kind: {other}",
+                        c.ty
+                    )));
+                }
+                (other, _) => return Err(fail(format!("unknown constant type `{other}`"))),
+            };
+            self.constants.push(value);
+        }
+        Ok(())
+    }
+
+    fn types(&mut self, types: &[model::TypeDecl]) -> Result<(), LoadError> {
+        for decl in types {
+            let kind = match decl.kind.as_str() {
+                "struct" => TypeDefKind::Struct {
+                    fields: decl.fields.iter().map(|f| self.intern(&f.name)).collect(),
+                },
+                "enum" => TypeDefKind::Enum {
+                    variants: decl
+                        .variants
+                        .iter()
+                        .map(|v| VariantDef {
+                            name: Arc::from(v.name.as_str()),
+                            fields: v
+                                .data
+                                .as_ref()
+                                .map(|data| data.iter().map(|f| self.intern(&f.name)).collect()),
+                        })
+                        .collect(),
+                },
+                other => {
+                    return Err(LoadError::invalid(
+                        format!("type {}", decl.name),
+                        None,
+                        format!("unknown type kind `{other}`"),
+                    ));
+                }
+            };
+            let name: Arc<str> = Arc::from(decl.name.as_str());
+            let id = self.types.len() as u32;
+            if self.type_index.insert(name.clone(), id).is_some() {
+                return Err(LoadError::invalid(
+                    format!("type {}", decl.name),
+                    None,
+                    "duplicate type name",
+                ));
+            }
+            self.types.push(TypeDef { name, kind });
+        }
+        Ok(())
+    }
+
+    fn add_global(&mut self, name: &str, kind: GlobalKind) -> u32 {
+        if let Some(&id) = self.global_index.get(name) {
+            return id;
+        }
+        let id = self.globals.len() as u32;
+        let arc: Arc<str> = Arc::from(name);
+        self.globals.push(Global { name: arc.clone(), kind });
+        self.global_index.insert(arc, id);
+        id
+    }
+
+    /// The global for a name that is not a local: declared, constant or external.
+    fn global_for(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.global_index.get(name) {
+            return id;
+        }
+        let function = self.function_index.get(name).copied();
+        self.add_global(name, GlobalKind::External { function })
+    }
+
+    fn declare_globals(
+        &mut self,
+        module: &IrModule,
+        bodies: &[(Arc<str>, FunctionKind, model::Function)],
+    ) -> Result<(), LoadError> {
+        for (idx, agent) in module.agents.iter().enumerate() {
+            self.agent_index.entry(agent.name.clone()).or_insert(idx as u32);
+            self.add_global(&agent.name, GlobalKind::Agent(idx as u32));
+        }
+        for (idx, schema) in module.schemas.iter().enumerate() {
+            self.schema_index.entry(schema.name.clone()).or_insert(idx as u32);
+            self.add_global(&schema.name, GlobalKind::Schema(idx as u32));
+        }
+        for (idx, tool) in module.tools.iter().enumerate() {
+            self.tool_index.entry(tool.name.clone()).or_insert(idx as u32);
+            self.add_global(&tool.name, GlobalKind::Tool(idx as u32));
+        }
+        for (idx, conn) in module.connections.iter().enumerate() {
+            if conn.is_mcp() {
+                self.add_global(&conn.name, GlobalKind::Mcp(idx as u32));
+            }
+        }
+        for (idx, map) in module.hashmaps.iter().enumerate() {
+            self.hashmap_index.entry(map.name.clone()).or_insert(idx as u32);
+            self.add_global(&map.name, GlobalKind::Hashmap(idx as u32));
+        }
+        for (idx, ledger) in module.ledgers.iter().enumerate() {
+            self.add_global(&ledger.name, GlobalKind::Ledger(idx as u32));
+        }
+        for (idx, memory) in module.memories.iter().enumerate() {
+            self.add_global(&memory.name, GlobalKind::Memory(idx as u32));
+        }
+        for (idx, pipeline) in module.pipelines.iter().enumerate() {
+            self.add_global(&pipeline.name, GlobalKind::Pipeline(idx as u32));
+        }
+        for (idx, host) in module.hosts.iter().enumerate() {
+            self.add_global(&host.name, GlobalKind::Host(idx as u32));
+        }
+        for (_, _, func) in bodies {
+            for ins in &func.instructions {
+                if ins.op == Opcode::StoreGlobal {
+                    if let Some(name) = &ins.name {
+                        let fallback = self.function_index.get(name.as_str()).copied();
+                        self.add_global(name, GlobalKind::Constant { fallback });
+                    }
+                }
+            }
+        }
+        for (ty_idx, ty) in module.types.iter().enumerate() {
+            for (v_idx, variant) in ty.variants.iter().enumerate() {
+                let path = format!("{}::{}", ty.name, variant.name);
+                self.add_global(
+                    &path,
+                    GlobalKind::EnumVariant { ty: ty_idx as u32, variant: v_idx as u32 },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn function(
+        &mut self,
+        name: Arc<str>,
+        kind: FunctionKind,
+        func: model::Function,
+        module: &IrModule,
+    ) -> Result<Function, LoadError> {
+        let fname = name.to_string();
+        let fail = |pc: Option<usize>, reason: String| LoadError::invalid(fname.clone(), pc, reason);
+        let n_params = func.params.len();
+
+        // Slots: parameters, then `self` when mentioned, then every stored name.
+        let mut slot_names: Vec<Arc<str>> = Vec::new();
+        let mut slot_of: FxHashMap<&str, u16> = FxHashMap::default();
+        for param in &func.params {
+            slot_of.insert(param.name.as_str(), slot_names.len() as u16);
+            slot_names.push(Arc::from(param.name.as_str()));
+        }
+        let mentions_self = func.instructions.iter().any(|ins| {
+            matches!(ins.op, Opcode::LoadLocal | Opcode::StoreLocal)
+                && ins.name.as_deref() == Some("self")
+        });
+        let mut self_slot = None;
+        if mentions_self && !slot_of.contains_key("self") {
+            self_slot = Some(slot_names.len() as u16);
+            slot_of.insert("self", slot_names.len() as u16);
+            slot_names.push(Arc::from("self"));
+        }
+        for ins in &func.instructions {
+            if ins.op == Opcode::StoreLocal {
+                if let Some(local) = ins.name.as_deref() {
+                    if !slot_of.contains_key(local) {
+                        if slot_names.len() >= u16::MAX as usize {
+                            return Err(fail(None, "too many local variables".into()));
+                        }
+                        slot_of.insert(local, slot_names.len() as u16);
+                        slot_names.push(Arc::from(local));
+                    }
+                }
+            }
+        }
+        if slot_names.len() >= u16::MAX as usize {
+            return Err(fail(None, "too many parameters".into()));
+        }
+
+        let len = func.instructions.len();
+        let mut code = Vec::with_capacity(len);
+        let mut spans = Vec::with_capacity(len);
+        for (pc, ins) in func.instructions.iter().enumerate() {
+            let op = self
+                .instruction(ins, len, &slot_of, module)
+                .map_err(|reason| fail(Some(pc), reason))?;
+            code.push(op);
+            spans.push(match ins.span {
+                Some((line, column)) => Span { line, column },
+                None => Span::default(),
+            });
+        }
+
+        let chains = build_chains(&func.instructions, &mut code, self).map_err(|(pc, r)| fail(Some(pc), r))?;
+        let max_stack =
+            verify_stack(&code, &chains, &self.shapes, &self.call_sites).map_err(|(pc, r)| fail(Some(pc), r))?;
+
+        Ok(Function {
+            name,
+            kind,
+            return_type: func.return_type,
+            is_async: func.is_async,
+            n_params: n_params as u16,
+            n_slots: slot_names.len() as u16,
+            self_slot,
+            slot_names,
+            params: func.params,
+            max_stack,
+            code,
+            spans,
+            chains,
+        })
+    }
+
+    fn instruction(
+        &mut self,
+        ins: &Instruction,
+        len: usize,
+        slot_of: &FxHashMap<&str, u16>,
+        module: &IrModule,
+    ) -> Result<Op, String> {
+        let name = || -> Result<&str, String> {
+            ins.name.as_deref().ok_or_else(|| format!("{} is missing its `name`", ins.op))
+        };
+        let target = || -> Result<u32, String> {
+            let offset =
+                ins.offset.ok_or_else(|| format!("{} is missing its `offset`", ins.op))?;
+            if offset < 0 || offset as u64 > len as u64 {
+                return Err(format!(
+                    "jump target {offset} is out of range (function has {len} instructions)"
+                ));
+            }
+            Ok(offset as u32)
+        };
+        let count = || -> Result<u32, String> {
+            let n = ins.count.ok_or_else(|| format!("{} is missing its `count`", ins.op))?;
+            u32::try_from(n).map_err(|_| format!("count {n} is too large"))
+        };
+        let argc = || -> Result<u16, String> {
+            let n = ins.argc.ok_or_else(|| format!("{} is missing its `argc`", ins.op))?;
+            u16::try_from(n).map_err(|_| format!("argc {n} is too large"))
+        };
+        let type_name = || -> Result<&str, String> {
+            ins.type_name.as_deref().ok_or_else(|| format!("{} is missing its `type_name`", ins.op))
+        };
+        Ok(match &ins.op {
+            Opcode::LoadConst => {
+                let arg = ins.arg.as_ref().ok_or("LOAD_CONST is missing its `arg`")?;
+                let idx = arg.as_u64().ok_or_else(|| format!("LOAD_CONST arg {arg} is not an index"))?;
+                if idx >= self.constants.len() as u64 {
+                    return Err(format!(
+                        "constant index {idx} is out of range (pool has {})",
+                        self.constants.len()
+                    ));
+                }
+                Op::LoadConst(idx as u32)
+            }
+            Opcode::Push => {
+                let arg = ins.arg.as_ref().ok_or("PUSH is missing its `arg`")?;
+                let value = match arg {
+                    serde_json::Value::Null => Const::Nil,
+                    serde_json::Value::Bool(b) => Const::Bool(*b),
+                    serde_json::Value::Number(n) => match n.as_i64() {
+                        Some(i) => Const::Int(i),
+                        None => Const::Float(n.as_f64().unwrap_or(f64::NAN)),
+                    },
+                    serde_json::Value::String(s) => Const::Str(Arc::from(s.as_str())),
+                    other => return Err(format!("PUSH arg {other} is not a scalar")),
+                };
+                self.constants.push(value);
+                Op::Push(self.constants.len() as u32 - 1)
+            }
+            Opcode::LoadLocal => {
+                let name = name()?;
+                let global = self.global_for(name);
+                match slot_of.get(name) {
+                    Some(&slot) => Op::LoadLocal { slot, global },
+                    None => Op::LoadGlobal(global),
+                }
+            }
+            Opcode::StoreLocal => {
+                let name = name()?;
+                Op::StoreLocal(*slot_of.get(name).ok_or("STORE_LOCAL slot missing")?)
+            }
+            Opcode::LoadGlobal => Op::LoadGlobal(self.global_for(name()?)),
+            Opcode::StoreGlobal => {
+                let name = name()?;
+                let id = self.global_for(name);
+                Op::StoreGlobal(id)
+            }
+            Opcode::Pop => Op::Pop,
+            Opcode::Dup => Op::Dup,
+            Opcode::Swap => Op::Swap,
+            Opcode::Add => Op::Add,
+            Opcode::Sub => Op::Sub,
+            Opcode::Mul => Op::Mul,
+            Opcode::Div => Op::Div,
+            Opcode::Mod => Op::Mod,
+            Opcode::Neg => Op::Neg,
+            Opcode::Eq => Op::Eq,
+            Opcode::Neq => Op::Neq,
+            Opcode::Lt => Op::Lt,
+            Opcode::Gt => Op::Gt,
+            Opcode::Lte => Op::Lte,
+            Opcode::Gte => Op::Gte,
+            Opcode::And => Op::And,
+            Opcode::Or => Op::Or,
+            Opcode::Not => Op::Not,
+            Opcode::Jump => Op::Jump(target()?),
+            Opcode::JumpIfTrue => Op::JumpIfTrue(target()?),
+            Opcode::JumpIfFalse => Op::JumpIfFalse(target()?),
+            Opcode::Return => Op::Return,
+            Opcode::Call => {
+                let n = ins.argc.ok_or("CALL is missing its `argc`")?;
+                Op::Call(u32::try_from(n).map_err(|_| format!("argc {n} is too large"))?)
+            }
+            Opcode::CallMethod => {
+                let method = self.intern(name()?);
+                let argc = argc()?;
+                match ins.schema.as_deref() {
+                    None => Op::CallMethod { argc, name: method },
+                    Some(schema) => {
+                        let schema = *self
+                            .schema_index
+                            .get(schema)
+                            .ok_or_else(|| format!("unknown schema `{schema}`"))?;
+                        self.call_site(CallSite::MethodWithSchema { name: method, argc, schema })
+                    }
+                }
+            }
+            Opcode::CallNative => {
+                let native = self.intern(name()?);
+                let argc = argc()?;
+                self.call_site(CallSite::Native { name: native, argc })
+            }
+            Opcode::CallAgent
+            | Opcode::CallAgentSchema
+            | Opcode::CallAgentStream
+            | Opcode::CallAgentChat => {
+                let flavour = match ins.op {
+                    Opcode::CallAgentSchema => AgentCallFlavour::Schema,
+                    Opcode::CallAgentStream => AgentCallFlavour::Stream,
+                    Opcode::CallAgentChat => AgentCallFlavour::Chat,
+                    _ => AgentCallFlavour::Plain,
+                };
+                let agent_name = ins.agent.as_deref().ok_or("agent call is missing its `agent`")?;
+                let agent = *self
+                    .agent_index
+                    .get(agent_name)
+                    .ok_or_else(|| format!("unknown agent `{agent_name}`"))?;
+                let method = self.intern(ins.method.as_deref().unwrap_or("execute"));
+                let argc = match ins.argc {
+                    Some(n) => u16::try_from(n).map_err(|_| format!("argc {n} is too large"))?,
+                    None => 1,
+                };
+                let schema = match ins.schema.as_deref() {
+                    Some(schema) => Some(
+                        *self
+                            .schema_index
+                            .get(schema)
+                            .ok_or_else(|| format!("unknown schema `{schema}`"))?,
+                    ),
+                    None if flavour == AgentCallFlavour::Schema => {
+                        return Err("CALL_AGENT_SCHEMA is missing its `schema`".into());
+                    }
+                    None => None,
+                };
+                self.call_site(CallSite::Agent { flavour, agent, method, argc, schema })
+            }
+            Opcode::CallTool => {
+                let tool_name = ins.tool.as_deref().ok_or("CALL_TOOL is missing its `tool`")?;
+                let tool = *self
+                    .tool_index
+                    .get(tool_name)
+                    .ok_or_else(|| format!("unknown tool `{tool_name}`"))?;
+                let method = ins
+                    .method
+                    .as_deref()
+                    .or(ins.name.as_deref())
+                    .ok_or("CALL_TOOL is missing its method `name`")?;
+                let full = format!("{tool_name}::{method}");
+                let function = *self
+                    .function_index
+                    .get(full.as_str())
+                    .ok_or_else(|| format!("unknown tool method `{full}`"))?;
+                let argc = argc()?;
+                self.call_site(CallSite::Tool { tool, function, argc })
+            }
+            Opcode::HashMapGet
+            | Opcode::HashMapSet
+            | Opcode::HashMapDelete
+            | Opcode::HashMapHas
+            | Opcode::HashMapQuery => {
+                let op = match ins.op {
+                    Opcode::HashMapGet => HashmapOp::Get,
+                    Opcode::HashMapSet => HashmapOp::Set,
+                    Opcode::HashMapDelete => HashmapOp::Delete,
+                    Opcode::HashMapHas => HashmapOp::Has,
+                    _ => HashmapOp::Query,
+                };
+                let map_name =
+                    ins.hashmap_name.as_deref().ok_or("hashmap op is missing its `hashmap_name`")?;
+                let hashmap = *self
+                    .hashmap_index
+                    .get(map_name)
+                    .ok_or_else(|| format!("unknown hashmap `{map_name}`"))?;
+                self.call_site(CallSite::Hashmap { op, hashmap })
+            }
+            Opcode::Emit => Op::Emit,
+            Opcode::EmitAwait => Op::EmitAwait,
+            Opcode::TryBegin => {
+                let t = target()?;
+                // The chain index is assigned in `build_chains`; keep the target for now.
+                Op::TryBegin(t)
+            }
+            Opcode::TryEnd => Op::TryEnd,
+            Opcode::Catch => Op::Catch(u32::MAX),
+            Opcode::Throw => Op::Throw,
+            Opcode::Propagate => Op::Propagate,
+            Opcode::BuildArray => Op::BuildArray(count()?),
+            Opcode::BuildMap => Op::BuildMap(count()?),
+            Opcode::BuildStruct => {
+                let type_name = type_name()?;
+                let n = count()?;
+                let fields = match &ins.arg {
+                    Some(serde_json::Value::Array(items)) => items
+                        .iter()
+                        .map(|item| item.as_str().ok_or("BUILD_STRUCT field name is not a string"))
+                        .collect::<Result<Vec<&str>, _>>()?,
+                    _ => return Err("BUILD_STRUCT `arg` must list the field names".into()),
+                };
+                if fields.len() as u64 != n as u64 {
+                    return Err(format!(
+                        "BUILD_STRUCT has {} field names for {n} values",
+                        fields.len()
+                    ));
+                }
+                let target = self.shape_target(type_name, module)?;
+                let fields = fields.iter().map(|f| self.intern(f)).collect();
+                self.shapes.push(Shape { type_name: Arc::from(type_name), target, fields });
+                Op::BuildStruct(self.shapes.len() as u32 - 1)
+            }
+            Opcode::FieldGet => Op::FieldGet(self.intern(name()?)),
+            Opcode::FieldSet => Op::FieldSet(self.intern(name()?)),
+            Opcode::IndexGet => Op::IndexGet,
+            Opcode::IndexSet => Op::IndexSet,
+            Opcode::Cast => Op::Cast(match type_name()? {
+                "Int" => CastTarget::Int,
+                "Float" => CastTarget::Float,
+                "String" => CastTarget::String,
+                "Bool" => CastTarget::Bool,
+                _ => CastTarget::Other,
+            }),
+            Opcode::CheckType => Op::CheckType(self.intern(type_name()?)),
+            Opcode::Await => Op::Await,
+            Opcode::AwaitAll => Op::AwaitAll(count()?),
+            Opcode::SpawnAsync => Op::SpawnAsync,
+            Opcode::Unknown(op) => return Err(format!("unknown opcode `{op}`")),
+        })
+    }
+
+    fn call_site(&mut self, site: CallSite) -> Op {
+        self.call_sites.push(site);
+        Op::CallSite(self.call_sites.len() as u32 - 1)
+    }
+
+    fn shape_target(&mut self, type_name: &str, module: &IrModule) -> Result<ShapeTarget, String> {
+        if let Some(&ty) = self.type_index.get(type_name) {
+            return match self.types[ty as usize].kind {
+                TypeDefKind::Struct { .. } => Ok(ShapeTarget::Struct(ty)),
+                TypeDefKind::Enum { .. } => Err(format!("`{type_name}` is an enum, not a struct")),
+            };
+        }
+        if let Some((enum_name, variant)) = type_name.rsplit_once("::") {
+            if let Some(&ty) = self.type_index.get(enum_name) {
+                if let TypeDefKind::Enum { variants } = &self.types[ty as usize].kind {
+                    if let Some(v) = variants.iter().position(|v| &*v.name == variant) {
+                        return Ok(ShapeTarget::EnumVariant { ty, variant: v as u32 });
+                    }
+                }
+            }
+        }
+        if let Some(&schema) = self.schema_index.get(type_name) {
+            return Ok(ShapeTarget::Schema(schema));
+        }
+        if BUILTIN_STRUCTS.contains(&type_name) {
+            return Ok(ShapeTarget::Builtin);
+        }
+        let _ = module;
+        Err(format!("unknown type `{type_name}`"))
+    }
+}
+
+/// Resolves every `TRY_BEGIN` to a handler chain and every `CATCH` to the end of its chain.
+fn build_chains(
+    instructions: &[Instruction],
+    code: &mut [Op],
+    cx: &mut Lowerer,
+) -> Result<Vec<CatchChain>, (usize, String)> {
+    let mut chains = Vec::new();
+    let mut chain_of_catch: FxHashMap<u32, u32> = FxHashMap::default();
+    // The end of the chain whose first CATCH is at `first`.
+    let chain_end = |code: &[Op], first: u32, at: usize| -> Result<u32, (usize, String)> {
+        let first_idx = first as usize;
+        if first_idx >= code.len() || !matches!(code[first_idx], Op::Catch(_)) {
+            return Err((at, format!("TRY_BEGIN target {first} is not a CATCH")));
+        }
+        match first_idx.checked_sub(1).map(|i| code[i]) {
+            Some(Op::Jump(end)) if end > first => Ok(end),
+            _ => Err((
+                at,
+                format!("the handler chain at {first} is not preceded by a JUMP past its clauses"),
+            )),
+        }
+    };
+    for pc in 0..code.len() {
+        let Op::TryBegin(first) = code[pc] else { continue };
+        if first as usize <= pc {
+            return Err((pc, format!("TRY_BEGIN target {first} does not follow it")));
+        }
+        let end = chain_end(code, first, pc)?;
+        let mut clauses = Vec::new();
+        let mut scan = first as usize;
+        while scan < end as usize {
+            match code[scan] {
+                Op::TryBegin(nested_first) => {
+                    let nested_end = chain_end(code, nested_first, scan)?;
+                    if nested_end as usize <= scan || nested_end > end {
+                        return Err((scan, "nested handler chain overlaps its parent".into()));
+                    }
+                    scan = nested_end as usize;
+                }
+                Op::Catch(_) => {
+                    let filter = instructions[scan].type_name.as_deref().map(|t| cx.intern(t));
+                    clauses.push((scan as u32, filter));
+                    scan += 1;
+                }
+                _ => scan += 1,
+            }
+        }
+        let chain_idx = chains.len() as u32;
+        for &(catch_pc, _) in &clauses {
+            if chain_of_catch.insert(catch_pc, chain_idx).is_some() {
+                return Err((catch_pc as usize, "CATCH belongs to two handler chains".into()));
+            }
+        }
+        chains.push(CatchChain { clauses, end });
+        code[pc] = Op::TryBegin(chain_idx);
+    }
+    for (pc, op) in code.iter_mut().enumerate() {
+        if let Op::Catch(_) = op {
+            match chain_of_catch.get(&(pc as u32)) {
+                Some(&chain) => *op = Op::Catch(chains[chain as usize].end),
+                None => return Err((pc, "CATCH outside any handler chain".into())),
+            }
+        }
+    }
+    Ok(chains)
+}
+
+/// Stack effect of an op: (values it needs, values it leaves in their place).
+fn stack_effect(op: Op, shapes: &[Shape], sites: &[CallSite]) -> (u32, u32) {
+    match op {
+        Op::LoadConst(_) | Op::LoadLocal { .. } | Op::LoadGlobal(_) | Op::Push(_) => (0, 1),
+        Op::StoreLocal(_) | Op::StoreGlobal(_) | Op::Pop => (1, 0),
+        Op::Dup => (1, 2),
+        Op::Swap => (2, 2),
+        Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div
+        | Op::Mod
+        | Op::Eq
+        | Op::Neq
+        | Op::Lt
+        | Op::Gt
+        | Op::Lte
+        | Op::Gte
+        | Op::And
+        | Op::Or => (2, 1),
+        Op::Neg | Op::Not | Op::Cast(_) | Op::CheckType(_) | Op::FieldGet(_) | Op::Await => {
+            (1, 1)
+        }
+        Op::Jump(_) | Op::TryBegin(_) | Op::TryEnd | Op::Catch(_) => (0, 0),
+        Op::JumpIfTrue(_) | Op::JumpIfFalse(_) => (1, 0),
+        Op::Return => (0, 0),
+        Op::Call(argc) => (argc.saturating_add(1), 1),
+        Op::CallMethod { argc, .. } => (argc as u32 + 1, 1),
+        Op::CallSite(idx) => match &sites[idx as usize] {
+            CallSite::MethodWithSchema { argc, .. } => (*argc as u32 + 1, 1),
+            CallSite::Native { argc, .. } => (*argc as u32, 1),
+            CallSite::Agent { argc, .. } => (*argc as u32, 1),
+            CallSite::Tool { argc, .. } => (*argc as u32, 1),
+            CallSite::Hashmap { op, .. } => match op {
+                HashmapOp::Set => (2, 1),
+                _ => (1, 1),
+            },
+        },
+        Op::Emit => (2, 0),
+        Op::EmitAwait => (2, 1),
+        Op::Throw => (1, 0),
+        Op::Propagate => (1, 1),
+        Op::BuildArray(n) => (n, 1),
+        Op::BuildMap(n) => (n.saturating_mul(2), 1),
+        Op::BuildStruct(shape) => (shapes[shape as usize].fields.len() as u32, 1),
+        Op::FieldSet(_) => (2, 0),
+        Op::IndexGet => (2, 1),
+        Op::IndexSet => (3, 0),
+        Op::AwaitAll(n) => (n, 1),
+        Op::SpawnAsync => (1, 1),
+    }
+}
+
+/// Verifies that every reachable instruction is reached with one operand-stack height and
+/// never pops below the frame; returns the deepest height.
+fn verify_stack(
+    code: &[Op],
+    chains: &[CatchChain],
+    shapes: &[Shape],
+    sites: &[CallSite],
+) -> Result<u32, (usize, String)> {
+    let len = code.len();
+    let mut heights: Vec<Option<u32>> = vec![None; len + 1];
+    let mut work: Vec<usize> = Vec::new();
+    let mut max = 0u32;
+    let reach = |heights: &mut Vec<Option<u32>>,
+                     work: &mut Vec<usize>,
+                     from: usize,
+                     to: usize,
+                     h: u32|
+     -> Result<(), (usize, String)> {
+        match heights[to] {
+            None => {
+                heights[to] = Some(h);
+                if to < len {
+                    work.push(to);
+                }
+                Ok(())
+            }
+            Some(existing) if existing == h => Ok(()),
+            Some(existing) => Err((
+                from,
+                format!(
+                    "stack height mismatch: instruction {to} is reached with {existing} and {h} values"
+                ),
+            )),
+        }
+    };
+    if len == 0 {
+        return Ok(0);
+    }
+    heights[0] = Some(0);
+    work.push(0);
+    while let Some(pc) = work.pop() {
+        let h = heights[pc].unwrap_or(0);
+        let op = code[pc];
+        let (needs, leaves) = stack_effect(op, shapes, sites);
+        if h < needs {
+            return Err((pc, format!("stack underflow: needs {needs} values, has {h}")));
+        }
+        let after = h - needs + leaves;
+        if after > MAX_STACK {
+            return Err((pc, "operand stack too deep".into()));
+        }
+        max = max.max(after).max(h);
+        match op {
+            Op::Jump(t) => reach(&mut heights, &mut work, pc, t as usize, after)?,
+            Op::Catch(end) => reach(&mut heights, &mut work, pc, end as usize, after)?,
+            Op::JumpIfTrue(t) | Op::JumpIfFalse(t) => {
+                reach(&mut heights, &mut work, pc, t as usize, after)?;
+                reach(&mut heights, &mut work, pc, pc + 1, after)?;
+            }
+            Op::Return | Op::Throw => {}
+            Op::TryBegin(chain) => {
+                for &(clause, _) in &chains[chain as usize].clauses {
+                    let entry = clause as usize + 1;
+                    if entry > len {
+                        return Err((pc, "catch clause has no body".into()));
+                    }
+                    reach(&mut heights, &mut work, pc, entry, h + 1)?;
+                }
+                reach(&mut heights, &mut work, pc, pc + 1, after)?;
+            }
+            _ => reach(&mut heights, &mut work, pc, pc + 1, after)?,
+        }
+    }
+    Ok(max.saturating_add(1))
+}
