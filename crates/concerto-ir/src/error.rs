@@ -61,7 +61,11 @@ impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.instruction {
             Some(idx) => {
-                write!(f, "invalid IR in `{}` at instruction {idx}: {}", self.function, self.reason)
+                write!(
+                    f,
+                    "invalid IR in `{}` at instruction {idx}: {}",
+                    self.function, self.reason
+                )
             }
             None => write!(f, "invalid IR in `{}`: {}", self.function, self.reason),
         }

@@ -45,8 +45,10 @@ pub fn load_str(text: &str) -> Result<Program, LoadError> {
 /// [`LoadError::Io`] when the file cannot be read, otherwise as [`load_bytes`].
 pub fn load_path(path: impl AsRef<Path>) -> Result<Program, LoadError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path)
-        .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     load_bytes(&bytes)
 }
 
@@ -92,9 +94,10 @@ fn classify_parse_error(bytes: &[u8], err: serde_json::Error) -> LoadError {
     if err.is_data() {
         for section in REQUIRED_SECTIONS {
             let needle = format!("missing field `{section}`");
-            if message.starts_with(&needle) && at_top_level_close(bytes, err.line(), err.column())
-            {
-                return LoadError::MissingSection { section: section.to_string() };
+            if message.starts_with(&needle) && at_top_level_close(bytes, err.line(), err.column()) {
+                return LoadError::MissingSection {
+                    section: section.to_string(),
+                };
             }
         }
     }
@@ -103,7 +106,11 @@ fn classify_parse_error(bytes: &[u8], err: serde_json::Error) -> LoadError {
         Some(idx) => message[..idx].to_string(),
         None => message,
     };
-    LoadError::ParseError { line: err.line(), column: err.column(), message: text }
+    LoadError::ParseError {
+        line: err.line(),
+        column: err.column(),
+        message: text,
+    }
 }
 
 /// Whether (line, column) is the position of the last `}` in the input.
@@ -116,7 +123,10 @@ fn at_top_level_close(bytes: &[u8], line: usize, column: usize) -> bool {
     }
     let before = &bytes[..last];
     let close_line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
     let close_column = last - line_start + 1;
     close_line == line && close_column == column
 }

@@ -92,11 +92,22 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
             };
             bodies.push((full, FunctionKind::Stage(p_idx as u32, s_idx as u32), func));
         }
-        pipelines.push(PipelineDef { name: Arc::from(pipeline.name.as_str()), stages });
+        pipelines.push(PipelineDef {
+            name: Arc::from(pipeline.name.as_str()),
+            stages,
+        });
     }
     for (idx, (name, _, _)) in bodies.iter().enumerate() {
-        if cx.function_index.insert(name.clone(), idx as FuncId).is_some() {
-            return Err(LoadError::invalid(name.to_string(), None, "duplicate function name"));
+        if cx
+            .function_index
+            .insert(name.clone(), idx as FuncId)
+            .is_some()
+        {
+            return Err(LoadError::invalid(
+                name.to_string(),
+                None,
+                "duplicate function name",
+            ));
         }
     }
 
@@ -112,7 +123,10 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         let connection = if agent.connection.is_empty() {
             None
         } else {
-            let idx = module.connections.iter().position(|c| c.name == agent.connection);
+            let idx = module
+                .connections
+                .iter()
+                .position(|c| c.name == agent.connection);
             match idx {
                 Some(idx) => Some(idx as u32),
                 None => {
@@ -126,7 +140,10 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         };
         for tool in &agent.tools {
             let known = module.tools.iter().any(|t| &t.name == tool)
-                || module.connections.iter().any(|c| &c.name == tool && c.is_mcp());
+                || module
+                    .connections
+                    .iter()
+                    .any(|c| &c.name == tool && c.is_mcp());
             if !known {
                 return Err(LoadError::invalid(
                     format!("agent {}", agent.name),
@@ -135,7 +152,10 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
                 ));
             }
         }
-        agents.push(AgentDef { decl: agent, connection });
+        agents.push(AgentDef {
+            decl: agent,
+            connection,
+        });
     }
 
     let tools = std::mem::take(&mut module.tools)
@@ -150,7 +170,10 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
             return Err(LoadError::invalid(
                 "metadata",
                 None,
-                format!("entry point `{}` is not a function", module.metadata.entry_point),
+                format!(
+                    "entry point `{}` is not a function",
+                    module.metadata.entry_point
+                ),
             ));
         }
     };
@@ -228,7 +251,10 @@ impl Lowerer {
         for (pos, c) in constants.iter().enumerate() {
             let fail = |reason: String| LoadError::invalid("constants", Some(pos), reason);
             if c.index != pos {
-                return Err(fail(format!("constant at position {pos} has index {}", c.index)));
+                return Err(fail(format!(
+                    "constant at position {pos} has index {}",
+                    c.index
+                )));
             }
             let value = match (c.ty.as_str(), &c.value) {
                 ("int", serde_json::Value::Number(n)) if n.is_i64() => {
@@ -300,7 +326,10 @@ impl Lowerer {
         }
         let id = self.globals.len() as u32;
         let arc: Arc<str> = Arc::from(name);
-        self.globals.push(Global { name: arc.clone(), kind });
+        self.globals.push(Global {
+            name: arc.clone(),
+            kind,
+        });
         self.global_index.insert(arc, id);
         id
     }
@@ -320,15 +349,21 @@ impl Lowerer {
         bodies: &[(Arc<str>, FunctionKind, model::Function)],
     ) -> Result<(), LoadError> {
         for (idx, agent) in module.agents.iter().enumerate() {
-            self.agent_index.entry(agent.name.clone()).or_insert(idx as u32);
+            self.agent_index
+                .entry(agent.name.clone())
+                .or_insert(idx as u32);
             self.add_global(&agent.name, GlobalKind::Agent(idx as u32));
         }
         for (idx, schema) in module.schemas.iter().enumerate() {
-            self.schema_index.entry(schema.name.clone()).or_insert(idx as u32);
+            self.schema_index
+                .entry(schema.name.clone())
+                .or_insert(idx as u32);
             self.add_global(&schema.name, GlobalKind::Schema(idx as u32));
         }
         for (idx, tool) in module.tools.iter().enumerate() {
-            self.tool_index.entry(tool.name.clone()).or_insert(idx as u32);
+            self.tool_index
+                .entry(tool.name.clone())
+                .or_insert(idx as u32);
             self.add_global(&tool.name, GlobalKind::Tool(idx as u32));
         }
         for (idx, conn) in module.connections.iter().enumerate() {
@@ -337,7 +372,9 @@ impl Lowerer {
             }
         }
         for (idx, map) in module.hashmaps.iter().enumerate() {
-            self.hashmap_index.entry(map.name.clone()).or_insert(idx as u32);
+            self.hashmap_index
+                .entry(map.name.clone())
+                .or_insert(idx as u32);
             self.add_global(&map.name, GlobalKind::Hashmap(idx as u32));
         }
         for (idx, ledger) in module.ledgers.iter().enumerate() {
@@ -367,7 +404,10 @@ impl Lowerer {
                 let path = format!("{}::{}", ty.name, variant.name);
                 self.add_global(
                     &path,
-                    GlobalKind::EnumVariant { ty: ty_idx as u32, variant: v_idx as u32 },
+                    GlobalKind::EnumVariant {
+                        ty: ty_idx as u32,
+                        variant: v_idx as u32,
+                    },
                 );
             }
         }
@@ -382,7 +422,8 @@ impl Lowerer {
         module: &IrModule,
     ) -> Result<Function, LoadError> {
         let fname = name.to_string();
-        let fail = |pc: Option<usize>, reason: String| LoadError::invalid(fname.clone(), pc, reason);
+        let fail =
+            |pc: Option<usize>, reason: String| LoadError::invalid(fname.clone(), pc, reason);
         let n_params = func.params.len();
 
         // Slots: parameters, then `self` when mentioned, then every stored name.
@@ -433,9 +474,10 @@ impl Lowerer {
             });
         }
 
-        let chains = build_chains(&func.instructions, &mut code, self).map_err(|(pc, r)| fail(Some(pc), r))?;
-        let max_stack =
-            verify_stack(&code, &chains, &self.shapes, &self.call_sites).map_err(|(pc, r)| fail(Some(pc), r))?;
+        let chains = build_chains(&func.instructions, &mut code, self)
+            .map_err(|(pc, r)| fail(Some(pc), r))?;
+        let max_stack = verify_stack(&code, &chains, &self.shapes, &self.call_sites)
+            .map_err(|(pc, r)| fail(Some(pc), r))?;
 
         Ok(Function {
             name,
@@ -462,11 +504,14 @@ impl Lowerer {
         module: &IrModule,
     ) -> Result<Op, String> {
         let name = || -> Result<&str, String> {
-            ins.name.as_deref().ok_or_else(|| format!("{} is missing its `name`", ins.op))
+            ins.name
+                .as_deref()
+                .ok_or_else(|| format!("{} is missing its `name`", ins.op))
         };
         let target = || -> Result<u32, String> {
-            let offset =
-                ins.offset.ok_or_else(|| format!("{} is missing its `offset`", ins.op))?;
+            let offset = ins
+                .offset
+                .ok_or_else(|| format!("{} is missing its `offset`", ins.op))?;
             if offset < 0 || offset as u64 > len as u64 {
                 return Err(format!(
                     "jump target {offset} is out of range (function has {len} instructions)"
@@ -475,20 +520,28 @@ impl Lowerer {
             Ok(offset as u32)
         };
         let count = || -> Result<u32, String> {
-            let n = ins.count.ok_or_else(|| format!("{} is missing its `count`", ins.op))?;
+            let n = ins
+                .count
+                .ok_or_else(|| format!("{} is missing its `count`", ins.op))?;
             u32::try_from(n).map_err(|_| format!("count {n} is too large"))
         };
         let argc = || -> Result<u16, String> {
-            let n = ins.argc.ok_or_else(|| format!("{} is missing its `argc`", ins.op))?;
+            let n = ins
+                .argc
+                .ok_or_else(|| format!("{} is missing its `argc`", ins.op))?;
             u16::try_from(n).map_err(|_| format!("argc {n} is too large"))
         };
         let type_name = || -> Result<&str, String> {
-            ins.type_name.as_deref().ok_or_else(|| format!("{} is missing its `type_name`", ins.op))
+            ins.type_name
+                .as_deref()
+                .ok_or_else(|| format!("{} is missing its `type_name`", ins.op))
         };
         Ok(match &ins.op {
             Opcode::LoadConst => {
                 let arg = ins.arg.as_ref().ok_or("LOAD_CONST is missing its `arg`")?;
-                let idx = arg.as_u64().ok_or_else(|| format!("LOAD_CONST arg {arg} is not an index"))?;
+                let idx = arg
+                    .as_u64()
+                    .ok_or_else(|| format!("LOAD_CONST arg {arg} is not an index"))?;
                 if idx >= self.constants.len() as u64 {
                     return Err(format!(
                         "constant index {idx} is out of range (pool has {})",
@@ -566,7 +619,11 @@ impl Lowerer {
                             .schema_index
                             .get(schema)
                             .ok_or_else(|| format!("unknown schema `{schema}`"))?;
-                        self.call_site(CallSite::MethodWithSchema { name: method, argc, schema })
+                        self.call_site(CallSite::MethodWithSchema {
+                            name: method,
+                            argc,
+                            schema,
+                        })
                     }
                 }
             }
@@ -585,7 +642,10 @@ impl Lowerer {
                     Opcode::CallAgentChat => AgentCallFlavour::Chat,
                     _ => AgentCallFlavour::Plain,
                 };
-                let agent_name = ins.agent.as_deref().ok_or("agent call is missing its `agent`")?;
+                let agent_name = ins
+                    .agent
+                    .as_deref()
+                    .ok_or("agent call is missing its `agent`")?;
                 let agent = *self
                     .agent_index
                     .get(agent_name)
@@ -607,10 +667,19 @@ impl Lowerer {
                     }
                     None => None,
                 };
-                self.call_site(CallSite::Agent { flavour, agent, method, argc, schema })
+                self.call_site(CallSite::Agent {
+                    flavour,
+                    agent,
+                    method,
+                    argc,
+                    schema,
+                })
             }
             Opcode::CallTool => {
-                let tool_name = ins.tool.as_deref().ok_or("CALL_TOOL is missing its `tool`")?;
+                let tool_name = ins
+                    .tool
+                    .as_deref()
+                    .ok_or("CALL_TOOL is missing its `tool`")?;
                 let tool = *self
                     .tool_index
                     .get(tool_name)
@@ -626,7 +695,11 @@ impl Lowerer {
                     .get(full.as_str())
                     .ok_or_else(|| format!("unknown tool method `{full}`"))?;
                 let argc = argc()?;
-                self.call_site(CallSite::Tool { tool, function, argc })
+                self.call_site(CallSite::Tool {
+                    tool,
+                    function,
+                    argc,
+                })
             }
             Opcode::HashMapGet
             | Opcode::HashMapSet
@@ -640,8 +713,10 @@ impl Lowerer {
                     Opcode::HashMapHas => HashmapOp::Has,
                     _ => HashmapOp::Query,
                 };
-                let map_name =
-                    ins.hashmap_name.as_deref().ok_or("hashmap op is missing its `hashmap_name`")?;
+                let map_name = ins
+                    .hashmap_name
+                    .as_deref()
+                    .ok_or("hashmap op is missing its `hashmap_name`")?;
                 let hashmap = *self
                     .hashmap_index
                     .get(map_name)
@@ -667,7 +742,10 @@ impl Lowerer {
                 let fields = match &ins.arg {
                     Some(serde_json::Value::Array(items)) => items
                         .iter()
-                        .map(|item| item.as_str().ok_or("BUILD_STRUCT field name is not a string"))
+                        .map(|item| {
+                            item.as_str()
+                                .ok_or("BUILD_STRUCT field name is not a string")
+                        })
                         .collect::<Result<Vec<&str>, _>>()?,
                     _ => return Err("BUILD_STRUCT `arg` must list the field names".into()),
                 };
@@ -679,7 +757,11 @@ impl Lowerer {
                 }
                 let target = self.shape_target(type_name, module)?;
                 let fields = fields.iter().map(|f| self.intern(f)).collect();
-                self.shapes.push(Shape { type_name: Arc::from(type_name), target, fields });
+                self.shapes.push(Shape {
+                    type_name: Arc::from(type_name),
+                    target,
+                    fields,
+                });
                 Op::BuildStruct(self.shapes.len() as u32 - 1)
             }
             Opcode::FieldGet => Op::FieldGet(self.intern(name()?)),
@@ -717,7 +799,10 @@ impl Lowerer {
             if let Some(&ty) = self.type_index.get(enum_name) {
                 if let TypeDefKind::Enum { variants } = &self.types[ty as usize].kind {
                     if let Some(v) = variants.iter().position(|v| &*v.name == variant) {
-                        return Ok(ShapeTarget::EnumVariant { ty, variant: v as u32 });
+                        return Ok(ShapeTarget::EnumVariant {
+                            ty,
+                            variant: v as u32,
+                        });
                     }
                 }
             }
@@ -756,7 +841,9 @@ fn build_chains(
         }
     };
     for pc in 0..code.len() {
-        let Op::TryBegin(first) = code[pc] else { continue };
+        let Op::TryBegin(first) = code[pc] else {
+            continue;
+        };
         if first as usize <= pc {
             return Err((pc, format!("TRY_BEGIN target {first} does not follow it")));
         }
@@ -773,7 +860,10 @@ fn build_chains(
                     scan = nested_end as usize;
                 }
                 Op::Catch(_) => {
-                    let filter = instructions[scan].type_name.as_deref().map(|t| cx.intern(t));
+                    let filter = instructions[scan]
+                        .type_name
+                        .as_deref()
+                        .map(|t| cx.intern(t));
                     clauses.push((scan as u32, filter));
                     scan += 1;
                 }
@@ -783,7 +873,10 @@ fn build_chains(
         let chain_idx = chains.len() as u32;
         for &(catch_pc, _) in &clauses {
             if chain_of_catch.insert(catch_pc, chain_idx).is_some() {
-                return Err((catch_pc as usize, "CATCH belongs to two handler chains".into()));
+                return Err((
+                    catch_pc as usize,
+                    "CATCH belongs to two handler chains".into(),
+                ));
             }
         }
         chains.push(CatchChain { clauses, end });
@@ -820,9 +913,7 @@ fn stack_effect(op: Op, shapes: &[Shape], sites: &[CallSite]) -> (u32, u32) {
         | Op::Gte
         | Op::And
         | Op::Or => (2, 1),
-        Op::Neg | Op::Not | Op::Cast(_) | Op::CheckType(_) | Op::FieldGet(_) | Op::Await => {
-            (1, 1)
-        }
+        Op::Neg | Op::Not | Op::Cast(_) | Op::CheckType(_) | Op::FieldGet(_) | Op::Await => (1, 1),
         Op::Jump(_) | Op::TryBegin(_) | Op::TryEnd | Op::Catch(_) => (0, 0),
         Op::JumpIfTrue(_) | Op::JumpIfFalse(_) => (1, 0),
         Op::Return => (0, 0),
@@ -866,10 +957,10 @@ fn verify_stack(
     let mut work: Vec<usize> = Vec::new();
     let mut max = 0u32;
     let reach = |heights: &mut Vec<Option<u32>>,
-                     work: &mut Vec<usize>,
-                     from: usize,
-                     to: usize,
-                     h: u32|
+                 work: &mut Vec<usize>,
+                 from: usize,
+                 to: usize,
+                 h: u32|
      -> Result<(), (usize, String)> {
         match heights[to] {
             None => {
@@ -898,7 +989,10 @@ fn verify_stack(
         let op = code[pc];
         let (needs, leaves) = stack_effect(op, shapes, sites);
         if h < needs {
-            return Err((pc, format!("stack underflow: needs {needs} values, has {h}")));
+            return Err((
+                pc,
+                format!("stack underflow: needs {needs} values, has {h}"),
+            ));
         }
         let after = h - needs + leaves;
         if after > MAX_STACK {

@@ -231,7 +231,9 @@ pub struct Decorator {
 impl Decorator {
     /// The value of named argument `key` (`{"key": v}` in `args`), if present.
     pub fn named_arg(&self, key: &str) -> Option<&serde_json::Value> {
-        self.args.iter().find_map(|arg| arg.as_object().and_then(|obj| obj.get(key)))
+        self.args
+            .iter()
+            .find_map(|arg| arg.as_object().and_then(|obj| obj.get(key)))
     }
 }
 

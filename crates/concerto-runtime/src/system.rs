@@ -1,0 +1,96 @@
+//! [`ProcessSystem`]: the default console, environment, clock and randomness.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use concerto_vm::host::{BoxFuture, LogLevel, System};
+
+/// Where a stream of text goes.
+pub type TextOut = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Console, environment, clock and randomness of this process.
+///
+/// `print`/`println` output goes to `print` (stdout by default) and `std::log` lines to
+/// `log` (stderr by default); hosts hand their own writers with [`ProcessSystem::with_output`].
+pub struct ProcessSystem {
+    print: TextOut,
+    log: TextOut,
+}
+
+impl Default for ProcessSystem {
+    fn default() -> Self {
+        ProcessSystem::with_output(stdout_writer(), stderr_writer())
+    }
+}
+
+/// A writer to this process's stdout (flushed per call).
+pub fn stdout_writer() -> TextOut {
+    Arc::new(|text: &str| {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    })
+}
+
+/// A writer to this process's stderr.
+pub fn stderr_writer() -> TextOut {
+    Arc::new(|text: &str| {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    })
+}
+
+impl ProcessSystem {
+    /// A system writing program output and log lines to the given writers.
+    pub fn with_output(print: TextOut, log: TextOut) -> ProcessSystem {
+        ProcessSystem { print, log }
+    }
+}
+
+impl System for ProcessSystem {
+    fn print(&self, text: &str) {
+        (self.print)(text);
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let tag = match level {
+            LogLevel::Debug => "[DEBUG]",
+            LogLevel::Info => "[INFO] ",
+            LogLevel::Warn => "[WARN] ",
+            LogLevel::Error => "[ERROR]",
+        };
+        (self.log)(&format!("{tag} {message}\n"));
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn env_vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        if getrandom::fill(buf).is_err() {
+            // No OS randomness: fall back to the clock so the program can still run; the
+            // values are then not secret.
+            let mut x = self.now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+            for b in buf {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        }
+    }
+}

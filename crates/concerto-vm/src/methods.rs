@@ -1,0 +1,1042 @@
+//! `CALL_METHOD` on built-in receivers: strings, arrays, maps, `Result`/`Option`,
+//! hashmaps, ledgers, memories, pipelines, std collections, agents.
+//!
+//! User methods (`Type::method` functions) are dispatched by the interpreter before it
+//! gets here. Method names are resolved to [`Method`] once per program, so dispatch matches
+//! on an enum, not on strings.
+
+use std::sync::Arc;
+
+use concerto_ir::HashmapOp;
+
+use crate::builtins::{self, arg};
+use crate::error::{ErrorKind, VmError};
+use crate::exec::{Continuation, Ctx, Flow, Step};
+use crate::host::{ChatMessage, LedgerEntry, LedgerQuery, Reply};
+use crate::stdlib;
+use crate::value::{Array, Map, RefKind, Str, StructObj, StructType, Value};
+
+macro_rules! methods {
+    ($($variant:ident = $name:literal),* $(,)?) => {
+        /// A method name the runtime knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Method {
+            $($variant,)*
+            /// Any other name.
+            Other,
+        }
+
+        impl Method {
+            pub(crate) fn from_name(name: &str) -> Method {
+                match name {
+                    $($name => Method::$variant,)*
+                    _ => Method::Other,
+                }
+            }
+        }
+    };
+}
+
+methods! {
+    Len = "len", IsEmpty = "is_empty", Contains = "contains", Trim = "trim",
+    TrimStart = "trim_start", TrimEnd = "trim_end", ToUppercase = "to_uppercase",
+    ToLowercase = "to_lowercase", ToUpper = "to_upper", ToLower = "to_lower", Split = "split",
+    StartsWith = "starts_with", EndsWith = "ends_with", Replace = "replace",
+    Substring = "substring", Repeat = "repeat", Reverse = "reverse", ParseInt = "parse_int",
+    ParseFloat = "parse_float", Chars = "chars", Lines = "lines", Join = "join", Push = "push",
+    Pop = "pop", First = "first", Last = "last", Get = "get", Set = "set", Has = "has",
+    Delete = "delete", Keys = "keys", Values = "values", Entries = "entries", Clear = "clear",
+    Insert = "insert", Remove = "remove", Map = "map", Filter = "filter", Find = "find",
+    Any = "any", All = "all", ForEach = "for_each", Reduce = "reduce", Fold = "fold",
+    Sort = "sort", IndexOf = "index_of", Slice = "slice", Concat = "concat", Iter = "iter",
+    Enumerate = "enumerate", ContainsKey = "contains_key", Unwrap = "unwrap",
+    UnwrapOr = "unwrap_or", UnwrapErr = "unwrap_err", Expect = "expect", IsOk = "is_ok",
+    IsErr = "is_err", IsSome = "is_some", IsNone = "is_none", Ok = "ok", Err = "err",
+    MapErr = "map_err", AndThen = "and_then", OkOr = "ok_or", Execute = "execute",
+    ExecuteWithSchema = "execute_with_schema", WithMemory = "with_memory",
+    WithTools = "with_tools", WithoutTools = "without_tools", WithContext = "with_context",
+    Stream = "stream", Chat = "chat", Run = "run", Query = "query", Update = "update",
+    UpdateKeys = "update_keys", FromIdentifier = "from_identifier", FromKey = "from_key",
+    FromAnyKeys = "from_any_keys", FromExactKeys = "from_exact_keys",
+    Identifiers = "identifiers", Scope = "scope", Append = "append", Messages = "messages",
+    Enqueue = "enqueue", Dequeue = "dequeue", Peek = "peek", Rest = "rest", Union = "union",
+    Intersection = "intersection", Difference = "difference", ToString = "to_string",
+    Sum = "sum", Min = "min", Max = "max",
+}
+
+/// Calls a built-in method. `args[0]` is the receiver.
+pub(crate) fn call_builtin_method(
+    ctx: &mut Ctx,
+    method: Method,
+    name: &str,
+    schema: Option<u32>,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let recv = &args[0];
+    let rest = &args[1..];
+    match recv {
+        Value::Str(s) => string_method(ctx, method, name, s, args),
+        Value::Array(a) => array_method(method, name, a, rest),
+        Value::Map(m) => map_method(method, name, m, rest),
+        Value::Ok(_) | Value::Err(_) => result_method(method, name, recv, rest),
+        Value::Some(_) | Value::None => option_method(method, name, recv, rest),
+        Value::Ref(r) => match r.kind {
+            RefKind::Hashmap => hashmap_method(ctx, method, name, r.index, rest),
+            RefKind::Ledger => {
+                let ledger = ctx.program().ledgers[r.index as usize].name.clone();
+                ledger_method(ctx, method, name, &ledger, rest)
+            }
+            RefKind::Memory => memory_method(ctx, method, name, r.index, rest),
+            RefKind::Pipeline => match method {
+                Method::Run => {
+                    let input = arg(rest, 0).clone();
+                    Ok(Flow::Start(Box::new(stdlib::pipeline::PipelineRun::new(
+                        ctx, r.index, input,
+                    ))))
+                }
+                _ => {
+                    let pname = ctx.program().pipelines[r.index as usize].name.clone();
+                    Err(VmError::type_error(format!(
+                        "unknown pipeline method: {pname}.{name}"
+                    )))
+                }
+            },
+            RefKind::Agent => {
+                let agent = ctx.program().agents[r.index as usize].decl.name.clone();
+                let _ = schema;
+                Err(VmError::unsupported(format!(
+                    "agent calls (`{agent}.{name}`) need the LLM connection layer, which is not implemented yet"
+                )))
+            }
+            RefKind::Host => {
+                let host = ctx.program().hosts[r.index as usize].name.clone();
+                Err(VmError::not_enabled(format!(
+                    "host agent `{host}.{name}`: external host agents are not enabled in this runtime yet"
+                )))
+            }
+            RefKind::Mcp => {
+                let conn = ctx.program().connections[r.index as usize].name.clone();
+                Err(VmError::not_enabled(format!(
+                    "MCP server `{conn}.{name}`: MCP servers are not enabled in this runtime yet"
+                )))
+            }
+            RefKind::Schema | RefKind::Tool => Err(no_method(recv, name)),
+        },
+        Value::Struct(s) => match &*s.ty.name {
+            "Set" | "Queue" | "Stack" if s.ty.fields.len() == 1 => {
+                stdlib::collections::method(method, name, s, rest)
+            }
+            _ => match method {
+                Method::ToString => Ok(Flow::Value(Value::str(recv.to_display()))),
+                _ => Err(no_method(recv, name)),
+            },
+        },
+        Value::Object(obj) => match obj.downcast::<ScopedLedger>() {
+            Some(scoped) => {
+                let ledger = scoped.0.clone();
+                ledger_method(ctx, method, name, &ledger, rest)
+            }
+            None => Err(no_method(recv, name)),
+        },
+        _ => match method {
+            Method::ToString => Ok(Flow::Value(Value::str(recv.to_display()))),
+            _ => Err(no_method(recv, name)),
+        },
+    }
+}
+
+#[cold]
+fn no_method(recv: &Value, name: &str) -> VmError {
+    VmError::type_error(format!("no method '{name}' on {}", recv.type_name()))
+}
+
+fn value(v: Value) -> Result<Flow, VmError> {
+    Ok(Flow::Value(v))
+}
+
+fn string_method(
+    ctx: &mut Ctx,
+    method: Method,
+    name: &str,
+    s: &Str,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let std_name = match method {
+        Method::Len => return value(Value::Int(s.len() as i64)),
+        Method::IsEmpty => return value(Value::Bool(s.is_empty())),
+        Method::ToUppercase | Method::ToUpper => "to_upper",
+        Method::ToLowercase | Method::ToLower => "to_lower",
+        Method::Contains => "contains",
+        Method::Trim => "trim",
+        Method::TrimStart => "trim_start",
+        Method::TrimEnd => "trim_end",
+        Method::Split => "split",
+        Method::StartsWith => "starts_with",
+        Method::EndsWith => "ends_with",
+        Method::Replace => "replace",
+        Method::Substring => "substring",
+        Method::Repeat => "repeat",
+        Method::Reverse => "reverse",
+        Method::ParseInt => "parse_int",
+        Method::ParseFloat => "parse_float",
+        Method::Chars => "chars",
+        Method::Lines => "lines",
+        Method::ToString => return value(Value::Str(s.clone())),
+        _ => return Err(VmError::type_error(format!("no method '{name}' on String"))),
+    };
+    builtins::call_by_name(ctx, &format!("std::string::{std_name}"), args)
+}
+
+/// Higher-order operations over a sequence of values, run as a native continuation.
+struct SeqOp {
+    kind: SeqKind,
+    items: Vec<Value>,
+    f: Value,
+    idx: usize,
+    started: bool,
+    out: Vec<Value>,
+    acc: Value,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SeqKind {
+    Map,
+    Filter,
+    Find,
+    Any,
+    All,
+    ForEach,
+    Reduce,
+}
+
+impl SeqOp {
+    fn new(kind: SeqKind, items: Vec<Value>, f: Value, acc: Value) -> SeqOp {
+        SeqOp {
+            kind,
+            items,
+            f,
+            idx: 0,
+            started: false,
+            out: Vec::new(),
+            acc,
+        }
+    }
+
+    fn call_next(&self) -> Step {
+        let item = self.items[self.idx].clone();
+        let args = match self.kind {
+            SeqKind::Reduce => vec![self.acc.clone(), item],
+            _ => vec![item],
+        };
+        Step::Call(self.f.clone(), args)
+    }
+
+    fn finish(&mut self) -> Value {
+        match self.kind {
+            SeqKind::Map | SeqKind::Filter => Value::array(std::mem::take(&mut self.out)),
+            SeqKind::Find => Value::None,
+            SeqKind::Any => Value::Bool(false),
+            SeqKind::All => Value::Bool(true),
+            SeqKind::ForEach => Value::Nil,
+            SeqKind::Reduce => std::mem::take(&mut self.acc),
+        }
+    }
+}
+
+impl Continuation for SeqOp {
+    fn resume(&mut self, _ctx: &mut Ctx, input: Result<Value, VmError>) -> Result<Step, VmError> {
+        let result = input?;
+        if self.started {
+            let item = &self.items[self.idx];
+            match self.kind {
+                SeqKind::Map => self.out.push(result),
+                SeqKind::Filter => {
+                    if result.is_truthy() {
+                        self.out.push(item.clone());
+                    }
+                }
+                SeqKind::Find => {
+                    if result.is_truthy() {
+                        return Ok(Step::Return(Value::some(item.clone())));
+                    }
+                }
+                SeqKind::Any => {
+                    if result.is_truthy() {
+                        return Ok(Step::Return(Value::Bool(true)));
+                    }
+                }
+                SeqKind::All => {
+                    if !result.is_truthy() {
+                        return Ok(Step::Return(Value::Bool(false)));
+                    }
+                }
+                SeqKind::ForEach => {}
+                SeqKind::Reduce => self.acc = result,
+            }
+            self.idx += 1;
+        }
+        self.started = true;
+        if self.idx >= self.items.len() {
+            return Ok(Step::Return(self.finish()));
+        }
+        Ok(self.call_next())
+    }
+
+    fn frame_name(&self) -> &str {
+        match self.kind {
+            SeqKind::Map => "<array map>",
+            SeqKind::Filter => "<array filter>",
+            SeqKind::Find => "<array find>",
+            SeqKind::Any => "<array any>",
+            SeqKind::All => "<array all>",
+            SeqKind::ForEach => "<array for_each>",
+            SeqKind::Reduce => "<array reduce>",
+        }
+    }
+}
+
+fn int_arg(args: &[Value], idx: usize, what: &str) -> Result<i64, VmError> {
+    match arg(args, idx) {
+        Value::Int(i) => Ok(*i),
+        other => Err(VmError::type_error(format!(
+            "{what} expects an Int, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn array_method(method: Method, name: &str, a: &Array, args: &[Value]) -> Result<Flow, VmError> {
+    let seq = |kind: SeqKind, f: Value, acc: Value| -> Result<Flow, VmError> {
+        Ok(Flow::Start(Box::new(SeqOp::new(kind, a.to_vec(), f, acc))))
+    };
+    match method {
+        Method::Len => value(Value::Int(a.len() as i64)),
+        Method::IsEmpty => value(Value::Bool(a.is_empty())),
+        Method::Push => {
+            a.0.lock().push(arg(args, 0).clone());
+            value(Value::Nil)
+        }
+        Method::Pop => value(Value::option(a.0.lock().pop())),
+        Method::First => value(Value::option(a.0.lock().first().cloned())),
+        Method::Last => value(Value::option(a.0.lock().last().cloned())),
+        Method::Get => {
+            let idx = int_arg(args, 0, "Array.get")?;
+            value(Value::option(
+                usize::try_from(idx).ok().and_then(|i| a.get(i)),
+            ))
+        }
+        Method::Contains => {
+            let needle = arg(args, 0);
+            value(Value::Bool(a.0.lock().iter().any(|v| v.equals(needle))))
+        }
+        Method::IndexOf => {
+            let needle = arg(args, 0);
+            let pos = a.0.lock().iter().position(|v| v.equals(needle));
+            value(Value::option(pos.map(|p| Value::Int(p as i64))))
+        }
+        Method::Join => {
+            let sep = match arg(args, 0) {
+                Value::Nil => String::new(),
+                other => other.to_display(),
+            };
+            let items = a.to_vec();
+            let parts: Vec<String> = items.iter().map(Value::to_display).collect();
+            value(Value::str(parts.join(&sep)))
+        }
+        Method::Reverse => {
+            let mut items = a.to_vec();
+            items.reverse();
+            value(Value::array(items))
+        }
+        Method::Slice => {
+            let items = a.to_vec();
+            let len = items.len() as i64;
+            let start = int_arg(args, 0, "Array.slice")?.clamp(0, len) as usize;
+            let end = match arg(args, 1) {
+                Value::Nil => len,
+                _ => int_arg(args, 1, "Array.slice")?.clamp(0, len),
+            } as usize;
+            value(Value::array(if start < end {
+                items[start..end].to_vec()
+            } else {
+                Vec::new()
+            }))
+        }
+        Method::Concat => match arg(args, 0) {
+            Value::Array(other) => {
+                let mut items = a.to_vec();
+                items.extend(other.to_vec());
+                value(Value::array(items))
+            }
+            other => Err(VmError::type_error(format!(
+                "Array.concat expects an Array, got {}",
+                other.type_name()
+            ))),
+        },
+        Method::Insert => {
+            let idx = int_arg(args, 0, "Array.insert")?;
+            let mut items = a.0.lock();
+            let len = items.len();
+            match usize::try_from(idx).ok().filter(|&i| i <= len) {
+                Some(i) => {
+                    items.insert(i, arg(args, 1).clone());
+                    value(Value::Nil)
+                }
+                None => Err(VmError::index_out_of_bounds(idx, len)),
+            }
+        }
+        Method::Remove => {
+            let idx = int_arg(args, 0, "Array.remove")?;
+            let mut items = a.0.lock();
+            let len = items.len();
+            match usize::try_from(idx).ok().filter(|&i| i < len) {
+                Some(i) => value(items.remove(i)),
+                None => Err(VmError::index_out_of_bounds(idx, len)),
+            }
+        }
+        Method::Clear => {
+            a.0.lock().clear();
+            value(Value::Nil)
+        }
+        Method::Sort => {
+            let mut items = a.to_vec();
+            let mut failure = None;
+            items.sort_by(|x, y| match (x, y) {
+                (Value::Int(p), Value::Int(q)) => p.cmp(q),
+                (Value::Str(p), Value::Str(q)) => p.as_str().cmp(q.as_str()),
+                _ => match (x.as_f64(), y.as_f64()) {
+                    (Some(p), Some(q)) => p.total_cmp(&q),
+                    _ => {
+                        failure.get_or_insert_with(|| {
+                            VmError::type_error(format!(
+                                "cannot sort {} with {}",
+                                x.type_name(),
+                                y.type_name()
+                            ))
+                        });
+                        std::cmp::Ordering::Equal
+                    }
+                },
+            });
+            if let Some(err) = failure {
+                return Err(err);
+            }
+            *a.0.lock() = items.clone();
+            value(Value::array(items))
+        }
+        Method::Sum => {
+            let items = a.to_vec();
+            let mut int_sum: i64 = 0;
+            let mut float_sum: Option<f64> = None;
+            for item in &items {
+                match item {
+                    Value::Int(i) => {
+                        int_sum = int_sum.wrapping_add(*i);
+                    }
+                    Value::Float(f) => *float_sum.get_or_insert(0.0) += f,
+                    other => {
+                        return Err(VmError::type_error(format!(
+                            "Array.sum needs numbers, found {}",
+                            other.type_name()
+                        )));
+                    }
+                }
+            }
+            value(match float_sum {
+                Some(f) => Value::Float(f + int_sum as f64),
+                None => Value::Int(int_sum),
+            })
+        }
+        Method::Min | Method::Max => {
+            let items = a.to_vec();
+            let mut best: Option<Value> = None;
+            for item in items {
+                let better = match &best {
+                    None => true,
+                    Some(b) => {
+                        let ord = crate::ops::compare(&item, b, concerto_ir::Op::Lt)?;
+                        match (method, ord) {
+                            (Method::Min, Some(o)) => o.is_lt(),
+                            (Method::Max, Some(o)) => o.is_gt(),
+                            _ => false,
+                        }
+                    }
+                };
+                if better {
+                    best = Some(item);
+                }
+            }
+            value(Value::option(best))
+        }
+        Method::Iter => value(Value::Array(a.clone())),
+        Method::Enumerate => {
+            let items = a.to_vec();
+            value(Value::array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| Value::array(vec![Value::Int(i as i64), v]))
+                    .collect(),
+            ))
+        }
+        Method::Map => seq(SeqKind::Map, arg(args, 0).clone(), Value::Nil),
+        Method::Filter => seq(SeqKind::Filter, arg(args, 0).clone(), Value::Nil),
+        Method::Find => seq(SeqKind::Find, arg(args, 0).clone(), Value::Nil),
+        Method::Any => seq(SeqKind::Any, arg(args, 0).clone(), Value::Nil),
+        Method::All => seq(SeqKind::All, arg(args, 0).clone(), Value::Nil),
+        Method::ForEach => seq(SeqKind::ForEach, arg(args, 0).clone(), Value::Nil),
+        Method::Reduce | Method::Fold => {
+            seq(SeqKind::Reduce, arg(args, 1).clone(), arg(args, 0).clone())
+        }
+        Method::ToString => value(Value::str(Value::Array(a.clone()).to_display())),
+        _ => Err(VmError::type_error(format!("no method '{name}' on Array"))),
+    }
+}
+
+fn map_key(v: &Value) -> Str {
+    match v {
+        Value::Str(s) => s.clone(),
+        other => Str::from(other.to_display()),
+    }
+}
+
+fn map_method(method: Method, name: &str, m: &Map, args: &[Value]) -> Result<Flow, VmError> {
+    match method {
+        Method::Len => value(Value::Int(m.len() as i64)),
+        Method::IsEmpty => value(Value::Bool(m.is_empty())),
+        Method::Get => value(Value::option(m.get(&map_key(arg(args, 0))))),
+        Method::Has | Method::ContainsKey => value(Value::Bool(
+            m.0.lock().contains_key(map_key(arg(args, 0)).as_str()),
+        )),
+        Method::Set | Method::Insert => {
+            m.0.lock()
+                .insert(map_key(arg(args, 0)), arg(args, 1).clone());
+            value(Value::Nil)
+        }
+        Method::Delete | Method::Remove => {
+            let removed = m.0.lock().shift_remove(map_key(arg(args, 0)).as_str());
+            value(Value::Bool(removed.is_some()))
+        }
+        Method::Keys => value(Value::array(
+            m.0.lock().keys().map(|k| Value::Str(k.clone())).collect(),
+        )),
+        Method::Values => value(Value::array(m.0.lock().values().cloned().collect())),
+        Method::Entries => value(Value::array(
+            m.entries()
+                .into_iter()
+                .map(|(k, v)| Value::array(vec![Value::Str(k), v]))
+                .collect(),
+        )),
+        Method::Clear => {
+            m.0.lock().clear();
+            value(Value::Nil)
+        }
+        Method::ToString => value(Value::str(Value::Map(m.clone()).to_display())),
+        _ => Err(VmError::type_error(format!("no method '{name}' on Map"))),
+    }
+}
+
+/// A continuation that calls `f(payload)` once and post-processes the result.
+struct Apply {
+    f: Value,
+    payload: Option<Value>,
+    wrap: fn(Value) -> Value,
+}
+
+impl Continuation for Apply {
+    fn resume(&mut self, _ctx: &mut Ctx, input: Result<Value, VmError>) -> Result<Step, VmError> {
+        let result = input?;
+        match self.payload.take() {
+            Some(p) => Ok(Step::Call(self.f.clone(), vec![p])),
+            None => Ok(Step::Return((self.wrap)(result))),
+        }
+    }
+
+    fn frame_name(&self) -> &str {
+        "<callback>"
+    }
+}
+
+fn apply(f: &Value, payload: Value, wrap: fn(Value) -> Value) -> Result<Flow, VmError> {
+    Ok(Flow::Start(Box::new(Apply {
+        f: f.clone(),
+        payload: Some(payload),
+        wrap,
+    })))
+}
+
+fn unwrap_error(recv: &Value) -> VmError {
+    match recv {
+        Value::Err(e) => VmError::new(
+            ErrorKind::Unwrap,
+            format!("called unwrap() on Err({})", e.to_display()),
+        ),
+        _ => VmError::new(ErrorKind::Unwrap, "called unwrap() on None"),
+    }
+}
+
+fn result_method(
+    method: Method,
+    name: &str,
+    recv: &Value,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let (is_ok, payload) = match recv {
+        Value::Ok(v) => (true, (**v).clone()),
+        Value::Err(e) => (false, (**e).clone()),
+        _ => return Err(no_method(recv, name)),
+    };
+    match method {
+        Method::IsOk => value(Value::Bool(is_ok)),
+        Method::IsErr => value(Value::Bool(!is_ok)),
+        Method::Unwrap if is_ok => value(payload),
+        Method::Unwrap => Err(unwrap_error(recv)),
+        Method::Expect if is_ok => value(payload),
+        Method::Expect => Err(VmError::new(
+            ErrorKind::Unwrap,
+            format!("{}: {}", arg(args, 0).to_display(), payload.to_display()),
+        )),
+        Method::UnwrapOr => value(if is_ok { payload } else { arg(args, 0).clone() }),
+        Method::UnwrapErr if !is_ok => value(payload),
+        Method::UnwrapErr => Err(VmError::new(
+            ErrorKind::Unwrap,
+            format!("called unwrap_err() on Ok({})", payload.to_display()),
+        )),
+        Method::Ok => value(if is_ok {
+            Value::some(payload)
+        } else {
+            Value::None
+        }),
+        Method::Err => value(if is_ok {
+            Value::None
+        } else {
+            Value::some(payload)
+        }),
+        Method::Map if is_ok => apply(arg(args, 0), payload, Value::ok),
+        Method::MapErr if !is_ok => apply(arg(args, 0), payload, Value::err),
+        Method::AndThen if is_ok => apply(arg(args, 0), payload, |v| v),
+        Method::Map | Method::MapErr | Method::AndThen => value(recv.clone()),
+        Method::ToString => value(Value::str(recv.to_display())),
+        _ => Err(no_method(recv, name)),
+    }
+}
+
+fn option_method(
+    method: Method,
+    name: &str,
+    recv: &Value,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let payload = match recv {
+        Value::Some(v) => Some((**v).clone()),
+        _ => None,
+    };
+    match (method, payload) {
+        (Method::IsSome, p) => value(Value::Bool(p.is_some())),
+        (Method::IsNone, p) => value(Value::Bool(p.is_none())),
+        (Method::Unwrap, Some(p)) => value(p),
+        (Method::Unwrap, None) => Err(unwrap_error(recv)),
+        (Method::Expect, Some(p)) => value(p),
+        (Method::Expect, None) => Err(VmError::new(ErrorKind::Unwrap, arg(args, 0).to_display())),
+        (Method::UnwrapOr, p) => value(p.unwrap_or_else(|| arg(args, 0).clone())),
+        (Method::OkOr, Some(p)) => value(Value::ok(p)),
+        (Method::OkOr, None) => value(Value::err(arg(args, 0).clone())),
+        (Method::Map, Some(p)) => apply(arg(args, 0), p, Value::some),
+        (Method::AndThen, Some(p)) => apply(arg(args, 0), p, |v| v),
+        (Method::Filter, Some(p)) => {
+            // `Some(p)` when the predicate holds: a one-element `find`.
+            Ok(Flow::Start(Box::new(SeqOp::new(
+                SeqKind::Find,
+                vec![p],
+                arg(args, 0).clone(),
+                Value::Nil,
+            ))))
+        }
+        (Method::Map | Method::AndThen | Method::Filter, None) => value(Value::None),
+        (Method::ToString, _) => value(Value::str(recv.to_display())),
+        _ => Err(no_method(recv, name)),
+    }
+}
+
+/// Converts a store reply into a flow, mapping the result to a value.
+fn reply<T: Send + 'static>(
+    r: Reply<Result<T, crate::host::HostError>>,
+    to_value: fn(T) -> Value,
+) -> Result<Flow, VmError> {
+    match r {
+        Reply::Ready(Ok(v)) => Ok(Flow::Value(to_value(v))),
+        Reply::Ready(Err(e)) => Err(e.into()),
+        Reply::Pending(fut) => Ok(Flow::Suspend(Box::pin(async move {
+            fut.await.map(to_value).map_err(VmError::from)
+        }))),
+    }
+}
+
+fn hashmap_method(
+    ctx: &mut Ctx,
+    method: Method,
+    name: &str,
+    map: u32,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let store = ctx.host.memory.clone();
+    match method {
+        Method::Set | Method::Insert => {
+            if args.len() < 2 {
+                return Err(arity("HashMap.set", 2, args.len()));
+            }
+            reply(
+                store.hashmap_set(map, map_key(&args[0]), args[1].clone()),
+                |_| Value::Nil,
+            )
+        }
+        Method::Get => reply(
+            store.hashmap_get(map, &map_key(arg(args, 0))),
+            Value::option,
+        ),
+        Method::Has | Method::ContainsKey => {
+            reply(store.hashmap_has(map, &map_key(arg(args, 0))), Value::Bool)
+        }
+        Method::Delete | Method::Remove => reply(
+            store.hashmap_delete(map, &map_key(arg(args, 0))),
+            Value::Bool,
+        ),
+        Method::Len => reply(store.hashmap_len(map), |n| Value::Int(n as i64)),
+        Method::IsEmpty => reply(store.hashmap_len(map), |n| Value::Bool(n == 0)),
+        Method::Clear => reply(store.hashmap_clear(map), |_| Value::Nil),
+        Method::Keys => reply(store.hashmap_entries(map), |entries| {
+            Value::array(entries.into_iter().map(|(k, _)| Value::Str(k)).collect())
+        }),
+        Method::Values => reply(store.hashmap_entries(map), |entries| {
+            Value::array(entries.into_iter().map(|(_, v)| v).collect())
+        }),
+        Method::Entries => reply(store.hashmap_entries(map), |entries| {
+            Value::array(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| Value::array(vec![Value::Str(k), v]))
+                    .collect(),
+            )
+        }),
+        _ => {
+            let hname = ctx.program().hashmaps[map as usize].name.clone();
+            Err(VmError::type_error(format!(
+                "no method '{name}' on HashMap `{hname}`"
+            )))
+        }
+    }
+}
+
+/// `HASH_MAP_*` opcodes (never emitted by concertoc 1a8ede9; hand-written IR may use them).
+pub(crate) fn hashmap_opcode(
+    ctx: &mut Ctx,
+    op: HashmapOp,
+    map: u32,
+    stack: &mut Vec<Value>,
+) -> Result<Flow, VmError> {
+    let store = ctx.host.memory.clone();
+    match op {
+        HashmapOp::Set => {
+            let v = stack.pop().unwrap_or_default();
+            let k = stack.pop().unwrap_or_default();
+            reply(store.hashmap_set(map, map_key(&k), v), |_| Value::Nil)
+        }
+        HashmapOp::Get => {
+            let k = stack.pop().unwrap_or_default();
+            reply(store.hashmap_get(map, &map_key(&k)), Value::option)
+        }
+        HashmapOp::Has => {
+            let k = stack.pop().unwrap_or_default();
+            reply(store.hashmap_has(map, &map_key(&k)), Value::Bool)
+        }
+        HashmapOp::Delete => {
+            let k = stack.pop().unwrap_or_default();
+            reply(store.hashmap_delete(map, &map_key(&k)), |_| Value::Nil)
+        }
+        HashmapOp::Query => {
+            let pred = stack.pop().unwrap_or_default();
+            let entries = match store.hashmap_entries(map) {
+                Reply::Ready(r) => r.map_err(VmError::from)?,
+                Reply::Pending(_) => {
+                    return Err(VmError::unsupported(
+                        "HASH_MAP_QUERY on a store that answers asynchronously",
+                    ));
+                }
+            };
+            Ok(Flow::Start(Box::new(QueryOp {
+                pred,
+                entries,
+                idx: 0,
+                started: false,
+                out: Vec::new(),
+            })))
+        }
+    }
+}
+
+/// `HASH_MAP_QUERY`: keeps the entries for which `pred(key, value)` holds.
+struct QueryOp {
+    pred: Value,
+    entries: Vec<(Str, Value)>,
+    idx: usize,
+    started: bool,
+    out: Vec<(Str, Value)>,
+}
+
+impl Continuation for QueryOp {
+    fn resume(&mut self, _ctx: &mut Ctx, input: Result<Value, VmError>) -> Result<Step, VmError> {
+        let result = input?;
+        if self.started {
+            if result.is_truthy() {
+                self.out.push(self.entries[self.idx].clone());
+            }
+            self.idx += 1;
+        }
+        self.started = true;
+        match self.entries.get(self.idx) {
+            Some((k, v)) => Ok(Step::Call(
+                self.pred.clone(),
+                vec![Value::Str(k.clone()), v.clone()],
+            )),
+            None => Ok(Step::Return(Value::Map(Map::from_pairs(std::mem::take(
+                &mut self.out,
+            ))))),
+        }
+    }
+
+    fn frame_name(&self) -> &str {
+        "<hashmap query>"
+    }
+}
+
+#[cold]
+fn arity(what: &str, expected: usize, got: usize) -> VmError {
+    VmError::new(
+        ErrorKind::Arity,
+        format!(
+            "call error: {what} takes {expected} argument{}, got {got}",
+            if expected == 1 { "" } else { "s" }
+        ),
+    )
+}
+
+/// A ledger created by `scope(prefix)`: a separate store named `<ledger>::<prefix>`.
+pub(crate) struct ScopedLedger(pub(crate) String);
+
+impl crate::value::NativeObject for ScopedLedger {
+    fn type_name(&self) -> &str {
+        "LedgerRef"
+    }
+    fn display(&self) -> String {
+        format!("<ledger {}>", self.0)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn keys_arg(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) => a.to_vec().iter().map(Value::to_display).collect(),
+        other => vec![other.to_display()],
+    }
+}
+
+fn ledger_entry_type() -> Arc<StructType> {
+    StructType::new(
+        "LedgerEntry",
+        vec![
+            Arc::from("identifier"),
+            Arc::from("keys"),
+            Arc::from("value"),
+        ],
+    )
+}
+
+fn entries_value(entries: Vec<LedgerEntry>) -> Value {
+    let ty = ledger_entry_type();
+    Value::array(
+        entries
+            .into_iter()
+            .map(|e| {
+                Value::Struct(StructObj::new(
+                    ty.clone(),
+                    vec![
+                        Value::str(e.identifier),
+                        Value::array(e.keys.into_iter().map(Value::str).collect()),
+                        e.value,
+                    ],
+                ))
+            })
+            .collect(),
+    )
+}
+
+fn ledger_method(
+    ctx: &mut Ctx,
+    method: Method,
+    name: &str,
+    ledger: &str,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let store = ctx.host.memory.clone();
+    let text = |i: usize| arg(args, i).to_display();
+    match method {
+        Method::Insert => {
+            if args.len() < 3 {
+                return Err(arity("Ledger.insert", 3, args.len()));
+            }
+            let entry = LedgerEntry {
+                identifier: text(0),
+                keys: keys_arg(&args[1]),
+                value: args[2].clone(),
+            };
+            reply(store.ledger_insert(ledger, entry), |_| Value::Nil)
+        }
+        Method::Update => reply(
+            store.ledger_update(ledger, &text(0), arg(args, 1).clone()),
+            Value::Bool,
+        ),
+        Method::UpdateKeys => reply(
+            store.ledger_update_keys(ledger, &text(0), keys_arg(arg(args, 1))),
+            Value::Bool,
+        ),
+        Method::Delete | Method::Remove => {
+            reply(store.ledger_delete(ledger, &text(0)), Value::Bool)
+        }
+        Method::Query => {
+            // `query()` returns the ledger itself so `query().from_key(..)` chains.
+            if ctx.program().ledgers.iter().any(|l| l.name == ledger) {
+                let idx = ctx
+                    .program()
+                    .ledgers
+                    .iter()
+                    .position(|l| l.name == ledger)
+                    .unwrap_or(0);
+                value(Value::Ref(crate::value::RefValue {
+                    kind: RefKind::Ledger,
+                    program: ctx.vm.registry_id,
+                    index: idx as u32,
+                }))
+            } else {
+                value(Value::Object(crate::value::Object::new(ScopedLedger(
+                    ledger.to_string(),
+                ))))
+            }
+        }
+        Method::FromIdentifier => reply(
+            store.ledger_query(ledger, LedgerQuery::Identifier(text(0))),
+            entries_value,
+        ),
+        Method::FromKey => reply(
+            store.ledger_query(ledger, LedgerQuery::Key(text(0))),
+            entries_value,
+        ),
+        Method::FromAnyKeys => reply(
+            store.ledger_query(ledger, LedgerQuery::AnyKeys(keys_arg(arg(args, 0)))),
+            entries_value,
+        ),
+        Method::FromExactKeys => reply(
+            store.ledger_query(ledger, LedgerQuery::ExactKeys(keys_arg(arg(args, 0)))),
+            entries_value,
+        ),
+        Method::Len => reply(store.ledger_entries(ledger), |e| Value::Int(e.len() as i64)),
+        Method::IsEmpty => reply(store.ledger_entries(ledger), |e| Value::Bool(e.is_empty())),
+        Method::Clear => reply(store.ledger_clear(ledger), |_| Value::Nil),
+        Method::Entries => reply(store.ledger_entries(ledger), entries_value),
+        Method::Identifiers => reply(store.ledger_entries(ledger), |e| {
+            Value::array(e.into_iter().map(|e| Value::str(e.identifier)).collect())
+        }),
+        Method::Scope => {
+            let scoped = format!("{ledger}::{}", text(0));
+            value(Value::Object(crate::value::Object::new(ScopedLedger(
+                scoped,
+            ))))
+        }
+        _ => Err(VmError::type_error(format!(
+            "no method '{name}' on Ledger `{ledger}`"
+        ))),
+    }
+}
+
+fn message_type() -> Arc<StructType> {
+    StructType::new("Message", vec![Arc::from("role"), Arc::from("content")])
+}
+
+fn messages_value(messages: Vec<ChatMessage>) -> Value {
+    let ty = message_type();
+    Value::array(
+        messages
+            .into_iter()
+            .map(|m| {
+                Value::Struct(StructObj::new(
+                    ty.clone(),
+                    vec![Value::str(m.role), Value::str(m.content)],
+                ))
+            })
+            .collect(),
+    )
+}
+
+fn memory_method(
+    ctx: &mut Ctx,
+    method: Method,
+    name: &str,
+    memory: u32,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let store = ctx.host.memory.clone();
+    let decl = ctx.program().memories[memory as usize].clone();
+    match method {
+        Method::Append => {
+            if args.len() < 2 {
+                return Err(arity("Memory.append", 2, args.len()));
+            }
+            let message = ChatMessage {
+                role: args[0].to_display(),
+                content: args[1].to_display(),
+            };
+            reply(
+                store.memory_append(&decl.name, decl.max_messages, message),
+                |_| Value::Nil,
+            )
+        }
+        Method::Messages => reply(store.memory_messages(&decl.name), messages_value),
+        Method::Last => {
+            let n = match arg(args, 0) {
+                Value::Int(n) => *n,
+                other => {
+                    return Err(VmError::type_error(format!(
+                        "Memory.last expects an Int, got {}",
+                        other.type_name()
+                    )));
+                }
+            };
+            let n = n.max(0) as usize;
+            let r = store.memory_messages(&decl.name);
+            match r {
+                Reply::Ready(Ok(msgs)) => {
+                    let skip = msgs.len().saturating_sub(n);
+                    value(messages_value(msgs.into_iter().skip(skip).collect()))
+                }
+                Reply::Ready(Err(e)) => Err(e.into()),
+                Reply::Pending(fut) => Ok(Flow::Suspend(Box::pin(async move {
+                    let msgs = fut.await.map_err(VmError::from)?;
+                    let skip = msgs.len().saturating_sub(n);
+                    Ok(messages_value(msgs.into_iter().skip(skip).collect()))
+                }))),
+            }
+        }
+        Method::Len => reply(store.memory_messages(&decl.name), |m| {
+            Value::Int(m.len() as i64)
+        }),
+        Method::IsEmpty => reply(store.memory_messages(&decl.name), |m| {
+            Value::Bool(m.is_empty())
+        }),
+        Method::Clear => reply(store.memory_clear(&decl.name), |_| Value::Nil),
+        _ => Err(VmError::type_error(format!(
+            "no method '{name}' on Memory `{}`",
+            decl.name
+        ))),
+    }
+}

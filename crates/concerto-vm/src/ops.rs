@@ -1,0 +1,280 @@
+//! Operator semantics off the fast path: mixed-type arithmetic, string concatenation,
+//! comparison, field and index access.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use concerto_ir::Op;
+
+use crate::error::VmError;
+use crate::value::{Str, Value};
+
+#[cold]
+fn arith_error(op: &str, a: &Value, b: &Value) -> VmError {
+    VmError::type_error(format!(
+        "cannot {op} {} and {}",
+        a.type_name(),
+        b.type_name()
+    ))
+}
+
+/// `ADD`: numbers add (Int wraps, Int+Float is Float); a String on either side concatenates
+/// with the other operand's display form.
+pub(crate) fn add(a: Value, b: Value) -> Result<Value, VmError> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_add(y))),
+        (Value::Float(x), Value::Float(y)) => Ok(Value::Float(x + y)),
+        (Value::Int(x), Value::Float(y)) => Ok(Value::Float(x as f64 + y)),
+        (Value::Float(x), Value::Int(y)) => Ok(Value::Float(x + y as f64)),
+        (Value::Str(mut s), b) => {
+            match &b {
+                Value::Str(t) => s.push_str(t),
+                Value::Int(i) => {
+                    let mut buf = itoa_buf(*i);
+                    s.push_str(buf.as_str());
+                    buf.clear();
+                }
+                other => s.push_str(&other.to_display()),
+            }
+            Ok(Value::Str(s))
+        }
+        (a, Value::Str(t)) => {
+            let mut out = a.to_display();
+            out.push_str(&t);
+            Ok(Value::Str(Str::from(out)))
+        }
+        (a, b) => Err(arith_error("add", &a, &b)),
+    }
+}
+
+/// `SUB`
+pub(crate) fn sub(a: Value, b: Value) -> Result<Value, VmError> {
+    match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_sub(*y))),
+        (Value::Float(x), Value::Float(y)) => Ok(Value::Float(x - y)),
+        (Value::Int(x), Value::Float(y)) => Ok(Value::Float(*x as f64 - y)),
+        (Value::Float(x), Value::Int(y)) => Ok(Value::Float(x - *y as f64)),
+        _ => Err(arith_error("subtract", &a, &b)),
+    }
+}
+
+/// `MUL`
+pub(crate) fn mul(a: Value, b: Value) -> Result<Value, VmError> {
+    match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_mul(*y))),
+        (Value::Float(x), Value::Float(y)) => Ok(Value::Float(x * y)),
+        (Value::Int(x), Value::Float(y)) => Ok(Value::Float(*x as f64 * y)),
+        (Value::Float(x), Value::Int(y)) => Ok(Value::Float(x * *y as f64)),
+        _ => Err(arith_error("multiply", &a, &b)),
+    }
+}
+
+/// `DIV`: Int division truncates towards zero and raises on a zero divisor; float division
+/// follows IEEE.
+pub(crate) fn div(a: Value, b: Value) -> Result<Value, VmError> {
+    match (&a, &b) {
+        (Value::Int(_), Value::Int(0)) => Err(VmError::division_by_zero()),
+        (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_div(*y))),
+        (Value::Float(x), Value::Float(y)) => Ok(Value::Float(x / y)),
+        (Value::Int(x), Value::Float(y)) => Ok(Value::Float(*x as f64 / y)),
+        (Value::Float(x), Value::Int(y)) => Ok(Value::Float(x / *y as f64)),
+        _ => Err(arith_error("divide", &a, &b)),
+    }
+}
+
+/// `MOD`: the sign follows the dividend; Int by zero raises.
+pub(crate) fn rem(a: Value, b: Value) -> Result<Value, VmError> {
+    match (&a, &b) {
+        (Value::Int(_), Value::Int(0)) => Err(VmError::division_by_zero()),
+        (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_rem(*y))),
+        (Value::Float(x), Value::Float(y)) => Ok(Value::Float(x % y)),
+        (Value::Int(x), Value::Float(y)) => Ok(Value::Float(*x as f64 % y)),
+        (Value::Float(x), Value::Int(y)) => Ok(Value::Float(x % *y as f64)),
+        _ => Err(arith_error("take the remainder of", &a, &b)),
+    }
+}
+
+fn itoa_buf(i: i64) -> String {
+    use std::fmt::Write;
+    let mut buf = String::with_capacity(20);
+    let _ = write!(buf, "{i}");
+    buf
+}
+
+fn op_symbol(op: Op) -> &'static str {
+    match op {
+        Op::Lt => "<",
+        Op::Gt => ">",
+        Op::Lte => "<=",
+        _ => ">=",
+    }
+}
+
+/// Ordering for `LT GT LTE GTE`: numbers in any mix, strings by bytes. `None` when a NaN
+/// is involved (every comparison is then false).
+pub(crate) fn compare(a: &Value, b: &Value, op: Op) -> Result<Option<Ordering>, VmError> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Ok(Some(x.cmp(y))),
+        (Value::Float(x), Value::Float(y)) => Ok(x.partial_cmp(y)),
+        (Value::Int(x), Value::Float(y)) => Ok((*x as f64).partial_cmp(y)),
+        (Value::Float(x), Value::Int(y)) => Ok(x.partial_cmp(&(*y as f64))),
+        (Value::Str(x), Value::Str(y)) => Ok(Some(x.as_str().cmp(y.as_str()))),
+        _ => Err(VmError::type_error(format!(
+            "cannot compare {} {} {}",
+            a.type_name(),
+            op_symbol(op),
+            b.type_name()
+        ))),
+    }
+}
+
+/// `FIELD_GET`
+pub(crate) fn field_get(obj: &Value, name: &Arc<str>) -> Result<Value, VmError> {
+    match obj {
+        Value::Struct(s) => match s.ty.field_index(name) {
+            Some(idx) => Ok(s.fields.lock()[idx].clone()),
+            None => Err(VmError::no_field(name, &s.ty.name)),
+        },
+        Value::Map(m) => Ok(m.0.lock().get(&**name).cloned().unwrap_or(Value::Nil)),
+        Value::Enum(e) => match &e.field_names {
+            Some(names) => match names.iter().position(|n| n == name) {
+                Some(idx) => Ok(e.payload[idx].clone()),
+                None => Err(VmError::no_field(name, &e.type_name)),
+            },
+            None => Err(VmError::no_field(name, &e.type_name)),
+        },
+        other => Err(VmError::type_error(format!(
+            "cannot access field '{name}' on {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// `FIELD_SET`: mutates the shared object in place.
+pub(crate) fn field_set(obj: &Value, name: &Arc<str>, value: Value) -> Result<(), VmError> {
+    match obj {
+        Value::Struct(s) => match s.ty.field_index(name) {
+            Some(idx) => {
+                s.fields.lock()[idx] = value;
+                Ok(())
+            }
+            None => Err(VmError::no_field(name, &s.ty.name)),
+        },
+        Value::Map(m) => {
+            m.0.lock().insert(Str::from(&**name), value);
+            Ok(())
+        }
+        other => Err(VmError::type_error(format!(
+            "cannot assign field '{name}' on {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn key_of(idx: &Value) -> Str {
+    match idx {
+        Value::Str(s) => s.clone(),
+        other => Str::from(other.to_display()),
+    }
+}
+
+/// `INDEX_GET` off the array fast path.
+pub(crate) fn index_get(coll: &Value, idx: &Value) -> Result<Value, VmError> {
+    match (coll, idx) {
+        (Value::Array(arr), Value::Int(i)) => {
+            let items = arr.0.lock();
+            match usize::try_from(*i).ok().and_then(|i| items.get(i)) {
+                Some(v) => Ok(v.clone()),
+                None => Err(VmError::index_out_of_bounds(*i, items.len())),
+            }
+        }
+        (Value::Map(m), key) => {
+            let key = key_of(key);
+            Ok(m.0.lock().get(key.as_str()).cloned().unwrap_or(Value::Nil))
+        }
+        (Value::Struct(s), Value::Str(name)) => match s.ty.field_index_str(name) {
+            Some(i) => Ok(s.fields.lock()[i].clone()),
+            None => Err(VmError::no_field(name, &s.ty.name)),
+        },
+        (Value::Ok(v) | Value::Err(v) | Value::Some(v), _) => Ok((**v).clone()),
+        (Value::None, _) => Ok(Value::Nil),
+        (Value::Enum(e), Value::Int(i)) => Ok(usize::try_from(*i)
+            .ok()
+            .and_then(|i| e.payload.get(i))
+            .cloned()
+            .unwrap_or(Value::Nil)),
+        (Value::Enum(e), Value::Str(name)) => match &e.field_names {
+            Some(names) => match names.iter().position(|n| **n == **name) {
+                Some(i) => Ok(e.payload[i].clone()),
+                None => Err(VmError::no_field(name, &e.type_name)),
+            },
+            None => Err(VmError::no_field(name, &e.type_name)),
+        },
+        (Value::Array(_), other) => Err(VmError::type_error(format!(
+            "array index must be Int, got {}",
+            other.type_name()
+        ))),
+        (other, idx) => Err(VmError::type_error(format!(
+            "cannot index {} with {}",
+            other.type_name(),
+            idx.type_name()
+        ))),
+    }
+}
+
+/// `INDEX_SET`: mutates the shared collection in place.
+pub(crate) fn index_set(coll: &Value, idx: Value, value: Value) -> Result<(), VmError> {
+    match (coll, &idx) {
+        (Value::Array(arr), Value::Int(i)) => {
+            let mut items = arr.0.lock();
+            let len = items.len();
+            match usize::try_from(*i).ok().and_then(|i| items.get_mut(i)) {
+                Some(slot) => {
+                    *slot = value;
+                    Ok(())
+                }
+                None => Err(VmError::index_out_of_bounds(*i, len)),
+            }
+        }
+        (Value::Map(m), key) => {
+            m.0.lock().insert(key_of(key), value);
+            Ok(())
+        }
+        (Value::Struct(s), Value::Str(name)) => match s.ty.field_index_str(name) {
+            Some(i) => {
+                s.fields.lock()[i] = value;
+                Ok(())
+            }
+            None => Err(VmError::no_field(name, &s.ty.name)),
+        },
+        (Value::Array(_), other) => Err(VmError::type_error(format!(
+            "array index must be Int, got {}",
+            other.type_name()
+        ))),
+        (other, idx) => Err(VmError::type_error(format!(
+            "cannot assign index {} of {}",
+            idx.type_name(),
+            other.type_name()
+        ))),
+    }
+}
+
+/// `CHECK_TYPE`: the runtime type name, or a variant path (`Result::Ok`, `Option::None`,
+/// `Shape::Circle`, or just `Ok`, `Circle`).
+pub(crate) fn check_type(value: &Value, name: &str) -> bool {
+    if value.type_name() == name {
+        return true;
+    }
+    let variant = match value {
+        Value::Ok(_) => "Ok",
+        Value::Err(_) => "Err",
+        Value::Some(_) => "Some",
+        Value::None => "None",
+        Value::Enum(e) => &e.variant,
+        _ => return matches!((value, name), (_, "any" | "Any")),
+    };
+    match name.rsplit_once("::") {
+        Some((owner, v)) => v == variant && owner == value.type_name(),
+        None => name == variant,
+    }
+}

@@ -1,0 +1,55 @@
+//! `std::json`
+
+use crate::builtins::ret;
+use crate::error::VmError;
+use crate::exec::{Ctx, Flow};
+use crate::value::Value;
+
+fn text_arg<'a>(func: &str, args: &'a [Value]) -> Result<&'a str, VmError> {
+    match args.first() {
+        Some(Value::Str(s)) => Ok(s.as_str()),
+        Some(other) => Err(VmError::type_error(format!(
+            "std::json::{func} expected String, got {}",
+            other.type_name()
+        ))),
+        None => Err(VmError::type_error(format!(
+            "std::json::{func} missing argument 0"
+        ))),
+    }
+}
+
+/// `parse(text)`: `Ok(value)` (objects become maps, in document order) or `Err(message)`.
+pub(crate) fn parse(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    let text = text_arg("parse", args)?;
+    ret(match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(json) => Value::ok(Value::from_json(&json)),
+        Err(e) => Value::err(Value::str(e.to_string())),
+    })
+}
+
+/// `stringify(v)`: compact JSON.
+pub(crate) fn stringify(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    let Some(v) = args.first() else {
+        return Err(VmError::type_error("std::json::stringify missing argument"));
+    };
+    ret(Value::str(v.to_json().to_string()))
+}
+
+/// `stringify_pretty(v)`: two-space indented JSON.
+pub(crate) fn stringify_pretty(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    let Some(v) = args.first() else {
+        return Err(VmError::type_error(
+            "std::json::stringify_pretty missing argument",
+        ));
+    };
+    let text = serde_json::to_string_pretty(&v.to_json()).unwrap_or_default();
+    ret(Value::str(text))
+}
+
+/// `is_valid(text)`
+pub(crate) fn is_valid(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    let text = text_arg("is_valid", args)?;
+    ret(Value::Bool(
+        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
+    ))
+}

@@ -1,0 +1,244 @@
+//! In-memory fakes of the host traits, for tests, examples and doc tests of the VM alone.
+//!
+//! These fakes are deliberately small: they record emits and printed text, keep hashmaps in
+//! a mutex-protected map, and report every other outside-world operation as unsupported.
+//! The real implementations live in the sibling crates and are wired by `concerto-runtime`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::exec::Host;
+use crate::host::*;
+use crate::value::{Str, Value};
+
+/// Records every emit as `(channel, payload)`.
+#[derive(Default)]
+pub struct RecordingEmits {
+    /// The emits so far.
+    pub emits: Mutex<Vec<(String, Value)>>,
+}
+
+impl EmitSink for RecordingEmits {
+    fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError> {
+        self.emits
+            .lock()
+            .push((channel.to_string(), payload.clone()));
+        Ok(())
+    }
+}
+
+/// Answers every operation with "unsupported".
+pub struct Unsupported;
+
+impl Connections for Unsupported {
+    fn chat(
+        &self,
+        _: &Arc<concerto_ir::Program>,
+        _: u32,
+        _: ChatRequest,
+    ) -> BoxFuture<Result<ChatResponse, HostError>> {
+        Box::pin(async { Err(HostError::unsupported("LLM connections in the test host")) })
+    }
+}
+
+impl ToolHost for Unsupported {
+    fn call(&self, tool: &str, method: &str, _: Vec<Value>) -> BoxFuture<Result<Value, HostError>> {
+        let msg = format!("host tool `{tool}.{method}` in the test host");
+        Box::pin(async move { Err(HostError::unsupported(msg)) })
+    }
+}
+
+impl SchemaValidator for Unsupported {
+    fn validate(
+        &self,
+        _: &concerto_ir::Program,
+        _: u32,
+        _: &serde_json::Value,
+    ) -> Result<Result<(), Vec<String>>, HostError> {
+        Err(HostError::unsupported("schema validation in the test host"))
+    }
+}
+
+/// Hashmaps in a mutex-protected map; ledgers and memories unsupported.
+#[derive(Default)]
+pub struct FakeMemory {
+    maps: Mutex<HashMap<u32, Vec<(Str, Value)>>>,
+}
+
+fn unsupported<T>(what: &str) -> Reply<Result<T, HostError>> {
+    Reply::Ready(Err(HostError::unsupported(format!(
+        "{what} in the test host"
+    ))))
+}
+
+impl MemoryStore for FakeMemory {
+    fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
+        let mut maps = self.maps.lock();
+        let entries = maps.entry(map).or_default();
+        match entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => entries.push((key, value)),
+        }
+        Reply::Ready(Ok(()))
+    }
+    fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+        let maps = self.maps.lock();
+        let found = maps
+            .get(&map)
+            .and_then(|e| e.iter().find(|(k, _)| k.as_str() == key));
+        Reply::Ready(Ok(found.map(|(_, v)| v.clone())))
+    }
+    fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+        let maps = self.maps.lock();
+        Reply::Ready(Ok(maps
+            .get(&map)
+            .is_some_and(|e| e.iter().any(|(k, _)| k.as_str() == key))))
+    }
+    fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+        let mut maps = self.maps.lock();
+        let entries = maps.entry(map).or_default();
+        let before = entries.len();
+        entries.retain(|(k, _)| k.as_str() != key);
+        Reply::Ready(Ok(entries.len() != before))
+    }
+    fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
+        Reply::Ready(Ok(self.maps.lock().get(&map).cloned().unwrap_or_default()))
+    }
+    fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
+        Reply::Ready(Ok(self.maps.lock().get(&map).map_or(0, Vec::len)))
+    }
+    fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
+        self.maps.lock().remove(&map);
+        Reply::Ready(Ok(()))
+    }
+    fn ledger_insert(&self, _: &str, _: LedgerEntry) -> Reply<Result<(), HostError>> {
+        unsupported("ledgers")
+    }
+    fn ledger_update(&self, _: &str, _: &str, _: Value) -> Reply<Result<bool, HostError>> {
+        unsupported("ledgers")
+    }
+    fn ledger_update_keys(
+        &self,
+        _: &str,
+        _: &str,
+        _: Vec<String>,
+    ) -> Reply<Result<bool, HostError>> {
+        unsupported("ledgers")
+    }
+    fn ledger_delete(&self, _: &str, _: &str) -> Reply<Result<bool, HostError>> {
+        unsupported("ledgers")
+    }
+    fn ledger_query(&self, _: &str, _: LedgerQuery) -> Reply<Result<Vec<LedgerEntry>, HostError>> {
+        unsupported("ledgers")
+    }
+    fn ledger_entries(&self, _: &str) -> Reply<Result<Vec<LedgerEntry>, HostError>> {
+        unsupported("ledgers")
+    }
+    fn ledger_clear(&self, _: &str) -> Reply<Result<(), HostError>> {
+        unsupported("ledgers")
+    }
+    fn memory_append(
+        &self,
+        _: &str,
+        _: Option<u64>,
+        _: ChatMessage,
+    ) -> Reply<Result<(), HostError>> {
+        unsupported("memories")
+    }
+    fn memory_messages(&self, _: &str) -> Reply<Result<Vec<ChatMessage>, HostError>> {
+        unsupported("memories")
+    }
+    fn memory_clear(&self, _: &str) -> Reply<Result<(), HostError>> {
+        unsupported("memories")
+    }
+}
+
+/// A deterministic system: printed text is recorded, the clock is fixed, sleeps end at
+/// once, randomness is a counter.
+#[derive(Default)]
+pub struct FakeSystem {
+    /// Everything printed.
+    pub printed: Mutex<String>,
+    /// Environment variables.
+    pub env: Mutex<HashMap<String, String>>,
+    counter: Mutex<u8>,
+}
+
+impl System for FakeSystem {
+    fn print(&self, text: &str) {
+        self.printed.lock().push_str(text);
+    }
+    fn log(&self, _: LogLevel, message: &str) {
+        self.printed.lock().push_str(message);
+    }
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.env.lock().get(name).cloned()
+    }
+    fn env_vars(&self) -> Vec<(String, String)> {
+        self.env
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+    fn now_ms(&self) -> i64 {
+        1_700_000_000_000
+    }
+    fn sleep(&self, _: Duration) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
+    fn random_bytes(&self, buf: &mut [u8]) {
+        let mut c = self.counter.lock();
+        for b in buf {
+            *c = c.wrapping_add(37);
+            *b = *c;
+        }
+    }
+}
+
+/// A host of fakes. Use [`host_with`] to keep handles on the recorders.
+pub fn host() -> Host {
+    host_with(
+        Arc::new(RecordingEmits::default()),
+        Arc::new(FakeSystem::default()),
+    )
+}
+
+/// A host of fakes around the given emit recorder and system.
+pub fn host_with(emits: Arc<RecordingEmits>, system: Arc<FakeSystem>) -> Host {
+    Host {
+        emit: emits,
+        connections: Arc::new(Unsupported),
+        memory: Arc::new(FakeMemory::default()),
+        schema: Arc::new(Unsupported),
+        tools: Arc::new(Unsupported),
+        system,
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on the current thread (for tests and doc examples; real
+/// hosts use their async runtime).
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
