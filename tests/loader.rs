@@ -1,0 +1,223 @@
+//! Loader error tests: one or more per error kind, each checking the typed variant and
+//! where it points.
+
+use concerto_ir::{LoadError, load_str};
+
+fn module(constants: &str, instructions: &str) -> String {
+    format!(
+        r#"{{"version":"0.1.0","module":"m","source_file":"m.conc",
+        "constants":[{constants}],
+        "functions":[{{"name":"main","module":"m","visibility":"private","params":[],
+          "return_type":"nil","is_async":false,"locals":[],"instructions":[{instructions}]}}],
+        "metadata":{{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
+          "debug_info":true,"entry_point":"main"}}}}"#
+    )
+}
+
+fn invalid(text: &str) -> concerto_ir::Invalid {
+    match load_str(text) {
+        Err(LoadError::Invalid(inv)) => *inv,
+        Err(other) => panic!("expected Invalid, got {other:?}"),
+        Ok(_) => panic!("expected Invalid, the module loaded"),
+    }
+}
+
+#[test]
+fn a_valid_module_loads() {
+    let program = load_str(&module(r#"{"index":0,"type":"int","value":1}"#, r#"{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#)).unwrap();
+    assert_eq!(program.instruction_count(), 2);
+    assert!(program.warnings.is_empty());
+}
+
+#[test]
+fn malformed_json_is_a_parse_error_with_position() {
+    match load_str("{\n  \"version\": \"0.1.0\",\n  oops\n}") {
+        Err(LoadError::ParseError { line, column, .. }) => {
+            assert_eq!(line, 3);
+            assert!(column >= 3, "column {column}");
+        }
+        other => panic!("expected ParseError, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_json_type_is_a_parse_error() {
+    let text = module("", r#"{"op":"CALL","argc":"two"}"#);
+    assert!(matches!(load_str(&text), Err(LoadError::ParseError { .. })));
+}
+
+#[test]
+fn another_major_version_is_a_version_mismatch() {
+    let text = module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"1.0.0\",\"module\"");
+    match load_str(&text) {
+        Err(LoadError::VersionMismatch { found, supported }) => {
+            assert_eq!(found, "1.0.0");
+            assert!(supported.starts_with('0'));
+        }
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_malformed_version_is_a_version_mismatch() {
+    let text = module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"zero\",\"module\"");
+    assert!(matches!(load_str(&text), Err(LoadError::VersionMismatch { .. })));
+}
+
+#[test]
+fn another_minor_version_loads_with_a_warning() {
+    let text = module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"0.2.3\",\"module\"");
+    let program = load_str(&text).unwrap();
+    assert_eq!(program.warnings.len(), 1, "{:?}", program.warnings);
+}
+
+#[test]
+fn each_required_section_is_reported_when_missing() {
+    let full = module("", r#"{"op":"RETURN"}"#);
+    let mut value: serde_json::Value = serde_json::from_str(&full).unwrap();
+    for section in ["version", "module", "source_file", "metadata"] {
+        let mut v = value.clone();
+        v.as_object_mut().unwrap().remove(section);
+        match load_str(&serde_json::to_string_pretty(&v).unwrap()) {
+            Err(LoadError::MissingSection { section: s }) => assert_eq!(s, section),
+            other => panic!("{section}: expected MissingSection, got {other:?}"),
+        }
+    }
+    // Optional sections may be absent.
+    value.as_object_mut().unwrap().remove("constants");
+    assert!(load_str(&value.to_string()).is_ok());
+}
+
+#[test]
+fn constant_index_out_of_range() {
+    let inv = invalid(&module(r#"{"index":0,"type":"int","value":1}"#, r#"{"op":"LOAD_CONST","arg":5},{"op":"RETURN"}"#));
+    assert_eq!(inv.function, "main");
+    assert_eq!(inv.instruction, Some(0));
+    assert!(inv.reason.contains("constant index 5"), "{}", inv.reason);
+}
+
+#[test]
+fn constant_of_the_wrong_kind_or_type() {
+    let inv = invalid(&module(r#"{"index":0,"type":"int","value":"x"}"#, r#"{"op":"RETURN"}"#));
+    assert_eq!(inv.function, "constants");
+    let inv = invalid(&module(r#"{"index":0,"type":"decimal","value":1}"#, r#"{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("unknown constant type"), "{}", inv.reason);
+    let inv = invalid(&module(r#"{"index":3,"type":"int","value":1}"#, r#"{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("index 3"), "{}", inv.reason);
+    let inv = invalid(&module(r#"{"index":0,"type":"float","value":2}"#, r#"{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("wrong kind"), "{}", inv.reason);
+}
+
+#[test]
+fn jump_target_out_of_range() {
+    let inv = invalid(&module("", r#"{"op":"JUMP","offset":7},{"op":"RETURN"}"#));
+    assert_eq!(inv.instruction, Some(0));
+    assert!(inv.reason.contains("jump target 7"), "{}", inv.reason);
+    let inv = invalid(&module("", r#"{"op":"JUMP","offset":-1},{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("out of range"), "{}", inv.reason);
+}
+
+#[test]
+fn unknown_opcode() {
+    let inv = invalid(&module("", r#"{"op":"RETURN"},{"op":"FROBNICATE"}"#));
+    assert_eq!(inv.instruction, Some(1));
+    assert!(inv.reason.contains("unknown opcode `FROBNICATE`"), "{}", inv.reason);
+}
+
+#[test]
+fn missing_operands() {
+    for (ins, field) in [
+        (r#"{"op":"LOAD_LOCAL"}"#, "name"),
+        (r#"{"op":"CALL"}"#, "argc"),
+        (r#"{"op":"JUMP"}"#, "offset"),
+        (r#"{"op":"BUILD_ARRAY"}"#, "count"),
+        (r#"{"op":"LOAD_CONST"}"#, "arg"),
+        (r#"{"op":"CAST"}"#, "type_name"),
+        (r#"{"op":"BUILD_STRUCT","type_name":"ToolError","count":1}"#, "field names"),
+    ] {
+        let inv = invalid(&module("", &format!("{ins},{{\"op\":\"RETURN\"}}")));
+        assert_eq!(inv.instruction, Some(0), "{ins}");
+        assert!(inv.reason.contains(field), "{ins}: {}", inv.reason);
+    }
+}
+
+#[test]
+fn unknown_entry_point() {
+    let text = module("", r#"{"op":"RETURN"}"#).replace("\"entry_point\":\"main\"", "\"entry_point\":\"start\"");
+    let inv = invalid(&text);
+    assert!(inv.reason.contains("entry point `start`"), "{}", inv.reason);
+}
+
+#[test]
+fn unknown_type_in_a_struct_literal() {
+    let inv = invalid(&module(
+        r#"{"index":0,"type":"int","value":1}"#,
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"BUILD_STRUCT","type_name":"Ghost","count":1,"arg":["x"]},{"op":"RETURN"}"#,
+    ));
+    assert_eq!(inv.instruction, Some(1));
+    assert!(inv.reason.contains("unknown type `Ghost`"), "{}", inv.reason);
+}
+
+#[test]
+fn unknown_schema_agent_tool_and_hashmap_in_instructions() {
+    let cases = [
+        (r#"{"op":"LOAD_CONST","arg":0},{"op":"CALL_METHOD","name":"execute_with_schema","argc":0,"schema":"Nope"}"#, "unknown schema `Nope`"),
+        (r#"{"op":"LOAD_CONST","arg":0},{"op":"CALL_AGENT","agent":"Nobody","method":"execute","argc":1}"#, "unknown agent `Nobody`"),
+        (r#"{"op":"CALL_TOOL","tool":"Nope","name":"run","argc":0}"#, "unknown tool `Nope`"),
+        (r#"{"op":"LOAD_CONST","arg":0},{"op":"HASH_MAP_GET","hashmap_name":"nope"}"#, "unknown hashmap `nope`"),
+    ];
+    for (ins, needle) in cases {
+        let inv = invalid(&module(r#"{"index":0,"type":"string","value":"k"}"#, &format!("{ins},{{\"op\":\"RETURN\"}}")));
+        assert!(inv.reason.contains(needle), "{ins}: {}", inv.reason);
+    }
+}
+
+#[test]
+fn unknown_connection_and_tool_on_an_agent() {
+    let base = module("", r#"{"op":"RETURN"}"#);
+    let with_agent = |agent: &str| base.replacen("\"functions\"", &format!("\"agents\":[{agent}],\"functions\""), 1);
+    let inv = invalid(&with_agent(r#"{"name":"A","connection":"nowhere","config":{}}"#));
+    assert_eq!(inv.function, "agent A");
+    assert!(inv.reason.contains("unknown connection `nowhere`"), "{}", inv.reason);
+    let inv = invalid(&with_agent(r#"{"name":"A","connection":"","config":{},"tools":["Ghost"]}"#));
+    assert!(inv.reason.contains("unknown tool or MCP server `Ghost`"), "{}", inv.reason);
+}
+
+#[test]
+fn stack_discipline_is_verified() {
+    let inv = invalid(&module("", r#"{"op":"POP"},{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("stack underflow"), "{}", inv.reason);
+    // Two paths reach instruction 3 with different heights.
+    let inv = invalid(&module(
+        r#"{"index":0,"type":"bool","value":true}"#,
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"JUMP_IF_FALSE","offset":3},{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#,
+    ));
+    assert!(inv.reason.contains("stack height mismatch"), "{}", inv.reason);
+}
+
+#[test]
+fn handler_chains_are_verified() {
+    let inv = invalid(&module("", r#"{"op":"TRY_BEGIN","offset":1},{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("not a CATCH"), "{}", inv.reason);
+    let inv = invalid(&module("", r#"{"op":"CATCH"},{"op":"RETURN"}"#));
+    assert!(inv.reason.contains("outside any handler chain"), "{}", inv.reason);
+}
+
+#[test]
+fn load_path_reports_io_errors() {
+    match concerto_ir::load_path("/definitely/not/here.conc-ir") {
+        Err(LoadError::Io { path, .. }) => assert!(path.ends_with("here.conc-ir")),
+        other => panic!("expected Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn parse_then_serialize_then_parse_is_stable() {
+    for ir in concerto_tests::ir_files(&concerto_tests::cases_dir()) {
+        let bytes = std::fs::read(&ir).unwrap();
+        let first = concerto_ir::parse_bytes(&bytes).unwrap();
+        let text = serde_json::to_string(&first).unwrap();
+        let second = concerto_ir::parse_bytes(text.as_bytes()).unwrap();
+        assert_eq!(first, second, "{}", ir.display());
+    }
+}
