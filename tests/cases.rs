@@ -17,12 +17,20 @@ fn main() {
             .strip_prefix(&root)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| ir.display().to_string());
-        trials.push(Trial::test(name, move || check_case(&ir).map_err(Failed::from)));
+        trials.push(Trial::test(name, move || {
+            check_case(&ir).map_err(Failed::from)
+        }));
     }
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/vm/cases");
+    let shared =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/vm/cases");
     for ir in ir_files(&shared) {
-        let name = format!("shared/{}", ir.file_name().and_then(|n| n.to_str()).unwrap_or("?"));
-        trials.push(Trial::test(name, move || check_case(&ir).map_err(Failed::from)));
+        let name = format!(
+            "shared/{}",
+            ir.file_name().and_then(|n| n.to_str()).unwrap_or("?")
+        );
+        trials.push(Trial::test(name, move || {
+            check_case(&ir).map_err(Failed::from)
+        }));
     }
     libtest_mimic::run(&args, trials).exit();
 }

@@ -1,7 +1,11 @@
 //! Shared helpers for the workspace-level tests: running a fixture through the facade and
 //! comparing emit streams the way the conformance corpus does (structural, type-strict,
 //! object key order ignored).
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "test harness output")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test harness output"
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +24,9 @@ pub fn ir_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -58,7 +64,10 @@ pub fn run_ir_bytes(bytes: &[u8]) -> RunResult {
     });
     let out = printed.clone();
     let writer: concerto_runtime::TextOut = Arc::new(move |t: &str| out.lock().push_str(t));
-    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(writer.clone(), writer)));
+    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
+        writer.clone(),
+        writer,
+    )));
     let error = match runtime.load_ir_bytes(bytes) {
         Err(e) => Some(e),
         Ok(()) => {
@@ -71,7 +80,11 @@ pub fn run_ir_bytes(bytes: &[u8]) -> RunResult {
     };
     let emits = emits.lock().clone();
     let printed = printed.lock().clone();
-    RunResult { emits, error, printed }
+    RunResult {
+        emits,
+        error,
+        printed,
+    }
 }
 
 /// What a case expects besides its emits (`NAME.meta.json`).
@@ -90,12 +103,18 @@ pub struct Meta {
 /// Reads `NAME.meta.json` next to an IR file, if present.
 pub fn read_meta(ir: &Path) -> Result<Meta, String> {
     let path = sibling(ir, "meta.json");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Meta::default()) };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Meta::default());
+    };
     let json: Json = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let strings = |key: &str| -> Vec<String> {
         json.get(key)
             .and_then(Json::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Ok(Meta {
@@ -108,7 +127,11 @@ pub fn read_meta(ir: &Path) -> Result<Meta, String> {
 
 /// `dir/NAME.<ext>` for `dir/NAME.conc-ir`.
 pub fn sibling(ir: &Path, ext: &str) -> PathBuf {
-    let stem = ir.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".conc-ir");
+    let stem = ir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .trim_end_matches(".conc-ir");
     ir.with_file_name(format!("{stem}.{ext}"))
 }
 
@@ -167,7 +190,9 @@ pub fn compare_emits(got: &[Json], expected: &[Json], ignore: &[String]) -> Resu
             "expected {} emits, got {} (first extra or missing: {})",
             expected.len(),
             got.len(),
-            got.get(expected.len()).or_else(|| expected.get(got.len())).map_or(String::new(), Json::to_string)
+            got.get(expected.len())
+                .or_else(|| expected.get(got.len()))
+                .map_or(String::new(), Json::to_string)
         ));
     }
     Ok(())
@@ -195,7 +220,10 @@ pub fn check_case(ir: &Path) -> Result<(), String> {
     }
     for needle in &meta.printed_contains {
         if !result.printed.contains(needle.as_str()) {
-            return Err(format!("printed output {:?} does not contain {needle:?}", result.printed));
+            return Err(format!(
+                "printed output {:?} does not contain {needle:?}",
+                result.printed
+            ));
         }
     }
     Ok(())

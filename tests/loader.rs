@@ -24,7 +24,11 @@ fn invalid(text: &str) -> concerto_ir::Invalid {
 
 #[test]
 fn a_valid_module_loads() {
-    let program = load_str(&module(r#"{"index":0,"type":"int","value":1}"#, r#"{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#)).unwrap();
+    let program = load_str(&module(
+        r#"{"index":0,"type":"int","value":1}"#,
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#,
+    ))
+    .unwrap();
     assert_eq!(program.instruction_count(), 2);
     assert!(program.warnings.is_empty());
 }
@@ -48,7 +52,8 @@ fn a_value_of_the_wrong_json_type_is_a_parse_error() {
 
 #[test]
 fn another_major_version_is_a_version_mismatch() {
-    let text = module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"1.0.0\",\"module\"");
+    let text =
+        module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"1.0.0\",\"module\"");
     match load_str(&text) {
         Err(LoadError::VersionMismatch { found, supported }) => {
             assert_eq!(found, "1.0.0");
@@ -60,13 +65,18 @@ fn another_major_version_is_a_version_mismatch() {
 
 #[test]
 fn a_malformed_version_is_a_version_mismatch() {
-    let text = module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"zero\",\"module\"");
-    assert!(matches!(load_str(&text), Err(LoadError::VersionMismatch { .. })));
+    let text =
+        module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"zero\",\"module\"");
+    assert!(matches!(
+        load_str(&text),
+        Err(LoadError::VersionMismatch { .. })
+    ));
 }
 
 #[test]
 fn another_minor_version_loads_with_a_warning() {
-    let text = module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"0.2.3\",\"module\"");
+    let text =
+        module("", r#"{"op":"RETURN"}"#).replace("\"0.1.0\",\"module\"", "\"0.2.3\",\"module\"");
     let program = load_str(&text).unwrap();
     assert_eq!(program.warnings.len(), 1, "{:?}", program.warnings);
 }
@@ -90,7 +100,10 @@ fn each_required_section_is_reported_when_missing() {
 
 #[test]
 fn constant_index_out_of_range() {
-    let inv = invalid(&module(r#"{"index":0,"type":"int","value":1}"#, r#"{"op":"LOAD_CONST","arg":5},{"op":"RETURN"}"#));
+    let inv = invalid(&module(
+        r#"{"index":0,"type":"int","value":1}"#,
+        r#"{"op":"LOAD_CONST","arg":5},{"op":"RETURN"}"#,
+    ));
     assert_eq!(inv.function, "main");
     assert_eq!(inv.instruction, Some(0));
     assert!(inv.reason.contains("constant index 5"), "{}", inv.reason);
@@ -98,13 +111,29 @@ fn constant_index_out_of_range() {
 
 #[test]
 fn constant_of_the_wrong_kind_or_type() {
-    let inv = invalid(&module(r#"{"index":0,"type":"int","value":"x"}"#, r#"{"op":"RETURN"}"#));
+    let inv = invalid(&module(
+        r#"{"index":0,"type":"int","value":"x"}"#,
+        r#"{"op":"RETURN"}"#,
+    ));
     assert_eq!(inv.function, "constants");
-    let inv = invalid(&module(r#"{"index":0,"type":"decimal","value":1}"#, r#"{"op":"RETURN"}"#));
-    assert!(inv.reason.contains("unknown constant type"), "{}", inv.reason);
-    let inv = invalid(&module(r#"{"index":3,"type":"int","value":1}"#, r#"{"op":"RETURN"}"#));
+    let inv = invalid(&module(
+        r#"{"index":0,"type":"decimal","value":1}"#,
+        r#"{"op":"RETURN"}"#,
+    ));
+    assert!(
+        inv.reason.contains("unknown constant type"),
+        "{}",
+        inv.reason
+    );
+    let inv = invalid(&module(
+        r#"{"index":3,"type":"int","value":1}"#,
+        r#"{"op":"RETURN"}"#,
+    ));
     assert!(inv.reason.contains("index 3"), "{}", inv.reason);
-    let inv = invalid(&module(r#"{"index":0,"type":"float","value":2}"#, r#"{"op":"RETURN"}"#));
+    let inv = invalid(&module(
+        r#"{"index":0,"type":"float","value":2}"#,
+        r#"{"op":"RETURN"}"#,
+    ));
     assert!(inv.reason.contains("wrong kind"), "{}", inv.reason);
 }
 
@@ -121,7 +150,11 @@ fn jump_target_out_of_range() {
 fn unknown_opcode() {
     let inv = invalid(&module("", r#"{"op":"RETURN"},{"op":"FROBNICATE"}"#));
     assert_eq!(inv.instruction, Some(1));
-    assert!(inv.reason.contains("unknown opcode `FROBNICATE`"), "{}", inv.reason);
+    assert!(
+        inv.reason.contains("unknown opcode `FROBNICATE`"),
+        "{}",
+        inv.reason
+    );
 }
 
 #[test]
@@ -133,7 +166,10 @@ fn missing_operands() {
         (r#"{"op":"BUILD_ARRAY"}"#, "count"),
         (r#"{"op":"LOAD_CONST"}"#, "arg"),
         (r#"{"op":"CAST"}"#, "type_name"),
-        (r#"{"op":"BUILD_STRUCT","type_name":"ToolError","count":1}"#, "field names"),
+        (
+            r#"{"op":"BUILD_STRUCT","type_name":"ToolError","count":1}"#,
+            "field names",
+        ),
     ] {
         let inv = invalid(&module("", &format!("{ins},{{\"op\":\"RETURN\"}}")));
         assert_eq!(inv.instruction, Some(0), "{ins}");
@@ -143,7 +179,8 @@ fn missing_operands() {
 
 #[test]
 fn unknown_entry_point() {
-    let text = module("", r#"{"op":"RETURN"}"#).replace("\"entry_point\":\"main\"", "\"entry_point\":\"start\"");
+    let text = module("", r#"{"op":"RETURN"}"#)
+        .replace("\"entry_point\":\"main\"", "\"entry_point\":\"start\"");
     let inv = invalid(&text);
     assert!(inv.reason.contains("entry point `start`"), "{}", inv.reason);
 }
@@ -155,19 +192,38 @@ fn unknown_type_in_a_struct_literal() {
         r#"{"op":"LOAD_CONST","arg":0},{"op":"BUILD_STRUCT","type_name":"Ghost","count":1,"arg":["x"]},{"op":"RETURN"}"#,
     ));
     assert_eq!(inv.instruction, Some(1));
-    assert!(inv.reason.contains("unknown type `Ghost`"), "{}", inv.reason);
+    assert!(
+        inv.reason.contains("unknown type `Ghost`"),
+        "{}",
+        inv.reason
+    );
 }
 
 #[test]
 fn unknown_schema_agent_tool_and_hashmap_in_instructions() {
     let cases = [
-        (r#"{"op":"LOAD_CONST","arg":0},{"op":"CALL_METHOD","name":"execute_with_schema","argc":0,"schema":"Nope"}"#, "unknown schema `Nope`"),
-        (r#"{"op":"LOAD_CONST","arg":0},{"op":"CALL_AGENT","agent":"Nobody","method":"execute","argc":1}"#, "unknown agent `Nobody`"),
-        (r#"{"op":"CALL_TOOL","tool":"Nope","name":"run","argc":0}"#, "unknown tool `Nope`"),
-        (r#"{"op":"LOAD_CONST","arg":0},{"op":"HASH_MAP_GET","hashmap_name":"nope"}"#, "unknown hashmap `nope`"),
+        (
+            r#"{"op":"LOAD_CONST","arg":0},{"op":"CALL_METHOD","name":"execute_with_schema","argc":0,"schema":"Nope"}"#,
+            "unknown schema `Nope`",
+        ),
+        (
+            r#"{"op":"LOAD_CONST","arg":0},{"op":"CALL_AGENT","agent":"Nobody","method":"execute","argc":1}"#,
+            "unknown agent `Nobody`",
+        ),
+        (
+            r#"{"op":"CALL_TOOL","tool":"Nope","name":"run","argc":0}"#,
+            "unknown tool `Nope`",
+        ),
+        (
+            r#"{"op":"LOAD_CONST","arg":0},{"op":"HASH_MAP_GET","hashmap_name":"nope"}"#,
+            "unknown hashmap `nope`",
+        ),
     ];
     for (ins, needle) in cases {
-        let inv = invalid(&module(r#"{"index":0,"type":"string","value":"k"}"#, &format!("{ins},{{\"op\":\"RETURN\"}}")));
+        let inv = invalid(&module(
+            r#"{"index":0,"type":"string","value":"k"}"#,
+            &format!("{ins},{{\"op\":\"RETURN\"}}"),
+        ));
         assert!(inv.reason.contains(needle), "{ins}: {}", inv.reason);
     }
 }
@@ -175,12 +231,30 @@ fn unknown_schema_agent_tool_and_hashmap_in_instructions() {
 #[test]
 fn unknown_connection_and_tool_on_an_agent() {
     let base = module("", r#"{"op":"RETURN"}"#);
-    let with_agent = |agent: &str| base.replacen("\"functions\"", &format!("\"agents\":[{agent}],\"functions\""), 1);
-    let inv = invalid(&with_agent(r#"{"name":"A","connection":"nowhere","config":{}}"#));
+    let with_agent = |agent: &str| {
+        base.replacen(
+            "\"functions\"",
+            &format!("\"agents\":[{agent}],\"functions\""),
+            1,
+        )
+    };
+    let inv = invalid(&with_agent(
+        r#"{"name":"A","connection":"nowhere","config":{}}"#,
+    ));
     assert_eq!(inv.function, "agent A");
-    assert!(inv.reason.contains("unknown connection `nowhere`"), "{}", inv.reason);
-    let inv = invalid(&with_agent(r#"{"name":"A","connection":"","config":{},"tools":["Ghost"]}"#));
-    assert!(inv.reason.contains("unknown tool or MCP server `Ghost`"), "{}", inv.reason);
+    assert!(
+        inv.reason.contains("unknown connection `nowhere`"),
+        "{}",
+        inv.reason
+    );
+    let inv = invalid(&with_agent(
+        r#"{"name":"A","connection":"","config":{},"tools":["Ghost"]}"#,
+    ));
+    assert!(
+        inv.reason.contains("unknown tool or MCP server `Ghost`"),
+        "{}",
+        inv.reason
+    );
 }
 
 #[test]
@@ -192,15 +266,26 @@ fn stack_discipline_is_verified() {
         r#"{"index":0,"type":"bool","value":true}"#,
         r#"{"op":"LOAD_CONST","arg":0},{"op":"JUMP_IF_FALSE","offset":3},{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#,
     ));
-    assert!(inv.reason.contains("stack height mismatch"), "{}", inv.reason);
+    assert!(
+        inv.reason.contains("stack height mismatch"),
+        "{}",
+        inv.reason
+    );
 }
 
 #[test]
 fn handler_chains_are_verified() {
-    let inv = invalid(&module("", r#"{"op":"TRY_BEGIN","offset":1},{"op":"RETURN"}"#));
+    let inv = invalid(&module(
+        "",
+        r#"{"op":"TRY_BEGIN","offset":1},{"op":"RETURN"}"#,
+    ));
     assert!(inv.reason.contains("not a CATCH"), "{}", inv.reason);
     let inv = invalid(&module("", r#"{"op":"CATCH"},{"op":"RETURN"}"#));
-    assert!(inv.reason.contains("outside any handler chain"), "{}", inv.reason);
+    assert!(
+        inv.reason.contains("outside any handler chain"),
+        "{}",
+        inv.reason
+    );
 }
 
 #[test]

@@ -10,7 +10,8 @@ use concerto_runtime::{Runtime, RuntimeConfig};
 
 fn fixtures() -> Vec<PathBuf> {
     let mut files = concerto_tests::ir_files(&concerto_tests::cases_dir());
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/vm/cases");
+    let shared =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/vm/cases");
     files.extend(concerto_tests::ir_files(&shared));
     files
 }
@@ -22,7 +23,10 @@ fn exercise(bytes: &[u8], rt: &tokio::runtime::Runtime) -> bool {
         ..RuntimeConfig::default()
     });
     let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
-    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(quiet.clone(), quiet)));
+    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
+        quiet.clone(),
+        quiet,
+    )));
     if runtime.load_ir_bytes(bytes).is_err() {
         return false;
     }
@@ -34,14 +38,20 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
 
 #[test]
 fn truncated_and_flipped_fixtures_never_panic() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let files = fixtures();
     assert!(!files.is_empty(), "no fixtures found");
     let mut attempts = 0usize;
@@ -74,5 +84,8 @@ fn truncated_and_flipped_fixtures_never_panic() {
             }
         }
     }
-    eprintln!("robustness: {attempts} variants of {} fixtures, {loaded} loaded and ran", files.len());
+    eprintln!(
+        "robustness: {attempts} variants of {} fixtures, {loaded} loaded and ran",
+        files.len()
+    );
 }

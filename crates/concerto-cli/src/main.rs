@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use concerto_emit::{JsonLinesSink, TextSink};
+use concerto_runtime::emit::{JsonLinesSink, TextSink};
 use concerto_runtime::{Limits, ProcessSystem, Runtime, RuntimeConfig, RuntimeError};
 
 /// Run Concerto programs compiled to IR (`.conc-ir`) by `concertoc`.

@@ -1,0 +1,181 @@
+//! The `concerto` binary: exit codes, the JSON-lines protocol, the text format, messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_concerto"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn write_ir(name: &str, instructions: &str, constants: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("concerto-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let text = format!(
+        r#"{{"version":"0.1.0","module":"m","source_file":"m.conc","constants":[{constants}],
+        "functions":[{{"name":"main","module":"m","visibility":"private","params":[],"return_type":"nil",
+        "is_async":false,"locals":[],"instructions":[{instructions}]}}],
+        "metadata":{{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,"debug_info":true,"entry_point":"main"}}}}"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn jsonl_writes_one_object_per_emit_and_exits_zero() {
+    let ir = repo().join("examples/hello/hello.conc-ir");
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 5);
+    for line in &lines {
+        let obj = line.as_object().unwrap();
+        assert_eq!(obj.len(), 2, "{line}");
+        assert!(obj["channel"].is_string());
+        assert!(obj.contains_key("payload"));
+    }
+    assert_eq!(lines.last().unwrap()["channel"], "digest");
+}
+
+#[test]
+fn text_format_is_for_people() {
+    let ir = repo().join("examples/hello/hello.conc-ir");
+    let out = bin().args(["run"]).arg(&ir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("[emit:rejected] only 1 desk left for order 2"),
+        "{}",
+        stdout(&out)
+    );
+    let quiet = bin().args(["run", "--quiet"]).arg(&ir).output().unwrap();
+    assert_eq!(stdout(&quiet), "");
+}
+
+#[test]
+fn a_runtime_error_exits_one_with_function_and_span() {
+    // 1 / 0 at line 7, column 3.
+    let ir = write_ir(
+        "div.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0,"span":[7,3]},{"op":"LOAD_CONST","arg":1,"span":[7,7]},{"op":"DIV","span":[7,3]},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"int","value":1},{"index":1,"type":"int","value":0}"#,
+    );
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("runtime error: division by zero"), "{err}");
+    assert!(err.contains("`main` at 7:3"), "{err}");
+    assert_eq!(stdout(&out), "");
+}
+
+#[test]
+fn emits_before_an_error_are_kept() {
+    let ir = write_ir(
+        "partial.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":1},{"op":"EMIT"},{"op":"LOAD_CONST","arg":1},{"op":"LOAD_CONST","arg":2},{"op":"DIV"},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"string","value":"first"},{"index":1,"type":"int","value":1},{"index":2,"type":"int","value":0}"#,
+    );
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out).trim(), r#"{"channel":"first","payload":1}"#);
+}
+
+#[test]
+fn a_load_error_exits_two_with_its_reason() {
+    let ir = write_ir("bad.conc-ir", r#"{"op":"NOPE"}"#, "");
+    let out = bin().args(["run"]).arg(&ir).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("failed to load IR"), "{err}");
+    assert!(err.contains("unknown opcode `NOPE`"), "{err}");
+
+    let missing = bin()
+        .args(["run", "/no/such/file.conc-ir"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("cannot read"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn bad_usage_exits_two() {
+    let out = bin().args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = bin()
+        .args(["run", "x.conc-ir", "--emit-format", "xml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = bin().args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn print_goes_to_stderr_in_jsonl_mode_and_stdout_in_text_mode() {
+    let ir = write_ir(
+        "print.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"LOAD_LOCAL","name":"println"},{"op":"CALL","argc":1},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"string","value":"hello from print"}"#,
+    );
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "");
+    assert!(stderr(&out).contains("hello from print"));
+    let out = bin().args(["run"]).arg(&ir).output().unwrap();
+    assert!(stdout(&out).contains("hello from print"));
+}
+
+#[test]
+fn infinite_loops_stop_at_the_timeout() {
+    let ir = write_ir("spin.conc-ir", r#"{"op":"JUMP","offset":0}"#, "");
+    let start = std::time::Instant::now();
+    let out = bin()
+        .args(["run", "--timeout", "0.3"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    assert!(start.elapsed().as_secs() < 10);
+}
+
+#[test]
+fn check_validates_without_running() {
+    let ir = repo().join("examples/hello/hello.conc-ir");
+    let out = bin().args(["check"]).arg(&ir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).starts_with("ok:"), "{}", stderr(&out));
+}

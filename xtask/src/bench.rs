@@ -1,0 +1,332 @@
+//! `cargo xtask bench`: times every benchmark program with our release binary, its Python
+//! twin with the real CPython executable, and its Lua twin when a Lua 5.4 interpreter is
+//! installed. Runs alternate between the implementations, several rounds in one invocation;
+//! every run's output is checked against the expected result; the table reports medians and
+//! the ratio ours/Python (and ours/Lua), with the geometric mean of the ratios.
+//!
+//! Programs: `../shared/bench/NAME.conc-ir` and `benches/programs/NAME.conc-ir`, each with
+//! `NAME.expected.jsonl` and `NAME.py` (and optionally `NAME.lua`) beside it.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+struct Program {
+    name: String,
+    ir: PathBuf,
+    expected: Vec<Value>,
+    python: Option<PathBuf>,
+    lua: Option<PathBuf>,
+}
+
+struct Options {
+    runs: usize,
+    filter: Option<String>,
+    markdown: bool,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut opts = Options {
+        runs: 5,
+        filter: None,
+        markdown: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--runs" => {
+                opts.runs = it
+                    .next()
+                    .context("--runs needs a number")?
+                    .parse()
+                    .context("--runs")?;
+                if opts.runs == 0 {
+                    bail!("--runs must be at least 1");
+                }
+            }
+            "--filter" => opts.filter = Some(it.next().context("--filter needs a text")?.clone()),
+            "--markdown" => opts.markdown = true,
+            other => bail!("unknown bench option `{other}` (--runs N, --filter TEXT, --markdown)"),
+        }
+    }
+    Ok(opts)
+}
+
+fn programs(dirs: &[PathBuf], filter: Option<&str>) -> Result<Vec<Program>> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut irs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".conc-ir"))
+            .collect();
+        irs.sort();
+        for ir in irs {
+            let stem = ir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .trim_end_matches(".conc-ir")
+                .to_string();
+            if filter.is_some_and(|f| !stem.contains(f)) {
+                continue;
+            }
+            let sibling = |ext: &str| ir.with_file_name(format!("{stem}.{ext}"));
+            let expected_path = sibling("expected.jsonl");
+            let text = std::fs::read_to_string(&expected_path)
+                .with_context(|| format!("{} has no expected output", ir.display()))?;
+            let expected = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str)
+                .collect::<Result<Vec<Value>, _>>()
+                .with_context(|| expected_path.display().to_string())?;
+            let python = Some(sibling("py")).filter(|p| p.exists());
+            let lua = Some(sibling("lua")).filter(|p| p.exists());
+            out.push(Program {
+                name: stem,
+                ir,
+                expected,
+                python,
+                lua,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The real CPython executable behind `python3` (a launcher script's start-up is not timed).
+fn python_executable() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+fn lua_executable() -> Option<PathBuf> {
+    for candidate in ["lua5.4", "lua"] {
+        let ok = Command::new(candidate)
+            .arg("-v")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+            })
+            .is_some_and(|v| v.contains("5.4"));
+        if ok {
+            return Some(PathBuf::from(candidate));
+        }
+    }
+    None
+}
+
+/// Runs a command once; returns (seconds, stdout).
+fn time(cmd: &mut Command) -> Result<(f64, String)> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let output = cmd.output().context("cannot start benchmark process")?;
+    let elapsed = start.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "benchmark process failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok((elapsed, String::from_utf8_lossy(&output.stdout).to_string()))
+}
+
+fn check_ours(program: &Program, stdout: &str) -> Result<()> {
+    let got: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    if got != program.expected {
+        bail!(
+            "{}: our output {got:?} differs from the expected {:?}",
+            program.name,
+            program.expected
+        );
+    }
+    Ok(())
+}
+
+/// A twin prints one line per expected payload, in Python/Lua literal syntax.
+fn check_twin(program: &Program, lang: &str, stdout: &str) -> Result<()> {
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let payloads: Vec<&Value> = program.expected.iter().map(|e| &e["payload"]).collect();
+    let ok = lines.len() == payloads.len()
+        && lines.iter().zip(&payloads).all(|(line, payload)| {
+            let normalized = line
+                .replace('\'', "\"")
+                .replace("True", "true")
+                .replace("False", "false")
+                .replace("None", "null");
+            match serde_json::from_str::<Value>(&normalized) {
+                Ok(v) => &&v == payload,
+                Err(_) => payload.as_str() == Some(*line),
+            }
+        });
+    if !ok {
+        bail!(
+            "{}: the {lang} twin printed {lines:?}, expected {payloads:?}",
+            program.name
+        );
+    }
+    Ok(())
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    }
+}
+
+fn geomean(ratios: &[f64]) -> f64 {
+    if ratios.is_empty() {
+        return f64::NAN;
+    }
+    (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp()
+}
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let opts = options(args)?;
+    let bin = crate::release_binary()?;
+    let mut dirs = Vec::new();
+    if let Some(shared) = crate::shared() {
+        dirs.push(shared.join("bench"));
+    }
+    dirs.push(crate::root().join("benches/programs"));
+    let programs = programs(&dirs, opts.filter.as_deref())?;
+    if programs.is_empty() {
+        bail!("no benchmark programs found");
+    }
+    let python = python_executable();
+    let lua = lua_executable();
+    println!(
+        "bench: {} programs, {} runs each, alternating; python: {}; lua: {}",
+        programs.len(),
+        opts.runs,
+        python
+            .as_ref()
+            .map_or("not found".into(), |p| p.display().to_string()),
+        lua.as_ref()
+            .map_or("not installed (column skipped)".into(), |p| p
+                .display()
+                .to_string()),
+    );
+    struct Row {
+        name: String,
+        ours: f64,
+        python: Option<f64>,
+        lua: Option<f64>,
+    }
+    let mut rows = Vec::new();
+    for program in &programs {
+        let mut ours = Vec::new();
+        let mut py = Vec::new();
+        let mut lu = Vec::new();
+        for round in 0..opts.runs {
+            let (t, out) = time(
+                Command::new(&bin)
+                    .args(["run", "--emit-format", "jsonl"])
+                    .arg(&program.ir),
+            )?;
+            if round == 0 {
+                check_ours(program, &out)?;
+            }
+            ours.push(t);
+            if let (Some(exe), Some(script)) = (&python, &program.python) {
+                let (t, out) = time(Command::new(exe).arg(script))?;
+                if round == 0 {
+                    check_twin(program, "Python", &out)?;
+                }
+                py.push(t);
+            }
+            if let (Some(exe), Some(script)) = (&lua, &program.lua) {
+                let (t, out) = time(Command::new(exe).arg(script))?;
+                if round == 0 {
+                    check_twin(program, "Lua", &out)?;
+                }
+                lu.push(t);
+            }
+        }
+        let row = Row {
+            name: program.name.clone(),
+            ours: median(&mut ours),
+            python: (!py.is_empty()).then(|| median(&mut py)),
+            lua: (!lu.is_empty()).then(|| median(&mut lu)),
+        };
+        eprintln!("  {}: ours {:.1} ms", row.name, row.ours * 1e3);
+        rows.push(row);
+    }
+    let py_ratios: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.python.map(|p| r.ours / p))
+        .collect();
+    let lua_ratios: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.lua.map(|l| r.ours / l))
+        .collect();
+    let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}", s * 1e3));
+    let fmt_ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+    if opts.markdown {
+        println!("\n| program | ours (ms) | CPython (ms) | ours/CPython | Lua (ms) | ours/Lua |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for r in &rows {
+            println!(
+                "| {} | {:.1} | {} | {} | {} | {} |",
+                r.name,
+                r.ours * 1e3,
+                fmt_ms(r.python),
+                fmt_ratio(r.ours, r.python),
+                fmt_ms(r.lua),
+                fmt_ratio(r.ours, r.lua)
+            );
+        }
+        println!(
+            "| **geometric mean** | | | **{:.2}** | | **{:.2}** |",
+            geomean(&py_ratios),
+            geomean(&lua_ratios)
+        );
+    } else {
+        println!(
+            "\n{:<16} {:>10} {:>12} {:>8} {:>10} {:>8}",
+            "program", "ours ms", "CPython ms", "ratio", "Lua ms", "ratio"
+        );
+        for r in &rows {
+            println!(
+                "{:<16} {:>10.1} {:>12} {:>8} {:>10} {:>8}",
+                r.name,
+                r.ours * 1e3,
+                fmt_ms(r.python),
+                fmt_ratio(r.ours, r.python),
+                fmt_ms(r.lua),
+                fmt_ratio(r.ours, r.lua)
+            );
+        }
+        println!(
+            "{:<16} {:>10} {:>12} {:>8.2} {:>10} {:>8.2}",
+            "geomean",
+            "",
+            "",
+            geomean(&py_ratios),
+            "",
+            geomean(&lua_ratios)
+        );
+    }
+    Ok(())
+}
