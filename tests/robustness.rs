@@ -1,4 +1,5 @@
 //! Robustness: truncated and byte-flipped versions of every fixture must give a typed load
+#![allow(clippy::print_stderr, reason = "the test reports how many variants it tried")]
 //! error or run to a result or a typed runtime error; nothing may panic or hang.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
