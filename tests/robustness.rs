@@ -1,6 +1,9 @@
 //! Robustness: truncated and byte-flipped versions of every fixture must give a typed load
 //! error or run to a result or a typed runtime error; nothing may panic or hang.
-#![allow(clippy::print_stderr, reason = "the test reports how many variants it tried")]
+#![allow(
+    clippy::print_stderr,
+    reason = "the test reports how many variants it tried"
+)]
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;

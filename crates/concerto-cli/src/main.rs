@@ -164,15 +164,34 @@ fn run(
                     eprintln!("  in {loc}");
                 }
             }
-            for (idx, loc) in trace.iter().enumerate() {
-                eprintln!("  {} {loc}", if idx == 0 { "in" } else { "called from" });
-            }
+            print_trace(trace);
             ExitCode::from(1)
         }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Prints a call trace, folding runs of identical frames (deep recursion) into one line.
+fn print_trace(trace: &[concerto_runtime::vm::Location]) {
+    let mut idx = 0;
+    while idx < trace.len() {
+        let loc = &trace[idx];
+        let mut run = 1;
+        while idx + run < trace.len() && trace[idx + run] == *loc {
+            run += 1;
+        }
+        let lead = if idx == 0 { "in" } else { "called from" };
+        if &*loc.function == "..." {
+            eprintln!("  ... (frames omitted)");
+        } else if run > 1 {
+            eprintln!("  {lead} {loc} (×{run})");
+        } else {
+            eprintln!("  {lead} {loc}");
+        }
+        idx += run;
     }
 }
 

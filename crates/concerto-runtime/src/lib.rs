@@ -36,7 +36,7 @@ mod value;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use concerto_emit::{EmitHub, FlushSink};
 use concerto_ir::{LoadError, Program};
@@ -312,7 +312,7 @@ impl Runtime {
         let timeout = self.config.execution_timeout;
         let config = ExecConfig {
             max_call_depth: self.limits.max_call_depth,
-            deadline: started.checked_add(timeout),
+            timeout: Some(timeout),
             ..ExecConfig::default()
         };
         let mut exec = Execution::new(vm, host, config);
@@ -331,7 +331,7 @@ impl Runtime {
             Err(_) => {
                 return Err(RuntimeError::Execution(VmError::new(
                     ErrorKind::ExecutionTimeout,
-                    format!("execution timed out after {}", human(timeout)),
+                    format!("execution timed out after {:.3} s", timeout.as_secs_f64()),
                 )));
             }
         };
@@ -355,13 +355,5 @@ impl Runtime {
     /// Messages of emit listeners that panicked (the runtime caught them and went on).
     pub fn listener_panics(&self) -> Vec<String> {
         self.hub.listener_panics()
-    }
-}
-
-fn human(d: Duration) -> String {
-    if d.as_millis() < 1000 {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }

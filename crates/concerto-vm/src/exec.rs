@@ -47,8 +47,9 @@ pub struct Host {
 pub struct ExecConfig {
     /// Maximum number of nested calls.
     pub max_call_depth: usize,
-    /// When set, the execution stops with [`ErrorKind::ExecutionTimeout`] after this instant.
-    pub deadline: Option<Instant>,
+    /// When set, the execution stops with [`ErrorKind::ExecutionTimeout`] this long after it
+    /// was created.
+    pub timeout: Option<Duration>,
     /// Maximum length of a string or array the program may build (elements/bytes).
     pub max_collection_len: usize,
 }
@@ -57,7 +58,7 @@ impl Default for ExecConfig {
     fn default() -> Self {
         ExecConfig {
             max_call_depth: 1000,
-            deadline: None,
+            timeout: None,
             max_collection_len: 1 << 30,
         }
     }
@@ -207,6 +208,7 @@ pub struct Execution {
     handlers: Vec<Handler>,
     pending: Option<Result<Value, VmError>>,
     fuel: u32,
+    deadline: Option<Instant>,
     pub(crate) ctx: Ctx,
 }
 
@@ -229,7 +231,11 @@ impl Execution {
         host.system.random_bytes(&mut seed);
         let rng = u64::from_le_bytes(seed) | 1;
         let globals = vm.global_init.clone();
+        let deadline = config
+            .timeout
+            .and_then(|t| host.system.monotonic().checked_add(t));
         Execution {
+            deadline,
             stack: Vec::with_capacity(256),
             frames: Vec::with_capacity(64),
             natives: Vec::new(),
@@ -307,11 +313,12 @@ impl Execution {
                 }
                 Ok(Exit::Resume) => {}
                 Ok(Exit::Yield) => {
-                    if let Some(deadline) = self.ctx.config.deadline {
+                    if let Some(deadline) = self.deadline {
                         if self.ctx.now() >= deadline {
+                            let limit = self.ctx.config.timeout.unwrap_or_default();
                             let err = VmError::new(
                                 ErrorKind::ExecutionTimeout,
-                                "execution timed out (the execution timeout expired)",
+                                format!("execution timed out after {:.3} s", limit.as_secs_f64()),
                             );
                             return Err(self.finish_error(err));
                         }
@@ -374,6 +381,17 @@ impl Execution {
             });
         }
         let loc = trace.first().cloned();
+        // Keep deep traces bounded: the innermost frames and the outermost ones.
+        const KEEP: usize = 64;
+        if trace.len() > KEEP {
+            let tail = trace.split_off(trace.len() - KEEP / 4);
+            trace.truncate(KEEP - KEEP / 4);
+            trace.push(Location {
+                function: Arc::from("..."),
+                span: Default::default(),
+            });
+            trace.extend(tail);
+        }
         (loc, trace)
     }
 
@@ -1042,34 +1060,29 @@ impl Execution {
                     Op::Call(argc) => {
                         let callee = pop!();
                         save_pc!();
-                        self.fuel -= 1;
-                        if self.fuel == 0 {
-                            self.fuel = FUEL;
-                            self.ctx.stats.ticks += FUEL as u64;
-                        }
-                        match tri!(self.call_value(callee, argc as usize)) {
-                            Called::Entered => continue 'frames,
-                            Called::Value(v) => self.stack.push(v),
-                            Called::Suspend(fut) => return Ok(Exit::Suspend(fut)),
-                            Called::Native => return Ok(Exit::Resume),
+                        let called = tri!(self.call_value(callee, argc as usize));
+                        match self.after_call(called) {
+                            Some(exit) => return Ok(exit),
+                            None if self.frames.len() == fi + 1 => {}
+                            None => continue 'frames,
                         }
                     }
                     Op::CallMethod { argc, name } => {
                         save_pc!();
-                        match tri!(self.call_method(argc as usize, name, None)) {
-                            Called::Entered => continue 'frames,
-                            Called::Value(v) => self.stack.push(v),
-                            Called::Suspend(fut) => return Ok(Exit::Suspend(fut)),
-                            Called::Native => return Ok(Exit::Resume),
+                        let called = tri!(self.call_method(argc as usize, name, None));
+                        match self.after_call(called) {
+                            Some(exit) => return Ok(exit),
+                            None if self.frames.len() == fi + 1 => {}
+                            None => continue 'frames,
                         }
                     }
                     Op::CallSite(idx) => {
                         save_pc!();
-                        match tri!(self.call_site(idx)) {
-                            Called::Entered => continue 'frames,
-                            Called::Value(v) => self.stack.push(v),
-                            Called::Suspend(fut) => return Ok(Exit::Suspend(fut)),
-                            Called::Native => return Ok(Exit::Resume),
+                        let called = tri!(self.call_site(idx));
+                        match self.after_call(called) {
+                            Some(exit) => return Ok(exit),
+                            None if self.frames.len() == fi + 1 => {}
+                            None => continue 'frames,
                         }
                     }
                     Op::Emit => {
@@ -1281,6 +1294,27 @@ impl Execution {
                     }
                 }
             }
+        }
+    }
+
+    /// Finishes a call instruction: pushes a ready value, or says how the loop continues.
+    /// `None` with the same frame on top means "carry on with the next instruction".
+    #[inline]
+    fn after_call(&mut self, called: Called) -> Option<Exit> {
+        self.fuel -= 1;
+        let out_of_fuel = self.fuel == 0;
+        if out_of_fuel {
+            self.fuel = FUEL;
+            self.ctx.stats.ticks += FUEL as u64;
+        }
+        match called {
+            Called::Entered => out_of_fuel.then_some(Exit::Yield),
+            Called::Value(v) => {
+                self.stack.push(v);
+                out_of_fuel.then_some(Exit::Yield)
+            }
+            Called::Suspend(fut) => Some(Exit::Suspend(fut)),
+            Called::Native => Some(Exit::Resume),
         }
     }
 
