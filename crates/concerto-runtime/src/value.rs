@@ -146,9 +146,9 @@ impl From<&concerto_vm::Value> for Value {
                 variant: e.variant.to_string(),
                 fields: e.payload.iter().map(Value::from).collect(),
             },
-            V::Ok(x) => Value::Result(Ok(Box::new(Value::from(&**x)))),
-            V::Err(x) => Value::Result(Err(Box::new(Value::from(&**x)))),
-            V::Some(x) => Value::Option(Some(Box::new(Value::from(&**x)))),
+            V::Ok(x) => Value::Result(Ok(Box::new(Value::from(&***x)))),
+            V::Err(x) => Value::Result(Err(Box::new(Value::from(&***x)))),
+            V::Some(x) => Value::Option(Some(Box::new(Value::from(&***x)))),
             V::None => Value::Option(None),
             V::Ref(r) => {
                 let name = r.name().unwrap_or_else(|| format!("#{}", r.index));

@@ -50,7 +50,7 @@ mod vm;
 pub use error::{ErrorKind, Location, VmError};
 pub use exec::{ExecConfig, ExecStats, Execution, Host};
 pub use value::{
-    Array, EnumObj, FuncRef, Map, MapInner, NativeObject, Object, RefKind, RefValue, Str,
-    StructObj, StructType, Value,
+    Array, ArrayCell, EnumObj, FuncRef, Map, MapCell, MapInner, NativeObject, Object, Payload,
+    RefKind, RefValue, Str, StructObj, StructType, Value, drop_deep,
 };
 pub use vm::Vm;

@@ -51,11 +51,11 @@ pub enum Value {
     /// An enum variant of a user enum.
     Enum(Arc<EnumObj>),
     /// `Ok(v)`
-    Ok(Arc<Value>),
+    Ok(Arc<Payload>),
     /// `Err(e)`
-    Err(Arc<Value>),
+    Err(Arc<Payload>),
     /// `Some(v)`
-    Some(Arc<Value>),
+    Some(Arc<Payload>),
     /// `None`
     None,
     /// A user function.
@@ -305,12 +305,32 @@ impl From<String> for Str {
 
 /// A shared, mutable array.
 #[derive(Clone)]
-pub struct Array(pub Arc<Mutex<Vec<Value>>>);
+pub struct Array(pub Arc<ArrayCell>);
+
+/// The storage of an [`Array`]; dereferences to its mutex. Dropping it never recurses
+/// deeply (see [`drop_deep`]).
+pub struct ArrayCell(Mutex<Vec<Value>>);
+
+impl std::ops::Deref for ArrayCell {
+    type Target = Mutex<Vec<Value>>;
+    fn deref(&self) -> &Mutex<Vec<Value>> {
+        &self.0
+    }
+}
+
+impl Drop for ArrayCell {
+    fn drop(&mut self) {
+        let items = std::mem::take(self.0.get_mut());
+        if !items.is_empty() {
+            drop_deep(items);
+        }
+    }
+}
 
 impl Array {
     /// A new array holding `items`.
     pub fn new(items: Vec<Value>) -> Array {
-        Array(Arc::new(Mutex::new(items)))
+        Array(Arc::new(ArrayCell(Mutex::new(items))))
     }
 
     /// A snapshot of the elements.
@@ -336,12 +356,31 @@ impl Array {
 
 /// A shared, mutable map with string keys, kept in insertion order.
 #[derive(Clone)]
-pub struct Map(pub Arc<Mutex<MapInner>>);
+pub struct Map(pub Arc<MapCell>);
+
+/// The storage of a [`Map`]; dereferences to its mutex.
+pub struct MapCell(Mutex<MapInner>);
+
+impl std::ops::Deref for MapCell {
+    type Target = Mutex<MapInner>;
+    fn deref(&self) -> &Mutex<MapInner> {
+        &self.0
+    }
+}
+
+impl Drop for MapCell {
+    fn drop(&mut self) {
+        let entries = std::mem::take(self.0.get_mut());
+        if !entries.is_empty() {
+            drop_deep(entries.into_values().collect());
+        }
+    }
+}
 
 impl Map {
     /// A new map holding `entries`.
     pub fn new(entries: MapInner) -> Map {
-        Map(Arc::new(Mutex::new(entries)))
+        Map(Arc::new(MapCell(Mutex::new(entries))))
     }
 
     /// A map built from pairs (later keys win).
@@ -438,6 +477,70 @@ impl StructObj {
     }
 }
 
+impl Drop for StructObj {
+    fn drop(&mut self) {
+        let fields = std::mem::take(self.fields.get_mut());
+        if !fields.is_empty() {
+            drop_deep(fields);
+        }
+    }
+}
+
+/// The payload of `Ok`, `Err` and `Some`; dereferences to the value.
+pub struct Payload(Value);
+
+impl Payload {
+    /// Wraps a payload.
+    pub fn new(value: Value) -> Arc<Payload> {
+        Arc::new(Payload(value))
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        if self.0.is_compound() {
+            drop_deep(vec![std::mem::take(&mut self.0)]);
+        }
+    }
+}
+
+/// Drops values without deep native recursion: past a small nesting depth, children are
+/// queued and dropped iteratively by the outermost call. Programs can build values nested
+/// millions deep (`x = Some(x)` in a loop); dropping them must not overflow the stack.
+pub fn drop_deep(values: Vec<Value>) {
+    use std::cell::{Cell, RefCell};
+    thread_local! {
+        static DEPTH: Cell<u32> = const { Cell::new(0) };
+        static PENDING: RefCell<Vec<Value>> = const { RefCell::new(Vec::new()) };
+    }
+    const LIMIT: u32 = 32;
+    let depth = DEPTH.with(Cell::get);
+    if depth >= LIMIT {
+        PENDING.with(|p| p.borrow_mut().extend(values));
+        return;
+    }
+    DEPTH.with(|d| d.set(depth + 1));
+    drop(values);
+    if depth == 0 {
+        // The outermost drop empties the queue; drops it causes queue more, not recurse.
+        loop {
+            let next = PENDING.with(|p| p.borrow_mut().pop());
+            match next {
+                Some(v) => drop(v),
+                None => break,
+            }
+        }
+    }
+    DEPTH.with(|d| d.set(depth));
+}
+
 /// An enum variant value of a user enum.
 pub struct EnumObj {
     /// Enum type name.
@@ -454,7 +557,31 @@ pub struct EnumObj {
     pub payload: Vec<Value>,
 }
 
+impl Drop for EnumObj {
+    fn drop(&mut self) {
+        let payload = std::mem::take(&mut self.payload);
+        if !payload.is_empty() {
+            drop_deep(payload);
+        }
+    }
+}
+
 impl Value {
+    /// Whether dropping this value may drop other values (containers, results, …).
+    #[inline]
+    pub fn is_compound(&self) -> bool {
+        matches!(
+            self,
+            Value::Array(_)
+                | Value::Map(_)
+                | Value::Struct(_)
+                | Value::Enum(_)
+                | Value::Ok(_)
+                | Value::Err(_)
+                | Value::Some(_)
+        )
+    }
+
     /// A string value.
     pub fn str(s: impl Into<String>) -> Value {
         Value::Str(Str::from(s.into()))
@@ -474,17 +601,17 @@ impl Value {
 
     /// `Ok(v)`
     pub fn ok(v: Value) -> Value {
-        Value::Ok(Arc::new(v))
+        Value::Ok(Payload::new(v))
     }
 
     /// `Err(e)`
     pub fn err(e: Value) -> Value {
-        Value::Err(Arc::new(e))
+        Value::Err(Payload::new(e))
     }
 
     /// `Some(v)`
     pub fn some(v: Value) -> Value {
-        Value::Some(Arc::new(v))
+        Value::Some(Payload::new(v))
     }
 
     /// `Some(v)` or `None`.
@@ -995,6 +1122,26 @@ mod tests {
         assert_eq!(show(f64::INFINITY), "inf");
         assert_eq!(show(f64::NAN), "NaN");
         assert_eq!(show(-0.0), "-0");
+    }
+
+    #[test]
+    fn deeply_nested_values_drop_without_overflow() {
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let mut v = Value::Nil;
+                for i in 0..200_000 {
+                    v = match i % 4 {
+                        0 => Value::some(v),
+                        1 => Value::array(vec![v]),
+                        2 => Value::map([("k", v)]),
+                        _ => Value::record("R", vec![("f", v)]),
+                    };
+                }
+                drop(v);
+            })
+            .unwrap();
+        handle.join().unwrap();
     }
 
     #[test]
