@@ -184,6 +184,11 @@ fn string_method(
         Method::ToString => return value(Value::Str(s.clone())),
         _ => return Err(VmError::type_error(format!("no method '{name}' on String"))),
     };
+    // The `contains` method takes any value and compares with its display form.
+    if method == Method::Contains && !matches!(args.get(1), Some(Value::Str(_))) {
+        let needle = Value::str(builtins::arg(args, 1).to_display());
+        return builtins::call_by_name(ctx, "std::string::contains", &[args[0].clone(), needle]);
+    }
     builtins::call_by_name(ctx, &format!("std::string::{std_name}"), args)
 }
 

@@ -127,7 +127,7 @@ impl Vm {
             insert(&mut method_table, key, method, fid);
         }
         for (ty, tr) in &trait_impls {
-            let key = type_keys[ty];
+            let Some(&key) = type_keys.get(ty) else { continue };
             for (fid, func) in program.functions.iter().enumerate() {
                 if let Some((owner, method)) = func.name.split_once("::") {
                     if owner == &**tr && !method.contains("::") {
