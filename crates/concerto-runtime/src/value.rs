@@ -39,8 +39,9 @@ pub enum Value {
         type_name: String,
         /// Variant name.
         variant: String,
-        /// Payload values (named payloads are in declaration order).
-        fields: Vec<Value>,
+        /// Payload: named fields for struct-like variants, `_0`, `_1`, … for tuple variants,
+        /// empty for unit variants.
+        fields: IndexMap<String, Value>,
     },
     /// `Some(v)` or `None`.
     Option(Option<Box<Value>>),
@@ -104,9 +105,69 @@ impl Value {
         }
     }
 
-    /// The JSON form emit sinks use.
+    /// The JSON form emit sinks use: structs as objects of their fields, `Ok`/`Err`/`Some`
+    /// as `{"Ok": v}` …, `None` and `Nil` as `null`, enum variants as `"Variant"` or
+    /// `{"Variant": payload}`, references and functions by name, non-finite floats as `null`.
     pub fn to_json(&self) -> serde_json::Value {
-        concerto_vm::Value::from(self).to_json()
+        self.to_json_depth(0)
+    }
+
+    fn to_json_depth(&self, depth: usize) -> serde_json::Value {
+        use serde_json::Value as J;
+        if depth > 128 {
+            return J::String("...".into());
+        }
+        let tagged = |tag: &str, v: &Value| {
+            let mut obj = serde_json::Map::new();
+            obj.insert(tag.to_string(), v.to_json_depth(depth + 1));
+            J::Object(obj)
+        };
+        let object = |fields: &IndexMap<String, Value>| {
+            J::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json_depth(depth + 1)))
+                    .collect(),
+            )
+        };
+        match self {
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::String(s) => J::String(s.clone()),
+            Value::Bool(b) => J::Bool(*b),
+            Value::Nil | Value::Option(None) => J::Null,
+            Value::Array(items) | Value::Tuple(items) => {
+                J::Array(items.iter().map(|v| v.to_json_depth(depth + 1)).collect())
+            }
+            Value::Map(fields) | Value::Struct { fields, .. } => object(fields),
+            Value::Enum {
+                variant, fields, ..
+            } => {
+                let tuple = fields.keys().all(|k| k.starts_with('_'));
+                let payload = match (fields.len(), tuple) {
+                    (0, _) => return J::String(variant.clone()),
+                    (1, true) => fields[0].to_json_depth(depth + 1),
+                    (_, true) => J::Array(
+                        fields
+                            .values()
+                            .map(|v| v.to_json_depth(depth + 1))
+                            .collect(),
+                    ),
+                    (_, false) => object(fields),
+                };
+                let mut obj = serde_json::Map::new();
+                obj.insert(variant.clone(), payload);
+                J::Object(obj)
+            }
+            Value::Option(Some(v)) => tagged("Some", v),
+            Value::Result(Ok(v)) => tagged("Ok", v),
+            Value::Result(Err(v)) => tagged("Err", v),
+            Value::AgentRef(name) | Value::HashMapRef(name) | Value::Closure(name) => {
+                J::String(name.clone())
+            }
+            Value::Ref { name, .. } => J::String(name.clone()),
+            Value::Opaque(text) => J::String(text.clone()),
+        }
     }
 }
 
@@ -144,7 +205,15 @@ impl From<&concerto_vm::Value> for Value {
             V::Enum(e) => Value::Enum {
                 type_name: e.type_name.to_string(),
                 variant: e.variant.to_string(),
-                fields: e.payload.iter().map(Value::from).collect(),
+                fields: match &e.field_names {
+                    Some(names) => fields_of(names, e.payload.clone()),
+                    None => e
+                        .payload
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("_{i}"), Value::from(v)))
+                        .collect(),
+                },
             },
             V::Ok(x) => Value::Result(Ok(Box::new(Value::from(&***x)))),
             V::Err(x) => Value::Result(Err(Box::new(Value::from(&***x)))),
@@ -201,7 +270,7 @@ impl From<&Value> for concerto_vm::Value {
                 // a map keyed by variant, like the JSON form.
                 V::map([(
                     variant.as_str(),
-                    V::array(fields.iter().map(V::from).collect()),
+                    V::map(fields.iter().map(|(k, v)| (k.as_str(), V::from(v)))),
                 )])
             }
             Value::Option(Some(x)) => V::some(V::from(&**x)),

@@ -1141,7 +1141,7 @@ impl Execution {
                     Op::Propagate => {
                         let v = pop!();
                         let payload = match &v {
-                            Value::Ok(inner) => {
+                            Value::Ok(inner) | Value::Some(inner) => {
                                 self.stack.push((**inner).clone());
                                 continue;
                             }

@@ -127,7 +127,9 @@ impl Vm {
             insert(&mut method_table, key, method, fid);
         }
         for (ty, tr) in &trait_impls {
-            let Some(&key) = type_keys.get(ty) else { continue };
+            let Some(&key) = type_keys.get(ty) else {
+                continue;
+            };
             for (fid, func) in program.functions.iter().enumerate() {
                 if let Some((owner, method)) = func.name.split_once("::") {
                     if owner == &**tr && !method.contains("::") {
