@@ -54,9 +54,9 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Replaces parts of a connection from the IR.
+/// Replaces parts of a connection from the IR. Build it with `..Default::default()` so new
+/// fields do not break your code.
 #[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
 pub struct ConnectionOverride {
     /// The API key to use instead of reading `api_key_env`.
     pub api_key: Option<String>,
