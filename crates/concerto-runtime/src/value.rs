@@ -162,10 +162,11 @@ impl Value {
             Value::Option(Some(v)) => tagged("Some", v),
             Value::Result(Ok(v)) => tagged("Ok", v),
             Value::Result(Err(v)) => tagged("Err", v),
-            Value::AgentRef(name) | Value::HashMapRef(name) | Value::Closure(name) => {
-                J::String(name.clone())
-            }
-            Value::Ref { name, .. } => J::String(name.clone()),
+            // References serialise as their display form, as the interpreter does.
+            Value::AgentRef(name) => J::String(format!("<agent {name}>")),
+            Value::HashMapRef(name) => J::String(format!("<hashmap {name}>")),
+            Value::Closure(name) => J::String(format!("<fn {name}>")),
+            Value::Ref { kind, name } => J::String(format!("<{kind} {name}>")),
             Value::Opaque(text) => J::String(text.clone()),
         }
     }

@@ -785,9 +785,10 @@ impl Execution {
         }
     }
 
-    /// Whether a `throw` here has anywhere to go (a handler or an intercepting frame).
+    /// Whether a `throw` here has a `try` to go to. Without one, `throw e` is
+    /// `return Err(e)` (which a pipeline stage then reports as its failure).
     fn has_any_handler(&self) -> bool {
-        !self.handlers.is_empty() || self.natives.iter().flatten().any(|c| c.intercepts_errors())
+        !self.handlers.is_empty()
     }
 
     /// Returns `value` from the current code frame.
@@ -1126,7 +1127,8 @@ impl Execution {
                         self.frames[fi].pc = (pc - 1) as u32;
                         if self.has_any_handler() {
                             self.unwind(v, None)?;
-                            continue 'frames;
+                            // The target may be a native frame waiting for the error.
+                            return Ok(Exit::Resume);
                         }
                         // No handler anywhere: `throw e` is `return Err(e)`.
                         let v = match v {
@@ -1155,7 +1157,7 @@ impl Execution {
                         self.frames[fi].pc = (pc - 1) as u32;
                         if self.handlers.last().is_some_and(|h| h.frame as usize == fi) {
                             self.unwind(payload, None)?;
-                            continue 'frames;
+                            return Ok(Exit::Resume);
                         }
                         match self.do_return(v)? {
                             Some(exit) => return Ok(exit),

@@ -894,12 +894,13 @@ fn ledger_method(
             let entry = LedgerEntry {
                 identifier: text(0),
                 keys: keys_arg(&args[1]),
-                value: args[2].clone(),
+                // Ledger values are text (spec 21): arguments convert with display.
+                value: Value::str(text(2)),
             };
             reply(store.ledger_insert(ledger, entry), |_| Value::Nil)
         }
         Method::Update => reply(
-            store.ledger_update(ledger, &text(0), arg(args, 1).clone()),
+            store.ledger_update(ledger, &text(0), Value::str(text(1))),
             Value::Bool,
         ),
         Method::UpdateKeys => reply(

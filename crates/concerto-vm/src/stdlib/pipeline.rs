@@ -202,6 +202,10 @@ impl Continuation for PipelineRun {
                     Ok(Value::Err(e)) => Err(e.to_display()),
                     Ok(Value::Ok(v)) => Ok((*v).clone()),
                     Ok(other) => Ok(other),
+                    // A thrown value fails the stage with its display form.
+                    Err(err) if err.kind() == crate::error::ErrorKind::Unhandled => Err(err
+                        .value()
+                        .map_or_else(|| err.message().to_string(), Value::to_display)),
                     Err(err) if err.is_catchable() => Err(err.message().to_string()),
                     Err(err) => return Err(err),
                 };
