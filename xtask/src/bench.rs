@@ -195,11 +195,11 @@ fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
-fn geomean(ratios: &[f64]) -> f64 {
+fn geomean(ratios: &[f64]) -> String {
     if ratios.is_empty() {
-        return f64::NAN;
+        return "-".to_string();
     }
-    (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp()
+    format!("{:.2}", (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp())
 }
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
@@ -298,7 +298,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             );
         }
         println!(
-            "| **geometric mean** | | | **{:.2}** | | **{:.2}** |",
+            "| **geometric mean** | | | **{}** | | **{}** |",
             geomean(&py_ratios),
             geomean(&lua_ratios)
         );
@@ -319,7 +319,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             );
         }
         println!(
-            "{:<16} {:>10} {:>12} {:>8.2} {:>10} {:>8.2}",
+            "{:<16} {:>10} {:>12} {:>8} {:>10} {:>8}",
             "geomean",
             "",
             "",
