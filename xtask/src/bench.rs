@@ -199,7 +199,10 @@ fn geomean(ratios: &[f64]) -> String {
     if ratios.is_empty() {
         return "-".to_string();
     }
-    format!("{:.2}", (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp())
+    format!(
+        "{:.2}",
+        (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp()
+    )
 }
 
 pub(crate) fn run(args: &[String]) -> Result<()> {

@@ -1,4 +1,4 @@
-//! Writer-backed sinks.
+//! Writer-backed sinks: one line per emit.
 
 use std::io::{BufWriter, Write};
 
@@ -8,21 +8,35 @@ use parking_lot::Mutex;
 
 use crate::FlushSink;
 
+/// A buffered writer shared by the line sinks.
+struct Lines(Mutex<BufWriter<Box<dyn Write + Send>>>);
+
+impl Lines {
+    fn new(out: impl Write + Send + 'static) -> Lines {
+        Lines(Mutex::new(BufWriter::new(Box::new(out))))
+    }
+
+    fn write(&self, mut line: String) -> Result<(), HostError> {
+        line.push('\n');
+        self.0.lock().write_all(line.as_bytes()).map_err(io_error)
+    }
+
+    fn flush(&self) -> Result<(), HostError> {
+        self.0.lock().flush().map_err(io_error)
+    }
+}
+
 fn io_error(err: std::io::Error) -> HostError {
     HostError::failed(format!("cannot write emit: {err}"))
 }
 
 /// Writes one JSON object per emit: `{"channel": "...", "payload": <value as JSON>}`.
-pub struct JsonLinesSink {
-    out: Mutex<BufWriter<Box<dyn Write + Send>>>,
-}
+pub struct JsonLinesSink(Lines);
 
 impl JsonLinesSink {
     /// A sink writing to `out` (buffered; call [`FlushSink::flush`]).
     pub fn new(out: impl Write + Send + 'static) -> JsonLinesSink {
-        JsonLinesSink {
-            out: Mutex::new(BufWriter::new(Box::new(out))),
-        }
+        JsonLinesSink(Lines::new(out))
     }
 
     /// The JSON line for one emit (without the newline).
@@ -39,41 +53,35 @@ impl JsonLinesSink {
 
 impl EmitSink for JsonLinesSink {
     fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError> {
-        let mut line = JsonLinesSink::line(channel, payload);
-        line.push('\n');
-        self.out.lock().write_all(line.as_bytes()).map_err(io_error)
+        self.0.write(JsonLinesSink::line(channel, payload))
     }
 }
 
 impl FlushSink for JsonLinesSink {
     fn flush(&self) -> Result<(), HostError> {
-        self.out.lock().flush().map_err(io_error)
+        self.0.flush()
     }
 }
 
 /// Writes `[emit:channel] <display of payload>` per emit, for people.
-pub struct TextSink {
-    out: Mutex<BufWriter<Box<dyn Write + Send>>>,
-}
+pub struct TextSink(Lines);
 
 impl TextSink {
     /// A sink writing to `out` (buffered; call [`FlushSink::flush`]).
     pub fn new(out: impl Write + Send + 'static) -> TextSink {
-        TextSink {
-            out: Mutex::new(BufWriter::new(Box::new(out))),
-        }
+        TextSink(Lines::new(out))
     }
 }
 
 impl EmitSink for TextSink {
     fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError> {
-        let line = format!("[emit:{channel}] {}\n", payload.to_display());
-        self.out.lock().write_all(line.as_bytes()).map_err(io_error)
+        self.0
+            .write(format!("[emit:{channel}] {}", payload.to_display()))
     }
 }
 
 impl FlushSink for TextSink {
     fn flush(&self) -> Result<(), HostError> {
-        self.out.lock().flush().map_err(io_error)
+        self.0.flush()
     }
 }

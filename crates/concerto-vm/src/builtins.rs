@@ -211,6 +211,18 @@ pub(crate) fn str_arg<'a>(func: &str, args: &'a [Value], idx: usize) -> Result<&
     }
 }
 
+/// The first argument of `func` as text (`<func> expected String, got T` otherwise).
+pub(crate) fn text_arg<'a>(func: &str, args: &'a [Value]) -> Result<&'a str, VmError> {
+    match args.first() {
+        Some(Value::Str(s)) => Ok(s.as_str()),
+        Some(other) => Err(VmError::type_error(format!(
+            "{func} expected String, got {}",
+            other.type_name()
+        ))),
+        None => Err(VmError::type_error(format!("{func} missing argument 0"))),
+    }
+}
+
 /// Int argument `idx` of `func`.
 pub(crate) fn int_arg(func: &str, args: &[Value], idx: usize) -> Result<i64, VmError> {
     match required(func, args, idx)? {

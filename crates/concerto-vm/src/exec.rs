@@ -856,6 +856,30 @@ impl Execution {
                     }
                 };
             }
+            // After a call: go on inline, switch to the new frame, or leave the loop.
+            macro_rules! finish_call {
+                ($called:expr) => {
+                    match self.after_call($called) {
+                        Some(exit) => return Ok(exit),
+                        None if self.frames.len() == fi + 1 => {}
+                        None => continue 'frames,
+                    }
+                };
+            }
+            // Int division and remainder: the fast path needs a non-zero divisor.
+            macro_rules! divide {
+                ($int:ident, $slow:path) => {{
+                    let b = pop!();
+                    let a = top!();
+                    match (&*a, &b) {
+                        (Value::Int(x), Value::Int(y)) if *y != 0 => *a = Value::Int(x.$int(*y)),
+                        _ => {
+                            let lhs = std::mem::take(a);
+                            *a = tri!($slow(lhs, b));
+                        }
+                    }
+                }};
+            }
             macro_rules! binary {
                 ($fast:expr, $slow:path) => {{
                     let b = pop!();
@@ -929,32 +953,8 @@ impl Execution {
                     Op::Add => binary!(|x: i64, y: i64| Value::Int(x.wrapping_add(y)), ops::add),
                     Op::Sub => binary!(|x: i64, y: i64| Value::Int(x.wrapping_sub(y)), ops::sub),
                     Op::Mul => binary!(|x: i64, y: i64| Value::Int(x.wrapping_mul(y)), ops::mul),
-                    Op::Div => {
-                        let b = pop!();
-                        let a = top!();
-                        match (&*a, &b) {
-                            (Value::Int(x), Value::Int(y)) if *y != 0 => {
-                                *a = Value::Int(x.wrapping_div(*y))
-                            }
-                            _ => {
-                                let lhs = std::mem::take(a);
-                                *a = tri!(ops::div(lhs, b));
-                            }
-                        }
-                    }
-                    Op::Mod => {
-                        let b = pop!();
-                        let a = top!();
-                        match (&*a, &b) {
-                            (Value::Int(x), Value::Int(y)) if *y != 0 => {
-                                *a = Value::Int(x.wrapping_rem(*y))
-                            }
-                            _ => {
-                                let lhs = std::mem::take(a);
-                                *a = tri!(ops::rem(lhs, b));
-                            }
-                        }
-                    }
+                    Op::Div => divide!(wrapping_div, ops::div),
+                    Op::Mod => divide!(wrapping_rem, ops::rem),
                     Op::Neg => {
                         let a = top!();
                         *a = match &*a {
@@ -1062,29 +1062,17 @@ impl Execution {
                         let callee = pop!();
                         save_pc!();
                         let called = tri!(self.call_value(callee, argc as usize));
-                        match self.after_call(called) {
-                            Some(exit) => return Ok(exit),
-                            None if self.frames.len() == fi + 1 => {}
-                            None => continue 'frames,
-                        }
+                        finish_call!(called);
                     }
                     Op::CallMethod { argc, name } => {
                         save_pc!();
                         let called = tri!(self.call_method(argc as usize, name, None));
-                        match self.after_call(called) {
-                            Some(exit) => return Ok(exit),
-                            None if self.frames.len() == fi + 1 => {}
-                            None => continue 'frames,
-                        }
+                        finish_call!(called);
                     }
                     Op::CallSite(idx) => {
                         save_pc!();
                         let called = tri!(self.call_site(idx));
-                        match self.after_call(called) {
-                            Some(exit) => return Ok(exit),
-                            None if self.frames.len() == fi + 1 => {}
-                            None => continue 'frames,
-                        }
+                        finish_call!(called);
                     }
                     Op::Emit => {
                         let payload = pop!();

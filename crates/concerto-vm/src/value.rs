@@ -771,34 +771,14 @@ impl Value {
             Value::Struct(s) => {
                 let fields = s.fields.lock().clone();
                 out.push_str(&s.ty.name);
-                out.push_str(" {");
-                for (idx, (name, v)) in s.ty.fields.iter().zip(&fields).enumerate() {
-                    if idx > 0 {
-                        out.push_str(", ");
-                    }
-                    out.push_str(name);
-                    out.push_str(": ");
-                    v.write_display(out, depth + 1);
-                }
-                out.push('}');
+                write_fields(out, &s.ty.fields, &fields, depth);
             }
             Value::Enum(e) => {
                 out.push_str(&e.type_name);
                 out.push_str("::");
                 out.push_str(&e.variant);
                 match &e.field_names {
-                    Some(names) => {
-                        out.push_str(" {");
-                        for (idx, (name, v)) in names.iter().zip(&e.payload).enumerate() {
-                            if idx > 0 {
-                                out.push_str(", ");
-                            }
-                            out.push_str(name);
-                            out.push_str(": ");
-                            v.write_display(out, depth + 1);
-                        }
-                        out.push('}');
-                    }
+                    Some(names) => write_fields(out, names, &e.payload, depth),
                     None if e.payload.is_empty() => {}
                     None => {
                         out.push('(');
@@ -1008,6 +988,20 @@ impl Value {
             _ => false,
         }
     }
+}
+
+/// ` {name: v, …}` after a struct or variant name.
+fn write_fields(out: &mut String, names: &[Arc<str>], values: &[Value], depth: usize) {
+    out.push_str(" {");
+    for (idx, (name, v)) in names.iter().zip(values).enumerate() {
+        if idx > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+        out.push_str(": ");
+        v.write_display(out, depth + 1);
+    }
+    out.push('}');
 }
 
 fn wrap_display(out: &mut String, tag: &str, inner: &Value, depth: usize) {

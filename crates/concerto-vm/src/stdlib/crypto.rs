@@ -5,23 +5,10 @@ use std::fmt::Write as _;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use crate::builtins::ret;
+use crate::builtins::{ret, text_arg};
 use crate::error::VmError;
 use crate::exec::{Ctx, Flow};
 use crate::value::Value;
-
-fn text_arg<'a>(func: &str, args: &'a [Value]) -> Result<&'a str, VmError> {
-    match args.first() {
-        Some(Value::Str(s)) => Ok(s.as_str()),
-        Some(other) => Err(VmError::type_error(format!(
-            "std::crypto::{func} expected String, got {}",
-            other.type_name()
-        ))),
-        None => Err(VmError::type_error(format!(
-            "std::crypto::{func} missing argument 0"
-        ))),
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -33,13 +20,13 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `sha256(text)`: lowercase hex.
 pub(crate) fn sha256(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let text = text_arg("sha256", args)?;
+    let text = text_arg("std::crypto::sha256", args)?;
     ret(Value::str(hex(&Sha256::digest(text.as_bytes()))))
 }
 
 /// `md5(text)`: lowercase hex.
 pub(crate) fn md5(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let text = text_arg("md5", args)?;
+    let text = text_arg("std::crypto::md5", args)?;
     ret(Value::str(hex(&Md5::digest(text.as_bytes()))))
 }
 

@@ -1,32 +1,19 @@
 //! `std::env`
 
-use crate::builtins::ret;
+use crate::builtins::{ret, text_arg};
 use crate::error::VmError;
 use crate::exec::{Ctx, Flow};
 use crate::value::Value;
 
-fn name_arg<'a>(func: &str, args: &'a [Value]) -> Result<&'a str, VmError> {
-    match args.first() {
-        Some(Value::Str(s)) => Ok(s.as_str()),
-        Some(other) => Err(VmError::type_error(format!(
-            "std::env::{func} expected String, got {}",
-            other.type_name()
-        ))),
-        None => Err(VmError::type_error(format!(
-            "std::env::{func} missing argument 0"
-        ))),
-    }
-}
-
 /// `get(name)`: `Some(value)` or `None`.
 pub(crate) fn get(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let name = name_arg("get", args)?;
+    let name = text_arg("std::env::get", args)?;
     ret(Value::option(ctx.host.system.env_var(name).map(Value::str)))
 }
 
 /// `require(name)`: `Ok(value)` or `Err("missing environment variable: NAME")`.
 pub(crate) fn require(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let name = name_arg("require", args)?;
+    let name = text_arg("std::env::require", args)?;
     ret(match ctx.host.system.env_var(name) {
         Some(v) => Value::ok(Value::str(v)),
         None => Value::err(Value::str(format!("missing environment variable: {name}"))),
@@ -43,6 +30,6 @@ pub(crate) fn all(ctx: &mut Ctx, _: &[Value]) -> Result<Flow, VmError> {
 
 /// `has(name)`
 pub(crate) fn has(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let name = name_arg("has", args)?;
+    let name = text_arg("std::env::has", args)?;
     ret(Value::Bool(ctx.host.system.env_var(name).is_some()))
 }

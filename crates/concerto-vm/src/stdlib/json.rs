@@ -1,26 +1,13 @@
 //! `std::json`
 
-use crate::builtins::ret;
+use crate::builtins::{ret, text_arg};
 use crate::error::VmError;
 use crate::exec::{Ctx, Flow};
 use crate::value::Value;
 
-fn text_arg<'a>(func: &str, args: &'a [Value]) -> Result<&'a str, VmError> {
-    match args.first() {
-        Some(Value::Str(s)) => Ok(s.as_str()),
-        Some(other) => Err(VmError::type_error(format!(
-            "std::json::{func} expected String, got {}",
-            other.type_name()
-        ))),
-        None => Err(VmError::type_error(format!(
-            "std::json::{func} missing argument 0"
-        ))),
-    }
-}
-
 /// `parse(text)`: `Ok(value)` (objects become maps, in document order) or `Err(message)`.
 pub(crate) fn parse(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let text = text_arg("parse", args)?;
+    let text = text_arg("std::json::parse", args)?;
     ret(match serde_json::from_str::<serde_json::Value>(text) {
         Ok(json) => Value::ok(Value::from_json(&json)),
         Err(e) => Value::err(Value::str(e.to_string())),
@@ -48,7 +35,7 @@ pub(crate) fn stringify_pretty(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmEr
 
 /// `is_valid(text)`
 pub(crate) fn is_valid(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let text = text_arg("is_valid", args)?;
+    let text = text_arg("std::json::is_valid", args)?;
     ret(Value::Bool(
         serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
     ))

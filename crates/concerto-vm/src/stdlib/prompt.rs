@@ -1,26 +1,13 @@
 //! `std::prompt`
 
-use crate::builtins::ret;
+use crate::builtins::{ret, text_arg};
 use crate::error::VmError;
 use crate::exec::{Ctx, Flow};
 use crate::value::Value;
 
-fn text_arg<'a>(func: &str, args: &'a [Value]) -> Result<&'a str, VmError> {
-    match args.first() {
-        Some(Value::Str(s)) => Ok(s.as_str()),
-        Some(other) => Err(VmError::type_error(format!(
-            "std::prompt::{func} expected String, got {}",
-            other.type_name()
-        ))),
-        None => Err(VmError::type_error(format!(
-            "std::prompt::{func} missing argument 0"
-        ))),
-    }
-}
-
 /// `template(text, vars)`: replaces `${key}` with each map value, in map order.
 pub(crate) fn template(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let text = text_arg("template", args)?;
+    let text = text_arg("std::prompt::template", args)?;
     let vars = match args.get(1) {
         Some(Value::Map(m)) => m.entries(),
         Some(other) => {
@@ -47,7 +34,7 @@ pub(crate) fn template(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
 
 /// `from_file(path)`: reads the file system, which needs the tools permission model.
 pub(crate) fn from_file(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let path = text_arg("from_file", args)?;
+    let path = text_arg("std::prompt::from_file", args)?;
     Err(VmError::not_enabled(format!(
         "std::prompt::from_file(\"{path}\") reads the file system, which this runtime does not allow yet"
     )))
@@ -55,7 +42,7 @@ pub(crate) fn from_file(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
 
 /// `count_tokens(text)`: an estimate, `ceil(words * 4 / 3)`.
 pub(crate) fn count_tokens(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    let text = text_arg("count_tokens", args)?;
+    let text = text_arg("std::prompt::count_tokens", args)?;
     let words = text.split_whitespace().count() as i64;
     ret(Value::Int((words * 4 + 2) / 3))
 }
