@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod fuse;
 mod loader;
 mod lower;
 pub mod model;
@@ -47,7 +48,7 @@ pub use loader::{
 pub use lower::{BUILTIN_STRUCTS, lower};
 pub use opcode::Opcode;
 pub use program::{
-    AgentCallFlavour, AgentDef, CallSite, CastTarget, CatchChain, Const, FuncId, Function,
+    AgentCallFlavour, AgentDef, BinOp, CallSite, CastTarget, CatchChain, Const, FuncId, Function,
     FunctionKind, Global, GlobalKind, HashmapOp, NameId, Op, PipelineDef, Program, Shape,
     ShapeTarget, Span, StageDef, ToolDef, TypeDef, TypeDefKind, VariantDef,
 };

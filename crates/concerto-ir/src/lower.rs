@@ -479,9 +479,12 @@ impl Lowerer {
         let max_stack = verify_stack(&code, &chains, &self.shapes, &self.call_sites)
             .map_err(|(pc, r)| fail(Some(pc), r))?;
 
+        let plain = code;
+        let code = crate::fuse::fuse(&plain, &chains, n_params as u16, slot_names.len() as u16);
         Ok(Function {
             name,
             kind,
+            plain,
             return_type: func.return_type,
             is_async: func.is_async,
             n_params: n_params as u16,
@@ -941,6 +944,21 @@ fn stack_effect(op: Op, shapes: &[Shape], sites: &[CallSite]) -> (u32, u32) {
         Op::IndexSet => (3, 0),
         Op::AwaitAll(n) => (n, 1),
         Op::SpawnAsync => (1, 1),
+        // Superinstructions are formed after verification and never verified themselves;
+        // report an impossible need so a misuse fails loudly.
+        Op::BinLocalConst { .. }
+        | Op::BinLocalLocal { .. }
+        | Op::BinLocalConstStore { .. }
+        | Op::BinLocalLocalStore { .. }
+        | Op::BinConst { .. }
+        | Op::Branch { .. }
+        | Op::BranchLocalConst { .. }
+        | Op::BranchLocalLocal { .. }
+        | Op::StoreLocalDiscard(_)
+        | Op::Nop2
+        | Op::CallGlobal { .. }
+        | Op::ReturnLocal(_)
+        | Op::FieldGetLocal { .. } => (u32::MAX, 0),
     }
 }
 

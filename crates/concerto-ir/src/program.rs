@@ -179,7 +179,206 @@ pub enum Op {
     AwaitAll(u32),
     /// Start a task running the callee on top.
     SpawnAsync,
+
+    // Superinstructions. Each stands for the `len` (or fixed number of) IR instructions that
+    // start at its index and leaves those instructions' effects; the instructions after it
+    // keep their own ops, so a jump into the middle of a fused sequence still works. They are
+    // only formed over local slots that are definitely assigned at that point.
+    /// `LOAD_LOCAL slot; LOAD_CONST konst; <op>` (3 instructions).
+    BinLocalConst {
+        /// The operation.
+        op: BinOp,
+        /// Left operand slot.
+        slot: u16,
+        /// Right operand constant.
+        konst: u32,
+    },
+    /// `LOAD_LOCAL a; LOAD_LOCAL b; <op>` (3 instructions).
+    BinLocalLocal {
+        /// The operation.
+        op: BinOp,
+        /// Left operand slot.
+        a: u16,
+        /// Right operand slot.
+        b: u16,
+    },
+    /// `LOAD_LOCAL slot; LOAD_CONST konst; <op>; STORE_LOCAL dest` and, when `len` is 6,
+    /// `LOAD_LOCAL dest; POP`.
+    BinLocalConstStore {
+        /// The operation.
+        op: BinOp,
+        /// Left operand slot.
+        slot: u16,
+        /// Destination slot.
+        dest: u16,
+        /// Right operand constant.
+        konst: u32,
+        /// Instructions covered (4 or 6).
+        len: u8,
+    },
+    /// `LOAD_LOCAL a; LOAD_LOCAL b; <op>; STORE_LOCAL dest` and, when `len` is 6,
+    /// `LOAD_LOCAL dest; POP`. With `ADD` and `dest == a` a string is appended in place.
+    BinLocalLocalStore {
+        /// The operation.
+        op: BinOp,
+        /// Left operand slot.
+        a: u16,
+        /// Right operand slot.
+        b: u16,
+        /// Destination slot.
+        dest: u16,
+        /// Instructions covered (4 or 6).
+        len: u8,
+    },
+    /// `LOAD_CONST konst; <op>` (2 instructions).
+    BinConst {
+        /// The operation.
+        op: BinOp,
+        /// Right operand constant.
+        konst: u32,
+    },
+    /// `<cmp>; JUMP_IF_FALSE target` (or `JUMP_IF_TRUE` when `jump_if`) (2 instructions).
+    Branch {
+        /// The comparison.
+        op: BinOp,
+        /// Jump when the comparison equals this.
+        jump_if: bool,
+        /// Jump target.
+        target: u32,
+    },
+    /// `LOAD_LOCAL slot; LOAD_CONST konst; <cmp>; JUMP_IF_FALSE target` (4 instructions).
+    BranchLocalConst {
+        /// The comparison.
+        op: BinOp,
+        /// Left operand slot.
+        slot: u16,
+        /// Right operand constant.
+        konst: u32,
+        /// Jump target (taken when the comparison is false).
+        target: u32,
+    },
+    /// `LOAD_LOCAL a; LOAD_LOCAL b; <cmp>; JUMP_IF_FALSE target` (4 instructions).
+    BranchLocalLocal {
+        /// The comparison.
+        op: BinOp,
+        /// Left operand slot.
+        a: u16,
+        /// Right operand slot.
+        b: u16,
+        /// Jump target (taken when the comparison is false).
+        target: u32,
+    },
+    /// `STORE_LOCAL slot; LOAD_LOCAL slot; POP` (3 instructions).
+    StoreLocalDiscard(u16),
+    /// A value pushed and popped at once (`LOAD_CONST c; POP`, `LOAD_LOCAL x; POP`): does
+    /// nothing (2 instructions).
+    Nop2,
+    /// `LOAD_GLOBAL global; CALL argc` (2 instructions).
+    CallGlobal {
+        /// The callee global.
+        global: u32,
+        /// Argument count.
+        argc: u32,
+    },
+    /// `LOAD_LOCAL slot; RETURN` (2 instructions).
+    ReturnLocal(u16),
+    /// `LOAD_LOCAL slot; FIELD_GET name` (2 instructions).
+    FieldGetLocal {
+        /// The struct's slot.
+        slot: u16,
+        /// Field name.
+        name: NameId,
+    },
 }
+
+/// The operation of a fused arithmetic or comparison superinstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `ADD`
+    Add,
+    /// `SUB`
+    Sub,
+    /// `MUL`
+    Mul,
+    /// `DIV`
+    Div,
+    /// `MOD`
+    Mod,
+    /// `EQ`
+    Eq,
+    /// `NEQ`
+    Neq,
+    /// `LT`
+    Lt,
+    /// `GT`
+    Gt,
+    /// `LTE`
+    Lte,
+    /// `GTE`
+    Gte,
+}
+
+impl BinOp {
+    /// The operation of a plain op, when it has one.
+    pub fn of(op: Op) -> Option<BinOp> {
+        Some(match op {
+            Op::Add => BinOp::Add,
+            Op::Sub => BinOp::Sub,
+            Op::Mul => BinOp::Mul,
+            Op::Div => BinOp::Div,
+            Op::Mod => BinOp::Mod,
+            Op::Eq => BinOp::Eq,
+            Op::Neq => BinOp::Neq,
+            Op::Lt => BinOp::Lt,
+            Op::Gt => BinOp::Gt,
+            Op::Lte => BinOp::Lte,
+            Op::Gte => BinOp::Gte,
+            _ => return None,
+        })
+    }
+
+    /// Whether the operation yields a Bool.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinOp::Eq | BinOp::Neq | BinOp::Lt | BinOp::Gt | BinOp::Lte | BinOp::Gte)
+    }
+
+    /// The plain op.
+    pub fn op(self) -> Op {
+        match self {
+            BinOp::Add => Op::Add,
+            BinOp::Sub => Op::Sub,
+            BinOp::Mul => Op::Mul,
+            BinOp::Div => Op::Div,
+            BinOp::Mod => Op::Mod,
+            BinOp::Eq => Op::Eq,
+            BinOp::Neq => Op::Neq,
+            BinOp::Lt => Op::Lt,
+            BinOp::Gt => Op::Gt,
+            BinOp::Lte => Op::Lte,
+            BinOp::Gte => Op::Gte,
+        }
+    }
+}
+
+impl Op {
+    /// How many IR instructions this op stands for (1 for plain ops).
+    pub fn len(self) -> u32 {
+        match self {
+            Op::BinLocalConst { .. } | Op::BinLocalLocal { .. } | Op::StoreLocalDiscard(_) => 3,
+            Op::BinLocalConstStore { len, .. } | Op::BinLocalLocalStore { len, .. } => len as u32,
+            Op::BinConst { .. }
+            | Op::Branch { .. }
+            | Op::Nop2
+            | Op::CallGlobal { .. }
+            | Op::ReturnLocal(_)
+            | Op::FieldGetLocal { .. } => 2,
+            Op::BranchLocalConst { .. } | Op::BranchLocalLocal { .. } => 4,
+            _ => 1,
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Op>() <= 12);
 
 /// A catch-handler chain: the clauses a `TRY_BEGIN` dispatches to and where the chain ends.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,8 +427,11 @@ pub struct Function {
     pub slot_names: Vec<Arc<str>>,
     /// Deepest operand stack (above the slots) the body can reach.
     pub max_stack: u32,
-    /// The lowered body.
+    /// The lowered body, with superinstructions.
     pub code: Vec<Op>,
+    /// The lowered body without superinstructions (one op per IR instruction), for
+    /// single-stepping.
+    pub plain: Vec<Op>,
     /// Source position of each instruction.
     pub spans: Vec<Span>,
     /// Handler chains, indexed by [`Op::TryBegin`].

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concerto_ir::{CastTarget, FuncId, GlobalKind, Op, Program};
+use concerto_ir::{BinOp, CastTarget, FuncId, GlobalKind, Op, Program};
 
 use crate::builtins;
 use crate::error::{ErrorKind, Location, VmError};
@@ -843,6 +843,47 @@ impl Execution {
                     }
                 };
             }
+            // Like `tri!`, for the component at `$at` of a superinstruction.
+            macro_rules! tri_at {
+                ($e:expr, $at:expr) => {
+                    match $e {
+                        Ok(v) => v,
+                        Err(err) => {
+                            self.frames[fi].pc = ($at) as u32;
+                            return Err(err);
+                        }
+                    }
+                };
+            }
+            // A jump, spending fuel when it goes backwards (a loop).
+            macro_rules! jump {
+                ($target:expr) => {{
+                    let target = $target as usize;
+                    if target < pc {
+                        self.fuel -= 1;
+                        if self.fuel == 0 {
+                            self.fuel = FUEL;
+                            self.ctx.stats.ticks += FUEL as u64;
+                            pc = target;
+                            save_pc!();
+                            return Ok(Exit::Yield);
+                        }
+                    }
+                    pc = target;
+                }};
+            }
+            // Returns `$v` from this frame: straight back into a code frame below, or through
+            // `do_return` when a native frame or the end of the execution waits.
+            macro_rules! ret {
+                ($v:expr) => {{
+                    let v = $v;
+                    save_pc!();
+                    match self.do_return(v)? {
+                        Some(exit) => return Ok(exit),
+                        None => continue 'frames,
+                    }
+                }};
+            }
             macro_rules! pop {
                 () => {
                     self.stack.pop().unwrap_or(Value::Nil)
@@ -1016,20 +1057,7 @@ impl Execution {
                         let a = top!();
                         *a = Value::Bool(!a.is_truthy());
                     }
-                    Op::Jump(target) => {
-                        let target = target as usize;
-                        if target < pc {
-                            self.fuel -= 1;
-                            if self.fuel == 0 {
-                                self.fuel = FUEL;
-                                self.ctx.stats.ticks += FUEL as u64;
-                                pc = target;
-                                save_pc!();
-                                return Ok(Exit::Yield);
-                            }
-                        }
-                        pc = target;
-                    }
+                    Op::Jump(target) => jump!(target),
                     Op::JumpIfTrue(target) => {
                         let c = pop!();
                         if c.is_truthy() {
@@ -1052,11 +1080,7 @@ impl Execution {
                         } else {
                             Value::Nil
                         };
-                        save_pc!();
-                        match self.do_return(v)? {
-                            Some(exit) => return Ok(exit),
-                            None => continue 'frames,
-                        }
+                        ret!(v)
                     }
                     Op::Call(argc) => {
                         let callee = pop!();
@@ -1281,6 +1305,202 @@ impl Execution {
                         tri!(Err(VmError::unsupported(
                             "SPAWN_ASYNC (spawning concurrent tasks) is not implemented yet"
                         )));
+                    }
+                    Op::BinLocalConst { op, slot, konst } => {
+                        let start = pc - 1;
+                        let a = &self.stack[base + slot as usize];
+                        let b = &vm.consts[konst as usize];
+                        let v = match (a, b) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
+                            _ => None,
+                        };
+                        let v = match v {
+                            Some(v) => v,
+                            None => tri_at!(ops::binary(op, a, b), start + 2),
+                        };
+                        self.stack.push(v);
+                        pc = start + 3;
+                    }
+                    Op::BinLocalLocal { op, a, b } => {
+                        let start = pc - 1;
+                        let x = &self.stack[base + a as usize];
+                        let y = &self.stack[base + b as usize];
+                        let v = match (x, y) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
+                            _ => None,
+                        };
+                        let v = match v {
+                            Some(v) => v,
+                            None => tri_at!(ops::binary(op, x, y), start + 2),
+                        };
+                        self.stack.push(v);
+                        pc = start + 3;
+                    }
+                    Op::BinLocalConstStore { op, slot, dest, konst, len } => {
+                        let start = pc - 1;
+                        let b = &vm.consts[konst as usize];
+                        let a = &mut self.stack[base + slot as usize];
+                        match (&mut *a, b) {
+                            (Value::Int(x), Value::Int(y)) if slot == dest => {
+                                if let Some(Value::Int(r)) = ops::int_bin(op, *x, *y) {
+                                    *x = r;
+                                    pc = start + len as usize;
+                                    continue;
+                                }
+                            }
+                            (Value::Str(s), b) if slot == dest && op == BinOp::Add => {
+                                // `s = s + c`: append in place when `s` is not shared.
+                                match b {
+                                    Value::Str(t) => s.push_str(t),
+                                    other => s.push_str(&other.to_display()),
+                                }
+                                pc = start + len as usize;
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        let a = &self.stack[base + slot as usize];
+                        let v = match (a, b) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
+                            _ => None,
+                        };
+                        let v = match v {
+                            Some(v) => v,
+                            None => tri_at!(ops::binary(op, a, b), start + 2),
+                        };
+                        self.stack[base + dest as usize] = v;
+                        pc = start + len as usize;
+                    }
+                    Op::BinLocalLocalStore { op, a, b, dest, len } => {
+                        let start = pc - 1;
+                        if op == BinOp::Add && a == dest {
+                            if let Value::Str(_) = &self.stack[base + a as usize] {
+                                // `s = s + t`: append in place when `s` is not shared.
+                                let rhs = self.stack[base + b as usize].clone();
+                                if let Value::Str(s) = &mut self.stack[base + a as usize] {
+                                    match &rhs {
+                                        Value::Str(t) => s.push_str(t),
+                                        other => s.push_str(&other.to_display()),
+                                    }
+                                }
+                                pc = start + len as usize;
+                                continue;
+                            }
+                        }
+                        let x = &self.stack[base + a as usize];
+                        let y = &self.stack[base + b as usize];
+                        let v = match (x, y) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
+                            _ => None,
+                        };
+                        let v = match v {
+                            Some(v) => v,
+                            None => tri_at!(ops::binary(op, x, y), start + 2),
+                        };
+                        self.stack[base + dest as usize] = v;
+                        pc = start + len as usize;
+                    }
+                    Op::BinConst { op, konst } => {
+                        let start = pc - 1;
+                        let b = &vm.consts[konst as usize];
+                        let a = top!();
+                        match (&mut *a, b) {
+                            (Value::Int(x), Value::Int(y)) => {
+                                if let Some(v) = ops::int_bin(op, *x, *y) {
+                                    *a = v;
+                                    pc = start + 2;
+                                    continue;
+                                }
+                            }
+                            (Value::Str(s), b) if op == BinOp::Add => {
+                                match b {
+                                    Value::Str(t) => s.push_str(t),
+                                    other => s.push_str(&other.to_display()),
+                                }
+                                pc = start + 2;
+                                continue;
+                            }
+                            _ => {}
+                        }
+                        let v = tri_at!(ops::binary(op, &*a, b), start + 1);
+                        *a = v;
+                        pc = start + 2;
+                    }
+                    Op::Branch { op, jump_if, target } => {
+                        let start = pc - 1;
+                        let b = pop!();
+                        let a = pop!();
+                        let r = match (&a, &b) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_cmp(op, *x, *y),
+                            _ => tri_at!(ops::truth(op, &a, &b), start),
+                        };
+                        if r == jump_if {
+                            jump!(target);
+                        } else {
+                            pc = start + 2;
+                        }
+                    }
+                    Op::BranchLocalConst { op, slot, konst, target } => {
+                        let start = pc - 1;
+                        let a = &self.stack[base + slot as usize];
+                        let b = &vm.consts[konst as usize];
+                        let r = match (a, b) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_cmp(op, *x, *y),
+                            _ => tri_at!(ops::truth(op, a, b), start + 2),
+                        };
+                        if r {
+                            pc = start + 4;
+                        } else {
+                            jump!(target);
+                        }
+                    }
+                    Op::BranchLocalLocal { op, a, b, target } => {
+                        let start = pc - 1;
+                        let x = &self.stack[base + a as usize];
+                        let y = &self.stack[base + b as usize];
+                        let r = match (x, y) {
+                            (Value::Int(x), Value::Int(y)) => ops::int_cmp(op, *x, *y),
+                            _ => tri_at!(ops::truth(op, x, y), start + 2),
+                        };
+                        if r {
+                            pc = start + 4;
+                        } else {
+                            jump!(target);
+                        }
+                    }
+                    Op::StoreLocalDiscard(slot) => {
+                        let v = pop!();
+                        self.stack[base + slot as usize] = v;
+                        pc += 2;
+                    }
+                    Op::Nop2 => pc += 1,
+                    Op::CallGlobal { global, argc } => {
+                        pc += 1;
+                        let callee = match &self.ctx.globals[global as usize] {
+                            Value::Unset => tri!(self.load_global(global)),
+                            v => v.clone(),
+                        };
+                        save_pc!();
+                        let called = tri!(self.call_value(callee, argc as usize));
+                        finish_call!(called);
+                    }
+                    Op::ReturnLocal(slot) => {
+                        let v = self.stack[base + slot as usize].clone();
+                        pc += 1;
+                        ret!(v)
+                    }
+                    Op::FieldGetLocal { slot, name } => {
+                        pc += 1;
+                        let obj = &self.stack[base + slot as usize];
+                        let field = program.name(name);
+                        let v = match obj {
+                            Value::Struct(s) => match s.ty.field_index(field) {
+                                Some(idx) => s.fields.lock()[idx].clone(),
+                                None => tri!(Err(VmError::no_field(field, &s.ty.name))),
+                            },
+                            other => tri!(ops::field_get(other, field)),
+                        };
+                        self.stack.push(v);
                     }
                 }
             }

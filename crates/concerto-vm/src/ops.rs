@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use concerto_ir::Op;
+use concerto_ir::{BinOp, Op};
 
 use crate::error::VmError;
 use crate::value::{Str, Value};
@@ -277,4 +277,71 @@ pub(crate) fn check_type(value: &Value, name: &str) -> bool {
         Some((owner, v)) => v == variant && owner == value.type_name(),
         None => name == variant,
     }
+}
+
+/// Integer fast path of a fused operation (`None` for a zero divisor: the slow path raises).
+#[inline(always)]
+pub(crate) fn int_bin(op: BinOp, x: i64, y: i64) -> Option<Value> {
+    Some(match op {
+        BinOp::Add => Value::Int(x.wrapping_add(y)),
+        BinOp::Sub => Value::Int(x.wrapping_sub(y)),
+        BinOp::Mul => Value::Int(x.wrapping_mul(y)),
+        BinOp::Div if y != 0 => Value::Int(x.wrapping_div(y)),
+        BinOp::Mod if y != 0 => Value::Int(x.wrapping_rem(y)),
+        BinOp::Div | BinOp::Mod => return None,
+        BinOp::Eq => Value::Bool(x == y),
+        BinOp::Neq => Value::Bool(x != y),
+        BinOp::Lt => Value::Bool(x < y),
+        BinOp::Gt => Value::Bool(x > y),
+        BinOp::Lte => Value::Bool(x <= y),
+        BinOp::Gte => Value::Bool(x >= y),
+    })
+}
+
+/// Integer comparison of a fused branch.
+#[inline(always)]
+pub(crate) fn int_cmp(op: BinOp, x: i64, y: i64) -> bool {
+    match op {
+        BinOp::Eq => x == y,
+        BinOp::Neq => x != y,
+        BinOp::Lt => x < y,
+        BinOp::Gt => x > y,
+        BinOp::Lte => x <= y,
+        _ => x >= y,
+    }
+}
+
+/// A fused operation on any values.
+#[cold]
+pub(crate) fn binary(op: BinOp, a: &Value, b: &Value) -> Result<Value, VmError> {
+    match op {
+        BinOp::Add => add(a.clone(), b.clone()),
+        BinOp::Sub => sub(a.clone(), b.clone()),
+        BinOp::Mul => mul(a.clone(), b.clone()),
+        BinOp::Div => div(a.clone(), b.clone()),
+        BinOp::Mod => rem(a.clone(), b.clone()),
+        _ => truth(op, a, b).map(Value::Bool),
+    }
+}
+
+/// A fused comparison on any values.
+pub(crate) fn truth(op: BinOp, a: &Value, b: &Value) -> Result<bool, VmError> {
+    if let (Value::Int(x), Value::Int(y)) = (a, b) {
+        return Ok(int_cmp(op, *x, *y));
+    }
+    Ok(match op {
+        BinOp::Eq => a.equals(b),
+        BinOp::Neq => !a.equals(b),
+        BinOp::Lt | BinOp::Gt | BinOp::Lte | BinOp::Gte => match compare(a, b, op.op())? {
+            None => false,
+            Some(o) => match op {
+                BinOp::Lt => o.is_lt(),
+                BinOp::Gt => o.is_gt(),
+                BinOp::Lte => o.is_le(),
+                _ => o.is_ge(),
+            },
+        },
+        // Arithmetic results are not comparisons; use their truthiness.
+        _ => binary(op, a, b)?.is_truthy(),
+    })
 }

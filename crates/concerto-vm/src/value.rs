@@ -29,7 +29,7 @@ pub type MapInner = IndexMap<Str, Value, FxBuildHasher>;
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// A runtime value.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub enum Value {
     /// `nil`
     #[default]
@@ -74,6 +74,47 @@ pub enum Value {
 }
 
 const _: () = assert!(std::mem::size_of::<Value>() == 16);
+
+impl Clone for Value {
+    /// Scalars copy inline; shared kinds bump a reference count out of line.
+    #[inline(always)]
+    fn clone(&self) -> Value {
+        match self {
+            Value::Nil => Value::Nil,
+            Value::Bool(b) => Value::Bool(*b),
+            Value::Int(i) => Value::Int(*i),
+            Value::Float(f) => Value::Float(*f),
+            _ => self.clone_shared(),
+        }
+    }
+}
+
+impl Value {
+    #[inline(never)]
+    fn clone_shared(&self) -> Value {
+        match self {
+            Value::Nil => Value::Nil,
+            Value::Bool(b) => Value::Bool(*b),
+            Value::Int(i) => Value::Int(*i),
+            Value::Float(f) => Value::Float(*f),
+            Value::Str(s) => Value::Str(s.clone()),
+            Value::Array(a) => Value::Array(a.clone()),
+            Value::Map(m) => Value::Map(m.clone()),
+            Value::Struct(s) => Value::Struct(s.clone()),
+            Value::Enum(e) => Value::Enum(e.clone()),
+            Value::Ok(p) => Value::Ok(p.clone()),
+            Value::Err(p) => Value::Err(p.clone()),
+            Value::Some(p) => Value::Some(p.clone()),
+            Value::None => Value::None,
+            Value::Func(f) => Value::Func(*f),
+            Value::Builtin(b) => Value::Builtin(*b),
+            Value::Ref(r) => Value::Ref(*r),
+            Value::Path(p) => Value::Path(p.clone()),
+            Value::Object(o) => Value::Object(o.clone()),
+            Value::Unset => Value::Unset,
+        }
+    }
+}
 
 /// A user function of a loaded program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
