@@ -396,12 +396,30 @@ impl Execution {
     }
 
     /// Pushes a code frame for `func`; its `argc` arguments are the top of the stack.
+    #[inline]
     fn enter(&mut self, func: FuncId, argc: usize, receiver: Option<Value>) -> Result<(), VmError> {
         let vm = &self.ctx.vm;
         let f = vm.program.function(func);
+        if argc != f.n_params as usize || self.frames.len() >= self.ctx.config.max_call_depth {
+            return Err(self.enter_error(func, argc));
+        }
+        let base = self.stack.len() - argc;
+        for _ in argc..f.n_slots as usize {
+            self.stack.push(Value::Unset);
+        }
+        if let (Some(slot), Some(recv)) = (f.self_slot, receiver) {
+            self.stack[base + slot as usize] = recv;
+        }
+        self.frames.push(Frame { func, pc: 0, base: base as u32, native: NO_NATIVE });
+        Ok(())
+    }
+
+    #[cold]
+    fn enter_error(&mut self, func: FuncId, argc: usize) -> VmError {
+        let f = self.ctx.vm.program.function(func);
         if argc != f.n_params as usize {
             self.stack.truncate(self.stack.len().saturating_sub(argc));
-            return Err(VmError::new(
+            return VmError::new(
                 ErrorKind::Arity,
                 format!(
                     "call error: `{}` takes {} argument{}, got {argc}",
@@ -409,29 +427,12 @@ impl Execution {
                     f.n_params,
                     if f.n_params == 1 { "" } else { "s" }
                 ),
-            ));
+            );
         }
-        if self.frames.len() >= self.ctx.config.max_call_depth {
-            return Err(VmError::new(
-                ErrorKind::CallDepth,
-                format!(
-                    "max call depth exceeded ({})",
-                    self.ctx.config.max_call_depth
-                ),
-            ));
-        }
-        let base = self.stack.len() - argc;
-        self.stack.resize(base + f.n_slots as usize, Value::Unset);
-        if let (Some(slot), Some(recv)) = (f.self_slot, receiver) {
-            self.stack[base + slot as usize] = recv;
-        }
-        self.frames.push(Frame {
-            func,
-            pc: 0,
-            base: base as u32,
-            native: NO_NATIVE,
-        });
-        Ok(())
+        VmError::new(
+            ErrorKind::CallDepth,
+            format!("max call depth exceeded ({})", self.ctx.config.max_call_depth),
+        )
     }
 
     /// Dispatches a call of `callee` whose `argc` arguments are the top of the stack.
@@ -820,10 +821,12 @@ impl Execution {
                     "native frame resumed without input",
                 ));
             }
-            let fi = self.frames.len() - 1;
-            let func = program.function(frame.func);
-            let code: &[Op] = &func.code;
-            let base = frame.base as usize;
+            // The current frame, kept in locals; calls and returns between code frames switch
+            // them in place.
+            let mut fi = self.frames.len() - 1;
+            let mut func = program.function(frame.func);
+            let mut code: &[Op] = &func.code;
+            let mut base = frame.base as usize;
             let mut pc = frame.pc as usize;
 
             macro_rules! save_pc {
@@ -878,11 +881,41 @@ impl Execution {
                 ($v:expr) => {{
                     let v = $v;
                     save_pc!();
+                    // Fast path: no handler of this frame, a code frame below.
+                    let plain = fi >= 1
+                        && self.frames[fi - 1].native == NO_NATIVE
+                        && self.handlers.last().is_none_or(|h| (h.frame as usize) < fi);
+                    if plain {
+                        self.stack.truncate(base);
+                        self.frames.pop();
+                        self.stack.push(v);
+                        fi -= 1;
+                        let caller = self.frames[fi];
+                        func = program.function(caller.func);
+                        code = &func.code;
+                        base = caller.base as usize;
+                        pc = caller.pc as usize;
+                        continue;
+                    }
                     match self.do_return(v)? {
                         Some(exit) => return Ok(exit),
                         None => continue 'frames,
                     }
                 }};
+            }
+            // The integer fast path of a fused op: pushes the result and moves on.
+            macro_rules! int_fast {
+                ($op:expr, $x:expr, $y:expr, $next:expr) => {
+                    if $op.is_comparison() {
+                        self.stack.push(Value::Bool(ops::int_cmp($op, $x, $y)));
+                        pc = $next;
+                        continue;
+                    } else if let Some(r) = ops::int_arith($op, $x, $y) {
+                        self.stack.push(Value::Int(r));
+                        pc = $next;
+                        continue;
+                    }
+                };
             }
             macro_rules! pop {
                 () => {
@@ -1310,14 +1343,11 @@ impl Execution {
                         let start = pc - 1;
                         let a = &self.stack[base + slot as usize];
                         let b = &vm.consts[konst as usize];
-                        let v = match (a, b) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
-                            _ => None,
-                        };
-                        let v = match v {
-                            Some(v) => v,
-                            None => tri_at!(ops::binary(op, a, b), start + 2),
-                        };
+                        if let (&Value::Int(x), &Value::Int(y)) = (a, b) {
+                            int_fast!(op, x, y, start + 3);
+                        }
+                        let a = &self.stack[base + slot as usize];
+                        let v = tri_at!(ops::binary(op, a, b), start + 2);
                         self.stack.push(v);
                         pc = start + 3;
                     }
@@ -1325,14 +1355,12 @@ impl Execution {
                         let start = pc - 1;
                         let x = &self.stack[base + a as usize];
                         let y = &self.stack[base + b as usize];
-                        let v = match (x, y) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
-                            _ => None,
-                        };
-                        let v = match v {
-                            Some(v) => v,
-                            None => tri_at!(ops::binary(op, x, y), start + 2),
-                        };
+                        if let (&Value::Int(x), &Value::Int(y)) = (x, y) {
+                            int_fast!(op, x, y, start + 3);
+                        }
+                        let x = &self.stack[base + a as usize];
+                        let y = &self.stack[base + b as usize];
+                        let v = tri_at!(ops::binary(op, x, y), start + 2);
                         self.stack.push(v);
                         pc = start + 3;
                     }
@@ -1361,12 +1389,10 @@ impl Execution {
                         }
                         let a = &self.stack[base + slot as usize];
                         let v = match (a, b) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
-                            _ => None,
-                        };
-                        let v = match v {
-                            Some(v) => v,
-                            None => tri_at!(ops::binary(op, a, b), start + 2),
+                            (&Value::Int(x), &Value::Int(y)) if !op.is_comparison() && y != 0 => {
+                                Value::Int(ops::int_arith(op, x, y).unwrap_or_default())
+                            }
+                            _ => tri_at!(ops::binary(op, a, b), start + 2),
                         };
                         self.stack[base + dest as usize] = v;
                         pc = start + len as usize;
@@ -1390,12 +1416,10 @@ impl Execution {
                         let x = &self.stack[base + a as usize];
                         let y = &self.stack[base + b as usize];
                         let v = match (x, y) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_bin(op, *x, *y),
-                            _ => None,
-                        };
-                        let v = match v {
-                            Some(v) => v,
-                            None => tri_at!(ops::binary(op, x, y), start + 2),
+                            (&Value::Int(x), &Value::Int(y)) if !op.is_comparison() && y != 0 => {
+                                Value::Int(ops::int_arith(op, x, y).unwrap_or_default())
+                            }
+                            _ => tri_at!(ops::binary(op, x, y), start + 2),
                         };
                         self.stack[base + dest as usize] = v;
                         pc = start + len as usize;
@@ -1405,9 +1429,13 @@ impl Execution {
                         let b = &vm.consts[konst as usize];
                         let a = top!();
                         match (&mut *a, b) {
-                            (Value::Int(x), Value::Int(y)) => {
-                                if let Some(v) = ops::int_bin(op, *x, *y) {
-                                    *a = v;
+                            (Value::Int(x), &Value::Int(y)) => {
+                                if op.is_comparison() {
+                                    *a = Value::Bool(ops::int_cmp(op, *x, y));
+                                    pc = start + 2;
+                                    continue;
+                                } else if let Some(r) = ops::int_arith(op, *x, y) {
+                                    *x = r;
                                     pc = start + 2;
                                     continue;
                                 }
@@ -1476,6 +1504,37 @@ impl Execution {
                     Op::Nop2 => pc += 1,
                     Op::CallGlobal { global, argc } => {
                         pc += 1;
+                        // Fast path: a user function with the right arity.
+                        if let Value::Func(f) = self.ctx.globals[global as usize] {
+                            let callee = program.function(f.id);
+                            if callee.n_params as u32 == argc
+                                && self.frames.len() < self.ctx.config.max_call_depth
+                            {
+                                save_pc!();
+                                let new_base = self.stack.len() - argc as usize;
+                                for _ in argc..callee.n_slots as u32 {
+                                    self.stack.push(Value::Unset);
+                                }
+                                self.frames.push(Frame {
+                                    func: f.id,
+                                    pc: 0,
+                                    base: new_base as u32,
+                                    native: NO_NATIVE,
+                                });
+                                self.fuel -= 1;
+                                if self.fuel == 0 {
+                                    self.fuel = FUEL;
+                                    self.ctx.stats.ticks += FUEL as u64;
+                                    return Ok(Exit::Yield);
+                                }
+                                fi += 1;
+                                func = callee;
+                                code = &callee.code;
+                                base = new_base;
+                                pc = 0;
+                                continue;
+                            }
+                        }
                         let callee = match &self.ctx.globals[global as usize] {
                             Value::Unset => tri!(self.load_global(global)),
                             v => v.clone(),

@@ -298,6 +298,19 @@ pub(crate) fn int_bin(op: BinOp, x: i64, y: i64) -> Option<Value> {
     })
 }
 
+/// Integer arithmetic of a fused op: `None` for comparisons and zero divisors.
+#[inline(always)]
+pub(crate) fn int_arith(op: BinOp, x: i64, y: i64) -> Option<i64> {
+    match op {
+        BinOp::Add => Some(x.wrapping_add(y)),
+        BinOp::Sub => Some(x.wrapping_sub(y)),
+        BinOp::Mul => Some(x.wrapping_mul(y)),
+        BinOp::Div if y != 0 => Some(x.wrapping_div(y)),
+        BinOp::Mod if y != 0 => Some(x.wrapping_rem(y)),
+        _ => None,
+    }
+}
+
 /// Integer comparison of a fused branch.
 #[inline(always)]
 pub(crate) fn int_cmp(op: BinOp, x: i64, y: i64) -> bool {

@@ -1,0 +1,16 @@
+local cache, size = {}, 0
+local i, hits = 0, 0
+while i < 300000 do
+  local key = "user:" .. (i % 5000)
+  local v = cache[key]
+  if v ~= nil then
+    hits = hits + v
+    if i % 11 == 0 then cache[key] = nil; size = size - 1 end
+  else
+    cache[key] = i % 97
+    size = size + 1
+  end
+  i = i + 1
+end
+print(hits)
+print(size)
