@@ -11,8 +11,13 @@
 use crate::program::{BinOp, CatchChain, Op};
 
 /// Replaces sequences in `code` by superinstructions. `plain` is the unfused code.
-pub(crate) fn fuse(plain: &[Op], chains: &[CatchChain], n_params: u16, n_slots: u16) -> Vec<Op> {
-    let assigned = definitely_assigned(plain, chains, n_params, n_slots);
+pub(crate) fn fuse(
+    plain: &[Op],
+    chains: &[CatchChain],
+    params: std::ops::Range<u16>,
+    n_slots: u16,
+) -> Vec<Op> {
+    let assigned = definitely_assigned(plain, chains, params, n_slots);
     let set = |pc: usize, slot: u16| -> bool {
         assigned.get(pc).is_some_and(|bits| bits.contains(slot))
     };
@@ -129,7 +134,7 @@ impl Slots {
 fn definitely_assigned(
     code: &[Op],
     chains: &[CatchChain],
-    n_params: u16,
+    params: std::ops::Range<u16>,
     n_slots: u16,
 ) -> Vec<Option<Slots>> {
     let len = code.len();
@@ -138,7 +143,7 @@ fn definitely_assigned(
         return state;
     }
     let mut entry = Slots::empty(n_slots);
-    for p in 0..n_params {
+    for p in params {
         entry.insert(p);
     }
     let mut work = vec![0usize];

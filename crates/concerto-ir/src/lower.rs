@@ -426,22 +426,25 @@ impl Lowerer {
             |pc: Option<usize>, reason: String| LoadError::invalid(fname.clone(), pc, reason);
         let n_params = func.params.len();
 
-        // Slots: parameters, then `self` when mentioned, then every stored name.
+        // Slots: `self` first when the body mentions it (so a method call's receiver is
+        // already in place below its arguments), then the parameters, then every stored name.
         let mut slot_names: Vec<Arc<str>> = Vec::new();
         let mut slot_of: FxHashMap<&str, u16> = FxHashMap::default();
+        let mentions_self = func.instructions.iter().any(|ins| {
+            matches!(ins.op, Opcode::LoadLocal | Opcode::StoreLocal)
+                && ins.name.as_deref() == Some("self")
+        }) && !func.params.iter().any(|p| p.name == "self");
+        let mut self_slot = None;
+        if mentions_self {
+            self_slot = Some(0);
+            slot_names.push(Arc::from("self"));
+        }
         for param in &func.params {
             slot_of.insert(param.name.as_str(), slot_names.len() as u16);
             slot_names.push(Arc::from(param.name.as_str()));
         }
-        let mentions_self = func.instructions.iter().any(|ins| {
-            matches!(ins.op, Opcode::LoadLocal | Opcode::StoreLocal)
-                && ins.name.as_deref() == Some("self")
-        });
-        let mut self_slot = None;
-        if mentions_self && !slot_of.contains_key("self") {
-            self_slot = Some(slot_names.len() as u16);
-            slot_of.insert("self", slot_names.len() as u16);
-            slot_names.push(Arc::from("self"));
+        if mentions_self {
+            slot_of.insert("self", 0);
         }
         for ins in &func.instructions {
             if ins.op == Opcode::StoreLocal {
@@ -480,7 +483,13 @@ impl Lowerer {
             .map_err(|(pc, r)| fail(Some(pc), r))?;
 
         let plain = code;
-        let code = crate::fuse::fuse(&plain, &chains, n_params as u16, slot_names.len() as u16);
+        let first_param = u16::from(self_slot.is_some());
+        let code = crate::fuse::fuse(
+            &plain,
+            &chains,
+            first_param..first_param + n_params as u16,
+            slot_names.len() as u16,
+        );
         Ok(Function {
             name,
             kind,

@@ -417,11 +417,12 @@ pub struct Function {
     pub return_type: String,
     /// `async fn`.
     pub is_async: bool,
-    /// Number of declared parameters; they occupy slots `0..n_params`.
+    /// Number of declared parameters; they occupy the slots right after `self` (from 1 when
+    /// the function has a `self` slot, else from 0).
     pub n_params: u16,
     /// Total local slots (parameters, `self`, stored names).
     pub n_slots: u16,
-    /// The slot of `self`, when the body mentions it. It follows the parameters.
+    /// The slot of `self` (always 0), when the body mentions it.
     pub self_slot: Option<u16>,
     /// The name of each slot.
     pub slot_names: Vec<Arc<str>>,

@@ -300,7 +300,7 @@ impl Execution {
         self.reset();
         let argc = args.len();
         self.stack.extend(args);
-        match self.enter(func, argc, None) {
+        match self.enter(func, argc, false) {
             Ok(()) => {}
             Err(err) => return Err(err),
         }
@@ -396,29 +396,43 @@ impl Execution {
     }
 
     /// Pushes a code frame for `func`; its `argc` arguments are the top of the stack.
+    /// Pushes a code frame for `func`. Its `argc` arguments are the top of the stack; with
+    /// `recv_on_stack` the method receiver sits just below them and becomes `self`.
     #[inline]
-    fn enter(&mut self, func: FuncId, argc: usize, receiver: Option<Value>) -> Result<(), VmError> {
+    fn enter(&mut self, func: FuncId, argc: usize, recv_on_stack: bool) -> Result<(), VmError> {
         let vm = &self.ctx.vm;
         let f = vm.program.function(func);
         if argc != f.n_params as usize || self.frames.len() >= self.ctx.config.max_call_depth {
-            return Err(self.enter_error(func, argc));
+            return Err(self.enter_error(func, argc, recv_on_stack));
         }
-        let base = self.stack.len() - argc;
-        for _ in argc..f.n_slots as usize {
+        let len = self.stack.len();
+        // `self` is slot 0 when the body uses it; the receiver is already there for a
+        // method call, otherwise the slot starts unset.
+        let base = match (recv_on_stack, f.self_slot.is_some()) {
+            (true, true) => len - argc - 1,
+            (false, false) => len - argc,
+            (true, false) => {
+                self.stack.remove(len - argc - 1);
+                len - argc - 1
+            }
+            (false, true) => {
+                self.stack.insert(len - argc, Value::Unset);
+                len - argc
+            }
+        };
+        for _ in self.stack.len() - base..f.n_slots as usize {
             self.stack.push(Value::Unset);
-        }
-        if let (Some(slot), Some(recv)) = (f.self_slot, receiver) {
-            self.stack[base + slot as usize] = recv;
         }
         self.frames.push(Frame { func, pc: 0, base: base as u32, native: NO_NATIVE });
         Ok(())
     }
 
     #[cold]
-    fn enter_error(&mut self, func: FuncId, argc: usize) -> VmError {
+    fn enter_error(&mut self, func: FuncId, argc: usize, recv_on_stack: bool) -> VmError {
         let f = self.ctx.vm.program.function(func);
         if argc != f.n_params as usize {
-            self.stack.truncate(self.stack.len().saturating_sub(argc));
+            let drop = argc + usize::from(recv_on_stack);
+            self.stack.truncate(self.stack.len().saturating_sub(drop));
             return VmError::new(
                 ErrorKind::Arity,
                 format!(
@@ -439,7 +453,7 @@ impl Execution {
     fn call_value(&mut self, callee: Value, argc: usize) -> Result<Called, VmError> {
         match callee {
             Value::Func(f) => {
-                self.enter(f.id, argc, None)?;
+                self.enter(f.id, argc, false)?;
                 Ok(Called::Entered)
             }
             Value::Builtin(id) => {
@@ -456,7 +470,7 @@ impl Execution {
                 let fid = self.ctx.vm.callable_names.get(name.as_str()).copied();
                 match fid {
                     Some(fid) => {
-                        self.enter(fid, argc, None)?;
+                        self.enter(fid, argc, false)?;
                         Ok(Called::Entered)
                     }
                     None => {
@@ -1508,6 +1522,7 @@ impl Execution {
                         if let Value::Func(f) = self.ctx.globals[global as usize] {
                             let callee = program.function(f.id);
                             if callee.n_params as u32 == argc
+                                && callee.self_slot.is_none()
                                 && self.frames.len() < self.ctx.config.max_call_depth
                             {
                                 save_pc!();
@@ -1615,6 +1630,16 @@ impl Execution {
         schema: Option<u32>,
     ) -> Result<Called, VmError> {
         let recv_idx = self.stack.len() - argc - 1;
+        // Hashmap get/has/set answered at once by the store: no intermediate values.
+        if let Value::Ref(r) = self.stack[recv_idx] {
+            if r.kind == crate::value::RefKind::Hashmap {
+                let method = self.ctx.vm.methods[name as usize];
+                if let Some(called) = self.hashmap_fast(r.index, method, argc, recv_idx) {
+                    self.stack.truncate(recv_idx);
+                    return called;
+                }
+            }
+        }
         // User methods on structs, enums and tools.
         let user = {
             let vm = &self.ctx.vm;
@@ -1645,14 +1670,13 @@ impl Execution {
             }
         };
         if let Some(fid) = user {
-            let recv = self.stack.remove(recv_idx);
-            let recv = match recv {
-                Value::Ref(r) if r.kind == crate::value::RefKind::Tool => {
-                    self.ctx.vm.tool_instances[r.index as usize].clone()
+            if let Value::Ref(r) = self.stack[recv_idx] {
+                // A tool method's `self` is the tool instance.
+                if r.kind == crate::value::RefKind::Tool {
+                    self.stack[recv_idx] = self.ctx.vm.tool_instances[r.index as usize].clone();
                 }
-                other => other,
-            };
-            self.enter(fid, argc, Some(recv))?;
+            }
+            self.enter(fid, argc, true)?;
             return Ok(Called::Entered);
         }
         let vm = self.ctx.vm.clone();
@@ -1667,6 +1691,54 @@ impl Execution {
         );
         self.stack.truncate(recv_idx);
         self.flow(flow?)
+    }
+
+    /// `map.get(k)`, `map.has(k)`, `map.set(k, v)` straight to the store, without the
+    /// generic method machinery; `None` for every other call.
+    #[inline]
+    fn hashmap_fast(
+        &mut self,
+        map: u32,
+        method: Method,
+        argc: usize,
+        recv_idx: usize,
+    ) -> Option<Result<Called, VmError>> {
+        use crate::host::{HostError, Reply};
+        fn done<T: Send + 'static>(
+            r: Reply<Result<T, HostError>>,
+            to_value: fn(T) -> Value,
+        ) -> Result<Called, VmError> {
+            match r {
+                Reply::Ready(Ok(v)) => Ok(Called::Value(to_value(v))),
+                Reply::Ready(Err(e)) => Err(e.into()),
+                Reply::Pending(fut) => Ok(Called::Suspend(Box::pin(async move {
+                    fut.await.map(to_value).map_err(VmError::from)
+                }))),
+            }
+        }
+        let args = &self.stack[recv_idx + 1..];
+        let store = &*self.ctx.host.memory;
+        let text;
+        let key = match args.first() {
+            Some(Value::Str(s)) => s.as_str(),
+            Some(other) => {
+                text = other.to_display();
+                text.as_str()
+            }
+            None => return None,
+        };
+        Some(match (method, argc) {
+            (Method::Get, 1) => done(store.hashmap_get(map, key), Value::option),
+            (Method::Has, 1) => done(store.hashmap_has(map, key), Value::Bool),
+            (Method::Set, 2) => {
+                let k = match &args[0] {
+                    Value::Str(s) => s.clone(),
+                    _ => Str::from(key),
+                };
+                done(store.hashmap_set(map, k, args[1].clone()), |()| Value::Nil)
+            }
+            _ => return None,
+        })
     }
 
     fn call_site(&mut self, idx: u32) -> Result<Called, VmError> {
@@ -1720,7 +1792,9 @@ impl Execution {
                 argc,
             } => {
                 let recv = vm.tool_instances[*tool as usize].clone();
-                self.enter(*function, *argc as usize, Some(recv))?;
+                let argc = *argc as usize;
+                self.stack.insert(self.stack.len() - argc, recv);
+                self.enter(*function, argc, true)?;
                 Ok(Called::Entered)
             }
             concerto_ir::CallSite::Hashmap { op, hashmap } => {

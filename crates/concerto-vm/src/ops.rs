@@ -29,11 +29,7 @@ pub(crate) fn add(a: Value, b: Value) -> Result<Value, VmError> {
         (Value::Str(mut s), b) => {
             match &b {
                 Value::Str(t) => s.push_str(t),
-                Value::Int(i) => {
-                    let mut buf = itoa_buf(*i);
-                    s.push_str(buf.as_str());
-                    buf.clear();
-                }
+                Value::Int(i) => s.push_str(itoa::Buffer::new().format(*i)),
                 other => s.push_str(&other.to_display()),
             }
             Ok(Value::Str(s))
@@ -92,13 +88,6 @@ pub(crate) fn rem(a: Value, b: Value) -> Result<Value, VmError> {
         (Value::Float(x), Value::Int(y)) => Ok(Value::Float(x % *y as f64)),
         _ => Err(arith_error("take the remainder of", &a, &b)),
     }
-}
-
-fn itoa_buf(i: i64) -> String {
-    use std::fmt::Write;
-    let mut buf = String::with_capacity(20);
-    let _ = write!(buf, "{i}");
-    buf
 }
 
 fn op_symbol(op: Op) -> &'static str {

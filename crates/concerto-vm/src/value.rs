@@ -84,6 +84,10 @@ impl Clone for Value {
             Value::Bool(b) => Value::Bool(*b),
             Value::Int(i) => Value::Int(*i),
             Value::Float(f) => Value::Float(*f),
+            Value::None => Value::None,
+            Value::Func(f) => Value::Func(*f),
+            Value::Builtin(b) => Value::Builtin(*b),
+            Value::Ref(r) => Value::Ref(*r),
             _ => self.clone_shared(),
         }
     }
@@ -779,9 +783,7 @@ impl Value {
         match self {
             Value::Nil | Value::Unset => out.push_str("nil"),
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Value::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
+            Value::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
             Value::Float(f) => write_float_display(out, *f),
             Value::Str(s) => out.push_str(s),
             Value::Array(a) => {
