@@ -24,11 +24,12 @@ use std::collections::VecDeque;
 
 use concerto_vm::host::{ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply};
 use concerto_vm::{Str, Value};
-use indexmap::IndexMap;
+use hashlink::LinkedHashMap;
 use parking_lot::Mutex;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
-type Entries = IndexMap<Str, Value, FxBuildHasher>;
+/// A hashmap's entries, in insertion order (a deleted and re-inserted key moves to the end).
+type Entries = LinkedHashMap<Str, Value, FxBuildHasher>;
 
 /// Hashmaps (one per declared hashmap, by index), ledgers and memories (by name, created on
 /// first use), all in process memory.
@@ -66,7 +67,14 @@ impl MemoryStore for InMemoryStore {
     #[inline]
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         ready(self.map(map).map(|m| {
-            m.lock().insert(key, value);
+            let mut entries = m.lock();
+            // Updating an existing key keeps its position (replace, not re-insert).
+            match entries.get_mut(key.as_str()) {
+                Some(slot) => *slot = value,
+                None => {
+                    entries.insert(key, value);
+                }
+            }
         }))
     }
 
@@ -81,7 +89,7 @@ impl MemoryStore for InMemoryStore {
     }
 
     fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        ready(self.map(map).map(|m| m.lock().shift_remove(key).is_some()))
+        ready(self.map(map).map(|m| m.lock().remove(key).is_some()))
     }
 
     fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {

@@ -216,8 +216,9 @@ pub struct Execution {
 enum Called {
     /// A code frame was pushed; the loop continues in it.
     Entered,
-    /// The value is ready.
-    Value(Value),
+    /// The result is already pushed (values are not passed back through return slots: a
+    /// 16-byte enum returned in memory costs a store-forwarding stall).
+    Pushed,
     /// The callee must wait.
     Suspend(BoxFuture<Result<Value, VmError>>),
     /// A native frame was pushed and its first step must run.
@@ -566,7 +567,10 @@ impl Execution {
     /// Turns a built-in's flow into a call outcome.
     fn flow(&mut self, flow: Flow) -> Result<Called, VmError> {
         match flow {
-            Flow::Value(v) => Ok(Called::Value(v)),
+            Flow::Value(v) => {
+                self.stack.push(v);
+                Ok(Called::Pushed)
+            }
             Flow::Suspend(fut) => Ok(Called::Suspend(fut)),
             Flow::Start(cont) => {
                 if self.frames.len() >= self.ctx.config.max_call_depth {
@@ -635,7 +639,7 @@ impl Execution {
                     self.stack.extend(args);
                     match self.call_value(callee, argc) {
                         Ok(Called::Entered) => return Ok(None),
-                        Ok(Called::Value(v)) => input = Ok(v),
+                        Ok(Called::Pushed) => input = Ok(self.stack.pop().unwrap_or_default()),
                         Ok(Called::Suspend(fut)) => return Ok(Some(Exit::Suspend(fut))),
                         Ok(Called::Native) => {
                             input = self.pending.take().unwrap_or(Ok(Value::Nil));
@@ -1593,10 +1597,7 @@ impl Execution {
         }
         match called {
             Called::Entered => out_of_fuel.then_some(Exit::Yield),
-            Called::Value(v) => {
-                self.stack.push(v);
-                out_of_fuel.then_some(Exit::Yield)
-            }
+            Called::Pushed => out_of_fuel.then_some(Exit::Yield),
             Called::Suspend(fut) => Some(Exit::Suspend(fut)),
             Called::Native => Some(Exit::Resume),
         }
@@ -1635,7 +1636,6 @@ impl Execution {
             if r.kind == crate::value::RefKind::Hashmap {
                 let method = self.ctx.vm.methods[name as usize];
                 if let Some(called) = self.hashmap_fast(r.index, method, argc, recv_idx) {
-                    self.stack.truncate(recv_idx);
                     return called;
                 }
             }
@@ -1705,11 +1705,17 @@ impl Execution {
     ) -> Option<Result<Called, VmError>> {
         use crate::host::{HostError, Reply};
         fn done<T: Send + 'static>(
+            stack: &mut Vec<Value>,
+            recv_idx: usize,
             r: Reply<Result<T, HostError>>,
             to_value: fn(T) -> Value,
         ) -> Result<Called, VmError> {
+            stack.truncate(recv_idx);
             match r {
-                Reply::Ready(Ok(v)) => Ok(Called::Value(to_value(v))),
+                Reply::Ready(Ok(v)) => {
+                    stack.push(to_value(v));
+                    Ok(Called::Pushed)
+                }
                 Reply::Ready(Err(e)) => Err(e.into()),
                 Reply::Pending(fut) => Ok(Called::Suspend(Box::pin(async move {
                     fut.await.map(to_value).map_err(VmError::from)
@@ -1728,14 +1734,21 @@ impl Execution {
             None => return None,
         };
         Some(match (method, argc) {
-            (Method::Get, 1) => done(store.hashmap_get(map, key), Value::option),
-            (Method::Has, 1) => done(store.hashmap_has(map, key), Value::Bool),
+            (Method::Get, 1) => {
+                let r = store.hashmap_get(map, key);
+                done(&mut self.stack, recv_idx, r, Value::option)
+            }
+            (Method::Has, 1) => {
+                let r = store.hashmap_has(map, key);
+                done(&mut self.stack, recv_idx, r, Value::Bool)
+            }
             (Method::Set, 2) => {
                 let k = match &args[0] {
                     Value::Str(s) => s.clone(),
                     _ => Str::from(key),
                 };
-                done(store.hashmap_set(map, k, args[1].clone()), |()| Value::Nil)
+                let r = store.hashmap_set(map, k, args[1].clone());
+                done(&mut self.stack, recv_idx, r, |()| Value::Nil)
             }
             _ => return None,
         })
