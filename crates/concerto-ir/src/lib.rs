@@ -34,12 +34,13 @@
 #![warn(missing_docs)]
 
 mod error;
-mod fuse;
 mod loader;
 mod lower;
 pub mod model;
 mod opcode;
 mod program;
+mod registers;
+mod stack;
 
 pub use error::{Invalid, LoadError};
 pub use loader::{
@@ -49,6 +50,6 @@ pub use lower::{BUILTIN_STRUCTS, lower};
 pub use opcode::Opcode;
 pub use program::{
     AgentCallFlavour, AgentDef, BinOp, CallSite, CastTarget, CatchChain, Const, FuncId, Function,
-    FunctionKind, Global, GlobalKind, HashmapOp, NameId, Op, PipelineDef, Program, Shape,
+    FunctionKind, Global, GlobalKind, HashmapOp, NameId, Op, PipelineDef, Program, Reg, Shape,
     ShapeTarget, Span, StageDef, ToolDef, TypeDef, TypeDefKind, VariantDef,
 };

@@ -15,9 +15,7 @@ use crate::loader::check_version;
 use crate::model::{self, Instruction, IrModule};
 use crate::opcode::Opcode;
 use crate::program::*;
-
-/// Upper bound on the operand stack a single function may need.
-const MAX_STACK: u32 = 1 << 20;
+use crate::stack::SOp;
 
 /// Struct types the runtime itself constructs and programs may name in a literal.
 pub const BUILTIN_STRUCTS: &[&str] = &[
@@ -479,32 +477,41 @@ impl Lowerer {
 
         let chains = build_chains(&func.instructions, &mut code, self)
             .map_err(|(pc, r)| fail(Some(pc), r))?;
-        let max_stack = verify_stack(&code, &chains, &self.shapes, &self.call_sites)
+        let heights = crate::stack::verify(&code, &chains, &self.shapes, &self.call_sites)
             .map_err(|(pc, r)| fail(Some(pc), r))?;
 
-        let plain = code;
-        let first_param = u16::from(self_slot.is_some());
-        let code = crate::fuse::fuse(
-            &plain,
-            &chains,
-            first_param..first_param + n_params as u16,
-            slot_names.len() as u16,
-        );
+        // `self` (slot 0, when present) is set by every method call; the interpreter refuses
+        // to call such a function without a receiver, so it counts as assigned on entry.
+        let n_slots = slot_names.len() as u16;
+        let entry = 0..u16::from(self_slot.is_some()) + n_params as u16;
+        let assigned = crate::registers::definitely_assigned(&code, &chains, entry, n_slots);
+        let is_assigned = |pc: usize, slot: u16| assigned.contains(pc, slot);
+        let registers = crate::registers::translate(&crate::registers::Input {
+            stack: &code,
+            chains: &chains,
+            heights: &heights,
+            shapes: &self.shapes,
+            sites: &self.call_sites,
+            spans: &spans,
+            n_slots,
+            assigned: &is_assigned,
+        })
+        .map_err(|r| fail(None, r))?;
         Ok(Function {
             name,
             kind,
-            plain,
             return_type: func.return_type,
             is_async: func.is_async,
             n_params: n_params as u16,
-            n_slots: slot_names.len() as u16,
+            n_slots,
             self_slot,
             slot_names,
             params: func.params,
-            max_stack,
-            code,
-            spans,
-            chains,
+            frame_size: registers.frame_size,
+            code: registers.code,
+            spans: registers.spans,
+            ir_pc: registers.ir_pc,
+            chains: registers.chains,
         })
     }
 
@@ -514,7 +521,7 @@ impl Lowerer {
         len: usize,
         slot_of: &FxHashMap<&str, u16>,
         module: &IrModule,
-    ) -> Result<Op, String> {
+    ) -> Result<SOp, String> {
         let name = || -> Result<&str, String> {
             ins.name
                 .as_deref()
@@ -560,7 +567,7 @@ impl Lowerer {
                         self.constants.len()
                     ));
                 }
-                Op::LoadConst(idx as u32)
+                SOp::LoadConst(idx as u32)
             }
             Opcode::Push => {
                 let arg = ins.arg.as_ref().ok_or("PUSH is missing its `arg`")?;
@@ -575,57 +582,57 @@ impl Lowerer {
                     other => return Err(format!("PUSH arg {other} is not a scalar")),
                 };
                 self.constants.push(value);
-                Op::Push(self.constants.len() as u32 - 1)
+                SOp::LoadConst(self.constants.len() as u32 - 1)
             }
             Opcode::LoadLocal => {
                 let name = name()?;
                 let global = self.global_for(name);
                 match slot_of.get(name) {
-                    Some(&slot) => Op::LoadLocal { slot, global },
-                    None => Op::LoadGlobal(global),
+                    Some(&slot) => SOp::LoadLocal { slot, global },
+                    None => SOp::LoadGlobal(global),
                 }
             }
             Opcode::StoreLocal => {
                 let name = name()?;
-                Op::StoreLocal(*slot_of.get(name).ok_or("STORE_LOCAL slot missing")?)
+                SOp::StoreLocal(*slot_of.get(name).ok_or("STORE_LOCAL slot missing")?)
             }
-            Opcode::LoadGlobal => Op::LoadGlobal(self.global_for(name()?)),
+            Opcode::LoadGlobal => SOp::LoadGlobal(self.global_for(name()?)),
             Opcode::StoreGlobal => {
                 let name = name()?;
                 let id = self.global_for(name);
-                Op::StoreGlobal(id)
+                SOp::StoreGlobal(id)
             }
-            Opcode::Pop => Op::Pop,
-            Opcode::Dup => Op::Dup,
-            Opcode::Swap => Op::Swap,
-            Opcode::Add => Op::Add,
-            Opcode::Sub => Op::Sub,
-            Opcode::Mul => Op::Mul,
-            Opcode::Div => Op::Div,
-            Opcode::Mod => Op::Mod,
-            Opcode::Neg => Op::Neg,
-            Opcode::Eq => Op::Eq,
-            Opcode::Neq => Op::Neq,
-            Opcode::Lt => Op::Lt,
-            Opcode::Gt => Op::Gt,
-            Opcode::Lte => Op::Lte,
-            Opcode::Gte => Op::Gte,
-            Opcode::And => Op::And,
-            Opcode::Or => Op::Or,
-            Opcode::Not => Op::Not,
-            Opcode::Jump => Op::Jump(target()?),
-            Opcode::JumpIfTrue => Op::JumpIfTrue(target()?),
-            Opcode::JumpIfFalse => Op::JumpIfFalse(target()?),
-            Opcode::Return => Op::Return,
+            Opcode::Pop => SOp::Pop,
+            Opcode::Dup => SOp::Dup,
+            Opcode::Swap => SOp::Swap,
+            Opcode::Add => SOp::Bin(BinOp::Add),
+            Opcode::Sub => SOp::Bin(BinOp::Sub),
+            Opcode::Mul => SOp::Bin(BinOp::Mul),
+            Opcode::Div => SOp::Bin(BinOp::Div),
+            Opcode::Mod => SOp::Bin(BinOp::Mod),
+            Opcode::Neg => SOp::Neg,
+            Opcode::Eq => SOp::Bin(BinOp::Eq),
+            Opcode::Neq => SOp::Bin(BinOp::Neq),
+            Opcode::Lt => SOp::Bin(BinOp::Lt),
+            Opcode::Gt => SOp::Bin(BinOp::Gt),
+            Opcode::Lte => SOp::Bin(BinOp::Lte),
+            Opcode::Gte => SOp::Bin(BinOp::Gte),
+            Opcode::And => SOp::And,
+            Opcode::Or => SOp::Or,
+            Opcode::Not => SOp::Not,
+            Opcode::Jump => SOp::Jump(target()?),
+            Opcode::JumpIfTrue => SOp::JumpIfTrue(target()?),
+            Opcode::JumpIfFalse => SOp::JumpIfFalse(target()?),
+            Opcode::Return => SOp::Return,
             Opcode::Call => {
                 let n = ins.argc.ok_or("CALL is missing its `argc`")?;
-                Op::Call(u32::try_from(n).map_err(|_| format!("argc {n} is too large"))?)
+                SOp::Call(u32::try_from(n).map_err(|_| format!("argc {n} is too large"))?)
             }
             Opcode::CallMethod => {
                 let method = self.intern(name()?);
                 let argc = argc()?;
                 match ins.schema.as_deref() {
-                    None => Op::CallMethod { argc, name: method },
+                    None => SOp::CallMethod { argc, name: method },
                     Some(schema) => {
                         let schema = *self
                             .schema_index
@@ -735,19 +742,19 @@ impl Lowerer {
                     .ok_or_else(|| format!("unknown hashmap `{map_name}`"))?;
                 self.call_site(CallSite::Hashmap { op, hashmap })
             }
-            Opcode::Emit => Op::Emit,
-            Opcode::EmitAwait => Op::EmitAwait,
+            Opcode::Emit => SOp::Emit,
+            Opcode::EmitAwait => SOp::EmitAwait,
             Opcode::TryBegin => {
                 let t = target()?;
                 // The chain index is assigned in `build_chains`; keep the target for now.
-                Op::TryBegin(t)
+                SOp::TryBegin(t)
             }
-            Opcode::TryEnd => Op::TryEnd,
-            Opcode::Catch => Op::Catch(u32::MAX),
-            Opcode::Throw => Op::Throw,
-            Opcode::Propagate => Op::Propagate,
-            Opcode::BuildArray => Op::BuildArray(count()?),
-            Opcode::BuildMap => Op::BuildMap(count()?),
+            Opcode::TryEnd => SOp::TryEnd,
+            Opcode::Catch => SOp::Catch(u32::MAX),
+            Opcode::Throw => SOp::Throw,
+            Opcode::Propagate => SOp::Propagate,
+            Opcode::BuildArray => SOp::BuildArray(count()?),
+            Opcode::BuildMap => SOp::BuildMap(count()?),
             Opcode::BuildStruct => {
                 let type_name = type_name()?;
                 let n = count()?;
@@ -774,30 +781,30 @@ impl Lowerer {
                     target,
                     fields,
                 });
-                Op::BuildStruct(self.shapes.len() as u32 - 1)
+                SOp::BuildStruct(self.shapes.len() as u32 - 1)
             }
-            Opcode::FieldGet => Op::FieldGet(self.intern(name()?)),
-            Opcode::FieldSet => Op::FieldSet(self.intern(name()?)),
-            Opcode::IndexGet => Op::IndexGet,
-            Opcode::IndexSet => Op::IndexSet,
-            Opcode::Cast => Op::Cast(match type_name()? {
+            Opcode::FieldGet => SOp::FieldGet(self.intern(name()?)),
+            Opcode::FieldSet => SOp::FieldSet(self.intern(name()?)),
+            Opcode::IndexGet => SOp::IndexGet,
+            Opcode::IndexSet => SOp::IndexSet,
+            Opcode::Cast => SOp::Cast(match type_name()? {
                 "Int" => CastTarget::Int,
                 "Float" => CastTarget::Float,
                 "String" => CastTarget::String,
                 "Bool" => CastTarget::Bool,
                 _ => CastTarget::Other,
             }),
-            Opcode::CheckType => Op::CheckType(self.intern(type_name()?)),
-            Opcode::Await => Op::Await,
-            Opcode::AwaitAll => Op::AwaitAll(count()?),
-            Opcode::SpawnAsync => Op::SpawnAsync,
+            Opcode::CheckType => SOp::CheckType(self.intern(type_name()?)),
+            Opcode::Await => SOp::Await,
+            Opcode::AwaitAll => SOp::AwaitAll(count()?),
+            Opcode::SpawnAsync => SOp::SpawnAsync,
             Opcode::Unknown(op) => return Err(format!("unknown opcode `{op}`")),
         })
     }
 
-    fn call_site(&mut self, site: CallSite) -> Op {
+    fn call_site(&mut self, site: CallSite) -> SOp {
         self.call_sites.push(site);
-        Op::CallSite(self.call_sites.len() as u32 - 1)
+        SOp::CallSite(self.call_sites.len() as u32 - 1)
     }
 
     fn shape_target(&mut self, type_name: &str, module: &IrModule) -> Result<ShapeTarget, String> {
@@ -833,19 +840,19 @@ impl Lowerer {
 /// Resolves every `TRY_BEGIN` to a handler chain and every `CATCH` to the end of its chain.
 fn build_chains(
     instructions: &[Instruction],
-    code: &mut [Op],
+    code: &mut [SOp],
     cx: &mut Lowerer,
 ) -> Result<Vec<CatchChain>, (usize, String)> {
     let mut chains = Vec::new();
     let mut chain_of_catch: FxHashMap<u32, u32> = FxHashMap::default();
     // The end of the chain whose first CATCH is at `first`.
-    let chain_end = |code: &[Op], first: u32, at: usize| -> Result<u32, (usize, String)> {
+    let chain_end = |code: &[SOp], first: u32, at: usize| -> Result<u32, (usize, String)> {
         let first_idx = first as usize;
-        if first_idx >= code.len() || !matches!(code[first_idx], Op::Catch(_)) {
+        if first_idx >= code.len() || !matches!(code[first_idx], SOp::Catch(_)) {
             return Err((at, format!("TRY_BEGIN target {first} is not a CATCH")));
         }
         match first_idx.checked_sub(1).map(|i| code[i]) {
-            Some(Op::Jump(end)) if end > first => Ok(end),
+            Some(SOp::Jump(end)) if end > first => Ok(end),
             _ => Err((
                 at,
                 format!("the handler chain at {first} is not preceded by a JUMP past its clauses"),
@@ -853,7 +860,7 @@ fn build_chains(
         }
     };
     for pc in 0..code.len() {
-        let Op::TryBegin(first) = code[pc] else {
+        let SOp::TryBegin(first) = code[pc] else {
             continue;
         };
         if first as usize <= pc {
@@ -864,14 +871,14 @@ fn build_chains(
         let mut scan = first as usize;
         while scan < end as usize {
             match code[scan] {
-                Op::TryBegin(nested_first) => {
+                SOp::TryBegin(nested_first) => {
                     let nested_end = chain_end(code, nested_first, scan)?;
                     if nested_end as usize <= scan || nested_end > end {
                         return Err((scan, "nested handler chain overlaps its parent".into()));
                     }
                     scan = nested_end as usize;
                 }
-                Op::Catch(_) => {
+                SOp::Catch(_) => {
                     let filter = instructions[scan]
                         .type_name
                         .as_deref()
@@ -892,160 +899,15 @@ fn build_chains(
             }
         }
         chains.push(CatchChain { clauses, end });
-        code[pc] = Op::TryBegin(chain_idx);
+        code[pc] = SOp::TryBegin(chain_idx);
     }
     for (pc, op) in code.iter_mut().enumerate() {
-        if let Op::Catch(_) = op {
+        if let SOp::Catch(_) = op {
             match chain_of_catch.get(&(pc as u32)) {
-                Some(&chain) => *op = Op::Catch(chains[chain as usize].end),
+                Some(&chain) => *op = SOp::Catch(chains[chain as usize].end),
                 None => return Err((pc, "CATCH outside any handler chain".into())),
             }
         }
     }
     Ok(chains)
-}
-
-/// Stack effect of an op: (values it needs, values it leaves in their place).
-fn stack_effect(op: Op, shapes: &[Shape], sites: &[CallSite]) -> (u32, u32) {
-    match op {
-        Op::LoadConst(_) | Op::LoadLocal { .. } | Op::LoadGlobal(_) | Op::Push(_) => (0, 1),
-        Op::StoreLocal(_) | Op::StoreGlobal(_) | Op::Pop => (1, 0),
-        Op::Dup => (1, 2),
-        Op::Swap => (2, 2),
-        Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div
-        | Op::Mod
-        | Op::Eq
-        | Op::Neq
-        | Op::Lt
-        | Op::Gt
-        | Op::Lte
-        | Op::Gte
-        | Op::And
-        | Op::Or => (2, 1),
-        Op::Neg | Op::Not | Op::Cast(_) | Op::CheckType(_) | Op::FieldGet(_) | Op::Await => (1, 1),
-        Op::Jump(_) | Op::TryBegin(_) | Op::TryEnd | Op::Catch(_) => (0, 0),
-        Op::JumpIfTrue(_) | Op::JumpIfFalse(_) => (1, 0),
-        Op::Return => (0, 0),
-        Op::Call(argc) => (argc.saturating_add(1), 1),
-        Op::CallMethod { argc, .. } => (argc as u32 + 1, 1),
-        Op::CallSite(idx) => match &sites[idx as usize] {
-            CallSite::MethodWithSchema { argc, .. } => (*argc as u32 + 1, 1),
-            CallSite::Native { argc, .. } => (*argc as u32, 1),
-            CallSite::Agent { argc, .. } => (*argc as u32, 1),
-            CallSite::Tool { argc, .. } => (*argc as u32, 1),
-            CallSite::Hashmap { op, .. } => match op {
-                HashmapOp::Set => (2, 1),
-                _ => (1, 1),
-            },
-        },
-        Op::Emit => (2, 0),
-        Op::EmitAwait => (2, 1),
-        Op::Throw => (1, 0),
-        Op::Propagate => (1, 1),
-        Op::BuildArray(n) => (n, 1),
-        Op::BuildMap(n) => (n.saturating_mul(2), 1),
-        Op::BuildStruct(shape) => (shapes[shape as usize].fields.len() as u32, 1),
-        Op::FieldSet(_) => (2, 0),
-        Op::IndexGet => (2, 1),
-        Op::IndexSet => (3, 0),
-        Op::AwaitAll(n) => (n, 1),
-        Op::SpawnAsync => (1, 1),
-        // Superinstructions are formed after verification and never verified themselves;
-        // report an impossible need so a misuse fails loudly.
-        Op::BinLocalConst { .. }
-        | Op::BinLocalLocal { .. }
-        | Op::BinLocalConstStore { .. }
-        | Op::BinLocalLocalStore { .. }
-        | Op::BinConst { .. }
-        | Op::Branch { .. }
-        | Op::BranchLocalConst { .. }
-        | Op::BranchLocalLocal { .. }
-        | Op::StoreLocalDiscard(_)
-        | Op::Nop2
-        | Op::CallGlobal { .. }
-        | Op::ReturnLocal(_)
-        | Op::FieldGetLocal { .. } => (u32::MAX, 0),
-    }
-}
-
-/// Verifies that every reachable instruction is reached with one operand-stack height and
-/// never pops below the frame; returns the deepest height.
-fn verify_stack(
-    code: &[Op],
-    chains: &[CatchChain],
-    shapes: &[Shape],
-    sites: &[CallSite],
-) -> Result<u32, (usize, String)> {
-    let len = code.len();
-    let mut heights: Vec<Option<u32>> = vec![None; len + 1];
-    let mut work: Vec<usize> = Vec::new();
-    let mut max = 0u32;
-    let reach = |heights: &mut Vec<Option<u32>>,
-                 work: &mut Vec<usize>,
-                 from: usize,
-                 to: usize,
-                 h: u32|
-     -> Result<(), (usize, String)> {
-        match heights[to] {
-            None => {
-                heights[to] = Some(h);
-                if to < len {
-                    work.push(to);
-                }
-                Ok(())
-            }
-            Some(existing) if existing == h => Ok(()),
-            Some(existing) => Err((
-                from,
-                format!(
-                    "stack height mismatch: instruction {to} is reached with {existing} and {h} values"
-                ),
-            )),
-        }
-    };
-    if len == 0 {
-        return Ok(0);
-    }
-    heights[0] = Some(0);
-    work.push(0);
-    while let Some(pc) = work.pop() {
-        let h = heights[pc].unwrap_or(0);
-        let op = code[pc];
-        let (needs, leaves) = stack_effect(op, shapes, sites);
-        if h < needs {
-            return Err((
-                pc,
-                format!("stack underflow: needs {needs} values, has {h}"),
-            ));
-        }
-        let after = h - needs + leaves;
-        if after > MAX_STACK {
-            return Err((pc, "operand stack too deep".into()));
-        }
-        max = max.max(after).max(h);
-        match op {
-            Op::Jump(t) => reach(&mut heights, &mut work, pc, t as usize, after)?,
-            Op::Catch(end) => reach(&mut heights, &mut work, pc, end as usize, after)?,
-            Op::JumpIfTrue(t) | Op::JumpIfFalse(t) => {
-                reach(&mut heights, &mut work, pc, t as usize, after)?;
-                reach(&mut heights, &mut work, pc, pc + 1, after)?;
-            }
-            Op::Return | Op::Throw => {}
-            Op::TryBegin(chain) => {
-                for &(clause, _) in &chains[chain as usize].clauses {
-                    let entry = clause as usize + 1;
-                    if entry > len {
-                        return Err((pc, "catch clause has no body".into()));
-                    }
-                    reach(&mut heights, &mut work, pc, entry, h + 1)?;
-                }
-                reach(&mut heights, &mut work, pc, pc + 1, after)?;
-            }
-            _ => reach(&mut heights, &mut work, pc, pc + 1, after)?,
-        }
-    }
-    Ok(max.saturating_add(1))
 }

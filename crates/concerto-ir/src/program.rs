@@ -62,236 +62,322 @@ pub enum CastTarget {
     Other,
 }
 
-/// One lowered instruction. Indices are the same as in the IR, so spans, breakpoints and
-/// jump targets keep their meaning. Operand meaning is given per variant; the stack effect
-/// is the one of the IR opcode of the same name (see [`crate::Opcode`]).
+/// A register of a frame: locals occupy `0..n_slots` (`self` first when present, then the
+/// parameters, then stored names), operand temporaries follow.
+pub type Reg = u16;
+
+/// One executable instruction: a register operation.
+///
+/// Lowering turns the IR's stack code into these once: every stack position has a fixed
+/// height (the loader verifies it), so it is a fixed register; copies into temporaries are
+/// propagated away and no-ops removed. Each op records the IR instruction it came from in
+/// [`Function::ir_pc`]. Calls use a register window: a call's arguments sit in consecutive
+/// registers starting at `base`, which becomes the callee's register 0; the result is
+/// written to `base`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
-    /// Push `constants[0]`.
-    LoadConst(u32),
-    /// Push local `slot`; when the slot is unset, push global `global` instead.
+    /// `dst = constants[k]`
+    LoadConst {
+        /// Destination.
+        dst: Reg,
+        /// Constant index.
+        k: u32,
+    },
+    /// `dst = src`
+    Move {
+        /// Destination.
+        dst: Reg,
+        /// Source.
+        src: Reg,
+    },
+    /// `dst = slot`, or global `global` while the slot is unset.
     LoadLocal {
-        /// Frame slot.
-        slot: u16,
-        /// Global of the same name, used while the slot is unset.
+        /// Destination.
+        dst: Reg,
+        /// Local slot.
+        slot: Reg,
+        /// Global of the same name.
         global: u32,
     },
-    /// Pop into local slot.
-    StoreLocal(u16),
-    /// Push a global (also `LOAD_LOCAL` of a name that is never a local here).
-    LoadGlobal(u32),
-    /// Pop into a global.
-    StoreGlobal(u32),
-    /// Push an immediate constant (the IR's `PUSH`), by constant index.
-    Push(u32),
-    /// Discard the top.
-    Pop,
-    /// Duplicate the top.
-    Dup,
-    /// Swap the two top values.
-    Swap,
-    /// Add / concatenate.
-    Add,
-    /// Subtract.
-    Sub,
-    /// Multiply.
-    Mul,
-    /// Divide.
-    Div,
-    /// Remainder.
-    Mod,
-    /// Negate.
-    Neg,
-    /// Structural equality.
-    Eq,
-    /// Structural inequality.
-    Neq,
-    /// Less than.
-    Lt,
-    /// Greater than.
-    Gt,
-    /// Less or equal.
-    Lte,
-    /// Greater or equal.
-    Gte,
-    /// Truthiness and.
-    And,
-    /// Truthiness or.
-    Or,
-    /// Truthiness not.
-    Not,
-    /// Jump to the target.
-    Jump(u32),
-    /// Pop; jump when truthy.
-    JumpIfTrue(u32),
-    /// Pop; jump when falsy.
-    JumpIfFalse(u32),
-    /// Return the top (or nil).
-    Return,
-    /// Call the callee on top with `argc` arguments below it.
-    Call(u32),
-    /// Call method `name` on the receiver below `argc` arguments.
-    CallMethod {
+    /// `dst = globals[global]` (also a `LOAD_LOCAL` of a name never stored here).
+    LoadGlobal {
+        /// Destination.
+        dst: Reg,
+        /// Global id.
+        global: u32,
+    },
+    /// `globals[global] = src`
+    StoreGlobal {
+        /// Source.
+        src: Reg,
+        /// Global id.
+        global: u32,
+    },
+    /// `dst = a <op> b`
+    Bin {
+        /// Operation.
+        op: BinOp,
+        /// Destination.
+        dst: Reg,
+        /// Left operand.
+        a: Reg,
+        /// Right operand.
+        b: Reg,
+    },
+    /// `dst = a <op> constants[k]`
+    BinK {
+        /// Operation.
+        op: BinOp,
+        /// Destination.
+        dst: Reg,
+        /// Left operand.
+        a: Reg,
+        /// Right operand constant.
+        k: u32,
+    },
+    /// `dst = -src`
+    Neg {
+        /// Destination.
+        dst: Reg,
+        /// Operand.
+        src: Reg,
+    },
+    /// `dst = !truthy(src)`
+    Not {
+        /// Destination.
+        dst: Reg,
+        /// Operand.
+        src: Reg,
+    },
+    /// `dst = truthy(a) && truthy(b)`
+    And {
+        /// Destination.
+        dst: Reg,
+        /// Left operand.
+        a: Reg,
+        /// Right operand.
+        b: Reg,
+    },
+    /// `dst = truthy(a) || truthy(b)`
+    Or {
+        /// Destination.
+        dst: Reg,
+        /// Left operand.
+        a: Reg,
+        /// Right operand.
+        b: Reg,
+    },
+    /// Jump to `target`.
+    Jump {
+        /// Target op index.
+        target: u32,
+    },
+    /// Jump to `target` when `truthy(cond) == when`.
+    JumpIf {
+        /// Condition register.
+        cond: Reg,
+        /// The truthiness that jumps.
+        when: bool,
+        /// Target op index.
+        target: u32,
+    },
+    /// Jump to `target` when `(a <op> b) == when`.
+    CmpJump {
+        /// Comparison.
+        op: BinOp,
+        /// The outcome that jumps.
+        when: bool,
+        /// Left operand.
+        a: Reg,
+        /// Right operand.
+        b: Reg,
+        /// Target op index.
+        target: u32,
+    },
+    /// Jump to `target` when `(a <op> constants[k]) == when`.
+    CmpJumpK {
+        /// Comparison.
+        op: BinOp,
+        /// The outcome that jumps.
+        when: bool,
+        /// Left operand.
+        a: Reg,
+        /// Target op index.
+        target: u32,
+        /// Right operand constant.
+        k: u32,
+    },
+    /// Return `src`.
+    Return {
+        /// The returned register.
+        src: Reg,
+    },
+    /// Return `nil`.
+    ReturnNil,
+    /// Call the callee in register `base + argc` with the arguments in `base..base + argc`.
+    Call {
+        /// First argument (and result) register.
+        base: Reg,
         /// Argument count.
+        argc: u16,
+    },
+    /// Call the value of global `global` with the arguments in `base..base + argc`.
+    CallGlobal {
+        /// First argument (and result) register.
+        base: Reg,
+        /// Argument count.
+        argc: u16,
+        /// Callee global.
+        global: u32,
+    },
+    /// Call method `name` on the receiver in `base` with the arguments after it.
+    CallMethod {
+        /// Receiver (and result) register.
+        base: Reg,
+        /// Argument count (without the receiver).
         argc: u16,
         /// Method name.
         name: NameId,
     },
-    /// A call described by [`Program::call_sites`] (schema calls, `CALL_NATIVE`,
-    /// `CALL_AGENT*`, `CALL_TOOL`, `HASH_MAP_*`).
-    CallSite(u32),
-    /// Emit `payload` on `channel`.
-    Emit,
-    /// Emit and wait for the host's reply.
-    EmitAwait,
-    /// Register the handler chain `Function::chains[0]`.
-    TryBegin(u32),
+    /// A call described by [`Program::call_sites`]; its operands start at `base` (the
+    /// receiver first for method calls).
+    CallSite {
+        /// First operand (and result) register.
+        base: Reg,
+        /// Call-site index.
+        site: u32,
+    },
+    /// Emit `payload` on channel `chan`.
+    Emit {
+        /// Channel register.
+        chan: Reg,
+        /// Payload register.
+        payload: Reg,
+    },
+    /// Emit and wait for the host's reply into `chan`'s register.
+    EmitAwait {
+        /// Channel register (and destination).
+        chan: Reg,
+        /// Payload register.
+        payload: Reg,
+    },
+    /// Register handler chain `chain`; a caught error lands in `err`.
+    TryBegin {
+        /// Chain index in [`Function::chains`].
+        chain: u32,
+        /// Register of the operand-stack height at `TRY_BEGIN` (where a catch gets the error).
+        err: Reg,
+    },
     /// Drop the innermost handler.
     TryEnd,
-    /// A catch clause reached by falling through: the previous clause finished, so jump to
-    /// the end of the chain.
-    Catch(u32),
-    /// Throw the top.
-    Throw,
-    /// `?` on the top.
-    Propagate,
-    /// Build an array of the top `n` values.
-    BuildArray(u32),
-    /// Build a map of the top `n` key/value pairs.
-    BuildMap(u32),
-    /// Build a struct of shape [`Program::shapes`]`[0]`.
-    BuildStruct(u32),
-    /// Read a field.
-    FieldGet(NameId),
-    /// Write a field (pushes nothing).
-    FieldSet(NameId),
-    /// Read an element.
-    IndexGet,
-    /// Write an element (pushes nothing).
-    IndexSet,
-    /// Convert to a type.
-    Cast(CastTarget),
-    /// Test the runtime type name against `names[0]`.
-    CheckType(NameId),
-    /// Await a task (a finished value passes through).
-    Await,
-    /// Await `n` tasks, pushing an array of their results in order.
-    AwaitAll(u32),
-    /// Start a task running the callee on top.
-    SpawnAsync,
-
-    // Superinstructions. Each stands for the `len` (or fixed number of) IR instructions that
-    // start at its index and leaves those instructions' effects; the instructions after it
-    // keep their own ops, so a jump into the middle of a fused sequence still works. They are
-    // only formed over local slots that are definitely assigned at that point.
-    /// `LOAD_LOCAL slot; LOAD_CONST konst; <op>` (3 instructions).
-    BinLocalConst {
-        /// The operation.
-        op: BinOp,
-        /// Left operand slot.
-        slot: u16,
-        /// Right operand constant.
-        konst: u32,
+    /// A catch clause reached by falling through: jump to the end of the chain.
+    Catch {
+        /// The op after the chain.
+        end: u32,
     },
-    /// `LOAD_LOCAL a; LOAD_LOCAL b; <op>` (3 instructions).
-    BinLocalLocal {
-        /// The operation.
-        op: BinOp,
-        /// Left operand slot.
-        a: u16,
-        /// Right operand slot.
-        b: u16,
+    /// Throw `src`.
+    Throw {
+        /// Thrown register.
+        src: Reg,
     },
-    /// `LOAD_LOCAL slot; LOAD_CONST konst; <op>; STORE_LOCAL dest` and, when `len` is 6,
-    /// `LOAD_LOCAL dest; POP`.
-    BinLocalConstStore {
-        /// The operation.
-        op: BinOp,
-        /// Left operand slot.
-        slot: u16,
-        /// Destination slot.
-        dest: u16,
-        /// Right operand constant.
-        konst: u32,
-        /// Instructions covered (4 or 6).
-        len: u8,
+    /// `?` on `reg`, in place.
+    Propagate {
+        /// Operand and destination.
+        reg: Reg,
     },
-    /// `LOAD_LOCAL a; LOAD_LOCAL b; <op>; STORE_LOCAL dest` and, when `len` is 6,
-    /// `LOAD_LOCAL dest; POP`. With `ADD` and `dest == a` a string is appended in place.
-    BinLocalLocalStore {
-        /// The operation.
-        op: BinOp,
-        /// Left operand slot.
-        a: u16,
-        /// Right operand slot.
-        b: u16,
-        /// Destination slot.
-        dest: u16,
-        /// Instructions covered (4 or 6).
-        len: u8,
+    /// `dst = [start .. start + n]` (`dst == start`).
+    BuildArray {
+        /// First element (and destination).
+        start: Reg,
+        /// Element count.
+        n: u32,
     },
-    /// `LOAD_CONST konst; <op>` (2 instructions).
-    BinConst {
-        /// The operation.
-        op: BinOp,
-        /// Right operand constant.
-        konst: u32,
+    /// `dst = {k1: v1, …}` from pairs in `start ..`.
+    BuildMap {
+        /// First key (and destination).
+        start: Reg,
+        /// Pair count.
+        n: u32,
     },
-    /// `<cmp>; JUMP_IF_FALSE target` (or `JUMP_IF_TRUE` when `jump_if`) (2 instructions).
-    Branch {
-        /// The comparison.
-        op: BinOp,
-        /// Jump when the comparison equals this.
-        jump_if: bool,
-        /// Jump target.
-        target: u32,
+    /// A struct of shape [`Program::shapes`]`[shape]` from fields in `start ..`.
+    BuildStruct {
+        /// First field value (and destination).
+        start: Reg,
+        /// Shape index.
+        shape: u32,
     },
-    /// `LOAD_LOCAL slot; LOAD_CONST konst; <cmp>; JUMP_IF_FALSE target` (4 instructions).
-    BranchLocalConst {
-        /// The comparison.
-        op: BinOp,
-        /// Left operand slot.
-        slot: u16,
-        /// Right operand constant.
-        konst: u32,
-        /// Jump target (taken when the comparison is false).
-        target: u32,
-    },
-    /// `LOAD_LOCAL a; LOAD_LOCAL b; <cmp>; JUMP_IF_FALSE target` (4 instructions).
-    BranchLocalLocal {
-        /// The comparison.
-        op: BinOp,
-        /// Left operand slot.
-        a: u16,
-        /// Right operand slot.
-        b: u16,
-        /// Jump target (taken when the comparison is false).
-        target: u32,
-    },
-    /// `STORE_LOCAL slot; LOAD_LOCAL slot; POP` (3 instructions).
-    StoreLocalDiscard(u16),
-    /// A value pushed and popped at once (`LOAD_CONST c; POP`, `LOAD_LOCAL x; POP`): does
-    /// nothing (2 instructions).
-    Nop2,
-    /// `LOAD_GLOBAL global; CALL argc` (2 instructions).
-    CallGlobal {
-        /// The callee global.
-        global: u32,
-        /// Argument count.
-        argc: u32,
-    },
-    /// `LOAD_LOCAL slot; RETURN` (2 instructions).
-    ReturnLocal(u16),
-    /// `LOAD_LOCAL slot; FIELD_GET name` (2 instructions).
-    FieldGetLocal {
-        /// The struct's slot.
-        slot: u16,
+    /// `dst = obj.name`
+    FieldGet {
+        /// Destination.
+        dst: Reg,
+        /// Object.
+        obj: Reg,
         /// Field name.
         name: NameId,
     },
+    /// `obj.name = src`
+    FieldSet {
+        /// Object.
+        obj: Reg,
+        /// Value.
+        src: Reg,
+        /// Field name.
+        name: NameId,
+    },
+    /// `dst = coll[idx]`
+    IndexGet {
+        /// Destination.
+        dst: Reg,
+        /// Collection.
+        coll: Reg,
+        /// Index.
+        idx: Reg,
+    },
+    /// `coll[idx] = src`
+    IndexSet {
+        /// Collection.
+        coll: Reg,
+        /// Index.
+        idx: Reg,
+        /// Value.
+        src: Reg,
+    },
+    /// `reg = reg as target`
+    Cast {
+        /// Operand and destination.
+        reg: Reg,
+        /// Target type.
+        target: CastTarget,
+    },
+    /// `reg = (reg is names[name])`
+    CheckType {
+        /// Operand and destination.
+        reg: Reg,
+        /// Type name.
+        name: NameId,
+    },
+    /// `reg = await reg`
+    Await {
+        /// Operand and destination.
+        reg: Reg,
+    },
+    /// `start = [await start, …]` over `n` registers.
+    AwaitAll {
+        /// First task (and destination).
+        start: Reg,
+        /// Count.
+        n: u32,
+    },
+    /// `reg = spawn reg`
+    SpawnAsync {
+        /// Callee and destination.
+        reg: Reg,
+    },
 }
 
-/// The operation of a fused arithmetic or comparison superinstruction.
+const _: () = assert!(std::mem::size_of::<Op>() <= 16);
+
+/// An arithmetic or comparison operation of [`Op::Bin`] and friends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinOp {
     /// `ADD`
@@ -319,73 +405,39 @@ pub enum BinOp {
 }
 
 impl BinOp {
-    /// The operation of a plain op, when it has one.
-    pub fn of(op: Op) -> Option<BinOp> {
-        Some(match op {
-            Op::Add => BinOp::Add,
-            Op::Sub => BinOp::Sub,
-            Op::Mul => BinOp::Mul,
-            Op::Div => BinOp::Div,
-            Op::Mod => BinOp::Mod,
-            Op::Eq => BinOp::Eq,
-            Op::Neq => BinOp::Neq,
-            Op::Lt => BinOp::Lt,
-            Op::Gt => BinOp::Gt,
-            Op::Lte => BinOp::Lte,
-            Op::Gte => BinOp::Gte,
-            _ => return None,
-        })
-    }
-
     /// Whether the operation yields a Bool.
     pub fn is_comparison(self) -> bool {
-        matches!(self, BinOp::Eq | BinOp::Neq | BinOp::Lt | BinOp::Gt | BinOp::Lte | BinOp::Gte)
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Neq | BinOp::Lt | BinOp::Gt | BinOp::Lte | BinOp::Gte
+        )
     }
 
-    /// The plain op.
-    pub fn op(self) -> Op {
+    /// The IR opcode spelling.
+    pub fn as_str(self) -> &'static str {
         match self {
-            BinOp::Add => Op::Add,
-            BinOp::Sub => Op::Sub,
-            BinOp::Mul => Op::Mul,
-            BinOp::Div => Op::Div,
-            BinOp::Mod => Op::Mod,
-            BinOp::Eq => Op::Eq,
-            BinOp::Neq => Op::Neq,
-            BinOp::Lt => Op::Lt,
-            BinOp::Gt => Op::Gt,
-            BinOp::Lte => Op::Lte,
-            BinOp::Gte => Op::Gte,
+            BinOp::Add => "ADD",
+            BinOp::Sub => "SUB",
+            BinOp::Mul => "MUL",
+            BinOp::Div => "DIV",
+            BinOp::Mod => "MOD",
+            BinOp::Eq => "EQ",
+            BinOp::Neq => "NEQ",
+            BinOp::Lt => "LT",
+            BinOp::Gt => "GT",
+            BinOp::Lte => "LTE",
+            BinOp::Gte => "GTE",
         }
     }
 }
-
-impl Op {
-    /// How many IR instructions this op stands for (1 for plain ops).
-    pub fn len(self) -> u32 {
-        match self {
-            Op::BinLocalConst { .. } | Op::BinLocalLocal { .. } | Op::StoreLocalDiscard(_) => 3,
-            Op::BinLocalConstStore { len, .. } | Op::BinLocalLocalStore { len, .. } => len as u32,
-            Op::BinConst { .. }
-            | Op::Branch { .. }
-            | Op::Nop2
-            | Op::CallGlobal { .. }
-            | Op::ReturnLocal(_)
-            | Op::FieldGetLocal { .. } => 2,
-            Op::BranchLocalConst { .. } | Op::BranchLocalLocal { .. } => 4,
-            _ => 1,
-        }
-    }
-}
-
-const _: () = assert!(std::mem::size_of::<Op>() <= 12);
 
 /// A catch-handler chain: the clauses a `TRY_BEGIN` dispatches to and where the chain ends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatchChain {
-    /// The clauses in order: the pc of each `CATCH` and its type filter (`None` = bare).
+    /// The clauses in order: the op index of each `CATCH` and its type filter (`None` =
+    /// bare). A caught error enters the clause at the op after its `CATCH`.
     pub clauses: Vec<(u32, Option<NameId>)>,
-    /// The instruction after the last clause (target of the `JUMP` before the first `CATCH`).
+    /// The op after the last clause.
     pub end: u32,
 }
 
@@ -426,15 +478,14 @@ pub struct Function {
     pub self_slot: Option<u16>,
     /// The name of each slot.
     pub slot_names: Vec<Arc<str>>,
-    /// Deepest operand stack (above the slots) the body can reach.
-    pub max_stack: u32,
-    /// The lowered body, with superinstructions.
+    /// Registers a frame of this function needs (locals and operand temporaries).
+    pub frame_size: u32,
+    /// The register code.
     pub code: Vec<Op>,
-    /// The lowered body without superinstructions (one op per IR instruction), for
-    /// single-stepping.
-    pub plain: Vec<Op>,
-    /// Source position of each instruction.
+    /// Source position of each op.
     pub spans: Vec<Span>,
+    /// The IR instruction index each op came from (for breakpoints and traces).
+    pub ir_pc: Vec<u32>,
     /// Handler chains, indexed by [`Op::TryBegin`].
     pub chains: Vec<CatchChain>,
 }
@@ -722,6 +773,25 @@ pub struct Program {
     pub(crate) global_index: FxHashMap<Arc<str>, u32>,
     pub(crate) type_index: FxHashMap<Arc<str>, u32>,
     pub(crate) name_index: FxHashMap<Arc<str>, NameId>,
+}
+
+impl Function {
+    /// A readable listing of the register code (`pc [ir] op`), for debugging.
+    pub fn disassemble(&self) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
+            "fn {} (params {}, slots {}, frame {})\n",
+            self.name, self.n_params, self.n_slots, self.frame_size
+        );
+        for (pc, op) in self.code.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{pc:4} [{:4}] {op:?}",
+                self.ir_pc.get(pc).copied().unwrap_or(0)
+            );
+        }
+        out
+    }
 }
 
 impl Program {

@@ -6,9 +6,10 @@
 //! returns [`Exit::Suspend`] with a future; the async driver ([`Execution::call`]) awaits it
 //! without blocking a thread and resumes the loop with the result.
 //!
-//! Frames share one value stack: a frame's local slots are `stack[base..base + n_slots]`,
-//! its operands sit above them. Arguments are pushed by the caller exactly where the
-//! callee's parameter slots go, so a call moves no values.
+//! Frames share one register file: a frame's registers are `stack[base..base + frame_size]`
+//! (locals, then operand temporaries). A call's arguments sit in consecutive registers of
+//! the caller starting at the call's base, which becomes the callee's register 0, so a call
+//! moves no values; the callee's result is written back to that base register.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,7 +182,8 @@ const NATIVE_FUNC: FuncId = FuncId::MAX;
 struct Handler {
     chain: u32,
     frame: u32,
-    height: u32,
+    /// Absolute register where a caught error lands.
+    err: u32,
 }
 
 /// How the dispatch loop stopped.
@@ -202,11 +204,14 @@ const FUEL: u32 = 1 << 16;
 
 /// One execution of a program.
 pub struct Execution {
+    /// The register file of every frame.
     stack: Vec<Value>,
     frames: Vec<Frame>,
     natives: Vec<Option<Box<dyn Continuation>>>,
     handlers: Vec<Handler>,
     pending: Option<Result<Value, VmError>>,
+    /// Where the result of a suspended instruction of a code frame goes (absolute register).
+    resume_dst: usize,
     fuel: u32,
     deadline: Option<Instant>,
     pub(crate) ctx: Ctx,
@@ -216,10 +221,9 @@ pub struct Execution {
 enum Called {
     /// A code frame was pushed; the loop continues in it.
     Entered,
-    /// The result is already pushed (values are not passed back through return slots: a
-    /// 16-byte enum returned in memory costs a store-forwarding stall).
-    Pushed,
-    /// The callee must wait.
+    /// The result is already in the call's base register.
+    Done,
+    /// The callee must wait; the result goes to the call's base register.
     Suspend(BoxFuture<Result<Value, VmError>>),
     /// A native frame was pushed and its first step must run.
     Native,
@@ -242,6 +246,7 @@ impl Execution {
             natives: Vec::new(),
             handlers: Vec::new(),
             pending: None,
+            resume_dst: 0,
             fuel: FUEL,
             ctx: Ctx {
                 vm,
@@ -301,10 +306,7 @@ impl Execution {
         self.reset();
         let argc = args.len();
         self.stack.extend(args);
-        match self.enter(func, argc, false) {
-            Ok(()) => {}
-            Err(err) => return Err(err),
-        }
+        self.enter(func, 0, argc, false)?;
         loop {
             match self.run() {
                 Ok(Exit::Done(value)) => return Ok(value),
@@ -369,7 +371,7 @@ impl Execution {
                 continue;
             }
             let func = program.function(frame.func);
-            // Below the top, `pc` is the return address: the call is the one before it.
+            // Below the top, `pc` is the return address: the call is the op before it.
             let pc = if idx == top {
                 frame.pc
             } else {
@@ -396,44 +398,79 @@ impl Execution {
         (loc, trace)
     }
 
-    /// Pushes a code frame for `func`; its `argc` arguments are the top of the stack.
-    /// Pushes a code frame for `func`. Its `argc` arguments are the top of the stack; with
-    /// `recv_on_stack` the method receiver sits just below them and becomes `self`.
+    /// Makes sure a code frame's registers exist.
     #[inline]
-    fn enter(&mut self, func: FuncId, argc: usize, recv_on_stack: bool) -> Result<(), VmError> {
+    fn ensure_window(&mut self, frame: Frame) {
+        let size = self.ctx.vm.program.function(frame.func).frame_size as usize;
+        self.ensure(frame.base as usize + size);
+    }
+
+    /// The end of the register window of the nearest code frame.
+    fn code_window_end(&self) -> usize {
+        self.frames
+            .iter()
+            .rev()
+            .find(|f| f.native == NO_NATIVE)
+            .map_or(0, |f| {
+                f.base as usize + self.ctx.vm.program.function(f.func).frame_size as usize
+            })
+    }
+
+    /// Makes sure registers `..end` exist.
+    #[inline]
+    fn ensure(&mut self, end: usize) {
+        if self.stack.len() < end {
+            self.stack.resize(end, Value::Nil);
+        }
+    }
+
+    /// Pushes a code frame for `func` whose register 0 is `base`. The `argc` arguments are in
+    /// `base..base + argc`; with `has_receiver` the method receiver is in `base` and the
+    /// arguments follow it.
+    #[inline]
+    fn enter(
+        &mut self,
+        func: FuncId,
+        base: usize,
+        argc: usize,
+        has_receiver: bool,
+    ) -> Result<(), VmError> {
         let vm = &self.ctx.vm;
         let f = vm.program.function(func);
-        if argc != f.n_params as usize || self.frames.len() >= self.ctx.config.max_call_depth {
-            return Err(self.enter_error(func, argc, recv_on_stack));
+        let has_self = f.self_slot.is_some();
+        if argc != f.n_params as usize
+            || self.frames.len() >= self.ctx.config.max_call_depth
+            || (has_self && !has_receiver)
+        {
+            return Err(self.enter_error(func, argc, has_receiver));
         }
-        let len = self.stack.len();
-        // `self` is slot 0 when the body uses it; the receiver is already there for a
-        // method call, otherwise the slot starts unset.
-        let base = match (recv_on_stack, f.self_slot.is_some()) {
-            (true, true) => len - argc - 1,
-            (false, false) => len - argc,
-            (true, false) => {
-                self.stack.remove(len - argc - 1);
-                len - argc - 1
+        let frame_size = f.frame_size as usize;
+        let first_local = usize::from(has_self) + argc;
+        let n_slots = f.n_slots as usize;
+        if has_receiver && !has_self {
+            // The method does not use `self`: move the arguments down over the receiver.
+            self.ensure(base + argc + 1);
+            for i in 0..argc {
+                self.stack.swap(base + i, base + i + 1);
             }
-            (false, true) => {
-                self.stack.insert(len - argc, Value::Unset);
-                len - argc
-            }
-        };
-        for _ in self.stack.len() - base..f.n_slots as usize {
-            self.stack.push(Value::Unset);
         }
-        self.frames.push(Frame { func, pc: 0, base: base as u32, native: NO_NATIVE });
+        self.ensure(base + frame_size);
+        for slot in &mut self.stack[base + first_local..base + n_slots] {
+            *slot = Value::Unset;
+        }
+        self.frames.push(Frame {
+            func,
+            pc: 0,
+            base: base as u32,
+            native: NO_NATIVE,
+        });
         Ok(())
     }
 
     #[cold]
-    fn enter_error(&mut self, func: FuncId, argc: usize, recv_on_stack: bool) -> VmError {
+    fn enter_error(&mut self, func: FuncId, argc: usize, has_receiver: bool) -> VmError {
         let f = self.ctx.vm.program.function(func);
         if argc != f.n_params as usize {
-            let drop = argc + usize::from(recv_on_stack);
-            self.stack.truncate(self.stack.len().saturating_sub(drop));
             return VmError::new(
                 ErrorKind::Arity,
                 format!(
@@ -444,55 +481,59 @@ impl Execution {
                 ),
             );
         }
+        if f.self_slot.is_some() && !has_receiver {
+            return VmError::undefined("self");
+        }
         VmError::new(
             ErrorKind::CallDepth,
-            format!("max call depth exceeded ({})", self.ctx.config.max_call_depth),
+            format!(
+                "max call depth exceeded ({})",
+                self.ctx.config.max_call_depth
+            ),
         )
     }
 
-    /// Dispatches a call of `callee` whose `argc` arguments are the top of the stack.
-    fn call_value(&mut self, callee: Value, argc: usize) -> Result<Called, VmError> {
+    /// Dispatches a call of `callee` with the arguments in `base..base + argc`; the result
+    /// goes to `base`.
+    fn call_value(&mut self, callee: Value, base: usize, argc: usize) -> Result<Called, VmError> {
         match callee {
             Value::Func(f) => {
-                self.enter(f.id, argc, false)?;
+                self.enter(f.id, base, argc, false)?;
                 Ok(Called::Entered)
             }
             Value::Builtin(id) => {
-                let start = self.stack.len() - argc;
                 let flow = if (id as usize) < builtins::BUILTIN_COUNT {
-                    builtins::call(id, &mut self.ctx, &self.stack[start..])
+                    builtins::call(id, &mut self.ctx, &self.stack[base..base + argc])
                 } else {
-                    self.construct_variant(id as usize - builtins::BUILTIN_COUNT, start)
+                    self.construct_variant(id as usize - builtins::BUILTIN_COUNT, base, argc)
                 };
-                self.stack.truncate(start);
-                self.flow(flow?)
+                self.flow(flow?, base)
             }
             Value::Str(name) => {
                 let fid = self.ctx.vm.callable_names.get(name.as_str()).copied();
                 match fid {
                     Some(fid) => {
-                        self.enter(fid, argc, false)?;
+                        self.enter(fid, base, argc, false)?;
                         Ok(Called::Entered)
                     }
-                    None => {
-                        self.drop_args(argc);
-                        Err(VmError::type_error("cannot call value of type String"))
-                    }
+                    None => Err(VmError::type_error("cannot call value of type String")),
                 }
             }
             Value::Ref(r) if r.kind == crate::value::RefKind::Agent => {
                 // `Agent(prompt)` is `Agent.execute(prompt)`.
-                let start = self.stack.len() - argc;
                 let mut args = Vec::with_capacity(argc + 1);
                 args.push(Value::Ref(r));
-                args.extend(self.stack.drain(start..));
-                let method = Method::Execute;
-                let flow =
-                    methods::call_builtin_method(&mut self.ctx, method, "execute", None, &args);
-                self.flow(flow?)
+                args.extend(self.stack[base..base + argc].iter().cloned());
+                let flow = methods::call_builtin_method(
+                    &mut self.ctx,
+                    Method::Execute,
+                    "execute",
+                    None,
+                    &args,
+                );
+                self.flow(flow?, base)
             }
             Value::Path(path) => {
-                self.drop_args(argc);
                 if path.starts_with("std::") {
                     let module = path.rsplit_once("::").map(|(m, _)| m).unwrap_or("");
                     if builtins::is_std_module(module) {
@@ -509,22 +550,19 @@ impl Execution {
                     ))
                 }
             }
-            other => {
-                self.drop_args(argc);
-                Err(VmError::type_error(format!(
-                    "cannot call value of type {}",
-                    other.type_name()
-                )))
-            }
+            other => Err(VmError::type_error(format!(
+                "cannot call value of type {}",
+                other.type_name()
+            ))),
         }
     }
 
-    fn drop_args(&mut self, argc: usize) {
-        let len = self.stack.len();
-        self.stack.truncate(len - argc.min(len));
-    }
-
-    fn construct_variant(&mut self, ctor: usize, start: usize) -> Result<Flow, VmError> {
+    fn construct_variant(
+        &mut self,
+        ctor: usize,
+        base: usize,
+        argc: usize,
+    ) -> Result<Flow, VmError> {
         let vm = &self.ctx.vm;
         let Some(c) = vm.enum_ctors.get(ctor) else {
             return Err(VmError::new(
@@ -541,19 +579,18 @@ impl Execution {
         };
         let variant = &variants[c.variant as usize];
         let expected = variant.fields.as_ref().map_or(0, |f| f.len());
-        let payload: Vec<Value> = self.stack[start..].to_vec();
-        if payload.len() != expected {
+        if argc != expected {
             return Err(VmError::new(
                 ErrorKind::Arity,
                 format!(
-                    "call error: `{}::{}` takes {expected} argument{}, got {}",
+                    "call error: `{}::{}` takes {expected} argument{}, got {argc}",
                     ty.name,
                     variant.name,
                     if expected == 1 { "" } else { "s" },
-                    payload.len()
                 ),
             ));
         }
+        let payload: Vec<Value> = self.stack[base..base + argc].to_vec();
         Ok(Flow::Value(Value::Enum(Arc::new(EnumObj {
             type_name: ty.name.clone(),
             variant: variant.name.clone(),
@@ -564,12 +601,13 @@ impl Execution {
         }))))
     }
 
-    /// Turns a built-in's flow into a call outcome.
-    fn flow(&mut self, flow: Flow) -> Result<Called, VmError> {
+    /// Turns a built-in's flow into a call outcome; a value goes to register `base`.
+    fn flow(&mut self, flow: Flow, base: usize) -> Result<Called, VmError> {
         match flow {
             Flow::Value(v) => {
-                self.stack.push(v);
-                Ok(Called::Pushed)
+                self.ensure(base + 1);
+                self.stack[base] = v;
+                Ok(Called::Done)
             }
             Flow::Suspend(fut) => Ok(Called::Suspend(fut)),
             Flow::Start(cont) => {
@@ -584,10 +622,11 @@ impl Execution {
                 }
                 let idx = self.natives.len() as u32;
                 self.natives.push(Some(cont));
+                self.ensure(base + 1);
                 self.frames.push(Frame {
                     func: NATIVE_FUNC,
                     pc: 0,
-                    base: self.stack.len() as u32,
+                    base: base as u32,
                     native: idx,
                 });
                 self.pending = Some(Ok(Value::Nil));
@@ -596,8 +635,8 @@ impl Execution {
         }
     }
 
-    /// Hands a result to the top frame: pushed for a code frame, resumed for a native one.
-    /// Returns `Some(exit)` when the loop must stop.
+    /// Hands a result to the top frame: into the waiting register of a code frame, or to a
+    /// native frame's continuation. Returns `Some(exit)` when the loop must stop.
     fn deliver(&mut self, mut input: Result<Value, VmError>) -> Result<Option<Exit>, VmError> {
         loop {
             let Some(frame) = self.frames.last().copied() else {
@@ -609,7 +648,10 @@ impl Execution {
             if frame.native == NO_NATIVE {
                 return match input {
                     Ok(v) => {
-                        self.stack.push(v);
+                        self.ensure_window(frame);
+                        let dst = self.resume_dst;
+                        self.ensure(dst + 1);
+                        self.stack[dst] = v;
                         Ok(None)
                     }
                     Err(e) => Err(e),
@@ -630,16 +672,29 @@ impl Execution {
                     return Err(err);
                 }
                 Ok(Step::Return(v)) => {
+                    let base = frame.base as usize;
                     self.pop_native_frame();
-                    input = Ok(v);
+                    match self.frames.last().copied() {
+                        Some(below) if below.native == NO_NATIVE => {
+                            self.ensure_window(below);
+                            self.stack[base] = v;
+                            return Ok(None);
+                        }
+                        _ => input = Ok(v),
+                    }
                 }
                 Ok(Step::Suspend(fut)) => return Ok(Some(Exit::Suspend(fut))),
                 Ok(Step::Call(callee, args)) => {
+                    // The native frame's calls use the registers just above its base.
+                    let scratch = frame.base as usize + 1;
                     let argc = args.len();
-                    self.stack.extend(args);
-                    match self.call_value(callee, argc) {
+                    self.ensure(scratch + argc + 1);
+                    for (i, a) in args.into_iter().enumerate() {
+                        self.stack[scratch + i] = a;
+                    }
+                    match self.call_value(callee, scratch, argc) {
                         Ok(Called::Entered) => return Ok(None),
-                        Ok(Called::Pushed) => input = Ok(self.stack.pop().unwrap_or_default()),
+                        Ok(Called::Done) => input = Ok(std::mem::take(&mut self.stack[scratch])),
                         Ok(Called::Suspend(fut)) => return Ok(Some(Exit::Suspend(fut))),
                         Ok(Called::Native) => {
                             input = self.pending.take().unwrap_or(Ok(Value::Nil));
@@ -665,7 +720,6 @@ impl Execution {
 
     fn pop_native_frame(&mut self) {
         if let Some(frame) = self.frames.pop() {
-            self.stack.truncate(frame.base as usize);
             if frame.native as usize + 1 == self.natives.len() {
                 self.natives.pop();
             } else if let Some(slot) = self.natives.get_mut(frame.native as usize) {
@@ -758,7 +812,6 @@ impl Execution {
                 });
             };
             self.truncate_frames(handler.frame as usize + 1);
-            self.stack.truncate(handler.height as usize);
             let frame = self.frames[handler.frame as usize];
             let vm = self.ctx.vm.clone();
             let func = vm.program.function(frame.func);
@@ -770,7 +823,9 @@ impl Execution {
             });
             if let Some(&(clause_pc, _)) = clause {
                 self.ctx.stats.errors_caught += 1;
-                self.stack.push(value);
+                let err = handler.err as usize;
+                self.ensure(err + 1);
+                self.stack[err] = value;
                 if let Some(f) = self.frames.last_mut() {
                     f.pc = clause_pc + 1;
                 }
@@ -783,9 +838,7 @@ impl Execution {
     /// Drops frames above `len`, their natives and their handlers.
     fn truncate_frames(&mut self, len: usize) {
         while self.frames.len() > len {
-            let frame = self.frames.pop();
-            if let Some(frame) = frame {
-                self.stack.truncate(frame.base as usize);
+            if let Some(frame) = self.frames.pop() {
                 if frame.native != NO_NATIVE {
                     if frame.native as usize + 1 == self.natives.len() {
                         self.natives.pop();
@@ -802,6 +855,16 @@ impl Execution {
         {
             self.handlers.pop();
         }
+        // Release the registers of the dropped frames.
+        if let Some(top) = self.frames.last() {
+            if top.native == NO_NATIVE {
+                let size = self.ctx.vm.program.function(top.func).frame_size as usize;
+                let end = top.base as usize + size;
+                if self.stack.len() > end {
+                    self.stack.truncate(end);
+                }
+            }
+        }
     }
 
     /// Whether a `throw` here has a `try` to go to. Without one, `throw e` is
@@ -810,23 +873,41 @@ impl Execution {
         !self.handlers.is_empty()
     }
 
-    /// Returns `value` from the current code frame.
+    /// Returns `value` from the current code frame (the general path).
     fn do_return(&mut self, value: Value) -> Result<Option<Exit>, VmError> {
         let Some(frame) = self.frames.pop() else {
             return Ok(Some(Exit::Done(value)));
         };
-        self.stack.truncate(frame.base as usize);
         let depth = self.frames.len() as u32;
         while self.handlers.last().is_some_and(|h| h.frame >= depth) {
             self.handlers.pop();
         }
-        self.deliver(Ok(value))
+        let base = frame.base as usize;
+        match self.frames.last().copied() {
+            None => {
+                self.stack.clear();
+                Ok(Some(Exit::Done(value)))
+            }
+            Some(below) if below.native == NO_NATIVE => {
+                let size = self.ctx.vm.program.function(below.func).frame_size as usize;
+                self.stack.resize(below.base as usize + size, Value::Nil);
+                self.stack[base] = value;
+                Ok(None)
+            }
+            Some(_) => {
+                // A native frame waits: keep its registers (and its code frame's window).
+                let keep = self.code_window_end().max(base + 1);
+                self.stack.truncate(keep);
+                self.deliver(Ok(value))
+            }
+        }
     }
 
     /// The dispatch loop.
     fn dispatch(&mut self) -> Result<Exit, VmError> {
         let vm = self.ctx.vm.clone();
         let program: &Program = &vm.program;
+        let max_depth = self.ctx.config.max_call_depth;
         'frames: loop {
             let Some(&frame) = self.frames.last() else {
                 return Ok(Exit::Done(Value::Nil));
@@ -839,6 +920,9 @@ impl Execution {
                     "native frame resumed without input",
                 ));
             }
+            // Every register of the frame exists from here on (the verifier bounds register
+            // operands by the frame size), so register accesses below cannot fail.
+            self.ensure_window(frame);
             // The current frame, kept in locals; calls and returns between code frames switch
             // them in place.
             let mut fi = self.frames.len() - 1;
@@ -852,7 +936,7 @@ impl Execution {
                     self.frames[fi].pc = pc as u32
                 };
             }
-            // Runs a fallible expression; on error records the faulting pc first.
+            // Runs a fallible expression; on error records the faulting op first.
             macro_rules! tri {
                 ($e:expr) => {
                     match $e {
@@ -864,17 +948,20 @@ impl Execution {
                     }
                 };
             }
-            // Like `tri!`, for the component at `$at` of a superinstruction.
-            macro_rules! tri_at {
-                ($e:expr, $at:expr) => {
-                    match $e {
-                        Ok(v) => v,
-                        Err(err) => {
-                            self.frames[fi].pc = ($at) as u32;
-                            return Err(err);
-                        }
-                    }
+            macro_rules! reg {
+                ($r:expr) => {
+                    self.stack[base + $r as usize]
                 };
+            }
+            // Writes an Int into a register, in place when it already holds one.
+            macro_rules! set_int {
+                ($r:expr, $v:expr) => {{
+                    let v = $v;
+                    match &mut reg!($r) {
+                        Value::Int(slot) => *slot = v,
+                        slot => *slot = Value::Int(v),
+                    }
+                }};
             }
             // A jump, spending fuel when it goes backwards (a loop).
             macro_rules! jump {
@@ -898,90 +985,52 @@ impl Execution {
             macro_rules! ret {
                 ($v:expr) => {{
                     let v = $v;
-                    save_pc!();
-                    // Fast path: no handler of this frame, a code frame below.
                     let plain = fi >= 1
                         && self.frames[fi - 1].native == NO_NATIVE
                         && self.handlers.last().is_none_or(|h| (h.frame as usize) < fi);
                     if plain {
-                        self.stack.truncate(base);
                         self.frames.pop();
-                        self.stack.push(v);
                         fi -= 1;
                         let caller = self.frames[fi];
-                        func = program.function(caller.func);
+                        let caller_func = program.function(caller.func);
+                        // Exactly the caller's window: the callee's registers are released.
+                        self.stack.resize(
+                            caller.base as usize + caller_func.frame_size as usize,
+                            Value::Nil,
+                        );
+                        self.stack[base] = v;
+                        func = caller_func;
                         code = &func.code;
                         base = caller.base as usize;
                         pc = caller.pc as usize;
                         continue;
                     }
+                    save_pc!();
                     match self.do_return(v)? {
                         Some(exit) => return Ok(exit),
                         None => continue 'frames,
                     }
                 }};
             }
-            // The integer fast path of a fused op: pushes the result and moves on.
-            macro_rules! int_fast {
-                ($op:expr, $x:expr, $y:expr, $next:expr) => {
-                    if $op.is_comparison() {
-                        self.stack.push(Value::Bool(ops::int_cmp($op, $x, $y)));
-                        pc = $next;
-                        continue;
-                    } else if let Some(r) = ops::int_arith($op, $x, $y) {
-                        self.stack.push(Value::Int(r));
-                        pc = $next;
-                        continue;
-                    }
-                };
-            }
-            macro_rules! pop {
-                () => {
-                    self.stack.pop().unwrap_or(Value::Nil)
-                };
-            }
-            macro_rules! top {
-                () => {
-                    match self.stack.last_mut() {
-                        Some(v) => v,
-                        None => tri!(Err(VmError::new(ErrorKind::Internal, "stack underflow"))),
-                    }
-                };
-            }
             // After a call: go on inline, switch to the new frame, or leave the loop.
             macro_rules! finish_call {
-                ($called:expr) => {
-                    match self.after_call($called) {
-                        Some(exit) => return Ok(exit),
-                        None if self.frames.len() == fi + 1 => {}
-                        None => continue 'frames,
+                ($called:expr, $dst:expr) => {{
+                    self.fuel -= 1;
+                    let out_of_fuel = self.fuel == 0;
+                    if out_of_fuel {
+                        self.fuel = FUEL;
+                        self.ctx.stats.ticks += FUEL as u64;
                     }
-                };
-            }
-            // Int division and remainder: the fast path needs a non-zero divisor.
-            macro_rules! divide {
-                ($int:ident, $slow:path) => {{
-                    let b = pop!();
-                    let a = top!();
-                    match (&*a, &b) {
-                        (Value::Int(x), Value::Int(y)) if *y != 0 => *a = Value::Int(x.$int(*y)),
-                        _ => {
-                            let lhs = std::mem::take(a);
-                            *a = tri!($slow(lhs, b));
+                    match $called {
+                        Called::Done if !out_of_fuel => {}
+                        Called::Done => return Ok(Exit::Yield),
+                        Called::Entered if out_of_fuel => return Ok(Exit::Yield),
+                        Called::Entered => continue 'frames,
+                        Called::Suspend(fut) => {
+                            self.resume_dst = $dst;
+                            return Ok(Exit::Suspend(fut));
                         }
-                    }
-                }};
-            }
-            macro_rules! binary {
-                ($fast:expr, $slow:path) => {{
-                    let b = pop!();
-                    let a = top!();
-                    match (&*a, &b) {
-                        (Value::Int(x), Value::Int(y)) => *a = $fast(*x, *y),
-                        _ => {
-                            let lhs = std::mem::take(a);
-                            *a = tri!($slow(lhs, b));
-                        }
+                        Called::Native => return Ok(Exit::Resume),
                     }
                 }};
             }
@@ -989,67 +1038,79 @@ impl Execution {
             loop {
                 let Some(&op) = code.get(pc) else {
                     // Running off the end returns nil.
-                    save_pc!();
-                    match self.do_return(Value::Nil)? {
-                        Some(exit) => return Ok(exit),
-                        None => continue 'frames,
-                    }
+                    ret!(Value::Nil)
                 };
                 pc += 1;
                 match op {
-                    Op::LoadConst(idx) | Op::Push(idx) => {
-                        let v = vm.consts[idx as usize].clone();
-                        self.stack.push(v);
+                    Op::LoadConst { dst, k } => reg!(dst) = vm.consts[k as usize].clone(),
+                    Op::Move { dst, src } => {
+                        let v = reg!(src).clone();
+                        reg!(dst) = v;
                     }
-                    Op::LoadLocal { slot, global } => {
-                        let v = &self.stack[base + slot as usize];
-                        if let Value::Unset = v {
-                            let v = tri!(self.load_global(global));
-                            self.stack.push(v);
-                        } else {
-                            let v = v.clone();
-                            self.stack.push(v);
+                    Op::LoadLocal { dst, slot, global } => {
+                        let v = match &reg!(slot) {
+                            Value::Unset => tri!(self.load_global(global)),
+                            v => v.clone(),
+                        };
+                        reg!(dst) = v;
+                    }
+                    Op::LoadGlobal { dst, global } => {
+                        let v = match &self.ctx.globals[global as usize] {
+                            Value::Unset => tri!(self.load_global(global)),
+                            v => v.clone(),
+                        };
+                        reg!(dst) = v;
+                    }
+                    Op::StoreGlobal { src, global } => {
+                        self.ctx.globals[global as usize] = reg!(src).clone();
+                    }
+                    Op::Bin { op, dst, a, b } => {
+                        if let (&Value::Int(x), &Value::Int(y)) = (&reg!(a), &reg!(b)) {
+                            if op.is_comparison() {
+                                reg!(dst) = Value::Bool(ops::int_cmp(op, x, y));
+                                continue;
+                            }
+                            if let Some(r) = ops::int_arith(op, x, y) {
+                                set_int!(dst, r);
+                                continue;
+                            }
                         }
-                    }
-                    Op::StoreLocal(slot) => {
-                        let v = pop!();
-                        self.stack[base + slot as usize] = v;
-                    }
-                    Op::LoadGlobal(id) => {
-                        let v = &self.ctx.globals[id as usize];
-                        if let Value::Unset = v {
-                            let v = tri!(self.load_global(id));
-                            self.stack.push(v);
-                        } else {
-                            let v = v.clone();
-                            self.stack.push(v);
+                        if op == BinOp::Add && dst == a {
+                            // `s = s + t` (or a string under construction): append in place.
+                            if let Value::Str(_) = &reg!(a) {
+                                let rhs = reg!(b).clone();
+                                if let Value::Str(s) = &mut reg!(a) {
+                                    append_display(s, &rhs);
+                                }
+                                continue;
+                            }
                         }
+                        let v = tri!(ops::binary(op, &reg!(a), &reg!(b)));
+                        reg!(dst) = v;
                     }
-                    Op::StoreGlobal(id) => {
-                        let v = pop!();
-                        self.ctx.globals[id as usize] = v;
-                    }
-                    Op::Pop => {
-                        self.stack.pop();
-                    }
-                    Op::Dup => {
-                        let v = top!().clone();
-                        self.stack.push(v);
-                    }
-                    Op::Swap => {
-                        let len = self.stack.len();
-                        if len >= 2 {
-                            self.stack.swap(len - 1, len - 2);
+                    Op::BinK { op, dst, a, k } => {
+                        let rhs = &vm.consts[k as usize];
+                        if let (&Value::Int(x), &Value::Int(y)) = (&reg!(a), rhs) {
+                            if op.is_comparison() {
+                                reg!(dst) = Value::Bool(ops::int_cmp(op, x, y));
+                                continue;
+                            }
+                            if let Some(r) = ops::int_arith(op, x, y) {
+                                set_int!(dst, r);
+                                continue;
+                            }
                         }
+                        if op == BinOp::Add && dst == a {
+                            if let Value::Str(s) = &mut reg!(a) {
+                                append_display(s, rhs);
+                                continue;
+                            }
+                        }
+                        let v = tri!(ops::binary(op, &reg!(a), rhs));
+                        reg!(dst) = v;
                     }
-                    Op::Add => binary!(|x: i64, y: i64| Value::Int(x.wrapping_add(y)), ops::add),
-                    Op::Sub => binary!(|x: i64, y: i64| Value::Int(x.wrapping_sub(y)), ops::sub),
-                    Op::Mul => binary!(|x: i64, y: i64| Value::Int(x.wrapping_mul(y)), ops::mul),
-                    Op::Div => divide!(wrapping_div, ops::div),
-                    Op::Mod => divide!(wrapping_rem, ops::rem),
-                    Op::Neg => {
-                        let a = top!();
-                        *a = match &*a {
+                    Op::Neg { dst, src } => {
+                        let v = match &reg!(src) {
                             Value::Int(x) => Value::Int(x.wrapping_neg()),
                             Value::Float(x) => Value::Float(-x),
                             other => tri!(Err(VmError::type_error(format!(
@@ -1057,122 +1118,163 @@ impl Execution {
                                 other.type_name()
                             )))),
                         };
+                        reg!(dst) = v;
                     }
-                    Op::Eq => {
-                        let b = pop!();
-                        let a = top!();
-                        let r = match (&*a, &b) {
-                            (Value::Int(x), Value::Int(y)) => x == y,
-                            _ => a.equals(&b),
+                    Op::Not { dst, src } => {
+                        let v = !reg!(src).is_truthy();
+                        reg!(dst) = Value::Bool(v);
+                    }
+                    Op::And { dst, a, b } => {
+                        let v = reg!(a).is_truthy() && reg!(b).is_truthy();
+                        reg!(dst) = Value::Bool(v);
+                    }
+                    Op::Or { dst, a, b } => {
+                        let v = reg!(a).is_truthy() || reg!(b).is_truthy();
+                        reg!(dst) = Value::Bool(v);
+                    }
+                    Op::Jump { target } => jump!(target),
+                    Op::JumpIf { cond, when, target } => {
+                        let truthy = match &reg!(cond) {
+                            Value::Bool(b) => *b,
+                            other => other.is_truthy(),
                         };
-                        *a = Value::Bool(r);
-                    }
-                    Op::Neq => {
-                        let b = pop!();
-                        let a = top!();
-                        let r = match (&*a, &b) {
-                            (Value::Int(x), Value::Int(y)) => x != y,
-                            _ => !a.equals(&b),
-                        };
-                        *a = Value::Bool(r);
-                    }
-                    Op::Lt | Op::Gt | Op::Lte | Op::Gte => {
-                        let b = pop!();
-                        let a = top!();
-                        let ord = match (&*a, &b) {
-                            (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
-                            _ => tri!(ops::compare(&*a, &b, op)),
-                        };
-                        let r = match ord {
-                            None => false,
-                            Some(o) => match op {
-                                Op::Lt => o.is_lt(),
-                                Op::Gt => o.is_gt(),
-                                Op::Lte => o.is_le(),
-                                _ => o.is_ge(),
-                            },
-                        };
-                        *a = Value::Bool(r);
-                    }
-                    Op::And => {
-                        let b = pop!();
-                        let a = top!();
-                        *a = Value::Bool(a.is_truthy() && b.is_truthy());
-                    }
-                    Op::Or => {
-                        let b = pop!();
-                        let a = top!();
-                        *a = Value::Bool(a.is_truthy() || b.is_truthy());
-                    }
-                    Op::Not => {
-                        let a = top!();
-                        *a = Value::Bool(!a.is_truthy());
-                    }
-                    Op::Jump(target) => jump!(target),
-                    Op::JumpIfTrue(target) => {
-                        let c = pop!();
-                        if c.is_truthy() {
-                            pc = target as usize;
+                        if truthy == when {
+                            jump!(target);
                         }
                     }
-                    Op::JumpIfFalse(target) => {
-                        let c = pop!();
-                        let falsy = match c {
-                            Value::Bool(b) => !b,
-                            other => !other.is_truthy(),
+                    Op::CmpJump {
+                        op,
+                        when,
+                        a,
+                        b,
+                        target,
+                    } => {
+                        let r = match (&reg!(a), &reg!(b)) {
+                            (&Value::Int(x), &Value::Int(y)) => ops::int_cmp(op, x, y),
+                            (x, y) => tri!(ops::truth(op, x, y)),
                         };
-                        if falsy {
-                            pc = target as usize;
+                        if r == when {
+                            jump!(target);
                         }
                     }
-                    Op::Return => {
-                        let v = if self.stack.len() > base + func.n_slots as usize {
-                            pop!()
-                        } else {
-                            Value::Nil
+                    Op::CmpJumpK {
+                        op,
+                        when,
+                        a,
+                        target,
+                        k,
+                    } => {
+                        let r = match (&reg!(a), &vm.consts[k as usize]) {
+                            (&Value::Int(x), &Value::Int(y)) => ops::int_cmp(op, x, y),
+                            (x, y) => tri!(ops::truth(op, x, y)),
                         };
+                        if r == when {
+                            jump!(target);
+                        }
+                    }
+                    Op::Return { src } => {
+                        let v = reg!(src).clone();
                         ret!(v)
                     }
-                    Op::Call(argc) => {
-                        let callee = pop!();
+                    Op::ReturnNil => ret!(Value::Nil),
+                    Op::Call { base: cb, argc } => {
+                        let at = base + cb as usize;
+                        let callee = self.stack[at + argc as usize].clone();
                         save_pc!();
-                        let called = tri!(self.call_value(callee, argc as usize));
-                        finish_call!(called);
+                        let called = tri!(self.call_value(callee, at, argc as usize));
+                        finish_call!(called, at);
                     }
-                    Op::CallMethod { argc, name } => {
+                    Op::CallGlobal {
+                        base: cb,
+                        argc,
+                        global,
+                    } => {
+                        let at = base + cb as usize;
+                        // Fast path: a user function with the right arity and no `self`.
+                        if let Value::Func(f) = self.ctx.globals[global as usize] {
+                            let callee = program.function(f.id);
+                            if callee.n_params == argc
+                                && callee.self_slot.is_none()
+                                && self.frames.len() < max_depth
+                            {
+                                save_pc!();
+                                let size = callee.frame_size as usize;
+                                if self.stack.len() < at + size {
+                                    self.stack.resize(at + size, Value::Nil);
+                                }
+                                for slot in &mut self.stack
+                                    [at + argc as usize..at + callee.n_slots as usize]
+                                {
+                                    *slot = Value::Unset;
+                                }
+                                self.frames.push(Frame {
+                                    func: f.id,
+                                    pc: 0,
+                                    base: at as u32,
+                                    native: NO_NATIVE,
+                                });
+                                self.fuel -= 1;
+                                if self.fuel == 0 {
+                                    self.fuel = FUEL;
+                                    self.ctx.stats.ticks += FUEL as u64;
+                                    return Ok(Exit::Yield);
+                                }
+                                fi += 1;
+                                func = callee;
+                                code = &func.code;
+                                base = at;
+                                pc = 0;
+                                continue;
+                            }
+                        }
+                        let callee = match &self.ctx.globals[global as usize] {
+                            Value::Unset => tri!(self.load_global(global)),
+                            v => v.clone(),
+                        };
                         save_pc!();
-                        let called = tri!(self.call_method(argc as usize, name, None));
-                        finish_call!(called);
+                        let called = tri!(self.call_value(callee, at, argc as usize));
+                        finish_call!(called, at);
                     }
-                    Op::CallSite(idx) => {
+                    Op::CallMethod {
+                        base: cb,
+                        argc,
+                        name,
+                    } => {
+                        let at = base + cb as usize;
                         save_pc!();
-                        let called = tri!(self.call_site(idx));
-                        finish_call!(called);
+                        let called = tri!(self.call_method(at, argc as usize, name, None));
+                        finish_call!(called, at);
                     }
-                    Op::Emit => {
-                        let payload = pop!();
-                        let channel = pop!();
-                        let channel = match &channel {
+                    Op::CallSite { base: cb, site } => {
+                        let at = base + cb as usize;
+                        save_pc!();
+                        let called = tri!(self.call_site(at, site));
+                        finish_call!(called, at);
+                    }
+                    Op::Emit { chan, payload } => {
+                        let channel = match &reg!(chan) {
                             Value::Str(s) => s.clone(),
                             other => Str::from(other.to_display()),
                         };
-                        tri!(self.ctx.emit(&channel, &payload));
+                        let payload = &self.stack[base + payload as usize];
+                        tri!(self.ctx.emit(&channel, payload));
                     }
-                    Op::EmitAwait => {
-                        let payload = pop!();
-                        let channel = pop!().to_display();
+                    Op::EmitAwait { chan, payload } => {
+                        let channel = reg!(chan).to_display();
+                        let payload = reg!(payload).clone();
                         self.ctx.stats.emits += 1;
                         let fut = self.ctx.host.emit.emit_await(&channel, payload);
                         save_pc!();
+                        self.resume_dst = base + chan as usize;
                         return Ok(Exit::Suspend(Box::pin(async move {
                             fut.await.map_err(VmError::from)
                         })));
                     }
-                    Op::TryBegin(chain) => {
+                    Op::TryBegin { chain, err } => {
                         self.handlers.push(Handler {
                             chain,
                             frame: fi as u32,
-                            height: self.stack.len() as u32,
+                            err: (base + err as usize) as u32,
                         });
                     }
                     Op::TryEnd => {
@@ -1180,13 +1282,12 @@ impl Execution {
                             self.handlers.pop();
                         }
                     }
-                    Op::Catch(end) => {
+                    Op::Catch { end } => {
                         // Reached by falling through: the previous clause is done.
                         pc = end as usize;
                     }
-                    Op::Throw => {
-                        let v = pop!();
-                        save_pc!();
+                    Op::Throw { src } => {
+                        let v = reg!(src).clone();
                         self.frames[fi].pc = (pc - 1) as u32;
                         if self.has_any_handler() {
                             self.unwind(v, None)?;
@@ -1198,66 +1299,60 @@ impl Execution {
                             Value::Err(_) => v,
                             other => Value::err(other),
                         };
-                        match self.do_return(v)? {
-                            Some(exit) => return Ok(exit),
-                            None => continue 'frames,
-                        }
+                        ret!(v)
                     }
-                    Op::Propagate => {
-                        let v = pop!();
-                        let payload = match &v {
+                    Op::Propagate { reg } => {
+                        let payload = match &reg!(reg) {
                             Value::Ok(inner) | Value::Some(inner) => {
-                                self.stack.push((**inner).clone());
+                                let inner = (**inner).clone();
+                                reg!(reg) = inner;
                                 continue;
                             }
                             Value::Err(e) => (**e).clone(),
                             Value::None => Value::None,
-                            _ => {
-                                self.stack.push(v);
-                                continue;
-                            }
+                            _ => continue,
                         };
                         self.frames[fi].pc = (pc - 1) as u32;
                         if self.handlers.last().is_some_and(|h| h.frame as usize == fi) {
                             self.unwind(payload, None)?;
                             return Ok(Exit::Resume);
                         }
-                        match self.do_return(v)? {
-                            Some(exit) => return Ok(exit),
-                            None => continue 'frames,
-                        }
+                        let v = reg!(reg).clone();
+                        ret!(v)
                     }
-                    Op::BuildArray(n) => {
-                        let start = self.stack.len() - n as usize;
-                        let items: Vec<Value> = self.stack.drain(start..).collect();
-                        self.stack.push(Value::array(items));
+                    Op::BuildArray { start, n } => {
+                        let from = base + start as usize;
+                        let items: Vec<Value> = self.stack[from..from + n as usize]
+                            .iter_mut()
+                            .map(std::mem::take)
+                            .collect();
+                        reg!(start) = Value::array(items);
                     }
-                    Op::BuildMap(n) => {
-                        let start = self.stack.len() - 2 * n as usize;
+                    Op::BuildMap { start, n } => {
+                        let from = base + start as usize;
                         let mut map = crate::value::MapInner::with_capacity_and_hasher(
                             n as usize,
                             Default::default(),
                         );
-                        let mut it = self.stack.drain(start..);
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            let key = match k {
+                        for pair in self.stack[from..from + 2 * n as usize].chunks_exact_mut(2) {
+                            let key = match std::mem::take(&mut pair[0]) {
                                 Value::Str(s) => s,
                                 other => Str::from(other.to_display()),
                             };
-                            map.insert(key, v);
+                            map.insert(key, std::mem::take(&mut pair[1]));
                         }
-                        drop(it);
-                        self.stack.push(Value::Map(crate::value::Map::new(map)));
+                        reg!(start) = Value::Map(crate::value::Map::new(map));
                     }
-                    Op::BuildStruct(shape) => {
+                    Op::BuildStruct { start, shape } => {
                         let layout = &vm.shapes[shape as usize];
                         let n = program.shapes[shape as usize].fields.len();
-                        let start = self.stack.len() - n;
+                        let from = base + start as usize;
+                        let literal = self.stack[from..from + n].iter_mut().map(std::mem::take);
                         let values: Vec<Value> = match &layout.order {
-                            None => self.stack.drain(start..).collect(),
+                            None => literal.collect(),
                             Some(order) => {
                                 let mut fields = vec![Value::Nil; layout.ty.fields.len()];
-                                for (v, &pos) in self.stack.drain(start..).zip(order) {
+                                for (v, &pos) in literal.zip(order) {
                                     fields[pos as usize] = v;
                                 }
                                 fields
@@ -1285,321 +1380,84 @@ impl Execution {
                                 }))
                             }
                         };
-                        self.stack.push(value);
+                        reg!(start) = value;
                     }
-                    Op::FieldGet(name) => {
-                        let a = top!();
-                        let v = tri!(ops::field_get(&*a, program.name(name)));
-                        *a = v;
-                    }
-                    Op::FieldSet(name) => {
-                        let v = pop!();
-                        let obj = pop!();
-                        tri!(ops::field_set(&obj, program.name(name), v));
-                    }
-                    Op::IndexGet => {
-                        let idx = pop!();
-                        let a = top!();
-                        let v = match (&*a, &idx) {
-                            (Value::Array(arr), Value::Int(i)) => {
-                                let items = arr.0.lock();
-                                match usize::try_from(*i).ok().and_then(|i| items.get(i)) {
-                                    Some(v) => v.clone(),
-                                    None => {
-                                        let len = items.len();
-                                        drop(items);
-                                        tri!(Err(VmError::index_out_of_bounds(*i, len)))
-                                    }
-                                }
-                            }
-                            _ => tri!(ops::index_get(&*a, &idx)),
-                        };
-                        *a = v;
-                    }
-                    Op::IndexSet => {
-                        let v = pop!();
-                        let idx = pop!();
-                        let coll = pop!();
-                        tri!(ops::index_set(&coll, idx, v));
-                    }
-                    Op::Cast(target) => {
-                        let a = top!();
-                        let v = std::mem::take(a);
-                        *a = cast(v, target);
-                    }
-                    Op::CheckType(name) => {
-                        let a = top!();
-                        let r = ops::check_type(&*a, program.name(name));
-                        *a = Value::Bool(r);
-                    }
-                    Op::Await => {
-                        let v = pop!();
-                        save_pc!();
-                        match v {
-                            Value::Object(obj) => match crate::task::await_value(&obj) {
-                                Some(fut) => return Ok(Exit::Suspend(fut)),
-                                None => self.stack.push(Value::Object(obj)),
-                            },
-                            other => self.stack.push(other),
-                        }
-                    }
-                    Op::AwaitAll(n) => {
-                        let start = self.stack.len() - n as usize;
-                        let items: Vec<Value> = self.stack.drain(start..).collect();
-                        save_pc!();
-                        match crate::task::await_all(items) {
-                            Ok(v) => self.stack.push(v),
-                            Err(fut) => return Ok(Exit::Suspend(fut)),
-                        }
-                    }
-                    Op::SpawnAsync => {
-                        tri!(Err(VmError::unsupported(
-                            "SPAWN_ASYNC (spawning concurrent tasks) is not implemented yet"
-                        )));
-                    }
-                    Op::BinLocalConst { op, slot, konst } => {
-                        let start = pc - 1;
-                        let a = &self.stack[base + slot as usize];
-                        let b = &vm.consts[konst as usize];
-                        if let (&Value::Int(x), &Value::Int(y)) = (a, b) {
-                            int_fast!(op, x, y, start + 3);
-                        }
-                        let a = &self.stack[base + slot as usize];
-                        let v = tri_at!(ops::binary(op, a, b), start + 2);
-                        self.stack.push(v);
-                        pc = start + 3;
-                    }
-                    Op::BinLocalLocal { op, a, b } => {
-                        let start = pc - 1;
-                        let x = &self.stack[base + a as usize];
-                        let y = &self.stack[base + b as usize];
-                        if let (&Value::Int(x), &Value::Int(y)) = (x, y) {
-                            int_fast!(op, x, y, start + 3);
-                        }
-                        let x = &self.stack[base + a as usize];
-                        let y = &self.stack[base + b as usize];
-                        let v = tri_at!(ops::binary(op, x, y), start + 2);
-                        self.stack.push(v);
-                        pc = start + 3;
-                    }
-                    Op::BinLocalConstStore { op, slot, dest, konst, len } => {
-                        let start = pc - 1;
-                        let b = &vm.consts[konst as usize];
-                        let a = &mut self.stack[base + slot as usize];
-                        match (&mut *a, b) {
-                            (Value::Int(x), Value::Int(y)) if slot == dest => {
-                                if let Some(Value::Int(r)) = ops::int_bin(op, *x, *y) {
-                                    *x = r;
-                                    pc = start + len as usize;
-                                    continue;
-                                }
-                            }
-                            (Value::Str(s), b) if slot == dest && op == BinOp::Add => {
-                                // `s = s + c`: append in place when `s` is not shared.
-                                match b {
-                                    Value::Str(t) => s.push_str(t),
-                                    other => s.push_str(&other.to_display()),
-                                }
-                                pc = start + len as usize;
-                                continue;
-                            }
-                            _ => {}
-                        }
-                        let a = &self.stack[base + slot as usize];
-                        let v = match (a, b) {
-                            (&Value::Int(x), &Value::Int(y)) if !op.is_comparison() && y != 0 => {
-                                Value::Int(ops::int_arith(op, x, y).unwrap_or_default())
-                            }
-                            _ => tri_at!(ops::binary(op, a, b), start + 2),
-                        };
-                        self.stack[base + dest as usize] = v;
-                        pc = start + len as usize;
-                    }
-                    Op::BinLocalLocalStore { op, a, b, dest, len } => {
-                        let start = pc - 1;
-                        if op == BinOp::Add && a == dest {
-                            if let Value::Str(_) = &self.stack[base + a as usize] {
-                                // `s = s + t`: append in place when `s` is not shared.
-                                let rhs = self.stack[base + b as usize].clone();
-                                if let Value::Str(s) = &mut self.stack[base + a as usize] {
-                                    match &rhs {
-                                        Value::Str(t) => s.push_str(t),
-                                        other => s.push_str(&other.to_display()),
-                                    }
-                                }
-                                pc = start + len as usize;
-                                continue;
-                            }
-                        }
-                        let x = &self.stack[base + a as usize];
-                        let y = &self.stack[base + b as usize];
-                        let v = match (x, y) {
-                            (&Value::Int(x), &Value::Int(y)) if !op.is_comparison() && y != 0 => {
-                                Value::Int(ops::int_arith(op, x, y).unwrap_or_default())
-                            }
-                            _ => tri_at!(ops::binary(op, x, y), start + 2),
-                        };
-                        self.stack[base + dest as usize] = v;
-                        pc = start + len as usize;
-                    }
-                    Op::BinConst { op, konst } => {
-                        let start = pc - 1;
-                        let b = &vm.consts[konst as usize];
-                        let a = top!();
-                        match (&mut *a, b) {
-                            (Value::Int(x), &Value::Int(y)) => {
-                                if op.is_comparison() {
-                                    *a = Value::Bool(ops::int_cmp(op, *x, y));
-                                    pc = start + 2;
-                                    continue;
-                                } else if let Some(r) = ops::int_arith(op, *x, y) {
-                                    *x = r;
-                                    pc = start + 2;
-                                    continue;
-                                }
-                            }
-                            (Value::Str(s), b) if op == BinOp::Add => {
-                                match b {
-                                    Value::Str(t) => s.push_str(t),
-                                    other => s.push_str(&other.to_display()),
-                                }
-                                pc = start + 2;
-                                continue;
-                            }
-                            _ => {}
-                        }
-                        let v = tri_at!(ops::binary(op, &*a, b), start + 1);
-                        *a = v;
-                        pc = start + 2;
-                    }
-                    Op::Branch { op, jump_if, target } => {
-                        let start = pc - 1;
-                        let b = pop!();
-                        let a = pop!();
-                        let r = match (&a, &b) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_cmp(op, *x, *y),
-                            _ => tri_at!(ops::truth(op, &a, &b), start),
-                        };
-                        if r == jump_if {
-                            jump!(target);
-                        } else {
-                            pc = start + 2;
-                        }
-                    }
-                    Op::BranchLocalConst { op, slot, konst, target } => {
-                        let start = pc - 1;
-                        let a = &self.stack[base + slot as usize];
-                        let b = &vm.consts[konst as usize];
-                        let r = match (a, b) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_cmp(op, *x, *y),
-                            _ => tri_at!(ops::truth(op, a, b), start + 2),
-                        };
-                        if r {
-                            pc = start + 4;
-                        } else {
-                            jump!(target);
-                        }
-                    }
-                    Op::BranchLocalLocal { op, a, b, target } => {
-                        let start = pc - 1;
-                        let x = &self.stack[base + a as usize];
-                        let y = &self.stack[base + b as usize];
-                        let r = match (x, y) {
-                            (Value::Int(x), Value::Int(y)) => ops::int_cmp(op, *x, *y),
-                            _ => tri_at!(ops::truth(op, x, y), start + 2),
-                        };
-                        if r {
-                            pc = start + 4;
-                        } else {
-                            jump!(target);
-                        }
-                    }
-                    Op::StoreLocalDiscard(slot) => {
-                        let v = pop!();
-                        self.stack[base + slot as usize] = v;
-                        pc += 2;
-                    }
-                    Op::Nop2 => pc += 1,
-                    Op::CallGlobal { global, argc } => {
-                        pc += 1;
-                        // Fast path: a user function with the right arity.
-                        if let Value::Func(f) = self.ctx.globals[global as usize] {
-                            let callee = program.function(f.id);
-                            if callee.n_params as u32 == argc
-                                && callee.self_slot.is_none()
-                                && self.frames.len() < self.ctx.config.max_call_depth
-                            {
-                                save_pc!();
-                                let new_base = self.stack.len() - argc as usize;
-                                for _ in argc..callee.n_slots as u32 {
-                                    self.stack.push(Value::Unset);
-                                }
-                                self.frames.push(Frame {
-                                    func: f.id,
-                                    pc: 0,
-                                    base: new_base as u32,
-                                    native: NO_NATIVE,
-                                });
-                                self.fuel -= 1;
-                                if self.fuel == 0 {
-                                    self.fuel = FUEL;
-                                    self.ctx.stats.ticks += FUEL as u64;
-                                    return Ok(Exit::Yield);
-                                }
-                                fi += 1;
-                                func = callee;
-                                code = &callee.code;
-                                base = new_base;
-                                pc = 0;
-                                continue;
-                            }
-                        }
-                        let callee = match &self.ctx.globals[global as usize] {
-                            Value::Unset => tri!(self.load_global(global)),
-                            v => v.clone(),
-                        };
-                        save_pc!();
-                        let called = tri!(self.call_value(callee, argc as usize));
-                        finish_call!(called);
-                    }
-                    Op::ReturnLocal(slot) => {
-                        let v = self.stack[base + slot as usize].clone();
-                        pc += 1;
-                        ret!(v)
-                    }
-                    Op::FieldGetLocal { slot, name } => {
-                        pc += 1;
-                        let obj = &self.stack[base + slot as usize];
+                    Op::FieldGet { dst, obj, name } => {
                         let field = program.name(name);
-                        let v = match obj {
+                        let v = match &reg!(obj) {
                             Value::Struct(s) => match s.ty.field_index(field) {
                                 Some(idx) => s.fields.lock()[idx].clone(),
                                 None => tri!(Err(VmError::no_field(field, &s.ty.name))),
                             },
                             other => tri!(ops::field_get(other, field)),
                         };
-                        self.stack.push(v);
+                        reg!(dst) = v;
+                    }
+                    Op::FieldSet { obj, src, name } => {
+                        let v = reg!(src).clone();
+                        tri!(ops::field_set(&reg!(obj), program.name(name), v));
+                    }
+                    Op::IndexGet { dst, coll, idx } => {
+                        let v = match (&reg!(coll), &reg!(idx)) {
+                            (Value::Array(arr), &Value::Int(i)) => {
+                                let items = arr.0.lock();
+                                match usize::try_from(i).ok().and_then(|i| items.get(i)) {
+                                    Some(v) => v.clone(),
+                                    None => {
+                                        let len = items.len();
+                                        drop(items);
+                                        tri!(Err(VmError::index_out_of_bounds(i, len)))
+                                    }
+                                }
+                            }
+                            (c, i) => tri!(ops::index_get(c, i)),
+                        };
+                        reg!(dst) = v;
+                    }
+                    Op::IndexSet { coll, idx, src } => {
+                        let v = reg!(src).clone();
+                        let i = reg!(idx).clone();
+                        tri!(ops::index_set(&reg!(coll), i, v));
+                    }
+                    Op::Cast { reg, target } => {
+                        let v = std::mem::take(&mut reg!(reg));
+                        reg!(reg) = cast(v, target);
+                    }
+                    Op::CheckType { reg, name } => {
+                        let r = ops::check_type(&reg!(reg), program.name(name));
+                        reg!(reg) = Value::Bool(r);
+                    }
+                    Op::Await { reg } => {
+                        if let Value::Object(obj) = &reg!(reg) {
+                            if let Some(fut) = crate::task::await_value(obj) {
+                                save_pc!();
+                                self.resume_dst = base + reg as usize;
+                                return Ok(Exit::Suspend(fut));
+                            }
+                        }
+                    }
+                    Op::AwaitAll { start, n } => {
+                        let from = base + start as usize;
+                        let items: Vec<Value> = self.stack[from..from + n as usize]
+                            .iter_mut()
+                            .map(std::mem::take)
+                            .collect();
+                        match crate::task::await_all(items) {
+                            Ok(v) => reg!(start) = v,
+                            Err(fut) => {
+                                save_pc!();
+                                self.resume_dst = from;
+                                return Ok(Exit::Suspend(fut));
+                            }
+                        }
+                    }
+                    Op::SpawnAsync { .. } => {
+                        tri!(Err(VmError::unsupported(
+                            "SPAWN_ASYNC (spawning concurrent tasks) is not implemented yet"
+                        )));
                     }
                 }
             }
-        }
-    }
-
-    /// Finishes a call instruction: pushes a ready value, or says how the loop continues.
-    /// `None` with the same frame on top means "carry on with the next instruction".
-    #[inline]
-    fn after_call(&mut self, called: Called) -> Option<Exit> {
-        self.fuel -= 1;
-        let out_of_fuel = self.fuel == 0;
-        if out_of_fuel {
-            self.fuel = FUEL;
-            self.ctx.stats.ticks += FUEL as u64;
-        }
-        match called {
-            Called::Entered => out_of_fuel.then_some(Exit::Yield),
-            Called::Pushed => out_of_fuel.then_some(Exit::Yield),
-            Called::Suspend(fut) => Some(Exit::Suspend(fut)),
-            Called::Native => Some(Exit::Resume),
         }
     }
 
@@ -1623,19 +1481,20 @@ impl Execution {
         }
     }
 
-    /// `CALL_METHOD`: receiver below `argc` arguments.
+    /// `CALL_METHOD`: the receiver in `base`, the arguments after it; the result goes to
+    /// `base`.
     fn call_method(
         &mut self,
+        base: usize,
         argc: usize,
         name: concerto_ir::NameId,
         schema: Option<u32>,
     ) -> Result<Called, VmError> {
-        let recv_idx = self.stack.len() - argc - 1;
         // Hashmap get/has/set answered at once by the store: no intermediate values.
-        if let Value::Ref(r) = self.stack[recv_idx] {
+        if let Value::Ref(r) = self.stack[base] {
             if r.kind == crate::value::RefKind::Hashmap {
                 let method = self.ctx.vm.methods[name as usize];
-                if let Some(called) = self.hashmap_fast(r.index, method, argc, recv_idx) {
+                if let Some(called) = self.hashmap_fast(r.index, method, argc, base) {
                     return called;
                 }
             }
@@ -1643,7 +1502,7 @@ impl Execution {
         // User methods on structs, enums and tools.
         let user = {
             let vm = &self.ctx.vm;
-            match &self.stack[recv_idx] {
+            match &self.stack[base] {
                 Value::Struct(s) if s.ty.key != u32::MAX => {
                     vm.method_table.get(&(s.ty.key, name)).copied()
                 }
@@ -1659,7 +1518,6 @@ impl Execution {
                         Some((_, fid)) => Some(*fid),
                         None => {
                             let tool_name = tool.decl.name.clone();
-                            self.drop_args(argc + 1);
                             return Err(VmError::type_error(format!(
                                 "tool `{tool_name}` has no method '{method}'"
                             )));
@@ -1670,13 +1528,13 @@ impl Execution {
             }
         };
         if let Some(fid) = user {
-            if let Value::Ref(r) = self.stack[recv_idx] {
+            if let Value::Ref(r) = self.stack[base] {
                 // A tool method's `self` is the tool instance.
                 if r.kind == crate::value::RefKind::Tool {
-                    self.stack[recv_idx] = self.ctx.vm.tool_instances[r.index as usize].clone();
+                    self.stack[base] = self.ctx.vm.tool_instances[r.index as usize].clone();
                 }
             }
-            self.enter(fid, argc, true)?;
+            self.enter(fid, base, argc, true)?;
             return Ok(Called::Entered);
         }
         let vm = self.ctx.vm.clone();
@@ -1687,10 +1545,9 @@ impl Execution {
             method,
             method_name,
             schema,
-            &self.stack[recv_idx..],
+            &self.stack[base..base + argc + 1],
         );
-        self.stack.truncate(recv_idx);
-        self.flow(flow?)
+        self.flow(flow?, base)
     }
 
     /// `map.get(k)`, `map.has(k)`, `map.set(k, v)` straight to the store, without the
@@ -1701,20 +1558,18 @@ impl Execution {
         map: u32,
         method: Method,
         argc: usize,
-        recv_idx: usize,
+        base: usize,
     ) -> Option<Result<Called, VmError>> {
         use crate::host::{HostError, Reply};
         fn done<T: Send + 'static>(
-            stack: &mut Vec<Value>,
-            recv_idx: usize,
+            slot: &mut Value,
             r: Reply<Result<T, HostError>>,
             to_value: fn(T) -> Value,
         ) -> Result<Called, VmError> {
-            stack.truncate(recv_idx);
             match r {
                 Reply::Ready(Ok(v)) => {
-                    stack.push(to_value(v));
-                    Ok(Called::Pushed)
+                    *slot = to_value(v);
+                    Ok(Called::Done)
                 }
                 Reply::Ready(Err(e)) => Err(e.into()),
                 Reply::Pending(fut) => Ok(Called::Suspend(Box::pin(async move {
@@ -1722,55 +1577,52 @@ impl Execution {
                 }))),
             }
         }
-        let args = &self.stack[recv_idx + 1..];
         let store = &*self.ctx.host.memory;
         let text;
-        let key = match args.first() {
-            Some(Value::Str(s)) => s.as_str(),
-            Some(other) => {
+        let key = match self.stack.get(base + 1) {
+            Some(Value::Str(s)) if argc >= 1 => s.as_str(),
+            Some(other) if argc >= 1 => {
                 text = other.to_display();
                 text.as_str()
             }
-            None => return None,
+            _ => return None,
         };
         Some(match (method, argc) {
             (Method::Get, 1) => {
                 let r = store.hashmap_get(map, key);
-                done(&mut self.stack, recv_idx, r, Value::option)
+                done(&mut self.stack[base], r, Value::option)
             }
             (Method::Has, 1) => {
                 let r = store.hashmap_has(map, key);
-                done(&mut self.stack, recv_idx, r, Value::Bool)
+                done(&mut self.stack[base], r, Value::Bool)
             }
             (Method::Set, 2) => {
-                let k = match &args[0] {
+                let k = match &self.stack[base + 1] {
                     Value::Str(s) => s.clone(),
                     _ => Str::from(key),
                 };
-                let r = store.hashmap_set(map, k, args[1].clone());
-                done(&mut self.stack, recv_idx, r, |()| Value::Nil)
+                let v = self.stack[base + 2].clone();
+                let r = store.hashmap_set(map, k, v);
+                done(&mut self.stack[base], r, |()| Value::Nil)
             }
             _ => return None,
         })
     }
 
-    fn call_site(&mut self, idx: u32) -> Result<Called, VmError> {
+    fn call_site(&mut self, base: usize, idx: u32) -> Result<Called, VmError> {
         let vm = self.ctx.vm.clone();
         match &vm.program.call_sites[idx as usize] {
             concerto_ir::CallSite::MethodWithSchema { name, argc, schema } => {
-                self.call_method(*argc as usize, *name, Some(*schema))
+                self.call_method(base, *argc as usize, *name, Some(*schema))
             }
             concerto_ir::CallSite::Native { name, argc } => {
                 let argc = *argc as usize;
                 let native = vm.program.name(*name);
                 match builtins::lookup(native) {
-                    Some(callee) => self.call_value(callee, argc),
-                    None => {
-                        self.drop_args(argc);
-                        Err(VmError::call_error(format!(
-                            "unknown native function '{native}'"
-                        )))
-                    }
+                    Some(callee) => self.call_value(callee, base, argc),
+                    None => Err(VmError::call_error(format!(
+                        "unknown native function '{native}'"
+                    ))),
                 }
             }
             concerto_ir::CallSite::Agent {
@@ -1781,14 +1633,13 @@ impl Execution {
                 ..
             } => {
                 let argc = *argc as usize;
-                let start = self.stack.len() - argc;
                 let mut args = Vec::with_capacity(argc + 1);
                 args.push(Value::Ref(crate::value::RefValue {
                     kind: crate::value::RefKind::Agent,
                     program: vm.registry_id,
                     index: *agent,
                 }));
-                args.extend(self.stack.drain(start..));
+                args.extend(self.stack[base..base + argc].iter().cloned());
                 let method_name = vm.program.name(*method);
                 let flow = methods::call_builtin_method(
                     &mut self.ctx,
@@ -1797,24 +1648,47 @@ impl Execution {
                     *schema,
                     &args,
                 );
-                self.flow(flow?)
+                self.flow(flow?, base)
             }
             concerto_ir::CallSite::Tool {
                 tool,
                 function,
                 argc,
             } => {
-                let recv = vm.tool_instances[*tool as usize].clone();
+                // The tool instance becomes `self`: shift the arguments up by one.
                 let argc = *argc as usize;
-                self.stack.insert(self.stack.len() - argc, recv);
-                self.enter(*function, argc, true)?;
+                self.ensure(base + argc + 1);
+                for i in (0..argc).rev() {
+                    self.stack.swap(base + i, base + i + 1);
+                }
+                self.stack[base] = vm.tool_instances[*tool as usize].clone();
+                self.enter(*function, base, argc, true)?;
                 Ok(Called::Entered)
             }
             concerto_ir::CallSite::Hashmap { op, hashmap } => {
-                let flow = methods::hashmap_opcode(&mut self.ctx, *op, *hashmap, &mut self.stack)?;
-                self.flow(flow)
+                let n = match op {
+                    concerto_ir::HashmapOp::Set => 2,
+                    _ => 1,
+                };
+                let flow = methods::hashmap_opcode(
+                    &mut self.ctx,
+                    *op,
+                    *hashmap,
+                    &self.stack[base..base + n],
+                )?;
+                self.flow(flow, base)
             }
         }
+    }
+}
+
+/// Appends the display form of `rhs` to `s`, in place when `s` is not shared.
+#[inline]
+fn append_display(s: &mut Str, rhs: &Value) {
+    match rhs {
+        Value::Str(t) => s.push_str(t),
+        Value::Int(i) => s.push_str(itoa::Buffer::new().format(*i)),
+        other => s.push_str(&other.to_display()),
     }
 }
 

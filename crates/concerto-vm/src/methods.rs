@@ -459,7 +459,7 @@ fn array_method(method: Method, name: &str, a: &Array, args: &[Value]) -> Result
                 let better = match &best {
                     None => true,
                     Some(b) => {
-                        let ord = crate::ops::compare(&item, b, concerto_ir::Op::Lt)?;
+                        let ord = crate::ops::compare(&item, b, concerto_ir::BinOp::Lt)?;
                         match (method, ord) {
                             (Method::Min, Some(o)) => o.is_lt(),
                             (Method::Max, Some(o)) => o.is_gt(),
@@ -733,33 +733,25 @@ fn hashmap_method(
 }
 
 /// `HASH_MAP_*` opcodes (never emitted by concertoc 1a8ede9; hand-written IR may use them).
+/// `args` are the operands: the key (and value for `SET`), or the predicate for `QUERY`.
 pub(crate) fn hashmap_opcode(
     ctx: &mut Ctx,
     op: HashmapOp,
     map: u32,
-    stack: &mut Vec<Value>,
+    args: &[Value],
 ) -> Result<Flow, VmError> {
     let store = ctx.host.memory.clone();
+    let first = arg(args, 0);
     match op {
-        HashmapOp::Set => {
-            let v = stack.pop().unwrap_or_default();
-            let k = stack.pop().unwrap_or_default();
-            reply(store.hashmap_set(map, map_key(&k), v), |_| Value::Nil)
-        }
-        HashmapOp::Get => {
-            let k = stack.pop().unwrap_or_default();
-            reply(store.hashmap_get(map, &map_key(&k)), Value::option)
-        }
-        HashmapOp::Has => {
-            let k = stack.pop().unwrap_or_default();
-            reply(store.hashmap_has(map, &map_key(&k)), Value::Bool)
-        }
-        HashmapOp::Delete => {
-            let k = stack.pop().unwrap_or_default();
-            reply(store.hashmap_delete(map, &map_key(&k)), |_| Value::Nil)
-        }
+        HashmapOp::Set => reply(
+            store.hashmap_set(map, map_key(first), arg(args, 1).clone()),
+            |_| Value::Nil,
+        ),
+        HashmapOp::Get => reply(store.hashmap_get(map, &map_key(first)), Value::option),
+        HashmapOp::Has => reply(store.hashmap_has(map, &map_key(first)), Value::Bool),
+        HashmapOp::Delete => reply(store.hashmap_delete(map, &map_key(first)), |_| Value::Nil),
         HashmapOp::Query => {
-            let pred = stack.pop().unwrap_or_default();
+            let pred = first.clone();
             let entries = match store.hashmap_entries(map) {
                 Reply::Ready(r) => r.map_err(VmError::from)?,
                 Reply::Pending(_) => {

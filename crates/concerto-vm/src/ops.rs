@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use concerto_ir::{BinOp, Op};
+use concerto_ir::BinOp;
 
 use crate::error::VmError;
 use crate::value::{Str, Value};
@@ -90,18 +90,18 @@ pub(crate) fn rem(a: Value, b: Value) -> Result<Value, VmError> {
     }
 }
 
-fn op_symbol(op: Op) -> &'static str {
+fn op_symbol(op: BinOp) -> &'static str {
     match op {
-        Op::Lt => "<",
-        Op::Gt => ">",
-        Op::Lte => "<=",
+        BinOp::Lt => "<",
+        BinOp::Gt => ">",
+        BinOp::Lte => "<=",
         _ => ">=",
     }
 }
 
 /// Ordering for `LT GT LTE GTE`: numbers in any mix, strings by bytes. `None` when a NaN
 /// is involved (every comparison is then false).
-pub(crate) fn compare(a: &Value, b: &Value, op: Op) -> Result<Option<Ordering>, VmError> {
+pub(crate) fn compare(a: &Value, b: &Value, op: BinOp) -> Result<Option<Ordering>, VmError> {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => Ok(Some(x.cmp(y))),
         (Value::Float(x), Value::Float(y)) => Ok(x.partial_cmp(y)),
@@ -268,25 +268,6 @@ pub(crate) fn check_type(value: &Value, name: &str) -> bool {
     }
 }
 
-/// Integer fast path of a fused operation (`None` for a zero divisor: the slow path raises).
-#[inline(always)]
-pub(crate) fn int_bin(op: BinOp, x: i64, y: i64) -> Option<Value> {
-    Some(match op {
-        BinOp::Add => Value::Int(x.wrapping_add(y)),
-        BinOp::Sub => Value::Int(x.wrapping_sub(y)),
-        BinOp::Mul => Value::Int(x.wrapping_mul(y)),
-        BinOp::Div if y != 0 => Value::Int(x.wrapping_div(y)),
-        BinOp::Mod if y != 0 => Value::Int(x.wrapping_rem(y)),
-        BinOp::Div | BinOp::Mod => return None,
-        BinOp::Eq => Value::Bool(x == y),
-        BinOp::Neq => Value::Bool(x != y),
-        BinOp::Lt => Value::Bool(x < y),
-        BinOp::Gt => Value::Bool(x > y),
-        BinOp::Lte => Value::Bool(x <= y),
-        BinOp::Gte => Value::Bool(x >= y),
-    })
-}
-
 /// Integer arithmetic of a fused op: `None` for comparisons and zero divisors.
 #[inline(always)]
 pub(crate) fn int_arith(op: BinOp, x: i64, y: i64) -> Option<i64> {
@@ -334,7 +315,7 @@ pub(crate) fn truth(op: BinOp, a: &Value, b: &Value) -> Result<bool, VmError> {
     Ok(match op {
         BinOp::Eq => a.equals(b),
         BinOp::Neq => !a.equals(b),
-        BinOp::Lt | BinOp::Gt | BinOp::Lte | BinOp::Gte => match compare(a, b, op.op())? {
+        BinOp::Lt | BinOp::Gt | BinOp::Lte | BinOp::Gte => match compare(a, b, op)? {
             None => false,
             Some(o) => match op {
                 BinOp::Lt => o.is_lt(),
