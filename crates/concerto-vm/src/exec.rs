@@ -993,11 +993,8 @@ impl Execution {
                         fi -= 1;
                         let caller = self.frames[fi];
                         let caller_func = program.function(caller.func);
-                        // Exactly the caller's window: the callee's registers are released.
-                        self.stack.resize(
-                            caller.base as usize + caller_func.frame_size as usize,
-                            Value::Nil,
-                        );
+                        // The callee's registers stay allocated (the next call reuses them);
+                        // the caller's window lies below them and is intact.
                         self.stack[base] = v;
                         func = caller_func;
                         code = &func.code;
