@@ -5,8 +5,9 @@
 //! (at most a few) register ops; then a few local rewrites remove the copies the stack
 //! discipline forces:
 //!
-//! - copy propagation: `Move{t ← x}` whose only reader is the next use of `t` is folded
-//!   into that use (which then reads `x`);
+//! - copy propagation: `Move{t ← x}` of a local `x` whose only reader is the next use of `t`
+//!   is folded into that use (which then reads `x`); so a temporary operand is always consumed
+//!   by the op that reads it, and the interpreter may move it out instead of copying;
 //! - constants and callees: `LoadConst{t ← k}` feeding the right operand of an operation
 //!   becomes its constant operand (`BinK`, `CmpJumpK`); `LoadGlobal{t ← g}` feeding a call's
 //!   callee becomes `CallGlobal`;
@@ -629,7 +630,9 @@ fn propagate_sources(slots: &mut [Slot], is_temp: &dyn Fn(Reg) -> bool, n: u32) 
         }
         let Some(def) = slots[d].op else { continue };
         match def {
-            Op::Move { dst, src } if is_temp(dst) && dst != src => {
+            // Only copies of locals: a temporary copied by `DUP` stays live after the copy is
+            // used, and the interpreter may consume a temporary operand (move it out).
+            Op::Move { dst, src } if is_temp(dst) && !is_temp(src) => {
                 let Some(u) = next_use(slots, d, dst, &[src]) else {
                     continue;
                 };

@@ -1072,14 +1072,20 @@ impl Execution {
                                 continue;
                             }
                         }
-                        if op == BinOp::Add && dst == a {
-                            // `s = s + t` (or a string under construction): append in place.
+                        if op == BinOp::Add {
                             if let Value::Str(_) = &reg!(a) {
-                                let rhs = reg!(b).clone();
-                                if let Value::Str(s) = &mut reg!(a) {
-                                    append_display(s, &rhs);
+                                // `s = s + t`, or a string under construction in a temporary
+                                // (consumed here): append in place instead of copying.
+                                let consumed = dst == a || a >= func.n_slots;
+                                if consumed {
+                                    let rhs = reg!(b).clone();
+                                    let mut s = std::mem::take(&mut reg!(a));
+                                    if let Value::Str(text) = &mut s {
+                                        append_display(text, &rhs);
+                                    }
+                                    reg!(dst) = s;
+                                    continue;
                                 }
-                                continue;
                             }
                         }
                         let v = tri!(ops::binary(op, &reg!(a), &reg!(b)));
@@ -1097,9 +1103,13 @@ impl Execution {
                                 continue;
                             }
                         }
-                        if op == BinOp::Add && dst == a {
-                            if let Value::Str(s) = &mut reg!(a) {
-                                append_display(s, rhs);
+                        if op == BinOp::Add && (dst == a || a >= func.n_slots) {
+                            if let Value::Str(_) = &reg!(a) {
+                                let mut s = std::mem::take(&mut reg!(a));
+                                if let Value::Str(text) = &mut s {
+                                    append_display(text, rhs);
+                                }
+                                reg!(dst) = s;
                                 continue;
                             }
                         }
@@ -1232,12 +1242,29 @@ impl Execution {
                         let called = tri!(self.call_value(callee, at, argc as usize));
                         finish_call!(called, at);
                     }
-                    Op::CallMethod {
-                        base: cb,
-                        argc,
-                        name,
-                    } => {
+                    Op::CallMethod { base: cb, argc, name } => {
                         let at = base + cb as usize;
+                        // `map.get(k).unwrap()` on a hashmap: no Option in between.
+                        if argc == 1 {
+                            if let (
+                                Value::Ref(r),
+                                Some(&Op::CallMethod { base: nb, argc: 0, name: next }),
+                            ) = (&self.stack[at], code.get(pc))
+                            {
+                                if r.kind == crate::value::RefKind::Hashmap
+                                    && nb == cb
+                                    && vm.methods[name as usize] == Method::Get
+                                    && vm.methods[next as usize] == Method::Unwrap
+                                {
+                                    let map = r.index;
+                                    if let Some(found) = tri!(self.hashmap_get_now(map, at)) {
+                                        self.stack[at] = found;
+                                        pc += 1;
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
                         save_pc!();
                         let called = tri!(self.call_method(at, argc as usize, name, None));
                         finish_call!(called, at);
@@ -1496,6 +1523,30 @@ impl Execution {
                 }
             }
         }
+        // The common Option/Result queries, without the generic method machinery.
+        if argc == 0 {
+            let method = self.ctx.vm.methods[name as usize];
+            let quick = match (&self.stack[base], method) {
+                (Value::Some(p) | Value::Ok(p), Method::Unwrap) => Some((**p).clone()),
+                (Value::Some(_), Method::IsSome) | (Value::Ok(_), Method::IsOk) => {
+                    Some(Value::Bool(true))
+                }
+                (Value::None, Method::IsSome) | (Value::Err(_), Method::IsOk) => {
+                    Some(Value::Bool(false))
+                }
+                (Value::None, Method::IsNone) | (Value::Err(_), Method::IsErr) => {
+                    Some(Value::Bool(true))
+                }
+                (Value::Some(_), Method::IsNone) | (Value::Ok(_), Method::IsErr) => {
+                    Some(Value::Bool(false))
+                }
+                _ => None,
+            };
+            if let Some(v) = quick {
+                self.stack[base] = v;
+                return Ok(Called::Done);
+            }
+        }
         // User methods on structs, enums and tools.
         let user = {
             let vm = &self.ctx.vm;
@@ -1545,6 +1596,27 @@ impl Execution {
             &self.stack[base..base + argc + 1],
         );
         self.flow(flow?, base)
+    }
+
+    /// `map.get(k)` when the store answers at once and finds the key: the value. `None`
+    /// otherwise (the plain path then runs and reports a missing key).
+    #[inline]
+    fn hashmap_get_now(&mut self, map: u32, base: usize) -> Result<Option<Value>, VmError> {
+        use crate::host::Reply;
+        let text;
+        let key = match &self.stack[base + 1] {
+            Value::Str(s) => s.as_str(),
+            other => {
+                text = other.to_display();
+                text.as_str()
+            }
+        };
+        match self.ctx.host.memory.hashmap_get(map, key) {
+            Reply::Ready(Ok(found)) => Ok(found),
+            Reply::Ready(Err(e)) => Err(e.into()),
+            // A slow store: let the plain path suspend (it asks again).
+            Reply::Pending(_) => Ok(None),
+        }
     }
 
     /// `map.get(k)`, `map.has(k)`, `map.set(k, v)` straight to the store, without the
