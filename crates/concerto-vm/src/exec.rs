@@ -510,7 +510,11 @@ impl Execution {
                 self.flow(flow?, base)
             }
             Value::Str(name) => {
-                let fid = self.ctx.vm.callable_names.get(name.as_str()).copied();
+                let vm = &self.ctx.vm;
+                let fid = match vm.callable_consts.get(&name.addr()) {
+                    Some(&f) => Some(f),
+                    None => vm.callable_names.get(name.as_str()).copied(),
+                };
                 match fid {
                     Some(fid) => {
                         self.enter(fid, base, argc, false)?;
@@ -1552,13 +1556,13 @@ impl Execution {
             let vm = &self.ctx.vm;
             match &self.stack[base] {
                 Value::Struct(s) if s.ty.key != u32::MAX => {
-                    vm.method_table.get(&(s.ty.key, name)).copied()
+                    vm.user_method(s.ty.key, name)
                 }
                 Value::Struct(s) => {
                     let key = vm.type_key(&s.ty.name);
-                    vm.method_table.get(&(key, name)).copied()
+                    vm.user_method(key, name)
                 }
-                Value::Enum(e) => vm.method_table.get(&(e.type_id, name)).copied(),
+                Value::Enum(e) => vm.user_method(e.type_id, name),
                 Value::Ref(r) if r.kind == crate::value::RefKind::Tool => {
                     let tool = &vm.program.tools[r.index as usize];
                     let method = vm.program.name(name).clone();

@@ -299,6 +299,12 @@ impl Str {
         Arc::make_mut(&mut self.0)
     }
 
+    /// The address of the shared text (an identity for caches).
+    #[inline]
+    pub fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// Whether two handles share one allocation.
     pub fn ptr_eq(a: &Str, b: &Str) -> bool {
         Arc::ptr_eq(&a.0, &b.0)

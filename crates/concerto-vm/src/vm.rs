@@ -43,14 +43,18 @@ pub struct Vm {
     pub(crate) methods: Vec<Method>,
     pub(crate) shapes: Vec<ShapeLayout>,
     pub(crate) enum_ctors: Vec<EnumCtor>,
-    /// (type key, method name) → function, for user methods.
-    pub(crate) method_table: FxHashMap<(u32, NameId), FuncId>,
+    /// User methods by type key: (method name, function), a short list per type.
+    pub(crate) methods_by_type: Vec<Vec<(NameId, FuncId)>>,
     /// Type name → type key (declared types and schemas).
     pub(crate) type_keys: FxHashMap<Arc<str>, u32>,
     /// The value bound to `self` in tool methods, by tool index.
     pub(crate) tool_instances: Vec<Value>,
     /// Function names by closure text (`$closure_0`) and other callable strings.
     pub(crate) callable_names: FxHashMap<Arc<str>, FuncId>,
+    /// The same for the string constants that name functions, by the address of their
+    /// text: a closure value is usually that very constant, so a call finds its function
+    /// without hashing the name.
+    pub(crate) callable_consts: FxHashMap<usize, FuncId>,
     /// Registry id for reference names (see [`RefValue::program`]).
     pub(crate) registry_id: u16,
 }
@@ -64,7 +68,7 @@ impl Drop for Vm {
 impl Vm {
     /// Prepares a program for execution.
     pub fn new(program: Arc<Program>) -> Arc<Vm> {
-        let consts = program.constants.iter().map(const_value).collect();
+        let consts: Vec<Value> = program.constants.iter().map(const_value).collect();
 
         let mut type_keys: FxHashMap<Arc<str>, u32> = FxHashMap::default();
         let mut struct_types = Vec::with_capacity(program.types.len());
@@ -327,6 +331,15 @@ impl Vm {
             .collect();
 
         let methods = program.names.iter().map(|n| Method::from_name(n)).collect();
+        let mut methods_by_type: Vec<Vec<(NameId, FuncId)>> = Vec::new();
+        for (&(key, name), &fid) in &method_table {
+            let key = key as usize;
+            if methods_by_type.len() <= key {
+                methods_by_type.resize(key + 1, Vec::new());
+            }
+            methods_by_type[key].push((name, fid));
+        }
+        let callable_consts = consts_by_name(&consts, &program);
         let callable_names = program
             .functions
             .iter()
@@ -341,10 +354,11 @@ impl Vm {
             methods,
             shapes,
             enum_ctors,
-            method_table,
+            methods_by_type,
             type_keys,
             tool_instances,
             callable_names,
+            callable_consts,
             registry_id,
         })
     }
@@ -352,6 +366,13 @@ impl Vm {
     /// The program this VM executes.
     pub fn program(&self) -> &Arc<Program> {
         &self.program
+    }
+
+    /// The user method `name` of the type with key `key`.
+    #[inline]
+    pub(crate) fn user_method(&self, key: u32, name: NameId) -> Option<FuncId> {
+        let list = self.methods_by_type.get(key as usize)?;
+        list.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
     }
 
     /// The type key of a runtime type name (for method lookup on runtime-built structs).
@@ -368,4 +389,15 @@ fn const_value(c: &Const) -> Value {
         Const::Float(f) => Value::Float(*f),
         Const::Str(s) => Value::Str(Str::from(&**s)),
     }
+}
+
+/// String constants that name a function, keyed by the address of their text.
+fn consts_by_name(consts: &[Value], program: &Program) -> FxHashMap<usize, FuncId> {
+    consts
+        .iter()
+        .filter_map(|c| match c {
+            Value::Str(s) => program.function_id(s.as_str()).map(|f| (s.addr(), f)),
+            _ => None,
+        })
+        .collect()
 }
