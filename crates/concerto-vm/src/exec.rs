@@ -999,7 +999,7 @@ impl Execution {
                         let caller_func = program.function(caller.func);
                         // The callee's registers stay allocated (the next call reuses them);
                         // the caller's window lies below them and is intact.
-                        self.stack[base] = v;
+                        store(&mut self.stack[base], v);
                         func = caller_func;
                         code = &func.code;
                         base = caller.base as usize;
@@ -1043,10 +1043,12 @@ impl Execution {
                 };
                 pc += 1;
                 match op {
-                    Op::LoadConst { dst, k } => reg!(dst) = vm.consts[k as usize].clone(),
+                    Op::LoadConst { dst, k } => {
+                        store(&mut reg!(dst), vm.consts[k as usize].clone())
+                    }
                     Op::Move { dst, src } => {
                         let v = reg!(src).clone();
-                        reg!(dst) = v;
+                        store(&mut reg!(dst), v);
                     }
                     Op::LoadLocal { dst, slot, global } => {
                         let v = match &reg!(slot) {
@@ -1068,7 +1070,7 @@ impl Execution {
                     Op::Bin { op, dst, a, b } => {
                         if let (&Value::Int(x), &Value::Int(y)) = (&reg!(a), &reg!(b)) {
                             if op.is_comparison() {
-                                reg!(dst) = Value::Bool(ops::int_cmp(op, x, y));
+                                store(&mut reg!(dst), Value::Bool(ops::int_cmp(op, x, y)));
                                 continue;
                             }
                             if let Some(r) = ops::int_arith(op, x, y) {
@@ -1099,7 +1101,7 @@ impl Execution {
                         let rhs = &vm.consts[k as usize];
                         if let (&Value::Int(x), &Value::Int(y)) = (&reg!(a), rhs) {
                             if op.is_comparison() {
-                                reg!(dst) = Value::Bool(ops::int_cmp(op, x, y));
+                                store(&mut reg!(dst), Value::Bool(ops::int_cmp(op, x, y)));
                                 continue;
                             }
                             if let Some(r) = ops::int_arith(op, x, y) {
@@ -1752,6 +1754,25 @@ impl Execution {
                 self.flow(flow, base)
             }
         }
+    }
+}
+
+/// Stores `v` into a register. The old value is dropped only when it owns something;
+/// plain scalars are simply overwritten (no out-of-line drop call on the hot path).
+#[inline(always)]
+fn store(slot: &mut Value, v: Value) {
+    let old = std::mem::replace(slot, v);
+    match old {
+        Value::Nil
+        | Value::Bool(_)
+        | Value::Int(_)
+        | Value::Float(_)
+        | Value::None
+        | Value::Func(_)
+        | Value::Builtin(_)
+        | Value::Ref(_)
+        | Value::Unset => std::mem::forget(old),
+        owned => drop(owned),
     }
 }
 
