@@ -26,6 +26,7 @@ struct Options {
     runs: usize,
     filter: Option<String>,
     markdown: bool,
+    micro: bool,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -33,6 +34,7 @@ fn options(args: &[String]) -> Result<Options> {
         runs: 5,
         filter: None,
         markdown: false,
+        micro: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -49,7 +51,10 @@ fn options(args: &[String]) -> Result<Options> {
             }
             "--filter" => opts.filter = Some(it.next().context("--filter needs a text")?.clone()),
             "--markdown" => opts.markdown = true,
-            other => bail!("unknown bench option `{other}` (--runs N, --filter TEXT, --markdown)"),
+            "--micro" => opts.micro = true,
+            other => bail!(
+                "unknown bench option `{other}` (--runs N, --filter TEXT, --markdown, --micro)"
+            ),
         }
     }
     Ok(opts)
@@ -205,9 +210,44 @@ fn geomean(ratios: &[f64]) -> String {
     )
 }
 
+/// Median wall time of `concerto run` on the hello-world program, over 50 runs.
+fn startup(bin: &std::path::Path) -> Result<f64> {
+    let hello = crate::root().join("benches/startup/hello.conc-ir");
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let (t, out) = time(
+            Command::new(bin)
+                .args(["run", "--emit-format", "jsonl"])
+                .arg(&hello),
+        )?;
+        if !out.contains("\"hello\"") {
+            bail!("the start-up program printed {out:?}");
+        }
+        samples.push(t);
+    }
+    Ok(median(&mut samples))
+}
+
+/// The criterion micro-benchmarks (dispatch loop, values, IR load).
+fn micro() -> Result<()> {
+    for (krate, bench) in [("concerto-vm", "dispatch"), ("concerto-ir", "load")] {
+        crate::run(
+            &format!("cargo bench -p {krate} --bench {bench}"),
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(crate::root())
+                .args(["bench", "-p", krate, "--bench", bench]),
+        )?;
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opts = options(args)?;
     let bin = crate::release_binary()?;
+    if opts.micro {
+        return micro();
+    }
+    let startup_ms = startup(&bin)? * 1e3;
     let mut dirs = Vec::new();
     if let Some(shared) = crate::shared() {
         dirs.push(shared.join("bench"));
@@ -286,6 +326,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         .collect();
     let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}", s * 1e3));
     let fmt_ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+    println!("\nstart-up: `concerto run` of hello world, median of 50 runs: {startup_ms:.2} ms");
     if opts.markdown {
         println!("\n| program | ours (ms) | CPython (ms) | ours/CPython | Lua (ms) | ours/Lua |");
         println!("|---|---:|---:|---:|---:|---:|");

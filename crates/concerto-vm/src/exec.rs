@@ -1248,13 +1248,21 @@ impl Execution {
                         let called = tri!(self.call_value(callee, at, argc as usize));
                         finish_call!(called, at);
                     }
-                    Op::CallMethod { base: cb, argc, name } => {
+                    Op::CallMethod {
+                        base: cb,
+                        argc,
+                        name,
+                    } => {
                         let at = base + cb as usize;
                         // `map.get(k).unwrap()` on a hashmap: no Option in between.
                         if argc == 1 {
                             if let (
                                 Value::Ref(r),
-                                Some(&Op::CallMethod { base: nb, argc: 0, name: next }),
+                                Some(&Op::CallMethod {
+                                    base: nb,
+                                    argc: 0,
+                                    name: next,
+                                }),
                             ) = (&self.stack[at], code.get(pc))
                             {
                                 if r.kind == crate::value::RefKind::Hashmap
@@ -1557,9 +1565,7 @@ impl Execution {
         let user = {
             let vm = &self.ctx.vm;
             match &self.stack[base] {
-                Value::Struct(s) if s.ty.key != u32::MAX => {
-                    vm.user_method(s.ty.key, name)
-                }
+                Value::Struct(s) if s.ty.key != u32::MAX => vm.user_method(s.ty.key, name),
                 Value::Struct(s) => {
                     let key = vm.type_key(&s.ty.name);
                     vm.user_method(key, name)
