@@ -9,7 +9,9 @@
 //! Frames share one register file: a frame's registers are `stack[base..base + frame_size]`
 //! (locals, then operand temporaries). A call's arguments sit in consecutive registers of
 //! the caller starting at the call's base, which becomes the callee's register 0, so a call
-//! moves no values; the callee's result is written back to that base register.
+//! moves no values; the callee's result is written back to that base register. The register
+//! file only grows during an execution, so a frame's window, once made to exist, stays valid
+//! while the frame lives (registers of finished frames are reused by later calls).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -308,7 +310,21 @@ impl Execution {
         self.stack.extend(args);
         self.enter(func, 0, argc, false)?;
         loop {
-            match self.run() {
+            // Defence in depth: a bug in the interpreter must end this execution with an
+            // error, not take the host process down.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_string());
+                    Err(VmError::new(
+                        ErrorKind::Internal,
+                        format!("internal error in the interpreter (a bug): {what}"),
+                    ))
+                });
+            match step {
                 Ok(Exit::Done(value)) => return Ok(value),
                 Ok(Exit::Suspend(fut)) => {
                     let result = fut.await;
@@ -403,17 +419,6 @@ impl Execution {
     fn ensure_window(&mut self, frame: Frame) {
         let size = self.ctx.vm.program.function(frame.func).frame_size as usize;
         self.ensure(frame.base as usize + size);
-    }
-
-    /// The end of the register window of the nearest code frame.
-    fn code_window_end(&self) -> usize {
-        self.frames
-            .iter()
-            .rev()
-            .find(|f| f.native == NO_NATIVE)
-            .map_or(0, |f| {
-                f.base as usize + self.ctx.vm.program.function(f.func).frame_size as usize
-            })
     }
 
     /// Makes sure registers `..end` exist.
@@ -859,16 +864,8 @@ impl Execution {
         {
             self.handlers.pop();
         }
-        // Release the registers of the dropped frames.
-        if let Some(top) = self.frames.last() {
-            if top.native == NO_NATIVE {
-                let size = self.ctx.vm.program.function(top.func).frame_size as usize;
-                let end = top.base as usize + size;
-                if self.stack.len() > end {
-                    self.stack.truncate(end);
-                }
-            }
-        }
+        // The register file never shrinks during an execution: every live frame's window
+        // stays valid (the dropped frames' registers are reused by later calls).
     }
 
     /// Whether a `throw` here has a `try` to go to. Without one, `throw e` is
@@ -893,17 +890,11 @@ impl Execution {
                 Ok(Some(Exit::Done(value)))
             }
             Some(below) if below.native == NO_NATIVE => {
-                let size = self.ctx.vm.program.function(below.func).frame_size as usize;
-                self.stack.resize(below.base as usize + size, Value::Nil);
+                self.ensure_window(below);
                 self.stack[base] = value;
                 Ok(None)
             }
-            Some(_) => {
-                // A native frame waits: keep its registers (and its code frame's window).
-                let keep = self.code_window_end().max(base + 1);
-                self.stack.truncate(keep);
-                self.deliver(Ok(value))
-            }
+            Some(_) => self.deliver(Ok(value)),
         }
     }
 
@@ -1290,12 +1281,7 @@ impl Execution {
                         finish_call!(called, at);
                     }
                     Op::Emit { chan, payload } => {
-                        let channel = match &reg!(chan) {
-                            Value::Str(s) => s.clone(),
-                            other => Str::from(other.to_display()),
-                        };
-                        let payload = &self.stack[base + payload as usize];
-                        tri!(self.ctx.emit(&channel, payload));
+                        tri!(self.emit_op(base + chan as usize, base + payload as usize))
                     }
                     Op::EmitAwait { chan, payload } => {
                         let channel = reg!(chan).to_display();
@@ -1358,67 +1344,10 @@ impl Execution {
                         let v = reg!(reg).clone();
                         ret!(v)
                     }
-                    Op::BuildArray { start, n } => {
-                        let from = base + start as usize;
-                        let items: Vec<Value> = self.stack[from..from + n as usize]
-                            .iter_mut()
-                            .map(std::mem::take)
-                            .collect();
-                        reg!(start) = Value::array(items);
-                    }
-                    Op::BuildMap { start, n } => {
-                        let from = base + start as usize;
-                        let mut map = crate::value::MapInner::with_capacity_and_hasher(
-                            n as usize,
-                            Default::default(),
-                        );
-                        for pair in self.stack[from..from + 2 * n as usize].chunks_exact_mut(2) {
-                            let key = match std::mem::take(&mut pair[0]) {
-                                Value::Str(s) => s,
-                                other => Str::from(other.to_display()),
-                            };
-                            map.insert(key, std::mem::take(&mut pair[1]));
-                        }
-                        reg!(start) = Value::Map(crate::value::Map::new(map));
-                    }
+                    Op::BuildArray { start, n } => self.build_array(base + start as usize, n),
+                    Op::BuildMap { start, n } => self.build_map(base + start as usize, n),
                     Op::BuildStruct { start, shape } => {
-                        let layout = &vm.shapes[shape as usize];
-                        let n = program.shapes[shape as usize].fields.len();
-                        let from = base + start as usize;
-                        let literal = self.stack[from..from + n].iter_mut().map(std::mem::take);
-                        let values: Vec<Value> = match &layout.order {
-                            None => literal.collect(),
-                            Some(order) => {
-                                let mut fields = vec![Value::Nil; layout.ty.fields.len()];
-                                for (v, &pos) in literal.zip(order) {
-                                    fields[pos as usize] = v;
-                                }
-                                fields
-                            }
-                        };
-                        let value = match layout.kind {
-                            ShapeKind::Struct => {
-                                Value::Struct(StructObj::new(layout.ty.clone(), values))
-                            }
-                            ShapeKind::EnumVariant { ty, variant } => {
-                                let decl = &program.types[ty as usize];
-                                let variant_name = match &decl.kind {
-                                    concerto_ir::TypeDefKind::Enum { variants } => {
-                                        variants[variant as usize].name.clone()
-                                    }
-                                    _ => layout.ty.name.clone(),
-                                };
-                                Value::Enum(Arc::new(EnumObj {
-                                    type_name: decl.name.clone(),
-                                    variant: variant_name,
-                                    type_id: ty,
-                                    variant_id: variant,
-                                    field_names: Some(layout.ty.fields.clone()),
-                                    payload: values,
-                                }))
-                            }
-                        };
-                        reg!(start) = value;
+                        self.build_struct(base + start as usize, shape)
                     }
                     Op::FieldGet { dst, obj, name } => {
                         let field = program.name(name);
@@ -1432,8 +1361,7 @@ impl Execution {
                         reg!(dst) = v;
                     }
                     Op::FieldSet { obj, src, name } => {
-                        let v = reg!(src).clone();
-                        tri!(ops::field_set(&reg!(obj), program.name(name), v));
+                        tri!(self.field_set_op(base + obj as usize, base + src as usize, name))
                     }
                     Op::IndexGet { dst, coll, idx } => {
                         let v = match (&reg!(coll), &reg!(idx)) {
@@ -1452,19 +1380,13 @@ impl Execution {
                         };
                         reg!(dst) = v;
                     }
-                    Op::IndexSet { coll, idx, src } => {
-                        let v = reg!(src).clone();
-                        let i = reg!(idx).clone();
-                        tri!(ops::index_set(&reg!(coll), i, v));
-                    }
-                    Op::Cast { reg, target } => {
-                        let v = std::mem::take(&mut reg!(reg));
-                        reg!(reg) = cast(v, target);
-                    }
-                    Op::CheckType { reg, name } => {
-                        let r = ops::check_type(&reg!(reg), program.name(name));
-                        reg!(reg) = Value::Bool(r);
-                    }
+                    Op::IndexSet { coll, idx, src } => tri!(self.index_set_op(
+                        base + coll as usize,
+                        base + idx as usize,
+                        base + src as usize
+                    )),
+                    Op::Cast { reg, target } => self.cast_op(base + reg as usize, target),
+                    Op::CheckType { reg, name } => self.check_type_op(base + reg as usize, name),
                     Op::Await { reg } => {
                         if let Value::Object(obj) = &reg!(reg) {
                             if let Some(fut) = crate::task::await_value(obj) {
@@ -1497,6 +1419,111 @@ impl Execution {
                 }
             }
         }
+    }
+
+    // Cold ops, kept out of the dispatch loop so its hot state stays in registers.
+
+    #[inline(never)]
+    fn build_array(&mut self, from: usize, n: u32) {
+        let items: Vec<Value> = self.stack[from..from + n as usize]
+            .iter_mut()
+            .map(std::mem::take)
+            .collect();
+        self.stack[from] = Value::array(items);
+    }
+
+    #[inline(never)]
+    fn build_map(&mut self, from: usize, n: u32) {
+        let mut map =
+            crate::value::MapInner::with_capacity_and_hasher(n as usize, Default::default());
+        for pair in self.stack[from..from + 2 * n as usize].chunks_exact_mut(2) {
+            let key = match std::mem::take(&mut pair[0]) {
+                Value::Str(s) => s,
+                other => Str::from(other.to_display()),
+            };
+            map.insert(key, std::mem::take(&mut pair[1]));
+        }
+        self.stack[from] = Value::Map(crate::value::Map::new(map));
+    }
+
+    #[inline(never)]
+    fn build_struct(&mut self, from: usize, shape: u32) {
+        let vm = self.ctx.vm.clone();
+        let program = &vm.program;
+        let layout = &vm.shapes[shape as usize];
+        let n = program.shapes[shape as usize].fields.len();
+        let literal = self.stack[from..from + n].iter_mut().map(std::mem::take);
+        let values: Vec<Value> = match &layout.order {
+            None => literal.collect(),
+            Some(order) => {
+                let mut fields = vec![Value::Nil; layout.ty.fields.len()];
+                for (v, &pos) in literal.zip(order) {
+                    fields[pos as usize] = v;
+                }
+                fields
+            }
+        };
+        let value = match layout.kind {
+            ShapeKind::Struct => Value::Struct(StructObj::new(layout.ty.clone(), values)),
+            ShapeKind::EnumVariant { ty, variant } => {
+                let decl = &program.types[ty as usize];
+                let variant_name = match &decl.kind {
+                    concerto_ir::TypeDefKind::Enum { variants } => {
+                        variants[variant as usize].name.clone()
+                    }
+                    _ => layout.ty.name.clone(),
+                };
+                Value::Enum(Arc::new(EnumObj {
+                    type_name: decl.name.clone(),
+                    variant: variant_name,
+                    type_id: ty,
+                    variant_id: variant,
+                    field_names: Some(layout.ty.fields.clone()),
+                    payload: values,
+                }))
+            }
+        };
+        self.stack[from] = value;
+    }
+
+    #[inline(never)]
+    fn emit_op(&mut self, chan: usize, payload: usize) -> Result<(), VmError> {
+        let channel = match &self.stack[chan] {
+            Value::Str(s) => s.clone(),
+            other => Str::from(other.to_display()),
+        };
+        self.ctx.emit(&channel, &self.stack[payload])
+    }
+
+    #[inline(never)]
+    fn field_set_op(
+        &mut self,
+        obj: usize,
+        src: usize,
+        name: concerto_ir::NameId,
+    ) -> Result<(), VmError> {
+        let v = self.stack[src].clone();
+        let field = self.ctx.vm.program.name(name).clone();
+        ops::field_set(&self.stack[obj], &field, v)
+    }
+
+    #[inline(never)]
+    fn index_set_op(&mut self, coll: usize, idx: usize, src: usize) -> Result<(), VmError> {
+        let v = self.stack[src].clone();
+        let i = self.stack[idx].clone();
+        ops::index_set(&self.stack[coll], i, v)
+    }
+
+    #[inline(never)]
+    fn cast_op(&mut self, reg: usize, target: CastTarget) {
+        let v = std::mem::take(&mut self.stack[reg]);
+        self.stack[reg] = cast(v, target);
+    }
+
+    #[inline(never)]
+    fn check_type_op(&mut self, reg: usize, name: concerto_ir::NameId) {
+        let r = ops::check_type(&self.stack[reg], self.ctx.vm.program.name(name));
+        self.stack[reg] = Value::Bool(r);
     }
 
     /// Resolves a global that is unset in the table (constants not initialised, fallbacks,
