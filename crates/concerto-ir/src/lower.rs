@@ -497,6 +497,11 @@ impl Lowerer {
             assigned: &is_assigned,
         })
         .map_err(|r| fail(None, r))?;
+        let mut code = registers.code;
+        let mut spans = registers.spans;
+        let mut ir_pc = registers.ir_pc;
+        self.immediates(&mut code);
+        rotate_loops(&mut code, &mut spans, &mut ir_pc);
         Ok(Function {
             name,
             kind,
@@ -508,11 +513,52 @@ impl Lowerer {
             slot_names,
             params: func.params,
             frame_size: registers.frame_size,
-            code: registers.code,
-            spans: registers.spans,
-            ir_pc: registers.ir_pc,
+            code,
+            spans,
+            ir_pc,
             chains: registers.chains,
         })
+    }
+
+    /// Carries small integer constants in the op itself ([`Op::BinI`], [`Op::CmpJumpI`]):
+    /// no constant-table load and no type test of the constant at run time.
+    fn immediates(&self, code: &mut [Op]) {
+        let small = |k: u32| match self.constants.get(k as usize) {
+            Some(&Const::Int(v)) => i32::try_from(v).ok(),
+            _ => None,
+        };
+        for op in code {
+            match *op {
+                Op::BinK { op: bin, dst, a, k } => {
+                    if let Some(imm) = small(k) {
+                        *op = Op::BinI {
+                            op: bin,
+                            dst,
+                            a,
+                            imm,
+                        };
+                    }
+                }
+                Op::CmpJumpK {
+                    op: bin,
+                    when,
+                    a,
+                    target,
+                    k,
+                } => {
+                    if let Some(imm) = small(k) {
+                        *op = Op::CmpJumpI {
+                            op: bin,
+                            when,
+                            a,
+                            target,
+                            imm,
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn instruction(
@@ -910,4 +956,73 @@ fn build_chains(
         }
     }
     Ok(chains)
+}
+
+/// A loop's back edge `Jump` to its test `CmpJump(a, b) when → exit`, where the exit is the
+/// op right after the jump, becomes the test itself with the outcome inverted, jumping back
+/// into the body: one dispatch less per iteration. The copy keeps the test's span, so an
+/// error in the comparison is reported where it was written.
+fn rotate_loops(code: &mut [Op], spans: &mut [Span], ir_pc: &mut [u32]) {
+    for p in 0..code.len() {
+        let Op::Jump { target } = code[p] else {
+            continue;
+        };
+        let t = target as usize;
+        let after = (p + 1) as u32;
+        let body = (t + 1) as u32;
+        let rotated = match code.get(t) {
+            Some(&Op::CmpJump {
+                op,
+                when,
+                a,
+                b,
+                target: exit,
+            }) if exit == after => Op::CmpJump {
+                op,
+                when: !when,
+                a,
+                b,
+                target: body,
+            },
+            Some(&Op::CmpJumpK {
+                op,
+                when,
+                a,
+                target: exit,
+                k,
+            }) if exit == after => Op::CmpJumpK {
+                op,
+                when: !when,
+                a,
+                target: body,
+                k,
+            },
+            Some(&Op::CmpJumpI {
+                op,
+                when,
+                a,
+                target: exit,
+                imm,
+            }) if exit == after => Op::CmpJumpI {
+                op,
+                when: !when,
+                a,
+                target: body,
+                imm,
+            },
+            Some(&Op::JumpIf {
+                cond,
+                when,
+                target: exit,
+            }) if exit == after => Op::JumpIf {
+                cond,
+                when: !when,
+                target: body,
+            },
+            _ => continue,
+        };
+        code[p] = rotated;
+        spans[p] = spans[t];
+        ir_pc[p] = ir_pc[t];
+    }
 }

@@ -207,6 +207,31 @@ pub enum Op {
         /// Right operand constant.
         k: u32,
     },
+    /// `dst = a <op> imm`: [`Op::BinK`] with a small integer constant carried in the op.
+    BinI {
+        /// Operation.
+        op: BinOp,
+        /// Destination.
+        dst: Reg,
+        /// Left operand.
+        a: Reg,
+        /// Right operand.
+        imm: i32,
+    },
+    /// Jump to `target` when `(a <op> imm) == when`: [`Op::CmpJumpK`] with a small integer
+    /// constant carried in the op.
+    CmpJumpI {
+        /// Comparison.
+        op: BinOp,
+        /// The outcome that jumps.
+        when: bool,
+        /// Left operand.
+        a: Reg,
+        /// Target op index.
+        target: u32,
+        /// Right operand.
+        imm: i32,
+    },
     /// Return `src`.
     Return {
         /// The returned register.

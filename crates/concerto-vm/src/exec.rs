@@ -1027,6 +1027,46 @@ impl Execution {
                 }};
             }
 
+            // Enters code function `$fid` (`$callee`) whose register 0 is `$at` and whose
+            // `$argc` parameters (after `self` when it has one) are already in place, without
+            // leaving the loop. Falls through when the call depth is exhausted (the general
+            // path then reports it).
+            macro_rules! enter_inline {
+                ($fid:expr, $callee:expr, $at:expr, $argc:expr) => {{
+                    let callee: &concerto_ir::Function = $callee;
+                    let at: usize = $at;
+                    if self.frames.len() < max_depth {
+                        save_pc!();
+                        let size = callee.frame_size as usize;
+                        if self.stack.len() < at + size {
+                            self.stack.resize(at + size, Value::Nil);
+                        }
+                        let first_local = at + usize::from(callee.self_slot.is_some()) + $argc;
+                        for slot in &mut self.stack[first_local..at + callee.n_slots as usize] {
+                            *slot = Value::Unset;
+                        }
+                        self.frames.push(Frame {
+                            func: $fid,
+                            pc: 0,
+                            base: at as u32,
+                            native: NO_NATIVE,
+                        });
+                        self.fuel -= 1;
+                        if self.fuel == 0 {
+                            self.fuel = FUEL;
+                            self.ctx.stats.ticks += FUEL as u64;
+                            return Ok(Exit::Yield);
+                        }
+                        fi += 1;
+                        func = callee;
+                        code = &func.code;
+                        base = at;
+                        pc = 0;
+                        continue;
+                    }
+                }};
+            }
+
             loop {
                 let Some(&op) = code.get(pc) else {
                     // Running off the end returns nil.
@@ -1113,6 +1153,32 @@ impl Execution {
                         let v = tri!(ops::binary(op, &reg!(a), rhs));
                         reg!(dst) = v;
                     }
+                    Op::BinI { op, dst, a, imm } => {
+                        if let Value::Int(x) = reg!(a) {
+                            let y = i64::from(imm);
+                            if op.is_comparison() {
+                                store(&mut reg!(dst), Value::Bool(ops::int_cmp(op, x, y)));
+                                continue;
+                            }
+                            if let Some(r) = ops::int_arith(op, x, y) {
+                                set_int!(dst, r);
+                                continue;
+                            }
+                        }
+                        let rhs = Value::Int(i64::from(imm));
+                        if op == BinOp::Add && (dst == a || a >= func.n_slots) {
+                            if let Value::Str(_) = &reg!(a) {
+                                let mut s = std::mem::take(&mut reg!(a));
+                                if let Value::Str(text) = &mut s {
+                                    append_display(text, &rhs);
+                                }
+                                reg!(dst) = s;
+                                continue;
+                            }
+                        }
+                        let v = tri!(ops::binary(op, &reg!(a), &rhs));
+                        reg!(dst) = v;
+                    }
                     Op::Neg { dst, src } => {
                         let v = match &reg!(src) {
                             Value::Int(x) => Value::Int(x.wrapping_neg()),
@@ -1176,8 +1242,25 @@ impl Execution {
                             jump!(target);
                         }
                     }
+                    Op::CmpJumpI {
+                        op,
+                        when,
+                        a,
+                        target,
+                        imm,
+                    } => {
+                        let r = match &reg!(a) {
+                            &Value::Int(x) => ops::int_cmp(op, x, i64::from(imm)),
+                            x => tri!(ops::truth(op, x, &Value::Int(i64::from(imm)))),
+                        };
+                        if r == when {
+                            jump!(target);
+                        }
+                    }
                     Op::Return { src } => {
-                        let v = reg!(src).clone();
+                        // The frame ends here: move the value out instead of cloning it,
+                        // so the dead register does not keep it alive either.
+                        let v = std::mem::replace(&mut reg!(src), Value::Nil);
                         ret!(v)
                     }
                     Op::ReturnNil => ret!(Value::Nil),
@@ -1197,38 +1280,8 @@ impl Execution {
                         // Fast path: a user function with the right arity and no `self`.
                         if let Value::Func(f) = self.ctx.globals[global as usize] {
                             let callee = program.function(f.id);
-                            if callee.n_params == argc
-                                && callee.self_slot.is_none()
-                                && self.frames.len() < max_depth
-                            {
-                                save_pc!();
-                                let size = callee.frame_size as usize;
-                                if self.stack.len() < at + size {
-                                    self.stack.resize(at + size, Value::Nil);
-                                }
-                                for slot in &mut self.stack
-                                    [at + argc as usize..at + callee.n_slots as usize]
-                                {
-                                    *slot = Value::Unset;
-                                }
-                                self.frames.push(Frame {
-                                    func: f.id,
-                                    pc: 0,
-                                    base: at as u32,
-                                    native: NO_NATIVE,
-                                });
-                                self.fuel -= 1;
-                                if self.fuel == 0 {
-                                    self.fuel = FUEL;
-                                    self.ctx.stats.ticks += FUEL as u64;
-                                    return Ok(Exit::Yield);
-                                }
-                                fi += 1;
-                                func = callee;
-                                code = &func.code;
-                                base = at;
-                                pc = 0;
-                                continue;
+                            if callee.n_params == argc && callee.self_slot.is_none() {
+                                enter_inline!(f.id, callee, at, argc as usize);
                             }
                         }
                         let callee = match &self.ctx.globals[global as usize] {
@@ -1267,6 +1320,30 @@ impl Execution {
                                         pc += 1;
                                         continue;
                                     }
+                                }
+                            }
+                        }
+                        // Hashmap get/has/set: answered by the store without the generic
+                        // method machinery.
+                        if let Value::Ref(r) = self.stack[at] {
+                            if r.kind == crate::value::RefKind::Hashmap {
+                                let method = vm.methods[name as usize];
+                                if let Some(called) =
+                                    self.hashmap_fast(r.index, method, argc as usize, at)
+                                {
+                                    save_pc!();
+                                    let called = tri!(called);
+                                    finish_call!(called, at);
+                                    continue;
+                                }
+                            }
+                        }
+                        // A user method on a struct that reads `self`: straight into its frame.
+                        if let Value::Struct(obj) = &self.stack[at] {
+                            if let Some(fid) = vm.user_method(obj.ty.key, name) {
+                                let callee = program.function(fid);
+                                if callee.n_params == argc && callee.self_slot.is_some() {
+                                    enter_inline!(fid, callee, at, argc as usize);
                                 }
                             }
                         }
@@ -1660,7 +1737,7 @@ impl Execution {
 
     /// `map.get(k)`, `map.has(k)`, `map.set(k, v)` straight to the store, without the
     /// generic method machinery; `None` for every other call.
-    #[inline]
+    #[inline(never)]
     fn hashmap_fast(
         &mut self,
         map: u32,

@@ -281,17 +281,45 @@ pub(crate) fn int_arith(op: BinOp, x: i64, y: i64) -> Option<i64> {
     }
 }
 
-/// Integer comparison of a fused branch.
+/// Integer comparison of a fused branch, without a branch on the operator: each comparison
+/// is the set of orderings (less, equal, greater) it accepts.
 #[inline(always)]
 pub(crate) fn int_cmp(op: BinOp, x: i64, y: i64) -> bool {
-    match op {
-        BinOp::Eq => x == y,
-        BinOp::Neq => x != y,
-        BinOp::Lt => x < y,
-        BinOp::Gt => x > y,
-        BinOp::Lte => x <= y,
-        _ => x >= y,
+    const fn accepts(op: BinOp) -> u8 {
+        match op {
+            BinOp::Eq => 0b010,
+            BinOp::Neq => 0b101,
+            BinOp::Lt => 0b001,
+            BinOp::Gt => 0b100,
+            BinOp::Lte => 0b011,
+            BinOp::Gte => 0b110,
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod => 0,
+        }
     }
+    const TABLE: [u8; 11] = {
+        let ops = [
+            BinOp::Add,
+            BinOp::Sub,
+            BinOp::Mul,
+            BinOp::Div,
+            BinOp::Mod,
+            BinOp::Eq,
+            BinOp::Neq,
+            BinOp::Lt,
+            BinOp::Gt,
+            BinOp::Lte,
+            BinOp::Gte,
+        ];
+        let mut table = [0u8; 11];
+        let mut i = 0;
+        while i < ops.len() {
+            table[ops[i] as usize] = accepts(ops[i]);
+            i += 1;
+        }
+        table
+    };
+    let ordering = (x > y) as u32 + (x >= y) as u32; // 0 less, 1 equal, 2 greater
+    TABLE[op as usize] >> ordering & 1 != 0
 }
 
 /// A fused operation on any values.
