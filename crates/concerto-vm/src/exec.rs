@@ -1266,6 +1266,19 @@ impl Execution {
                     Op::ReturnNil => ret!(Value::Nil),
                     Op::Call { base: cb, argc } => {
                         let at = base + cb as usize;
+                        // A function value or a closure (its name constant): straight into
+                        // its frame when the arity fits.
+                        let fid = match &self.stack[at + argc as usize] {
+                            Value::Func(f) => Some(f.id),
+                            Value::Str(name) => vm.callable_consts.get(&name.addr()).copied(),
+                            _ => None,
+                        };
+                        if let Some(fid) = fid {
+                            let callee = program.function(fid);
+                            if callee.n_params == argc && callee.self_slot.is_none() {
+                                enter_inline!(fid, callee, at, argc as usize);
+                            }
+                        }
                         let callee = self.stack[at + argc as usize].clone();
                         save_pc!();
                         let called = tri!(self.call_value(callee, at, argc as usize));
