@@ -8,7 +8,7 @@
 //! - `lib.rs`: [`JsonSchemaValidator`].
 #![warn(missing_docs)]
 
-use concerto_vm::host::{HostError, Program, SchemaValidator};
+use concerto_vm::host::{HostError, Program, SchemaCheck, SchemaValidator};
 
 /// Validates LLM output against program schemas (not implemented yet: every call is refused).
 #[derive(Debug, Default)]
@@ -21,13 +21,8 @@ impl JsonSchemaValidator {
     }
 }
 
-impl SchemaValidator for JsonSchemaValidator {
-    fn validate(
-        &self,
-        program: &Program,
-        schema: u32,
-        _instance: &serde_json::Value,
-    ) -> Result<Result<(), Vec<String>>, HostError> {
+impl JsonSchemaValidator {
+    fn refuse<T>(program: &Program, schema: u32) -> Result<T, HostError> {
         let name = program
             .schemas
             .get(schema as usize)
@@ -35,5 +30,24 @@ impl SchemaValidator for JsonSchemaValidator {
         Err(HostError::unsupported(format!(
             "schema validation (schema `{name}`) is not implemented in this runtime yet"
         )))
+    }
+}
+
+impl SchemaValidator for JsonSchemaValidator {
+    fn provider_schema(
+        &self,
+        program: &Program,
+        schema: u32,
+    ) -> Result<serde_json::Value, HostError> {
+        Self::refuse(program, schema)
+    }
+
+    fn check(
+        &self,
+        program: &Program,
+        schema: u32,
+        _reply: &str,
+    ) -> Result<SchemaCheck, HostError> {
+        Self::refuse(program, schema)
     }
 }

@@ -990,10 +990,7 @@ fn memory_method(
             if args.len() < 2 {
                 return Err(arity("Memory.append", 2, args.len()));
             }
-            let message = ChatMessage {
-                role: args[0].to_display(),
-                content: args[1].to_display(),
-            };
+            let message = ChatMessage::new(args[0].to_display(), args[1].to_display());
             reply(
                 store.memory_append(&decl.name, decl.max_messages, message),
                 |_| Value::Nil,

@@ -54,12 +54,20 @@ impl ToolHost for Unsupported {
 }
 
 impl SchemaValidator for Unsupported {
-    fn validate(
+    fn provider_schema(
         &self,
         _: &concerto_ir::Program,
         _: u32,
-        _: &serde_json::Value,
-    ) -> Result<Result<(), Vec<String>>, HostError> {
+    ) -> Result<serde_json::Value, HostError> {
+        Err(HostError::unsupported("schema validation in the test host"))
+    }
+
+    fn check(
+        &self,
+        _: &concerto_ir::Program,
+        _: u32,
+        _: &str,
+    ) -> Result<crate::host::SchemaCheck, HostError> {
         Err(HostError::unsupported("schema validation in the test host"))
     }
 }
