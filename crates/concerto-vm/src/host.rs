@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use concerto_ir::Program;
+pub use concerto_ir::{Program, TypeDefKind};
 
 use serde::{Deserialize, Serialize};
 
