@@ -64,7 +64,6 @@ impl HttpClient {
                     .wrap_connector(http);
                 Ok(Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
                     .pool_idle_timeout(POOL_IDLE)
                     .build(https))
             }
