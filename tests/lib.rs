@@ -52,9 +52,16 @@ pub struct RunResult {
 
 /// Runs IR bytes through the facade with a recording listener.
 pub fn run_ir_bytes(bytes: &[u8]) -> RunResult {
+    run_ir_with(bytes, |_| {})
+}
+
+/// Runs IR bytes through the facade with a recording listener, after `configure` has set
+/// up the runtime (components, settings).
+pub fn run_ir_with(bytes: &[u8], configure: impl FnOnce(&mut Runtime)) -> RunResult {
     let emits = Arc::new(Mutex::new(Vec::new()));
     let printed = Arc::new(Mutex::new(String::new()));
     let mut runtime = Runtime::new(RuntimeConfig::default());
+    configure(&mut runtime);
     let sink = emits.clone();
     runtime.on_prefix("", move |channel, payload| {
         let mut obj = serde_json::Map::new();

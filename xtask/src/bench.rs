@@ -53,7 +53,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--markdown" => opts.markdown = true,
             "--micro" => opts.micro = true,
             other => bail!(
-                "unknown bench option `{other}` (--runs N, --filter TEXT, --markdown, --micro)"
+                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only), --markdown, --micro)"
             ),
         }
     }
@@ -241,11 +241,72 @@ fn micro() -> Result<()> {
     Ok(())
 }
 
+/// The connection-layer benchmark: `concerto-conn/examples/conn_bench.rs` against its
+/// in-process mock provider, printed with the targets of the LLM-connections work.
+fn connections() -> Result<()> {
+    println!(
+        "\nconnection layer: 1000 agent calls through the Connections trait, 100 in flight, mock answering after 50 ms; then one call at a time against an instant mock"
+    );
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::root())
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "concerto-conn",
+            "--example",
+            "conn_bench",
+        ])
+        .output()
+        .context("cannot run the connection benchmark")?;
+    if !output.status.success() {
+        bail!(
+            "the connection benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("the connection benchmark printed no result")?;
+    let r: Value = serde_json::from_str(line).context("connection benchmark result")?;
+    let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let total = f("ours_total_s");
+    let ideal = f("ideal_total_s");
+    let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+    println!(
+        "  total wall time     {:>8.3} s   (ideal {ideal:.3} s, ratio {:.3}; target <= 1.15)  {}",
+        total,
+        total / ideal,
+        verdict(total / ideal <= 1.15)
+    );
+    println!(
+        "  CPU per call        {:>8.1} us  (bare hyper client {:.1} us, ratio {:.2}; target <= 1.5)  {}",
+        f("ours_cpu_us_per_call"),
+        f("bare_cpu_us_per_call"),
+        f("cpu_ratio"),
+        verdict(f("cpu_ratio") <= 1.5)
+    );
+    println!(
+        "  added latency       {:>8.1} us median, {:.1} us p99 (targets <= 50 / <= 200)  {}",
+        f("added_latency_us_median"),
+        f("added_latency_us_p99"),
+        verdict(f("added_latency_us_median") <= 50.0 && f("added_latency_us_p99") <= 200.0)
+    );
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opts = options(args)?;
     let bin = crate::release_binary()?;
     if opts.micro {
         return micro();
+    }
+    if opts.filter.as_deref() == Some("conn") {
+        return connections();
     }
     let startup_ms = startup(&bin)? * 1e3;
     let mut dirs = Vec::new();
@@ -371,6 +432,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "",
             geomean(&lua_ratios)
         );
+    }
+    if opts.filter.is_none() {
+        connections()?;
     }
     Ok(())
 }

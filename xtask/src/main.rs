@@ -143,6 +143,7 @@ fn ci(args: &[String]) -> Result<()> {
         match shared() {
             Some(shared) => {
                 step("VM conformance corpus", || conformance(&bin, &shared))?;
+                step("LLM conformance corpus", || llm_conformance(&bin, &shared))?;
             }
             None => {
                 println!("\n(no ../shared directory: the shared conformance corpus is skipped)")
@@ -156,30 +157,37 @@ fn ci(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs the README's bundled example and the facade examples.
+/// Runs the README's bundled examples (the agent example offline through `--mock`, and
+/// the example without agents) and the facade examples.
 fn examples(bin: &Path) -> Result<()> {
-    let example = root().join("examples/hello/hello.conc-ir");
-    let output = Command::new(bin)
-        .args(["run", "--emit-format", "jsonl"])
-        .arg(&example)
-        .output()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    if !output.status.success() {
-        bail!(
-            "the bundled example failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    for (example, args) in [
+        ("examples/harbour/harbour.conc-ir", &["--mock"][..]),
+        ("examples/hello/hello.conc-ir", &[][..]),
+    ] {
+        let output = Command::new(bin)
+            .args(["run", "--emit-format", "jsonl"])
+            .args(args)
+            .arg(root().join(example))
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        if !output.status.success() {
+            bail!(
+                "the bundled example {example} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let lines = String::from_utf8_lossy(&output.stdout).lines().count();
+        if lines == 0 {
+            bail!("the bundled example {example} produced no emits");
+        }
+        println!("bundled example {example}: {lines} emits");
     }
-    let lines = String::from_utf8_lossy(&output.stdout).lines().count();
-    if lines == 0 {
-        bail!("the bundled example produced no emits");
-    }
-    println!("bundled example: {lines} emits");
     run(
         "cargo run --example basic_usage",
         cargo().args([
             "run",
-            "--release",
             "-q",
             "-p",
             "concerto-runtime",
@@ -196,6 +204,24 @@ fn conformance(bin: &Path, shared: &Path) -> Result<()> {
         "conformance check.py",
         Command::new("python3")
             .arg(check)
+            .arg("--cmd")
+            .arg(format!("{} run --emit-format jsonl {{ir}}", bin.display()))
+            .arg(cases),
+    )
+}
+
+/// The shared LLM corpus: each case against `tools/mockllm.py`, a scripted local server.
+fn llm_conformance(bin: &Path, shared: &Path) -> Result<()> {
+    let runner = shared.join("conformance/run_llm.py");
+    let cases = shared.join("conformance/llm/cases");
+    if !runner.exists() || !cases.exists() {
+        println!("(no shared LLM corpus: skipped)");
+        return Ok(());
+    }
+    run(
+        "conformance run_llm.py",
+        Command::new("python3")
+            .arg(runner)
             .arg("--cmd")
             .arg(format!("{} run --emit-format jsonl {{ir}}", bin.display()))
             .arg(cases),

@@ -44,6 +44,23 @@ enum Command {
         /// Do not print emits (text format only).
         #[arg(long, short)]
         quiet: bool,
+        /// Answer every agent call from the built-in deterministic mock provider (offline;
+        /// no API keys needed).
+        #[arg(long, conflicts_with = "replay")]
+        mock: bool,
+        /// Append every LLM request and response to FILE as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Answer LLM requests from a recording made with --record, without network.
+        #[arg(long, value_name = "FILE")]
+        replay: Option<PathBuf>,
+        /// Read environment variables (API keys, …) from a dotenv file; they take precedence
+        /// over the process environment.
+        #[arg(long = "env", value_name = "FILE")]
+        env_file: Option<PathBuf>,
+        /// Print metrics (calls, tokens, cost, time) to stderr after the run.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Load and validate an IR file without running it.
     Check {
@@ -90,17 +107,58 @@ fn main() -> ExitCode {
             timeout,
             max_call_depth,
             quiet,
-        } => run(file, emit_format, timeout, max_call_depth, quiet),
+            mock,
+            record,
+            replay,
+            env_file,
+            metrics,
+        } => run(RunArgs {
+            file,
+            format: emit_format,
+            timeout,
+            max_call_depth,
+            quiet,
+            mock,
+            record,
+            replay,
+            env_file,
+            metrics,
+        }),
     }
 }
 
-fn run(
+struct RunArgs {
     file: PathBuf,
     format: EmitFormat,
     timeout: f64,
     max_call_depth: usize,
     quiet: bool,
-) -> ExitCode {
+    mock: bool,
+    record: Option<PathBuf>,
+    replay: Option<PathBuf>,
+    env_file: Option<PathBuf>,
+    metrics: bool,
+}
+
+/// The variables of a dotenv file.
+fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let iter = dotenvy::from_path_iter(path).map_err(|e| e.to_string())?;
+    iter.map(|item| item.map_err(|e| e.to_string())).collect()
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let RunArgs {
+        file,
+        format,
+        timeout,
+        max_call_depth,
+        quiet,
+        mock,
+        record,
+        replay,
+        env_file,
+        metrics,
+    } = args;
     if !(timeout.is_finite() && timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
@@ -115,10 +173,26 @@ fn run(
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
         EmitFormat::Text => concerto_runtime::stdout_writer(),
     };
-    runtime.with_system(Arc::new(ProcessSystem::with_output(
-        print_out,
-        concerto_runtime::stderr_writer(),
-    )));
+    let mut system = ProcessSystem::with_output(print_out, concerto_runtime::stderr_writer());
+    if let Some(path) = &env_file {
+        match read_env_file(path) {
+            Ok(vars) => system = system.with_env(vars),
+            Err(err) => {
+                eprintln!("error: cannot read env file `{}`: {err}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    runtime.with_system(Arc::new(system));
+    if mock {
+        runtime.use_mock_provider();
+    }
+    if let Some(path) = replay {
+        runtime.replay_llm(path);
+    }
+    if let Some(path) = record {
+        runtime.record_llm(path);
+    }
     match format {
         EmitFormat::Jsonl => runtime.add_emit_sink(Arc::new(JsonLinesSink::new(std::io::stdout()))),
         EmitFormat::Text if !quiet => {
@@ -153,6 +227,9 @@ fn run(
     let _ = std::io::stdout().flush();
     for panic in runtime.listener_panics() {
         eprintln!("warning: {panic}");
+    }
+    if metrics {
+        print_metrics(runtime.metrics());
     }
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -199,5 +276,43 @@ fn load_reason(err: &RuntimeError) -> String {
     match err {
         RuntimeError::Load(inner) => inner.to_string(),
         other => other.to_string(),
+    }
+}
+
+/// `--metrics`: the run's counters on stderr.
+fn print_metrics(m: &concerto_runtime::Metrics) {
+    eprintln!("metrics:");
+    eprintln!("  execution time: {} ms", m.execution_time_ms);
+    eprintln!("  emits: {}", m.emit_count);
+    eprintln!("  errors caught: {}", m.errors);
+    eprintln!("  agent calls: {}", m.agent_calls);
+    eprintln!("  tool calls: {}", m.tool_calls);
+    eprintln!("  total tokens: {}", m.total_tokens());
+    eprintln!("  estimated cost: ${:.4}", m.estimated_cost());
+    for (agent, c) in &m.llm.by_agent {
+        eprintln!(
+            "  agent {agent}: {} calls, {} retries, {} schema re-asks, {} tool calls, \
+             tokens in {} (cached {}) out {}{}",
+            c.requests,
+            c.retries,
+            c.schema_retries,
+            c.tool_calls,
+            c.input_tokens,
+            c.cached_tokens,
+            c.output_tokens,
+            if c.estimated_usage > 0 {
+                " (partly estimated)"
+            } else {
+                ""
+            }
+        );
+    }
+    for (connection, c) in &m.llm.by_connection {
+        eprintln!(
+            "  connection {connection}: {} calls, {} failures, tokens {}",
+            c.requests,
+            c.failures,
+            c.input_tokens + c.output_tokens
+        );
     }
 }

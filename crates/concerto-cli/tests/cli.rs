@@ -179,3 +179,123 @@ fn check_validates_without_running() {
     assert_eq!(out.status.code(), Some(0));
     assert!(stderr(&out).starts_with("ok:"), "{}", stderr(&out));
 }
+
+fn harbour() -> PathBuf {
+    repo().join("examples/harbour/harbour.conc-ir")
+}
+
+fn jsonl(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn mock_runs_the_agent_example_offline_and_deterministically() {
+    let run = || {
+        bin()
+            .args(["run", "--mock", "--emit-format", "jsonl"])
+            .arg(harbour())
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let emits = jsonl(&first);
+    assert_eq!(
+        emits[0]["payload"],
+        "[mock response to: Greet the harbour master.]"
+    );
+    let berthing = emits
+        .iter()
+        .find(|e| e["channel"] == "berthing")
+        .expect("structured reply");
+    assert_eq!(berthing["payload"]["berth"], 0);
+    assert_eq!(emits.last().unwrap()["payload"], 4);
+    assert_eq!(stdout(&run()), stdout(&first), "the mock is deterministic");
+}
+
+#[test]
+fn a_missing_api_key_is_a_clear_error_not_a_mock() {
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(harbour())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).is_empty(),
+        "no invented replies: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("OPENAI_API_KEY"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("mock"), "{}", stderr(&out));
+}
+
+#[test]
+fn record_then_replay_gives_the_same_run_without_a_provider() {
+    let dir = std::env::temp_dir().join(format!("concerto-cli-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("calls.jsonl");
+    let recorded = bin()
+        .args(["run", "--mock", "--emit-format", "jsonl", "--record"])
+        .arg(&file)
+        .arg(harbour())
+        .output()
+        .unwrap();
+    assert_eq!(recorded.status.code(), Some(0), "{}", stderr(&recorded));
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines.lines().count(), 3, "one line per call:\n{lines}");
+    for line in lines.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(entry["request"]["messages"].is_array(), "{entry}");
+        assert!(entry["response"]["text"].is_string(), "{entry}");
+    }
+    let replayed = bin()
+        .args(["run", "--emit-format", "jsonl", "--replay"])
+        .arg(&file)
+        .arg(harbour())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(replayed.status.code(), Some(0), "{}", stderr(&replayed));
+    assert_eq!(stdout(&replayed), stdout(&recorded));
+}
+
+#[test]
+fn metrics_and_env_file() {
+    let dir = std::env::temp_dir().join(format!("concerto-cli-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = dir.join("test.env");
+    std::fs::write(&env, "CONCERTO_CLI_TEST_VAR=from-env-file\n").unwrap();
+    // `env("CONCERTO_CLI_TEST_VAR")` then EMIT.
+    let ir = write_ir(
+        "env.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":1},{"op":"LOAD_LOCAL","name":"env"},
+           {"op":"CALL","argc":1},{"op":"EMIT"},{"op":"LOAD_CONST","arg":2},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"string","value":"var"},
+           {"index":1,"type":"string","value":"CONCERTO_CLI_TEST_VAR"},
+           {"index":2,"type":"nil","value":null}"#,
+    );
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl", "--metrics", "--env"])
+        .arg(&env)
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(jsonl(&out)[0]["payload"], "from-env-file");
+    assert!(stderr(&out).contains("emits: 1"), "{}", stderr(&out));
+    let missing = bin()
+        .args(["run", "--env", "/nonexistent/file.env"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}

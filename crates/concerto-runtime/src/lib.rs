@@ -34,7 +34,7 @@ mod system;
 mod value;
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,6 +46,7 @@ use concerto_vm::{ErrorKind, ExecConfig, Execution, Host, Vm, VmError};
 pub use concerto_emit as emit;
 pub use concerto_ir as ir;
 pub use concerto_vm as vm;
+pub use concerto_vm::{LlmCounters, LlmStats};
 pub use config::{ConnectionOverride, EmitMode, Limits, RuntimeConfig, ToolPermission};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
 pub use value::{Value, ValueError};
@@ -66,6 +67,9 @@ pub enum RuntimeError {
     /// A component (emit sink, store) failed outside the program.
     #[error("{0}")]
     Host(#[from] HostError),
+    /// The runtime could not be set up as asked (a recording that cannot be read, …).
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl RuntimeError {
@@ -87,23 +91,67 @@ pub struct Metrics {
     pub emit_count: u64,
     /// Errors caught by the program (`try`/`catch`, pipeline stages).
     pub errors: u64,
-    /// LLM API calls made.
+    /// LLM replies received.
     pub agent_calls: u64,
-    /// Tool invocations.
+    /// Tool calls the models asked for.
     pub tool_calls: u64,
-    tokens_in: u64,
-    tokens_out: u64,
+    /// LLM usage by agent and by connection: requests, retries, schema re-asks, tool calls,
+    /// input / cached / output tokens, cost.
+    pub llm: concerto_vm::LlmStats,
 }
 
 impl Metrics {
     /// Tokens used, input plus output.
     pub fn total_tokens(&self) -> u64 {
-        self.tokens_in + self.tokens_out
+        self.llm
+            .by_agent
+            .values()
+            .map(|c| c.input_tokens + c.output_tokens)
+            .sum()
     }
 
-    /// Estimated cost in US dollars of the calls made.
-    pub fn estimated_cost(&self) -> f64 {
-        0.0
+    /// Estimated cost of the calls made. Calls to models without a known price make the
+    /// cost (partly) unknown; it is never reported as zero for them.
+    pub fn estimated_cost(&self) -> Cost {
+        let (known_usd, unpriced_calls) = self
+            .llm
+            .by_agent
+            .values()
+            .fold((0.0, 0), |(usd, n), c| (usd + c.cost_usd, n + c.unpriced));
+        Cost {
+            known_usd,
+            unpriced_calls,
+        }
+    }
+}
+
+/// An estimated cost in US dollars, which may be unknown for some calls.
+///
+/// Displays as the amount (honouring a precision, `{:.4}`), or `unknown`, or the known part
+/// followed by how many calls have no price.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Cost {
+    /// Cost of the calls whose model has a known price.
+    pub known_usd: f64,
+    /// Calls whose model has no known price.
+    pub unpriced_calls: u64,
+}
+
+impl Cost {
+    /// The cost, when every call's price is known.
+    pub fn usd(&self) -> Option<f64> {
+        (self.unpriced_calls == 0).then_some(self.known_usd)
+    }
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let precision = f.precision().unwrap_or(4);
+        match (self.unpriced_calls, self.known_usd) {
+            (0, usd) => write!(f, "{usd:.precision$}"),
+            (n, 0.0) => write!(f, "unknown ({n} calls without a price)"),
+            (n, usd) => write!(f, "{usd:.precision$} + unknown ({n} calls without a price)"),
+        }
     }
 }
 
@@ -115,11 +163,34 @@ pub struct Runtime {
     hub: Arc<EmitHub>,
     memory: Option<Arc<dyn MemoryStore>>,
     custom_memory: bool,
-    connections: Arc<dyn Connections>,
+    /// A connection layer the host supplied (`with_connections`).
+    custom_connections: Option<Arc<dyn Connections>>,
+    /// The layer in use, built on first need and kept (its HTTP pool outlives executions).
+    active_connections: Option<Arc<dyn Connections>>,
+    llm: LlmSetup,
     schema: Arc<dyn SchemaValidator>,
     tools: Arc<dyn ToolHost>,
     system: Arc<dyn System>,
     metrics: Metrics,
+}
+
+/// How agent calls reach models, besides the connection overrides.
+struct LlmSetup {
+    mock: bool,
+    record: Option<PathBuf>,
+    replay: Option<PathBuf>,
+    prices: concerto_conn::PriceTable,
+}
+
+impl Default for LlmSetup {
+    fn default() -> LlmSetup {
+        LlmSetup {
+            mock: false,
+            record: None,
+            replay: None,
+            prices: concerto_conn::PriceTable::builtin(),
+        }
+    }
 }
 
 /// Host tools: none are registered yet, so every call is refused.
@@ -147,7 +218,9 @@ impl Runtime {
             hub: Arc::new(EmitHub::new()),
             memory: None,
             custom_memory: false,
-            connections: Arc::new(concerto_conn::HttpConnections::new()),
+            custom_connections: None,
+            active_connections: None,
+            llm: LlmSetup::default(),
             schema: Arc::new(concerto_schema::JsonSchemaValidator::new()),
             tools: Arc::new(NoHostTools),
             system: Arc::new(ProcessSystem::default()),
@@ -255,10 +328,107 @@ impl Runtime {
         self.hub.add_sink(sink);
     }
 
-    /// Uses a different LLM connection layer.
+    /// Uses a different LLM connection layer (a recording or replay set up with
+    /// [`Runtime::record_llm`] / [`Runtime::replay_llm`] still wraps or replaces it).
     pub fn with_connections(&mut self, connections: Arc<dyn Connections>) -> &mut Self {
-        self.connections = connections;
+        self.custom_connections = Some(connections);
+        self.active_connections = None;
         self
+    }
+
+    /// Answers every agent call from the built-in deterministic mock provider instead of
+    /// the network: an explicit choice for offline runs and demos (a missing API key never
+    /// falls back to it). To mock one connection only, override it with
+    /// `ConnectionOverride { provider: Some("mock".into()), ..Default::default() }`.
+    pub fn use_mock_provider(&mut self) -> &mut Self {
+        self.llm.mock = true;
+        self.active_connections = None;
+        self
+    }
+
+    /// Replaces parts of connection `name` (API key, base URL, limits, …), as
+    /// `RuntimeConfig::connection_overrides` does.
+    pub fn override_connection(&mut self, name: &str, settings: ConnectionOverride) -> &mut Self {
+        self.config
+            .connection_overrides
+            .insert(name.to_string(), settings);
+        self.active_connections = None;
+        self
+    }
+
+    /// Writes every LLM request and its response (or error) to `path` as JSON lines, one
+    /// per call, appended and flushed as they happen. Requests carry no API keys.
+    pub fn record_llm(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.llm.record = Some(path.into());
+        self.active_connections = None;
+        self
+    }
+
+    /// Answers LLM requests from a recording made with [`Runtime::record_llm`] (or
+    /// `concerto run --record`), without any network; a request that was not recorded is an
+    /// error.
+    pub fn replay_llm(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.llm.replay = Some(path.into());
+        self.active_connections = None;
+        self
+    }
+
+    /// Sets or overrides the price of a model (USD per million tokens) used for cost
+    /// estimates; the built-in table covers common OpenAI and Anthropic models.
+    pub fn set_model_price(&mut self, model: &str, price: concerto_conn::Price) -> &mut Self {
+        self.llm.prices.set(model, price);
+        self.active_connections = None;
+        self
+    }
+
+    /// The connection layer for the next execution: the host's, the mock, a replay, or
+    /// the HTTP layer configured from the overrides — wrapped in a recorder when asked.
+    fn connection_layer(&mut self) -> Result<Arc<dyn Connections>, RuntimeError> {
+        if let Some(layer) = &self.active_connections {
+            return Ok(layer.clone());
+        }
+        let base: Arc<dyn Connections> = if let Some(path) = &self.llm.replay {
+            Arc::new(concerto_conn::Replayer::load(path).map_err(|e| {
+                RuntimeError::Setup(format!("cannot replay `{}`: {e}", path.display()))
+            })?)
+        } else if let Some(custom) = &self.custom_connections {
+            custom.clone()
+        } else if self.llm.mock {
+            Arc::new(concerto_conn::MockConnections::new())
+        } else {
+            let system = self.system.clone();
+            let mut http = concerto_conn::HttpConnections::new()
+                .with_env(Arc::new(move |name: &str| system.env_var(name)))
+                .with_prices(self.llm.prices.clone());
+            for (name, o) in &self.config.connection_overrides {
+                http = http.with_settings(
+                    name,
+                    concerto_conn::ConnectionSettings {
+                        provider: o.provider.clone(),
+                        api_key: o.api_key.clone(),
+                        base_url: o.base_url.clone(),
+                        default_model: o.default_model.clone(),
+                        timeout: o.timeout,
+                        retry: o.retry,
+                        requests_per_minute: o.requests_per_minute,
+                        tokens_per_minute: o.tokens_per_minute,
+                        max_concurrent: o.max_concurrent,
+                        stream: o.stream,
+                        headers: o.headers.clone(),
+                        anthropic_structured: None,
+                    },
+                );
+            }
+            Arc::new(http)
+        };
+        let layer: Arc<dyn Connections> = match &self.llm.record {
+            Some(path) => Arc::new(concerto_conn::Recorder::new(base, path).map_err(|e| {
+                RuntimeError::Setup(format!("cannot record to `{}`: {e}", path.display()))
+            })?),
+            None => base,
+        };
+        self.active_connections = Some(layer.clone());
+        Ok(layer)
     }
 
     /// Uses a different memory store (kept across `load_ir` calls).
@@ -280,9 +450,11 @@ impl Runtime {
         self
     }
 
-    /// Uses a different console, environment and clock.
+    /// Uses a different console, environment and clock (API keys named by `api_key_env`
+    /// are read from its environment).
     pub fn with_system(&mut self, system: Arc<dyn System>) -> &mut Self {
         self.system = system;
+        self.active_connections = None;
         self
     }
 
@@ -300,9 +472,10 @@ impl Runtime {
                 vm.program().hashmaps.len(),
             )),
         };
+        let connections = self.connection_layer()?;
         let host = Host {
             emit: self.hub.clone(),
-            connections: self.connections.clone(),
+            connections,
             memory,
             schema: self.schema.clone(),
             tools: self.tools.clone(),
@@ -322,7 +495,9 @@ impl Runtime {
             execution_time_ms: started.elapsed().as_millis() as u64,
             emit_count: stats.emits,
             errors: stats.errors_caught,
-            ..Metrics::default()
+            agent_calls: stats.llm.by_agent.values().map(|c| c.requests).sum(),
+            tool_calls: stats.llm.by_agent.values().map(|c| c.tool_calls).sum(),
+            llm: stats.llm,
         };
         let flushed = self.hub.flush();
         let value = match outcome {

@@ -16,6 +16,8 @@ pub type TextOut = Arc<dyn Fn(&str) + Send + Sync>;
 pub struct ProcessSystem {
     print: TextOut,
     log: TextOut,
+    /// Variables that take precedence over the process environment (`--env FILE`).
+    overlay: Vec<(String, String)>,
 }
 
 impl Default for ProcessSystem {
@@ -43,7 +45,21 @@ pub fn stderr_writer() -> TextOut {
 impl ProcessSystem {
     /// A system writing program output and log lines to the given writers.
     pub fn with_output(print: TextOut, log: TextOut) -> ProcessSystem {
-        ProcessSystem { print, log }
+        ProcessSystem {
+            print,
+            log,
+            overlay: Vec::new(),
+        }
+    }
+
+    /// Adds variables that take precedence over the process environment (for example the
+    /// contents of an env file), without touching the process environment itself.
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> ProcessSystem {
+        for (name, value) in vars {
+            self.overlay.retain(|(n, _)| *n != name);
+            self.overlay.push((name, value));
+        }
+        self
     }
 }
 
@@ -63,11 +79,18 @@ impl System for ProcessSystem {
     }
 
     fn env_var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+        match self.overlay.iter().find(|(n, _)| n == name) {
+            Some((_, value)) => Some(value.clone()),
+            None => std::env::var(name).ok(),
+        }
     }
 
     fn env_vars(&self) -> Vec<(String, String)> {
-        std::env::vars().collect()
+        let mut vars: Vec<(String, String)> = std::env::vars()
+            .filter(|(n, _)| self.overlay.iter().all(|(o, _)| o != n))
+            .collect();
+        vars.extend(self.overlay.iter().cloned());
+        vars
     }
 
     fn now_ms(&self) -> i64 {

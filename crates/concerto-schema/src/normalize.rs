@@ -4,8 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use concerto_vm::host::{Program, TypeDefKind};
 use concerto_vm::host::HostError;
+use concerto_vm::host::{Program, TypeDefKind};
 use serde_json::{Map, Value, json};
 
 use crate::types::{TypeExpr, parse_type};

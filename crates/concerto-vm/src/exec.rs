@@ -68,8 +68,10 @@ impl Default for ExecConfig {
 }
 
 /// Counters an execution keeps.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ExecStats {
+    /// LLM usage by agent and connection.
+    pub llm: crate::agent::LlmStats,
     /// Emits delivered.
     pub emits: u64,
     /// Errors caught by `try`/`catch` (or by a pipeline stage).
@@ -86,6 +88,9 @@ pub(crate) enum Step {
     Return(Value),
     /// Wait for a future and resume with its result.
     Suspend(BoxFuture<Result<Value, VmError>>),
+    /// Call the method `func` with receiver `self_value` and `args`, and resume with its
+    /// result (tool methods, schema validators).
+    CallWithSelf(FuncId, Value, Vec<Value>),
 }
 
 /// Interpreter-side code that calls back into Concerto code (pipelines, higher-order
@@ -119,6 +124,8 @@ pub(crate) struct Ctx {
     pub(crate) host: Host,
     pub(crate) config: ExecConfig,
     pub(crate) stats: ExecStats,
+    /// Replies kept by agents' `@cache`, by request.
+    pub(crate) agent_cache: std::collections::HashMap<String, (crate::host::ChatResponse, Instant)>,
     rng: u64,
 }
 
@@ -256,6 +263,7 @@ impl Execution {
                 host,
                 config,
                 stats: ExecStats::default(),
+                agent_cache: std::collections::HashMap::new(),
                 rng,
             },
         }
@@ -268,7 +276,7 @@ impl Execution {
 
     /// Counters so far.
     pub fn stats(&self) -> ExecStats {
-        self.ctx.stats
+        self.ctx.stats.clone()
     }
 
     /// Runs the `$const_*` initialisers, then the entry point, to completion. A `main` that
@@ -693,15 +701,31 @@ impl Execution {
                     }
                 }
                 Ok(Step::Suspend(fut)) => return Ok(Some(Exit::Suspend(fut))),
-                Ok(Step::Call(callee, args)) => {
+                Ok(step @ (Step::Call(..) | Step::CallWithSelf(..))) => {
                     // The native frame's calls use the registers just above its base.
                     let scratch = frame.base as usize + 1;
-                    let argc = args.len();
-                    self.ensure(scratch + argc + 1);
-                    for (i, a) in args.into_iter().enumerate() {
-                        self.stack[scratch + i] = a;
-                    }
-                    match self.call_value(callee, scratch, argc) {
+                    let called = match step {
+                        Step::Call(callee, args) => {
+                            let argc = args.len();
+                            self.ensure(scratch + argc + 1);
+                            for (i, a) in args.into_iter().enumerate() {
+                                self.stack[scratch + i] = a;
+                            }
+                            self.call_value(callee, scratch, argc)
+                        }
+                        Step::CallWithSelf(func, receiver, args) => {
+                            let argc = args.len();
+                            self.ensure(scratch + argc + 2);
+                            self.stack[scratch] = receiver;
+                            for (i, a) in args.into_iter().enumerate() {
+                                self.stack[scratch + 1 + i] = a;
+                            }
+                            self.enter(func, scratch, argc, true)
+                                .map(|()| Called::Entered)
+                        }
+                        _ => Err(VmError::new(ErrorKind::Internal, "unexpected native step")),
+                    };
+                    match called {
                         Ok(Called::Entered) => return Ok(None),
                         Ok(Called::Done) => input = Ok(std::mem::take(&mut self.stack[scratch])),
                         Ok(Called::Suspend(fut)) => return Ok(Some(Exit::Suspend(fut))),

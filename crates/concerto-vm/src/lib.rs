@@ -30,11 +30,13 @@
 //! - `exec`: [`Execution`], the dispatch loop, calls, handlers and suspension.
 //! - `ops`: operators off the fast path.
 //! - `builtins`, `stdlib`: native functions; `methods`: built-in methods.
+//! - `agent`: agent calls (LLM requests, tool loop, schema re-asks, builders).
 //! - `host`: the traits for the outside world.
 //! - `error`: [`VmError`].
 //! - `testing`: in-memory fakes of the host traits for tests and examples.
 #![warn(missing_docs)]
 
+mod agent;
 mod builtins;
 mod error;
 mod exec;
@@ -47,6 +49,7 @@ pub mod testing;
 mod value;
 mod vm;
 
+pub use agent::{LlmCounters, LlmStats};
 pub use error::{ErrorKind, Location, VmError};
 pub use exec::{ExecConfig, ExecStats, Execution, Host};
 pub use value::{

@@ -101,13 +101,7 @@ pub(crate) fn call_builtin_method(
                     )))
                 }
             },
-            RefKind::Agent => {
-                let agent = ctx.program().agents[r.index as usize].decl.name.clone();
-                let _ = schema;
-                Err(VmError::unsupported(format!(
-                    "agent calls (`{agent}.{name}`) need the LLM connection layer, which is not implemented yet"
-                )))
-            }
+            RefKind::Agent => crate::agent::agent_method(ctx, r.index, method, name, schema, rest),
             RefKind::Host => {
                 let host = ctx.program().hosts[r.index as usize].name.clone();
                 Err(VmError::not_enabled(format!(
@@ -131,13 +125,16 @@ pub(crate) fn call_builtin_method(
                 _ => Err(no_method(recv, name)),
             },
         },
-        Value::Object(obj) => match obj.downcast::<ScopedLedger>() {
-            Some(scoped) => {
+        Value::Object(obj) => {
+            if let Some(scoped) = obj.downcast::<ScopedLedger>() {
                 let ledger = scoped.0.clone();
-                ledger_method(ctx, method, name, &ledger, rest)
+                return ledger_method(ctx, method, name, &ledger, rest);
             }
-            None => Err(no_method(recv, name)),
-        },
+            if let Some(builder) = obj.downcast::<crate::agent::AgentBuilder>() {
+                return crate::agent::builder_method(ctx, builder, method, name, schema, rest);
+            }
+            Err(no_method(recv, name))
+        }
         _ => match method {
             Method::ToString => Ok(Flow::Value(Value::str(recv.to_display()))),
             _ => Err(no_method(recv, name)),

@@ -1,0 +1,406 @@
+//! Agent calls end to end through the facade, with a scripted connection layer in place of
+//! HTTP: what the program sees (emits) and what reaches the connection (requests).
+//!
+//! The programs are in `tests/agents/*.conc` (compiled by `tests/agents/compile.sh`).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concerto_runtime::vm::host::{
+    Backoff, BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, ToolCall, Usage,
+};
+use concerto_tests::{RunResult, run_ir_with};
+use parking_lot::Mutex;
+use serde_json::{Value as Json, json};
+
+/// Answers requests from a script and records them.
+#[derive(Default)]
+struct Scripted {
+    replies: Mutex<VecDeque<Result<ChatResponse, HostError>>>,
+    requests: Mutex<Vec<(u32, ChatRequest)>>,
+}
+
+impl Scripted {
+    fn new(replies: Vec<Result<ChatResponse, HostError>>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            replies: Mutex::new(replies.into()),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn requests(&self) -> Vec<ChatRequest> {
+        self.requests
+            .lock()
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+impl Connections for Scripted {
+    fn chat(
+        &self,
+        _: &Arc<Program>,
+        connection: u32,
+        request: ChatRequest,
+    ) -> BoxFuture<Result<ChatResponse, HostError>> {
+        self.requests.lock().push((connection, request));
+        let reply = self
+            .replies
+            .lock()
+            .pop_front()
+            .unwrap_or_else(|| Err(HostError::failed("the test script has no more replies")));
+        Box::pin(async move { reply })
+    }
+}
+
+fn text(t: &str) -> Result<ChatResponse, HostError> {
+    let mut r = ChatResponse::text(
+        t,
+        "gpt-4o",
+        Usage {
+            input_tokens: 11,
+            cached_tokens: 0,
+            output_tokens: 5,
+            estimated: false,
+        },
+    );
+    r.provider = "openai".into();
+    Ok(r)
+}
+
+fn tools(calls: &[(&str, &str, Json)]) -> Result<ChatResponse, HostError> {
+    let mut r = ChatResponse::text("", "gpt-4o", Usage::default());
+    r.tool_calls = calls
+        .iter()
+        .map(|(id, name, args)| ToolCall {
+            id: (*id).into(),
+            name: (*name).into(),
+            arguments: args.clone(),
+        })
+        .collect();
+    Ok(r)
+}
+
+fn run(program: &str, connections: &Arc<Scripted>) -> RunResult {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("agents")
+        .join(format!("{program}.conc-ir"));
+    let bytes = std::fs::read(&path).expect("agent test program");
+    let conn: Arc<dyn Connections> = connections.clone();
+    run_ir_with(&bytes, move |rt| {
+        rt.with_connections(conn);
+    })
+}
+
+/// The emits as `channel → payload`, in order.
+fn emits(result: &RunResult) -> Vec<(String, Json)> {
+    if let Some(e) = &result.error {
+        panic!("program failed: {e}");
+    }
+    result
+        .emits
+        .iter()
+        .map(|e| {
+            (
+                e["channel"].as_str().unwrap_or_default().to_string(),
+                e["payload"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn payload(emits: &[(String, Json)], channel: &str) -> Json {
+    emits
+        .iter()
+        .find(|(c, _)| c == channel)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| panic!("no emit on {channel}: {emits:?}"))
+}
+
+#[test]
+fn execute_returns_a_response_and_sends_the_agent_settings() {
+    let conn = Scripted::new(vec![text("Teal")]);
+    let out = emits(&run("execute_basic", &conn));
+    assert_eq!(payload(&out, "is_ok"), json!(true));
+    assert_eq!(
+        payload(&out, "response"),
+        json!({"text": "Teal", "in": 11, "out": 5, "model": "gpt-4o", "provider": "openai"})
+    );
+    assert_eq!(payload(&out, "type"), json!("Response"));
+    let reqs = conn.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.agent, "Writer");
+    assert_eq!(r.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(r.temperature, Some(0.25));
+    assert_eq!(r.max_tokens, Some(64));
+    assert_eq!(r.messages.len(), 2);
+    assert_eq!(
+        (r.messages[0].role.as_str(), r.messages[0].content.as_str()),
+        ("system", "You write short answers.")
+    );
+    assert_eq!(
+        (r.messages[1].role.as_str(), r.messages[1].content.as_str()),
+        ("user", "Name a colour")
+    );
+    assert!(r.tools.is_empty() && r.response_schema.is_none());
+}
+
+#[test]
+fn a_failed_call_is_an_agent_error_value() {
+    let conn = Scripted::new(vec![
+        Err(HostError::failed(
+            "connection 'llm': HTTP 500 after 1 attempt",
+        )),
+        text("fine"),
+    ]);
+    let out = emits(&run("execute_error", &conn));
+    assert_eq!(payload(&out, "is_err"), json!(true));
+    assert_eq!(payload(&out, "type"), json!("AgentError"));
+    let message = payload(&out, "message");
+    let message = message.as_str().unwrap_or_default();
+    assert!(message.contains("agent 'Writer' failed"), "{message}");
+    assert!(message.contains("HTTP 500"), "{message}");
+    assert_eq!(payload(&out, "agent"), json!("Writer"));
+    assert_eq!(payload(&out, "second"), json!("fine"));
+}
+
+#[test]
+fn memory_builder_carries_history_and_appends_the_exchange() {
+    let conn = Scripted::new(vec![text("A1"), text("A2"), text("A3")]);
+    let out = emits(&run("builder_memory", &conn));
+    assert_eq!(payload(&out, "first"), json!("A1"));
+    assert_eq!(payload(&out, "second"), json!("A2"));
+    assert_eq!(payload(&out, "len"), json!(4));
+    assert_eq!(payload(&out, "quiet"), json!("A3"));
+    assert_eq!(payload(&out, "len_after_quiet"), json!(4));
+    assert_eq!(
+        payload(&out, "roles"),
+        json!(["user", "assistant", "user", "assistant"])
+    );
+    let reqs = conn.requests();
+    let second: Vec<(&str, &str)> = reqs[1]
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.content.as_str()))
+        .collect();
+    assert_eq!(
+        second,
+        vec![
+            ("system", "Keep the log."),
+            ("user", "one"),
+            ("assistant", "A1"),
+            ("user", "two")
+        ]
+    );
+}
+
+#[test]
+fn builder_execute_raises_a_catchable_agent_error() {
+    let conn = Scripted::new(vec![Err(HostError::failed("boom"))]);
+    let out = emits(&run("builder_error", &conn));
+    let caught = payload(&out, "caught");
+    assert!(
+        caught.as_str().unwrap_or_default().contains("boom"),
+        "{caught}"
+    );
+    assert_eq!(payload(&out, "after"), json!(true));
+    assert!(out.iter().all(|(c, _)| c != "never"));
+    // with_tools offered the tool for this call.
+    let reqs = conn.requests();
+    assert_eq!(reqs[0].tools.len(), 1);
+    assert_eq!(reqs[0].tools[0].name, "Noop::nothing");
+}
+
+#[test]
+fn tool_calls_run_tool_methods_and_send_the_results_back() {
+    let conn = Scripted::new(vec![
+        tools(&[
+            ("c1", "Calc::add", json!({"a": 19, "b": 23})),
+            ("c2", "Calc::broken", json!({})),
+            ("c3", "Calc::nope", json!({})),
+        ]),
+        text("There are 42."),
+    ]);
+    let out = emits(&run("tool_loop", &conn));
+    assert_eq!(payload(&out, "answer"), json!("There are 42."));
+    assert_eq!(payload(&out, "direct"), json!(3));
+    let reqs = conn.requests();
+    assert_eq!(reqs.len(), 2);
+    let offered: Vec<&str> = reqs[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(offered, vec!["Calc::add", "Calc::broken"]);
+    let follow = &reqs[1].messages;
+    let assistant = follow
+        .iter()
+        .find(|m| m.role == "assistant")
+        .expect("assistant turn echoed");
+    assert_eq!(assistant.tool_calls.len(), 3);
+    let results: Vec<(Option<&str>, &str)> = follow
+        .iter()
+        .filter(|m| m.role == "tool")
+        .map(|m| (m.tool_call_id.as_deref(), m.content.as_str()))
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0], (Some("c1"), "42"));
+    assert!(results[1].1.contains("the gauge is broken"), "{results:?}");
+    assert!(results[2].1.contains("unknown tool"), "{results:?}");
+}
+
+#[test]
+fn the_tool_loop_is_bounded() {
+    let mut replies = Vec::new();
+    for i in 0..12 {
+        replies.push(tools(&[(
+            &*format!("c{i}"),
+            "Calc::add",
+            json!({"a": 1, "b": 1}),
+        )]));
+    }
+    let conn = Scripted::new(replies);
+    let result = run("tool_loop", &conn);
+    // `unwrap()` on the Err ends the program: the loop stopped with an error.
+    let err = result.error.expect("the call fails").to_string();
+    assert!(err.contains("kept asking for tools"), "{err}");
+    assert_eq!(conn.requests().len(), 11);
+}
+
+#[test]
+fn decorators_reach_the_request_and_cache_and_log() {
+    let conn = Scripted::new(vec![text("cached answer"), text("other answer")]);
+    let out = emits(&run("decorators", &conn));
+    assert_eq!(payload(&out, "same"), json!(true));
+    assert_eq!(payload(&out, "other"), json!("other answer"));
+    let reqs = conn.requests();
+    assert_eq!(
+        reqs.len(),
+        2,
+        "the identical request was served from @cache"
+    );
+    let r = &reqs[0];
+    assert_eq!(r.model.as_deref(), Some("fast"));
+    assert_eq!(r.timeout, Some(Duration::from_secs(7)));
+    let retry = r.retry.expect("@retry policy");
+    assert_eq!(retry.max_attempts, 4);
+    assert_eq!(retry.backoff, Backoff::Linear);
+    let logs: Vec<&Json> = out
+        .iter()
+        .filter(|(c, _)| c == "agent:log")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(logs.len(), 3);
+    assert_eq!(logs[0]["agent"], json!("Careful"));
+    assert_eq!(logs[0]["method"], json!("execute"));
+    assert_eq!(logs[0]["tokens_in"], json!(11));
+}
+
+#[test]
+fn chat_sends_the_conversation_and_context_reaches_the_prompt() {
+    let conn = Scripted::new(vec![text("bye!"), text("Sunny")]);
+    let out = emits(&run("chat_and_context", &conn));
+    assert_eq!(payload(&out, "chat"), json!("bye!"));
+    assert_eq!(payload(&out, "context"), json!("Sunny"));
+    let reqs = conn.requests();
+    let chat: Vec<(&str, &str)> = reqs[0]
+        .messages
+        .iter()
+        .map(|m| (m.role.as_str(), m.content.as_str()))
+        .collect();
+    assert_eq!(
+        chat,
+        vec![
+            ("system", "Be brief."),
+            ("user", "hi"),
+            ("assistant", "hello"),
+            ("user", "bye")
+        ]
+    );
+    let last = reqs[1].messages.last().expect("prompt");
+    assert!(last.content.starts_with("Weather?"), "{}", last.content);
+    assert!(last.content.contains("Oslo"), "{}", last.content);
+}
+
+#[test]
+fn schema_replies_become_structs_and_invalid_ones_are_asked_again() {
+    let conn = Scripted::new(vec![
+        text(r#"{"label": "good", "score": 0.5}"#),
+        text("Sure, here you go: not json"),
+        text("```json\n{\"label\": \"fixed\", \"score\": 1}\n```"),
+        text(r#"{"label": "x"}"#),
+        text(r#"{"label": "x"}"#),
+        text(r#"{"label": "x"}"#),
+    ]);
+    let out = emits(&run("schema_flow", &conn));
+    assert_eq!(
+        payload(&out, "first"),
+        json!({"label": "good", "score": 0.5, "note": null, "type": "Verdict"})
+    );
+    assert_eq!(payload(&out, "retried"), json!("fixed"));
+    assert_eq!(
+        payload(&out, "failed"),
+        json!({"type": "SchemaError", "schema": "Verdict", "raw": "{\"label\": \"x\"}"})
+    );
+    assert_eq!(payload(&out, "message_has_count"), json!(true));
+    let reqs = conn.requests();
+    assert_eq!(reqs.len(), 6);
+    for r in &reqs {
+        let schema = &r.response_schema.as_ref().expect("schema sent").schema;
+        assert!(schema["properties"]["label"].is_object(), "{schema}");
+    }
+    // The re-ask replaces the prompt with one that states the errors and repeats it.
+    let reask = reqs[2].messages.last().expect("re-ask");
+    assert!(reask.content.contains("invalid JSON"), "{}", reask.content);
+    assert!(reask.content.contains("Grade two"), "{}", reask.content);
+    assert_eq!(
+        reqs[2].messages.len(),
+        1,
+        "the failed answer is not sent back"
+    );
+}
+
+#[test]
+fn a_schema_validate_method_is_a_custom_validator() {
+    let conn = Scripted::new(vec![text(r#"{"value": -3}"#), text(r#"{"value": 4}"#)]);
+    let out = emits(&run("schema_validator", &conn));
+    assert_eq!(payload(&out, "value"), json!(4));
+    let reqs = conn.requests();
+    assert_eq!(reqs.len(), 2);
+    let reask = reqs[1].messages.last().expect("re-ask");
+    assert!(
+        reask.content.contains("value must not be negative"),
+        "{}",
+        reask.content
+    );
+}
+
+#[test]
+fn usage_is_counted_per_agent_and_connection() {
+    let conn = Scripted::new(vec![text("Teal")]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/execute_basic.conc-ir");
+    let bytes = std::fs::read(path).expect("program");
+    let mut rt = concerto_runtime::Runtime::new(concerto_runtime::RuntimeConfig::default());
+    let c: Arc<dyn Connections> = conn.clone();
+    rt.with_connections(c);
+    rt.load_ir_bytes(&bytes).expect("loads");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    tokio.block_on(rt.execute()).expect("runs");
+    let m = rt.metrics();
+    assert_eq!(m.total_tokens(), 16);
+    let agent = &m.llm.by_agent["Writer"];
+    assert_eq!(
+        (agent.requests, agent.input_tokens, agent.output_tokens),
+        (1, 11, 5)
+    );
+    assert_eq!(
+        agent.unpriced, 1,
+        "no price given: the cost is unknown, not zero"
+    );
+    assert!(m.estimated_cost().usd().is_none());
+    assert!(m.estimated_cost().to_string().contains("unknown"));
+    assert_eq!(m.llm.by_connection["llm"].requests, 1);
+}
