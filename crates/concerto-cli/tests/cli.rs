@@ -299,3 +299,86 @@ fn metrics_and_env_file() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// A one-thread HTTP server that answers every request with 401 and an error body that
+/// echoes `echo` (as some providers echo the key they were given). Returns its base URL.
+fn echoing_server(echo: &str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = format!(
+        r#"{{"error": {{"message": "Incorrect API key provided: {echo}", "type": "invalid_request_error"}}}}"#
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 65536];
+            let mut seen = Vec::new();
+            // Read the head and the body announced by content-length.
+            loop {
+                let Ok(n) = stream.read(&mut buf) else { break };
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= head_end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let response = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_canary_api_key_never_appears_in_any_output() {
+    let canary = "sk-canary-7f3a9c2e1b5d4a68";
+    let url = echoing_server(canary);
+    let dir = std::env::temp_dir().join(format!("concerto-cli-canary-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The bundled agent example, pointed at the echoing server.
+    let mut ir: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(harbour()).unwrap()).unwrap();
+    for conn in ir["connections"].as_array_mut().unwrap() {
+        conn["config"]["base_url"] = serde_json::Value::String(url.clone());
+        conn["config"]["retry"] = serde_json::json!({"max_attempts": 1, "backoff": "none"});
+    }
+    let path = dir.join("harbour.conc-ir");
+    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
+    let record = dir.join("calls.jsonl");
+    for format in ["jsonl", "text"] {
+        let out = bin()
+            .args(["run", "--metrics", "--emit-format", format, "--record"])
+            .arg(&record)
+            .arg(&path)
+            .env("OPENAI_API_KEY", canary)
+            .env("ANTHROPIC_API_KEY", canary)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        // The first call is a builder call: its error ends the run.
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains(canary), "stdout leaks the key");
+        assert!(!stderr(&out).contains(canary), "stderr leaks the key: {}", stderr(&out));
+        let recorded = std::fs::read_to_string(&record).unwrap();
+        assert!(!recorded.is_empty());
+        assert!(!recorded.contains(canary), "the recording leaks the key");
+    }
+}
