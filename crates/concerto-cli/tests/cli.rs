@@ -376,7 +376,11 @@ fn a_canary_api_key_never_appears_in_any_output() {
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         assert!(stderr(&out).contains("401"), "{}", stderr(&out));
         assert!(!stdout(&out).contains(canary), "stdout leaks the key");
-        assert!(!stderr(&out).contains(canary), "stderr leaks the key: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains(canary),
+            "stderr leaks the key: {}",
+            stderr(&out)
+        );
         let recorded = std::fs::read_to_string(&record).unwrap();
         assert!(!recorded.is_empty());
         assert!(!recorded.contains(canary), "the recording leaks the key");
