@@ -315,8 +315,7 @@ fn echoing_server(echo: &str) -> String {
             let mut buf = [0u8; 65536];
             let mut seen = Vec::new();
             // Read the head and the body announced by content-length.
-            loop {
-                let Ok(n) = stream.read(&mut buf) else { break };
+            while let Ok(n) = stream.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
