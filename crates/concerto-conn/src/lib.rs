@@ -198,6 +198,13 @@ impl HttpConnections {
         self
     }
 
+    /// Starts a new run: the retry budget is full again. Limits (requests and tokens per
+    /// minute, concurrency) and pooled connections carry over, as they describe the
+    /// provider, not the run. The facade calls this at the start of every execution.
+    pub fn begin_run(&self) {
+        self.budget.refill();
+    }
+
     /// The resolved connection `index` of `program`, from the cache or resolved now.
     fn prepared(&self, program: &Arc<Program>, index: u32) -> Result<Arc<Prepared>, HostError> {
         let key = (Arc::as_ptr(program) as usize, index);

@@ -128,6 +128,11 @@ impl RetryBudget {
         self.total
     }
 
+    /// Refills the budget (a new run begins).
+    pub(crate) fn refill(&self) {
+        self.left.store(self.total, Ordering::Release);
+    }
+
     /// Takes one retry; `false` when the budget is used up.
     pub(crate) fn try_take(&self) -> bool {
         self.left

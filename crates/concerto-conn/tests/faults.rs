@@ -365,6 +365,14 @@ async fn the_retry_budget_is_shared_and_runs_out() {
         .unwrap_err();
     assert!(err.message.contains("retry budget"), "{}", err.message);
     assert_eq!(server.count(), 4);
+    // A new run starts with the whole budget again.
+    conns.begin_run();
+    let err = conns
+        .chat(&program, 0, request(None, "x"))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("retry budget"), "{}", err.message);
+    assert_eq!(server.count(), 7, "two retries again after begin_run");
 }
 
 #[tokio::test]

@@ -167,6 +167,8 @@ pub struct Runtime {
     custom_connections: Option<Arc<dyn Connections>>,
     /// The layer in use, built on first need and kept (its HTTP pool outlives executions).
     active_connections: Option<Arc<dyn Connections>>,
+    /// The HTTP layer inside it, when the runtime built one (its retry budget is per run).
+    http: Option<Arc<concerto_conn::HttpConnections>>,
     llm: LlmSetup,
     schema: Arc<dyn SchemaValidator>,
     tools: Arc<dyn ToolHost>,
@@ -220,6 +222,7 @@ impl Runtime {
             custom_memory: false,
             custom_connections: None,
             active_connections: None,
+            http: None,
             llm: LlmSetup::default(),
             schema: Arc::new(concerto_schema::JsonSchemaValidator::new()),
             tools: Arc::new(NoHostTools),
@@ -385,8 +388,12 @@ impl Runtime {
     /// the HTTP layer configured from the overrides — wrapped in a recorder when asked.
     fn connection_layer(&mut self) -> Result<Arc<dyn Connections>, RuntimeError> {
         if let Some(layer) = &self.active_connections {
+            if let Some(http) = &self.http {
+                http.begin_run();
+            }
             return Ok(layer.clone());
         }
+        self.http = None;
         let base: Arc<dyn Connections> = if let Some(path) = &self.llm.replay {
             Arc::new(concerto_conn::Replayer::load(path).map_err(|e| {
                 RuntimeError::Setup(format!("cannot replay `{}`: {e}", path.display()))
@@ -419,7 +426,9 @@ impl Runtime {
                     },
                 );
             }
-            Arc::new(http)
+            let http = Arc::new(http);
+            self.http = Some(http.clone());
+            http
         };
         let layer: Arc<dyn Connections> = match &self.llm.record {
             Some(path) => Arc::new(concerto_conn::Recorder::new(base, path).map_err(|e| {
