@@ -136,19 +136,19 @@ impl WindowState {
                 not_before = Some(at + WINDOW);
             }
         }
-        if let Some(tpm) = tpm {
-            if self.token_sum.saturating_add(tokens) > tpm {
-                let mut remaining = self.token_sum;
-                let mut until = now;
-                for charge in &self.tokens {
-                    remaining = remaining.saturating_sub(charge.amount);
-                    until = charge.at + WINDOW;
-                    if remaining.saturating_add(tokens) <= tpm {
-                        break;
-                    }
+        if let Some(tpm) = tpm
+            && self.token_sum.saturating_add(tokens) > tpm
+        {
+            let mut remaining = self.token_sum;
+            let mut until = now;
+            for charge in &self.tokens {
+                remaining = remaining.saturating_sub(charge.amount);
+                until = charge.at + WINDOW;
+                if remaining.saturating_add(tokens) <= tpm {
+                    break;
                 }
-                not_before = Some(not_before.map_or(until, |t| t.max(until)));
             }
+            not_before = Some(not_before.map_or(until, |t| t.max(until)));
         }
         if let Some(at) = not_before {
             return Err(at.max(now + Duration::from_millis(1)));
@@ -210,13 +210,13 @@ impl Limits {
 
     /// Waits until an attempt reserving `tokens` may be sent, and records it.
     pub(crate) async fn admit(self: &Arc<Self>, tokens: u64) -> Result<Admission, AdmitError> {
-        if let Some(limit) = self.spec.tokens_per_minute.map(u64::from) {
-            if tokens > limit {
-                return Err(AdmitError::TooManyTokens {
-                    reserved: tokens,
-                    limit,
-                });
-            }
+        if let Some(limit) = self.spec.tokens_per_minute.map(u64::from)
+            && tokens > limit
+        {
+            return Err(AdmitError::TooManyTokens {
+                reserved: tokens,
+                limit,
+            });
         }
         let permit = match &self.concurrency {
             Some(semaphore) => Some(

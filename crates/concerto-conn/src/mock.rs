@@ -120,15 +120,14 @@ fn mock_value(field: &str, schema: &Value, depth: usize) -> Value {
     };
     let Some(kind) = kind else {
         // `anyOf: [{…}, {"type": "null"}]` is how optional fields are often written.
-        if depth < MAX_DEPTH {
-            if let Some(alternative) = ["anyOf", "oneOf"]
+        if depth < MAX_DEPTH
+            && let Some(alternative) = ["anyOf", "oneOf"]
                 .iter()
                 .filter_map(|key| schema.get(*key).and_then(Value::as_array))
                 .flatten()
                 .find(|alt| alt.get("type").and_then(Value::as_str) != Some("null"))
-            {
-                return mock_value(field, alternative, depth + 1);
-            }
+        {
+            return mock_value(field, alternative, depth + 1);
         }
         return json!(format!("[mock {field}]"));
     };

@@ -678,24 +678,24 @@ fn propagate_sources(slots: &mut [Slot], is_temp: &dyn Fn(Reg) -> bool, n: u32) 
                     }),
                     _ => None,
                 };
-                if let Some(new) = replaced {
-                    if dead_after(slots, u, dst, n) {
-                        slots[u].op = Some(new);
-                        slots[d].op = None;
-                        changed = true;
-                    }
+                if let Some(new) = replaced
+                    && dead_after(slots, u, dst, n)
+                {
+                    slots[u].op = Some(new);
+                    slots[d].op = None;
+                    changed = true;
                 }
             }
             Op::LoadGlobal { dst, global } if is_temp(dst) => {
                 let Some(u) = next_use(slots, d, dst, &[]) else {
                     continue;
                 };
-                if let Some(Op::Call { base, argc }) = slots[u].op {
-                    if base as u32 + argc as u32 == dst as u32 {
-                        slots[u].op = Some(Op::CallGlobal { base, argc, global });
-                        slots[d].op = None;
-                        changed = true;
-                    }
+                if let Some(Op::Call { base, argc }) = slots[u].op
+                    && base as u32 + argc as u32 == dst as u32
+                {
+                    slots[u].op = Some(Op::CallGlobal { base, argc, global });
+                    slots[d].op = None;
+                    changed = true;
                 }
             }
             _ => {}

@@ -56,10 +56,11 @@ fn coerce_node(root: &Value, schema: &Value, instance: &mut Value, depth: usize)
         Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
         _ => Vec::new(),
     };
-    if !types.is_empty() && !types.iter().any(|t| has_type(instance, t)) {
-        if let Some(converted) = types.iter().find_map(|t| convert(instance, t)) {
-            *instance = converted;
-        }
+    if !types.is_empty()
+        && !types.iter().any(|t| has_type(instance, t))
+        && let Some(converted) = types.iter().find_map(|t| convert(instance, t))
+    {
+        *instance = converted;
     }
     match instance {
         Value::Object(members) => coerce_members(root, map, members, depth),

@@ -59,12 +59,11 @@ pub fn extract_json(reply: &str) -> Result<Value, String> {
 fn unwrap_double_encoded(value: Value) -> Value {
     if let Value::String(inner) = &value {
         let inner = inner.trim();
-        if inner.starts_with('{') || inner.starts_with('[') {
-            if let Ok(decoded) = serde_json::from_str::<Value>(inner) {
-                if decoded.is_object() || decoded.is_array() {
-                    return decoded;
-                }
-            }
+        if (inner.starts_with('{') || inner.starts_with('['))
+            && let Ok(decoded) = serde_json::from_str::<Value>(inner)
+            && (decoded.is_object() || decoded.is_array())
+        {
+            return decoded;
         }
     }
     value

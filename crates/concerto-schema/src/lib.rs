@@ -369,13 +369,15 @@ fn is_null_branch(branch: &[jsonschema::ValidationError<'_>]) -> bool {
 fn explain(err: &jsonschema::ValidationError<'_>, out: &mut Vec<String>, depth: usize) {
     if let jsonschema::error::ValidationErrorKind::AnyOf { context } = err.kind() {
         let mut others = context.iter().filter(|b| !is_null_branch(b));
-        if let (Some(branch), None) = (others.next(), others.next()) {
-            if depth < 32 && !branch.is_empty() && !err.instance().is_null() {
-                for inner in branch {
-                    explain(inner, out, depth + 1);
-                }
-                return;
+        if let (Some(branch), None) = (others.next(), others.next())
+            && depth < 32
+            && !branch.is_empty()
+            && !err.instance().is_null()
+        {
+            for inner in branch {
+                explain(inner, out, depth + 1);
             }
+            return;
         }
     }
     out.push(describe(err));

@@ -104,10 +104,10 @@ pub(crate) fn compile(
         };
         defs.insert(key, def_body);
     }
-    if !defs.is_empty() {
-        if let Value::Object(map) = &mut body {
-            map.insert("$defs".into(), Value::Object(defs));
-        }
+    if !defs.is_empty()
+        && let Value::Object(map) = &mut body
+    {
+        map.insert("$defs".into(), Value::Object(defs));
     }
     Ok(body)
 }
@@ -244,10 +244,10 @@ impl Normalizer<'_> {
         };
         if let (Some(desc), Value::Object(map)) =
             (obj.get("description").and_then(Value::as_str), &mut schema)
+            && !map.contains_key("anyOf")
+            && !map.contains_key("$ref")
         {
-            if !map.contains_key("anyOf") && !map.contains_key("$ref") {
-                map.insert("description".into(), json!(desc));
-            }
+            map.insert("description".into(), json!(desc));
         }
         (schema, is_option)
     }
@@ -483,18 +483,18 @@ pub(crate) fn nullable(schema: Value) -> Value {
     if let Some(mut types) = scalar_types {
         types.push("null".into());
         map.insert("type".into(), json!(types));
-        if let Some(Value::Array(values)) = map.get_mut("enum") {
-            if !values.iter().any(Value::is_null) {
-                values.push(Value::Null);
-            }
+        if let Some(Value::Array(values)) = map.get_mut("enum")
+            && !values.iter().any(Value::is_null)
+        {
+            values.push(Value::Null);
         }
         return Value::Object(map);
     }
-    if map.len() == 1 {
-        if let Some(Value::Array(branches)) = map.get_mut("anyOf") {
-            branches.push(json!({"type": "null"}));
-            return Value::Object(map);
-        }
+    if map.len() == 1
+        && let Some(Value::Array(branches)) = map.get_mut("anyOf")
+    {
+        branches.push(json!({"type": "null"}));
+        return Value::Object(map);
     }
     json!({"anyOf": [Value::Object(map), {"type": "null"}]})
 }

@@ -135,10 +135,11 @@ impl Vm {
                 continue;
             };
             for (fid, func) in program.functions.iter().enumerate() {
-                if let Some((owner, method)) = func.name.split_once("::") {
-                    if owner == &**tr && !method.contains("::") {
-                        insert(&mut method_table, key, method, fid as FuncId);
-                    }
+                if let Some((owner, method)) = func.name.split_once("::")
+                    && owner == &**tr
+                    && !method.contains("::")
+                {
+                    insert(&mut method_table, key, method, fid as FuncId);
                 }
             }
         }

@@ -74,15 +74,14 @@ pub(super) fn request_body(out: &Outgoing<'_>) -> Value {
                 "tool_use_id": message.tool_call_id.as_deref().unwrap_or_default(),
                 "content": message.content,
             });
-            if open_results {
-                if let Some(content) = messages
+            if open_results
+                && let Some(content) = messages
                     .last_mut()
                     .and_then(|turn| turn.get_mut("content"))
                     .and_then(Value::as_array_mut)
-                {
-                    content.push(block);
-                    continue;
-                }
+            {
+                content.push(block);
+                continue;
             }
             messages.push(json!({"role": "user", "content": [block]}));
             open_results = true;

@@ -48,21 +48,22 @@ impl ToolNames {
         structured: AnthropicStructured,
     ) -> ToolNames {
         let mut names = ToolNames::new(&request.tools);
-        if provider == Provider::Anthropic && structured == AnthropicStructured::Tool {
-            if let Some(schema) = &request.response_schema {
-                let base = sanitize_schema_name(&schema.name);
-                let mut candidate = base.clone();
-                let mut n = 1usize;
-                while names.from_wire.contains_key(&candidate) {
-                    n += 1;
-                    let suffix = format!("_{n}");
-                    candidate = format!(
-                        "{}{suffix}",
-                        take_chars(&base, MAX_WIRE_NAME.saturating_sub(suffix.len()))
-                    );
-                }
-                names.output_tool = Some(candidate);
+        if provider == Provider::Anthropic
+            && structured == AnthropicStructured::Tool
+            && let Some(schema) = &request.response_schema
+        {
+            let base = sanitize_schema_name(&schema.name);
+            let mut candidate = base.clone();
+            let mut n = 1usize;
+            while names.from_wire.contains_key(&candidate) {
+                n += 1;
+                let suffix = format!("_{n}");
+                candidate = format!(
+                    "{}{suffix}",
+                    take_chars(&base, MAX_WIRE_NAME.saturating_sub(suffix.len()))
+                );
             }
+            names.output_tool = Some(candidate);
         }
         names
     }

@@ -111,10 +111,10 @@ fn strict_compatible(schema: &Value, depth: usize) -> bool {
                     .and_then(Value::as_array)
                     .map(|r| r.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                if let Some(props) = props {
-                    if props.keys().any(|k| !required.contains(&k.as_str())) {
-                        return false;
-                    }
+                if let Some(props) = props
+                    && props.keys().any(|k| !required.contains(&k.as_str()))
+                {
+                    return false;
                 }
             }
             obj.iter().all(|(key, value)| match key.as_str() {
@@ -347,10 +347,10 @@ impl OpenAiStream {
         for (position, call) in calls.iter().enumerate() {
             let index = u64_field(call, "index").unwrap_or(position as u64);
             let entry = self.calls.entry(index).or_default();
-            if let Some(id) = str_field(call, "id").filter(|id| !id.is_empty()) {
-                if entry.id.is_empty() {
-                    entry.id = id.to_string();
-                }
+            if let Some(id) = str_field(call, "id").filter(|id| !id.is_empty())
+                && entry.id.is_empty()
+            {
+                entry.id = id.to_string();
             }
             let function = call.get("function");
             if let Some(name) = function
