@@ -306,3 +306,54 @@ fn parse_then_serialize_then_parse_is_stable() {
         assert_eq!(first, second, "{}", ir.display());
     }
 }
+
+/// `module` with one tool `Calc` whose method `add(a, b)` has the function schema `schema`.
+fn with_tool(schema: &str) -> String {
+    module(r#"{"index":0,"type":"nil","value":null}"#, r#"{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#)
+        .replace(
+            r#""metadata""#,
+            &format!(
+                r#""tools":[{{"name":"Calc","module":"m","methods":[{{"name":"add","module":"m",
+                  "visibility":"public","params":[{{"name":"a","type":"Int"}},{{"name":"b","type":"Int"}}],
+                  "return_type":"Int","is_async":false,"locals":["a","b"],
+                  "instructions":[{{"op":"LOAD_CONST","arg":0}},{{"op":"RETURN"}}]}}],
+                  "tool_schemas":[{schema}]}}],
+                "metadata""#
+            ),
+        )
+}
+
+#[test]
+fn tool_signatures_are_checked_against_their_function_schemas() {
+    let good = r#"{"method_name":"Calc::add","description":"Add","parameters":{"type":"object",
+        "properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"]}}"#;
+    load_str(&with_tool(good)).expect("a matching schema loads");
+    let cases = [
+        (good.replace("Calc::add", "Calc::sub"), "names no method"),
+        (good.replace("Calc::add", "Other::add"), "names no method"),
+        (
+            good.replace(r#""b":{"type":"integer"}"#, r#""c":{"type":"integer"}"#),
+            "`c`, which is not a parameter",
+        ),
+        (
+            good.replace(r#"["a","b"]"#, r#"["a","z"]"#),
+            "requires \"z\"",
+        ),
+        (
+            good.replace(r#""type":"object""#, r#""type":"array""#),
+            "not a JSON Schema of type object",
+        ),
+        (format!("{good},{good}"), "two function schemas"),
+    ];
+    for (schema, expected) in cases {
+        let inv = invalid(&with_tool(&schema));
+        assert!(inv.to_string().contains(expected), "{schema}: {inv}");
+    }
+    let twice = with_tool(good).replace(
+        r#"{"name":"b","type":"Int"}"#,
+        r#"{"name":"a","type":"Int"}"#,
+    );
+    let inv = invalid(&twice);
+    assert_eq!(inv.function, "Calc::add");
+    assert!(inv.reason.contains("listed twice"), "{inv}");
+}

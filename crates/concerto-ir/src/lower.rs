@@ -58,6 +58,7 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
     }
     let mut tool_methods: Vec<Vec<(Arc<str>, FuncId)>> = Vec::new();
     for (tool_idx, tool) in module.tools.iter_mut().enumerate() {
+        check_tool_signatures(tool)?;
         let mut methods = Vec::new();
         for method in std::mem::take(&mut tool.methods) {
             let full: Arc<str> = Arc::from(format!("{}::{}", tool.name, method.name));
@@ -389,11 +390,11 @@ impl Lowerer {
         }
         for (_, _, func) in bodies {
             for ins in &func.instructions {
-                if ins.op == Opcode::StoreGlobal {
-                    if let Some(name) = &ins.name {
-                        let fallback = self.function_index.get(name.as_str()).copied();
-                        self.add_global(name, GlobalKind::Constant { fallback });
-                    }
+                if ins.op == Opcode::StoreGlobal
+                    && let Some(name) = &ins.name
+                {
+                    let fallback = self.function_index.get(name.as_str()).copied();
+                    self.add_global(name, GlobalKind::Constant { fallback });
                 }
             }
         }
@@ -445,16 +446,15 @@ impl Lowerer {
             slot_of.insert("self", 0);
         }
         for ins in &func.instructions {
-            if ins.op == Opcode::StoreLocal {
-                if let Some(local) = ins.name.as_deref() {
-                    if !slot_of.contains_key(local) {
-                        if slot_names.len() >= u16::MAX as usize {
-                            return Err(fail(None, "too many local variables".into()));
-                        }
-                        slot_of.insert(local, slot_names.len() as u16);
-                        slot_names.push(Arc::from(local));
-                    }
+            if ins.op == Opcode::StoreLocal
+                && let Some(local) = ins.name.as_deref()
+                && !slot_of.contains_key(local)
+            {
+                if slot_names.len() >= u16::MAX as usize {
+                    return Err(fail(None, "too many local variables".into()));
                 }
+                slot_of.insert(local, slot_names.len() as u16);
+                slot_names.push(Arc::from(local));
             }
         }
         if slot_names.len() >= u16::MAX as usize {
@@ -860,17 +860,15 @@ impl Lowerer {
                 TypeDefKind::Enum { .. } => Err(format!("`{type_name}` is an enum, not a struct")),
             };
         }
-        if let Some((enum_name, variant)) = type_name.rsplit_once("::") {
-            if let Some(&ty) = self.type_index.get(enum_name) {
-                if let TypeDefKind::Enum { variants } = &self.types[ty as usize].kind {
-                    if let Some(v) = variants.iter().position(|v| &*v.name == variant) {
-                        return Ok(ShapeTarget::EnumVariant {
-                            ty,
-                            variant: v as u32,
-                        });
-                    }
-                }
-            }
+        if let Some((enum_name, variant)) = type_name.rsplit_once("::")
+            && let Some(&ty) = self.type_index.get(enum_name)
+            && let TypeDefKind::Enum { variants } = &self.types[ty as usize].kind
+            && let Some(v) = variants.iter().position(|v| &*v.name == variant)
+        {
+            return Ok(ShapeTarget::EnumVariant {
+                ty,
+                variant: v as u32,
+            });
         }
         if let Some(&schema) = self.schema_index.get(type_name) {
             return Ok(ShapeTarget::Schema(schema));
@@ -884,6 +882,92 @@ impl Lowerer {
 }
 
 /// Resolves every `TRY_BEGIN` to a handler chain and every `CATCH` to the end of its chain.
+/// A tool's method signatures and generated function schemas agree: parameter names are
+/// unique, every schema names a method of this tool once, and its `properties` and `required`
+/// name parameters of that method. An LLM is offered exactly these schemas, so a mismatch would
+/// surface as arguments the method cannot take.
+fn check_tool_signatures(tool: &model::Tool) -> Result<(), LoadError> {
+    let owner = format!("tool {}", tool.name);
+    for method in &tool.methods {
+        let mut seen = std::collections::HashSet::new();
+        for param in &method.params {
+            if param.name == "self" || !seen.insert(param.name.as_str()) {
+                return Err(LoadError::invalid(
+                    format!("{}::{}", tool.name, method.name),
+                    None,
+                    format!("parameter `{}` is listed twice or named `self`", param.name),
+                ));
+            }
+        }
+    }
+    let mut described = std::collections::HashSet::new();
+    for schema in &tool.tool_schemas {
+        let method = schema
+            .method_name
+            .strip_prefix(tool.name.as_str())
+            .and_then(|rest| rest.strip_prefix("::"))
+            .and_then(|m| tool.methods.iter().find(|f| f.name == m));
+        let Some(method) = method else {
+            return Err(LoadError::invalid(
+                owner,
+                None,
+                format!(
+                    "function schema `{}` names no method of this tool",
+                    schema.method_name
+                ),
+            ));
+        };
+        let fail = |reason: String| {
+            LoadError::invalid(format!("{}::{}", tool.name, method.name), None, reason)
+        };
+        if !described.insert(method.name.as_str()) {
+            return Err(fail("two function schemas for this method".into()));
+        }
+        let params = &schema.parameters;
+        if params.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(fail(
+                "its function schema's `parameters` is not a JSON Schema of type object".into(),
+            ));
+        }
+        let is_param = |name: &str| method.params.iter().any(|p| p.name == name);
+        let properties = match params.get("properties") {
+            None => Default::default(),
+            Some(serde_json::Value::Object(props)) => props.clone(),
+            Some(_) => {
+                return Err(fail(
+                    "its function schema's `properties` is not an object".into(),
+                ));
+            }
+        };
+        if let Some(name) = properties.keys().find(|k| !is_param(k)) {
+            return Err(fail(format!(
+                "its function schema describes `{name}`, which is not a parameter"
+            )));
+        }
+        match params.get("required") {
+            None => {}
+            Some(serde_json::Value::Array(required)) => {
+                for name in required {
+                    match name.as_str() {
+                        Some(name) if properties.contains_key(name) => {}
+                        _ => {
+                            return Err(fail(format!(
+                                "its function schema requires {name}, which it does not describe"
+                            )));
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(fail(
+                    "its function schema's `required` is not an array".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn build_chains(
     instructions: &[Instruction],
     code: &mut [SOp],
