@@ -1,4 +1,4 @@
-//! The dependency-direction check: ir ← vm ← {conn, memory, schema, emit} ← runtime ← cli,
+//! The dependency-direction check: ir ← vm ← {conn, memory, schema, emit, tools} ← runtime ← cli,
 //! and the interpreter core names no I/O library, even transitively.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("concerto-memory", &["concerto-vm"]),
     ("concerto-schema", &["concerto-vm"]),
     ("concerto-emit", &["concerto-vm"]),
+    ("concerto-tools", &["concerto-vm"]),
     (
         "concerto-runtime",
         &[
@@ -25,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "concerto-memory",
             "concerto-schema",
             "concerto-emit",
+            "concerto-tools",
         ],
     ),
     ("concerto-cli", &["concerto-runtime"]),

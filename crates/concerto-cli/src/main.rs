@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use concerto_runtime::emit::{JsonLinesSink, TextSink};
-use concerto_runtime::{Limits, ProcessSystem, Runtime, RuntimeConfig, RuntimeError};
+use concerto_runtime::{
+    Limits, ProcessSystem, Runtime, RuntimeConfig, RuntimeError, Sandbox, ToolPermission,
+};
 
 /// Run Concerto programs compiled to IR (`.conc-ir`) by `concertoc`.
 #[derive(Parser)]
@@ -61,6 +63,22 @@ enum Command {
         /// Print metrics (calls, tokens, cost, time) to stderr after the run.
         #[arg(long)]
         metrics: bool,
+        /// Enable a tool, MCP server, host agent or host tool (`NAME`), or one method of it
+        /// (`NAME.method`); repeatable. Everything that reaches outside the program is off
+        /// until enabled.
+        #[arg(long = "allow-tool", value_name = "NAME[.METHOD]")]
+        allow_tool: Vec<String>,
+        /// Switch a tool off (the program's own tools included; `std::fs`, `std::http` too);
+        /// repeatable.
+        #[arg(long = "disable-tool", value_name = "NAME")]
+        disable_tool: Vec<String>,
+        /// Let `std::fs` read and write inside DIR (recursively); repeatable.
+        #[arg(long = "allow-fs", value_name = "DIR")]
+        allow_fs: Vec<PathBuf>,
+        /// Let `std::http` reach DOMAIN (and its subdomains; `*.example.com`, `localhost`
+        /// and IP addresses work too); repeatable.
+        #[arg(long = "allow-net", value_name = "DOMAIN")]
+        allow_net: Vec<String>,
     },
     /// Load and validate an IR file without running it.
     Check {
@@ -112,6 +130,10 @@ fn main() -> ExitCode {
             replay,
             env_file,
             metrics,
+            allow_tool,
+            disable_tool,
+            allow_fs,
+            allow_net,
         } => run(RunArgs {
             file,
             format: emit_format,
@@ -123,6 +145,10 @@ fn main() -> ExitCode {
             replay,
             env_file,
             metrics,
+            allow_tool,
+            disable_tool,
+            allow_fs,
+            allow_net,
         }),
     }
 }
@@ -138,6 +164,10 @@ struct RunArgs {
     replay: Option<PathBuf>,
     env_file: Option<PathBuf>,
     metrics: bool,
+    allow_tool: Vec<String>,
+    disable_tool: Vec<String>,
+    allow_fs: Vec<PathBuf>,
+    allow_net: Vec<String>,
 }
 
 /// The variables of a dotenv file.
@@ -158,16 +188,53 @@ fn run(args: RunArgs) -> ExitCode {
         replay,
         env_file,
         metrics,
+        allow_tool,
+        disable_tool,
+        allow_fs,
+        allow_net,
     } = args;
     if !(timeout.is_finite() && timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    let config = RuntimeConfig {
+    let mut config = RuntimeConfig {
         execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
         ..RuntimeConfig::default()
     };
+    for entry in &allow_tool {
+        // `NAME.method` allows one method; `NAME` all of them. (Tool names never contain a
+        // dot; `std::fs`-style names are whole names.)
+        match entry.rsplit_once('.') {
+            Some((tool, method)) if !tool.is_empty() && !method.is_empty() => {
+                let perm = config
+                    .tool_permissions
+                    .entry(tool.to_string())
+                    .or_insert_with(|| ToolPermission::Methods(Vec::new()));
+                if let ToolPermission::Methods(list) = perm {
+                    list.push(method.to_string());
+                }
+            }
+            _ => {
+                config
+                    .tool_permissions
+                    .insert(entry.clone(), ToolPermission::AllMethods);
+            }
+        }
+    }
+    for name in &disable_tool {
+        config
+            .tool_permissions
+            .insert(name.clone(), ToolPermission::Disabled);
+    }
     let mut runtime = Runtime::new(config);
+    let mut sandbox = Sandbox::default();
+    for dir in allow_fs {
+        sandbox = sandbox.allow_fs(dir);
+    }
+    for domain in allow_net {
+        sandbox = sandbox.allow_net(domain);
+    }
+    runtime.set_sandbox(sandbox);
     runtime.set_limits(Limits::default().with_max_call_depth(max_call_depth));
     let print_out = match format {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
@@ -236,10 +303,10 @@ fn run(args: RunArgs) -> ExitCode {
         Err(RuntimeError::Execution(err)) => {
             eprintln!("runtime error: {}", err.message());
             let trace = err.trace();
-            if trace.is_empty() {
-                if let Some(loc) = err.location() {
-                    eprintln!("  in {loc}");
-                }
+            if trace.is_empty()
+                && let Some(loc) = err.location()
+            {
+                eprintln!("  in {loc}");
             }
             print_trace(trace);
             ExitCode::from(1)

@@ -112,6 +112,39 @@ impl std::fmt::Debug for ConnectionOverride {
     }
 }
 
+/// What `std::fs` and `std::http` may reach. Empty by default: a program can touch no file
+/// and no network address until the host allows directories and domains.
+///
+/// ```
+/// use concerto_runtime::Sandbox;
+/// let sandbox = Sandbox::default().allow_fs("/tmp/work").allow_net("api.example.com");
+/// # let _ = sandbox;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Sandbox {
+    /// Directories `std::fs` may read and write (recursively; symlinks and `..` that leave
+    /// them are refused).
+    pub fs_roots: Vec<std::path::PathBuf>,
+    /// Domains `std::http` may reach (`example.com` and its subdomains, `*.example.com`,
+    /// `localhost`, IP addresses); redirects are checked hop by hop.
+    pub net_domains: Vec<String>,
+}
+
+impl Sandbox {
+    /// Allows directory `dir`.
+    pub fn allow_fs(mut self, dir: impl Into<std::path::PathBuf>) -> Sandbox {
+        self.fs_roots.push(dir.into());
+        self
+    }
+
+    /// Allows domain `domain`.
+    pub fn allow_net(mut self, domain: impl Into<String>) -> Sandbox {
+        self.net_domains.push(domain.into());
+        self
+    }
+}
+
 /// What a tool may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolPermission {

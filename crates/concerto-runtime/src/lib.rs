@@ -47,7 +47,7 @@ pub use concerto_emit as emit;
 pub use concerto_ir as ir;
 pub use concerto_vm as vm;
 pub use concerto_vm::{LlmCounters, LlmStats};
-pub use config::{ConnectionOverride, EmitMode, Limits, RuntimeConfig, ToolPermission};
+pub use config::{ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, ToolPermission};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
 pub use value::{Value, ValueError};
 
@@ -171,7 +171,13 @@ pub struct Runtime {
     http: Option<Arc<concerto_conn::HttpConnections>>,
     llm: LlmSetup,
     schema: Arc<dyn SchemaValidator>,
-    tools: Arc<dyn ToolHost>,
+    /// A tool layer the host supplied (`with_tool_host`).
+    custom_tools: Option<Arc<dyn ToolHost>>,
+    /// The tool layer in use, built on first need and kept (host agent processes and MCP
+    /// sessions outlive single executions).
+    active_tools: Option<Arc<dyn ToolHost>>,
+    sandbox: Sandbox,
+    host_tools: Vec<HostToolRegistration>,
     system: Arc<dyn System>,
     metrics: Metrics,
 }
@@ -195,19 +201,13 @@ impl Default for LlmSetup {
     }
 }
 
-/// Host tools: none are registered yet, so every call is refused.
-struct NoHostTools;
-
-impl ToolHost for NoHostTools {
-    fn call(
-        &self,
-        tool: &str,
-        method: &str,
-        _: Vec<concerto_vm::Value>,
-    ) -> concerto_vm::host::BoxFuture<Result<concerto_vm::Value, HostError>> {
-        let msg = format!("host tool `{tool}.{method}` is not registered with this runtime");
-        Box::pin(async move { Err(HostError::not_enabled(msg)) })
-    }
+/// A host-registered tool method, kept until the tool layer is built.
+struct HostToolRegistration {
+    tool: String,
+    method: String,
+    description: String,
+    parameters: serde_json::Value,
+    handler: concerto_tools::ToolHandler,
 }
 
 impl Runtime {
@@ -225,7 +225,10 @@ impl Runtime {
             http: None,
             llm: LlmSetup::default(),
             schema: Arc::new(concerto_schema::JsonSchemaValidator::new()),
-            tools: Arc::new(NoHostTools),
+            custom_tools: None,
+            active_tools: None,
+            sandbox: Sandbox::default(),
+            host_tools: Vec::new(),
             system: Arc::new(ProcessSystem::default()),
             metrics: Metrics::default(),
         }
@@ -453,10 +456,114 @@ impl Runtime {
         self
     }
 
-    /// Uses a different host-tool layer.
+    /// Uses a different tool layer (permissions, host tools, MCP, host agents, `std::fs`,
+    /// `std::http`) instead of the built-in one.
     pub fn with_tool_host(&mut self, tools: Arc<dyn ToolHost>) -> &mut Self {
-        self.tools = tools;
+        self.custom_tools = Some(tools);
+        self.active_tools = None;
         self
+    }
+
+    /// Sets what `std::fs` and `std::http` may reach (nothing by default).
+    pub fn set_sandbox(&mut self, sandbox: Sandbox) -> &mut Self {
+        self.sandbox = sandbox;
+        self.active_tools = None;
+        self
+    }
+
+    /// Sets the permission of a tool, MCP server, host agent or host-registered tool, as
+    /// `RuntimeConfig::tool_permissions` does.
+    pub fn set_tool_permission(&mut self, tool: &str, permission: ToolPermission) -> &mut Self {
+        self.config
+            .tool_permissions
+            .insert(tool.to_string(), permission);
+        self.active_tools = None;
+        self
+    }
+
+    /// Registers method `method` of a host tool `tool`, offered to agents that list `tool`
+    /// (or get it through `with_tools(["tool"])`) as `tool::method` with `description` and
+    /// the JSON Schema `parameters`. The handler receives the named arguments as a map.
+    /// Like everything outside the program it runs only once enabled:
+    /// `set_tool_permission(tool, ToolPermission::AllMethods)`.
+    pub fn register_tool<F, Fut>(
+        &mut self,
+        tool: &str,
+        method: &str,
+        description: &str,
+        parameters: serde_json::Value,
+        handler: F,
+    ) -> &mut Self
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.host_tools.push(HostToolRegistration {
+            tool: tool.to_string(),
+            method: method.to_string(),
+            description: description.to_string(),
+            parameters,
+            handler: Arc::new(move |args: serde_json::Value| {
+                let handler = handler.clone();
+                Box::pin(async move {
+                    let args = Value::from(&concerto_vm::Value::from_json(&args));
+                    handler(args).await.map(|v| v.to_json())
+                })
+            }),
+        });
+        self.active_tools = None;
+        self
+    }
+
+    /// The tool layer for the next execution: the host's, or the built-in one under the
+    /// configured permissions and sandbox.
+    fn tool_layer(&mut self) -> Result<Arc<dyn ToolHost>, RuntimeError> {
+        if let Some(layer) = &self.active_tools {
+            return Ok(layer.clone());
+        }
+        let layer: Arc<dyn ToolHost> = match &self.custom_tools {
+            Some(custom) => custom.clone(),
+            None => {
+                let policy = concerto_tools::Policy {
+                    tools: self
+                        .config
+                        .tool_permissions
+                        .iter()
+                        .map(|(name, p)| {
+                            let p = match p {
+                                ToolPermission::Disabled => concerto_tools::Permission::Disabled,
+                                ToolPermission::AllMethods => {
+                                    concerto_tools::Permission::AllMethods
+                                }
+                                ToolPermission::Methods(m) => {
+                                    concerto_tools::Permission::Methods(m.clone())
+                                }
+                            };
+                            (name.clone(), p)
+                        })
+                        .collect(),
+                    fs_roots: self.sandbox.fs_roots.clone(),
+                    net_domains: self.sandbox.net_domains.clone(),
+                };
+                let mut tools = concerto_tools::Tools::new(policy).map_err(|e| {
+                    RuntimeError::Setup(format!("the sandbox cannot be set up: {e}"))
+                })?;
+                for reg in &self.host_tools {
+                    let handler = reg.handler.clone();
+                    tools.register(
+                        &reg.tool,
+                        &reg.method,
+                        &reg.description,
+                        reg.parameters.clone(),
+                        move |args| handler(args),
+                    );
+                }
+                Arc::new(tools)
+            }
+        };
+        self.active_tools = Some(layer.clone());
+        Ok(layer)
     }
 
     /// Uses a different console, environment and clock (API keys named by `api_key_env`
@@ -482,12 +589,13 @@ impl Runtime {
             )),
         };
         let connections = self.connection_layer()?;
+        let tools = self.tool_layer()?;
         let host = Host {
             emit: self.hub.clone(),
             connections,
             memory,
             schema: self.schema.clone(),
-            tools: self.tools.clone(),
+            tools,
             system: self.system.clone(),
         };
         let started = Instant::now();

@@ -96,17 +96,25 @@ impl LlmStats {
     }
 }
 
-/// A tool or MCP server selected for a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A tool selected for a call: one of the program's own, or an external provider (an MCP
+/// server or a host-registered tool) whose functions the host lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ToolSel {
     Tool(u32),
-    Mcp(u32),
+    External(String),
+}
+
+/// Who answers: an LLM agent or a host agent (an external agent process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Agent(u32),
+    Host(u32),
 }
 
 /// The value of `Agent.with_memory(m)` and friends: a call being configured.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentBuilder {
-    agent: u32,
+    target: Target,
     agent_name: String,
     /// Memory index and whether to append the exchange after a successful call.
     memory: Option<(u32, bool)>,
@@ -146,6 +154,23 @@ impl NativeObject for Reply {
     }
 }
 
+/// Functions an external tool provider offers, travelling through the interpreter.
+struct Specs(Vec<ToolSpec>);
+
+impl NativeObject for Specs {
+    fn type_name(&self) -> &str {
+        "ToolSpecs"
+    }
+
+    fn display(&self) -> String {
+        format!("{} tools", self.0.len())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// Stored conversation messages travelling through the interpreter as a value.
 struct History(Vec<ChatMessage>);
 
@@ -173,8 +198,34 @@ pub(crate) fn agent_method(
     args: &[Value],
 ) -> Result<Flow, VmError> {
     let builder = AgentBuilder {
-        agent,
+        target: Target::Agent(agent),
         agent_name: ctx.program().agents[agent as usize].decl.name.clone(),
+        memory: None,
+        tools: Vec::new(),
+        without_tools: false,
+        context: None,
+    };
+    dispatch(ctx, builder, false, method, name, schema, args)
+}
+
+/// `Host.<method>(…)` on a host agent reference.
+pub(crate) fn host_method(
+    ctx: &mut Ctx,
+    host: u32,
+    method: Method,
+    name: &str,
+    schema: Option<u32>,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    let host_name = ctx.program().hosts[host as usize].name.clone();
+    if matches!(method, Method::Chat | Method::Stream) {
+        return Err(VmError::type_error(format!(
+            "no method '{name}' on host {host_name}"
+        )));
+    }
+    let builder = AgentBuilder {
+        target: Target::Host(host),
+        agent_name: host_name,
         memory: None,
         tools: Vec::new(),
         without_tools: false,
@@ -206,6 +257,7 @@ fn dispatch(
 ) -> Result<Flow, VmError> {
     let agent_name = builder.agent_name.clone();
     let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Nil);
+    let on_builder = on_builder && matches!(builder.target, Target::Agent(_));
     match method {
         Method::Execute => {
             let prompt = arg(0).to_display();
@@ -287,24 +339,28 @@ fn dispatch(
 
 /// A tool reference (`Calculator`), an MCP server reference, or a name.
 fn tool_selection(ctx: &Ctx, value: &Value) -> Option<ToolSel> {
-    let program = ctx.program();
     match value {
         Value::Ref(r) if r.kind == RefKind::Tool => Some(ToolSel::Tool(r.index)),
-        Value::Ref(r) if r.kind == RefKind::Mcp => Some(ToolSel::Mcp(r.index)),
-        Value::Str(name) => tool_by_name(program, name.as_str()),
+        Value::Ref(r) if r.kind == RefKind::Mcp => Some(ToolSel::External(
+            ctx.program().connections[r.index as usize].name.clone(),
+        )),
+        Value::Str(name) => tool_by_name(ctx, name.as_str()),
         _ => None,
     }
 }
 
-fn tool_by_name(program: &concerto_ir::Program, name: &str) -> Option<ToolSel> {
+/// A tool by name: the program's own, an MCP server, or a host-registered tool.
+fn tool_by_name(ctx: &Ctx, name: &str) -> Option<ToolSel> {
+    let program = ctx.program();
     if let Some(i) = program.tools.iter().position(|t| t.decl.name == name) {
         return Some(ToolSel::Tool(i as u32));
     }
-    program
+    let external = program
         .connections
         .iter()
-        .position(|c| c.name == name && c.is_mcp())
-        .map(|i| ToolSel::Mcp(i as u32))
+        .any(|c| c.name == name && c.is_mcp())
+        || ctx.host.tools.is_registered(name);
+    external.then(|| ToolSel::External(name.to_string()))
 }
 
 /// `Agent.chat(messages)`: an array of `Message` structs or `{role, content}` maps.
@@ -351,6 +407,8 @@ enum Input {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Start,
+    Specs,
+    LoadHistory,
     History,
     Chat,
     Tool,
@@ -413,11 +471,50 @@ fn decorators(list: &[Decorator]) -> Decorators {
     d
 }
 
+/// The parts of a new call, gathered by the agent and host constructors.
+struct NewCall {
+    agent_name: String,
+    via: Via,
+    connection_name: String,
+    builder: AgentBuilder,
+    kind: Kind,
+    bare: bool,
+    prompt: String,
+    user_index: usize,
+    request: ChatRequest,
+    decorators: Decorators,
+    offered: Vec<String>,
+    external: Vec<String>,
+}
+
+/// How one tool call runs.
+enum ToolRun {
+    /// A tool method of the program: function, `self`, arguments.
+    Own(concerto_ir::FuncId, Value, Vec<Value>),
+    /// An external provider's function: provider, function, JSON arguments.
+    External(String, String, serde_json::Value),
+}
+
+/// How a call reaches its answerer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// An LLM over connection `connections[i]`.
+    Llm(u32),
+    /// Host agent `hosts[i]`; `json` input format.
+    Host(u32, bool),
+}
+
 /// One agent call in progress.
 pub(crate) struct AgentCall {
     agent_name: String,
-    connection: u32,
+    via: Via,
     connection_name: String,
+    /// A host agent's context (`with_context`), sent with every input.
+    host_context: Option<Value>,
+    /// External tool providers whose functions are still to be listed.
+    pending_specs: VecDeque<String>,
+    /// External tool providers offered, by name.
+    external: Vec<String>,
     kind: Kind,
     /// Builder `execute`: return the bare `Response` and raise errors.
     bare: bool,
@@ -453,8 +550,22 @@ impl AgentCall {
         input: Input,
         bare: bool,
     ) -> Result<AgentCall, VmError> {
+        match builder.target {
+            Target::Agent(agent) => Self::for_agent(ctx, agent, builder, kind, input, bare),
+            Target::Host(host) => Self::for_host(ctx, host, builder, kind, input),
+        }
+    }
+
+    fn for_agent(
+        ctx: &mut Ctx,
+        agent: u32,
+        builder: AgentBuilder,
+        kind: Kind,
+        input: Input,
+        bare: bool,
+    ) -> Result<AgentCall, VmError> {
         let program = ctx.program().clone();
-        let def = &program.agents[builder.agent as usize];
+        let def = &program.agents[agent as usize];
         let agent_name = def.decl.name.clone();
         let Some(connection) = def.connection else {
             let wanted = &def.decl.connection;
@@ -482,22 +593,27 @@ impl AgentCall {
         let mut selected: Vec<ToolSel> = Vec::new();
         if !builder.without_tools {
             for name in &def.decl.tools {
-                match tool_by_name(&program, name) {
+                match tool_by_name(ctx, name) {
                     Some(sel) => selected.push(sel),
                     None => {
                         return Err(VmError::new(
                             ErrorKind::Name,
                             format!(
                                 "agent '{agent_name}' lists tool '{name}', which is neither a \
-                                 tool nor an MCP server of this program"
+                                 tool, an MCP server of this program nor a host-registered tool"
                             ),
                         ));
                     }
                 }
             }
         }
-        selected.extend(builder.tools.iter().copied());
+        for sel in &builder.tools {
+            if !selected.contains(sel) {
+                selected.push(sel.clone());
+            }
+        }
         let mut tools: Vec<ToolSpec> = Vec::new();
+        let mut external = Vec::new();
         for sel in selected {
             match sel {
                 ToolSel::Tool(t) => {
@@ -511,13 +627,7 @@ impl AgentCall {
                         }
                     }
                 }
-                ToolSel::Mcp(c) => {
-                    let server = &program.connections[c as usize].name;
-                    return Err(VmError::not_enabled(format!(
-                        "agent '{agent_name}' offers the tools of MCP server '{server}': MCP \
-                         servers are not enabled in this runtime yet"
-                    )));
-                }
+                ToolSel::External(name) => external.push(name),
             }
         }
         let offered = tools.iter().map(|t| t.name.clone()).collect();
@@ -548,6 +658,92 @@ impl AgentCall {
             .timeout
             .or_else(|| config.timeout.map(Duration::from_secs));
         request.retry = decorators.retry;
+        Self::finish_new(
+            ctx,
+            NewCall {
+                agent_name,
+                via: Via::Llm(connection),
+                connection_name,
+                builder,
+                kind,
+                bare,
+                prompt,
+                user_index,
+                request,
+                decorators,
+                offered,
+                external,
+            },
+        )
+    }
+
+    fn for_host(
+        ctx: &mut Ctx,
+        host: u32,
+        builder: AgentBuilder,
+        kind: Kind,
+        input: Input,
+    ) -> Result<AgentCall, VmError> {
+        let program = ctx.program().clone();
+        let def = &program.hosts[host as usize];
+        let name = def.name.clone();
+        ctx.host
+            .tools
+            .check(&program, &name, "execute")
+            .map_err(VmError::from)?;
+        let prompt = match input {
+            Input::Prompt(p) => p,
+            Input::Messages(_) => {
+                return Err(VmError::type_error(format!(
+                    "no method 'chat' on host {name}"
+                )));
+            }
+        };
+        let json = def.input_format.eq_ignore_ascii_case("json");
+        let request = ChatRequest::new(
+            name.clone(),
+            None,
+            vec![ChatMessage::new("user", prompt.as_str())],
+        );
+        let decorators = decorators(&def.decorators);
+        let host_context = builder.context.clone();
+        let mut call = Self::finish_new(
+            ctx,
+            NewCall {
+                agent_name: name.clone(),
+                via: Via::Host(host, json),
+                connection_name: format!("host {name}"),
+                builder,
+                kind,
+                bare: false,
+                prompt,
+                user_index: 0,
+                request,
+                decorators,
+                offered: Vec::new(),
+                external: Vec::new(),
+            },
+        )?;
+        call.host_context = host_context;
+        Ok(call)
+    }
+
+    fn finish_new(ctx: &mut Ctx, new: NewCall) -> Result<AgentCall, VmError> {
+        let NewCall {
+            agent_name,
+            via,
+            connection_name,
+            builder,
+            kind,
+            bare,
+            prompt,
+            user_index,
+            mut request,
+            decorators,
+            offered,
+            external,
+        } = new;
+        let program = ctx.program().clone();
         if let Kind::Schema(schema) = kind {
             let name = program
                 .schemas
@@ -572,8 +768,11 @@ impl AgentCall {
         Ok(AgentCall {
             frame_name: format!("{agent_name}.{method}"),
             agent_name,
-            connection,
+            via,
             connection_name,
+            host_context: None,
+            pending_specs: external.iter().cloned().collect(),
+            external,
             kind,
             bare,
             prompt,
@@ -600,34 +799,82 @@ impl AgentCall {
         self.phase = Phase::Chat;
         if let Some(ttl) = self.decorators.cache_ttl {
             let key = format!(
-                "{}\u{0}{}",
-                self.connection,
+                "{:?}\u{0}{}",
+                self.via,
                 serde_json::to_string(&self.request).unwrap_or_default()
             );
             let now = ctx.now();
-            if let Some((reply, at)) = ctx.agent_cache.get(&key) {
-                if now.saturating_duration_since(*at) <= ttl {
-                    let reply = reply.clone();
-                    ctx.stats
-                        .llm
-                        .both(&self.agent_name, &self.connection_name, |c| {
-                            c.cache_hits += 1
-                        });
-                    return self.on_reply(ctx, reply, true);
-                }
+            if let Some((reply, at)) = ctx.agent_cache.get(&key)
+                && now.saturating_duration_since(*at) <= ttl
+            {
+                let reply = reply.clone();
+                ctx.stats
+                    .llm
+                    .both(&self.agent_name, &self.connection_name, |c| {
+                        c.cache_hits += 1
+                    });
+                return self.on_reply(ctx, reply, true);
             }
             self.cache_key = Some(key);
         }
+        let connection = match self.via {
+            Via::Llm(connection) => connection,
+            Via::Host(host, json) => return Ok(self.send_to_host(ctx, host, json)),
+        };
         let fut = ctx
             .host
             .connections
-            .chat(ctx.program(), self.connection, self.request.clone());
+            .chat(ctx.program(), connection, self.request.clone());
         Ok(Step::Suspend(Box::pin(async move {
             match fut.await {
                 Ok(reply) => Ok(Value::Object(Object::new(Reply(reply)))),
                 Err(e) => Err(VmError::from(e)),
             }
         })))
+    }
+
+    /// One exchange with a host agent: the current prompt (the original, or a schema
+    /// re-ask) in the host's input format.
+    fn send_to_host(&mut self, ctx: &mut Ctx, host: u32, json: bool) -> Step {
+        let prompt = self
+            .request
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let input = if json {
+            let mut obj = serde_json::Map::new();
+            obj.insert("prompt".into(), serde_json::Value::String(prompt));
+            if let Some(context) = &self.host_context {
+                obj.insert("context".into(), context.to_json());
+            }
+            serde_json::Value::Object(obj).to_string()
+        } else {
+            match &self.host_context {
+                Some(context) => format!("{prompt}\nContext: {}", context.to_display()),
+                None => prompt,
+            }
+        };
+        let started = ctx.now();
+        let host_name = self.agent_name.clone();
+        let fut = ctx.host.tools.host_exchange(ctx.program(), host, input);
+        let system = ctx.host.system.clone();
+        Step::Suspend(Box::pin(async move {
+            match fut.await {
+                Ok(text) => {
+                    let mut reply =
+                        ChatResponse::text(text, host_name, crate::host::Usage::default());
+                    reply.provider = "host".into();
+                    reply.cost_usd = Some(0.0);
+                    reply.latency_ms = system
+                        .monotonic()
+                        .saturating_duration_since(started)
+                        .as_millis() as u64;
+                    Ok(Value::Object(Object::new(Reply(reply))))
+                }
+                Err(e) => Err(VmError::from(e)),
+            }
+        }))
     }
 
     /// A reply arrived: run its tool calls, check it against the schema, or finish.
@@ -669,7 +916,11 @@ impl AgentCall {
         }
         match self.kind {
             Kind::Text => {
-                let response = response_value(&reply);
+                // A host agent answers with its raw output; an LLM with a `Response`.
+                let response = match self.via {
+                    Via::Host(..) => Value::str(reply.text.as_str()),
+                    Via::Llm(_) => response_value(&reply),
+                };
                 self.reply = Some(reply);
                 self.succeed(ctx, response)
             }
@@ -776,6 +1027,29 @@ impl AgentCall {
         self.finish_err(ctx, value, message, ErrorKind::Schema)
     }
 
+    /// Lists the functions of the next external tool provider, then loads the conversation
+    /// memory, then asks.
+    fn list_next_provider(&mut self, ctx: &mut Ctx) -> Result<Step, VmError> {
+        if let Some(provider) = self.pending_specs.pop_front() {
+            let program = ctx.program().clone();
+            // An external provider is only offered when the host enabled it.
+            ctx.host
+                .tools
+                .check(&program, &provider, "")
+                .map_err(VmError::from)?;
+            self.phase = Phase::Specs;
+            let fut = ctx.host.tools.specs(&program, &provider);
+            return Ok(Step::Suspend(Box::pin(async move {
+                match fut.await {
+                    Ok(specs) => Ok(Value::Object(Object::new(Specs(specs)))),
+                    Err(e) => Err(VmError::from(e)),
+                }
+            })));
+        }
+        self.phase = Phase::LoadHistory;
+        self.resume(ctx, Ok(Value::Nil))
+    }
+
     /// Runs the next tool call the model asked for, or asks the model again.
     fn next_tool(&mut self, ctx: &mut Ctx) -> Result<Step, VmError> {
         while let Some(call) = self.calls.pop_front() {
@@ -785,10 +1059,18 @@ impl AgentCall {
                     c.tool_calls += 1
                 });
             match self.resolve_tool(ctx, &call) {
-                Ok((fid, tool, args)) => {
+                Ok(ToolRun::Own(fid, tool, args)) => {
                     self.current = Some(call);
                     self.phase = Phase::Tool;
                     return Ok(Step::CallWithSelf(fid, tool, args));
+                }
+                Ok(ToolRun::External(provider, method, args)) => {
+                    self.current = Some(call);
+                    self.phase = Phase::Tool;
+                    let fut = ctx.host.tools.call(ctx.program(), &provider, &method, args);
+                    return Ok(Step::Suspend(Box::pin(async move {
+                        fut.await.map_err(VmError::from)
+                    })));
                 }
                 Err(message) => {
                     self.request.messages.push(ChatMessage::tool_result(
@@ -802,12 +1084,8 @@ impl AgentCall {
         self.send(ctx)
     }
 
-    /// The function, `self` and arguments of a tool call, or why it cannot run.
-    fn resolve_tool(
-        &self,
-        ctx: &Ctx,
-        call: &ToolCall,
-    ) -> Result<(concerto_ir::FuncId, Value, Vec<Value>), String> {
+    /// How to run a tool call, or why it cannot run (told to the model).
+    fn resolve_tool(&self, ctx: &Ctx, call: &ToolCall) -> Result<ToolRun, String> {
         if !self.offered.contains(&call.name) {
             return Err(format!("unknown tool '{}'", call.name));
         }
@@ -815,6 +1093,21 @@ impl AgentCall {
         let Some((tool_name, method)) = call.name.split_once("::") else {
             return Err(format!("unknown tool '{}'", call.name));
         };
+        ctx.host
+            .tools
+            .check(program, tool_name, method)
+            .map_err(|e| e.message)?;
+        if self.external.iter().any(|p| p == tool_name) {
+            let args = match &call.arguments {
+                serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::new()),
+                other => other.clone(),
+            };
+            return Ok(ToolRun::External(
+                tool_name.to_string(),
+                method.to_string(),
+                args,
+            ));
+        }
         let Some(t) = program.tools.iter().position(|t| t.decl.name == tool_name) else {
             return Err(format!("unknown tool '{}'", call.name));
         };
@@ -840,7 +1133,7 @@ impl AgentCall {
             }
         };
         let instance = ctx.vm.tool_instances[t].clone();
-        Ok((fid, instance, args))
+        Ok(ToolRun::Own(fid, instance, args))
     }
 
     /// Success: remember the exchange, log, and hand back the value.
@@ -880,13 +1173,13 @@ impl AgentCall {
             (Kind::Text, true) => value,
             _ => Value::ok(value),
         });
-        if let Some((_, _, true)) = &self.memory {
-            if !self.prompt.is_empty() {
-                self.remember = VecDeque::from([
-                    ChatMessage::new("user", self.prompt.as_str()),
-                    ChatMessage::new("assistant", reply_text),
-                ]);
-            }
+        if let Some((_, _, true)) = &self.memory
+            && !self.prompt.is_empty()
+        {
+            self.remember = VecDeque::from([
+                ChatMessage::new("user", self.prompt.as_str()),
+                ChatMessage::new("assistant", reply_text),
+            ]);
         }
         self.next_memory_write(ctx)
     }
@@ -966,6 +1259,46 @@ impl Continuation for AgentCall {
         match self.phase {
             Phase::Start => {
                 input?;
+                self.list_next_provider(ctx)
+            }
+            Phase::Specs => {
+                let value = input?;
+                if let Value::Object(obj) = &value
+                    && let Some(Specs(specs)) = obj.downcast::<Specs>()
+                {
+                    for spec in specs {
+                        if !self.offered.contains(&spec.name) {
+                            self.offered.push(spec.name.clone());
+                            self.request.tools.push(spec.clone());
+                        }
+                    }
+                }
+                self.list_next_provider(ctx)
+            }
+            Phase::History => {
+                let value = input?;
+                if let Value::Object(obj) = &value
+                    && let Some(History(messages)) = obj.downcast::<History>()
+                {
+                    // Stored turns go between the system prompt and the new input.
+                    let at = usize::from(
+                        self.request
+                            .messages
+                            .first()
+                            .is_some_and(|m| m.role == "system"),
+                    );
+                    let n = messages.len();
+                    if !matches!(self.via, Via::Host(..)) {
+                        self.request
+                            .messages
+                            .splice(at..at, messages.iter().cloned());
+                        self.user_index += n;
+                    }
+                }
+                self.send(ctx)
+            }
+            Phase::LoadHistory => {
+                input?;
                 match &self.memory {
                     Some((name, _, _)) => {
                         self.phase = Phase::History;
@@ -976,26 +1309,6 @@ impl Continuation for AgentCall {
                     }
                     None => self.send(ctx),
                 }
-            }
-            Phase::History => {
-                let value = input?;
-                if let Value::Object(obj) = &value {
-                    if let Some(History(messages)) = obj.downcast::<History>() {
-                        // Stored turns go between the system prompt and the new input.
-                        let at = usize::from(
-                            self.request
-                                .messages
-                                .first()
-                                .is_some_and(|m| m.role == "system"),
-                        );
-                        let n = messages.len();
-                        self.request
-                            .messages
-                            .splice(at..at, messages.iter().cloned());
-                        self.user_index += n;
-                    }
-                }
-                self.send(ctx)
             }
             Phase::Chat => match input {
                 Ok(Value::Object(obj)) => match obj.downcast::<Reply>() {

@@ -110,19 +110,19 @@ table! {
     "std::collections::Queue::new" => stdlib::collections::queue_new,
     "std::collections::Stack::new" => stdlib::collections::stack_new,
 
-    "std::fs::read_file" => stdlib::outside::fs,
-    "std::fs::write_file" => stdlib::outside::fs,
-    "std::fs::append_file" => stdlib::outside::fs,
-    "std::fs::exists" => stdlib::outside::fs,
-    "std::fs::list_dir" => stdlib::outside::fs,
-    "std::fs::remove_file" => stdlib::outside::fs,
-    "std::fs::file_size" => stdlib::outside::fs,
+    "std::fs::read_file" => stdlib::outside::read_file,
+    "std::fs::write_file" => stdlib::outside::write_file,
+    "std::fs::append_file" => stdlib::outside::append_file,
+    "std::fs::exists" => stdlib::outside::exists,
+    "std::fs::list_dir" => stdlib::outside::list_dir,
+    "std::fs::remove_file" => stdlib::outside::remove_file,
+    "std::fs::file_size" => stdlib::outside::file_size,
 
-    "std::http::get" => stdlib::outside::http,
-    "std::http::post" => stdlib::outside::http,
-    "std::http::put" => stdlib::outside::http,
-    "std::http::delete" => stdlib::outside::http,
-    "std::http::request" => stdlib::outside::http,
+    "std::http::get" => stdlib::outside::get,
+    "std::http::post" => stdlib::outside::post,
+    "std::http::put" => stdlib::outside::put,
+    "std::http::delete" => stdlib::outside::delete,
+    "std::http::request" => stdlib::outside::generic,
 }
 
 /// Number of native functions; ids at or above it are enum constructors.

@@ -340,15 +340,15 @@ impl Execution {
                 }
                 Ok(Exit::Resume) => {}
                 Ok(Exit::Yield) => {
-                    if let Some(deadline) = self.deadline {
-                        if self.ctx.now() >= deadline {
-                            let limit = self.ctx.config.timeout.unwrap_or_default();
-                            let err = VmError::new(
-                                ErrorKind::ExecutionTimeout,
-                                format!("execution timed out after {:.3} s", limit.as_secs_f64()),
-                            );
-                            return Err(self.finish_error(err));
-                        }
+                    if let Some(deadline) = self.deadline
+                        && self.ctx.now() >= deadline
+                    {
+                        let limit = self.ctx.config.timeout.unwrap_or_default();
+                        let err = VmError::new(
+                            ErrorKind::ExecutionTimeout,
+                            format!("execution timed out after {:.3} s", limit.as_secs_f64()),
+                        );
+                        return Err(self.finish_error(err));
                     }
                     YieldNow(false).await;
                 }
@@ -871,13 +871,13 @@ impl Execution {
     /// Drops frames above `len`, their natives and their handlers.
     fn truncate_frames(&mut self, len: usize) {
         while self.frames.len() > len {
-            if let Some(frame) = self.frames.pop() {
-                if frame.native != NO_NATIVE {
-                    if frame.native as usize + 1 == self.natives.len() {
-                        self.natives.pop();
-                    } else if let Some(slot) = self.natives.get_mut(frame.native as usize) {
-                        *slot = None;
-                    }
+            if let Some(frame) = self.frames.pop()
+                && frame.native != NO_NATIVE
+            {
+                if frame.native as usize + 1 == self.natives.len() {
+                    self.natives.pop();
+                } else if let Some(slot) = self.natives.get_mut(frame.native as usize) {
+                    *slot = None;
                 }
             }
         }
@@ -1133,20 +1133,20 @@ impl Execution {
                                 continue;
                             }
                         }
-                        if op == BinOp::Add {
-                            if let Value::Str(_) = &reg!(a) {
-                                // `s = s + t`, or a string under construction in a temporary
-                                // (consumed here): append in place instead of copying.
-                                let consumed = dst == a || a >= func.n_slots;
-                                if consumed {
-                                    let rhs = reg!(b).clone();
-                                    let mut s = std::mem::take(&mut reg!(a));
-                                    if let Value::Str(text) = &mut s {
-                                        append_display(text, &rhs);
-                                    }
-                                    reg!(dst) = s;
-                                    continue;
+                        if op == BinOp::Add
+                            && let Value::Str(_) = &reg!(a)
+                        {
+                            // `s = s + t`, or a string under construction in a temporary
+                            // (consumed here): append in place instead of copying.
+                            let consumed = dst == a || a >= func.n_slots;
+                            if consumed {
+                                let rhs = reg!(b).clone();
+                                let mut s = std::mem::take(&mut reg!(a));
+                                if let Value::Str(text) = &mut s {
+                                    append_display(text, &rhs);
                                 }
+                                reg!(dst) = s;
+                                continue;
                             }
                         }
                         let v = tri!(ops::binary(op, &reg!(a), &reg!(b)));
@@ -1164,15 +1164,16 @@ impl Execution {
                                 continue;
                             }
                         }
-                        if op == BinOp::Add && (dst == a || a >= func.n_slots) {
-                            if let Value::Str(_) = &reg!(a) {
-                                let mut s = std::mem::take(&mut reg!(a));
-                                if let Value::Str(text) = &mut s {
-                                    append_display(text, rhs);
-                                }
-                                reg!(dst) = s;
-                                continue;
+                        if op == BinOp::Add
+                            && (dst == a || a >= func.n_slots)
+                            && let Value::Str(_) = &reg!(a)
+                        {
+                            let mut s = std::mem::take(&mut reg!(a));
+                            if let Value::Str(text) = &mut s {
+                                append_display(text, rhs);
                             }
+                            reg!(dst) = s;
+                            continue;
                         }
                         let v = tri!(ops::binary(op, &reg!(a), rhs));
                         reg!(dst) = v;
@@ -1190,15 +1191,16 @@ impl Execution {
                             }
                         }
                         let rhs = Value::Int(i64::from(imm));
-                        if op == BinOp::Add && (dst == a || a >= func.n_slots) {
-                            if let Value::Str(_) = &reg!(a) {
-                                let mut s = std::mem::take(&mut reg!(a));
-                                if let Value::Str(text) = &mut s {
-                                    append_display(text, &rhs);
-                                }
-                                reg!(dst) = s;
-                                continue;
+                        if op == BinOp::Add
+                            && (dst == a || a >= func.n_slots)
+                            && let Value::Str(_) = &reg!(a)
+                        {
+                            let mut s = std::mem::take(&mut reg!(a));
+                            if let Value::Str(text) = &mut s {
+                                append_display(text, &rhs);
                             }
+                            reg!(dst) = s;
+                            continue;
                         }
                         let v = tri!(ops::binary(op, &reg!(a), &rhs));
                         reg!(dst) = v;
@@ -1336,8 +1338,8 @@ impl Execution {
                     } => {
                         let at = base + cb as usize;
                         // `map.get(k).unwrap()` on a hashmap: no Option in between.
-                        if argc == 1 {
-                            if let (
+                        if argc == 1
+                            && let (
                                 Value::Ref(r),
                                 Some(&Op::CallMethod {
                                     base: nb,
@@ -1345,43 +1347,40 @@ impl Execution {
                                     name: next,
                                 }),
                             ) = (&self.stack[at], code.get(pc))
-                            {
-                                if r.kind == crate::value::RefKind::Hashmap
-                                    && nb == cb
-                                    && vm.methods[name as usize] == Method::Get
-                                    && vm.methods[next as usize] == Method::Unwrap
-                                {
-                                    let map = r.index;
-                                    if let Some(found) = tri!(self.hashmap_get_now(map, at)) {
-                                        self.stack[at] = found;
-                                        pc += 1;
-                                        continue;
-                                    }
-                                }
+                            && r.kind == crate::value::RefKind::Hashmap
+                            && nb == cb
+                            && vm.methods[name as usize] == Method::Get
+                            && vm.methods[next as usize] == Method::Unwrap
+                        {
+                            let map = r.index;
+                            if let Some(found) = tri!(self.hashmap_get_now(map, at)) {
+                                self.stack[at] = found;
+                                pc += 1;
+                                continue;
                             }
                         }
                         // Hashmap get/has/set: answered by the store without the generic
                         // method machinery.
-                        if let Value::Ref(r) = self.stack[at] {
-                            if r.kind == crate::value::RefKind::Hashmap {
-                                let method = vm.methods[name as usize];
-                                if let Some(called) =
-                                    self.hashmap_fast(r.index, method, argc as usize, at)
-                                {
-                                    save_pc!();
-                                    let called = tri!(called);
-                                    finish_call!(called, at);
-                                    continue;
-                                }
+                        if let Value::Ref(r) = self.stack[at]
+                            && r.kind == crate::value::RefKind::Hashmap
+                        {
+                            let method = vm.methods[name as usize];
+                            if let Some(called) =
+                                self.hashmap_fast(r.index, method, argc as usize, at)
+                            {
+                                save_pc!();
+                                let called = tri!(called);
+                                finish_call!(called, at);
+                                continue;
                             }
                         }
                         // A user method on a struct that reads `self`: straight into its frame.
-                        if let Value::Struct(obj) = &self.stack[at] {
-                            if let Some(fid) = vm.user_method(obj.ty.key, name) {
-                                let callee = program.function(fid);
-                                if callee.n_params == argc && callee.self_slot.is_some() {
-                                    enter_inline!(fid, callee, at, argc as usize);
-                                }
+                        if let Value::Struct(obj) = &self.stack[at]
+                            && let Some(fid) = vm.user_method(obj.ty.key, name)
+                        {
+                            let callee = program.function(fid);
+                            if callee.n_params == argc && callee.self_slot.is_some() {
+                                enter_inline!(fid, callee, at, argc as usize);
                             }
                         }
                         save_pc!();
@@ -1502,12 +1501,12 @@ impl Execution {
                     Op::Cast { reg, target } => self.cast_op(base + reg as usize, target),
                     Op::CheckType { reg, name } => self.check_type_op(base + reg as usize, name),
                     Op::Await { reg } => {
-                        if let Value::Object(obj) = &reg!(reg) {
-                            if let Some(fut) = crate::task::await_value(obj) {
-                                save_pc!();
-                                self.resume_dst = base + reg as usize;
-                                return Ok(Exit::Suspend(fut));
-                            }
+                        if let Value::Object(obj) = &reg!(reg)
+                            && let Some(fut) = crate::task::await_value(obj)
+                        {
+                            save_pc!();
+                            self.resume_dst = base + reg as usize;
+                            return Ok(Exit::Suspend(fut));
                         }
                     }
                     Op::AwaitAll { start, n } => {
@@ -1670,12 +1669,12 @@ impl Execution {
         schema: Option<u32>,
     ) -> Result<Called, VmError> {
         // Hashmap get/has/set answered at once by the store: no intermediate values.
-        if let Value::Ref(r) = self.stack[base] {
-            if r.kind == crate::value::RefKind::Hashmap {
-                let method = self.ctx.vm.methods[name as usize];
-                if let Some(called) = self.hashmap_fast(r.index, method, argc, base) {
-                    return called;
-                }
+        if let Value::Ref(r) = self.stack[base]
+            && r.kind == crate::value::RefKind::Hashmap
+        {
+            let method = self.ctx.vm.methods[name as usize];
+            if let Some(called) = self.hashmap_fast(r.index, method, argc, base) {
+                return called;
             }
         }
         // The common Option/Result queries, without the generic method machinery.
@@ -1716,7 +1715,16 @@ impl Execution {
                     let tool = &vm.program.tools[r.index as usize];
                     let method = vm.program.name(name).clone();
                     match tool.methods.iter().find(|(m, _)| *m == method) {
-                        Some((_, fid)) => Some(*fid),
+                        Some((_, fid)) => {
+                            // The program's own tools run unless the host switched them off
+                            // (wholly, or this method).
+                            self.ctx
+                                .host
+                                .tools
+                                .check(&vm.program, &tool.decl.name, &method)
+                                .map_err(VmError::from)?;
+                            Some(*fid)
+                        }
                         None => {
                             let tool_name = tool.decl.name.clone();
                             return Err(VmError::type_error(format!(

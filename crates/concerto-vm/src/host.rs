@@ -441,15 +441,123 @@ pub trait Connections: Send + Sync {
     ) -> BoxFuture<Result<ChatResponse, HostError>>;
 }
 
-/// Host-provided tools (closures registered through the facade, MCP servers, host agents).
+/// Tools beyond the program's own code, the outside world (`std::fs`, `std::http`), and the
+/// permission model every tool call goes through: host-registered tools, MCP servers, host
+/// agents (external agent processes), files and the network.
+///
+/// A program's own `tool` declarations run as Concerto code, but [`ToolHost::check`] may
+/// still switch them off. Everything that reaches outside the process is denied until the
+/// host enables it.
 pub trait ToolHost: Send + Sync {
-    /// Calls `tool.method(args)`.
+    /// Whether `tool.method` may run (an empty `method`: whether any of its methods may).
+    /// `tool` is a Concerto tool, an MCP server, a host agent or a host-registered tool of
+    /// `program`. A refusal is [`HostErrorKind::NotEnabled`] naming what was denied and how
+    /// to allow it.
+    fn check(&self, program: &Program, tool: &str, method: &str) -> Result<(), HostError>;
+
+    /// Whether the host registered a tool called `name`.
+    fn is_registered(&self, name: &str) -> bool;
+
+    /// The functions an external tool provider offers a model: an MCP server of `program`
+    /// (by its connection name) or a host-registered tool. Names are `Provider::function`.
+    fn specs(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+    ) -> BoxFuture<Result<Vec<ToolSpec>, HostError>>;
+
+    /// Calls `tool.method(args)` of an MCP server or a host-registered tool, `args` being the
+    /// JSON object of named arguments.
     fn call(
         &self,
+        program: &Arc<Program>,
         tool: &str,
         method: &str,
-        args: Vec<Value>,
+        args: serde_json::Value,
     ) -> BoxFuture<Result<Value, HostError>>;
+
+    /// One exchange with host agent `program.hosts[host]`: writes `input` (already in the
+    /// host's input format) and returns the reply text (already taken from the host's
+    /// output format).
+    fn host_exchange(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> BoxFuture<Result<String, HostError>>;
+
+    /// A `std::fs` operation, inside the allowed directories only.
+    ///
+    /// Two kinds of failure: a refused operation is `Err(HostError)` (kind
+    /// [`HostErrorKind::NotEnabled`], naming what was denied and how to allow it), which the
+    /// program sees as a catchable error; a permitted operation that fails (file not found)
+    /// is `Ok(Err(text))`, which the program sees as an `Err` value.
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>>;
+
+    /// A `std::http` exchange, to allowed domains only (redirects included); failures as
+    /// for [`ToolHost::fs`].
+    fn http(&self, request: HttpRequest)
+    -> BoxFuture<Result<Result<HttpReply, String>, HostError>>;
+}
+
+/// A `std::fs` operation. Paths are as the program wrote them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsRequest {
+    /// `read_file(path)`: the text.
+    Read(String),
+    /// `write_file(path, content)`: create or truncate.
+    Write(String, String),
+    /// `append_file(path, content)`: create if missing.
+    Append(String, String),
+    /// `exists(path)`.
+    Exists(String),
+    /// `list_dir(path)`: entry names.
+    ListDir(String),
+    /// `remove_file(path)`.
+    Remove(String),
+    /// `file_size(path)`: bytes.
+    Size(String),
+}
+
+/// The outcome of a permitted [`FsRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsReply {
+    /// Text read.
+    Text(String),
+    /// Done.
+    Done,
+    /// A yes/no answer.
+    Bool(bool),
+    /// Directory entry names.
+    Names(Vec<String>),
+    /// A size in bytes.
+    Size(u64),
+}
+
+/// A `std::http` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, `PUT`, `DELETE`, `PATCH` or `HEAD`.
+    pub method: String,
+    /// Absolute `http`/`https` URL.
+    pub url: String,
+    /// Request headers.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: Option<String>,
+    /// Time limit of the whole exchange.
+    pub timeout: Option<Duration>,
+}
+
+/// The reply to an [`HttpRequest`] (any status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// Response headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// Body text (lossy UTF-8).
+    pub body: String,
 }
 
 /// One ledger entry.

@@ -102,18 +102,8 @@ pub(crate) fn call_builtin_method(
                 }
             },
             RefKind::Agent => crate::agent::agent_method(ctx, r.index, method, name, schema, rest),
-            RefKind::Host => {
-                let host = ctx.program().hosts[r.index as usize].name.clone();
-                Err(VmError::not_enabled(format!(
-                    "host agent `{host}.{name}`: external host agents are not enabled in this runtime yet"
-                )))
-            }
-            RefKind::Mcp => {
-                let conn = ctx.program().connections[r.index as usize].name.clone();
-                Err(VmError::not_enabled(format!(
-                    "MCP server `{conn}.{name}`: MCP servers are not enabled in this runtime yet"
-                )))
-            }
+            RefKind::Host => crate::agent::host_method(ctx, r.index, method, name, schema, rest),
+            RefKind::Mcp => mcp_method(ctx, r.index, name, rest),
             RefKind::Schema | RefKind::Tool => Err(no_method(recv, name)),
         },
         Value::Struct(s) => match &*s.ty.name {
@@ -140,6 +130,64 @@ pub(crate) fn call_builtin_method(
             _ => Err(no_method(recv, name)),
         },
     }
+}
+
+/// `Server.tool(args…)` on an MCP server: the positional arguments are named by the tool's
+/// signature in the `mcp` block and sent through the host, which checks that the server is
+/// enabled.
+fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<Flow, VmError> {
+    let program = ctx.program().clone();
+    let conn = &program.connections[server as usize];
+    ctx.host
+        .tools
+        .check(&program, &conn.name, name)
+        .map_err(VmError::from)?;
+    let declared = conn
+        .config
+        .get("tools")
+        .and_then(|t| t.as_array())
+        .and_then(|tools| {
+            tools
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+        });
+    let Some(declared) = declared else {
+        return Err(VmError::type_error(format!(
+            "MCP server '{}' declares no tool '{name}'",
+            conn.name
+        )));
+    };
+    let params: Vec<&str> = declared
+        .get("params")
+        .and_then(|p| p.as_array())
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if args.len() > params.len() {
+        return Err(VmError::new(
+            crate::ErrorKind::Arity,
+            format!(
+                "MCP tool {}.{name} takes {} arguments, got {}",
+                conn.name,
+                params.len(),
+                args.len()
+            ),
+        ));
+    }
+    let mut obj = serde_json::Map::new();
+    for (param, arg) in params.iter().zip(args) {
+        obj.insert((*param).to_string(), arg.to_json());
+    }
+    let fut = ctx
+        .host
+        .tools
+        .call(&program, &conn.name, name, serde_json::Value::Object(obj));
+    Ok(Flow::Suspend(Box::pin(async move {
+        fut.await.map_err(VmError::from)
+    })))
 }
 
 #[cold]

@@ -47,9 +47,55 @@ impl Connections for Unsupported {
 }
 
 impl ToolHost for Unsupported {
-    fn call(&self, tool: &str, method: &str, _: Vec<Value>) -> BoxFuture<Result<Value, HostError>> {
+    fn check(&self, _: &concerto_ir::Program, _: &str, _: &str) -> Result<(), HostError> {
+        Ok(())
+    }
+
+    fn is_registered(&self, _: &str) -> bool {
+        false
+    }
+
+    fn specs(
+        &self,
+        _: &Arc<concerto_ir::Program>,
+        tool: &str,
+    ) -> BoxFuture<Result<Vec<crate::host::ToolSpec>, HostError>> {
+        let msg = format!("tools of `{tool}` in the test host");
+        Box::pin(async move { Err(HostError::unsupported(msg)) })
+    }
+
+    fn call(
+        &self,
+        _: &Arc<concerto_ir::Program>,
+        tool: &str,
+        method: &str,
+        _: serde_json::Value,
+    ) -> BoxFuture<Result<Value, HostError>> {
         let msg = format!("host tool `{tool}.{method}` in the test host");
         Box::pin(async move { Err(HostError::unsupported(msg)) })
+    }
+
+    fn host_exchange(
+        &self,
+        _: &Arc<concerto_ir::Program>,
+        _: u32,
+        _: String,
+    ) -> BoxFuture<Result<String, HostError>> {
+        Box::pin(async { Err(HostError::unsupported("host agents in the test host")) })
+    }
+
+    fn fs(
+        &self,
+        _: crate::host::FsRequest,
+    ) -> BoxFuture<Result<Result<crate::host::FsReply, String>, HostError>> {
+        Box::pin(async { Err(HostError::unsupported("std::fs in the test host")) })
+    }
+
+    fn http(
+        &self,
+        _: crate::host::HttpRequest,
+    ) -> BoxFuture<Result<Result<crate::host::HttpReply, String>, HostError>> {
+        Box::pin(async { Err(HostError::unsupported("std::http in the test host")) })
     }
 }
 

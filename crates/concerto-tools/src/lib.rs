@@ -1,0 +1,327 @@
+//! Tools and the outside world for the Concerto VM: the implementation of its
+//! [`ToolHost`] trait.
+//!
+//! [`Tools`] is the one door through which a program reaches anything outside its own
+//! process, and the one permission model for all of it:
+//!
+//! | what | default | enabled by |
+//! |---|---|---|
+//! | the program's own `tool` declarations | run | — (any tool can be switched off: [`Permission::Disabled`]) |
+//! | MCP servers (`mcp` blocks) | refused | [`Permission::AllMethods`] / [`Permission::Methods`] for the server's name |
+//! | host agents (`host` declarations) | refused | a permission for the host's name |
+//! | host-registered tools ([`Tools::register`]) | refused | a permission for the tool's name |
+//! | `std::fs` | refused | allowed directories ([`Policy::fs_roots`]) |
+//! | `std::http` | refused | allowed domains ([`Policy::net_domains`]) |
+//!
+//! A refusal is a catchable Concerto error naming what was denied and how to allow it.
+//! File access goes through capability handles on the allowed directories (no `..`,
+//! absolute-path or symlink escape), network access checks every redirect hop, and
+//! processes (MCP stdio servers, host agents) are only spawned for a server or host the
+//! host enabled by name.
+//!
+//! # Source layout
+//! - this file: [`Tools`], [`Policy`], [`Permission`], host-registered tools.
+//! - [`fs`]: sandboxed `std::fs`. [`http`]: sandboxed `std::http`.
+//! - [`hosts`]: host agent processes. [`mcp`]: MCP servers through `rmcp`.
+#![warn(missing_docs)]
+
+pub mod fs;
+pub mod hosts;
+pub mod http;
+pub mod mcp;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use concerto_vm::Value;
+use concerto_vm::host::{
+    BoxFuture, FsReply, FsRequest, HostError, HttpReply, HttpRequest, Program, ToolHost, ToolSpec,
+};
+
+/// What a tool may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permission {
+    /// The tool cannot be called (its own program's tools included).
+    Disabled,
+    /// Every method may be called.
+    AllMethods,
+    /// Only these methods may be called.
+    Methods(Vec<String>),
+}
+
+/// The permissions and sandbox of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Per-tool permissions, by tool, MCP server, host or registered-tool name.
+    /// `std::fs` and `std::http` may be listed too (only [`Permission::Disabled`] matters
+    /// for them: what they may reach is decided by the roots and domains below).
+    pub tools: HashMap<String, Permission>,
+    /// Directories `std::fs` may read and write (inside, recursively).
+    pub fs_roots: Vec<PathBuf>,
+    /// Domains `std::http` may reach (`example.com`, `*.example.com`, `localhost`, IPs).
+    pub net_domains: Vec<String>,
+}
+
+/// The handler of a host-registered tool method: JSON arguments in, JSON result (or an
+/// error text the caller sees as `Err`) out.
+pub type ToolHandler =
+    Arc<dyn Fn(serde_json::Value) -> BoxFuture<Result<serde_json::Value, String>> + Send + Sync>;
+
+/// One method of a host-registered tool.
+#[derive(Clone)]
+struct HostMethod {
+    description: String,
+    parameters: serde_json::Value,
+    handler: ToolHandler,
+}
+
+/// The door to the outside world (see the crate documentation).
+pub struct Tools {
+    policy: Policy,
+    fs: Arc<fs::FsSandbox>,
+    http: Arc<http::HttpSandbox>,
+    hosts: Arc<hosts::HostAgents>,
+    mcp: Arc<mcp::McpClients>,
+    registered: HashMap<String, Vec<(String, HostMethod)>>,
+}
+
+impl std::fmt::Debug for Tools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tools")
+            .field("policy", &self.policy)
+            .field("registered", &self.registered.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Tools {
+    /// Tools under `policy`.
+    ///
+    /// # Errors
+    /// An allowed directory that does not exist or cannot be opened.
+    pub fn new(policy: Policy) -> Result<Tools, String> {
+        let fs = if policy.fs_roots.is_empty() {
+            fs::FsSandbox::none()
+        } else {
+            fs::FsSandbox::new(&policy.fs_roots)?
+        };
+        let http = http::HttpSandbox::new(&policy.net_domains);
+        Ok(Tools {
+            policy,
+            fs: Arc::new(fs),
+            http: Arc::new(http),
+            hosts: Arc::new(hosts::HostAgents::new()),
+            mcp: Arc::new(mcp::McpClients::new()),
+            registered: HashMap::new(),
+        })
+    }
+
+    /// Registers method `method` of host tool `tool`, offered to models as `tool::method`
+    /// with `description` and the JSON Schema `parameters`. Like everything that reaches
+    /// outside the program, it runs only once `tool` is enabled in the [`Policy`].
+    pub fn register<F, Fut>(
+        &mut self,
+        tool: &str,
+        method: &str,
+        description: &str,
+        parameters: serde_json::Value,
+        handler: F,
+    ) where
+        F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+    {
+        let handler: ToolHandler = Arc::new(move |args| Box::pin(handler(args)));
+        let methods = self.registered.entry(tool.to_string()).or_default();
+        methods.retain(|(m, _)| m != method);
+        methods.push((
+            method.to_string(),
+            HostMethod {
+                description: description.to_string(),
+                parameters,
+                handler,
+            },
+        ));
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Stops host agent processes and closes MCP sessions.
+    pub async fn shutdown(&self) {
+        self.hosts.shutdown().await;
+        self.mcp.shutdown().await;
+    }
+
+    fn permission(&self, tool: &str) -> Option<&Permission> {
+        self.policy.tools.get(tool)
+    }
+}
+
+/// What a tool name denotes.
+enum Kind {
+    Own,
+    Mcp,
+    Host,
+    Registered,
+}
+
+fn kind_of(program: &Program, registered: bool, tool: &str) -> Option<Kind> {
+    if program.tools.iter().any(|t| t.decl.name == tool) {
+        Some(Kind::Own)
+    } else if program
+        .connections
+        .iter()
+        .any(|c| c.name == tool && c.is_mcp())
+    {
+        Some(Kind::Mcp)
+    } else if program.hosts.iter().any(|h| h.name == tool) {
+        Some(Kind::Host)
+    } else if registered {
+        Some(Kind::Registered)
+    } else {
+        None
+    }
+}
+
+fn denied(message: String) -> HostError {
+    HostError::not_enabled(message)
+}
+
+impl ToolHost for Tools {
+    fn check(&self, program: &Program, tool: &str, method: &str) -> Result<(), HostError> {
+        let kind = kind_of(program, self.registered.contains_key(tool), tool)
+            .ok_or_else(|| HostError::failed(format!("unknown tool '{tool}'")))?;
+        let what = match kind {
+            Kind::Own => "tool",
+            Kind::Mcp => "MCP server",
+            Kind::Host => "host agent",
+            Kind::Registered => "host tool",
+        };
+        match (self.permission(tool), kind) {
+            (Some(Permission::Disabled), _) => Err(denied(format!(
+                "{what} '{tool}' is disabled by the host (tool_permissions / --disable-tool {tool})"
+            ))),
+            (Some(Permission::Methods(list)), _)
+                if !method.is_empty() && !list.iter().any(|m| m == method) =>
+            {
+                Err(denied(format!(
+                    "{what} '{tool}' may not call '{method}': only {} {} allowed \
+                     (tool_permissions / --allow-tool {tool}.{method})",
+                    list.join(", "),
+                    if list.len() == 1 { "is" } else { "are" }
+                )))
+            }
+            (Some(_), _) | (None, Kind::Own) => Ok(()),
+            (None, _) => Err(denied(format!(
+                "{what} '{tool}' reaches outside the program and is not enabled; allow it \
+                 with --allow-tool {tool} (or tool_permissions: {tool} = AllMethods)"
+            ))),
+        }
+    }
+
+    fn is_registered(&self, name: &str) -> bool {
+        self.registered.contains_key(name)
+    }
+
+    fn specs(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+    ) -> BoxFuture<Result<Vec<ToolSpec>, HostError>> {
+        if let Some(methods) = self.registered.get(tool) {
+            let specs = methods
+                .iter()
+                .map(|(name, m)| ToolSpec {
+                    name: format!("{tool}::{name}"),
+                    description: m.description.clone(),
+                    parameters: m.parameters.clone(),
+                })
+                .collect();
+            return Box::pin(async move { Ok(specs) });
+        }
+        let mcp = self.mcp.clone();
+        let program = program.clone();
+        let tool = tool.to_string();
+        Box::pin(async move { mcp.specs(&program, &tool).await })
+    }
+
+    fn call(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+        method: &str,
+        args: serde_json::Value,
+    ) -> BoxFuture<Result<Value, HostError>> {
+        if let Some(methods) = self.registered.get(tool) {
+            let Some((_, m)) = methods.iter().find(|(name, _)| name == method) else {
+                let message = format!("host tool '{tool}' has no method '{method}'");
+                return Box::pin(async move { Err(HostError::failed(message)) });
+            };
+            let fut = (m.handler)(args);
+            return Box::pin(async move {
+                Ok(match fut.await {
+                    Ok(json) => Value::ok(Value::from_json(&json)),
+                    Err(text) => Value::err(tool_error(&text)),
+                })
+            });
+        }
+        let mcp = self.mcp.clone();
+        let program = program.clone();
+        let (tool, method) = (tool.to_string(), method.to_string());
+        Box::pin(async move {
+            Ok(match mcp.call(&program, &tool, &method, args).await? {
+                Ok(json) => Value::ok(Value::from_json(&json)),
+                Err(text) => Value::err(tool_error(&text)),
+            })
+        })
+    }
+
+    fn host_exchange(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> BoxFuture<Result<String, HostError>> {
+        let hosts = self.hosts.clone();
+        let program = program.clone();
+        Box::pin(async move { hosts.exchange(&program, host, input).await })
+    }
+
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {
+        if matches!(self.permission("std::fs"), Some(Permission::Disabled)) {
+            return Box::pin(async {
+                Err(denied(
+                    "std::fs is disabled by the host (tool_permissions / --disable-tool std::fs)"
+                        .to_string(),
+                ))
+            });
+        }
+        let fs = self.fs.clone();
+        Box::pin(async move { fs.run(request).await })
+    }
+
+    fn http(
+        &self,
+        request: HttpRequest,
+    ) -> BoxFuture<Result<Result<HttpReply, String>, HostError>> {
+        if matches!(self.permission("std::http"), Some(Permission::Disabled)) {
+            return Box::pin(async {
+                Err(denied(
+                    "std::http is disabled by the host (tool_permissions / --disable-tool std::http)"
+                        .to_string(),
+                ))
+            });
+        }
+        let http = self.http.clone();
+        Box::pin(async move { http.request(request).await })
+    }
+}
+
+/// `ToolError { message }`, as `ToolError::new(msg)` builds it.
+fn tool_error(message: &str) -> Value {
+    Value::record("ToolError", vec![("message", Value::str(message))])
+}

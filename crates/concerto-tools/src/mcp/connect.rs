@@ -1,0 +1,269 @@
+//! Opening an MCP session: the stdio child process or the streamable-HTTP endpoint, then
+//! the `initialize` handshake, all through `rmcp`.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concerto_vm::host::{HostError, HostErrorKind};
+use rmcp::ServiceExt;
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use tokio::io::AsyncReadExt;
+use tokio::process::ChildStderr;
+
+use super::config::{ServerConfig, Transport};
+
+/// A running client session.
+pub(super) type Session = RunningService<RoleClient, ClientConfig>;
+
+/// How many stderr lines of a child are kept for error messages.
+const TAIL_LINES: usize = 20;
+/// How many of them an error message shows.
+const SHOWN_LINES: usize = 5;
+/// Longest stderr line kept, in bytes (the rest of the line is dropped).
+const MAX_LINE_BYTES: usize = 400;
+/// How long an error path waits for a dead child's last stderr output.
+const STDERR_SETTLE: Duration = Duration::from_millis(500);
+
+/// What we tell servers about ourselves.
+fn client_info() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("concerto", env!("CARGO_PKG_VERSION")),
+    )
+    // The newest revision that still has the `initialize` handshake: servers in the wild
+    // speak it, and a server answering with an older revision is accepted by rmcp.
+    .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+}
+
+/// The last lines a child process wrote to stderr (which is captured, so it never mixes
+/// with our own output; each line is also logged at `debug` level).
+pub(super) struct StderrTail {
+    server: String,
+    secrets: Vec<String>,
+    lines: parking_lot::Mutex<VecDeque<String>>,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl StderrTail {
+    fn new(server: &str, secrets: Vec<String>) -> StderrTail {
+        StderrTail {
+            server: server.to_string(),
+            secrets,
+            lines: parking_lot::Mutex::new(VecDeque::new()),
+            done: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    fn push(&self, raw: &[u8]) {
+        let mut line = String::from_utf8_lossy(raw).trim_end().to_string();
+        if line.is_empty() {
+            return;
+        }
+        for secret in &self.secrets {
+            if line.contains(secret.as_str()) {
+                line = line.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        tracing::debug!(target: "concerto::mcp", server = %self.server, "stderr: {line}");
+        let mut lines = self.lines.lock();
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// Waits briefly for the child's stderr to close (it does when the child exits), so a
+    /// message about a dead server can show what it printed last.
+    pub(super) async fn settle(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = tokio::time::timeout(STDERR_SETTLE, rx.wait_for(|done| *done)).await;
+    }
+
+    /// `; its stderr ended with: …` or nothing.
+    pub(super) fn render(&self) -> String {
+        let lines = self.lines.lock();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let skip = lines.len().saturating_sub(SHOWN_LINES);
+        let shown: Vec<&str> = lines.iter().skip(skip).map(String::as_str).collect();
+        format!("; its stderr ended with: {}", shown.join(" | "))
+    }
+}
+
+/// Reads the child's stderr to the end (so the pipe never fills and blocks the child).
+async fn pump(mut stderr: ChildStderr, tail: Arc<StderrTail>) {
+    let mut buf = vec![0u8; 4096];
+    let mut line = Vec::new();
+    loop {
+        let n = match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &byte in buf.get(..n).unwrap_or_default() {
+            if byte == b'\n' {
+                tail.push(&line);
+                line.clear();
+            } else if line.len() < MAX_LINE_BYTES {
+                line.push(byte);
+            }
+        }
+    }
+    tail.push(&line);
+    tail.done.send_replace(true);
+}
+
+/// A connected session and, for a child process, its stderr.
+pub(super) struct Connected {
+    pub(super) session: Session,
+    pub(super) stderr: Option<Arc<StderrTail>>,
+}
+
+/// Starts (stdio) or reaches (HTTP) the server and performs the handshake within the
+/// configured timeout. `ctx` names the server (and tool) for messages.
+pub(super) async fn connect(
+    config: &ServerConfig,
+    http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
+    ctx: &str,
+) -> Result<Connected, HostError> {
+    match &config.transport {
+        Transport::Stdio {
+            program,
+            args,
+            env,
+            cwd,
+        } => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(args);
+            for (name, value) in env {
+                match value {
+                    Some(value) => command.env(name, value),
+                    None => command.env_remove(name),
+                };
+            }
+            if let Some(dir) = cwd {
+                command.current_dir(dir);
+            }
+            // A safety net: the child dies with its handle even without a runtime to run
+            // rmcp's asynchronous cleanup.
+            command.kill_on_drop(true);
+            let (transport, stderr) = TokioChildProcess::builder(command)
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    let dir = cwd
+                        .as_deref()
+                        .map(|d| format!(" in directory `{d}`"))
+                        .unwrap_or_default();
+                    HostError::failed(format!("{ctx}: cannot start command `{program}`{dir}: {e}"))
+                })?;
+            let tail = Arc::new(StderrTail::new(&config.name, config.secrets()));
+            if let Some(stderr) = stderr {
+                tokio::spawn(pump(stderr, tail.clone()));
+            } else {
+                tail.done.send_replace(true);
+            }
+            match handshake(client_info().serve(transport), config, ctx).await {
+                Ok(session) => Ok(Connected {
+                    session,
+                    stderr: Some(tail),
+                }),
+                Err(mut err) => {
+                    if err.kind != HostErrorKind::Timeout {
+                        tail.settle().await;
+                    }
+                    err.message.push_str(&tail.render());
+                    Err(err)
+                }
+            }
+        }
+        Transport::Http { url, headers } => {
+            let client = http_client()?;
+            let transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+                .custom_headers(headers.iter().cloned().collect());
+            let transport = StreamableHttpClientTransport::with_client(client, transport_config);
+            let session = handshake(client_info().serve(transport), config, ctx).await?;
+            Ok(Connected {
+                session,
+                stderr: None,
+            })
+        }
+    }
+}
+
+async fn handshake<F, E>(serve: F, config: &ServerConfig, ctx: &str) -> Result<Session, HostError>
+where
+    F: Future<Output = Result<Session, E>>,
+    E: std::error::Error,
+{
+    match tokio::time::timeout(config.timeout, serve).await {
+        Ok(Ok(session)) => Ok(session),
+        Ok(Err(e)) => Err(HostError::failed(format!(
+            "{ctx}: the MCP handshake with {} failed: {}",
+            config.endpoint(),
+            error_chain(&e)
+        ))),
+        Err(_) => Err(HostError {
+            kind: HostErrorKind::Timeout,
+            message: format!(
+                "{ctx}: {} did not complete the MCP handshake within {}",
+                config.endpoint(),
+                seconds(config.timeout)
+            ),
+        }),
+    }
+}
+
+/// An error and its sources, without repeating a source its parent already quotes.
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `60s`, `1.5s`.
+pub(super) fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The HTTP client of streamable-HTTP servers: rustls on ring with the webpki roots (the
+/// same TLS stack as the LLM connections), no proxy.
+pub(super) fn build_http_client() -> Result<reqwest::Client, HostError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| HostError::failed(format!("MCP over HTTP: cannot set up TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .build()
+        .map_err(|e| {
+            HostError::failed(format!(
+                "MCP over HTTP: cannot build the HTTP client: {}",
+                error_chain(&e)
+            ))
+        })
+}
