@@ -233,8 +233,13 @@ impl ToolHost for Tools {
         tool: &str,
     ) -> BoxFuture<Result<Vec<ToolSpec>, HostError>> {
         if let Some(methods) = self.registered.get(tool) {
+            let allowed = match self.permission(tool) {
+                Some(Permission::Methods(list)) => Some(list),
+                _ => None,
+            };
             let specs = methods
                 .iter()
+                .filter(|(name, _)| allowed.is_none_or(|list| list.contains(name)))
                 .map(|(name, m)| ToolSpec {
                     name: format!("{tool}::{name}"),
                     description: m.description.clone(),
@@ -245,8 +250,22 @@ impl ToolHost for Tools {
         }
         let mcp = self.mcp.clone();
         let program = program.clone();
+        let allowed = match self.permission(tool) {
+            Some(Permission::Methods(list)) => Some(list.clone()),
+            _ => None,
+        };
         let tool = tool.to_string();
-        Box::pin(async move { mcp.specs(&program, &tool).await })
+        Box::pin(async move {
+            let mut specs = mcp.specs(&program, &tool).await?;
+            // A model is offered only the methods it may call.
+            if let Some(allowed) = allowed {
+                specs.retain(|s| {
+                    let method = s.name.rsplit("::").next().unwrap_or_default();
+                    allowed.iter().any(|m| m == method)
+                });
+            }
+            Ok(specs)
+        })
     }
 
     fn call(

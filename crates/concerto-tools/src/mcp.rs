@@ -121,8 +121,12 @@ impl McpClients {
                 offered(&tools)
             )));
         }
+        // The block's signatures are the program's interface to the server: when it declares
+        // any, only those are offered to a model (a server may offer far more than the
+        // program means to use).
         Ok(tools
             .iter()
+            .filter(|tool| declared.is_empty() || declared.iter().any(|d| *d == tool.name))
             .map(|tool| ToolSpec {
                 name: format!("{server}::{}", tool.name),
                 description: tool

@@ -617,7 +617,13 @@ impl AgentCall {
         for sel in selected {
             match sel {
                 ToolSel::Tool(t) => {
-                    for schema in &program.tools[t as usize].decl.tool_schemas {
+                    let decl = &program.tools[t as usize].decl;
+                    for schema in &decl.tool_schemas {
+                        // A model is offered only the methods the host lets it call.
+                        let method = schema.method_name.rsplit("::").next().unwrap_or_default();
+                        if ctx.host.tools.check(&program, &decl.name, method).is_err() {
+                            continue;
+                        }
                         if tools.iter().all(|s| s.name != schema.method_name) {
                             tools.push(ToolSpec {
                                 name: schema.method_name.clone(),
