@@ -3,86 +3,14 @@
 //!
 //! The programs are in `tests/agents/*.conc` (compiled by `tests/agents/compile.sh`).
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concerto_runtime::vm::host::{
-    Backoff, BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, ToolCall, Usage,
-};
+use concerto_runtime::vm::host::{Backoff, Connections, HostError};
+use concerto_tests::scripted::{Scripted, emits, payload, text, tools};
 use concerto_tests::{RunResult, run_ir_with};
-use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
-
-/// Answers requests from a script and records them.
-#[derive(Default)]
-struct Scripted {
-    replies: Mutex<VecDeque<Result<ChatResponse, HostError>>>,
-    requests: Mutex<Vec<(u32, ChatRequest)>>,
-}
-
-impl Scripted {
-    fn new(replies: Vec<Result<ChatResponse, HostError>>) -> Arc<Scripted> {
-        Arc::new(Scripted {
-            replies: Mutex::new(replies.into()),
-            requests: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn requests(&self) -> Vec<ChatRequest> {
-        self.requests
-            .lock()
-            .iter()
-            .map(|(_, r)| r.clone())
-            .collect()
-    }
-}
-
-impl Connections for Scripted {
-    fn chat(
-        &self,
-        _: &Arc<Program>,
-        connection: u32,
-        request: ChatRequest,
-    ) -> BoxFuture<Result<ChatResponse, HostError>> {
-        self.requests.lock().push((connection, request));
-        let reply = self
-            .replies
-            .lock()
-            .pop_front()
-            .unwrap_or_else(|| Err(HostError::failed("the test script has no more replies")));
-        Box::pin(async move { reply })
-    }
-}
-
-fn text(t: &str) -> Result<ChatResponse, HostError> {
-    let mut r = ChatResponse::text(
-        t,
-        "gpt-4o",
-        Usage {
-            input_tokens: 11,
-            cached_tokens: 0,
-            output_tokens: 5,
-            estimated: false,
-        },
-    );
-    r.provider = "openai".into();
-    Ok(r)
-}
-
-fn tools(calls: &[(&str, &str, Json)]) -> Result<ChatResponse, HostError> {
-    let mut r = ChatResponse::text("", "gpt-4o", Usage::default());
-    r.tool_calls = calls
-        .iter()
-        .map(|(id, name, args)| ToolCall {
-            id: (*id).into(),
-            name: (*name).into(),
-            arguments: args.clone(),
-        })
-        .collect();
-    Ok(r)
-}
 
 fn run(program: &str, connections: &Arc<Scripted>) -> RunResult {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,31 +21,6 @@ fn run(program: &str, connections: &Arc<Scripted>) -> RunResult {
     run_ir_with(&bytes, move |rt| {
         rt.with_connections(conn);
     })
-}
-
-/// The emits as `channel → payload`, in order.
-fn emits(result: &RunResult) -> Vec<(String, Json)> {
-    if let Some(e) = &result.error {
-        panic!("program failed: {e}");
-    }
-    result
-        .emits
-        .iter()
-        .map(|e| {
-            (
-                e["channel"].as_str().unwrap_or_default().to_string(),
-                e["payload"].clone(),
-            )
-        })
-        .collect()
-}
-
-fn payload(emits: &[(String, Json)], channel: &str) -> Json {
-    emits
-        .iter()
-        .find(|(c, _)| c == channel)
-        .map(|(_, p)| p.clone())
-        .unwrap_or_else(|| panic!("no emit on {channel}: {emits:?}"))
 }
 
 #[test]

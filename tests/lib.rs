@@ -235,3 +235,111 @@ pub fn check_case(ir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// A scripted in-process connection layer and helpers to read emits, shared by the tests
+/// that run agent programs.
+pub mod scripted {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use concerto_runtime::vm::host::{
+        BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, ToolCall, Usage,
+    };
+    use parking_lot::Mutex;
+    use serde_json::Value as Json;
+
+    use crate::RunResult;
+
+    /// Answers requests from a script and records them.
+    #[derive(Default)]
+    pub struct Scripted {
+        replies: Mutex<VecDeque<Result<ChatResponse, HostError>>>,
+        requests: Mutex<Vec<(u32, ChatRequest)>>,
+    }
+
+    impl Scripted {
+        pub fn new(replies: Vec<Result<ChatResponse, HostError>>) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                replies: Mutex::new(replies.into()),
+                requests: Mutex::new(Vec::new()),
+            })
+        }
+
+        pub fn requests(&self) -> Vec<ChatRequest> {
+            self.requests
+                .lock()
+                .iter()
+                .map(|(_, r)| r.clone())
+                .collect()
+        }
+    }
+
+    impl Connections for Scripted {
+        fn chat(
+            &self,
+            _: &Arc<Program>,
+            connection: u32,
+            request: ChatRequest,
+        ) -> BoxFuture<Result<ChatResponse, HostError>> {
+            self.requests.lock().push((connection, request));
+            let reply =
+                self.replies.lock().pop_front().unwrap_or_else(|| {
+                    Err(HostError::failed("the test script has no more replies"))
+                });
+            Box::pin(async move { reply })
+        }
+    }
+
+    pub fn text(t: &str) -> Result<ChatResponse, HostError> {
+        let mut r = ChatResponse::text(
+            t,
+            "gpt-4o",
+            Usage {
+                input_tokens: 11,
+                cached_tokens: 0,
+                output_tokens: 5,
+                estimated: false,
+            },
+        );
+        r.provider = "openai".into();
+        Ok(r)
+    }
+
+    pub fn tools(calls: &[(&str, &str, Json)]) -> Result<ChatResponse, HostError> {
+        let mut r = ChatResponse::text("", "gpt-4o", Usage::default());
+        r.tool_calls = calls
+            .iter()
+            .map(|(id, name, args)| ToolCall {
+                id: (*id).into(),
+                name: (*name).into(),
+                arguments: args.clone(),
+            })
+            .collect();
+        Ok(r)
+    }
+
+    /// The emits as `channel → payload`, in order.
+    pub fn emits(result: &RunResult) -> Vec<(String, Json)> {
+        if let Some(e) = &result.error {
+            panic!("program failed: {e}");
+        }
+        result
+            .emits
+            .iter()
+            .map(|e| {
+                (
+                    e["channel"].as_str().unwrap_or_default().to_string(),
+                    e["payload"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn payload(emits: &[(String, Json)], channel: &str) -> Json {
+        emits
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("no emit on {channel}: {emits:?}"))
+    }
+}
