@@ -75,8 +75,8 @@ enum Command {
         /// Let `std::fs` read and write inside DIR (recursively); repeatable.
         #[arg(long = "allow-fs", value_name = "DIR")]
         allow_fs: Vec<PathBuf>,
-        /// Let `std::http` reach DOMAIN (and its subdomains; `*.example.com`, `localhost`
-        /// and IP addresses work too); repeatable.
+        /// Let `std::http` reach DOMAIN: that name only; `*.example.com` for subdomains;
+        /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
         #[arg(long = "allow-net", value_name = "DOMAIN")]
         allow_net: Vec<String>,
     },

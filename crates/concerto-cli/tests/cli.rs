@@ -385,3 +385,100 @@ fn a_canary_api_key_never_appears_in_any_output() {
         assert!(!recorded.contains(canary), "the recording leaks the key");
     }
 }
+
+/// A fresh temp directory for test `name`.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("concerto-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::canonicalize(&dir).unwrap()
+}
+
+/// A copy of the tool test program `name` with `replacements` applied, written into `dir`.
+fn tool_program(dir: &Path, name: &str, replacements: &[(&str, &str)]) -> PathBuf {
+    let mut text =
+        std::fs::read_to_string(repo().join(format!("tests/tools/{name}.conc-ir"))).unwrap();
+    for (from, to) in replacements {
+        text = text.replace(from, to);
+    }
+    let path = dir.join(format!("{name}.conc-ir"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn tool_flags_switch_tools_off_and_methods_on() {
+    let dir = fresh_dir("tool-flags");
+    let ir = tool_program(&dir, "own_tools", &[]);
+    let run = |flags: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["run", "--emit-format", "jsonl"])
+            .args(flags)
+            .arg(&ir);
+        stdout(&cmd.output().unwrap())
+    };
+    let default = run(&[]);
+    assert!(
+        default.contains(r#"{"channel":"add","payload":5}"#),
+        "{default}"
+    );
+    let disabled = run(&["--disable-tool", "Calc"]);
+    assert!(
+        disabled.contains(r#"{"channel":"add","payload":-1}"#),
+        "{disabled}"
+    );
+    assert!(disabled.contains("--disable-tool Calc"), "{disabled}");
+    let one_method = run(&["--allow-tool", "Calc.add"]);
+    assert!(
+        one_method.contains(r#"{"channel":"add","payload":5}"#),
+        "{one_method}"
+    );
+    assert!(
+        one_method.contains(r#"{"channel":"mul","payload":-1}"#),
+        "{one_method}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn allow_fs_opens_one_directory_to_std_fs() {
+    let dir = fresh_dir("allow-fs");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let secret = dir.join("secret.txt");
+    std::fs::write(&secret, "top secret").unwrap();
+    let ir = tool_program(
+        &dir,
+        "fs_sandbox",
+        &[
+            ("ROOT", root.to_str().unwrap()),
+            ("SECRET", secret.to_str().unwrap()),
+        ],
+    );
+    let refused = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--allow-fs"),
+        "{}",
+        stderr(&refused)
+    );
+    let allowed = bin()
+        .args(["run", "--emit-format", "jsonl", "--allow-fs"])
+        .arg(&root)
+        .arg(&ir)
+        .output()
+        .unwrap();
+    let out = stdout(&allowed);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    assert!(
+        out.contains(r#"{"channel":"read","payload":"first line\nsecond line\n"}"#),
+        "{out}"
+    );
+    assert!(!out.contains("escaped"), "{out}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "top secret");
+    let _ = std::fs::remove_dir_all(dir);
+}

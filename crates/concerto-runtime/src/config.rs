@@ -126,8 +126,9 @@ pub struct Sandbox {
     /// Directories `std::fs` may read and write (recursively; symlinks and `..` that leave
     /// them are refused).
     pub fs_roots: Vec<std::path::PathBuf>,
-    /// Domains `std::http` may reach (`example.com` and its subdomains, `*.example.com`,
-    /// `localhost`, IP addresses); redirects are checked hop by hop.
+    /// Hosts `std::http` may reach: `example.com` (that name only), `*.example.com` (its
+    /// subdomains), `localhost`, IP literals, each optionally with `:port`; redirects are
+    /// checked hop by hop.
     pub net_domains: Vec<String>,
 }
 

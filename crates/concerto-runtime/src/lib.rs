@@ -516,6 +516,24 @@ impl Runtime {
         self
     }
 
+    /// [`Runtime::register_tool`] for a plain function: `handler` runs on the executor's
+    /// thread, so it must be quick and must not block (do I/O in an async handler).
+    pub fn register_tool_fn<F>(
+        &mut self,
+        tool: &str,
+        method: &str,
+        description: &str,
+        parameters: serde_json::Value,
+        handler: F,
+    ) -> &mut Self
+    where
+        F: Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
+    {
+        self.register_tool(tool, method, description, parameters, move |args| {
+            std::future::ready(handler(args))
+        })
+    }
+
     /// The tool layer for the next execution: the host's, or the built-in one under the
     /// configured permissions and sandbox.
     fn tool_layer(&mut self) -> Result<Arc<dyn ToolHost>, RuntimeError> {

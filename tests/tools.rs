@@ -1,0 +1,460 @@
+//! Tools and the outside world end to end: Concerto programs (`tests/tools/*.conc`, compiled
+//! by `tests/tools/compile.sh`) run through the facade with the built-in tool layer, under
+//! the permissions and sandbox a host would set. LLM requests are answered by a scripted
+//! in-process connection layer; the MCP server and host agent are the Python fixtures of
+//! `crates/concerto-tools/tests/fixtures`; HTTP servers are local threads on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use concerto_runtime::vm::host::Connections;
+use concerto_runtime::{Runtime, Sandbox, ToolPermission, Value};
+use concerto_tests::scripted::{Scripted, emits, payload, text, tools};
+use concerto_tests::{RunResult, run_ir_with};
+use serde_json::json;
+
+fn program(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tools")
+        .join(format!("{name}.conc-ir"));
+    std::fs::read_to_string(path).expect("tool test program")
+}
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/concerto-tools/tests/fixtures")
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs `ir` (placeholders already replaced) after `configure`.
+fn run(ir: &str, configure: impl FnOnce(&mut Runtime)) -> RunResult {
+    run_ir_with(ir.as_bytes(), configure)
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "concerto-tools-e2e-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(std::fs::canonicalize(&dir).expect("canonical temp dir"))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The program's own tools
+
+#[test]
+fn own_tools_run_by_default() {
+    let out = emits(&run(&program("own_tools"), |_| {}));
+    assert_eq!(payload(&out, "add"), json!(5));
+    assert_eq!(payload(&out, "mul"), json!(20));
+}
+
+#[test]
+fn a_disabled_own_tool_is_a_catchable_error_naming_it() {
+    let out = emits(&run(&program("own_tools"), |rt| {
+        rt.set_tool_permission("Calc", ToolPermission::Disabled);
+    }));
+    assert_eq!(payload(&out, "add"), json!(-1));
+    assert_eq!(payload(&out, "add_denied_kind"), json!("not_enabled"));
+    let denied = payload(&out, "add_denied");
+    let denied = denied.as_str().unwrap_or_default();
+    assert!(denied.contains("'Calc'"), "{denied}");
+    assert!(denied.contains("--disable-tool Calc"), "{denied}");
+}
+
+#[test]
+fn method_level_permission_allows_listed_methods_only() {
+    let out = emits(&run(&program("own_tools"), |rt| {
+        rt.set_tool_permission("Calc", ToolPermission::Methods(vec!["add".into()]));
+    }));
+    assert_eq!(payload(&out, "add"), json!(5));
+    assert_eq!(payload(&out, "mul"), json!(-1));
+    let denied = payload(&out, "mul_denied");
+    let denied = denied.as_str().unwrap_or_default();
+    assert!(denied.contains("may not call 'mul'"), "{denied}");
+    assert!(denied.contains("--allow-tool Calc.mul"), "{denied}");
+}
+
+// ---------------------------------------------------------------------------------------
+// std::fs
+
+fn fs_program(root: &Path, secret: &Path) -> String {
+    program("fs_sandbox")
+        .replace("ROOT", &root.to_string_lossy())
+        .replace("SECRET", &secret.to_string_lossy())
+}
+
+#[test]
+fn std_fs_works_inside_the_allowed_directory_and_nowhere_else() {
+    let outside = TempDir::new("outside");
+    let secret = outside.0.join("secret.txt");
+    std::fs::write(&secret, "top secret").expect("secret");
+    let root = outside.0.join("root");
+    std::fs::create_dir_all(root.join("sub")).expect("root");
+    // A symlink inside the root pointing at the directory that holds the secret.
+    std::os::unix::fs::symlink(&outside.0, root.join("link")).expect("symlink");
+
+    let ir = fs_program(&root, &secret);
+    let out = emits(&run(&ir, |rt| {
+        rt.set_sandbox(Sandbox::default().allow_fs(&root));
+    }));
+    assert_eq!(payload(&out, "read"), json!("first line\nsecond line\n"));
+    assert_eq!(payload(&out, "exists"), json!(true));
+    assert_eq!(payload(&out, "size"), json!(23));
+    let mut listing: Vec<String> = serde_json::from_value(payload(&out, "listing")).expect("names");
+    listing.sort();
+    assert_eq!(listing, ["link", "notes.txt", "sub"]);
+    assert_eq!(payload(&out, "exists_after_remove"), json!(false));
+    assert_eq!(payload(&out, "missing"), json!(true));
+    let attempts: Vec<String> = out
+        .iter()
+        .filter(|(c, _)| c == "attempt")
+        .map(|(_, p)| p.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(attempts.len(), 5, "{out:?}");
+    for outcome in &attempts {
+        assert!(!outcome.starts_with("escaped"), "{outcome}");
+        assert!(outcome.contains("--allow-fs"), "{outcome}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        "top secret"
+    );
+}
+
+#[test]
+fn std_fs_without_an_allowed_directory_is_refused_with_a_hint() {
+    let outside = TempDir::new("noroot");
+    let ir = fs_program(&outside.0, &outside.0.join("secret.txt"));
+    let result = run(&ir, |_| {});
+    let error = result
+        .error
+        .expect("the first write is refused")
+        .to_string();
+    assert!(error.contains("--allow-fs"), "{error}");
+    assert!(!outside.0.join("notes.txt").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// std::http
+
+/// A local HTTP/1.1 server answering `/hello` with 200 and `/redirect` with a 302 to
+/// `redirect_to`, counting requests.
+struct Server {
+    addr: String,
+    hits: Arc<AtomicUsize>,
+}
+
+fn serve(redirect_to: Option<String>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let response = match (&redirect_to, request_line.contains("/redirect")) {
+                (Some(to), true) => format!(
+                    "HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                ),
+                _ => "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
+                    .to_string(),
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    Server { addr, hits }
+}
+
+#[test]
+fn std_http_reaches_allowed_hosts_only_redirects_included() {
+    let forbidden = serve(None);
+    let allowed = serve(Some(format!("http://{}/secret", forbidden.addr)));
+    let ir = program("http_sandbox")
+        .replace("ALLOWED", &allowed.addr)
+        .replace("FORBIDDEN", &forbidden.addr);
+    let out = emits(&run(&ir, |rt| {
+        rt.set_sandbox(Sandbox::default().allow_net(allowed.addr.clone()));
+    }));
+    assert_eq!(payload(&out, "status"), json!(200));
+    assert_eq!(payload(&out, "body"), json!("hello"));
+    for label in ["direct", "redirect"] {
+        let outcome = payload(&out, label);
+        let outcome = outcome.as_str().unwrap_or_default();
+        assert!(outcome.starts_with("refused: "), "{label}: {outcome}");
+        assert!(outcome.contains("--allow-net"), "{label}: {outcome}");
+    }
+    assert_eq!(forbidden.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(allowed.hits.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn std_http_without_allowed_domains_is_refused_with_a_hint() {
+    let server = serve(None);
+    let ir = program("http_sandbox")
+        .replace("ALLOWED", &server.addr)
+        .replace("FORBIDDEN", &server.addr);
+    let error = run(&ir, |_| {})
+        .error
+        .expect("the first request is refused")
+        .to_string();
+    assert!(error.contains("--allow-net"), "{error}");
+    assert_eq!(server.hits.load(Ordering::SeqCst), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// MCP servers
+
+fn mcp_program() -> String {
+    // The command is a JSON string inside the IR: quote the path for shlex, escape for JSON.
+    let command = format!("python3 '{}'", fixture("mcp/server.py"));
+    let json_command = serde_json::to_string(&command).expect("json");
+    program("mcp_server").replace("\"MCP_COMMAND\"", &json_command)
+}
+
+#[test]
+fn an_mcp_server_is_called_from_code_and_offered_to_agents_once_enabled() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Calc::add", json!({"a": 19, "b": 23}))]),
+        text("It is 42."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let out = emits(&run(&mcp_program(), |rt| {
+        rt.with_connections(connections);
+        rt.set_tool_permission("Calc", ToolPermission::AllMethods);
+    }));
+    assert_eq!(payload(&out, "echo"), json!("ping"));
+    assert_eq!(payload(&out, "add"), json!({"sum": 42}));
+    let fail = payload(&out, "fail");
+    assert!(
+        fail.as_str().unwrap_or_default().contains("no luck"),
+        "{fail}"
+    );
+    assert_eq!(payload(&out, "answer"), json!("It is 42."));
+
+    let requests = conn.requests();
+    assert_eq!(requests.len(), 2);
+    // Only the tools the `mcp` block declares are offered, with the server's descriptions.
+    let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(offered, ["Calc::add", "Calc::echo", "Calc::fail"]);
+    // The tool result went back to the model.
+    let last = requests[1].messages.last().expect("tool result");
+    assert_eq!(last.role, "tool");
+    assert!(last.content.contains("42"), "{}", last.content);
+}
+
+#[test]
+fn an_mcp_server_without_permission_is_refused_and_never_started() {
+    let out = emits(&run(&mcp_program(), |_| {}));
+    let denied = payload(&out, "denied");
+    let denied = denied.as_str().unwrap_or_default();
+    assert!(denied.contains("MCP server 'Calc'"), "{denied}");
+    assert!(denied.contains("--allow-tool Calc"), "{denied}");
+    assert!(out.iter().all(|(c, _)| c != "echo"));
+}
+
+#[test]
+fn mcp_method_level_permission() {
+    let conn = Scripted::new(vec![text("unused")]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let result = run(&mcp_program(), |rt| {
+        rt.with_connections(connections);
+        rt.set_tool_permission("Calc", ToolPermission::Methods(vec!["echo".into()]));
+    });
+    // echo runs; add is refused and, uncaught, ends the run with a message naming it.
+    assert_eq!(
+        result.emits.first().map(|e| e["payload"].clone()),
+        Some(json!("ping"))
+    );
+    let error = result.error.expect("add is refused").to_string();
+    assert!(error.contains("may not call 'add'"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Host agents
+
+fn host_program() -> String {
+    program("host_agent").replace("HOST_AGENT_SCRIPT", &fixture("host_agent.py"))
+}
+
+#[test]
+fn a_host_agent_answers_line_by_line_once_enabled() {
+    let out = emits(&run(&host_program(), |rt| {
+        rt.set_tool_permission("Echo", ToolPermission::AllMethods);
+    }));
+    assert_eq!(payload(&out, "first"), json!("echo: hello"));
+    assert_eq!(payload(&out, "env"), json!("hello from the manifest"));
+    // One process kept across calls: the third call of the same process.
+    let count = payload(&out, "count");
+    assert!(
+        count.as_str().unwrap_or_default().ends_with(" 3"),
+        "{count}"
+    );
+    assert_eq!(payload(&out, "schema"), json!(["forty two", 4]));
+    let slow = payload(&out, "slow");
+    assert!(
+        slow.as_str().unwrap_or_default().contains("timed out"),
+        "{slow}"
+    );
+    // The timed-out process was killed; the next call starts a new one (its first call).
+    let (first_pid, after) = (
+        count
+            .as_str()
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        payload(&out, "after_timeout"),
+    );
+    let after = after.as_str().unwrap_or_default();
+    assert!(after.ends_with(" 1"), "{after}");
+    assert!(!after.starts_with(&format!("{first_pid} ")), "{after}");
+}
+
+#[test]
+fn a_host_agent_without_permission_is_refused_and_never_started() {
+    let out = emits(&run(&host_program(), |_| {}));
+    let denied = payload(&out, "denied");
+    let denied = denied.as_str().unwrap_or_default();
+    assert!(denied.contains("host agent 'Echo'"), "{denied}");
+    assert!(denied.contains("--allow-tool Echo"), "{denied}");
+    assert!(out.iter().all(|(c, _)| c != "first"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Host-registered tools
+
+fn register_weather(rt: &mut Runtime, calls: Arc<AtomicUsize>) {
+    rt.register_tool(
+        "Weather",
+        "forecast",
+        "The forecast for a city",
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        move |args: Value| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let city = args.to_json()["city"].as_str().unwrap_or("?").to_string();
+                Ok(Value::from(format!("sunny in {city}")))
+            }
+        },
+    );
+}
+
+#[test]
+fn a_host_registered_tool_is_offered_to_agents_and_called() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Weather::forecast", json!({"city": "Oslo"}))]),
+        text("Sunny."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler_calls = calls.clone();
+    let out = emits(&run(&program("host_tool"), |rt| {
+        rt.with_connections(connections);
+        register_weather(rt, handler_calls);
+        rt.set_tool_permission("Weather", ToolPermission::AllMethods);
+    }));
+    assert_eq!(payload(&out, "answer"), json!("Sunny."));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let requests = conn.requests();
+    let offered = &requests[0].tools;
+    assert_eq!(offered.len(), 1);
+    assert_eq!(offered[0].name, "Weather::forecast");
+    assert_eq!(offered[0].description, "The forecast for a city");
+    let last = requests[1].messages.last().expect("tool result");
+    assert!(last.content.contains("sunny in Oslo"), "{}", last.content);
+}
+
+#[test]
+fn a_host_registered_tool_without_permission_is_never_run() {
+    let conn = Scripted::new(vec![text("unused")]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler_calls = calls.clone();
+    let out = emits(&run(&program("host_tool"), |rt| {
+        rt.with_connections(connections);
+        // The plain-function form of registration.
+        rt.register_tool_fn(
+            "Weather",
+            "forecast",
+            "The forecast for a city",
+            json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            move |_| {
+                handler_calls.fetch_add(1, Ordering::SeqCst);
+                Ok(Value::from("sunny"))
+            },
+        );
+    }));
+    let error = payload(&out, "error");
+    let error = error.as_str().unwrap_or_default();
+    assert!(error.contains("host tool 'Weather'"), "{error}");
+    assert!(error.contains("--allow-tool Weather"), "{error}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(conn.requests().is_empty());
+}
+
+#[test]
+fn a_plain_function_registered_as_a_tool_is_called_too() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Weather::forecast", json!({"city": "Bergen"}))]),
+        text("Rain."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let out = emits(&run(&program("host_tool"), |rt| {
+        rt.with_connections(connections);
+        rt.register_tool_fn(
+            "Weather",
+            "forecast",
+            "The forecast for a city",
+            json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            |args| {
+                let city = args.to_json()["city"].as_str().unwrap_or("?").to_string();
+                Ok(Value::from(format!("rain in {city}")))
+            },
+        );
+        rt.set_tool_permission("Weather", ToolPermission::Methods(vec!["forecast".into()]));
+    }));
+    assert_eq!(payload(&out, "answer"), json!("Rain."));
+    let last = conn.requests()[1]
+        .messages
+        .last()
+        .cloned()
+        .expect("tool result");
+    assert!(last.content.contains("rain in Bergen"), "{}", last.content);
+}
