@@ -126,6 +126,8 @@ pub(crate) struct Ctx {
     pub(crate) stats: ExecStats,
     /// Replies kept by agents' `@cache`, by request.
     pub(crate) agent_cache: std::collections::HashMap<String, (crate::host::ChatResponse, Instant)>,
+    /// Hashmap change callbacks registered by this execution's code.
+    pub(crate) watchers: Vec<crate::hashmaps::Watcher>,
     rng: u64,
 }
 
@@ -264,6 +266,7 @@ impl Execution {
                 config,
                 stats: ExecStats::default(),
                 agent_cache: std::collections::HashMap::new(),
+                watchers: Vec::new(),
                 rng,
             },
         }
@@ -1489,7 +1492,10 @@ impl Execution {
                                     }
                                 }
                             }
-                            (c, i) => tri!(ops::index_get(c, i)),
+                            (c, i) => match crate::hashmaps::index(c, i, &self.ctx) {
+                                Some(r) => tri!(r),
+                                None => tri!(ops::index_get(c, i)),
+                            },
                         };
                         reg!(dst) = v;
                     }
@@ -1826,7 +1832,7 @@ impl Execution {
                 let r = store.hashmap_has(map, key);
                 done(&mut self.stack[base], r, Value::Bool)
             }
-            (Method::Set, 2) => {
+            (Method::Set, 2) if !crate::hashmaps::watched(&self.ctx, map) => {
                 let k = match &self.stack[base + 1] {
                     Value::Str(s) => s.clone(),
                     _ => Str::from(key),

@@ -602,6 +602,95 @@ pub trait MemoryStore: Send + Sync {
     /// Removes every entry.
     fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>>;
 
+    /// `map.set_many({..})`: writes every entry, all or none. The default writes them one
+    /// by one and is **not** atomic; stores shared between executions should override it.
+    fn hashmap_set_many(
+        &self,
+        map: u32,
+        entries: Vec<(Str, Value)>,
+    ) -> Reply<Result<(), HostError>> {
+        let mut pending = Vec::new();
+        for (key, value) in entries {
+            match self.hashmap_set(map, key, value) {
+                Reply::Ready(Ok(())) => {}
+                Reply::Ready(Err(e)) => return Reply::Ready(Err(e)),
+                Reply::Pending(fut) => pending.push(fut),
+            }
+        }
+        if pending.is_empty() {
+            return Reply::Ready(Ok(()));
+        }
+        Reply::Pending(Box::pin(async move {
+            for fut in pending {
+                fut.await?;
+            }
+            Ok(())
+        }))
+    }
+
+    /// `map.get_many([..])`: the value of each key, read together. The default reads them
+    /// one by one (not a consistent snapshot); shared stores should override it.
+    fn hashmap_get_many(
+        &self,
+        map: u32,
+        keys: Vec<Str>,
+    ) -> Reply<Result<Vec<Option<Value>>, HostError>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.hashmap_get(map, key.as_str()) {
+                Reply::Ready(Ok(v)) => out.push(v),
+                Reply::Ready(Err(e)) => return Reply::Ready(Err(e)),
+                Reply::Pending(_) => {
+                    return Reply::Ready(Err(HostError::unsupported(
+                        "get_many on a store that answers later without its own get_many",
+                    )));
+                }
+            }
+        }
+        Reply::Ready(Ok(out))
+    }
+
+    /// `map.set(k, v)` returning the previous value (for change callbacks). The default
+    /// reads, then writes (not atomic); shared stores should override it.
+    fn hashmap_replace(
+        &self,
+        map: u32,
+        key: Str,
+        value: Value,
+    ) -> Reply<Result<Option<Value>, HostError>> {
+        let old = match self.hashmap_get(map, key.as_str()) {
+            Reply::Ready(Ok(v)) => v,
+            Reply::Ready(Err(e)) => return Reply::Ready(Err(e)),
+            Reply::Pending(_) => {
+                return Reply::Ready(Err(HostError::unsupported(
+                    "change callbacks on a store that answers later without its own replace",
+                )));
+            }
+        };
+        match self.hashmap_set(map, key, value) {
+            Reply::Ready(r) => Reply::Ready(r.map(|()| old)),
+            Reply::Pending(fut) => Reply::Pending(Box::pin(async move { fut.await.map(|()| old) })),
+        }
+    }
+
+    /// `map.delete(k)` returning the removed value (for change callbacks). The default reads,
+    /// then deletes (not atomic); shared stores should override it.
+    fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+        let old = match self.hashmap_get(map, key) {
+            Reply::Ready(Ok(v)) => v,
+            Reply::Ready(Err(e)) => return Reply::Ready(Err(e)),
+            Reply::Pending(_) => {
+                return Reply::Ready(Err(HostError::unsupported(
+                    "change callbacks on a store that answers later without its own remove",
+                )));
+            }
+        };
+        match self.hashmap_delete(map, key) {
+            Reply::Ready(r) => Reply::Ready(r.map(|_| old)),
+            Reply::Pending(fut) => Reply::Pending(Box::pin(async move { fut.await.map(|_| old) })),
+        }
+    }
+
     /// Upserts an entry by identifier.
     fn ledger_insert(&self, ledger: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>>;
     /// Replaces the value of an entry; whether it existed.

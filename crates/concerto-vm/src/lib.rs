@@ -40,6 +40,7 @@ mod agent;
 mod builtins;
 mod error;
 mod exec;
+mod hashmaps;
 pub mod host;
 mod methods;
 mod ops;

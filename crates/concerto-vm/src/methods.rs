@@ -61,7 +61,8 @@ methods! {
     Identifiers = "identifiers", Scope = "scope", Append = "append", Messages = "messages",
     Enqueue = "enqueue", Dequeue = "dequeue", Peek = "peek", Rest = "rest", Union = "union",
     Intersection = "intersection", Difference = "difference", ToString = "to_string",
-    Sum = "sum", Min = "min", Max = "max",
+    Sum = "sum", Min = "min", Max = "max", SetMany = "set_many", GetMany = "get_many",
+    OnChange = "on_change", OnAnyChange = "on_any_change",
 }
 
 /// Calls a built-in method. `args[0]` is the receiver.
@@ -81,7 +82,9 @@ pub(crate) fn call_builtin_method(
         Value::Ok(_) | Value::Err(_) => result_method(method, name, recv, rest),
         Value::Some(_) | Value::None => option_method(method, name, recv, rest),
         Value::Ref(r) => match r.kind {
-            RefKind::Hashmap => hashmap_method(ctx, method, name, r.index, rest),
+            RefKind::Hashmap => {
+                crate::hashmaps::method(ctx, method, name, r.index, &Str::from(""), rest)
+            }
             RefKind::Ledger => {
                 let ledger = ctx.program().ledgers[r.index as usize].name.clone();
                 ledger_method(ctx, method, name, &ledger, rest)
@@ -116,6 +119,10 @@ pub(crate) fn call_builtin_method(
             },
         },
         Value::Object(obj) => {
+            if let Some(view) = obj.downcast::<crate::hashmaps::HashMapScope>() {
+                let (map, prefix) = (view.map, view.prefix.clone());
+                return crate::hashmaps::method(ctx, method, name, map, &prefix, rest);
+            }
             if let Some(scoped) = obj.downcast::<ScopedLedger>() {
                 let ledger = scoped.0.clone();
                 return ledger_method(ctx, method, name, &ledger, rest);
@@ -722,61 +729,6 @@ fn reply<T: Send + 'static>(
     }
 }
 
-fn hashmap_method(
-    ctx: &mut Ctx,
-    method: Method,
-    name: &str,
-    map: u32,
-    args: &[Value],
-) -> Result<Flow, VmError> {
-    let store = ctx.host.memory.clone();
-    match method {
-        Method::Set | Method::Insert => {
-            if args.len() < 2 {
-                return Err(arity("HashMap.set", 2, args.len()));
-            }
-            reply(
-                store.hashmap_set(map, map_key(&args[0]), args[1].clone()),
-                |_| Value::Nil,
-            )
-        }
-        Method::Get => reply(
-            store.hashmap_get(map, &map_key(arg(args, 0))),
-            Value::option,
-        ),
-        Method::Has | Method::ContainsKey => {
-            reply(store.hashmap_has(map, &map_key(arg(args, 0))), Value::Bool)
-        }
-        Method::Delete | Method::Remove => reply(
-            store.hashmap_delete(map, &map_key(arg(args, 0))),
-            Value::Bool,
-        ),
-        Method::Len => reply(store.hashmap_len(map), |n| Value::Int(n as i64)),
-        Method::IsEmpty => reply(store.hashmap_len(map), |n| Value::Bool(n == 0)),
-        Method::Clear => reply(store.hashmap_clear(map), |_| Value::Nil),
-        Method::Keys => reply(store.hashmap_entries(map), |entries| {
-            Value::array(entries.into_iter().map(|(k, _)| Value::Str(k)).collect())
-        }),
-        Method::Values => reply(store.hashmap_entries(map), |entries| {
-            Value::array(entries.into_iter().map(|(_, v)| v).collect())
-        }),
-        Method::Entries => reply(store.hashmap_entries(map), |entries| {
-            Value::array(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| Value::array(vec![Value::Str(k), v]))
-                    .collect(),
-            )
-        }),
-        _ => {
-            let hname = ctx.program().hashmaps[map as usize].name.clone();
-            Err(VmError::type_error(format!(
-                "no method '{name}' on HashMap `{hname}`"
-            )))
-        }
-    }
-}
-
 /// `HASH_MAP_*` opcodes (never emitted by concertoc 1a8ede9; hand-written IR may use them).
 /// `args` are the operands: the key (and value for `SET`), or the predicate for `QUERY`.
 pub(crate) fn hashmap_opcode(
@@ -785,70 +737,19 @@ pub(crate) fn hashmap_opcode(
     map: u32,
     args: &[Value],
 ) -> Result<Flow, VmError> {
-    let store = ctx.host.memory.clone();
-    let first = arg(args, 0);
-    match op {
-        HashmapOp::Set => reply(
-            store.hashmap_set(map, map_key(first), arg(args, 1).clone()),
-            |_| Value::Nil,
-        ),
-        HashmapOp::Get => reply(store.hashmap_get(map, &map_key(first)), Value::option),
-        HashmapOp::Has => reply(store.hashmap_has(map, &map_key(first)), Value::Bool),
-        HashmapOp::Delete => reply(store.hashmap_delete(map, &map_key(first)), |_| Value::Nil),
-        HashmapOp::Query => {
-            let pred = first.clone();
-            let entries = match store.hashmap_entries(map) {
-                Reply::Ready(r) => r.map_err(VmError::from)?,
-                Reply::Pending(_) => {
-                    return Err(VmError::unsupported(
-                        "HASH_MAP_QUERY on a store that answers asynchronously",
-                    ));
-                }
-            };
-            Ok(Flow::Start(Box::new(QueryOp {
-                pred,
-                entries,
-                idx: 0,
-                started: false,
-                out: Vec::new(),
-            })))
-        }
-    }
-}
-
-/// `HASH_MAP_QUERY`: keeps the entries for which `pred(key, value)` holds.
-struct QueryOp {
-    pred: Value,
-    entries: Vec<(Str, Value)>,
-    idx: usize,
-    started: bool,
-    out: Vec<(Str, Value)>,
-}
-
-impl Continuation for QueryOp {
-    fn resume(&mut self, _ctx: &mut Ctx, input: Result<Value, VmError>) -> Result<Step, VmError> {
-        let result = input?;
-        if self.started {
-            if result.is_truthy() {
-                self.out.push(self.entries[self.idx].clone());
-            }
-            self.idx += 1;
-        }
-        self.started = true;
-        match self.entries.get(self.idx) {
-            Some((k, v)) => Ok(Step::Call(
-                self.pred.clone(),
-                vec![Value::Str(k.clone()), v.clone()],
-            )),
-            None => Ok(Step::Return(Value::Map(Map::from_pairs(std::mem::take(
-                &mut self.out,
-            ))))),
-        }
-    }
-
-    fn frame_name(&self) -> &str {
-        "<hashmap query>"
-    }
+    let (method, name) = match op {
+        HashmapOp::Set => (Method::Set, "set"),
+        HashmapOp::Get => (Method::Get, "get"),
+        HashmapOp::Has => (Method::Has, "has"),
+        HashmapOp::Delete => (Method::Delete, "delete"),
+        HashmapOp::Query => (Method::Query, "query"),
+    };
+    let flow = crate::hashmaps::method(ctx, method, name, map, &Str::from(""), args)?;
+    // The reference's `HASH_MAP_DELETE` pushes nil.
+    Ok(match (op, flow) {
+        (HashmapOp::Delete, Flow::Value(_)) => Flow::Value(Value::Nil),
+        (_, flow) => flow,
+    })
 }
 
 #[cold]
