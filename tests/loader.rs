@@ -357,3 +357,13 @@ fn tool_signatures_are_checked_against_their_function_schemas() {
     assert_eq!(inv.function, "Calc::add");
     assert!(inv.reason.contains("listed twice"), "{inv}");
 }
+
+#[test]
+fn a_name_is_a_tool_a_host_or_an_mcp_server_not_two_of_them() {
+    let text = with_tool(r#"{"method_name":"Calc::add","parameters":{"type":"object"}}"#).replace(
+        r#""metadata""#,
+        r#""hosts":[{"name":"Calc","connector":"c","command":"true"}],"metadata""#,
+    );
+    let inv = invalid(&text);
+    assert!(inv.reason.contains("also declared as a tool"), "{inv}");
+}

@@ -57,6 +57,32 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         bodies.push((Arc::from(func.name.as_str()), kind, func));
     }
     let mut tool_methods: Vec<Vec<(Arc<str>, FuncId)>> = Vec::new();
+    // Tools, host agents and MCP servers share one namespace: permissions are granted by
+    // name, so a name must denote exactly one of them.
+    {
+        let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        let named = module
+            .tools
+            .iter()
+            .map(|t| (t.name.as_str(), "tool"))
+            .chain(module.hosts.iter().map(|h| (h.name.as_str(), "host")))
+            .chain(
+                module
+                    .connections
+                    .iter()
+                    .filter(|c| c.is_mcp())
+                    .map(|c| (c.name.as_str(), "MCP server")),
+            );
+        for (name, what) in named {
+            if let Some(first) = seen.insert(name, what) {
+                return Err(LoadError::invalid(
+                    format!("{what} {name}"),
+                    None,
+                    format!("the name `{name}` is also declared as a {first}"),
+                ));
+            }
+        }
+    }
     for (tool_idx, tool) in module.tools.iter_mut().enumerate() {
         check_tool_signatures(tool)?;
         let mut methods = Vec::new();

@@ -190,6 +190,23 @@ impl Rule {
     }
 }
 
+/// Whether the last dot-separated label of `host` is a number in any base a resolver accepts
+/// (decimal, `0x` hex, leading-zero octal), which makes the whole host an IPv4 address in
+/// the WHATWG URL and `inet_aton` readings.
+fn numeric_last_label(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or_default();
+    let digits = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .map_or((last, 10), |hex| (hex, 16));
+    match digits {
+        ("", 16) => true,
+        ("", _) => false,
+        (d, 16) => d.bytes().all(|b| b.is_ascii_hexdigit()),
+        (d, _) => d.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
 fn parse_port(text: &str) -> Result<u16, ()> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(());
@@ -275,6 +292,12 @@ impl HttpSandbox {
     pub fn allows(&self, host: &str, port: u16) -> bool {
         let host = normal_host(host);
         let ip = host.parse::<IpAddr>().ok();
+        // Resolvers read `127.1`, `0x7f.0.0.1`, `0177.0.0.1`… as IPv4 addresses: a host whose
+        // last label is a number is an address, and only its canonical dotted-quad form (an
+        // IP rule) may match it — never a name rule such as `*.0.1`.
+        if ip.is_none() && numeric_last_label(&host) {
+            return false;
+        }
         self.rules.iter().any(|r| r.matches(&host, ip, port))
     }
 

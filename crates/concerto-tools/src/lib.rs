@@ -232,6 +232,10 @@ impl ToolHost for Tools {
         program: &Arc<Program>,
         tool: &str,
     ) -> BoxFuture<Result<Vec<ToolSpec>, HostError>> {
+        // The VM checks before it asks, but this layer does not rely on its caller.
+        if let Err(e) = self.check(program, tool, "") {
+            return Box::pin(async move { Err(e) });
+        }
         if let Some(methods) = self.registered.get(tool) {
             let allowed = match self.permission(tool) {
                 Some(Permission::Methods(list)) => Some(list),
@@ -275,6 +279,9 @@ impl ToolHost for Tools {
         method: &str,
         args: serde_json::Value,
     ) -> BoxFuture<Result<Value, HostError>> {
+        if let Err(e) = self.check(program, tool, method) {
+            return Box::pin(async move { Err(e) });
+        }
         if let Some(methods) = self.registered.get(tool) {
             let Some((_, m)) = methods.iter().find(|(name, _)| name == method) else {
                 let message = format!("host tool '{tool}' has no method '{method}'");
@@ -305,6 +312,14 @@ impl ToolHost for Tools {
         host: u32,
         input: String,
     ) -> BoxFuture<Result<String, HostError>> {
+        let name = program.hosts.get(host as usize).map(|h| h.name.clone());
+        let checked = match &name {
+            Some(name) => self.check(program, name, "execute"),
+            None => Err(HostError::failed(format!("host #{host} does not exist"))),
+        };
+        if let Err(e) = checked {
+            return Box::pin(async move { Err(e) });
+        }
         let hosts = self.hosts.clone();
         let program = program.clone();
         Box::pin(async move { hosts.exchange(&program, host, input).await })
