@@ -90,3 +90,61 @@ fn a_slow_reply_waits_without_blocking_the_executor() {
     assert_eq!(payload(&out, "answer"), json!("late but here"));
     assert_eq!(payload(&out, "handler_error"), json!("fine"));
 }
+
+#[test]
+fn a_handler_slower_than_the_timeout_fails_the_await_naming_the_channel() {
+    let result = run_ir_with(&await_emit_ir(), |rt| {
+        rt.set_limits(
+            concerto_runtime::Limits::default()
+                .with_emit_await_timeout(Some(Duration::from_millis(50))),
+        );
+        rt.on_emit("ask", |_| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(Value::from("too late"))
+        });
+    });
+    // `ask` is awaited outside any try: the run ends with the timeout, emits so far kept.
+    let error = result.error.expect("the await times out").to_string();
+    assert!(error.contains("ask"), "{error}");
+    assert!(
+        error.contains("timed out") || error.contains("time"),
+        "{error}"
+    );
+    assert_eq!(result.emits.len(), 1, "{:?}", result.emits);
+}
+
+#[test]
+fn batch_mode_delivers_in_order_and_before_an_await() {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let at_await = std::sync::Arc::new(parking_lot::Mutex::new(None::<usize>));
+    let (log, mark) = (seen.clone(), at_await.clone());
+    let result = run_ir_with(&await_emit_ir(), move |rt| {
+        rt.set_emit_mode(concerto_runtime::EmitMode::Batch { max_batch: 0 });
+        let log2 = log.clone();
+        rt.on_prefix("", move |channel, _| log2.lock().push(channel.to_string()));
+        let (log3, mark2) = (log.clone(), mark.clone());
+        rt.on_emit("ask", move |_| {
+            // Everything emitted before the await has been delivered by now.
+            *mark2.lock() = Some(log3.lock().len());
+            async move { Ok(Value::from("ok")) }
+        });
+        rt.on_emit("fails", |_| async move { Ok(Value::from("fine")) });
+    });
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert_eq!(
+        *at_await.lock(),
+        Some(1),
+        "`before` was delivered before the await"
+    );
+    let channels = seen.lock().clone();
+    assert_eq!(
+        channels,
+        [
+            "before",
+            "answer",
+            "missing_handler",
+            "handler_error",
+            "after"
+        ]
+    );
+}

@@ -164,6 +164,12 @@ pub enum EmitMode {
     /// Each emit reaches listeners before the program continues.
     #[default]
     Immediate,
+    /// Emits are buffered and delivered in order, in batches of `max_batch` (0: only when
+    /// flushed), and always at the end of an execution and before an emit-await.
+    Batch {
+        /// Emits per automatic delivery (0: deliver only on flush).
+        max_batch: usize,
+    },
 }
 
 /// Resource limits of an execution (kept apart from [`RuntimeConfig`], whose fields are
@@ -173,17 +179,46 @@ pub enum EmitMode {
 pub struct Limits {
     /// Maximum nesting of calls (the reference runtime's limit is 1000).
     pub max_call_depth: usize,
+    /// Maximum emits waiting in the batch queue. When it is full the emitting call delivers
+    /// the queue first (back-pressure: nothing is lost, memory stays bounded). `None`: no bound.
+    pub max_emit_queue: Option<usize>,
+    /// How long an emit-await waits for the host's handler (`None`: for ever).
+    pub emit_await_timeout: Option<Duration>,
+    /// Maximum bytes held by all hashmaps of a runtime (estimated); a write past it fails
+    /// with an error naming the hashmap and the limit. `None`: no bound.
+    pub max_hashmap_bytes: Option<usize>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_call_depth: 1000,
+            max_emit_queue: Some(10_000),
+            emit_await_timeout: Some(Duration::from_secs(30)),
+            max_hashmap_bytes: None,
         }
     }
 }
 
 impl Limits {
+    /// Sets the emit queue bound.
+    pub fn with_max_emit_queue(mut self, max: Option<usize>) -> Limits {
+        self.max_emit_queue = max;
+        self
+    }
+
+    /// Sets how long an emit-await waits.
+    pub fn with_emit_await_timeout(mut self, timeout: Option<Duration>) -> Limits {
+        self.emit_await_timeout = timeout;
+        self
+    }
+
+    /// Sets the hashmap memory bound.
+    pub fn with_max_hashmap_bytes(mut self, bytes: Option<usize>) -> Limits {
+        self.max_hashmap_bytes = bytes;
+        self
+    }
+
     /// Sets the call-depth limit.
     pub fn with_max_call_depth(mut self, depth: usize) -> Limits {
         self.max_call_depth = depth.max(1);

@@ -239,6 +239,11 @@ impl Runtime {
         &self.config
     }
 
+    /// Sets when emits are delivered (as `RuntimeConfig::emit_mode`).
+    pub fn set_emit_mode(&mut self, mode: EmitMode) {
+        self.config.emit_mode = mode;
+    }
+
     /// Sets the resource limits.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
@@ -600,6 +605,12 @@ impl Runtime {
     /// been delivered.
     pub async fn execute(&mut self) -> Result<Value, RuntimeError> {
         let vm = self.vm.clone().ok_or(RuntimeError::NoProgram)?;
+        self.hub.set_delivery(match self.config.emit_mode {
+            EmitMode::Batch { max_batch } => concerto_emit::Delivery::Batch { max_batch },
+            _ => concerto_emit::Delivery::Immediate,
+        });
+        self.hub.set_max_queue(self.limits.max_emit_queue);
+        self.hub.set_await_timeout(self.limits.emit_await_timeout);
         let memory = match &self.memory {
             Some(m) => m.clone(),
             None => Arc::new(concerto_memory::InMemoryStore::new(
