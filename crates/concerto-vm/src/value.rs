@@ -27,6 +27,8 @@ pub type MapInner = IndexMap<Str, Value, FxBuildHasher>;
 /// Maximum nesting depth for display, JSON conversion and equality. Deeper (or cyclic)
 /// structures print `...` and compare unequal instead of overflowing the native stack.
 pub(crate) const MAX_DEPTH: usize = 128;
+/// Nodes written at most by one display or JSON conversion.
+pub(crate) const MAX_NODES: usize = 1_000_000;
 
 /// A runtime value.
 #[derive(Default)]
@@ -782,10 +784,18 @@ impl Value {
 
     /// Appends the display string to `out`.
     pub fn write_display(&self, out: &mut String, depth: usize) {
-        if depth > MAX_DEPTH {
+        let mut budget = MAX_NODES;
+        self.write_display_in(out, depth, &mut budget);
+    }
+
+    /// `write_display` with a budget of nodes: a value that shares containers (or contains
+    /// itself) can be exponentially large when written out; past the budget the rest is `...`.
+    fn write_display_in(&self, out: &mut String, depth: usize, budget: &mut usize) {
+        if depth > MAX_DEPTH || *budget == 0 {
             out.push_str("...");
             return;
         }
+        *budget -= 1;
         match self {
             Value::Nil | Value::Unset => out.push_str("nil"),
             Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -799,7 +809,7 @@ impl Value {
                     if idx > 0 {
                         out.push_str(", ");
                     }
-                    item.write_display(out, depth + 1);
+                    item.write_display_in(out, depth + 1, budget);
                 }
                 out.push(']');
             }
@@ -813,21 +823,21 @@ impl Value {
                     out.push('"');
                     out.push_str(k);
                     out.push_str("\": ");
-                    v.write_display(out, depth + 1);
+                    v.write_display_in(out, depth + 1, budget);
                 }
                 out.push('}');
             }
             Value::Struct(s) => {
                 let fields = s.fields.lock().clone();
                 out.push_str(&s.ty.name);
-                write_fields(out, &s.ty.fields, &fields, depth);
+                write_fields(out, &s.ty.fields, &fields, depth, budget);
             }
             Value::Enum(e) => {
                 out.push_str(&e.type_name);
                 out.push_str("::");
                 out.push_str(&e.variant);
                 match &e.field_names {
-                    Some(names) => write_fields(out, names, &e.payload, depth),
+                    Some(names) => write_fields(out, names, &e.payload, depth, budget),
                     None if e.payload.is_empty() => {}
                     None => {
                         out.push('(');
@@ -835,15 +845,15 @@ impl Value {
                             if idx > 0 {
                                 out.push_str(", ");
                             }
-                            v.write_display(out, depth + 1);
+                            v.write_display_in(out, depth + 1, budget);
                         }
                         out.push(')');
                     }
                 }
             }
-            Value::Ok(v) => wrap_display(out, "Ok", v, depth),
-            Value::Err(v) => wrap_display(out, "Err", v, depth),
-            Value::Some(v) => wrap_display(out, "Some", v, depth),
+            Value::Ok(v) => wrap_display(out, "Ok", v, depth, budget),
+            Value::Err(v) => wrap_display(out, "Err", v, depth, budget),
+            Value::Some(v) => wrap_display(out, "Some", v, depth, budget),
             Value::None => out.push_str("None"),
             Value::Func(f) => match f.name() {
                 Some(name) => {
@@ -875,14 +885,17 @@ impl Value {
     /// of their fields, `Ok`/`Err`/`Some` become `{"Ok": v}` …, `None` and `nil` become
     /// `null`, non-finite floats become `null`.
     pub fn to_json(&self) -> serde_json::Value {
-        self.to_json_depth(0)
+        let mut budget = MAX_NODES;
+        self.to_json_depth(0, &mut budget)
     }
 
-    fn to_json_depth(&self, depth: usize) -> serde_json::Value {
+    /// `to_json` below `depth`, with a budget of nodes as in `write_display_in`.
+    fn to_json_depth(&self, depth: usize, budget: &mut usize) -> serde_json::Value {
         use serde_json::Value as J;
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || *budget == 0 {
             return J::String("...".into());
         }
+        *budget -= 1;
         match self {
             Value::Nil | Value::None | Value::Unset => J::Null,
             Value::Bool(b) => J::Bool(*b),
@@ -892,13 +905,13 @@ impl Value {
             Value::Array(a) => J::Array(
                 a.to_vec()
                     .iter()
-                    .map(|v| v.to_json_depth(depth + 1))
+                    .map(|v| v.to_json_depth(depth + 1, budget))
                     .collect(),
             ),
             Value::Map(m) => J::Object(
                 m.entries()
                     .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1)))
+                    .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1, budget)))
                     .collect(),
             ),
             Value::Struct(s) => {
@@ -907,7 +920,7 @@ impl Value {
                     s.ty.fields
                         .iter()
                         .zip(fields)
-                        .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1)))
+                        .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1, budget)))
                         .collect(),
                 )
             }
@@ -918,14 +931,14 @@ impl Value {
                         names
                             .iter()
                             .zip(&e.payload)
-                            .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1)))
+                            .map(|(k, v)| (k.to_string(), v.to_json_depth(depth + 1, budget)))
                             .collect(),
                     ),
-                    (None, 1) => e.payload[0].to_json_depth(depth + 1),
+                    (None, 1) => e.payload[0].to_json_depth(depth + 1, budget),
                     (None, _) => J::Array(
                         e.payload
                             .iter()
-                            .map(|v| v.to_json_depth(depth + 1))
+                            .map(|v| v.to_json_depth(depth + 1, budget))
                             .collect(),
                     ),
                 };
@@ -933,9 +946,9 @@ impl Value {
                 obj.insert(e.variant.to_string(), payload);
                 J::Object(obj)
             }
-            Value::Ok(v) => tagged_json("Ok", v, depth),
-            Value::Err(v) => tagged_json("Err", v, depth),
-            Value::Some(v) => tagged_json("Some", v, depth),
+            Value::Ok(v) => tagged_json("Ok", v, depth, budget),
+            Value::Err(v) => tagged_json("Err", v, depth, budget),
+            Value::Some(v) => tagged_json("Some", v, depth, budget),
             other => J::String(other.to_display()),
         }
     }
@@ -1040,7 +1053,13 @@ impl Value {
 }
 
 /// ` {name: v, …}` after a struct or variant name.
-fn write_fields(out: &mut String, names: &[Arc<str>], values: &[Value], depth: usize) {
+fn write_fields(
+    out: &mut String,
+    names: &[Arc<str>],
+    values: &[Value],
+    depth: usize,
+    budget: &mut usize,
+) {
     out.push_str(" {");
     for (idx, (name, v)) in names.iter().zip(values).enumerate() {
         if idx > 0 {
@@ -1048,21 +1067,21 @@ fn write_fields(out: &mut String, names: &[Arc<str>], values: &[Value], depth: u
         }
         out.push_str(name);
         out.push_str(": ");
-        v.write_display(out, depth + 1);
+        v.write_display_in(out, depth + 1, budget);
     }
     out.push('}');
 }
 
-fn wrap_display(out: &mut String, tag: &str, inner: &Value, depth: usize) {
+fn wrap_display(out: &mut String, tag: &str, inner: &Value, depth: usize, budget: &mut usize) {
     out.push_str(tag);
     out.push('(');
-    inner.write_display(out, depth + 1);
+    inner.write_display_in(out, depth + 1, budget);
     out.push(')');
 }
 
-fn tagged_json(tag: &str, inner: &Value, depth: usize) -> serde_json::Value {
+fn tagged_json(tag: &str, inner: &Value, depth: usize, budget: &mut usize) -> serde_json::Value {
     let mut obj = serde_json::Map::new();
-    obj.insert(tag.to_string(), inner.to_json_depth(depth + 1));
+    obj.insert(tag.to_string(), inner.to_json_depth(depth + 1, budget));
     serde_json::Value::Object(obj)
 }
 
@@ -1206,5 +1225,22 @@ mod tests {
             serde_json::json!({"a": 1, "b": 2.0, "c": [null, true]})
         );
         assert_eq!(v.to_display(), "{\"a\": 1, \"b\": 2, \"c\": [nil, true]}");
+    }
+
+    #[test]
+    fn a_value_containing_itself_twice_displays_and_serialises_in_bounded_time() {
+        // a.push(a); a.push(a): written out naively this has 2^depth nodes.
+        let a = Array::new(Vec::new());
+        let v = Value::Array(a.clone());
+        a.0.lock().push(v.clone());
+        a.0.lock().push(v.clone());
+        // Without the node budget this walk would not finish.
+        let text = v.to_display();
+        let json = v.to_json().to_string();
+        assert!(text.len() < 10 * MAX_NODES, "{}", text.len());
+        assert!(text.contains("..."));
+        assert!(json.contains("..."));
+        // Break the cycle so the test does not leak.
+        a.0.lock().clear();
     }
 }
