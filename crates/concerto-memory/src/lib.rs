@@ -5,57 +5,140 @@
 //! use concerto_memory::InMemoryStore;
 //! use concerto_vm::host::{MemoryStore, Reply};
 //! use concerto_vm::{Str, Value};
-//! let store = InMemoryStore::new(1);
+//! let store = InMemoryStore::with_names(["store"]).with_max_bytes(Some(1 << 20));
 //! let _ = store.hashmap_set(0, Str::from("k"), Value::Int(1));
 //! match store.hashmap_get(0, "k") {
 //!     Reply::Ready(Ok(Some(v))) => assert_eq!(v, Value::Int(1)),
 //!     _ => unreachable!(),
 //! }
+//! assert_eq!(store.bytes_used(), 1 + 16); // key bytes + one scalar
 //! ```
 //!
+//! # Hashmaps
+//!
+//! - **Atomicity.** Every operation takes the hashmap's lock once: `set_many` writes all of
+//!   its entries or none, `get_many` reads a consistent snapshot, `replace` and `remove`
+//!   return the value they replaced or removed.
+//! - **Names.** [`InMemoryStore::with_names`] gives the hashmaps their program names, so
+//!   messages say `hashmap 'store'` (`hashmap #0` without names).
+//! - **Memory limit.** [`InMemoryStore::with_max_bytes`] bounds the estimated bytes held by
+//!   all hashmaps of the store together (the formula is in [`size`]); a write that would
+//!   exceed it fails with [`concerto_vm::host::HostErrorKind::Limit`] and changes nothing.
+//!   Each entry's size is measured when it is written and subtracted exactly when it is
+//!   overwritten, deleted or cleared, so the total never drifts. (A value changed in place
+//!   through another reference after it was stored is re-measured only when its key is
+//!   written again.)
+//! - **Change events.** [`InMemoryStore::on_change`] and [`InMemoryStore::on_any_change`]
+//!   register host listeners that see every change as a [`HashMapChange`].
+//! - **Persistence.** [`InMemoryStore::persist`] binds a hashmap to a JSON file (encoding in
+//!   [`codec`]) and loads it; [`InMemoryStore::save`] and [`InMemoryStore::save_all`]
+//!   replace the file atomically (temporary file in the same directory, `sync_all`, rename,
+//!   directory fsync), so a crash at any moment leaves the old file or the new one. With
+//!   [`PersistMode::OnChange`] every change is saved before the write returns. Nothing is
+//!   saved implicitly on drop: a host that wants the final state on disk calls
+//!   [`InMemoryStore::save_all`].
+//!
 //! # Source layout
-//! - `lib.rs`: [`InMemoryStore`] and the hashmap part.
+//! - `lib.rs`: [`InMemoryStore`], its construction and the [`MemoryStore`] implementation.
+//! - `hashmap`: hashmap entries, the memory limit, change events and persistence.
+//! - [`size`]: the size estimate. [`codec`]: the file encoding. `persist`: file I/O.
+//! - `events`: [`HashMapChange`] and listener dispatch.
 //! - `ledger`: ledger entries and their queries.
 #![warn(missing_docs)]
 
+pub mod codec;
+mod events;
+mod hashmap;
 mod ledger;
+mod persist;
+pub mod size;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use concerto_vm::host::{ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply};
 use concerto_vm::{Str, Value};
-use hashlink::LinkedHashMap;
-use parking_lot::Mutex;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 
-/// A hashmap's entries, in insertion order (a deleted and re-inserted key moves to the end).
-type Entries = LinkedHashMap<Str, Value, FxBuildHasher>;
+pub use codec::{decode_value, encode_value};
+pub use events::{ChangeListener, HashMapChange};
+pub use hashmap::PersistMode;
+pub use persist::temp_files;
+pub use size::{entry_size, value_size};
 
 /// Hashmaps (one per declared hashmap, by index), ledgers and memories (by name, created on
-/// first use), all in process memory.
+/// first use), all in process memory; hashmaps can be bound to files.
 pub struct InMemoryStore {
-    hashmaps: Vec<Mutex<Entries>>,
+    hashmaps: Vec<hashmap::Slot>,
+    /// The memory limit of all hashmaps together.
+    max_bytes: Option<usize>,
+    /// Σ bytes of all hashmaps.
+    used: AtomicUsize,
+    listeners: RwLock<events::Listeners>,
+    has_listeners: AtomicBool,
     ledgers: Mutex<FxHashMap<String, ledger::Ledger>>,
     memories: Mutex<FxHashMap<String, VecDeque<ChatMessage>>>,
 }
 
 impl InMemoryStore {
-    /// A store for a program that declares `hashmaps` hashmaps.
+    /// A store for a program that declares `hashmaps` hashmaps (named `#0`, `#1`, … in
+    /// messages).
     pub fn new(hashmaps: usize) -> InMemoryStore {
+        InMemoryStore::build((0..hashmaps).map(|_| None).collect())
+    }
+
+    /// A store with one hashmap per name, in program order (index `i` is `names[i]`);
+    /// messages and change events use the names.
+    pub fn with_names<I, S>(names: I) -> InMemoryStore
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        InMemoryStore::build(names.into_iter().map(|n| Some(n.into())).collect())
+    }
+
+    fn build(names: Vec<Option<String>>) -> InMemoryStore {
         InMemoryStore {
-            hashmaps: (0..hashmaps)
-                .map(|_| Mutex::new(Entries::default()))
+            hashmaps: names
+                .into_iter()
+                .enumerate()
+                .map(|(idx, name)| hashmap::Slot::new(idx as u32, name))
                 .collect(),
+            max_bytes: None,
+            used: AtomicUsize::new(0),
+            listeners: RwLock::new(Vec::new()),
+            has_listeners: AtomicBool::new(false),
             ledgers: Mutex::new(FxHashMap::default()),
             memories: Mutex::new(FxHashMap::default()),
         }
     }
 
-    #[inline]
-    fn map(&self, map: u32) -> Result<&Mutex<Entries>, HostError> {
-        self.hashmaps.get(map as usize).ok_or_else(|| {
-            HostError::failed(format!("hashmap #{map} does not exist in this store"))
-        })
+    /// Limits the estimated bytes all hashmaps of the store hold together (`None`: no
+    /// limit). See [`size`] for the estimate.
+    pub fn with_max_bytes(mut self, max_bytes: Option<usize>) -> InMemoryStore {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The memory limit.
+    pub fn max_bytes(&self) -> Option<usize> {
+        self.max_bytes
+    }
+
+    /// The estimated bytes all hashmaps hold now.
+    pub fn bytes_used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Number of hashmaps.
+    pub fn hashmap_count(&self) -> usize {
+        self.hashmaps.len()
+    }
+
+    /// The name of hashmap `map` (`#<index>` when the store has no names).
+    pub fn hashmap_name(&self, map: u32) -> Option<&str> {
+        self.hashmaps.get(map as usize).map(hashmap::Slot::name)
     }
 }
 
@@ -66,47 +149,62 @@ fn ready<T>(r: Result<T, HostError>) -> Reply<Result<T, HostError>> {
 impl MemoryStore for InMemoryStore {
     #[inline]
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
-        ready(self.map(map).map(|m| {
-            let mut entries = m.lock();
-            // Updating an existing key keeps its position (replace, not re-insert).
-            match entries.get_mut(key.as_str()) {
-                Some(slot) => *slot = value,
-                None => {
-                    entries.insert(key, value);
-                }
-            }
-        }))
+        ready(self.write_one(map, key, value).map(|_| ()))
     }
 
     #[inline]
     fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
-        ready(self.map(map).map(|m| m.lock().get(key).cloned()))
+        ready(self.read_one(map, key))
     }
 
     #[inline]
     fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        ready(self.map(map).map(|m| m.lock().contains_key(key)))
+        ready(self.contains(map, key))
     }
 
     fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        ready(self.map(map).map(|m| m.lock().remove(key).is_some()))
+        ready(self.remove_one(map, key).map(|old| old.is_some()))
     }
 
     fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
-        ready(self.map(map).map(|m| {
-            m.lock()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        }))
+        ready(self.snapshot(map))
     }
 
     fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
-        ready(self.map(map).map(|m| m.lock().len()))
+        ready(self.count(map))
     }
 
     fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
-        ready(self.map(map).map(|m| m.lock().clear()))
+        ready(self.clear_all(map))
+    }
+
+    fn hashmap_set_many(
+        &self,
+        map: u32,
+        entries: Vec<(Str, Value)>,
+    ) -> Reply<Result<(), HostError>> {
+        ready(self.write_many(map, entries))
+    }
+
+    fn hashmap_get_many(
+        &self,
+        map: u32,
+        keys: Vec<Str>,
+    ) -> Reply<Result<Vec<Option<Value>>, HostError>> {
+        ready(self.read_many(map, &keys))
+    }
+
+    fn hashmap_replace(
+        &self,
+        map: u32,
+        key: Str,
+        value: Value,
+    ) -> Reply<Result<Option<Value>, HostError>> {
+        ready(self.write_one(map, key, value))
+    }
+
+    fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+        ready(self.remove_one(map, key))
     }
 
     fn ledger_insert(&self, name: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>> {

@@ -1,0 +1,521 @@
+//! The hashmap part of [`InMemoryStore`]: entries, the memory limit, change events and
+//! persistence.
+//!
+//! Locking: each hashmap has an entry lock (held only for in-memory work, never across I/O
+//! or listener calls) and a save lock (held for the whole of a load or save, so saves of one
+//! hashmap never interleave and each writes a snapshot taken after the previous one's).
+//! The save lock is always taken before the entry lock.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use concerto_vm::host::HostError;
+use concerto_vm::{Str, Value};
+use hashlink::LinkedHashMap;
+use parking_lot::Mutex;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+
+use crate::codec::{self, shorten};
+use crate::events::{self, ChangeListener, HashMapChange};
+use crate::size::entry_size;
+use crate::{InMemoryStore, persist};
+
+/// A stored value and its size estimate as measured when it was written.
+pub(crate) struct Stored {
+    value: Value,
+    size: usize,
+}
+
+/// A hashmap's entries, in insertion order (a deleted and re-inserted key moves to the end).
+type Entries = LinkedHashMap<Str, Stored, FxBuildHasher>;
+
+/// The in-memory state of one hashmap.
+#[derive(Default)]
+struct MapState {
+    entries: Entries,
+    /// Σ entry sizes.
+    bytes: usize,
+    /// Bumped by every change (and by a load).
+    version: u64,
+}
+
+/// The file binding of one hashmap.
+#[derive(Default)]
+struct SaveState {
+    path: Option<PathBuf>,
+    /// The version whose snapshot the file holds.
+    saved_version: Option<u64>,
+}
+
+/// When a persisted hashmap is written to its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PersistMode {
+    /// Only when the host calls [`InMemoryStore::save`] or [`InMemoryStore::save_all`].
+    #[default]
+    OnDemand,
+    /// After every change, before the write returns (a failed save fails the write, though
+    /// the change stays in memory). Also on demand.
+    OnChange,
+}
+
+/// One hashmap.
+pub(crate) struct Slot {
+    index: u32,
+    /// `store`, or `#3` without names.
+    name: String,
+    /// `hashmap 'store'`, or `hashmap #3`.
+    label: String,
+    state: Mutex<MapState>,
+    save: Mutex<SaveState>,
+    save_on_change: AtomicBool,
+}
+
+impl Slot {
+    pub(crate) fn new(index: u32, name: Option<String>) -> Slot {
+        let (name, label) = match name {
+            Some(name) if !name.is_empty() => {
+                let label = format!("hashmap '{name}'");
+                (name, label)
+            }
+            _ => (format!("#{index}"), format!("hashmap #{index}")),
+        };
+        Slot {
+            index,
+            name,
+            label,
+            state: Mutex::new(MapState::default()),
+            save: Mutex::new(SaveState::default()),
+            save_on_change: AtomicBool::new(false),
+        }
+    }
+
+    /// The hashmap's name (`#<index>` without names).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn change(&self, key: Str, old: Option<Value>, new: Option<Value>) -> HashMapChange {
+        HashMapChange {
+            map: self.index,
+            name: self.name.clone(),
+            key,
+            old,
+            new,
+        }
+    }
+}
+
+impl InMemoryStore {
+    pub(crate) fn slot(&self, map: u32) -> Result<&Slot, HostError> {
+        self.hashmaps.get(map as usize).ok_or_else(|| {
+            HostError::failed(format!(
+                "hashmap #{map} does not exist in this store (it holds {} hashmaps)",
+                self.hashmaps.len()
+            ))
+        })
+    }
+
+    /// Moves the store's total by `added - removed`; refused (with the total at that
+    /// moment) when it would exceed the limit. Called under the hashmap's entry lock, so the
+    /// hashmap's own share cannot change meanwhile.
+    fn reserve(&self, added: usize, removed: usize) -> Result<(), usize> {
+        let max = self.max_bytes.unwrap_or(usize::MAX);
+        let update = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                let new = cur.saturating_add(added).saturating_sub(removed);
+                (added <= removed || new <= max).then_some(new)
+            });
+        update.map(|_| ())
+    }
+
+    fn limit_error(&self, slot: &Slot, what: &str, would_be: usize) -> HostError {
+        HostError::limit(format!(
+            "{}: {what} would bring the memory held by hashmaps to {would_be} bytes, above the \
+             limit of {} bytes; nothing was written. Raise the limit with \
+             Limits::max_hashmap_bytes (--max-hashmap-bytes on the command line)",
+            slot.label,
+            self.max_bytes.unwrap_or(usize::MAX)
+        ))
+    }
+
+    fn notify(&self) -> bool {
+        self.has_listeners.load(Ordering::Acquire)
+    }
+
+    /// Saves (in on-change mode) and tells the listeners, after the entry lock is released.
+    fn after_change(
+        &self,
+        slot: &Slot,
+        version: u64,
+        changes: Vec<HashMapChange>,
+    ) -> Result<(), HostError> {
+        let saved = if slot.save_on_change.load(Ordering::Acquire) {
+            self.save_if_newer(slot, version)
+        } else {
+            Ok(())
+        };
+        if !changes.is_empty() {
+            let listeners = self.listeners.read().clone();
+            events::dispatch(&listeners, &changes);
+        }
+        saved.map_err(|e| {
+            HostError::failed(format!(
+                "{}: the change was made in memory but could not be saved: {e}",
+                slot.label
+            ))
+        })
+    }
+
+    /// `set`: writes one entry; the previous value.
+    pub(crate) fn write_one(
+        &self,
+        map: u32,
+        key: Str,
+        value: Value,
+    ) -> Result<Option<Value>, HostError> {
+        let slot = self.slot(map)?;
+        let size = entry_size(&key, &value);
+        let notify = self.notify();
+        let event = notify.then(|| (key.clone(), value.clone()));
+        let (old, version) = {
+            let mut st = slot.state.lock();
+            let old_size = st.entries.get(key.as_str()).map_or(0, |e| e.size);
+            if let Err(cur) = self.reserve(size, old_size) {
+                let would_be = cur.saturating_add(size).saturating_sub(old_size);
+                let what = format!("setting key '{}'", shorten(&key));
+                return Err(self.limit_error(slot, &what, would_be));
+            }
+            let stored = Stored { value, size };
+            let old = match st.entries.get_mut(key.as_str()) {
+                // Updating an existing key keeps its position.
+                Some(existing) => Some(std::mem::replace(existing, stored).value),
+                None => {
+                    st.entries.insert(key, stored);
+                    None
+                }
+            };
+            st.bytes = st.bytes.saturating_add(size).saturating_sub(old_size);
+            st.version += 1;
+            (old, st.version)
+        };
+        let changes = match event {
+            Some((key, new)) => vec![slot.change(key, old.clone(), Some(new))],
+            None => Vec::new(),
+        };
+        self.after_change(slot, version, changes)?;
+        Ok(old)
+    }
+
+    /// `set_many`: writes every entry or none.
+    pub(crate) fn write_many(&self, map: u32, batch: Vec<(Str, Value)>) -> Result<(), HostError> {
+        let slot = self.slot(map)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sizes: Vec<usize> = batch.iter().map(|(k, v)| entry_size(k, v)).collect();
+        let notify = self.notify();
+        let mut changes = Vec::new();
+        let mut olds = Vec::with_capacity(batch.len());
+        let version = {
+            let mut st = slot.state.lock();
+            // The size each entry replaces, following earlier entries of the same batch.
+            let mut pending: FxHashMap<&str, usize> = FxHashMap::default();
+            let mut old_sizes = Vec::with_capacity(batch.len());
+            for ((key, _), size) in batch.iter().zip(&sizes) {
+                let old = match pending.get(key.as_str()) {
+                    Some(s) => *s,
+                    None => st.entries.get(key.as_str()).map_or(0, |e| e.size),
+                };
+                old_sizes.push(old);
+                pending.insert(key.as_str(), *size);
+            }
+            let added = sizes.iter().fold(0usize, |a, s| a.saturating_add(*s));
+            let removed = old_sizes.iter().fold(0usize, |a, s| a.saturating_add(*s));
+            if let Err(cur) = self.reserve(added, removed) {
+                let max = self.max_bytes.unwrap_or(usize::MAX);
+                // Name the key at which the running total first crosses the limit.
+                let mut running = cur;
+                let mut crossing = None;
+                for (((key, _), size), old) in batch.iter().zip(&sizes).zip(&old_sizes) {
+                    running = running.saturating_add(*size).saturating_sub(*old);
+                    if running > max && crossing.is_none() {
+                        crossing = Some(key);
+                    }
+                }
+                let crossing = crossing.or(batch.last().map(|(k, _)| k));
+                let what = format!(
+                    "set_many of {} entries (the limit is crossed at key '{}')",
+                    batch.len(),
+                    crossing.map(|k| shorten(k)).unwrap_or_default()
+                );
+                return Err(self.limit_error(slot, &what, running));
+            }
+            drop(pending);
+            for ((key, value), size) in batch.into_iter().zip(sizes) {
+                let event = notify.then(|| (key.clone(), value.clone()));
+                let stored = Stored { value, size };
+                let old = match st.entries.get_mut(key.as_str()) {
+                    Some(existing) => Some(std::mem::replace(existing, stored).value),
+                    None => {
+                        st.entries.insert(key, stored);
+                        None
+                    }
+                };
+                if let Some((key, new)) = event {
+                    changes.push(slot.change(key, old.clone(), Some(new)));
+                }
+                olds.push(old);
+            }
+            st.bytes = st.bytes.saturating_add(added).saturating_sub(removed);
+            st.version += 1;
+            st.version
+        };
+        // Replaced values are dropped here, outside the lock.
+        drop(olds);
+        self.after_change(slot, version, changes)
+    }
+
+    /// `delete`: the removed value.
+    pub(crate) fn remove_one(&self, map: u32, key: &str) -> Result<Option<Value>, HostError> {
+        let slot = self.slot(map)?;
+        let notify = self.notify();
+        let (key, old, version) = {
+            let mut st = slot.state.lock();
+            let Some((key, stored)) = st.entries.remove_entry(key) else {
+                return Ok(None);
+            };
+            let _ = self.reserve(0, stored.size);
+            st.bytes = st.bytes.saturating_sub(stored.size);
+            st.version += 1;
+            (key, stored.value, st.version)
+        };
+        let changes = if notify {
+            vec![slot.change(key, Some(old.clone()), None)]
+        } else {
+            Vec::new()
+        };
+        self.after_change(slot, version, changes)?;
+        Ok(Some(old))
+    }
+
+    /// `clear`: one change per removed key.
+    pub(crate) fn clear_all(&self, map: u32) -> Result<(), HostError> {
+        let slot = self.slot(map)?;
+        let notify = self.notify();
+        let (taken, version) = {
+            let mut st = slot.state.lock();
+            if st.entries.is_empty() {
+                return Ok(());
+            }
+            let taken = std::mem::take(&mut st.entries);
+            let _ = self.reserve(0, st.bytes);
+            st.bytes = 0;
+            st.version += 1;
+            (taken, st.version)
+        };
+        let changes = if notify {
+            taken
+                .into_iter()
+                .map(|(key, stored)| slot.change(key, Some(stored.value), None))
+                .collect()
+        } else {
+            drop(taken);
+            Vec::new()
+        };
+        self.after_change(slot, version, changes)
+    }
+
+    pub(crate) fn read_one(&self, map: u32, key: &str) -> Result<Option<Value>, HostError> {
+        let slot = self.slot(map)?;
+        Ok(slot.state.lock().entries.get(key).map(|e| e.value.clone()))
+    }
+
+    pub(crate) fn read_many(
+        &self,
+        map: u32,
+        keys: &[Str],
+    ) -> Result<Vec<Option<Value>>, HostError> {
+        let slot = self.slot(map)?;
+        let st = slot.state.lock();
+        Ok(keys
+            .iter()
+            .map(|k| st.entries.get(k.as_str()).map(|e| e.value.clone()))
+            .collect())
+    }
+
+    pub(crate) fn contains(&self, map: u32, key: &str) -> Result<bool, HostError> {
+        let slot = self.slot(map)?;
+        Ok(slot.state.lock().entries.contains_key(key))
+    }
+
+    pub(crate) fn snapshot(&self, map: u32) -> Result<Vec<(Str, Value)>, HostError> {
+        let slot = self.slot(map)?;
+        Ok(snapshot_of(&slot.state.lock().entries))
+    }
+
+    pub(crate) fn count(&self, map: u32) -> Result<usize, HostError> {
+        let slot = self.slot(map)?;
+        Ok(slot.state.lock().entries.len())
+    }
+
+    /// The estimated bytes held by one hashmap (see [`crate::size`]).
+    pub fn hashmap_bytes(&self, map: u32) -> Result<usize, HostError> {
+        let slot = self.slot(map)?;
+        Ok(slot.state.lock().bytes)
+    }
+
+    /// Calls `listener` after every change of hashmap `map` (see [`HashMapChange`]).
+    ///
+    /// Listeners run on the writing thread after the hashmap's lock is released (so they may
+    /// use the store, even write to it), in the order the writer made its changes; `set_many`
+    /// reports one change per entry, `clear` one per removed key. Changes of different
+    /// writers may interleave. A panicking listener is caught and ignored; the change stands
+    /// and the other listeners still run. Loading a file reports nothing.
+    pub fn on_change(&self, map: u32, listener: ChangeListener) -> Result<(), HostError> {
+        self.slot(map)?;
+        self.listeners.write().push((Some(map), listener));
+        self.has_listeners.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Calls `listener` after every change of any hashmap, as [`InMemoryStore::on_change`]
+    /// describes.
+    pub fn on_any_change(&self, listener: ChangeListener) {
+        self.listeners.write().push((None, listener));
+        self.has_listeners.store(true, Ordering::Release);
+    }
+
+    /// Binds hashmap `map` to the file `path`, saved on demand ([`PersistMode::OnDemand`]).
+    /// See [`InMemoryStore::persist_with`].
+    pub fn persist(&self, map: u32, path: impl Into<PathBuf>) -> Result<(), HostError> {
+        self.persist_with(map, path, PersistMode::OnDemand)
+    }
+
+    /// Binds hashmap `map` to the file `path` and loads it now.
+    ///
+    /// - A missing file means no saved state: the hashmap keeps what it holds, and the file
+    ///   is created by the first save.
+    /// - An existing file replaces the hashmap's contents (no change events). A file that
+    ///   cannot be read or is not a valid hashmap file (see [`crate::codec`]) is an error
+    ///   naming the path, and nothing changes; so is a file whose contents would exceed the
+    ///   memory limit.
+    /// - Temporary files that interrupted saves left beside `path` are removed first; they
+    ///   are never read. One file must be bound by one store at a time (a save in progress
+    ///   in another process could otherwise fail).
+    ///
+    /// Binding again replaces the previous binding (and loads the new file).
+    pub fn persist_with(
+        &self,
+        map: u32,
+        path: impl Into<PathBuf>,
+        mode: PersistMode,
+    ) -> Result<(), HostError> {
+        let slot = self.slot(map)?;
+        let path = path.into();
+        let mut save = slot.save.lock();
+        persist::remove_temp_files(&path);
+        let loaded =
+            persist::load(&path).map_err(|e| HostError::failed(format!("{}: {e}", slot.label)))?;
+        if let Some(entries) = loaded {
+            let mut total = 0usize;
+            let mut fresh = Entries::default();
+            for (key, value) in entries {
+                let size = entry_size(&key, &value);
+                total = total.saturating_add(size);
+                fresh.insert(key, Stored { value, size });
+            }
+            let previous = {
+                let mut st = slot.state.lock();
+                if let Err(cur) = self.reserve(total, st.bytes) {
+                    let would_be = cur.saturating_add(total).saturating_sub(st.bytes);
+                    let what = format!("loading {}", path.display());
+                    return Err(self.limit_error(slot, &what, would_be));
+                }
+                let previous = std::mem::replace(&mut st.entries, fresh);
+                st.bytes = total;
+                st.version += 1;
+                save.saved_version = Some(st.version);
+                previous
+            };
+            drop(previous);
+        } else {
+            save.saved_version = None;
+        }
+        save.path = Some(path);
+        slot.save_on_change
+            .store(mode == PersistMode::OnChange, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes hashmap `map` to its file now, atomically (see [`crate::InMemoryStore`]'s
+    /// persistence notes). The entries are copied under the hashmap's lock and written
+    /// outside it; saves of one hashmap are serialised, so a later save always writes a
+    /// later snapshot. An error leaves the previous file intact.
+    pub fn save(&self, map: u32) -> Result<(), HostError> {
+        let slot = self.slot(map)?;
+        let mut save = slot.save.lock();
+        self.save_locked(slot, &mut save)
+            .map_err(|e| HostError::failed(format!("{}: {e}", slot.label)))
+    }
+
+    /// Saves every hashmap bound to a file; the error lists each one that failed (the
+    /// others are saved all the same).
+    pub fn save_all(&self) -> Result<(), HostError> {
+        let mut failures = Vec::new();
+        for slot in &self.hashmaps {
+            let mut save = slot.save.lock();
+            if save.path.is_none() {
+                continue;
+            }
+            if let Err(e) = self.save_locked(slot, &mut save) {
+                failures.push(format!("{}: {e}", slot.label));
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(HostError::failed(failures.join("; ")))
+        }
+    }
+
+    /// The file hashmap `map` is bound to.
+    pub fn persisted_path(&self, map: u32) -> Result<Option<PathBuf>, HostError> {
+        let slot = self.slot(map)?;
+        Ok(slot.save.lock().path.clone())
+    }
+
+    fn save_locked(&self, slot: &Slot, save: &mut SaveState) -> Result<(), String> {
+        let Some(path) = save.path.clone() else {
+            return Err(
+                "is not bound to a file; call InMemoryStore::persist before saving".to_string(),
+            );
+        };
+        let (snapshot, version) = {
+            let st = slot.state.lock();
+            (snapshot_of(&st.entries), st.version)
+        };
+        let json = codec::encode_entries(&snapshot)
+            .map_err(|e| format!("cannot save to {}: {e}", path.display()))?;
+        drop(snapshot);
+        persist::write_atomic(&path, &json)?;
+        save.saved_version = Some(version);
+        Ok(())
+    }
+
+    /// The on-change save: skipped when a save since `version` already wrote it.
+    fn save_if_newer(&self, slot: &Slot, version: u64) -> Result<(), String> {
+        let mut save = slot.save.lock();
+        if save.path.is_none() || save.saved_version.is_some_and(|v| v >= version) {
+            return Ok(());
+        }
+        self.save_locked(slot, &mut save)
+    }
+}
+
+fn snapshot_of(entries: &Entries) -> Vec<(Str, Value)> {
+    entries
+        .iter()
+        .map(|(k, e)| (k.clone(), e.value.clone()))
+        .collect()
+}
