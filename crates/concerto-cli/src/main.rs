@@ -31,55 +31,7 @@ enum Command {
     /// Emits go to stdout: one line per emit, `[emit:channel] payload` (text) or
     /// `{"channel": …, "payload": …}` (jsonl). With jsonl, `print` output and diagnostics go to
     /// stderr so stdout carries only emits.
-    Run {
-        /// The `.conc-ir` file.
-        file: PathBuf,
-        /// How emits are written to stdout.
-        #[arg(long, value_enum, default_value_t = EmitFormat::Text)]
-        emit_format: EmitFormat,
-        /// Stop the program after this many seconds.
-        #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-        timeout: f64,
-        /// Maximum nesting of calls.
-        #[arg(long, value_name = "N", default_value_t = 1000)]
-        max_call_depth: usize,
-        /// Do not print emits (text format only).
-        #[arg(long, short)]
-        quiet: bool,
-        /// Answer every agent call from the built-in deterministic mock provider (offline;
-        /// no API keys needed).
-        #[arg(long, conflicts_with = "replay")]
-        mock: bool,
-        /// Append every LLM request and response to FILE as JSON lines.
-        #[arg(long, value_name = "FILE")]
-        record: Option<PathBuf>,
-        /// Answer LLM requests from a recording made with --record, without network.
-        #[arg(long, value_name = "FILE")]
-        replay: Option<PathBuf>,
-        /// Read environment variables (API keys, …) from a dotenv file; they take precedence
-        /// over the process environment.
-        #[arg(long = "env", value_name = "FILE")]
-        env_file: Option<PathBuf>,
-        /// Print metrics (calls, tokens, cost, time) to stderr after the run.
-        #[arg(long)]
-        metrics: bool,
-        /// Enable a tool, MCP server, host agent or host tool (`NAME`), or one method of it
-        /// (`NAME.method`); repeatable. Everything that reaches outside the program is off
-        /// until enabled.
-        #[arg(long = "allow-tool", value_name = "NAME[.METHOD]")]
-        allow_tool: Vec<String>,
-        /// Switch a tool off (the program's own tools included; `std::fs`, `std::http` too);
-        /// repeatable.
-        #[arg(long = "disable-tool", value_name = "NAME")]
-        disable_tool: Vec<String>,
-        /// Let `std::fs` read and write inside DIR (recursively); repeatable.
-        #[arg(long = "allow-fs", value_name = "DIR")]
-        allow_fs: Vec<PathBuf>,
-        /// Let `std::http` reach DOMAIN: that name only; `*.example.com` for subdomains;
-        /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
-        #[arg(long = "allow-net", value_name = "DOMAIN")]
-        allow_net: Vec<String>,
-    },
+    Run(RunArgs),
     /// Load and validate an IR file without running it.
     Check {
         /// The `.conc-ir` file.
@@ -119,55 +71,68 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run {
-            file,
-            emit_format,
-            timeout,
-            max_call_depth,
-            quiet,
-            mock,
-            record,
-            replay,
-            env_file,
-            metrics,
-            allow_tool,
-            disable_tool,
-            allow_fs,
-            allow_net,
-        } => run(RunArgs {
-            file,
-            format: emit_format,
-            timeout,
-            max_call_depth,
-            quiet,
-            mock,
-            record,
-            replay,
-            env_file,
-            metrics,
-            allow_tool,
-            disable_tool,
-            allow_fs,
-            allow_net,
-        }),
+        Command::Run(args) => run(args),
     }
 }
 
+/// `concerto run` options.
+#[derive(clap::Args)]
 struct RunArgs {
+    /// The `.conc-ir` file.
     file: PathBuf,
-    format: EmitFormat,
+    /// How emits are written to stdout.
+    #[arg(long, value_enum, default_value_t = EmitFormat::Text)]
+    emit_format: EmitFormat,
+    /// Stop the program after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
     timeout: f64,
+    /// Maximum nesting of calls.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
     max_call_depth: usize,
+    /// Do not print emits (text format only).
+    #[arg(long, short)]
     quiet: bool,
+    /// Answer every agent call from the built-in deterministic mock provider (offline;
+    /// no API keys needed).
+    #[arg(long, conflicts_with = "replay")]
     mock: bool,
+    /// Append every LLM request and response to FILE as JSON lines.
+    #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Answer LLM requests from a recording made with --record, without network.
+    #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
+    /// Read environment variables (API keys, …) from a dotenv file; they take precedence
+    /// over the process environment.
+    #[arg(long = "env", value_name = "FILE")]
     env_file: Option<PathBuf>,
+    /// Print metrics (calls, tokens, cost, time) to stderr after the run.
+    #[arg(long)]
     metrics: bool,
+    /// Enable a tool, MCP server, host agent or host tool (`NAME`), or one method of it
+    /// (`NAME.method`); repeatable. Everything that reaches outside the program is off
+    /// until enabled.
+    #[arg(long = "allow-tool", value_name = "NAME[.METHOD]")]
     allow_tool: Vec<String>,
+    /// Switch a tool off (the program's own tools included; `std::fs`, `std::http` too);
+    /// repeatable.
+    #[arg(long = "disable-tool", value_name = "NAME")]
     disable_tool: Vec<String>,
+    /// Let `std::fs` read and write inside DIR (recursively); repeatable.
+    #[arg(long = "allow-fs", value_name = "DIR")]
     allow_fs: Vec<PathBuf>,
+    /// Let `std::http` reach DOMAIN: that name only; `*.example.com` for subdomains;
+    /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
+    #[arg(long = "allow-net", value_name = "DOMAIN")]
     allow_net: Vec<String>,
+    /// Keep hashmap NAME in the JSON file PATH: loaded before the run, saved atomically
+    /// after it (a corrupt file is an error, never an empty start); repeatable.
+    #[arg(long = "persist", value_name = "NAME=PATH")]
+    persist: Vec<String>,
+    /// Limit the memory held by hashmaps (estimated bytes); a write past it stops the
+    /// program with an error naming the hashmap.
+    #[arg(long = "max-hashmap-bytes", value_name = "BYTES")]
+    max_hashmap_bytes: Option<usize>,
 }
 
 /// The variables of a dotenv file.
@@ -179,7 +144,7 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String
 fn run(args: RunArgs) -> ExitCode {
     let RunArgs {
         file,
-        format,
+        emit_format: format,
         timeout,
         max_call_depth,
         quiet,
@@ -192,6 +157,8 @@ fn run(args: RunArgs) -> ExitCode {
         disable_tool,
         allow_fs,
         allow_net,
+        persist,
+        max_hashmap_bytes,
     } = args;
     if !(timeout.is_finite() && timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -235,7 +202,11 @@ fn run(args: RunArgs) -> ExitCode {
         sandbox = sandbox.allow_net(domain);
     }
     runtime.set_sandbox(sandbox);
-    runtime.set_limits(Limits::default().with_max_call_depth(max_call_depth));
+    runtime.set_limits(
+        Limits::default()
+            .with_max_call_depth(max_call_depth)
+            .with_max_hashmap_bytes(max_hashmap_bytes),
+    );
     let print_out = match format {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
         EmitFormat::Text => concerto_runtime::stdout_writer(),
@@ -278,6 +249,19 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(program) = runtime.program() {
         for warning in &program.warnings {
             eprintln!("warning: {warning}");
+        }
+    }
+    for entry in &persist {
+        let Some((name, path)) = entry
+            .split_once('=')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        else {
+            eprintln!("error: --persist expects NAME=PATH, got `{entry}`");
+            return ExitCode::from(2);
+        };
+        if let Err(err) = runtime.persist_hashmap(name, path) {
+            eprintln!("error: --persist {name}: {err}");
+            return ExitCode::from(2);
         }
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

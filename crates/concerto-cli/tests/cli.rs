@@ -482,3 +482,53 @@ fn allow_fs_opens_one_directory_to_std_fs() {
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "top secret");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn persist_keeps_a_hashmap_between_runs_and_the_byte_limit_stops_a_program() {
+    let dir = fresh_dir("persist");
+    let file = dir.join("counts.json");
+    let counter = repo().join("tests/memory/counter.conc-ir");
+    let persist = format!("counts={}", file.display());
+    for expected in 1..=2 {
+        let out = bin()
+            .args(["run", "--emit-format", "jsonl", "--persist", &persist])
+            .arg(&counter)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let line = format!(r#"{{"channel":"runs","payload":{expected}}}"#);
+        assert!(stdout(&out).contains(&line), "{}", stdout(&out));
+    }
+    let bad = bin()
+        .args(["run", "--persist", "nope"])
+        .arg(&counter)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("NAME=PATH"), "{}", stderr(&bad));
+
+    let fill = repo().join("tests/memory/fill.conc-ir");
+    let limited = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--max-hashmap-bytes",
+            "50000",
+        ])
+        .arg(&fill)
+        .output()
+        .unwrap();
+    assert_eq!(limited.status.code(), Some(1));
+    assert!(
+        stderr(&limited).contains("hashmap 'big'"),
+        "{}",
+        stderr(&limited)
+    );
+    assert!(
+        stdout(&limited).contains(r#""payload":40"#),
+        "{}",
+        stdout(&limited)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

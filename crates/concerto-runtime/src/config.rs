@@ -185,7 +185,8 @@ pub struct Limits {
     /// How long an emit-await waits for the host's handler (`None`: for ever).
     pub emit_await_timeout: Option<Duration>,
     /// Maximum bytes held by all hashmaps of a runtime (estimated); a write past it fails
-    /// with an error naming the hashmap and the limit. `None`: no bound.
+    /// with an error naming the hashmap and the limit. `None`: no bound. Applies to programs
+    /// loaded after it is set.
     pub max_hashmap_bytes: Option<usize>,
 }
 

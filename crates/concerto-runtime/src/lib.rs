@@ -162,6 +162,8 @@ pub struct Runtime {
     vm: Option<Arc<Vm>>,
     hub: Arc<EmitHub>,
     memory: Option<Arc<dyn MemoryStore>>,
+    /// The built-in store, when it is the one in use (persistence, listeners, byte limit).
+    builtin_memory: Option<Arc<concerto_memory::InMemoryStore>>,
     custom_memory: bool,
     /// A connection layer the host supplied (`with_connections`).
     custom_connections: Option<Arc<dyn Connections>>,
@@ -219,6 +221,7 @@ impl Runtime {
             vm: None,
             hub: Arc::new(EmitHub::new()),
             memory: None,
+            builtin_memory: None,
             custom_memory: false,
             custom_connections: None,
             active_connections: None,
@@ -273,11 +276,108 @@ impl Runtime {
     pub fn load_program(&mut self, program: Program) {
         let program = Arc::new(program);
         if !self.custom_memory {
-            self.memory = Some(Arc::new(concerto_memory::InMemoryStore::new(
-                program.hashmaps.len(),
-            )));
+            let store = Arc::new(
+                concerto_memory::InMemoryStore::with_names(
+                    program.hashmaps.iter().map(|h| h.name.clone()),
+                )
+                .with_max_bytes(self.limits.max_hashmap_bytes),
+            );
+            self.builtin_memory = Some(store.clone());
+            self.memory = Some(store);
         }
         self.vm = Some(Vm::new(program));
+    }
+
+    /// The built-in memory store and the index of hashmap `name`.
+    fn hashmap(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<concerto_memory::InMemoryStore>, u32), RuntimeError> {
+        let store = self.builtin_memory.clone().ok_or_else(|| {
+            RuntimeError::Setup(
+                "hashmap persistence and listeners need a loaded program and the built-in \
+                 memory store"
+                    .into(),
+            )
+        })?;
+        let index = self
+            .program()
+            .and_then(|p| p.hashmaps.iter().position(|h| h.name == name))
+            .ok_or_else(|| {
+                RuntimeError::Setup(format!("the program declares no hashmap `{name}`"))
+            })?;
+        Ok((store, index as u32))
+    }
+
+    /// Keeps hashmap `name` in the JSON file `path`: loads it now (a missing file starts
+    /// empty; an unreadable or corrupt one is an error, never a silent empty start) and
+    /// saves it atomically at the end of every execution and on [`Runtime::save_hashmaps`].
+    /// Call after `load_ir`.
+    ///
+    /// # Errors
+    /// An unknown hashmap, or a file that cannot be read.
+    pub fn persist_hashmap(
+        &mut self,
+        name: &str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Result<(), RuntimeError> {
+        let (store, index) = self.hashmap(name)?;
+        Ok(store.persist(index, path)?)
+    }
+
+    /// As [`Runtime::persist_hashmap`], but saves after every write (before the write
+    /// returns to the program).
+    ///
+    /// # Errors
+    /// An unknown hashmap, or a file that cannot be read.
+    pub fn persist_hashmap_on_change(
+        &mut self,
+        name: &str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Result<(), RuntimeError> {
+        let (store, index) = self.hashmap(name)?;
+        Ok(store.persist_with(index, path, concerto_memory::PersistMode::OnChange)?)
+    }
+
+    /// Saves every persisted hashmap now (atomically: a crash leaves the old or the new
+    /// file, never a mix).
+    ///
+    /// # Errors
+    /// Each hashmap that could not be saved.
+    pub fn save_hashmaps(&self) -> Result<(), RuntimeError> {
+        match &self.builtin_memory {
+            Some(store) => Ok(store.save_all()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls `listener(key, old, new)` after every change of hashmap `name` (`None` for an
+    /// absent or deleted value), from any execution.
+    ///
+    /// # Errors
+    /// An unknown hashmap.
+    pub fn on_hashmap_change(
+        &mut self,
+        name: &str,
+        listener: impl Fn(&str, Option<Value>, Option<Value>) + Send + Sync + 'static,
+    ) -> Result<(), RuntimeError> {
+        let (store, index) = self.hashmap(name)?;
+        store.on_change(
+            index,
+            Arc::new(move |change: &concerto_memory::HashMapChange| {
+                listener(
+                    change.key.as_str(),
+                    change.old.as_ref().map(Value::from),
+                    change.new.as_ref().map(Value::from),
+                )
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// Bytes held by the built-in store's hashmaps (the estimate the limit uses).
+    pub fn hashmap_bytes_used(&self) -> usize {
+        self.builtin_memory.as_ref().map_or(0, |s| s.bytes_used())
     }
 
     /// The loaded program.
@@ -451,6 +551,7 @@ impl Runtime {
     /// Uses a different memory store (kept across `load_ir` calls).
     pub fn with_memory_store(&mut self, store: Arc<dyn MemoryStore>) -> &mut Self {
         self.memory = Some(store);
+        self.builtin_memory = None;
         self.custom_memory = true;
         self
     }
@@ -646,6 +747,9 @@ impl Runtime {
             llm: stats.llm,
         };
         let flushed = self.hub.flush();
+        // Persisted hashmaps are saved whatever the outcome: what the program wrote before
+        // an error is kept.
+        let saved = self.save_hashmaps();
         let value = match outcome {
             Ok(Ok(v)) => Value::from(&v),
             Ok(Err(e)) => return Err(RuntimeError::Execution(e)),
@@ -657,6 +761,7 @@ impl Runtime {
             }
         };
         flushed?;
+        saved?;
         Ok(value)
     }
 

@@ -1,0 +1,153 @@
+//! Hashmaps through the facade: persistence across runs, the memory limit, host change
+//! listeners (`tests/memory/*.conc`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use concerto_runtime::{Limits, Runtime, RuntimeConfig, Value};
+use parking_lot::Mutex;
+use serde_json::json;
+
+fn program(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("memory")
+        .join(format!("{name}.conc-ir"))
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("concerto-memory-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Emits of one run as (channel, payload), and the uncaught error.
+type Emits = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+fn recorded(rt: &mut Runtime) -> Emits {
+    let emits: Emits = Arc::default();
+    let sink = emits.clone();
+    rt.on_prefix("", move |channel, payload| {
+        sink.lock().push((channel.to_string(), payload.to_json()))
+    });
+    emits
+}
+
+fn block_on<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(fut)
+}
+
+/// One run of `counter` in a fresh runtime, the hashmap kept in `file`.
+fn counter_run(file: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    let emits = recorded(&mut rt);
+    rt.load_ir(program("counter")).map_err(|e| e.to_string())?;
+    rt.persist_hashmap("counts", file)
+        .map_err(|e| e.to_string())?;
+    block_on(rt.execute()).map_err(|e| e.to_string())?;
+    let out = emits.lock().clone();
+    Ok(out)
+}
+
+#[test]
+fn a_persisted_hashmap_survives_from_one_runtime_to_the_next() {
+    let dir = temp_dir("persist");
+    let file = dir.join("counts.json");
+    for expected in 1..=3 {
+        let out = counter_run(&file).expect("run");
+        assert_eq!(out[0], ("runs".to_string(), json!(expected)));
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("file")).expect("json");
+    assert_eq!(saved, json!({"runs": 3, "last": 30}));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_corrupt_persistence_file_is_an_error_not_an_empty_start() {
+    let dir = temp_dir("corrupt");
+    let file = dir.join("counts.json");
+    std::fs::write(&file, "{\"runs\": 4, \"last\"").expect("write");
+    let error = counter_run(&file).expect_err("a corrupt file is refused");
+    assert!(error.contains("counts.json"), "{error}");
+    // The file is left as it was for the user to inspect.
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("file"),
+        "{\"runs\": 4, \"last\""
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn persisting_an_unknown_hashmap_names_it() {
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    rt.load_ir(program("counter")).expect("load");
+    let error = rt
+        .persist_hashmap("nope", temp_dir("unknown").join("x.json"))
+        .expect_err("unknown")
+        .to_string();
+    assert!(error.contains("`nope`"), "{error}");
+}
+
+#[test]
+fn the_memory_limit_stops_the_program_with_a_clear_error_and_keeps_what_was_emitted() {
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    rt.set_limits(Limits::default().with_max_hashmap_bytes(Some(50_000)));
+    let emits = recorded(&mut rt);
+    rt.load_ir(program("fill")).expect("load");
+    let error = block_on(rt.execute())
+        .expect_err("the limit stops it")
+        .to_string();
+    assert!(error.contains("hashmap 'big'"), "{error}");
+    assert!(error.contains("50000"), "{error}");
+    assert!(error.contains("max_hashmap_bytes"), "{error}");
+    let out = emits.lock().clone();
+    assert!(out.iter().all(|(c, _)| c == "written"), "{out:?}");
+    assert_eq!(out.last().map(|(_, p)| p.clone()), Some(json!(40)));
+    // Nothing past the limit was written; the estimate stays under it.
+    assert!(
+        rt.hashmap_bytes_used() <= 50_000,
+        "{}",
+        rt.hashmap_bytes_used()
+    );
+}
+
+#[test]
+fn without_a_limit_the_same_program_completes() {
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    let emits = recorded(&mut rt);
+    rt.load_ir(program("fill")).expect("load");
+    block_on(rt.execute()).expect("run");
+    assert_eq!(
+        emits.lock().last().cloned(),
+        Some(("done".to_string(), json!(1000)))
+    );
+}
+
+#[test]
+fn host_listeners_see_every_change_with_old_and_new_values() {
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    rt.load_ir(program("counter")).expect("load");
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let log = changes.clone();
+    rt.on_hashmap_change("counts", move |key, old, new| {
+        let show = |v: Option<Value>| v.map_or(json!(null), |v| v.to_json());
+        log.lock().push(json!([key, show(old), show(new)]));
+    })
+    .expect("listener");
+    block_on(rt.execute()).expect("first run");
+    block_on(rt.execute()).expect("second run (same store)");
+    assert_eq!(
+        changes.lock().clone(),
+        vec![
+            json!(["runs", null, 1]),
+            json!(["last", null, 10]),
+            json!(["runs", 1, 2]),
+            json!(["last", 10, 20]),
+        ]
+    );
+}
