@@ -31,7 +31,7 @@ enum Command {
     /// Emits go to stdout: one line per emit, `[emit:channel] payload` (text) or
     /// `{"channel": …, "payload": …}` (jsonl). With jsonl, `print` output and diagnostics go to
     /// stderr so stdout carries only emits.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load and validate an IR file without running it.
     Check {
         /// The `.conc-ir` file.
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
