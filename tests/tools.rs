@@ -458,3 +458,33 @@ fn a_plain_function_registered_as_a_tool_is_called_too() {
         .expect("tool result");
     assert!(last.content.contains("rain in Bergen"), "{}", last.content);
 }
+
+// ---------------------------------------------------------------------------------------
+// A ledger reached by an agent through a tool
+
+#[test]
+fn an_agent_reads_a_ledger_through_a_tool() {
+    let conn = Scripted::new(vec![
+        tools(&[(
+            "c1",
+            "Knowledge::lookup",
+            json!({"question": "office opening hours"}),
+        )]),
+        text("9 to 17."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let out = emits(&run(&program("ledger_tool"), |rt| {
+        rt.with_connections(connections);
+    }));
+    assert_eq!(payload(&out, "answer"), json!("9 to 17."));
+    assert_eq!(payload(&out, "facts"), json!(2));
+    let requests = conn.requests();
+    assert_eq!(requests[0].tools[0].name, "Knowledge::lookup");
+    let result = requests[1].messages.last().expect("tool result");
+    assert_eq!(result.role, "tool");
+    assert!(
+        result.content.contains("Open 9 to 17"),
+        "{}",
+        result.content
+    );
+}
