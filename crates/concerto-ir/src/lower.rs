@@ -622,6 +622,19 @@ impl Lowerer {
                 .ok_or_else(|| format!("{} is missing its `argc`", ins.op))?;
             u16::try_from(n).map_err(|_| format!("argc {n} is too large"))
         };
+        // AWAIT, AWAIT_ALL, AWAIT_ANY: an optional integer `arg`, a timeout in milliseconds.
+        let timeout_ms = || -> Result<u32, String> {
+            match &ins.arg {
+                None | Some(serde_json::Value::Null) => Ok(0),
+                Some(v) => v
+                    .as_u64()
+                    .filter(|&ms| ms > 0)
+                    .and_then(|ms| u32::try_from(ms).ok())
+                    .ok_or_else(|| {
+                        format!("{}'s `arg` must be a timeout in milliseconds (1 to 2^32-1)", ins.op)
+                    }),
+            }
+        };
         let type_name = || -> Result<&str, String> {
             ins.type_name
                 .as_deref()
@@ -867,8 +880,15 @@ impl Lowerer {
                 _ => CastTarget::Other,
             }),
             Opcode::CheckType => SOp::CheckType(self.intern(type_name()?)),
-            Opcode::Await => SOp::Await,
-            Opcode::AwaitAll => SOp::AwaitAll(count()?),
+            Opcode::Await => SOp::Await(timeout_ms()?),
+            Opcode::AwaitAll => SOp::AwaitAll(count()?, timeout_ms()?),
+            Opcode::AwaitAny => {
+                let n = count()?;
+                if n == 0 {
+                    return Err("AWAIT_ANY needs at least one value".into());
+                }
+                SOp::AwaitAny(n, timeout_ms()?)
+            }
             Opcode::SpawnAsync => SOp::SpawnAsync,
             Opcode::Unknown(op) => return Err(format!("unknown opcode `{op}`")),
         })

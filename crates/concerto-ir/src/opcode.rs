@@ -151,6 +151,8 @@ opcodes! {
     Await = "AWAIT",
     /// `[…, h1 … hn] → […, [r1 … rn]]` (never emitted)
     AwaitAll = "AWAIT_ALL",
+    /// Extension (`race`): the first of `count` awaited values; the others are cancelled.
+    AwaitAny = "AWAIT_ANY",
     /// `[…, f] → […, task]` (never emitted)
     SpawnAsync = "SPAWN_ASYNC",
     /// hashmap get by name (never emitted)

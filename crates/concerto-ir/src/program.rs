@@ -385,13 +385,19 @@ pub enum Op {
     Await {
         /// Operand and destination.
         reg: Reg,
+        /// Timeout in milliseconds (0: none).
+        timeout_ms: u32,
     },
-    /// `start = [await start, …]` over `n` registers.
+    /// `start = [await start, …]` over `n` registers (or, with `any`, the first result).
     AwaitAll {
         /// First task (and destination).
         start: Reg,
         /// Count.
         n: u32,
+        /// Timeout in milliseconds (0: none).
+        timeout_ms: u32,
+        /// `AWAIT_ANY`: the first result wins and the others are cancelled.
+        any: bool,
     },
     /// `reg = spawn reg`
     SpawnAsync {

@@ -363,11 +363,19 @@ pub(crate) fn translate(input: &Input<'_>) -> Result<RegisterCode, String> {
                 }),
                 false,
             ),
-            SOp::Await => emit(one(Op::Await { reg: t(h - 1) }), false),
-            SOp::AwaitAll(count) => emit(
+            SOp::Await(timeout_ms) => emit(
+                one(Op::Await {
+                    reg: t(h - 1),
+                    timeout_ms,
+                }),
+                false,
+            ),
+            SOp::AwaitAll(count, timeout_ms) | SOp::AwaitAny(count, timeout_ms) => emit(
                 one(Op::AwaitAll {
                     start: t(h - count),
                     n: count,
+                    timeout_ms,
+                    any: matches!(sop, SOp::AwaitAny(..)),
                 }),
                 false,
             ),
@@ -465,8 +473,8 @@ fn reads(op: &Op) -> Vec<(Reg, u32)> {
         Op::EmitAwait { chan, payload } => vec![(chan, 1), (payload, 1)],
         Op::TryBegin { .. } | Op::TryEnd | Op::Catch { .. } => Vec::new(),
         Op::Propagate { reg } | Op::Cast { reg, .. } | Op::CheckType { reg, .. } => single(reg),
-        Op::Await { reg } | Op::SpawnAsync { reg } => single(reg),
-        Op::BuildArray { start, n } | Op::AwaitAll { start, n } => vec![(start, n)],
+        Op::Await { reg, .. } | Op::SpawnAsync { reg } => single(reg),
+        Op::BuildArray { start, n } | Op::AwaitAll { start, n, .. } => vec![(start, n)],
         Op::BuildMap { start, n } => vec![(start, n.saturating_mul(2))],
         Op::BuildStruct { start, .. } => vec![(start, u32::MAX)],
         ref other => substitutable_reads(other)
@@ -520,7 +528,7 @@ fn writes_reg(op: &Op, r: Reg) -> bool {
         Op::Propagate { reg }
         | Op::Cast { reg, .. }
         | Op::CheckType { reg, .. }
-        | Op::Await { reg }
+        | Op::Await { reg, .. }
         | Op::SpawnAsync { reg } => r == reg,
         Op::BuildArray { start, .. }
         | Op::BuildMap { start, .. }

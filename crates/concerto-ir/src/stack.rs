@@ -51,8 +51,12 @@ pub(crate) enum SOp {
     IndexSet,
     Cast(CastTarget),
     CheckType(NameId),
-    Await,
-    AwaitAll(u32),
+    /// Timeout in milliseconds (0: none).
+    Await(u32),
+    /// Count, timeout in milliseconds (0: none).
+    AwaitAll(u32, u32),
+    /// Count, timeout in milliseconds (0: none).
+    AwaitAny(u32, u32),
     SpawnAsync,
 }
 
@@ -64,7 +68,7 @@ pub(crate) fn stack_effect(op: SOp, shapes: &[Shape], sites: &[CallSite]) -> (u3
         SOp::Dup => (1, 2),
         SOp::Swap => (2, 2),
         SOp::Bin(_) | SOp::And | SOp::Or => (2, 1),
-        SOp::Neg | SOp::Not | SOp::Cast(_) | SOp::CheckType(_) | SOp::FieldGet(_) | SOp::Await => {
+        SOp::Neg | SOp::Not | SOp::Cast(_) | SOp::CheckType(_) | SOp::FieldGet(_) | SOp::Await(_) => {
             (1, 1)
         }
         SOp::Jump(_) | SOp::TryBegin(_) | SOp::TryEnd | SOp::Catch(_) => (0, 0),
@@ -83,7 +87,7 @@ pub(crate) fn stack_effect(op: SOp, shapes: &[Shape], sites: &[CallSite]) -> (u3
         SOp::FieldSet(_) => (2, 0),
         SOp::IndexGet => (2, 1),
         SOp::IndexSet => (3, 0),
-        SOp::AwaitAll(n) => (n, 1),
+        SOp::AwaitAll(n, _) | SOp::AwaitAny(n, _) => (n, 1),
         SOp::SpawnAsync => (1, 1),
     }
 }

@@ -103,6 +103,23 @@ impl System for ProcessSystem {
         Box::pin(tokio::time::sleep(duration))
     }
 
+    /// Spawned tasks run on the tokio runtime the execution runs on (on a current-thread
+    /// runtime they interleave at their await points; on a multi-threaded one they run in
+    /// parallel). Outside a tokio runtime they start at their first await.
+    fn spawn(&self, task: BoxFuture<()>) -> Result<concerto_vm::host::Spawned, BoxFuture<()>> {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Err(task);
+        };
+        let join = handle.spawn(task);
+        let abort = join.abort_handle();
+        Ok(concerto_vm::host::Spawned {
+            done: Box::pin(async move {
+                let _ = join.await;
+            }),
+            abort: Box::new(move || abort.abort()),
+        })
+    }
+
     fn random_bytes(&self, buf: &mut [u8]) {
         if getrandom::fill(buf).is_err() {
             // No OS randomness: fall back to the clock so the program can still run; the

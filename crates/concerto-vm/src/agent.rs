@@ -61,6 +61,22 @@ pub struct LlmCounters {
 }
 
 impl LlmCounters {
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &LlmCounters) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.retries += other.retries;
+        self.schema_retries += other.schema_retries;
+        self.tool_calls += other.tool_calls;
+        self.cache_hits += other.cache_hits;
+        self.input_tokens += other.input_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.output_tokens += other.output_tokens;
+        self.estimated_usage += other.estimated_usage;
+        self.cost_usd += other.cost_usd;
+        self.unpriced += other.unpriced;
+    }
+
     fn add_response(&mut self, response: &ChatResponse) {
         self.requests += 1;
         self.retries += u64::from(response.attempts.saturating_sub(1));
@@ -87,6 +103,16 @@ pub struct LlmStats {
 }
 
 impl LlmStats {
+    /// Adds `other`'s counters to these, agent by agent and connection by connection.
+    pub fn merge(&mut self, other: &LlmStats) {
+        for (name, c) in &other.by_agent {
+            self.by_agent.entry(name.clone()).or_default().merge(c);
+        }
+        for (name, c) in &other.by_connection {
+            self.by_connection.entry(name.clone()).or_default().merge(c);
+        }
+    }
+
     fn both(&mut self, agent: &str, connection: &str, f: impl Fn(&mut LlmCounters)) {
         f(self.by_agent.entry(agent.to_string()).or_default());
         f(self

@@ -45,6 +45,11 @@ pub struct Host {
     pub system: Arc<dyn System>,
 }
 
+/// `Some(duration)` for a timeout operand in milliseconds (0: none).
+fn millis(ms: u32) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
+}
+
 /// Limits and switches of one execution.
 #[derive(Debug, Clone)]
 pub struct ExecConfig {
@@ -78,6 +83,16 @@ pub struct ExecStats {
     pub errors_caught: u64,
     /// Instructions-ish: backward jumps and calls executed (the fuel counter).
     pub ticks: u64,
+}
+
+impl ExecStats {
+    /// Adds `other`'s counters to these (a finished child execution's, a task's).
+    pub fn merge(&mut self, other: &ExecStats) {
+        self.llm.merge(&other.llm);
+        self.emits += other.emits;
+        self.errors_caught += other.errors_caught;
+        self.ticks += other.ticks;
+    }
 }
 
 /// What a resumed native step wants next.
@@ -128,6 +143,8 @@ pub(crate) struct Ctx {
     pub(crate) agent_cache: std::collections::HashMap<String, (crate::host::ChatResponse, Instant)>,
     /// Hashmap change callbacks registered by this execution's code.
     pub(crate) watchers: Vec<crate::hashmaps::Watcher>,
+    /// Counters of finished spawned tasks (shared with the tasks they spawn in turn).
+    pub(crate) child_stats: crate::task::ChildStats,
     rng: u64,
 }
 
@@ -267,6 +284,7 @@ impl Execution {
                 stats: ExecStats::default(),
                 agent_cache: std::collections::HashMap::new(),
                 watchers: Vec::new(),
+                child_stats: Default::default(),
                 rng,
             },
         }
@@ -279,6 +297,13 @@ impl Execution {
 
     /// Counters so far.
     pub fn stats(&self) -> ExecStats {
+        let mut stats = self.ctx.stats.clone();
+        stats.merge(&self.ctx.child_stats.lock());
+        stats
+    }
+
+    /// This execution's own counters, without its spawned tasks'.
+    pub(crate) fn own_stats(&self) -> ExecStats {
         self.ctx.stats.clone()
     }
 
@@ -1506,22 +1531,41 @@ impl Execution {
                     )),
                     Op::Cast { reg, target } => self.cast_op(base + reg as usize, target),
                     Op::CheckType { reg, name } => self.check_type_op(base + reg as usize, name),
-                    Op::Await { reg } => {
-                        if let Value::Object(obj) = &reg!(reg)
-                            && let Some(fut) = crate::task::await_value(obj)
+                    Op::Await { reg, timeout_ms } => {
+                        if matches!(reg!(reg), Value::Object(_) | Value::Array(_))
+                            && let Some(fut) = crate::task::await_value(
+                                &reg!(reg),
+                                millis(timeout_ms),
+                                &self.ctx.host.system,
+                            )
                         {
                             save_pc!();
                             self.resume_dst = base + reg as usize;
                             return Ok(Exit::Suspend(fut));
                         }
                     }
-                    Op::AwaitAll { start, n } => {
+                    Op::AwaitAll {
+                        start,
+                        n,
+                        timeout_ms,
+                        any,
+                    } => {
                         let from = base + start as usize;
                         let items: Vec<Value> = self.stack[from..from + n as usize]
                             .iter_mut()
                             .map(std::mem::take)
                             .collect();
-                        match crate::task::await_all(items) {
+                        let mode = if any {
+                            crate::task::Mode::Any
+                        } else {
+                            crate::task::Mode::All
+                        };
+                        match crate::task::await_many(
+                            items,
+                            mode,
+                            millis(timeout_ms),
+                            &self.ctx.host.system,
+                        ) {
                             Ok(v) => reg!(start) = v,
                             Err(fut) => {
                                 save_pc!();
@@ -1530,10 +1574,9 @@ impl Execution {
                             }
                         }
                     }
-                    Op::SpawnAsync { .. } => {
-                        tri!(Err(VmError::unsupported(
-                            "SPAWN_ASYNC (spawning concurrent tasks) is not implemented yet"
-                        )));
+                    Op::SpawnAsync { reg } => {
+                        let at = base + reg as usize;
+                        tri!(self.spawn_op(at));
                     }
                 }
             }
@@ -1541,6 +1584,44 @@ impl Execution {
     }
 
     // Cold ops, kept out of the dispatch loop so its hot state stays in registers.
+
+    /// `SPAWN_ASYNC`: the function in `at` becomes a task running in a child execution.
+    #[inline(never)]
+    fn spawn_op(&mut self, at: usize) -> Result<(), VmError> {
+        let callee = std::mem::take(&mut self.stack[at]);
+        let program = self.ctx.vm.program.clone();
+        let func = match &callee {
+            Value::Func(f) if (f.id as usize) < program.functions.len() => f.id,
+            Value::Str(name) => program.function_id(name).ok_or_else(|| {
+                VmError::new(
+                    ErrorKind::Name,
+                    format!("SPAWN_ASYNC: no function named '{name}'"),
+                )
+            })?,
+            other => {
+                return Err(VmError::type_error(format!(
+                    "SPAWN_ASYNC expects a function, got {}",
+                    other.type_name()
+                )));
+            }
+        };
+        let label = program.function(func).name.to_string();
+        let mut config = self.ctx.config.clone();
+        // The task shares the execution's deadline.
+        let now = self.ctx.host.system.monotonic();
+        config.timeout = self.deadline.map(|d| d.saturating_duration_since(now));
+        let mut child = Execution::new(self.ctx.vm.clone(), self.ctx.host.clone(), config);
+        child.ctx.globals = self.ctx.globals.clone();
+        child.ctx.child_stats = self.ctx.child_stats.clone();
+        self.stack[at] = crate::task::spawn(
+            child,
+            func,
+            label,
+            &self.ctx.host.system,
+            self.ctx.child_stats.clone(),
+        );
+        Ok(())
+    }
 
     #[inline(never)]
     fn build_array(&mut self, from: usize, n: u32) {

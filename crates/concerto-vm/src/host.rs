@@ -125,6 +125,14 @@ impl From<HostError> for crate::VmError {
     }
 }
 
+/// A task started by [`System::spawn`].
+pub struct Spawned {
+    /// Completes when the task has finished (or was cancelled).
+    pub done: BoxFuture<()>,
+    /// Cancels the task.
+    pub abort: Box<dyn Fn() + Send + Sync>,
+}
+
 /// Receives the program's emits.
 pub trait EmitSink: Send + Sync {
     /// Delivers a fire-and-forget emit. An error ends the execution (nothing is lost
@@ -788,6 +796,13 @@ pub trait System: Send + Sync {
     }
     /// Waits without blocking a thread.
     fn sleep(&self, duration: Duration) -> BoxFuture<()>;
+
+    /// Starts `task` now on the host's executor (a spawned async task of the program) and
+    /// returns its completion and a way to cancel it. The default has no executor and gives
+    /// the task back: it then runs when it is first awaited.
+    fn spawn(&self, task: BoxFuture<()>) -> Result<Spawned, BoxFuture<()>> {
+        Err(task)
+    }
     /// Fills `buf` with random bytes.
     fn random_bytes(&self, buf: &mut [u8]);
 }
