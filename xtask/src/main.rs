@@ -184,17 +184,32 @@ fn examples(bin: &Path) -> Result<()> {
         }
         println!("bundled example {example}: {lines} emits");
     }
-    run(
-        "cargo run --example basic_usage",
-        cargo().args([
-            "run",
-            "-q",
-            "-p",
-            "concerto-runtime",
-            "--example",
-            "basic_usage",
-        ]),
-    )
+    // The facade's examples: each must succeed offline and print something.
+    for example in ["basic_usage", "configuration", "custom_connections"] {
+        let output = cargo()
+            .args(["run", "-q", "-p", "concerto-runtime", "--example", example])
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .with_context(|| format!("cannot run cargo for the example {example}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "the example {example} failed ({}): {}{}",
+                output.status,
+                stdout,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        if stdout.trim().is_empty() {
+            bail!("the example {example} printed nothing");
+        }
+        println!(
+            "example {example}: {} lines of output",
+            stdout.lines().count()
+        );
+    }
+    Ok(())
 }
 
 fn conformance(bin: &Path, shared: &Path) -> Result<()> {

@@ -280,7 +280,7 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("warning: {panic}");
     }
     if metrics {
-        print_metrics(runtime.metrics());
+        print_metrics(runtime.metrics(), format);
     }
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -330,40 +330,71 @@ fn load_reason(err: &RuntimeError) -> String {
     }
 }
 
-/// `--metrics`: the run's counters on stderr.
-fn print_metrics(m: &concerto_runtime::Metrics) {
-    eprintln!("metrics:");
-    eprintln!("  execution time: {} ms", m.execution_time_ms);
-    eprintln!("  emits: {}", m.emit_count);
-    eprintln!("  errors caught: {}", m.errors);
-    eprintln!("  agent calls: {}", m.agent_calls);
-    eprintln!("  tool calls: {}", m.tool_calls);
-    eprintln!("  total tokens: {}", m.total_tokens());
-    eprintln!("  estimated cost: ${:.4}", m.estimated_cost());
-    for (agent, c) in &m.llm.by_agent {
-        eprintln!(
-            "  agent {agent}: {} calls, {} retries, {} schema re-asks, {} tool calls, \
-             tokens in {} (cached {}) out {}{}",
-            c.requests,
-            c.retries,
-            c.schema_retries,
-            c.tool_calls,
-            c.input_tokens,
-            c.cached_tokens,
-            c.output_tokens,
-            if c.estimated_usage > 0 {
-                " (partly estimated)"
-            } else {
-                ""
-            }
-        );
+/// `--metrics`: the run's counters on stderr — a table for people, or with `--emit-format
+/// jsonl` one line `{"metrics": {…}}` (see `Metrics::to_json`) for programs.
+fn print_metrics(m: &concerto_runtime::Metrics, format: EmitFormat) {
+    if format == EmitFormat::Jsonl {
+        eprintln!("{{\"metrics\": {}}}", m.to_json());
+        return;
     }
-    for (connection, c) in &m.llm.by_connection {
-        eprintln!(
-            "  connection {connection}: {} calls, {} failures, tokens {}",
-            c.requests,
-            c.failures,
-            c.input_tokens + c.output_tokens
-        );
+    // `$0.0123`, `unknown (3 calls without a price)`, `$0.0123 + unknown (…)`.
+    let money = |c: concerto_runtime::Cost| {
+        if c.unpriced_calls > 0 && c.known_usd == 0.0 {
+            c.to_string()
+        } else {
+            format!("${c:.4}")
+        }
+    };
+    let mut out = String::from("metrics:\n");
+    let mut row = |label: &str, value: String| out.push_str(&format!("  {label:<16} {value}\n"));
+    row("execution time", format!("{} ms", m.execution_time_ms));
+    row("agent calls", m.agent_calls.to_string());
+    row("tool calls", m.tool_calls.to_string());
+    row("emits", m.emit_count.to_string());
+    row("errors caught", m.errors.to_string());
+    row("total tokens", m.total_tokens().to_string());
+    row("estimated cost", money(m.estimated_cost()));
+    let tables = [
+        ("agent", &m.llm.by_agent),
+        ("connection", &m.llm.by_connection),
+    ];
+    let width = tables
+        .iter()
+        .flat_map(|(title, map)| map.keys().map(String::as_str).chain([*title]))
+        .map(|name| name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (title, map) in tables {
+        if map.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "  {title:<width$}  {:>6} {:>6} {:>7} {:>7} {:>6} {:>9} {:>8} {:>9}  cost\n",
+            "calls", "failed", "retries", "re-asks", "tools", "tokens in", "cached", "out"
+        ));
+        for (name, c) in map {
+            let cost = concerto_runtime::Cost {
+                known_usd: c.cost_usd,
+                unpriced_calls: c.unpriced,
+            };
+            out.push_str(&format!(
+                "  {name:<width$}  {:>6} {:>6} {:>7} {:>7} {:>6} {:>9} {:>8} {:>9}  {}{}\n",
+                c.requests,
+                c.failures,
+                c.retries,
+                c.schema_retries,
+                c.tool_calls,
+                c.input_tokens,
+                c.cached_tokens,
+                c.output_tokens,
+                money(cost),
+                if c.estimated_usage > 0 {
+                    " (tokens partly estimated)"
+                } else {
+                    ""
+                }
+            ));
+        }
     }
+    eprint!("{out}");
 }

@@ -291,7 +291,11 @@ fn metrics_and_env_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(jsonl(&out)[0]["payload"], "from-env-file");
-    assert!(stderr(&out).contains("emits: 1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(r#""emit_count":1"#),
+        "{}",
+        stderr(&out)
+    );
     let missing = bin()
         .args(["run", "--env", "/nonexistent/file.env"])
         .arg(&ir)
@@ -531,4 +535,104 @@ fn persist_keeps_a_hashmap_between_runs_and_the_byte_limit_stops_a_program() {
         stdout(&limited)
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The `{"metrics": …}` lines of a run's stderr.
+fn metrics_lines(o: &Output) -> Vec<serde_json::Value> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with(r#"{"metrics""#))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn metrics_in_jsonl_mode_are_one_json_object_on_stderr() {
+    let out = bin()
+        .args(["run", "--mock", "--metrics", "--emit-format", "jsonl"])
+        .arg(harbour())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let found = metrics_lines(&out);
+    assert_eq!(found.len(), 1, "one metrics object: {}", stderr(&out));
+    let m = &found[0]["metrics"];
+    assert!(m["total_tokens"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["agent_calls"].as_u64().unwrap() > 0, "{m}");
+    let emits = jsonl(&out);
+    assert_eq!(m["emit_count"].as_u64().unwrap(), emits.len() as u64);
+    for (kind, names) in [
+        ("agents", ["Clerk", "Planner"]),
+        ("connections", ["openai", "anthropic"]),
+    ] {
+        for name in names {
+            let c = &m[kind][name];
+            assert!(c["requests"].as_u64().unwrap() > 0, "{kind} {name}: {m}");
+            assert!(
+                c["total_tokens"].as_u64().unwrap() > 0,
+                "{kind} {name}: {m}"
+            );
+            // The mock has no price: unknown, never a made-up zero.
+            assert!(c["cost_usd"].is_null(), "{kind} {name}: {m}");
+        }
+    }
+    let by_agent: u64 = ["Clerk", "Planner"]
+        .iter()
+        .map(|a| m["agents"][a]["total_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_agent, m["total_tokens"].as_u64().unwrap());
+    assert!(m["estimated_cost_usd"].is_null(), "{m}");
+    // stdout still carries emits only.
+    for line in stdout(&out).lines() {
+        let obj: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(obj["channel"].is_string(), "not an emit: {line}");
+        assert_eq!(obj.as_object().unwrap().len(), 2, "not an emit: {line}");
+    }
+    assert!(!stdout(&out).contains("metrics"));
+}
+
+#[test]
+fn metrics_in_text_mode_are_a_table_on_stderr() {
+    let out = bin()
+        .args(["run", "--mock", "--metrics"])
+        .arg(harbour())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(metrics_lines(&out).is_empty(), "no JSON for people: {err}");
+    let row = |label: &str| {
+        err.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` row: {err}"))
+            .to_string()
+    };
+    let number = |label: &str| -> u64 {
+        row(label)
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(number("total tokens") > 0, "{err}");
+    assert!(number("agent calls") > 0, "{err}");
+    assert_eq!(number("emits"), stdout(&out).lines().count() as u64);
+    assert!(row("estimated cost").contains("unknown"), "{err}");
+    for name in ["Clerk", "Planner", "openai", "anthropic"] {
+        let cells: Vec<String> = row(name).split_whitespace().map(String::from).collect();
+        assert!(
+            cells[1].parse::<u64>().unwrap() > 0,
+            "calls of {name}: {err}"
+        );
+    }
+    assert!(err.contains("calls"), "column headers: {err}");
+    // stdout still carries emits only.
+    for line in stdout(&out).lines() {
+        assert!(line.starts_with("[emit:"), "not an emit: {line}");
+    }
 }

@@ -1,4 +1,10 @@
-//! The runtime specification's "Basic Usage", run against the bundled example program.
+//! The runtime specification's "Basic Usage": load IR, listen to emits, answer an
+//! emit-await channel, execute, read the metrics.
+//!
+//! It runs the bundled agent example (`examples/harbour`) offline: every agent call is
+//! answered by the built-in mock provider, the one line that differs from the
+//! specification. The `tool:read_file` handler answers programs that
+//! `await emit("tool:read_file", {"path": …})`; the harbour program does not.
 //!
 //! `cargo run -p concerto-runtime --example basic_usage [FILE.conc-ir]`
 #![allow(
@@ -14,24 +20,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let program = std::env::args().nth(1).unwrap_or_else(|| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../examples/hello/hello.conc-ir"
+            "/../../examples/harbour/harbour.conc-ir"
         )
         .to_string()
     });
 
-    // Create runtime
+    // Create runtime (answering agents offline)
     let mut runtime = Runtime::new(RuntimeConfig::default());
+    runtime.use_mock_provider();
 
     // Load IR
     runtime.load_ir(&program)?;
 
     // Register emit handlers
-    runtime.on("receipt", |payload: Value| {
-        println!("Receipt: {:?}", payload);
+    runtime.on("berthing", |payload: Value| {
+        println!("Result: {:?}", payload);
     });
 
-    runtime.on("rejected", |payload: Value| {
-        eprintln!("Rejected: {:?}", payload);
+    runtime.on("planner_error", |payload: Value| {
+        eprintln!("Error: {:?}", payload);
     });
 
     // Register bidirectional emit handler
@@ -48,7 +55,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let metrics = runtime.metrics();
     println!("Total tokens: {}", metrics.total_tokens());
     println!("Estimated cost: ${:.4}", metrics.estimated_cost());
-    println!("Emits: {}", metrics.emit_count);
 
     Ok(())
 }

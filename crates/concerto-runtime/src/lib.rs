@@ -23,13 +23,15 @@
 //! methods before executing.
 //!
 //! # Source layout
-//! - `lib.rs`: [`Runtime`], [`RuntimeError`], [`Metrics`].
+//! - `lib.rs`: [`Runtime`], [`RuntimeError`].
+//! - `metrics`: [`Metrics`] and [`Cost`].
 //! - `config`: [`RuntimeConfig`] and its parts, [`Limits`].
 //! - `value`: the host-side [`Value`].
 //! - `system`: [`ProcessSystem`].
 #![warn(missing_docs)]
 
 mod config;
+mod metrics;
 mod system;
 mod value;
 
@@ -48,6 +50,7 @@ pub use concerto_ir as ir;
 pub use concerto_vm as vm;
 pub use concerto_vm::{LlmCounters, LlmStats};
 pub use config::{ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, ToolPermission};
+pub use metrics::{Cost, Metrics};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
 pub use value::{Value, ValueError};
 
@@ -78,79 +81,6 @@ impl RuntimeError {
         match self {
             RuntimeError::Execution(e) => Some(e),
             _ => None,
-        }
-    }
-}
-
-/// Counters of the last execution.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    /// Wall time of the last `execute`, in milliseconds.
-    pub execution_time_ms: u64,
-    /// Emits produced.
-    pub emit_count: u64,
-    /// Errors caught by the program (`try`/`catch`, pipeline stages).
-    pub errors: u64,
-    /// LLM replies received.
-    pub agent_calls: u64,
-    /// Tool calls the models asked for.
-    pub tool_calls: u64,
-    /// LLM usage by agent and by connection: requests, retries, schema re-asks, tool calls,
-    /// input / cached / output tokens, cost.
-    pub llm: concerto_vm::LlmStats,
-}
-
-impl Metrics {
-    /// Tokens used, input plus output.
-    pub fn total_tokens(&self) -> u64 {
-        self.llm
-            .by_agent
-            .values()
-            .map(|c| c.input_tokens + c.output_tokens)
-            .sum()
-    }
-
-    /// Estimated cost of the calls made. Calls to models without a known price make the
-    /// cost (partly) unknown; it is never reported as zero for them.
-    pub fn estimated_cost(&self) -> Cost {
-        let (known_usd, unpriced_calls) = self
-            .llm
-            .by_agent
-            .values()
-            .fold((0.0, 0), |(usd, n), c| (usd + c.cost_usd, n + c.unpriced));
-        Cost {
-            known_usd,
-            unpriced_calls,
-        }
-    }
-}
-
-/// An estimated cost in US dollars, which may be unknown for some calls.
-///
-/// Displays as the amount (honouring a precision, `{:.4}`), or `unknown`, or the known part
-/// followed by how many calls have no price.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Cost {
-    /// Cost of the calls whose model has a known price.
-    pub known_usd: f64,
-    /// Calls whose model has no known price.
-    pub unpriced_calls: u64,
-}
-
-impl Cost {
-    /// The cost, when every call's price is known.
-    pub fn usd(&self) -> Option<f64> {
-        (self.unpriced_calls == 0).then_some(self.known_usd)
-    }
-}
-
-impl std::fmt::Display for Cost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let precision = f.precision().unwrap_or(4);
-        match (self.unpriced_calls, self.known_usd) {
-            (0, usd) => write!(f, "{usd:.precision$}"),
-            (n, 0.0) => write!(f, "unknown ({n} calls without a price)"),
-            (n, usd) => write!(f, "{usd:.precision$} + unknown ({n} calls without a price)"),
         }
     }
 }
