@@ -344,3 +344,67 @@ fn spawning_something_that_is_not_a_function_is_a_clear_error() {
         "{error}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Concurrent executions of one program on one runtime
+
+fn one_call_runtime(conn: &Arc<Delayed>, limits: concerto_runtime::Limits) -> Runtime {
+    let mut runtime = Runtime::new(RuntimeConfig::default());
+    runtime.set_limits(limits);
+    runtime.with_connections(Arc::new(Shared(conn.clone())));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("async/one_call.conc-ir");
+    runtime.load_ir(path).expect("load");
+    runtime
+}
+
+fn run_many(runtime: &mut Runtime, n: usize) -> concerto_runtime::Metrics {
+    let executor = runtime.executor().expect("executor");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let executor = executor.clone();
+                tokio::spawn(async move { executor.execute_with_metrics().await })
+            })
+            .collect();
+        for handle in handles {
+            let (result, metrics) = handle.await.expect("join");
+            assert_eq!(result.expect("execution").to_json(), json!(null));
+            // Each execution's own counters: exactly its one call.
+            assert_eq!(metrics.agent_calls, 1);
+            assert_eq!(metrics.emit_count, 1);
+        }
+    });
+    executor.metrics()
+}
+
+#[test]
+fn one_runtime_runs_many_executions_at_once_with_exact_metrics() {
+    let conn = connection();
+    let mut runtime = one_call_runtime(&conn, concerto_runtime::Limits::default());
+    let totals = run_many(&mut runtime, 200);
+    assert_eq!(totals.agent_calls, 200);
+    assert_eq!(totals.emit_count, 200);
+    assert_eq!(totals.total_tokens(), 1000);
+    assert_eq!(totals.tokens_by_agent("Worker"), 1000);
+    assert_eq!(totals.tokens_by_connection("llm"), 1000);
+    assert!(
+        conn.peak.load(Ordering::SeqCst) > 50,
+        "executions overlap: peak {}",
+        conn.peak.load(Ordering::SeqCst)
+    );
+}
+
+#[test]
+fn max_concurrent_agent_calls_bounds_calls_in_flight_across_executions() {
+    let conn = connection();
+    let limits = concerto_runtime::Limits::default().with_max_concurrent_agent_calls(Some(10));
+    let mut runtime = one_call_runtime(&conn, limits);
+    let totals = run_many(&mut runtime, 100);
+    assert_eq!(totals.agent_calls, 100);
+    assert_eq!(conn.peak.load(Ordering::SeqCst), 10);
+}

@@ -188,6 +188,10 @@ pub struct Limits {
     /// with an error naming the hashmap and the limit. `None`: no bound. Applies to programs
     /// loaded after it is set.
     pub max_hashmap_bytes: Option<usize>,
+    /// Agent calls in flight at once across the whole runtime (all connections, all
+    /// concurrent executions and tasks); further calls wait their turn. `None`: no bound
+    /// beyond each connection's own limits.
+    pub max_concurrent_agent_calls: Option<usize>,
 }
 
 impl Default for Limits {
@@ -197,6 +201,7 @@ impl Default for Limits {
             max_emit_queue: Some(10_000),
             emit_await_timeout: Some(Duration::from_secs(30)),
             max_hashmap_bytes: None,
+            max_concurrent_agent_calls: None,
         }
     }
 }
@@ -211,6 +216,12 @@ impl Limits {
     /// Sets how long an emit-await waits.
     pub fn with_emit_await_timeout(mut self, timeout: Option<Duration>) -> Limits {
         self.emit_await_timeout = timeout;
+        self
+    }
+
+    /// Sets how many agent calls may be in flight at once.
+    pub fn with_max_concurrent_agent_calls(mut self, max: Option<usize>) -> Limits {
+        self.max_concurrent_agent_calls = max.map(|n| n.max(1));
         self
     }
 

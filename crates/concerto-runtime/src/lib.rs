@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod concurrency;
 mod metrics;
 mod system;
 mod value;
@@ -38,18 +39,19 @@ mod value;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use concerto_emit::{EmitHub, FlushSink};
 use concerto_ir::{LoadError, Program};
 use concerto_vm::host::{Connections, HostError, MemoryStore, SchemaValidator, System, ToolHost};
-use concerto_vm::{ErrorKind, ExecConfig, Execution, Host, Vm, VmError};
+use concerto_vm::{ExecConfig, Host, Vm, VmError};
 
 pub use concerto_emit as emit;
 pub use concerto_ir as ir;
 pub use concerto_vm as vm;
 pub use concerto_vm::{LlmCounters, LlmStats};
 pub use config::{ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, ToolPermission};
+pub use concurrency::Executor;
 pub use metrics::{Cost, Metrics};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
 pub use value::{Value, ValueError};
@@ -179,6 +181,9 @@ impl Runtime {
 
     /// Sets the resource limits.
     pub fn set_limits(&mut self, limits: Limits) {
+        if limits.max_concurrent_agent_calls != self.limits.max_concurrent_agent_calls {
+            self.active_connections = None;
+        }
         self.limits = limits;
     }
 
@@ -474,6 +479,10 @@ impl Runtime {
             })?),
             None => base,
         };
+        let layer: Arc<dyn Connections> = match self.limits.max_concurrent_agent_calls {
+            Some(max) => Arc::new(concurrency::Bounded::new(layer, max)),
+            None => layer,
+        };
         self.active_connections = Some(layer.clone());
         Ok(layer)
     }
@@ -635,6 +644,32 @@ impl Runtime {
     /// uncaught error (function, span, trace) otherwise. Emits made before the error have
     /// been delivered.
     pub async fn execute(&mut self) -> Result<Value, RuntimeError> {
+        let (vm, host, config, timeout) = self.prepare()?;
+        let (outcome, metrics) = concurrency::run_once(vm, host, config, timeout).await;
+        self.metrics = metrics;
+        let flushed = self.hub.flush();
+        // Persisted hashmaps are saved whatever the outcome: what the program wrote before
+        // an error is kept.
+        let saved = self.save_hashmaps();
+        let value = outcome?;
+        flushed?;
+        saved?;
+        Ok(value)
+    }
+
+    /// A handle that runs executions of the loaded program concurrently, sharing this
+    /// runtime's components (see [`Executor`]).
+    ///
+    /// # Errors
+    /// [`RuntimeError::NoProgram`] before `load_ir`; a connection or tool layer that cannot
+    /// be set up.
+    pub fn executor(&mut self) -> Result<Executor, RuntimeError> {
+        let (vm, host, config, timeout) = self.prepare()?;
+        Ok(Executor::new(vm, host, config, timeout))
+    }
+
+    /// The program, the host components and the limits of the next execution.
+    fn prepare(&mut self) -> Result<(Arc<Vm>, Host, ExecConfig, Duration), RuntimeError> {
         let vm = self.vm.clone().ok_or(RuntimeError::NoProgram)?;
         self.hub.set_delivery(match self.config.emit_mode {
             EmitMode::Batch { max_batch } => concerto_emit::Delivery::Batch { max_batch },
@@ -658,41 +693,13 @@ impl Runtime {
             tools,
             system: self.system.clone(),
         };
-        let started = Instant::now();
         let timeout = self.config.execution_timeout;
         let config = ExecConfig {
             max_call_depth: self.limits.max_call_depth,
             timeout: Some(timeout),
             ..ExecConfig::default()
         };
-        let mut exec = Execution::new(vm, host, config);
-        let outcome = tokio::time::timeout(timeout, exec.run_main()).await;
-        let stats = exec.stats();
-        self.metrics = Metrics {
-            execution_time_ms: started.elapsed().as_millis() as u64,
-            emit_count: stats.emits,
-            errors: stats.errors_caught,
-            agent_calls: stats.llm.by_agent.values().map(|c| c.requests).sum(),
-            tool_calls: stats.llm.by_agent.values().map(|c| c.tool_calls).sum(),
-            llm: stats.llm,
-        };
-        let flushed = self.hub.flush();
-        // Persisted hashmaps are saved whatever the outcome: what the program wrote before
-        // an error is kept.
-        let saved = self.save_hashmaps();
-        let value = match outcome {
-            Ok(Ok(v)) => Value::from(&v),
-            Ok(Err(e)) => return Err(RuntimeError::Execution(e)),
-            Err(_) => {
-                return Err(RuntimeError::Execution(VmError::new(
-                    ErrorKind::ExecutionTimeout,
-                    format!("execution timed out after {:.3} s", timeout.as_secs_f64()),
-                )));
-            }
-        };
-        flushed?;
-        saved?;
-        Ok(value)
+        Ok((vm, host, config, timeout))
     }
 
     /// Writes out emits buffered by sinks.
