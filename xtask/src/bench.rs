@@ -53,7 +53,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--markdown" => opts.markdown = true,
             "--micro" => opts.micro = true,
             other => bail!(
-                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only), --markdown, --micro)"
+                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only; `--filter orchestration`: concurrent agent calls only), --markdown, --micro)"
             ),
         }
     }
@@ -299,6 +299,49 @@ fn connections() -> Result<()> {
     Ok(())
 }
 
+/// The orchestration benchmark: `concerto-runtime/examples/orchestration_bench.rs`.
+fn orchestration() -> Result<()> {
+    println!(
+        "\norchestration: 1000 agent calls, 100 in flight, mock answering after 50 ms (ideal 0.5 s)"
+    );
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::root())
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "concerto-runtime",
+            "--example",
+            "orchestration_bench",
+        ])
+        .output()
+        .context("cannot run the orchestration benchmark")?;
+    if !output.status.success() {
+        bail!(
+            "the orchestration benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let r: Value = serde_json::from_str(line).context("orchestration benchmark result")?;
+        let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let case = match r.get("case").and_then(Value::as_str) {
+            Some("executions") => "1000 concurrent executions, one runtime",
+            Some("fan_out") => "one program, 1000 spawned tasks",
+            _ => "?",
+        };
+        let ratio = f("ratio");
+        println!(
+            "  {case:<40} {:>7.3} s median  (ratio {ratio:.3}; target <= 1.15)  {}",
+            f("median_s"),
+            if ratio <= 1.15 { "ok" } else { "MISSED" }
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opts = options(args)?;
     let bin = crate::release_binary()?;
@@ -307,6 +350,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if opts.filter.as_deref() == Some("conn") {
         return connections();
+    }
+    if opts.filter.as_deref() == Some("orchestration") {
+        return orchestration();
     }
     let startup_ms = startup(&bin)? * 1e3;
     let mut dirs = Vec::new();
@@ -435,6 +481,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if opts.filter.is_none() {
         connections()?;
+        orchestration()?;
     }
     Ok(())
 }

@@ -27,12 +27,21 @@ const MAX_DEPTH: usize = 8;
 
 /// The mock connection layer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MockConnections;
+pub struct MockConnections {
+    latency: Option<std::time::Duration>,
+}
 
 impl MockConnections {
     /// The mock provider.
     pub fn new() -> MockConnections {
-        MockConnections
+        MockConnections::default()
+    }
+
+    /// Answers each request after `latency` (a timer, no thread blocked), as a provider
+    /// would: for benchmarks and tests of concurrency.
+    pub fn with_latency(mut self, latency: std::time::Duration) -> MockConnections {
+        self.latency = Some(latency);
+        self
     }
 }
 
@@ -48,7 +57,13 @@ impl Connections for MockConnections {
             .get(connection as usize)
             .map_or(&Value::Null, |c| &c.config);
         let response = respond(config, &request);
-        Box::pin(async move { Ok(response) })
+        let latency = self.latency;
+        Box::pin(async move {
+            if let Some(latency) = latency {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(response)
+        })
     }
 }
 

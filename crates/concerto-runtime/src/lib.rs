@@ -46,6 +46,7 @@ use concerto_ir::{LoadError, Program};
 use concerto_vm::host::{Connections, HostError, MemoryStore, SchemaValidator, System, ToolHost};
 use concerto_vm::{ExecConfig, Host, Vm, VmError};
 
+pub use concerto_conn as conn;
 pub use concerto_emit as emit;
 pub use concerto_ir as ir;
 pub use concerto_vm as vm;
