@@ -1,0 +1,91 @@
+//! Each resource limit of `RuntimeConfig` / `Limits` ends the program with its own clean
+//! error (or applies back-pressure), and nothing emitted before is lost. Hashmap memory is in
+//! `memory.rs`, agent calls in flight in `async.rs`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concerto_runtime::vm::ErrorKind;
+use concerto_runtime::{EmitMode, Limits, Runtime, RuntimeConfig, RuntimeError};
+use parking_lot::Mutex;
+use serde_json::json;
+
+type Emits = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
+
+fn run(name: &str, config: RuntimeConfig, limits: Limits) -> (Emits, Result<(), RuntimeError>) {
+    let mut runtime = Runtime::new(config);
+    runtime.set_limits(limits);
+    let emits: Emits = Arc::default();
+    let sink = emits.clone();
+    runtime.on_prefix("", move |c, p| {
+        sink.lock().push((c.to_string(), p.to_json()))
+    });
+    runtime
+        .load_ir(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("limits/{name}.conc-ir")))
+        .expect("load");
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(runtime.execute())
+        .map(|_| ());
+    (emits, result)
+}
+
+fn kind(result: &Result<(), RuntimeError>) -> Option<ErrorKind> {
+    result
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_execution())
+        .map(|e| e.kind())
+}
+
+#[test]
+fn the_execution_timeout_stops_the_program_and_keeps_its_emits() {
+    let config = RuntimeConfig {
+        execution_timeout: Duration::from_millis(200),
+        ..RuntimeConfig::default()
+    };
+    let (emits, result) = run("spin", config, Limits::default());
+    assert_eq!(kind(&result), Some(ErrorKind::ExecutionTimeout));
+    let message = result.expect_err("timed out").to_string();
+    assert!(message.contains("timed out after 0.200 s"), "{message}");
+    assert_eq!(
+        emits.lock().clone(),
+        vec![("started".to_string(), json!(1))]
+    );
+}
+
+#[test]
+fn the_call_depth_limit_stops_runaway_recursion_and_keeps_its_emits() {
+    let (emits, result) = run(
+        "deep",
+        RuntimeConfig::default(),
+        Limits::default().with_max_call_depth(50),
+    );
+    assert_eq!(kind(&result), Some(ErrorKind::CallDepth));
+    let message = result.expect_err("too deep").to_string();
+    assert!(message.contains("50"), "{message}");
+    assert!(message.contains("down"), "{message}");
+    assert_eq!(
+        emits.lock().clone(),
+        vec![("started".to_string(), json!(1))]
+    );
+}
+
+#[test]
+fn a_bounded_batch_queue_delivers_every_emit_in_order() {
+    let config = RuntimeConfig {
+        emit_mode: EmitMode::Batch { max_batch: 0 },
+        ..RuntimeConfig::default()
+    };
+    let (emits, result) = run(
+        "many_emits",
+        config,
+        Limits::default().with_max_emit_queue(Some(16)),
+    );
+    assert!(result.is_ok(), "{result:?}");
+    let values: Vec<serde_json::Value> = emits.lock().iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(values, (0..1000).map(|i| json!(i)).collect::<Vec<_>>());
+}
