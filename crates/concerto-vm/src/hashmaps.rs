@@ -121,6 +121,14 @@ fn reply<T: Send + 'static>(
     }
 }
 
+/// Waits for a store reply (at once when it is ready).
+async fn resolve<T: Send + 'static>(r: Reply<Result<T, HostError>>) -> Result<T, HostError> {
+    match r {
+        Reply::Ready(r) => r,
+        Reply::Pending(fut) => fut.await,
+    }
+}
+
 /// The entries of the view, keys relative to it.
 fn view_entries(ctx: &Ctx, map: u32, prefix: &Str) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
     let strip = prefix.clone();
@@ -239,27 +247,18 @@ pub(crate) fn method(
         }
         Method::Clear => {
             // Remove the view's keys one by one, so that callbacks see each removal.
-            let entries = match view_entries(ctx, map, prefix) {
-                Reply::Ready(r) => r.map_err(VmError::from)?,
-                Reply::Pending(_) => {
-                    return Err(VmError::unsupported(
-                        "clearing a scoped view of a hashmap whose store answers later",
-                    ));
+            let entries = view_entries(ctx, map, prefix);
+            let prefix = prefix.clone();
+            let write: Reply<Result<Vec<Change>, HostError>> = Reply::Pending(Box::pin(async move {
+                let mut changes = Vec::new();
+                for (rel, _) in resolve(entries).await? {
+                    let key = full_key(&prefix, &Value::Str(rel));
+                    let old = resolve(store.hashmap_remove(map, &key)).await?;
+                    changes.extend(removed(key, old));
                 }
-            };
-            let mut changes = Vec::with_capacity(entries.len());
-            for (rel, _) in entries {
-                let key = full_key(prefix, &Value::Str(rel));
-                match store.hashmap_remove(map, &key) {
-                    Reply::Ready(r) => changes.extend(removed(key, r.map_err(VmError::from)?)),
-                    Reply::Pending(_) => {
-                        return Err(VmError::unsupported(
-                            "clearing a scoped view of a hashmap whose store answers later",
-                        ));
-                    }
-                }
-            }
-            notify(ctx, map, Reply::Ready(Ok(changes)), Value::Nil)
+                Ok(changes)
+            }));
+            notify(ctx, map, write, Value::Nil)
         }
         Method::SetMany => {
             let Value::Map(m) = arg(args, 0) else {
@@ -277,29 +276,22 @@ pub(crate) fn method(
             if watched(ctx, map) {
                 // Old values first (one consistent read), then the atomic write.
                 let keys: Vec<Str> = entries.iter().map(|(k, _)| k.clone()).collect();
-                let olds = match store.hashmap_get_many(map, keys) {
-                    Reply::Ready(r) => r.map_err(VmError::from)?,
-                    Reply::Pending(_) => {
-                        return Err(VmError::unsupported(
-                            "change callbacks on a hashmap whose store answers later",
-                        ));
-                    }
-                };
-                let changes: Vec<Change> = entries
-                    .iter()
-                    .zip(olds)
-                    .map(|((k, v), old)| Change {
-                        key: k.clone(),
-                        old,
-                        new: Some(v.clone()),
-                    })
-                    .collect();
-                let write = match store.hashmap_set_many(map, entries) {
-                    Reply::Ready(r) => Reply::Ready(r.map(|()| changes)),
-                    Reply::Pending(fut) => {
-                        Reply::Pending(Box::pin(async move { fut.await.map(|()| changes) }))
-                    }
-                };
+                let olds = store.hashmap_get_many(map, keys);
+                let write: Reply<Result<Vec<Change>, HostError>> =
+                    Reply::Pending(Box::pin(async move {
+                        let olds = resolve(olds).await?;
+                        let changes: Vec<Change> = entries
+                            .iter()
+                            .zip(olds)
+                            .map(|((k, v), old)| Change {
+                                key: k.clone(),
+                                old,
+                                new: Some(v.clone()),
+                            })
+                            .collect();
+                        resolve(store.hashmap_set_many(map, entries)).await?;
+                        Ok(changes)
+                    }));
                 return notify(ctx, map, write, Value::Nil);
             }
             reply(store.hashmap_set_many(map, entries), |()| Value::Nil)
@@ -332,9 +324,11 @@ pub(crate) fn method(
                     let entries = r.map_err(VmError::from)?;
                     Ok(Flow::Start(Box::new(ScanOp::new(kind, pred, entries))))
                 }
-                Reply::Pending(_) => Err(VmError::unsupported(
-                    "hashmap queries on a store that answers later",
-                )),
+                Reply::Pending(fut) => {
+                    let mut scan = ScanOp::new(kind, pred, Vec::new());
+                    scan.pending = Some(fut);
+                    Ok(Flow::Start(Box::new(scan)))
+                }
             }
         }
         Method::Scope => {
@@ -519,6 +513,10 @@ pub(crate) struct ScanOp {
     idx: usize,
     started: bool,
     out: Vec<(Str, Value)>,
+    /// The entries, when the store answers later.
+    pending: Option<crate::host::BoxFuture<Result<Vec<(Str, Value)>, HostError>>>,
+    /// Waiting for `pending`.
+    loading: bool,
 }
 
 impl ScanOp {
@@ -530,13 +528,46 @@ impl ScanOp {
             idx: 0,
             started: false,
             out: Vec::new(),
+            pending: None,
+            loading: false,
         }
+    }
+}
+
+/// Entries carried through a suspension.
+struct Entries(Vec<(Str, Value)>);
+
+impl NativeObject for Entries {
+    fn type_name(&self) -> &str {
+        "HashMapEntries"
+    }
+    fn display(&self) -> String {
+        "<hashmap entries>".into()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
 impl Continuation for ScanOp {
     fn resume(&mut self, _ctx: &mut Ctx, input: Result<Value, VmError>) -> Result<Step, VmError> {
         let result = input?;
+        if let Some(fut) = self.pending.take() {
+            self.loading = true;
+            return Ok(Step::Suspend(Box::pin(async move {
+                let entries = fut.await.map_err(VmError::from)?;
+                Ok(Value::Object(Object::new(Entries(entries))))
+            })));
+        }
+        if self.loading {
+            self.loading = false;
+            if let Value::Object(obj) = &result
+                && let Some(Entries(entries)) = obj.downcast::<Entries>()
+            {
+                self.entries = entries.clone();
+            }
+            return self.next();
+        }
         if self.started {
             if result.is_truthy() {
                 let (k, v) = self.entries[self.idx].clone();
@@ -550,6 +581,20 @@ impl Continuation for ScanOp {
             }
             self.idx += 1;
         }
+        self.next()
+    }
+
+    fn frame_name(&self) -> &str {
+        match self.kind {
+            Scan::Query => "<hashmap query>",
+            Scan::Find => "<hashmap find>",
+        }
+    }
+}
+
+impl ScanOp {
+    /// Calls the predicate on the next entry, or returns the result.
+    fn next(&mut self) -> Result<Step, VmError> {
         self.started = true;
         match self.entries.get(self.idx) {
             Some((k, v)) => Ok(Step::Call(
@@ -560,13 +605,6 @@ impl Continuation for ScanOp {
                 Scan::Query => Value::Map(Map::from_pairs(std::mem::take(&mut self.out))),
                 Scan::Find => Value::None,
             })),
-        }
-    }
-
-    fn frame_name(&self) -> &str {
-        match self.kind {
-            Scan::Query => "<hashmap query>",
-            Scan::Find => "<hashmap find>",
         }
     }
 }

@@ -610,6 +610,23 @@ pub trait MemoryStore: Send + Sync {
     /// Removes every entry.
     fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>>;
 
+    /// Appends `record` to the journal of run `run` (resumable runs). Only durable stores
+    /// keep journals; the default refuses.
+    fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
+        let _ = (run, record);
+        Reply::Ready(Err(HostError::unsupported(
+            "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
+        )))
+    }
+
+    /// The records of run `run`'s journal, oldest first (empty for an unknown run).
+    fn journal_records(&self, run: &str) -> Reply<Result<Vec<String>, HostError>> {
+        let _ = run;
+        Reply::Ready(Err(HostError::unsupported(
+            "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
+        )))
+    }
+
     /// `map.set_many({..})`: writes every entry, all or none. The default writes them one
     /// by one and is **not** atomic; stores shared between executions should override it.
     fn hashmap_set_many(
