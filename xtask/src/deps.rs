@@ -1,4 +1,5 @@
-//! The dependency-direction check: ir ← vm ← {conn, memory, schema, emit, tools} ← runtime ← cli,
+//! The dependency-direction check: ir ← vm ← {conn, memory, schema, emit, tools} ← runtime ← cli
+//! (the SQLite store sits on vm and memory, below runtime),
 //! and the interpreter core names no I/O library, even transitively.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +18,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("concerto-schema", &["concerto-vm"]),
     ("concerto-emit", &["concerto-vm"]),
     ("concerto-tools", &["concerto-vm"]),
+    ("concerto-store-sqlite", &["concerto-vm", "concerto-memory"]),
+    ("concerto-store-redis", &["concerto-vm", "concerto-memory"]),
     (
         "concerto-runtime",
         &[
@@ -27,6 +30,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "concerto-schema",
             "concerto-emit",
             "concerto-tools",
+            "concerto-store-redis",
+            "concerto-store-sqlite",
         ],
     ),
     ("concerto-cli", &["concerto-runtime"]),

@@ -631,7 +631,10 @@ impl Lowerer {
                     .filter(|&ms| ms > 0)
                     .and_then(|ms| u32::try_from(ms).ok())
                     .ok_or_else(|| {
-                        format!("{}'s `arg` must be a timeout in milliseconds (1 to 2^32-1)", ins.op)
+                        format!(
+                            "{}'s `arg` must be a timeout in milliseconds (1 to 2^32-1)",
+                            ins.op
+                        )
                     }),
             }
         };

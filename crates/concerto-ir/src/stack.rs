@@ -68,9 +68,12 @@ pub(crate) fn stack_effect(op: SOp, shapes: &[Shape], sites: &[CallSite]) -> (u3
         SOp::Dup => (1, 2),
         SOp::Swap => (2, 2),
         SOp::Bin(_) | SOp::And | SOp::Or => (2, 1),
-        SOp::Neg | SOp::Not | SOp::Cast(_) | SOp::CheckType(_) | SOp::FieldGet(_) | SOp::Await(_) => {
-            (1, 1)
-        }
+        SOp::Neg
+        | SOp::Not
+        | SOp::Cast(_)
+        | SOp::CheckType(_)
+        | SOp::FieldGet(_)
+        | SOp::Await(_) => (1, 1),
         SOp::Jump(_) | SOp::TryBegin(_) | SOp::TryEnd | SOp::Catch(_) => (0, 0),
         SOp::JumpIfTrue(_) | SOp::JumpIfFalse(_) => (1, 0),
         SOp::Return => (0, 0),

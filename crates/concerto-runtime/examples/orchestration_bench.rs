@@ -129,7 +129,11 @@ fn main() {
         times.push(rt.block_on(executions(&executor)));
     }
     let calls = executor.metrics().agent_calls;
-    assert_eq!(calls, (CALLS * RUNS) as u64, "every execution made its call");
+    assert_eq!(
+        calls,
+        (CALLS * RUNS) as u64,
+        "every execution made its call"
+    );
     let t = median(times);
     println!(
         "{}",

@@ -249,15 +249,16 @@ pub(crate) fn method(
             // Remove the view's keys one by one, so that callbacks see each removal.
             let entries = view_entries(ctx, map, prefix);
             let prefix = prefix.clone();
-            let write: Reply<Result<Vec<Change>, HostError>> = Reply::Pending(Box::pin(async move {
-                let mut changes = Vec::new();
-                for (rel, _) in resolve(entries).await? {
-                    let key = full_key(&prefix, &Value::Str(rel));
-                    let old = resolve(store.hashmap_remove(map, &key)).await?;
-                    changes.extend(removed(key, old));
-                }
-                Ok(changes)
-            }));
+            let write: Reply<Result<Vec<Change>, HostError>> =
+                Reply::Pending(Box::pin(async move {
+                    let mut changes = Vec::new();
+                    for (rel, _) in resolve(entries).await? {
+                        let key = full_key(&prefix, &Value::Str(rel));
+                        let old = resolve(store.hashmap_remove(map, &key)).await?;
+                        changes.extend(removed(key, old));
+                    }
+                    Ok(changes)
+                }));
             notify(ctx, map, write, Value::Nil)
         }
         Method::SetMany => {
@@ -514,7 +515,7 @@ pub(crate) struct ScanOp {
     started: bool,
     out: Vec<(Str, Value)>,
     /// The entries, when the store answers later.
-    pending: Option<crate::host::BoxFuture<Result<Vec<(Str, Value)>, HostError>>>,
+    pending: Option<PendingEntries>,
     /// Waiting for `pending`.
     loading: bool,
 }
@@ -533,6 +534,9 @@ impl ScanOp {
         }
     }
 }
+
+/// A store's later answer with a map's entries.
+type PendingEntries = crate::host::BoxFuture<Result<Vec<(Str, Value)>, HostError>>;
 
 /// Entries carried through a suspension.
 struct Entries(Vec<(Str, Value)>);
