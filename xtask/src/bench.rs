@@ -53,7 +53,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--markdown" => opts.markdown = true,
             "--micro" => opts.micro = true,
             other => bail!(
-                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only; `--filter orchestration`: concurrent agent calls only), --markdown, --micro)"
+                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only; `--filter orchestration`: concurrent agent calls only; `--filter state`: the state stores only), --markdown, --micro)"
             ),
         }
     }
@@ -342,6 +342,36 @@ fn orchestration() -> Result<()> {
     Ok(())
 }
 
+/// The state-store benchmark: `concerto-runtime/examples/state_bench.rs`.
+fn state_stores() -> Result<()> {
+    println!("\nstate stores: 100 000 hashmap operations (50 000 set, 50 000 get) from a Concerto program");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::root())
+        .args(["run", "--release", "-q", "-p", "concerto-runtime", "--example", "state_bench"])
+        .output()
+        .context("cannot run the state-store benchmark")?;
+    if !output.status.success() {
+        bail!(
+            "the state-store benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let r: Value = serde_json::from_str(line).context("state-store benchmark result")?;
+        let case = r.get("case").and_then(Value::as_str).unwrap_or("?");
+        match r.get("skipped").and_then(Value::as_str) {
+            Some(why) => println!("  {case:<20} skipped: {why}"),
+            None => println!(
+                "  {case:<20} {:>12.0} ops/s  ({:.3} s)",
+                r.get("ops_per_s").and_then(Value::as_f64).unwrap_or(f64::NAN),
+                r.get("seconds").and_then(Value::as_f64).unwrap_or(f64::NAN)
+            ),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opts = options(args)?;
     let bin = crate::release_binary()?;
@@ -353,6 +383,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if opts.filter.as_deref() == Some("orchestration") {
         return orchestration();
+    }
+    if opts.filter.as_deref() == Some("state") {
+        return state_stores();
     }
     let startup_ms = startup(&bin)? * 1e3;
     let mut dirs = Vec::new();
@@ -482,6 +515,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if opts.filter.is_none() {
         connections()?;
         orchestration()?;
+        state_stores()?;
     }
     Ok(())
 }
