@@ -18,7 +18,15 @@ use concerto_runtime::{
 
 /// Run Concerto programs compiled to IR (`.conc-ir`) by `concertoc`.
 #[derive(Parser)]
-#[command(name = "concerto", version, about, long_about = None)]
+#[command(
+    name = "concerto",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  concerto run program.conc-ir\n  concerto run program.conc-ir --env .env\n  \
+                  concerto run program.conc-ir --debug    trace every op to stderr\n  \
+                  concerto run program.conc-ir --metrics\n\nSee `concerto run --help` for all options."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,10 +57,8 @@ enum EmitFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let debug = matches!(&cli.command, Command::Run(args) if args.debug);
+    init_logging(debug);
     match cli.command {
         Command::Check { file } => match concerto_runtime::ir::load_path(&file) {
             Ok(program) => {
@@ -133,6 +139,28 @@ struct RunArgs {
     /// program with an error naming the hashmap.
     #[arg(long = "max-hashmap-bytes", value_name = "BYTES")]
     max_hashmap_bytes: Option<usize>,
+    /// Trace execution to stderr: one line per executed op with its function, IR
+    /// instruction index (`pc`), op name and the top of the operand registers (`top`,
+    /// shortened to 80 characters). The lines are log events of target `concerto::trace`
+    /// at level TRACE: `RUST_LOG=concerto::trace=trace` turns them on as well, and
+    /// RUST_LOG's other directives still apply. Runs slower than a normal run.
+    #[arg(long)]
+    debug: bool,
+    /// Keep hashmaps, ledgers and memories in a durable or shared store instead of process
+    /// memory: an SQLite file (`state.db`: every write committed before the program goes on)
+    /// or a Redis server (`redis://HOST:PORT/DB`: shared by every runtime pointing at it).
+    /// Runs are then journaled: the run id is printed on stderr.
+    #[arg(long = "state", value_name = "FILE.db|redis://HOST:PORT/DB")]
+    state: Option<String>,
+    /// Resume run RUN_ID (needs --state): completed agent calls, external tool calls and
+    /// emit-await answers are replayed from the journal, not repeated; the call in flight when
+    /// the run stopped is made again (at least once for it).
+    #[arg(long = "resume", value_name = "RUN_ID", requires = "state")]
+    resume: Option<String>,
+    /// With --mock: answer each agent call after this many milliseconds (demonstrations and
+    /// tests of concurrency and resume).
+    #[arg(long = "mock-latency-ms", value_name = "MS", requires = "mock")]
+    mock_latency_ms: Option<u64>,
 }
 
 /// The variables of a dotenv file.
@@ -159,6 +187,10 @@ fn run(args: RunArgs) -> ExitCode {
         allow_net,
         persist,
         max_hashmap_bytes,
+        debug,
+        state,
+        resume,
+        mock_latency_ms,
     } = args;
     if !(timeout.is_finite() && timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -222,6 +254,16 @@ fn run(args: RunArgs) -> ExitCode {
         }
     }
     runtime.with_system(Arc::new(system));
+    if let Some(state) = &state {
+        runtime.use_state_store(concerto_runtime::StateStore::parse(state));
+        let run_id = resume.clone().unwrap_or_else(|| runtime.new_run_id());
+        // The store location may hold credentials (redis://:password@…): not printed.
+        eprintln!("run id: {run_id} (resume with --resume {run_id} and the same --state)");
+        runtime.set_run_id(run_id);
+    }
+    if let Some(ms) = mock_latency_ms {
+        runtime.use_mock_provider_with_latency(std::time::Duration::from_millis(ms));
+    }
     if mock {
         runtime.use_mock_provider();
     }
@@ -274,7 +316,17 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = rt.block_on(runtime.execute());
+    let trace = debug || tracing::enabled!(target: TRACE_TARGET, tracing::Level::TRACE);
+    let result = if trace {
+        // The interpreter's debug loop, with a tracer: the normal loop has no hook.
+        let mut debugger = runtime.into_debugger();
+        debugger.set_tracer(trace_op);
+        let result = rt.block_on(debugger.run_to_end());
+        runtime = debugger.into_runtime();
+        result
+    } else {
+        rt.block_on(runtime.execute())
+    };
     let _ = std::io::stdout().flush();
     for panic in runtime.listener_panics() {
         eprintln!("warning: {panic}");
@@ -300,6 +352,49 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The log target of `--debug` trace lines.
+const TRACE_TARGET: &str = "concerto::trace";
+
+/// Logs to stderr under `RUST_LOG`; `--debug` adds the trace target and drops timestamps
+/// (one short line per op).
+fn init_logging(debug: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::from_default_env();
+    if debug && let Ok(directive) = format!("{TRACE_TARGET}=trace").parse() {
+        filter = filter.add_directive(directive);
+    }
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = if debug {
+        logger.without_time().try_init()
+    } else {
+        logger.try_init()
+    };
+}
+
+/// `--debug`: one trace line for an op about to run.
+fn trace_op(event: &concerto_runtime::vm::TraceEvent<'_>) {
+    const MAX: usize = 80;
+    let top = match event.top {
+        None => "-".to_string(),
+        Some(concerto_runtime::vm::Value::Str(s)) => format!("{:?}", s.as_str()),
+        Some(v) => v.to_display(),
+    };
+    let top = match top.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &top[..cut]),
+        None => top,
+    };
+    tracing::trace!(
+        target: TRACE_TARGET,
+        function = %event.function,
+        pc = event.pc,
+        op = %concerto_runtime::vm::op_name(event.op),
+        depth = event.depth,
+        top = %top,
+    );
 }
 
 /// Prints a call trace, folding runs of identical frames (deep recursion) into one line.

@@ -636,3 +636,261 @@ fn metrics_in_text_mode_are_a_table_on_stderr() {
         assert!(line.starts_with("[emit:"), "not an emit: {line}");
     }
 }
+
+/// The `--debug` trace lines of a run's stderr, as `(function, pc, op, top)`.
+fn trace_lines(o: &Output) -> Vec<(String, u32, String, String)> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.contains("concerto::trace:"))
+        .map(|line| {
+            let field = |name: &str| -> String {
+                let start = line
+                    .find(&format!(" {name}="))
+                    .unwrap_or_else(|| panic!("no {name} in {line}"))
+                    + name.len()
+                    + 2;
+                let rest = &line[start..];
+                if name == "top" {
+                    rest.to_string()
+                } else {
+                    rest.split(' ').next().unwrap().to_string()
+                }
+            };
+            (
+                field("function"),
+                field("pc").parse().unwrap(),
+                field("op"),
+                field("top"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn debug_traces_one_line_per_op_to_stderr() {
+    // `let x = 2 + 40; emit("sum", x); return 2`
+    let ir = write_ir(
+        "trace.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":1},{"op":"ADD"},{"op":"STORE_LOCAL","name":"x"},
+           {"op":"LOAD_CONST","arg":2},{"op":"LOAD_LOCAL","name":"x"},{"op":"EMIT"},
+           {"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"int","value":2},{"index":1,"type":"int","value":40},{"index":2,"type":"string","value":"sum"}"#,
+    );
+    let plain = bin()
+        .env_remove("RUST_LOG")
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    let out = bin()
+        .env_remove("RUST_LOG")
+        .args(["run", "--emit-format", "jsonl", "--debug"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The program's output is the same; the trace is on stderr only.
+    assert_eq!(stdout(&out), stdout(&plain));
+    assert_eq!(stdout(&out).trim(), r#"{"channel":"sum","payload":42}"#);
+    assert!(trace_lines(&plain).is_empty(), "{}", stderr(&plain));
+    let lines = trace_lines(&out);
+    assert!(lines.len() >= 4, "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains('\u{1b}'),
+        "no colours when not a terminal"
+    );
+    // Straight-line code: one line per op, in order, every one in main.
+    for pair in lines.windows(2) {
+        assert!(pair[0].1 <= pair[1].1, "{lines:?}");
+    }
+    assert!(lines.iter().all(|(f, pc, _, _)| f == "main" && *pc <= 8));
+    assert!(lines.iter().any(|(_, _, op, _)| op == "ADD"), "{lines:?}");
+    let emit = lines
+        .iter()
+        .find(|(_, _, op, _)| op == "EMIT")
+        .expect("an EMIT line");
+    assert_eq!((emit.1, emit.3.as_str()), (6, r#""sum""#));
+    assert_eq!(lines.last().unwrap().2, "RETURN");
+}
+
+#[test]
+fn debug_traces_calls_into_other_functions_and_errors() {
+    let hello = repo().join("examples/hello/hello.conc-ir");
+    let plain = bin()
+        .env_remove("RUST_LOG")
+        .arg("run")
+        .arg(&hello)
+        .output()
+        .unwrap();
+    let out = bin()
+        .env_remove("RUST_LOG")
+        .args(["run", "--debug"])
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), stdout(&plain));
+    let lines = trace_lines(&out);
+    for function in ["main", "reserve", "Order::total"] {
+        assert!(
+            lines.iter().any(|(f, _, _, _)| f == function),
+            "no op of {function} traced"
+        );
+    }
+    assert!(lines.iter().all(|(_, _, _, top)| top.chars().count() <= 81));
+    // A failing program: the trace ends at the failing op, then the error as usual.
+    let ir = write_ir(
+        "trace-div.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0,"span":[7,3]},{"op":"LOAD_CONST","arg":1,"span":[7,7]},{"op":"DIV","span":[7,3]},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"int","value":1},{"index":1,"type":"int","value":0}"#,
+    );
+    let out = bin()
+        .env_remove("RUST_LOG")
+        .args(["run", "--debug"])
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("runtime error: division by zero"), "{err}");
+    assert!(err.contains("`main` at 7:3"), "{err}");
+    let last = trace_lines(&out).pop().expect("trace lines");
+    assert_eq!((last.1, last.2.as_str()), (2, "DIV"));
+}
+
+#[test]
+fn rust_log_selects_the_trace_too() {
+    let hello = repo().join("examples/hello/hello.conc-ir");
+    let out = bin()
+        .env("RUST_LOG", "concerto::trace=trace")
+        .arg("run")
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(trace_lines(&out).len() > 100, "{}", stderr(&out));
+    // --debug traces whatever level RUST_LOG sets for the rest.
+    let out = bin()
+        .env("RUST_LOG", "warn")
+        .args(["run", "--debug"])
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert!(trace_lines(&out).len() > 100);
+}
+
+#[test]
+fn help_documents_debug() {
+    let top = bin().arg("--help").output().unwrap();
+    assert!(stdout(&top).contains("--debug"), "{}", stdout(&top));
+    let run = bin().args(["run", "--help"]).output().unwrap();
+    let text = stdout(&run);
+    assert!(text.contains("--debug"), "{text}");
+    assert!(text.contains("concerto::trace"), "{text}");
+}
+
+/// Lines of a file (none when it does not exist yet).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_run_resumes_without_repeating_completed_calls() {
+    let dir = fresh_dir("resume");
+    let db = dir.join("state.db");
+    let program = repo().join("tests/resume/ten_calls.conc-ir");
+    let first_log = dir.join("first.jsonl");
+    let mut child = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--mock",
+            "--mock-latency-ms",
+            "150",
+        ])
+        .arg("--state")
+        .arg(&db)
+        .arg("--record")
+        .arg(&first_log)
+        .arg(&program)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill it once six calls have completed (the recorder logs each completed call).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lines_of(&first_log).len() < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run stalled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    let first = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&first.stderr).to_string();
+    let run_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("run id: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id on stderr: {err}"))
+        .to_string();
+    let completed_first = lines_of(&first_log).len();
+    assert!((6..10).contains(&completed_first), "{completed_first}");
+
+    let second_log = dir.join("second.jsonl");
+    let resumed = bin()
+        .args(["run", "--emit-format", "jsonl", "--mock"])
+        .arg("--state")
+        .arg(&db)
+        .args(["--resume", &run_id])
+        .arg("--record")
+        .arg(&second_log)
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    // The mock's request log: exactly the calls that had not completed (at most one repeated:
+    // a call completed but killed before its journal record was committed).
+    let asked: Vec<String> = lines_of(&second_log)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["request"]["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let remaining = 10 - completed_first;
+    assert!(
+        asked.len() == remaining || asked.len() == remaining + 1,
+        "first run completed {completed_first}; resumed run asked {asked:?}"
+    );
+    assert_eq!(asked.last().map(String::as_str), Some("step 9"));
+    // The resumed run's emits are the program's whole output.
+    let out = stdout(&resumed);
+    for i in 0..10 {
+        let line =
+            format!(r#"{{"channel":"step","payload":[{i},"[mock response to: step {i}]"]}}"#);
+        assert!(out.contains(&line), "missing step {i}: {out}");
+    }
+    assert!(out.contains(r#"{"channel":"done","payload":10}"#), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn resume_without_a_durable_store_is_a_usage_error() {
+    let out = bin()
+        .args(["run", "--resume", "abc"])
+        .arg(repo().join("tests/resume/ten_calls.conc-ir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--state"), "{}", stderr(&out));
+}

@@ -11,6 +11,8 @@
 //!
 //! Prints one JSON line per case with the median wall time of several runs.
 
+#![allow(clippy::print_stdout, reason = "a benchmark prints its results")]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

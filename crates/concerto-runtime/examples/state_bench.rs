@@ -5,6 +5,8 @@
 //! `redis-server` started here on a free port) — and on Redis from 8 runtimes at once, each
 //! doing its share. Prints one JSON line per case with operations per second.
 
+#![allow(clippy::print_stdout, reason = "a benchmark prints its results")]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

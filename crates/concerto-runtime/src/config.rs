@@ -237,3 +237,31 @@ impl Limits {
         self
     }
 }
+
+/// Where a runtime keeps hashmaps, ledgers, conversation memories and run journals.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StateStore {
+    /// Process memory (the default; optional per-hashmap JSON files with
+    /// `Runtime::persist_hashmap`).
+    #[default]
+    Memory,
+    /// An SQLite database file: every write is committed before the program goes on, so a
+    /// crash loses nothing acknowledged and a restarted program sees the state; enables
+    /// resumable runs.
+    Sqlite(std::path::PathBuf),
+    /// A Redis server (`redis://HOST:PORT/DB`): state shared by every runtime pointing at it,
+    /// atomic operations, change events across processes; enables resumable runs.
+    Redis(String),
+}
+
+impl StateStore {
+    /// `redis://…` / `rediss://…` is Redis; anything else is an SQLite file path.
+    pub fn parse(text: &str) -> StateStore {
+        if text.starts_with("redis://") || text.starts_with("rediss://") {
+            StateStore::Redis(text.to_string())
+        } else {
+            StateStore::Sqlite(std::path::PathBuf::from(text))
+        }
+    }
+}

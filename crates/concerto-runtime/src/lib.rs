@@ -26,13 +26,16 @@
 //! - `lib.rs`: [`Runtime`], [`RuntimeError`].
 //! - `metrics`: [`Metrics`] and [`Cost`].
 //! - `config`: [`RuntimeConfig`] and its parts, [`Limits`].
+//! - `debugger`: [`Debugger`] (`Runtime::new_debugger`): breakpoints, stepping, inspection.
 //! - `value`: the host-side [`Value`].
 //! - `system`: [`ProcessSystem`].
 #![warn(missing_docs)]
 
-mod config;
 mod concurrency;
+mod config;
+mod debugger;
 mod metrics;
+mod resume;
 mod system;
 mod value;
 
@@ -51,8 +54,11 @@ pub use concerto_emit as emit;
 pub use concerto_ir as ir;
 pub use concerto_vm as vm;
 pub use concerto_vm::{LlmCounters, LlmStats};
-pub use config::{ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, ToolPermission};
 pub use concurrency::Executor;
+pub use config::{
+    ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, StateStore, ToolPermission,
+};
+pub use debugger::{AgentInfo, DebugFrame, DebugState, Debugger};
 pub use metrics::{Cost, Metrics};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
 pub use value::{Value, ValueError};
@@ -115,11 +121,18 @@ pub struct Runtime {
     host_tools: Vec<HostToolRegistration>,
     system: Arc<dyn System>,
     metrics: Metrics,
+    /// The run journaled (and resumed) by `execute`, when set.
+    run_id: Option<String>,
+    /// Where hashmaps, ledgers, memories and journals live.
+    state: StateStore,
+    /// Operations of the last execution answered from the journal.
+    replayed: u64,
 }
 
 /// How agent calls reach models, besides the connection overrides.
 struct LlmSetup {
     mock: bool,
+    mock_latency: Option<Duration>,
     record: Option<PathBuf>,
     replay: Option<PathBuf>,
     prices: concerto_conn::PriceTable,
@@ -129,6 +142,7 @@ impl Default for LlmSetup {
     fn default() -> LlmSetup {
         LlmSetup {
             mock: false,
+            mock_latency: None,
             record: None,
             replay: None,
             prices: concerto_conn::PriceTable::builtin(),
@@ -167,6 +181,9 @@ impl Runtime {
             host_tools: Vec::new(),
             system: Arc::new(ProcessSystem::default()),
             metrics: Metrics::default(),
+            run_id: None,
+            state: StateStore::Memory,
+            replayed: 0,
         }
     }
 
@@ -211,7 +228,11 @@ impl Runtime {
     /// Uses an already loaded program.
     pub fn load_program(&mut self, program: Program) {
         let program = Arc::new(program);
-        if !self.custom_memory {
+        if !self.custom_memory && self.state != StateStore::Memory {
+            // Opened (and its errors reported) when the program first runs.
+            self.memory = None;
+            self.builtin_memory = None;
+        } else if !self.custom_memory {
             let store = Arc::new(
                 concerto_memory::InMemoryStore::with_names(
                     program.hashmaps.iter().map(|h| h.name.clone()),
@@ -393,6 +414,20 @@ impl Runtime {
         self
     }
 
+    /// [`Runtime::use_mock_provider`], answering each call after `latency` (a timer), as a
+    /// provider would: for demonstrations, benchmarks and tests of concurrency and resume.
+    pub fn use_mock_provider_with_latency(&mut self, latency: Duration) -> &mut Self {
+        self.llm.mock_latency = Some(latency);
+        self.use_mock_provider()
+    }
+
+    /// Keeps hashmaps, ledgers, memories and run journals in `state` instead of process
+    /// memory (the default). Takes effect for programs loaded afterwards.
+    pub fn use_state_store(&mut self, state: StateStore) -> &mut Self {
+        self.state = state;
+        self
+    }
+
     /// Replaces parts of connection `name` (API key, base URL, limits, …), as
     /// `RuntimeConfig::connection_overrides` does.
     pub fn override_connection(&mut self, name: &str, settings: ConnectionOverride) -> &mut Self {
@@ -445,7 +480,11 @@ impl Runtime {
         } else if let Some(custom) = &self.custom_connections {
             custom.clone()
         } else if self.llm.mock {
-            Arc::new(concerto_conn::MockConnections::new())
+            let mock = concerto_conn::MockConnections::new();
+            Arc::new(match self.llm.mock_latency {
+                Some(latency) => mock.with_latency(latency),
+                None => mock,
+            })
         } else {
             let system = self.system.clone();
             let mut http = concerto_conn::HttpConnections::new()
@@ -645,9 +684,32 @@ impl Runtime {
     /// uncaught error (function, span, trace) otherwise. Emits made before the error have
     /// been delivered.
     pub async fn execute(&mut self) -> Result<Value, RuntimeError> {
-        let (vm, host, config, timeout) = self.prepare()?;
+        let journal = match (&self.run_id, self.vm.clone()) {
+            (Some(run), Some(vm)) => {
+                let run = run.clone();
+                let store = self.memory_store(&vm)?;
+                Some(resume::Journal::open(store, &run).await?)
+            }
+            _ => None,
+        };
+        let (vm, mut host, config, timeout) = self.prepare()?;
+        if let Some(journal) = &journal {
+            host.connections = Arc::new(resume::JournaledConnections {
+                inner: host.connections,
+                journal: journal.clone(),
+            });
+            host.emit = Arc::new(resume::JournaledEmits {
+                inner: host.emit,
+                journal: journal.clone(),
+            });
+            host.tools = Arc::new(resume::JournaledTools {
+                inner: host.tools,
+                journal: journal.clone(),
+            });
+        }
         let (outcome, metrics) = concurrency::run_once(vm, host, config, timeout).await;
         self.metrics = metrics;
+        self.replayed = journal.map_or(0, |j| j.replayed());
         let flushed = self.hub.flush();
         // Persisted hashmaps are saved whatever the outcome: what the program wrote before
         // an error is kept.
@@ -656,6 +718,29 @@ impl Runtime {
         flushed?;
         saved?;
         Ok(value)
+    }
+
+    /// Journals this runtime's executions as run `run_id` in the durable state store:
+    /// every completed agent call, external tool call and emit-await answer is recorded
+    /// before the program goes on. Setting the id of an earlier run resumes it: its recorded
+    /// results are replayed instead of being asked again, and the program continues from the
+    /// first operation that had not completed (that one is performed again: at least once
+    /// for the call in flight, exactly once for the others). Needs a durable store.
+    pub fn set_run_id(&mut self, run_id: impl Into<String>) -> &mut Self {
+        self.run_id = Some(run_id.into());
+        self
+    }
+
+    /// A fresh run id (random, 16 hex digits) for [`Runtime::set_run_id`].
+    pub fn new_run_id(&self) -> String {
+        let mut bytes = [0u8; 8];
+        self.system.random_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Operations of the last execution answered from the run's journal.
+    pub fn replayed_operations(&self) -> u64 {
+        self.replayed
     }
 
     /// A handle that runs executions of the loaded program concurrently, sharing this
@@ -669,6 +754,30 @@ impl Runtime {
         Ok(Executor::new(vm, host, config, timeout))
     }
 
+    /// The memory store of the loaded program: the host's, the built-in one, or the durable
+    /// or shared store chosen with [`Runtime::use_state_store`] (opened on first use).
+    fn memory_store(&mut self, vm: &Arc<Vm>) -> Result<Arc<dyn MemoryStore>, RuntimeError> {
+        if let Some(m) = &self.memory {
+            return Ok(m.clone());
+        }
+        let program = vm.program();
+        let names: Vec<String> = program.hashmaps.iter().map(|h| h.name.clone()).collect();
+        let store: Arc<dyn MemoryStore> = match &self.state {
+            StateStore::Sqlite(path) => Arc::new(
+                concerto_store_sqlite::SqliteStore::open(path, names).map_err(|e| {
+                    RuntimeError::Setup(format!("state store `{}`: {e}", path.display()))
+                })?,
+            ),
+            StateStore::Redis(url) => Arc::new(
+                concerto_store_redis::RedisStore::connect(url, &program.module, names)
+                    .map_err(|e| RuntimeError::Setup(format!("state store: {e}")))?,
+            ),
+            StateStore::Memory => Arc::new(concerto_memory::InMemoryStore::with_names(names)),
+        };
+        self.memory = Some(store.clone());
+        Ok(store)
+    }
+
     /// The program, the host components and the limits of the next execution.
     fn prepare(&mut self) -> Result<(Arc<Vm>, Host, ExecConfig, Duration), RuntimeError> {
         let vm = self.vm.clone().ok_or(RuntimeError::NoProgram)?;
@@ -678,12 +787,7 @@ impl Runtime {
         });
         self.hub.set_max_queue(self.limits.max_emit_queue);
         self.hub.set_await_timeout(self.limits.emit_await_timeout);
-        let memory = match &self.memory {
-            Some(m) => m.clone(),
-            None => Arc::new(concerto_memory::InMemoryStore::new(
-                vm.program().hashmaps.len(),
-            )),
-        };
+        let memory = self.memory_store(&vm)?;
         let connections = self.connection_layer()?;
         let tools = self.tool_layer()?;
         let host = Host {

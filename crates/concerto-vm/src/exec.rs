@@ -28,6 +28,8 @@ use crate::ops;
 use crate::value::{EnumObj, Str, StructObj, Value};
 use crate::vm::{ShapeKind, Vm};
 
+pub(crate) mod debug;
+
 /// The host components an execution talks to.
 #[derive(Clone)]
 pub struct Host {
@@ -225,6 +227,9 @@ pub(crate) enum Exit {
     /// A native frame was started: process the pending input and continue (internal to
     /// [`Execution::run`]).
     Resume,
+    /// Debug mode only: stopped before an op (a step ended or a breakpoint was reached).
+    /// The frames hold the complete state; running again continues with that op.
+    Paused,
 }
 
 /// How many backward jumps and calls run between deadline checks and cooperative yields.
@@ -242,6 +247,9 @@ pub struct Execution {
     resume_dst: usize,
     fuel: u32,
     deadline: Option<Instant>,
+    /// Debug-mode state (breakpoints, stepping, tracing); `None` for ordinary runs, which
+    /// never look at it.
+    debug: Option<Box<debug::DebugCtl>>,
     pub(crate) ctx: Ctx,
 }
 
@@ -276,6 +284,7 @@ impl Execution {
             pending: None,
             resume_dst: 0,
             fuel: FUEL,
+            debug: None,
             ctx: Ctx {
                 vm,
                 globals,
@@ -318,21 +327,7 @@ impl Execution {
             self.call(init, Vec::new()).await?;
         }
         let result = self.call(program.entry, Vec::new()).await?;
-        match result {
-            Value::Err(e) => {
-                let mut err = VmError::unhandled((*e).clone());
-                let entry = program.function(program.entry);
-                err.locate(
-                    Location {
-                        function: entry.name.clone(),
-                        span: Default::default(),
-                    },
-                    Vec::new(),
-                );
-                Err(err)
-            }
-            other => Ok(other),
-        }
+        main_outcome(&program, result)
     }
 
     /// Calls function `func` with `args` and drives it to completion, awaiting whatever it
@@ -341,27 +336,48 @@ impl Execution {
     /// # Errors
     /// The uncaught runtime error.
     pub async fn call(&mut self, func: FuncId, args: Vec<Value>) -> Result<Value, VmError> {
+        self.begin(func, args)?;
+        match self.drive::<false>().await? {
+            Some(value) => Ok(value),
+            // Only the debug instantiation of the loop pauses.
+            None => Err(VmError::new(
+                ErrorKind::Internal,
+                "the interpreter paused outside debug mode",
+            )),
+        }
+    }
+
+    /// Starts a call of `func` with `args`: a fresh register file with one frame, nothing
+    /// run yet.
+    fn begin(&mut self, func: FuncId, args: Vec<Value>) -> Result<(), VmError> {
         self.reset();
         let argc = args.len();
         self.stack.extend(args);
-        self.enter(func, 0, argc, false)?;
+        self.enter(func, 0, argc, false)
+    }
+
+    /// Drives the started call, awaiting whatever it waits for: `Some(value)` when the
+    /// outermost frame returned, `None` when the debug loop paused (only with `DEBUG`).
+    async fn drive<const DEBUG: bool>(&mut self) -> Result<Option<Value>, VmError> {
         loop {
             // Defence in depth: a bug in the interpreter must end this execution with an
             // error, not take the host process down.
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_string());
-                    Err(VmError::new(
-                        ErrorKind::Internal,
-                        format!("internal error in the interpreter (a bug): {what}"),
-                    ))
-                });
+            let step =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run::<DEBUG>()))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".to_string());
+                        Err(VmError::new(
+                            ErrorKind::Internal,
+                            format!("internal error in the interpreter (a bug): {what}"),
+                        ))
+                    });
             match step {
-                Ok(Exit::Done(value)) => return Ok(value),
+                Ok(Exit::Done(value)) => return Ok(Some(value)),
+                Ok(Exit::Paused) => return Ok(None),
                 Ok(Exit::Suspend(fut)) => {
                     let result = fut.await;
                     self.pending = Some(result);
@@ -382,7 +398,10 @@ impl Execution {
                 }
                 Err(err) => {
                     let err = self.finish_error(err);
-                    self.reset();
+                    // A debugger keeps the frames of a failed run for inspection.
+                    if !DEBUG {
+                        self.reset();
+                    }
                     return Err(err);
                 }
             }
@@ -793,8 +812,9 @@ impl Execution {
         }
     }
 
-    /// Runs until the outermost frame returns, the program must wait, or fuel runs out.
-    pub(crate) fn run(&mut self) -> Result<Exit, VmError> {
+    /// Runs until the outermost frame returns, the program must wait, or fuel runs out
+    /// (with `DEBUG`, also when the debugger pauses).
+    pub(crate) fn run<const DEBUG: bool>(&mut self) -> Result<Exit, VmError> {
         loop {
             let step = match self.pending.take() {
                 Some(input) => self.deliver(input),
@@ -802,7 +822,7 @@ impl Execution {
             };
             let result = match step {
                 Ok(Some(exit)) => Ok(exit),
-                Ok(None) => self.dispatch(),
+                Ok(None) => self.dispatch::<DEBUG>(),
                 Err(err) => Err(err),
             };
             match result {
@@ -950,8 +970,10 @@ impl Execution {
         }
     }
 
-    /// The dispatch loop.
-    fn dispatch(&mut self) -> Result<Exit, VmError> {
+    /// The dispatch loop. `DEBUG` is a separate instantiation for debug mode (stepping,
+    /// breakpoints, tracing): it asks the debugger before every op whether to pause. The
+    /// ordinary instantiation has no such check (the `if DEBUG` blocks compile away).
+    fn dispatch<const DEBUG: bool>(&mut self) -> Result<Exit, VmError> {
         let vm = self.ctx.vm.clone();
         let program: &Program = &vm.program;
         let max_depth = self.ctx.config.max_call_depth;
@@ -1124,6 +1146,11 @@ impl Execution {
                     // Running off the end returns nil.
                     ret!(Value::Nil)
                 };
+                if DEBUG && self.debug_before_op(fi, pc) {
+                    // Stop before this op; running again starts with it.
+                    save_pc!();
+                    return Ok(Exit::Paused);
+                }
                 pc += 1;
                 match op {
                     Op::LoadConst { dst, k } => {
@@ -1996,6 +2023,26 @@ impl Execution {
                 self.flow(flow, base)
             }
         }
+    }
+}
+
+/// What `main` returning `result` means: its value, or an unhandled error when it returned
+/// `Err(e)`.
+fn main_outcome(program: &Program, result: Value) -> Result<Value, VmError> {
+    match result {
+        Value::Err(e) => {
+            let mut err = VmError::unhandled((*e).clone());
+            let entry = program.function(program.entry);
+            err.locate(
+                Location {
+                    function: entry.name.clone(),
+                    span: Default::default(),
+                },
+                Vec::new(),
+            );
+            Err(err)
+        }
+        other => Ok(other),
     }
 }
 

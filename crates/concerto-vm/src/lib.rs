@@ -27,7 +27,8 @@
 //! # Source layout
 //! - `value`: [`Value`] and its display/JSON/equality rules.
 //! - `vm`: [`Vm`], the prepared program.
-//! - `exec`: [`Execution`], the dispatch loop, calls, handlers and suspension.
+//! - `exec`: [`Execution`], the dispatch loop, calls, handlers and suspension;
+//!   `exec/debug`: its debug mode (stepping, breakpoints, tracing, inspection).
 //! - `ops`: operators off the fast path.
 //! - `builtins`, `stdlib`: native functions; `methods`: built-in methods.
 //! - `agent`: agent calls (LLM requests, tool loop, schema re-asks, builders).
@@ -52,6 +53,9 @@ mod vm;
 
 pub use agent::{LlmCounters, LlmStats};
 pub use error::{ErrorKind, Location, VmError};
+pub use exec::debug::{
+    Breakpoint, BreakpointError, FrameInfo, StepState, StopReason, TraceEvent, Tracer, op_name,
+};
 pub use exec::{ExecConfig, ExecStats, Execution, Host};
 pub use value::{
     Array, ArrayCell, EnumObj, FuncRef, Map, MapCell, MapInner, NativeObject, Object, Payload,

@@ -1,0 +1,265 @@
+//! Resumable runs: a journal of completed agent calls, external tool calls and emit-await
+//! answers, kept in the durable state store, and the layers that write and replay it.
+//!
+//! Each completed operation is appended as one record `{kind, fp, n, result}`: `fp` is a
+//! fingerprint of the operation (its kind, target and full request), `n` how many earlier
+//! records have the same fingerprint. A resumed run replays, for each operation it makes, the
+//! next unused record with the same fingerprint and otherwise performs it (and journals it).
+//! Fingerprints rather than positions keep replay correct when spawned tasks complete in a
+//! different order, or a loop repeats the same request. A program whose control flow depends
+//! only on its inputs and these results takes the same path again, so a resumed run does not
+//! repeat completed calls. The operation in flight when the run stopped was not journaled and
+//! is performed again: delivery is at least once for it, exactly once for the others.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use concerto_vm::Value as VmValue;
+use concerto_vm::host::{
+    BoxFuture, ChatRequest, ChatResponse, Connections, EmitSink, FsReply, FsRequest, HostError,
+    HttpReply, HttpRequest, MemoryStore, Program, Reply, ToolHost, ToolSpec,
+};
+use parking_lot::Mutex;
+use serde_json::{Value as Json, json};
+
+/// A run's journal: records to replay, and where new ones go.
+pub(crate) struct Journal {
+    store: Arc<dyn MemoryStore>,
+    run: String,
+    replay: Mutex<HashMap<String, VecDeque<Json>>>,
+    seen: Mutex<HashMap<String, u64>>,
+    /// Operations answered from the journal in this run.
+    replayed: std::sync::atomic::AtomicU64,
+}
+
+async fn reply<T: Send + 'static>(r: Reply<Result<T, HostError>>) -> Result<T, HostError> {
+    match r {
+        Reply::Ready(r) => r,
+        Reply::Pending(fut) => fut.await,
+    }
+}
+
+impl Journal {
+    /// The journal of run `run` in `store`, with its existing records loaded for replay.
+    pub(crate) async fn open(
+        store: Arc<dyn MemoryStore>,
+        run: &str,
+    ) -> Result<Arc<Journal>, HostError> {
+        let records = reply(store.journal_records(run)).await?;
+        let mut replay: HashMap<String, VecDeque<Json>> = HashMap::new();
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        for text in records {
+            let record: Json = serde_json::from_str(&text).map_err(|e| {
+                HostError::failed(format!("run `{run}`: a journal record is unreadable: {e}"))
+            })?;
+            let fp = record["fp"].as_str().unwrap_or_default().to_string();
+            *seen.entry(fp.clone()).or_default() += 1;
+            replay
+                .entry(fp)
+                .or_default()
+                .push_back(record["result"].clone());
+        }
+        Ok(Arc::new(Journal {
+            store,
+            run: run.to_string(),
+            replay: Mutex::new(replay),
+            seen: Mutex::new(seen),
+            replayed: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// How many operations were answered from the journal.
+    pub(crate) fn replayed(&self) -> u64 {
+        self.replayed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The recorded result of the next operation with fingerprint `fp`, if any.
+    fn take(&self, fp: &str) -> Option<Json> {
+        let found = self.replay.lock().get_mut(fp).and_then(VecDeque::pop_front);
+        if found.is_some() {
+            self.replayed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        found
+    }
+
+    /// Journals a completed operation (committed before the program goes on).
+    async fn record(&self, kind: &str, fp: String, result: Json) -> Result<(), HostError> {
+        let n = {
+            let mut seen = self.seen.lock();
+            let n = seen.entry(fp.clone()).or_default();
+            *n += 1;
+            *n - 1
+        };
+        let record = json!({"kind": kind, "fp": fp, "n": n, "result": result}).to_string();
+        reply(self.store.journal_append(&self.run, record)).await
+    }
+}
+
+/// A stable 64-bit FNV-1a fingerprint of `parts`, as hex.
+fn fingerprint(parts: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0xff)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+fn encode(value: &VmValue) -> Json {
+    concerto_memory::codec::encode_value(value).unwrap_or(Json::Null)
+}
+
+fn decode(json: &Json) -> Result<VmValue, HostError> {
+    concerto_memory::codec::decode_value(json)
+}
+
+/// Agent calls through the journal.
+pub(crate) struct JournaledConnections {
+    pub(crate) inner: Arc<dyn Connections>,
+    pub(crate) journal: Arc<Journal>,
+}
+
+impl Connections for JournaledConnections {
+    fn chat(
+        &self,
+        program: &Arc<Program>,
+        connection: u32,
+        request: ChatRequest,
+    ) -> BoxFuture<Result<ChatResponse, HostError>> {
+        let body = serde_json::to_string(&request).unwrap_or_default();
+        let fp = fingerprint(&["agent", &connection.to_string(), &body]);
+        if let Some(recorded) = self.journal.take(&fp)
+            && let Ok(response) = serde_json::from_value::<ChatResponse>(recorded)
+        {
+            return Box::pin(async move { Ok(response) });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.chat(program, connection, request);
+        Box::pin(async move {
+            let response = call.await?;
+            let recorded = serde_json::to_value(&response).unwrap_or(Json::Null);
+            journal.record("agent", fp, recorded).await?;
+            Ok(response)
+        })
+    }
+}
+
+/// Emit-await answers through the journal (plain emits pass through: replaying a run
+/// delivers its emits again, which is how a resumed run completes the program's output).
+pub(crate) struct JournaledEmits {
+    pub(crate) inner: Arc<dyn EmitSink>,
+    pub(crate) journal: Arc<Journal>,
+}
+
+impl EmitSink for JournaledEmits {
+    fn emit(&self, channel: &str, payload: &VmValue) -> Result<(), HostError> {
+        self.inner.emit(channel, payload)
+    }
+
+    fn emit_await(&self, channel: &str, payload: VmValue) -> BoxFuture<Result<VmValue, HostError>> {
+        let fp = fingerprint(&["emit_await", channel, &encode(&payload).to_string()]);
+        if let Some(recorded) = self.journal.take(&fp) {
+            return Box::pin(async move { decode(&recorded) });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.emit_await(channel, payload);
+        Box::pin(async move {
+            let answer = call.await?;
+            journal.record("emit_await", fp, encode(&answer)).await?;
+            Ok(answer)
+        })
+    }
+}
+
+/// External tool calls (MCP servers, host agents, host tools) through the journal; the
+/// program's own tools are its own code and are simply run again.
+pub(crate) struct JournaledTools {
+    pub(crate) inner: Arc<dyn ToolHost>,
+    pub(crate) journal: Arc<Journal>,
+}
+
+impl ToolHost for JournaledTools {
+    fn check(&self, program: &Program, tool: &str, method: &str) -> Result<(), HostError> {
+        self.inner.check(program, tool, method)
+    }
+
+    fn is_registered(&self, name: &str) -> bool {
+        self.inner.is_registered(name)
+    }
+
+    fn specs(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+    ) -> BoxFuture<Result<Vec<ToolSpec>, HostError>> {
+        self.inner.specs(program, tool)
+    }
+
+    fn call(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+        method: &str,
+        args: Json,
+    ) -> BoxFuture<Result<VmValue, HostError>> {
+        let fp = fingerprint(&["tool", tool, method, &args.to_string()]);
+        if let Some(recorded) = self.journal.take(&fp) {
+            return Box::pin(async move { decode(&recorded) });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.call(program, tool, method, args);
+        Box::pin(async move {
+            let result = call.await?;
+            journal.record("tool", fp, encode(&result)).await?;
+            Ok(result)
+        })
+    }
+
+    fn host_exchange(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> BoxFuture<Result<String, HostError>> {
+        let fp = fingerprint(&["host", &host.to_string(), &input]);
+        if let Some(Json::String(recorded)) = self.journal.take(&fp) {
+            return Box::pin(async move { Ok(recorded) });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.host_exchange(program, host, input);
+        Box::pin(async move {
+            let answer = call.await?;
+            journal
+                .record("host", fp, Json::String(answer.clone()))
+                .await?;
+            Ok(answer)
+        })
+    }
+
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {
+        self.inner.fs(request)
+    }
+
+    fn http(
+        &self,
+        request: HttpRequest,
+    ) -> BoxFuture<Result<Result<HttpReply, String>, HostError>> {
+        self.inner.http(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn fingerprints_are_stable_and_separate_their_parts() {
+        assert_eq!(fingerprint(&["a", "b"]), fingerprint(&["a", "b"]));
+        assert_ne!(fingerprint(&["ab", ""]), fingerprint(&["a", "b"]));
+        // Pinned: the journal outlives the binary that wrote it.
+        assert_eq!(fingerprint(&[""]), "af64724c8602eb6e");
+    }
+}
