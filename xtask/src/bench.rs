@@ -344,10 +344,20 @@ fn orchestration() -> Result<()> {
 
 /// The state-store benchmark: `concerto-runtime/examples/state_bench.rs`.
 fn state_stores() -> Result<()> {
-    println!("\nstate stores: 100 000 hashmap operations (50 000 set, 50 000 get) from a Concerto program");
+    println!(
+        "\nstate stores: 100 000 hashmap operations (50 000 set, 50 000 get) from a Concerto program"
+    );
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(crate::root())
-        .args(["run", "--release", "-q", "-p", "concerto-runtime", "--example", "state_bench"])
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "concerto-runtime",
+            "--example",
+            "state_bench",
+        ])
         .output()
         .context("cannot run the state-store benchmark")?;
     if !output.status.success() {
@@ -364,7 +374,9 @@ fn state_stores() -> Result<()> {
             Some(why) => println!("  {case:<20} skipped: {why}"),
             None => println!(
                 "  {case:<20} {:>12.0} ops/s  ({:.3} s)",
-                r.get("ops_per_s").and_then(Value::as_f64).unwrap_or(f64::NAN),
+                r.get("ops_per_s")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(f64::NAN),
                 r.get("seconds").and_then(Value::as_f64).unwrap_or(f64::NAN)
             ),
         }
