@@ -151,3 +151,42 @@ fn host_listeners_see_every_change_with_old_and_new_values() {
         ]
     );
 }
+
+/// Every hashmap, ledger and memory case of `tests/cases` gives the same emits on the SQLite
+/// store (whose every operation answers later) as expected.
+#[test]
+fn the_hashmap_ledger_and_memory_cases_pass_on_the_sqlite_store() {
+    let dir = temp_dir("sqlite-cases");
+    let mut checked = 0;
+    for feature in ["hashmaps", "ledgers", "memories"] {
+        let cases = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("cases")
+            .join(feature);
+        for ir in concerto_tests::ir_files(&cases) {
+            let expected_path = ir.with_extension("").with_extension("expected.jsonl");
+            let Ok(expected) = std::fs::read_to_string(&expected_path) else {
+                continue;
+            };
+            let expected: Vec<serde_json::Value> = expected
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("expected line"))
+                .collect();
+            let db = dir.join(format!("case{checked}.db"));
+            let mut rt = Runtime::new(RuntimeConfig::default());
+            rt.use_state_store(concerto_runtime::StateStore::Sqlite(db));
+            let emits = recorded(&mut rt);
+            rt.load_ir(&ir).expect("load");
+            let _ = block_on(rt.execute());
+            let got: Vec<serde_json::Value> = emits
+                .lock()
+                .iter()
+                .map(|(c, p)| json!({"channel": c, "payload": p}))
+                .collect();
+            assert_eq!(got, expected, "{}", ir.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} cases");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -47,6 +47,16 @@ pub struct Host {
     pub system: Arc<dyn System>,
 }
 
+/// What `map.get(k)` found when asked on the fast path.
+enum GetNow {
+    /// The value (the fused `unwrap` can use it).
+    Found(Value),
+    /// No such key: the plain path reports it.
+    Missing,
+    /// The store answers later: the `get` waits for its answer.
+    Later(BoxFuture<Result<Value, VmError>>),
+}
+
 /// `Some(duration)` for a timeout operand in milliseconds (0: none).
 fn millis(ms: u32) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
@@ -1408,10 +1418,19 @@ impl Execution {
                             && vm.methods[next as usize] == Method::Unwrap
                         {
                             let map = r.index;
-                            if let Some(found) = tri!(self.hashmap_get_now(map, at)) {
-                                self.stack[at] = found;
-                                pc += 1;
-                                continue;
+                            match tri!(self.hashmap_get_now(map, at)) {
+                                GetNow::Found(found) => {
+                                    self.stack[at] = found;
+                                    pc += 1;
+                                    continue;
+                                }
+                                GetNow::Missing => {}
+                                // A store that answers later: this `get` waits for it, then
+                                // the `unwrap` runs as usual.
+                                GetNow::Later(fut) => {
+                                    save_pc!();
+                                    finish_call!(Called::Suspend(fut), at);
+                                }
                             }
                         }
                         // Hashmap get/has/set: answered by the store without the generic
@@ -1545,7 +1564,12 @@ impl Execution {
                                 }
                             }
                             (c, i) => match crate::hashmaps::index(c, i, &self.ctx) {
-                                Some(r) => tri!(r),
+                                Some(crate::hashmaps::Indexed::Now(r)) => tri!(r),
+                                Some(crate::hashmaps::Indexed::Later(fut)) => {
+                                    save_pc!();
+                                    self.resume_dst = base + dst as usize;
+                                    return Ok(Exit::Suspend(fut));
+                                }
                                 None => tri!(ops::index_get(c, i)),
                             },
                         };
@@ -1876,7 +1900,7 @@ impl Execution {
     /// `map.get(k)` when the store answers at once and finds the key: the value. `None`
     /// otherwise (the plain path then runs and reports a missing key).
     #[inline]
-    fn hashmap_get_now(&mut self, map: u32, base: usize) -> Result<Option<Value>, VmError> {
+    fn hashmap_get_now(&mut self, map: u32, base: usize) -> Result<GetNow, VmError> {
         use crate::host::Reply;
         let text;
         let key = match &self.stack[base + 1] {
@@ -1887,10 +1911,12 @@ impl Execution {
             }
         };
         match self.ctx.host.memory.hashmap_get(map, key) {
-            Reply::Ready(Ok(found)) => Ok(found),
+            Reply::Ready(Ok(Some(found))) => Ok(GetNow::Found(found)),
+            Reply::Ready(Ok(None)) => Ok(GetNow::Missing),
             Reply::Ready(Err(e)) => Err(e.into()),
-            // A slow store: let the plain path suspend (it asks again).
-            Reply::Pending(_) => Ok(None),
+            Reply::Pending(fut) => Ok(GetNow::Later(Box::pin(async move {
+                fut.await.map(Value::option).map_err(VmError::from)
+            }))),
         }
     }
 

@@ -617,8 +617,16 @@ impl ScanOp {
 /// `[key, value]` (this is how `for (k, v) in map` walks it: `len()` then `map[0]`, `map[1]`,
 /// …; each step reads the entries, so walking a large map this way is quadratic — use
 /// `entries()` for those); `map[key]` is the value or `nil`.
+/// The result of indexing a hashmap: now, or when the store answers.
+pub(crate) enum Indexed {
+    /// Available now.
+    Now(Result<Value, VmError>),
+    /// The store answers later.
+    Later(crate::host::BoxFuture<Result<Value, VmError>>),
+}
+
 #[cold]
-pub(crate) fn index(coll: &Value, idx: &Value, ctx: &Ctx) -> Option<Result<Value, VmError>> {
+pub(crate) fn index(coll: &Value, idx: &Value, ctx: &Ctx) -> Option<Indexed> {
     let (map, prefix) = match coll {
         Value::Ref(r) if r.kind == crate::value::RefKind::Hashmap => (r.index, Str::from("")),
         Value::Object(obj) => {
@@ -627,25 +635,33 @@ pub(crate) fn index(coll: &Value, idx: &Value, ctx: &Ctx) -> Option<Result<Value
         }
         _ => return None,
     };
-    let later = || {
-        Err(VmError::unsupported(
-            "indexing a hashmap whose store answers later",
-        ))
+    let nth = |i: i64, entries: Vec<(Str, Value)>| match usize::try_from(i)
+        .ok()
+        .and_then(|at| entries.get(at))
+    {
+        Some((k, v)) => Ok(Value::array(vec![Value::Str(k.clone()), v.clone()])),
+        None => Err(VmError::index_out_of_bounds(i, entries.len())),
     };
     Some(match idx {
-        Value::Int(i) => match view_entries(ctx, map, &prefix) {
-            Reply::Ready(Ok(entries)) => {
-                match usize::try_from(*i).ok().and_then(|i| entries.get(i)) {
-                    Some((k, v)) => Ok(Value::array(vec![Value::Str(k.clone()), v.clone()])),
-                    None => Err(VmError::index_out_of_bounds(*i, entries.len())),
-                }
+        Value::Int(i) => {
+            let i = *i;
+            match view_entries(ctx, map, &prefix) {
+                Reply::Ready(Ok(entries)) => Indexed::Now(nth(i, entries)),
+                Reply::Ready(Err(e)) => Indexed::Now(Err(e.into())),
+                Reply::Pending(fut) => Indexed::Later(Box::pin(async move {
+                    nth(i, fut.await.map_err(VmError::from)?)
+                })),
             }
-            Reply::Ready(Err(e)) => Err(e.into()),
-            Reply::Pending(_) => later(),
-        },
+        }
         key => match ctx.host.memory.hashmap_get(map, &full_key(&prefix, key)) {
-            Reply::Ready(r) => r.map(|v| v.unwrap_or(Value::Nil)).map_err(VmError::from),
-            Reply::Pending(_) => later(),
+            Reply::Ready(r) => {
+                Indexed::Now(r.map(|v| v.unwrap_or(Value::Nil)).map_err(VmError::from))
+            }
+            Reply::Pending(fut) => Indexed::Later(Box::pin(async move {
+                fut.await
+                    .map(|v| v.unwrap_or(Value::Nil))
+                    .map_err(VmError::from)
+            })),
         },
     })
 }
