@@ -241,12 +241,9 @@ fn micro() -> Result<()> {
     Ok(())
 }
 
-/// The connection-layer benchmark: `concerto-conn/examples/conn_bench.rs` against its
-/// in-process mock provider, printed with the targets of the LLM-connections work.
-fn connections() -> Result<()> {
-    println!(
-        "\nconnection layer: 1000 agent calls through the Connections trait, 100 in flight, mock answering after 50 ms; then one call at a time against an instant mock"
-    );
+/// Runs `cargo run --release -p PACKAGE --example EXAMPLE` and returns the JSON lines it
+/// printed.
+fn example_results(package: &str, example: &str, what: &str) -> Result<Vec<Value>> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(crate::root())
         .args([
@@ -254,25 +251,35 @@ fn connections() -> Result<()> {
             "--release",
             "-q",
             "-p",
-            "concerto-conn",
+            package,
             "--example",
-            "conn_bench",
+            example,
         ])
         .output()
-        .context("cannot run the connection benchmark")?;
+        .with_context(|| format!("cannot run the {what} benchmark"))?;
     if !output.status.success() {
         bail!(
-            "the connection benchmark failed: {}",
+            "the {what} benchmark failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
+    String::from_utf8_lossy(&output.stdout)
         .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{what} benchmark result")))
+        .collect()
+}
+
+/// The connection-layer benchmark: `concerto-conn/examples/conn_bench.rs` against its
+/// in-process mock provider, printed with the targets of the LLM-connections work.
+fn connections() -> Result<()> {
+    println!(
+        "\nconnection layer: 1000 agent calls through the Connections trait, 100 in flight, mock answering after 50 ms; then one call at a time against an instant mock"
+    );
+    let results = example_results("concerto-conn", "conn_bench", "connection")?;
+    let r = results
+        .last()
         .context("the connection benchmark printed no result")?;
-    let r: Value = serde_json::from_str(line).context("connection benchmark result")?;
     let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let total = f("ours_total_s");
     let ideal = f("ideal_total_s");
@@ -304,28 +311,7 @@ fn orchestration() -> Result<()> {
     println!(
         "\norchestration: 1000 agent calls, 100 in flight, mock answering after 50 ms (ideal 0.5 s)"
     );
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::root())
-        .args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "concerto-runtime",
-            "--example",
-            "orchestration_bench",
-        ])
-        .output()
-        .context("cannot run the orchestration benchmark")?;
-    if !output.status.success() {
-        bail!(
-            "the orchestration benchmark failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
-        let r: Value = serde_json::from_str(line).context("orchestration benchmark result")?;
+    for r in example_results("concerto-runtime", "orchestration_bench", "orchestration")? {
         let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
         let case = match r.get("case").and_then(Value::as_str) {
             Some("executions") => "1000 concurrent executions, one runtime",
@@ -347,28 +333,7 @@ fn state_stores() -> Result<()> {
     println!(
         "\nstate stores: 100 000 hashmap operations (50 000 set, 50 000 get) from a Concerto program"
     );
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(crate::root())
-        .args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "concerto-runtime",
-            "--example",
-            "state_bench",
-        ])
-        .output()
-        .context("cannot run the state-store benchmark")?;
-    if !output.status.success() {
-        bail!(
-            "the state-store benchmark failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    for line in stdout.lines().filter(|l| l.trim_start().starts_with('{')) {
-        let r: Value = serde_json::from_str(line).context("state-store benchmark result")?;
+    for r in example_results("concerto-runtime", "state_bench", "state-store")? {
         let case = r.get("case").and_then(Value::as_str).unwrap_or("?");
         match r.get("skipped").and_then(Value::as_str) {
             Some(why) => println!("  {case:<20} skipped: {why}"),

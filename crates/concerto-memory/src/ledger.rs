@@ -1,8 +1,6 @@
 //! A ledger: entries in insertion order, upserted by identifier, queried by identifier words
 //! or keys.
 
-use std::collections::HashSet;
-
 use concerto_vm::Value;
 use concerto_vm::host::{LedgerEntry, LedgerQuery};
 
@@ -10,25 +8,6 @@ use concerto_vm::host::{LedgerEntry, LedgerQuery};
 #[derive(Default)]
 pub(crate) struct Ledger {
     entries: Vec<LedgerEntry>,
-}
-
-/// Identifier words: split on whitespace, characters other than alphanumerics, `_` and `-`
-/// removed, lowercased, empty words dropped.
-fn words(text: &str) -> HashSet<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
-                .collect::<String>()
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
-fn has_key(entry: &LedgerEntry, key: &str) -> bool {
-    let key = key.to_lowercase();
-    entry.keys.iter().any(|k| k.to_lowercase() == key)
 }
 
 impl Ledger {
@@ -81,34 +60,12 @@ impl Ledger {
     }
 
     pub(crate) fn query(&self, query: &LedgerQuery) -> Vec<LedgerEntry> {
-        let matches: Box<dyn Fn(&LedgerEntry) -> bool> = match query {
-            LedgerQuery::Identifier(text) => {
-                let wanted = words(text);
-                if wanted.is_empty() {
-                    return Vec::new();
-                }
-                Box::new(move |e| {
-                    let have = words(&e.identifier);
-                    wanted.iter().all(|w| have.contains(w))
-                })
-            }
-            LedgerQuery::Key(key) => {
-                let key = key.clone();
-                Box::new(move |e| has_key(e, &key))
-            }
-            LedgerQuery::AnyKeys(keys) => {
-                let keys = keys.clone();
-                Box::new(move |e| keys.iter().any(|k| has_key(e, k)))
-            }
-            LedgerQuery::ExactKeys(keys) => {
-                let keys = keys.clone();
-                Box::new(move |e| keys.iter().all(|k| has_key(e, k)))
-            }
-        };
+        let matcher = crate::query::Matcher::new(query);
         self.entries
             .iter()
-            .filter(|e| matches(e))
+            .filter(|e| matcher.matches(&e.identifier, &e.keys))
             .cloned()
             .collect()
     }
+
 }

@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod query;
 mod events;
 mod hashmap;
 mod ledger;

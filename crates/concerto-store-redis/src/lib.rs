@@ -98,7 +98,6 @@
 
 mod events;
 mod keys;
-mod query;
 mod redact;
 mod scripts;
 
@@ -1100,7 +1099,7 @@ impl MemoryStore for RedisStore {
         let name = name.to_string();
         self.run(move |inner| async move {
             let entries = RedisStore::ledger_all(&inner, &name).await?;
-            Ok(query::filter(entries, &query))
+            Ok(concerto_memory::query::filter(entries, &query))
         })
     }
 

@@ -100,7 +100,6 @@ mod ops;
 mod schema;
 mod worker;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -330,59 +329,16 @@ fn decode_entries(ledger: &str, raw: Vec<RawLedgerEntry>) -> Result<Vec<LedgerEn
     raw.into_iter().map(|r| decode_entry(ledger, r)).collect()
 }
 
-/// Identifier words: split on whitespace, characters other than alphanumerics, `_` and `-`
-/// removed, lowercased, empty words dropped (as the in-memory ledger does).
-fn words(text: &str) -> HashSet<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
-                .collect::<String>()
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
-/// Whether an entry has `key`, compared case-insensitively (`key` already lowercased).
-fn has_key(keys: &[String], key: &str) -> bool {
-    keys.iter().any(|k| k.to_lowercase() == key)
-}
-
-/// Whether an entry with `identifier` and `keys` matches `query`.
-fn matches(
-    query: &LedgerQuery,
-    wanted: &HashSet<String>,
-    identifier: &str,
-    keys: &[String],
-) -> bool {
-    match query {
-        LedgerQuery::Identifier(_) => {
-            let have = words(identifier);
-            wanted.iter().all(|w| have.contains(w))
-        }
-        LedgerQuery::Key(key) => has_key(keys, &key.to_lowercase()),
-        LedgerQuery::AnyKeys(list) => list.iter().any(|k| has_key(keys, &k.to_lowercase())),
-        LedgerQuery::ExactKeys(list) => list.iter().all(|k| has_key(keys, &k.to_lowercase())),
-    }
-}
-
 /// The entries of `raw` that match `query`, decoded (only the matches' values are).
 fn select(
     ledger: &str,
     query: &LedgerQuery,
     raw: Vec<RawLedgerEntry>,
 ) -> Result<Vec<LedgerEntry>, HostError> {
-    let wanted = match query {
-        LedgerQuery::Identifier(text) => {
-            let wanted = words(text);
-            if wanted.is_empty() {
-                return Ok(Vec::new());
-            }
-            wanted
-        }
-        _ => HashSet::new(),
-    };
+    let matcher = concerto_memory::query::Matcher::new(query);
+    if matcher.matches_nothing() {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for (identifier, keys_text, value) in raw {
         let keys: Vec<String> = serde_json::from_str(&keys_text).map_err(|e| {
@@ -391,7 +347,7 @@ fn select(
                 ledger_what(ledger, &identifier)
             ))
         })?;
-        if matches(query, &wanted, &identifier, &keys) {
+        if matcher.matches(&identifier, &keys) {
             let value = decode(&value, || ledger_what(ledger, &identifier))?;
             out.push(LedgerEntry {
                 identifier,
