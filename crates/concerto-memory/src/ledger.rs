@@ -67,5 +67,4 @@ impl Ledger {
             .cloned()
             .collect()
     }
-
 }

@@ -47,11 +47,11 @@
 #![warn(missing_docs)]
 
 pub mod codec;
-pub mod query;
 mod events;
 mod hashmap;
 mod ledger;
 mod persist;
+pub mod query;
 pub mod size;
 
 use std::collections::VecDeque;
