@@ -10,7 +10,7 @@
 //!
 //! Write a factory `fn open_redis(names: Vec<String>) -> Fixture` that returns a fresh,
 //! empty store for hashmaps `names` (for Redis: a unique key prefix on the test server, the
-//! server handle kept in `Fixture::guard`), then add one line per suite below:
+//! server handle kept in `Fixture::_guard`), then add one line per suite below:
 //!
 //! ```text
 //! store_suite!(redis, open_redis);
@@ -28,13 +28,14 @@ use concerto_vm::{EnumObj, Str, StructObj, StructType, Value};
 // ---- fixtures ----------------------------------------------------------------------------
 
 /// A fresh store under test.
-pub struct Fixture {
+pub(crate) struct Fixture {
     /// The store.
-    pub store: Arc<dyn MemoryStore>,
+    pub(crate) store: Arc<dyn MemoryStore>,
     /// Opens the same state again in a new store (durable and shared backends).
-    pub reopen: Option<Box<dyn Fn() -> Arc<dyn MemoryStore>>>,
-    /// Whatever must outlive the store (a temporary directory, a server).
-    pub guard: Box<dyn Any>,
+    pub(crate) reopen: Option<Box<dyn Fn() -> Arc<dyn MemoryStore>>>,
+    /// Whatever must outlive the store (a temporary directory, a server): held for its
+    /// `Drop`, never read.
+    pub(crate) _guard: Box<dyn Any>,
 }
 
 impl Fixture {
@@ -61,7 +62,7 @@ fn open_memory(names: Vec<String>) -> Fixture {
     Fixture {
         store: Arc::new(InMemoryStore::with_names(names)),
         reopen: None,
-        guard: Box::new(()),
+        _guard: Box::new(()),
     }
 }
 
@@ -74,7 +75,7 @@ fn open_sqlite(names: Vec<String>) -> Fixture {
         reopen: Some(Box::new(move || {
             Arc::new(SqliteStore::open(&path, names.clone()).expect("reopen the SQLite store"))
         })),
-        guard: Box::new(dir),
+        _guard: Box::new(dir),
     }
 }
 
@@ -96,7 +97,7 @@ fn open_redis(names: Vec<String>) -> Fixture {
                     .expect("reconnect to the test redis-server"),
             )
         })),
-        guard: Box::new(server),
+        _guard: Box::new(server),
     }
 }
 

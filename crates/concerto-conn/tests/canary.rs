@@ -11,12 +11,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::server::{MockServer, Step, openai_stream};
+use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
 use concerto_vm::host::{Connections, HostError, Program};
 use parking_lot::Mutex;
 use serde_json::json;
-use support::server::{MockServer, Step, openai_stream};
-use support::{env, one, request};
 
 fn retrying(base: &str, attempts: u32) -> Arc<Program> {
     one(

@@ -1,16 +1,14 @@
 //! The fault matrix: what is retried and what is not, timeouts, resets, broken bodies,
 //! and the retry budget. (The API-key canary is in `canary.rs`.)
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::server::{MockServer, Step, openai_stream};
+use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
 use concerto_vm::host::{Backoff, Connections, HostErrorKind, Program, RetryPolicy};
 use serde_json::json;
-use support::server::{MockServer, Step, openai_stream};
-use support::{env, one, request};
 
 const KEY: &str = "sk-test-faults-000";
 
@@ -210,7 +208,7 @@ async fn timeouts_cancel_the_request_retry_and_end_in_a_timeout_error() {
 async fn the_timeout_covers_a_slow_stream() {
     let server = MockServer::start().await;
     let mut step = Step::sse(openai_stream(&["a", "b", "c", "d", "e"], 1, 1));
-    if let support::server::Body::Sse { gap, .. } = &mut step.body {
+    if let crate::support::server::Body::Sse { gap, .. } = &mut step.body {
         *gap = Duration::from_millis(150);
     }
     server.script([step]);

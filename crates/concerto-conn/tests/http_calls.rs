@@ -1,17 +1,17 @@
 //! Calls through `HttpConnections` against the in-process mock provider: request shapes,
 //! URLs, keys, models, streaming, tools and structured output.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::server::{
+    MockServer, Step, anthropic_stream, openai_stream, openai_tool_stream,
+};
+use crate::support::{env, one, program, request};
 use concerto_conn::{ConnectionSettings, HttpConnections, Price, PriceTable};
 use concerto_vm::host::{
     ChatMessage, Connections, HostErrorKind, ResponseSchema, ToolCall, ToolSpec,
 };
 use serde_json::json;
-use support::server::{MockServer, Step, anthropic_stream, openai_stream, openai_tool_stream};
-use support::{env, one, program, request};
 
 const KEY: &str = "sk-test-0123456789";
 
@@ -203,7 +203,7 @@ async fn a_stream_held_open_after_its_end_marker_still_returns() {
         openai_stream(&["done"], 2, 1).concat(),
         ": keep-alive\n\n".to_string(),
     ]);
-    if let support::server::Body::Sse { gap, .. } = &mut step.body {
+    if let crate::support::server::Body::Sse { gap, .. } = &mut step.body {
         *gap = std::time::Duration::from_secs(3);
     }
     server.script([step]);
@@ -431,7 +431,7 @@ async fn models_aliases_defaults_and_the_missing_model_error() {
     let before = server.count();
     let mut bare = config;
     bare.as_object_mut().unwrap().remove("default_model");
-    let err = crate::conns()
+    let err = self::conns()
         .chat(&one("openai", bare), 0, request(None, "x"))
         .await
         .unwrap_err();

@@ -6,19 +6,17 @@
 //! instantly when nothing else can run, and minutes pass in milliseconds. Server and client
 //! share the runtime, so the server log's instants are on the same virtual clock.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::server::{MockServer, Received, Step, openai_reply};
+use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
 use concerto_vm::host::{ChatRequest, Connections, HostErrorKind, Program};
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use serde_json::json;
-use support::server::{MockServer, Received, Step, openai_reply};
-use support::{env, one, request};
 use tokio::time::Instant;
 
 fn program(base: &str) -> Arc<Program> {

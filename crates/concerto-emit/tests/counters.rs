@@ -1,10 +1,8 @@
 //! `emit_count()` and `queued()` are exact under concurrency.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{int, recorded_hub};
+use crate::common::{int, recorded_hub};
 use concerto_emit::{AwaitHandler, Delivery, EmitHub};
 use concerto_vm::Value;
 use concerto_vm::host::EmitSink;

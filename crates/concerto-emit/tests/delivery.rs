@@ -1,13 +1,11 @@
 //! Immediate and batch delivery: order, automatic and explicit flushes, concurrency,
 //! payload copies, sink errors and listener panics.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{SharedBuf, int, recorded_hub};
+use crate::common::{SharedBuf, int, recorded_hub};
 use concerto_emit::{Delivery, EmitHub, FlushSink, JsonLinesSink};
 use concerto_vm::host::{EmitSink, HostError, HostErrorKind};
 use concerto_vm::{Array, Value};
@@ -257,7 +255,7 @@ fn a_panicking_listener_does_not_stop_immediate_delivery() {
 #[test]
 fn listeners_may_emit_and_flush_during_batch_delivery() {
     let hub = Arc::new(EmitHub::new());
-    let rec = common::Recorder::default();
+    let rec = crate::common::Recorder::default();
     hub.on_prefix("", rec.listener());
     let weak = Arc::downgrade(&hub);
     hub.on(
@@ -280,8 +278,8 @@ fn listeners_may_emit_and_flush_during_batch_delivery() {
 #[test]
 fn listeners_see_channel_and_prefix_filters() {
     let hub = EmitHub::new();
-    let exact = common::Recorder::default();
-    let prefix = common::Recorder::default();
+    let exact = crate::common::Recorder::default();
+    let prefix = crate::common::Recorder::default();
     hub.on("pipeline:done", exact.listener());
     hub.on_prefix("pipeline:", prefix.listener());
     hub.set_delivery(Delivery::Batch { max_batch: 0 });

@@ -1,12 +1,10 @@
 //! Emit-await: handlers, prefix handlers, timeout, errors naming the channel, and no
 //! overtaking of batched emits.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{SharedBuf, block_on, int, recorded_hub};
+use crate::common::{SharedBuf, block_on, int, recorded_hub};
 use concerto_emit::{AwaitHandler, DEFAULT_AWAIT_TIMEOUT, Delivery, EmitHub, JsonLinesSink};
 use concerto_vm::Value;
 use concerto_vm::host::{EmitSink, HostError, HostErrorKind};

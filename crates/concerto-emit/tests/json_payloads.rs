@@ -1,11 +1,9 @@
 //! Payloads JSON cannot represent as they are: non-finite floats, deep nesting, cycles.
 //! Serialising them never panics and always gives one line of valid text.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{SharedBuf, int};
+use crate::common::{SharedBuf, int};
 use concerto_emit::{Delivery, EmitHub, JsonLinesSink, TextSink};
 use concerto_vm::host::EmitSink;
 use concerto_vm::{Array, Value};

@@ -1,13 +1,11 @@
 //! The queue bound: back-pressure keeps memory bounded and loses nothing; a listener that
 //! emits into a full queue gets a limit error.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Recorder, int, recorded_hub};
+use crate::common::{Recorder, int, recorded_hub};
 use concerto_emit::{Delivery, EmitHub};
 use concerto_vm::Value;
 use concerto_vm::host::{EmitSink, HostErrorKind};

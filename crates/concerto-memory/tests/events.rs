@@ -1,12 +1,10 @@
 //! Change events for the host.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::ready;
+use crate::common::ready;
 use concerto_memory::{HashMapChange, InMemoryStore};
 use concerto_vm::host::MemoryStore;
 use concerto_vm::{Str, Value};

@@ -1,10 +1,8 @@
 //! Atomic operations, names and the memory limit.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::ready;
+use crate::common::ready;
 use concerto_memory::{InMemoryStore, entry_size};
 use concerto_vm::host::{HostErrorKind, MemoryStore};
 use concerto_vm::{Str, Value};

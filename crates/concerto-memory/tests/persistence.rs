@@ -1,13 +1,11 @@
 //! Hashmap files: round trips, errors, atomic replacement, concurrent and on-change saves.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::ready;
+use crate::common::ready;
 use concerto_memory::{InMemoryStore, PersistMode, temp_files};
 use concerto_vm::host::{HostErrorKind, MemoryStore};
 use concerto_vm::{EnumObj, Str, Value};

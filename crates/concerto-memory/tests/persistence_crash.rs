@@ -15,7 +15,7 @@ use concerto_vm::host::{MemoryStore, Reply};
 use concerto_vm::{Str, Value};
 
 const CHILD_ENV: &str = "CONCERTO_CRASH_CHILD";
-const CHILD_TEST: &str = "crash_child";
+const CHILD_TEST: &str = "persistence_crash::crash_child";
 const READY: &str = "crash-child: first save done";
 const FILE: &str = "state.json";
 /// Keys besides the marker, and the length of each value: ~0.5 MiB per state (a save

@@ -7,8 +7,6 @@
 //! `CONCERTO_REDIS_CHILD=<url> <index>` set. Without that variable `child_process` returns
 //! at once, so it passes in ordinary runs.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -17,14 +15,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, eventually, s, wait};
+use crate::common::{RedisServer, eventually, s, wait};
 use concerto_memory::HashMapChange;
 use concerto_store_redis::RedisStore;
 use concerto_vm::Value;
 use concerto_vm::host::{ChatMessage, LedgerEntry, LedgerQuery, MemoryStore};
 
 const CHILD_ENV: &str = "CONCERTO_REDIS_CHILD";
-const CHILD_TEST: &str = "child_process";
+const CHILD_TEST: &str = "processes::child_process";
 const PROGRAM: &str = "shared-program";
 
 /// Writer processes.

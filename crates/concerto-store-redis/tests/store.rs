@@ -2,13 +2,13 @@
 //! each test on a free loopback port), most of them compared with `concerto-memory`'s
 //! in-memory store doing the same operations.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Lcg, RedisServer, block_on, enc, enc_entries, eventually, raw_command, s, wait};
+use crate::common::{
+    Lcg, RedisServer, block_on, enc, enc_entries, eventually, raw_command, s, wait,
+};
 use concerto_memory::{HashMapChange, InMemoryStore};
 use concerto_store_redis::{RedisOptions, RedisStore};
 use concerto_vm::host::{
@@ -610,7 +610,7 @@ fn unknown_hashmaps_and_bad_settings_are_errors() {
 
 #[test]
 fn unreachable_servers_fail_fast_without_showing_credentials() {
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let url = format!("redis://alice:s3cr3t-pw@127.0.0.1:{port}/0");
     let started = Instant::now();
     let err = RedisStore::connect(&url, "p", names()).unwrap_err();

@@ -21,7 +21,7 @@ use concerto_vm::{Str, Value};
 
 const CHILD_ENV: &str = "CONCERTO_SQLITE_CRASH_CHILD";
 const ROUND_ENV: &str = "CONCERTO_SQLITE_CRASH_ROUND";
-const CHILD_TEST: &str = "crash_child";
+const CHILD_TEST: &str = "crash::crash_child";
 const READY: &str = "@ ready";
 /// Every line of the protocol starts with this (the test harness prints lines of its own).
 const MARK: &str = "@ ";
