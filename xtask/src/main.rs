@@ -25,7 +25,7 @@ fn main() {
         Some("tidy") => tidy::check(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  deps    check the crate dependency direction\n  tidy    check source hygiene"
+                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  deps    check the crate dependency direction\n  tidy    check source hygiene"
             );
             std::process::exit(2);
         }
@@ -56,6 +56,15 @@ fn cargo() -> Command {
     cmd
 }
 
+/// `cargo` for the CI steps. CI builds once from a clean clone, so incremental compilation
+/// would only write its caches (about a gigabyte and a half for this workspace) to a disk
+/// that may be small; it is off.
+fn ci_cargo() -> Command {
+    let mut cmd = cargo();
+    cmd.env("CARGO_INCREMENTAL", "0");
+    cmd
+}
+
 /// Runs a command, failing with its name when it fails.
 pub(crate) fn run(what: &str, cmd: &mut Command) -> Result<()> {
     let status = cmd
@@ -81,72 +90,112 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 
 /// Path of the release `concerto` binary (built on demand).
 pub(crate) fn release_binary() -> Result<PathBuf> {
-    profile_binary("release")
-}
-
-/// Builds the `concerto` binary with cargo profile `profile` and returns its path.
-fn profile_binary(profile: &str) -> Result<PathBuf> {
     run(
-        &format!("cargo build --profile {profile}"),
-        cargo().args(["build", "--profile", profile, "-p", "concerto-cli"]),
+        "cargo build --release",
+        cargo().args(["build", "--release", "-p", "concerto-cli"]),
     )?;
-    let dir = if profile == "dev" { "debug" } else { profile };
-    let bin = root().join("target").join(dir).join("concerto");
+    let bin = root().join("target/release/concerto");
     if !bin.exists() {
         bail!("{} was not built", bin.display());
     }
     Ok(bin)
 }
 
+/// A file the dev profile built, by its path under `target/debug` (no extension).
+fn debug_artifact(name: &str) -> Result<PathBuf> {
+    let path = root()
+        .join("target/debug")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+/// The facade's examples CI builds and runs (offline, against the mock provider).
+const FACADE_EXAMPLES: [&str; 3] = ["basic_usage", "configuration", "custom_connections"];
+
 fn ci(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    let keep_check = args.iter().any(|a| a == "--keep-check");
     let start = Instant::now();
     step("format", || {
         run(
             "cargo fmt --check",
-            cargo().args(["fmt", "--all", "--", "--check"]),
+            ci_cargo().args(["fmt", "--all", "--", "--check"]),
         )
     })?;
     step("tidy", || tidy::check(&root()))?;
     step("dependency direction", || deps::check(&root()))?;
+    // Type-checking (clippy, rustdoc) writes metadata for every crate, a build writes
+    // objects: in one target directory CI would need room for both. The checks get a target
+    // directory of their own, removed once they pass (unless `--keep-check`), so the disk a CI
+    // run needs is the larger of the two, not their sum.
+    let check_dir = root().join("target/check");
     step("clippy", || {
         run(
             "cargo clippy",
-            cargo().args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-        )
-    })?;
-    step("tests", || {
-        run(
-            "cargo test",
-            cargo().args(["test", "--workspace", "--all-targets"]),
-        )
-    })?;
-    step("doc tests", || {
-        run(
-            "cargo test --doc",
-            cargo().args(["test", "--workspace", "--doc"]),
+            ci_cargo()
+                .args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .env("CARGO_TARGET_DIR", &check_dir),
         )
     })?;
     step("docs", || {
         run(
             "cargo doc",
-            cargo()
+            ci_cargo()
                 .args(["doc", "--workspace", "--no-deps"])
+                .env("CARGO_TARGET_DIR", &check_dir)
                 .env("RUSTDOCFLAGS", "-D warnings"),
+        )
+    })?;
+    if !keep_check {
+        std::fs::remove_dir_all(&check_dir)
+            .with_context(|| format!("cannot remove {}", check_dir.display()))?;
+    }
+    step("tests", || {
+        // Every target but the examples: `cargo test` would build each example with a test
+        // harness (empty: they have no tests); the step "binary and examples" builds the
+        // ones CI runs.
+        run(
+            "cargo test",
+            ci_cargo().args([
+                "test",
+                "--workspace",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--benches",
+            ]),
+        )
+    })?;
+    step("doc tests", || {
+        run(
+            "cargo test --doc",
+            ci_cargo().args(["test", "--workspace", "--doc"]),
         )
     })?;
     if !quick {
         // The dev build the tests already made: the corpora check behaviour, not speed, and an
         // optimised build would cost minutes of the CI budget (benchmarks use the release one).
-        let bin = step("binary", || profile_binary("dev").map(|_| ()))
-            .and_then(|_| profile_binary("dev"))?;
+        // Only the examples CI runs: clippy has type-checked the others, and each one links
+        // the whole runtime (tens of megabytes apiece).
+        step("binary and examples", || {
+            let mut cmd = ci_cargo();
+            cmd.args(["build", "--workspace", "--bins"]);
+            for example in FACADE_EXAMPLES {
+                cmd.args(["--example", example]);
+            }
+            run("cargo build --bins --example …", &mut cmd)
+        })?;
+        let bin = debug_artifact("concerto")?;
         step("bundled examples", || examples(&bin))?;
         match shared() {
             Some(shared) => {
@@ -192,19 +241,16 @@ fn examples(bin: &Path) -> Result<()> {
         }
         println!("bundled example {example}: {lines} emits");
     }
-    // The facade's examples: each must succeed offline and print something. Built together
-    // first (in parallel), then run.
-    run(
-        "cargo build --examples",
-        cargo().args(["build", "-q", "-p", "concerto-runtime", "--examples"]),
-    )?;
-    for example in ["basic_usage", "configuration", "custom_connections"] {
-        let output = cargo()
-            .args(["run", "-q", "-p", "concerto-runtime", "--example", example])
+    // The facade's examples (built by the step before): each must succeed offline and print
+    // something.
+    for example in FACADE_EXAMPLES {
+        let path = debug_artifact(&format!("examples/{example}"))?;
+        let output = Command::new(&path)
+            .current_dir(root())
             .env_remove("OPENAI_API_KEY")
             .env_remove("ANTHROPIC_API_KEY")
             .output()
-            .with_context(|| format!("cannot run cargo for the example {example}"))?;
+            .with_context(|| format!("cannot run {}", path.display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             bail!(
