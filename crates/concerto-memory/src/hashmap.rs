@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use concerto_vm::host::HostError;
 use concerto_vm::{Str, Value};
 use hashlink::LinkedHashMap;
+use hashlink::linked_hash_map::Entry;
 use parking_lot::Mutex;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 
@@ -118,6 +119,7 @@ impl InMemoryStore {
     /// Moves the store's total by `added - removed`; refused (with the total at that
     /// moment) when it would exceed the limit. Called under the hashmap's entry lock, so the
     /// hashmap's own share cannot change meanwhile.
+    #[inline]
     fn reserve(&self, added: usize, removed: usize) -> Result<(), usize> {
         let max = self.max_bytes.unwrap_or(usize::MAX);
         let update = self
@@ -127,6 +129,20 @@ impl InMemoryStore {
                 (added <= removed || new <= max).then_some(new)
             });
         update.map(|_| ())
+    }
+
+    #[cold]
+    fn set_limit_error(
+        &self,
+        slot: &Slot,
+        key: &str,
+        cur: usize,
+        size: usize,
+        old_size: usize,
+    ) -> HostError {
+        let would_be = cur.saturating_add(size).saturating_sub(old_size);
+        let what = format!("setting key '{}'", shorten(key));
+        self.limit_error(slot, &what, would_be)
     }
 
     fn limit_error(&self, slot: &Slot, what: &str, would_be: usize) -> HostError {
@@ -144,7 +160,21 @@ impl InMemoryStore {
     }
 
     /// Saves (in on-change mode) and tells the listeners, after the entry lock is released.
+    #[inline]
     fn after_change(
+        &self,
+        slot: &Slot,
+        version: u64,
+        changes: Vec<HashMapChange>,
+    ) -> Result<(), HostError> {
+        // The common case (no file saved on change, nobody listening): nothing to do.
+        if changes.is_empty() && !slot.save_on_change.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.save_and_tell(slot, version, changes)
+    }
+
+    fn save_and_tell(
         &self,
         slot: &Slot,
         version: u64,
@@ -179,20 +209,31 @@ impl InMemoryStore {
         let notify = self.notify();
         let event = notify.then(|| (key.clone(), value.clone()));
         let (old, version) = {
-            let mut st = slot.state.lock();
-            let old_size = st.entries.get(key.as_str()).map_or(0, |e| e.size);
-            if let Err(cur) = self.reserve(size, old_size) {
-                let would_be = cur.saturating_add(size).saturating_sub(old_size);
-                let what = format!("setting key '{}'", shorten(&key));
-                return Err(self.limit_error(slot, &what, would_be));
-            }
-            let stored = Stored { value, size };
-            let old = match st.entries.get_mut(key.as_str()) {
-                // Updating an existing key keeps its position.
-                Some(existing) => Some(std::mem::replace(existing, stored).value),
-                None => {
-                    st.entries.insert(key, stored);
-                    None
+            let mut guard = slot.state.lock();
+            let st = &mut *guard;
+            // One hash lookup: the entry found (or its vacancy) is both checked against the
+            // limit and written.
+            let (old, old_size) = match st.entries.entry(key) {
+                Entry::Occupied(mut existing) => {
+                    let old_size = existing.get().size;
+                    if let Err(cur) = self.reserve(size, old_size) {
+                        let key = existing.key().clone();
+                        return Err(self.set_limit_error(slot, &key, cur, size, old_size));
+                    }
+                    // Updating an existing key keeps its position.
+                    let stored = Stored { value, size };
+                    (
+                        Some(std::mem::replace(existing.get_mut(), stored).value),
+                        old_size,
+                    )
+                }
+                Entry::Vacant(vacant) => {
+                    if let Err(cur) = self.reserve(size, 0) {
+                        let key = vacant.key().clone();
+                        return Err(self.set_limit_error(slot, &key, cur, size, 0));
+                    }
+                    vacant.insert(Stored { value, size });
+                    (None, 0)
                 }
             };
             st.bytes = st.bytes.saturating_add(size).saturating_sub(old_size);

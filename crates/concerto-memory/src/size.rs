@@ -31,6 +31,12 @@ pub(crate) const SLOT: usize = 16;
 /// The walk is iterative, so values nested arbitrarily deep are measured without
 /// recursion.
 pub fn value_size(value: &Value) -> usize {
+    // Scalars and strings (most hashmap values): no walk, no visited set.
+    if !value.is_compound() {
+        let mut total = 0usize;
+        leaf_or_push(value, &mut total, &mut Vec::new());
+        return total;
+    }
     let mut total = 0usize;
     let mut seen: FxHashSet<usize> = FxHashSet::default();
     let mut stack: Vec<Value> = Vec::new();
