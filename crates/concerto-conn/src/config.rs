@@ -26,7 +26,7 @@ pub(crate) use crate::EnvLookup as EnvFn;
 /// keeps what the program's connection entry says.
 ///
 /// `Debug` never shows the API key or the values of extra headers.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct ConnectionSettings {
     /// `openai`, `anthropic`, `ollama`, `mock` (answer from [`crate::MockConnections`]), or
     /// any other name for an OpenAI-compatible server.

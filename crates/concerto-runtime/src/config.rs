@@ -54,63 +54,15 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Replaces parts of a connection from the IR. Build it with `..Default::default()` so new
-/// fields do not break your code.
+/// Replaces parts of a connection from the IR: the connection layer's own settings type,
+/// so every setting it has (provider, key, endpoint, model, timeout, retry, rate limits,
+/// concurrency, streaming, headers, Anthropic's structured-output mode) can be overridden.
+/// Build it with `..Default::default()` so new fields do not break your code.
 ///
 /// `provider: Some("mock".into())` answers that connection from the built-in deterministic
 /// mock provider instead of the network (an explicit choice; a missing API key never falls
-/// back to it).
-#[derive(Clone, Default, PartialEq)]
-pub struct ConnectionOverride {
-    /// The API key to use instead of reading `api_key_env`.
-    pub api_key: Option<String>,
-    /// The endpoint to use instead of the IR's `base_url`.
-    pub base_url: Option<String>,
-    /// The model to use when an agent names none.
-    pub default_model: Option<String>,
-    /// Request timeout (per attempt).
-    pub timeout: Option<Duration>,
-    /// Provider wire format: `openai`, `anthropic`, `ollama`, any OpenAI-compatible name, or
-    /// `mock`.
-    pub provider: Option<String>,
-    /// Retry policy for transient failures (429, 5xx, timeouts, dropped connections).
-    pub retry: Option<concerto_vm::host::RetryPolicy>,
-    /// Requests per minute.
-    pub requests_per_minute: Option<u32>,
-    /// Tokens per minute (input + output).
-    pub tokens_per_minute: Option<u32>,
-    /// Calls in flight at once.
-    pub max_concurrent: Option<u32>,
-    /// Stream replies on the wire (they are assembled before the program sees them).
-    pub stream: Option<bool>,
-    /// Extra HTTP headers.
-    pub headers: Vec<(String, String)>,
-}
-
-impl std::fmt::Debug for ConnectionOverride {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionOverride")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("base_url", &self.base_url)
-            .field("default_model", &self.default_model)
-            .field("timeout", &self.timeout)
-            .field("provider", &self.provider)
-            .field("retry", &self.retry)
-            .field("requests_per_minute", &self.requests_per_minute)
-            .field("tokens_per_minute", &self.tokens_per_minute)
-            .field("max_concurrent", &self.max_concurrent)
-            .field("stream", &self.stream)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
+/// back to it). `Debug` never shows the API key or header values.
+pub use concerto_conn::ConnectionSettings as ConnectionOverride;
 
 /// What `std::fs` and `std::http` may reach. Empty by default: a program can touch no file
 /// and no network address until the host allows directories and domains.

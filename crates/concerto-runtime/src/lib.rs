@@ -491,23 +491,7 @@ impl Runtime {
                 .with_env(Arc::new(move |name: &str| system.env_var(name)))
                 .with_prices(self.llm.prices.clone());
             for (name, o) in &self.config.connection_overrides {
-                http = http.with_settings(
-                    name,
-                    concerto_conn::ConnectionSettings {
-                        provider: o.provider.clone(),
-                        api_key: o.api_key.clone(),
-                        base_url: o.base_url.clone(),
-                        default_model: o.default_model.clone(),
-                        timeout: o.timeout,
-                        retry: o.retry,
-                        requests_per_minute: o.requests_per_minute,
-                        tokens_per_minute: o.tokens_per_minute,
-                        max_concurrent: o.max_concurrent,
-                        stream: o.stream,
-                        headers: o.headers.clone(),
-                        anthropic_structured: None,
-                    },
-                );
+                http = http.with_settings(name, o.clone());
             }
             let http = Arc::new(http);
             self.http = Some(http.clone());
