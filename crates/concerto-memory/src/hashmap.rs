@@ -121,7 +121,11 @@ impl InMemoryStore {
     /// hashmap's own share cannot change meanwhile.
     #[inline]
     fn reserve(&self, added: usize, removed: usize) -> Result<(), usize> {
-        let max = self.max_bytes.unwrap_or(usize::MAX);
+        // Without a limit the total is not kept (one atomic read-modify-write less per
+        // write); `bytes_used` then sums the hashmaps' own counts.
+        let Some(max) = self.max_bytes else {
+            return Ok(());
+        };
         let update = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
@@ -129,6 +133,13 @@ impl InMemoryStore {
                 (added <= removed || new <= max).then_some(new)
             });
         update.map(|_| ())
+    }
+
+    /// The sum of every hashmap's own byte count.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.hashmaps.iter().fold(0usize, |sum, slot| {
+            sum.saturating_add(slot.state.lock().bytes)
+        })
     }
 
     #[cold]
@@ -242,6 +253,8 @@ impl InMemoryStore {
         };
         let changes = match event {
             Some((key, new)) => vec![slot.change(key, old.clone(), Some(new))],
+            // Nobody listening: the save check is all that is left.
+            None if !slot.save_on_change.load(Ordering::Acquire) => return Ok(old),
             None => Vec::new(),
         };
         self.after_change(slot, version, changes)?;

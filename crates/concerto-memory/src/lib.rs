@@ -119,6 +119,8 @@ impl InMemoryStore {
     /// limit). See [`size`] for the estimate.
     pub fn with_max_bytes(mut self, max_bytes: Option<usize>) -> InMemoryStore {
         self.max_bytes = max_bytes;
+        // The running total is kept only under a limit: start it from what is held now.
+        self.used = AtomicUsize::new(self.held_bytes());
         self
     }
 
@@ -129,7 +131,10 @@ impl InMemoryStore {
 
     /// The estimated bytes all hashmaps hold now.
     pub fn bytes_used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        match self.max_bytes {
+            Some(_) => self.used.load(Ordering::Acquire),
+            None => self.held_bytes(),
+        }
     }
 
     /// Number of hashmaps.

@@ -30,13 +30,18 @@ pub(crate) const SLOT: usize = 16;
 ///
 /// The walk is iterative, so values nested arbitrarily deep are measured without
 /// recursion.
+#[inline]
 pub fn value_size(value: &Value) -> usize {
     // Scalars and strings (most hashmap values): no walk, no visited set.
-    if !value.is_compound() {
-        let mut total = 0usize;
-        leaf_or_push(value, &mut total, &mut Vec::new());
-        return total;
+    match value {
+        Value::Str(s) | Value::Path(s) => SLOT.saturating_add(s.len()),
+        v if !v.is_compound() => SLOT,
+        v => container_size(v),
     }
+}
+
+/// [`value_size`] of a container: the walk.
+fn container_size(value: &Value) -> usize {
     let mut total = 0usize;
     let mut seen: FxHashSet<usize> = FxHashSet::default();
     let mut stack: Vec<Value> = Vec::new();
@@ -48,6 +53,7 @@ pub fn value_size(value: &Value) -> usize {
 }
 
 /// The estimated size of one hashmap entry: key bytes plus the value's size.
+#[inline]
 pub fn entry_size(key: &str, value: &Value) -> usize {
     key.len().saturating_add(value_size(value))
 }
