@@ -190,3 +190,124 @@ fn the_hashmap_ledger_and_memory_cases_pass_on_the_sqlite_store() {
     assert!(checked >= 10, "{checked} cases");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The in-memory store, counting how often every entry of a hashmap is read, and (when
+/// `versioned` is false) hiding its change counter, as a store that cannot tell would.
+struct CountingStore {
+    inner: concerto_memory::InMemoryStore,
+    versioned: bool,
+    entry_reads: std::sync::atomic::AtomicUsize,
+}
+
+mod counting {
+    use super::CountingStore;
+    use concerto_vm::host::{ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply};
+    use concerto_vm::{Str, Value};
+    use std::sync::atomic::Ordering;
+
+    type R<T> = Reply<Result<T, HostError>>;
+
+    fn no<T>() -> R<T> {
+        Reply::Ready(Err(HostError::unsupported("not in this test")))
+    }
+
+    impl MemoryStore for CountingStore {
+        fn hashmap_set(&self, map: u32, key: Str, value: Value) -> R<()> {
+            self.inner.hashmap_set(map, key, value)
+        }
+        fn hashmap_get(&self, map: u32, key: &str) -> R<Option<Value>> {
+            self.inner.hashmap_get(map, key)
+        }
+        fn hashmap_has(&self, map: u32, key: &str) -> R<bool> {
+            self.inner.hashmap_has(map, key)
+        }
+        fn hashmap_delete(&self, map: u32, key: &str) -> R<bool> {
+            self.inner.hashmap_delete(map, key)
+        }
+        fn hashmap_entries(&self, map: u32) -> R<Vec<(Str, Value)>> {
+            self.entry_reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.hashmap_entries(map)
+        }
+        fn hashmap_version(&self, map: u32) -> Option<u64> {
+            self.versioned
+                .then(|| self.inner.hashmap_version(map))
+                .flatten()
+        }
+        fn hashmap_len(&self, map: u32) -> R<usize> {
+            self.inner.hashmap_len(map)
+        }
+        fn hashmap_clear(&self, map: u32) -> R<()> {
+            self.inner.hashmap_clear(map)
+        }
+        fn ledger_insert(&self, _: &str, _: LedgerEntry) -> R<()> {
+            no()
+        }
+        fn ledger_update(&self, _: &str, _: &str, _: Value) -> R<bool> {
+            no()
+        }
+        fn ledger_update_keys(&self, _: &str, _: &str, _: Vec<String>) -> R<bool> {
+            no()
+        }
+        fn ledger_delete(&self, _: &str, _: &str) -> R<bool> {
+            no()
+        }
+        fn ledger_query(&self, _: &str, _: LedgerQuery) -> R<Vec<LedgerEntry>> {
+            no()
+        }
+        fn ledger_entries(&self, _: &str) -> R<Vec<LedgerEntry>> {
+            no()
+        }
+        fn ledger_clear(&self, _: &str) -> R<()> {
+            no()
+        }
+        fn memory_append(&self, _: &str, _: Option<u64>, _: ChatMessage) -> R<()> {
+            no()
+        }
+        fn memory_messages(&self, _: &str) -> R<Vec<ChatMessage>> {
+            no()
+        }
+        fn memory_clear(&self, _: &str) -> R<()> {
+            no()
+        }
+    }
+}
+
+/// Runs `iterate` on a counting store: the emits and how often the entries were read.
+fn iterate_on(versioned: bool) -> (Vec<(String, serde_json::Value)>, usize) {
+    let store = Arc::new(CountingStore {
+        inner: concerto_memory::InMemoryStore::with_names(["scores"]),
+        versioned,
+        entry_reads: Default::default(),
+    });
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    rt.with_memory_store(store.clone());
+    let emits = recorded(&mut rt);
+    rt.load_ir(program("iterate")).expect("load");
+    block_on(rt.execute()).expect("run");
+    let out = emits.lock().clone();
+    (
+        out,
+        store.entry_reads.load(std::sync::atomic::Ordering::SeqCst),
+    )
+}
+
+#[test]
+fn walking_a_hashmap_reads_its_entries_once_per_change_not_once_per_index() {
+    let expected = vec![
+        ("walk".to_string(), json!([3000, 4_498_500])),
+        // k1 was changed and `extra` added at k0: both seen by the rest of the walk.
+        (
+            "changed".to_string(),
+            json!(1_000_000 + (4_498_500 - 1) + 7),
+        ),
+    ];
+    let (emits, reads) = iterate_on(true);
+    assert_eq!(emits, expected);
+    // One read for the first walk, which the second walk goes on using (nothing changed in
+    // between), and one more after the two changes made at k0.
+    assert_eq!(reads, 2, "entries read {reads} times");
+    // A store that cannot tell when a hashmap changed: the same answers, one read per index.
+    let (emits, reads) = iterate_on(false);
+    assert_eq!(emits, expected);
+    assert_eq!(reads, 3000 + 3001, "entries read {reads} times");
+}

@@ -408,6 +408,11 @@ impl InMemoryStore {
         Ok(snapshot_of(&slot.state.lock().entries))
     }
 
+    /// The hashmap's change counter (`None` for a hashmap that does not exist).
+    pub(crate) fn version(&self, map: u32) -> Option<u64> {
+        self.slot(map).ok().map(|slot| slot.state.lock().version)
+    }
+
     pub(crate) fn count(&self, map: u32) -> Result<usize, HostError> {
         let slot = self.slot(map)?;
         Ok(slot.state.lock().entries.len())

@@ -176,6 +176,10 @@ impl MemoryStore for InMemoryStore {
         ready(self.snapshot(map))
     }
 
+    fn hashmap_version(&self, map: u32) -> Option<u64> {
+        self.version(map)
+    }
+
     fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
         ready(self.count(map))
     }

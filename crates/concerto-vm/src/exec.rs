@@ -157,6 +157,9 @@ pub(crate) struct Ctx {
     pub(crate) watchers: Vec<crate::hashmaps::Watcher>,
     /// Counters of finished spawned tasks (shared with the tasks they spawn in turn).
     pub(crate) child_stats: crate::task::ChildStats,
+    /// The entries last read for indexing a hashmap by position (see
+    /// [`crate::host::MemoryStore::hashmap_version`]).
+    pub(crate) indexed_entries: Option<crate::hashmaps::IndexedEntries>,
     rng: u64,
 }
 
@@ -304,6 +307,7 @@ impl Execution {
                 agent_cache: std::collections::HashMap::new(),
                 watchers: Vec::new(),
                 child_stats: Default::default(),
+                indexed_entries: None,
                 rng,
             },
         }
@@ -1563,7 +1567,7 @@ impl Execution {
                                     }
                                 }
                             }
-                            (c, i) => match crate::hashmaps::index(c, i, &self.ctx) {
+                            (c, i) => match crate::hashmaps::index(c, i, &mut self.ctx) {
                                 Some(crate::hashmaps::Indexed::Now(r)) => tri!(r),
                                 Some(crate::hashmaps::Indexed::Later(fut)) => {
                                     save_pc!();

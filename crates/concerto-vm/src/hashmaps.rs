@@ -613,10 +613,6 @@ impl ScanOp {
     }
 }
 
-/// `INDEX_GET` on a hashmap or a view: `map[i]` with an integer is the i-th entry as
-/// `[key, value]` (this is how `for (k, v) in map` walks it: `len()` then `map[0]`, `map[1]`,
-/// …; each step reads the entries, so walking a large map this way is quadratic — use
-/// `entries()` for those); `map[key]` is the value or `nil`.
 /// The result of indexing a hashmap: now, or when the store answers.
 pub(crate) enum Indexed {
     /// Available now.
@@ -625,8 +621,22 @@ pub(crate) enum Indexed {
     Later(crate::host::BoxFuture<Result<Value, VmError>>),
 }
 
+/// A hashmap's entries as read for `map[i]`, valid while its version stays the same.
+pub(crate) struct IndexedEntries {
+    map: u32,
+    prefix: Str,
+    version: u64,
+    entries: Vec<(Str, Value)>,
+}
+
+/// `INDEX_GET` on a hashmap or a view: `map[i]` with an integer is the i-th entry as
+/// `[key, value]` (this is how `for (k, v) in map` walks it: `len()` then `map[0]`, `map[1]`,
+/// …); `map[key]` is the value or `nil`. The entries read for one index serve the next ones
+/// while the store reports the same version for the hashmap, so a walk reads them once per
+/// change, not once per step; a store without versions (SQLite, Redis) is read at every
+/// step (quadratic for large maps: `entries()` reads them once).
 #[cold]
-pub(crate) fn index(coll: &Value, idx: &Value, ctx: &Ctx) -> Option<Indexed> {
+pub(crate) fn index(coll: &Value, idx: &Value, ctx: &mut Ctx) -> Option<Indexed> {
     let (map, prefix) = match coll {
         Value::Ref(r) if r.kind == crate::value::RefKind::Hashmap => (r.index, Str::from("")),
         Value::Object(obj) => {
@@ -635,21 +645,41 @@ pub(crate) fn index(coll: &Value, idx: &Value, ctx: &Ctx) -> Option<Indexed> {
         }
         _ => return None,
     };
-    let nth = |i: i64, entries: Vec<(Str, Value)>| match usize::try_from(i)
-        .ok()
-        .and_then(|at| entries.get(at))
-    {
-        Some((k, v)) => Ok(Value::array(vec![Value::Str(k.clone()), v.clone()])),
-        None => Err(VmError::index_out_of_bounds(i, entries.len())),
-    };
+    fn nth(i: i64, entries: &[(Str, Value)]) -> Result<Value, VmError> {
+        match usize::try_from(i).ok().and_then(|at| entries.get(at)) {
+            Some((k, v)) => Ok(Value::array(vec![Value::Str(k.clone()), v.clone()])),
+            None => Err(VmError::index_out_of_bounds(i, entries.len())),
+        }
+    }
     Some(match idx {
         Value::Int(i) => {
             let i = *i;
+            // `for (k, v) in map` reads map[0], map[1], …: the entries read for the first
+            // index serve the next ones while the hashmap's version stays the same (the
+            // version is read before the entries, so a change in between only costs one
+            // more read).
+            let version = ctx.host.memory.hashmap_version(map);
+            if let (Some(version), Some(kept)) = (version, &ctx.indexed_entries)
+                && kept.map == map
+                && kept.version == version
+                && kept.prefix == prefix
+            {
+                return Some(Indexed::Now(nth(i, &kept.entries)));
+            }
             match view_entries(ctx, map, &prefix) {
-                Reply::Ready(Ok(entries)) => Indexed::Now(nth(i, entries)),
+                Reply::Ready(Ok(entries)) => {
+                    let result = nth(i, &entries);
+                    ctx.indexed_entries = version.map(|version| IndexedEntries {
+                        map,
+                        prefix,
+                        version,
+                        entries,
+                    });
+                    Indexed::Now(result)
+                }
                 Reply::Ready(Err(e)) => Indexed::Now(Err(e.into())),
                 Reply::Pending(fut) => Indexed::Later(Box::pin(async move {
-                    nth(i, fut.await.map_err(VmError::from)?)
+                    nth(i, &fut.await.map_err(VmError::from)?)
                 })),
             }
         }

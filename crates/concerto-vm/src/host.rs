@@ -605,6 +605,14 @@ pub trait MemoryStore: Send + Sync {
     fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>>;
     /// Every entry, in insertion order.
     fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>>;
+    /// A number that changes whenever hashmap `map` changes, answered at once; `None` when
+    /// the store cannot tell (the default). With it, the VM keeps the entries it read for
+    /// `map[i]` (how `for (k, v) in map` walks a hashmap) until the hashmap changes,
+    /// instead of reading them all again for every index.
+    fn hashmap_version(&self, map: u32) -> Option<u64> {
+        let _ = map;
+        None
+    }
     /// Number of entries.
     fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>>;
     /// Removes every entry.
