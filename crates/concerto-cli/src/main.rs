@@ -136,7 +136,7 @@ struct RunArgs {
     #[arg(long = "persist", value_name = "NAME=PATH")]
     persist: Vec<String>,
     /// Limit the memory held by hashmaps (estimated bytes); a write past it stops the
-    /// program with an error naming the hashmap.
+    /// program with an error naming the hashmap. In-memory store only: refused with --state.
     #[arg(long = "max-hashmap-bytes", value_name = "BYTES")]
     max_hashmap_bytes: Option<usize>,
     /// Trace execution to stderr: one line per executed op with its function, IR

@@ -534,6 +534,28 @@ fn persist_keeps_a_hashmap_between_runs_and_the_byte_limit_stops_a_program() {
         "{}",
         stdout(&limited)
     );
+    // A store that cannot enforce the limit: refused before the program runs, not ignored.
+    let db = dir.join("limited.db");
+    let refused = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--max-hashmap-bytes",
+            "50000",
+        ])
+        .arg("--state")
+        .arg(&db)
+        .arg(&fill)
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        stderr(&refused).contains("max-hashmap-bytes"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(stdout(&refused), "", "nothing ran");
     let _ = std::fs::remove_dir_all(dir);
 }
 

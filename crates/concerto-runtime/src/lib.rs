@@ -741,6 +741,18 @@ impl Runtime {
     /// The memory store of the loaded program: the host's, the built-in one, or the durable
     /// or shared store chosen with [`Runtime::use_state_store`] (opened on first use).
     fn memory_store(&mut self, vm: &Arc<Vm>) -> Result<Arc<dyn MemoryStore>, RuntimeError> {
+        // A limit that would not be enforced is refused, not ignored.
+        if self.limits.max_hashmap_bytes.is_some()
+            && (self.custom_memory || self.state != StateStore::Memory)
+        {
+            return Err(RuntimeError::Setup(
+                "Limits::max_hashmap_bytes (--max-hashmap-bytes) bounds the built-in in-memory \
+                 store only; the store in use (SQLite, Redis or the host's own) does not \
+                 enforce it. Remove the limit, or use the database's own limits (e.g. Redis \
+                 maxmemory)"
+                    .into(),
+            ));
+        }
         if let Some(m) = &self.memory {
             return Ok(m.clone());
         }
@@ -756,7 +768,10 @@ impl Runtime {
                 concerto_store_redis::RedisStore::connect(url, &program.module, names)
                     .map_err(|e| RuntimeError::Setup(format!("state store: {e}")))?,
             ),
-            StateStore::Memory => Arc::new(concerto_memory::InMemoryStore::with_names(names)),
+            StateStore::Memory => Arc::new(
+                concerto_memory::InMemoryStore::with_names(names)
+                    .with_max_bytes(self.limits.max_hashmap_bytes),
+            ),
         };
         self.memory = Some(store.clone());
         Ok(store)
