@@ -33,6 +33,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// Fails, showing the whole stderr, unless it contains `text`.
+fn assert_stderr_has(o: &Output, text: &str) {
+    let err = stderr(o);
+    assert!(err.contains(text), "stderr lacks {text:?}:\n{err}");
+}
+
 #[test]
 fn jsonl_writes_one_object_per_emit_and_exits_zero() {
     let ir = repo().join("examples/hello/hello.conc-ir");
@@ -120,11 +126,7 @@ fn a_load_error_exits_two_with_its_reason() {
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
-    assert!(
-        stderr(&missing).contains("cannot read"),
-        "{}",
-        stderr(&missing)
-    );
+    assert_stderr_has(&missing, "cannot read");
 }
 
 #[test]
@@ -291,11 +293,7 @@ fn metrics_and_env_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(jsonl(&out)[0]["payload"], "from-env-file");
-    assert!(
-        stderr(&out).contains(r#""emit_count":1"#),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, r#""emit_count":1"#);
     let missing = bin()
         .args(["run", "--env", "/nonexistent/file.env"])
         .arg(&ir)
@@ -465,11 +463,7 @@ fn allow_fs_opens_one_directory_to_std_fs() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        stderr(&refused).contains("--allow-fs"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_stderr_has(&refused, "--allow-fs");
     let allowed = bin()
         .args(["run", "--emit-format", "jsonl", "--allow-fs"])
         .arg(&root)
@@ -512,49 +506,32 @@ fn persist_keeps_a_hashmap_between_runs_and_the_byte_limit_stops_a_program() {
     assert!(stderr(&bad).contains("NAME=PATH"), "{}", stderr(&bad));
 
     let fill = repo().join("tests/memory/fill.conc-ir");
-    let limited = bin()
-        .args([
+    let limited_run = |state: Option<&Path>| {
+        let mut cmd = bin();
+        cmd.args([
             "run",
             "--emit-format",
             "jsonl",
             "--max-hashmap-bytes",
             "50000",
-        ])
-        .arg(&fill)
-        .output()
-        .unwrap();
+        ]);
+        if let Some(db) = state {
+            cmd.arg("--state").arg(db);
+        }
+        cmd.arg(&fill).output().unwrap()
+    };
+    let limited = limited_run(None);
     assert_eq!(limited.status.code(), Some(1));
-    assert!(
-        stderr(&limited).contains("hashmap 'big'"),
-        "{}",
-        stderr(&limited)
-    );
+    assert_stderr_has(&limited, "hashmap 'big'");
     assert!(
         stdout(&limited).contains(r#""payload":40"#),
         "{}",
         stdout(&limited)
     );
     // A store that cannot enforce the limit: refused before the program runs, not ignored.
-    let db = dir.join("limited.db");
-    let refused = bin()
-        .args([
-            "run",
-            "--emit-format",
-            "jsonl",
-            "--max-hashmap-bytes",
-            "50000",
-        ])
-        .arg("--state")
-        .arg(&db)
-        .arg(&fill)
-        .output()
-        .unwrap();
+    let refused = limited_run(Some(&dir.join("limited.db")));
     assert_ne!(refused.status.code(), Some(0));
-    assert!(
-        stderr(&refused).contains("max-hashmap-bytes"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_stderr_has(&refused, "max-hashmap-bytes");
     assert_eq!(stdout(&refused), "", "nothing ran");
     let _ = std::fs::remove_dir_all(dir);
 }
