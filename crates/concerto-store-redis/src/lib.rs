@@ -182,6 +182,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// Hashmap `map`'s keys and label.
+    fn map(&self, map: u32) -> Result<&MapInfo, HostError> {
+        self.maps.get(map as usize).ok_or_else(|| {
+            HostError::failed(format!(
+                "hashmap #{map} does not exist in this store (it holds {} hashmaps)",
+                self.maps.len()
+            ))
+        })
+    }
+
     /// `<what> failed on the redis store at <url>: <error>` (credentials scrubbed).
     fn fail(&self, what: &str, err: &RedisError) -> HostError {
         let kind = if err.is_timeout() {
@@ -455,12 +465,7 @@ impl RedisStore {
     }
 
     fn map_info(&self, map: u32) -> Result<&MapInfo, HostError> {
-        self.inner.maps.get(map as usize).ok_or_else(|| {
-            HostError::failed(format!(
-                "hashmap #{map} does not exist in this store (it holds {} hashmaps)",
-                self.inner.maps.len()
-            ))
-        })
+        self.inner.map(map)
     }
 
     /// Runs `work` on the store's runtime; the reply completes with its result.
@@ -623,9 +628,7 @@ impl RedisStore {
             }
         };
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             let olds: Vec<Option<Vec<u8>>> = inner
                 .scripts
@@ -655,9 +658,7 @@ impl RedisStore {
         }
         let key = key.to_string();
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             let old: Option<Vec<u8>> = inner
                 .scripts
@@ -687,9 +688,7 @@ impl RedisStore {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             build(&info.keys)
                 .query_async::<T>(&mut conn)
@@ -783,9 +782,7 @@ impl MemoryStore for RedisStore {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             let raw: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(&info.keys.data)
@@ -824,9 +821,7 @@ impl MemoryStore for RedisStore {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             let flat: Vec<Vec<u8>> = inner
                 .scripts
@@ -862,9 +857,7 @@ impl MemoryStore for RedisStore {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             let _removed: i64 = inner
                 .scripts
@@ -911,9 +904,7 @@ impl MemoryStore for RedisStore {
         }
         drop(entries);
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let count = encoded.len();
             let mut conn = inner.conn.clone();
             let mut call = inner.scripts.hashmap_set.key(&info.keys.data);
@@ -944,9 +935,7 @@ impl MemoryStore for RedisStore {
             return Reply::Ready(Ok(Vec::new()));
         }
         self.run(move |inner| async move {
-            let info = inner.maps.get(map as usize).ok_or_else(|| {
-                HostError::failed(format!("hashmap #{map} does not exist in this store"))
-            })?;
+            let info = inner.map(map)?;
             let mut conn = inner.conn.clone();
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(&info.keys.data);

@@ -262,6 +262,37 @@ impl SqliteStore {
             ))
         })
     }
+
+    /// Runs `op` on the SQLite thread with hashmap `map`'s table name and label (`writes`:
+    /// the job writes); an unknown hashmap fails at once.
+    fn on_hashmap<T, F>(&self, map: u32, writes: bool, op: F) -> Reply<Result<T, HostError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&worker::Db, &str, &str) -> Result<T, HostError> + Send + 'static,
+    {
+        match self.hashmap(map) {
+            Ok(h) => {
+                let (name, label) = (h.name.clone(), h.label.clone());
+                later(self.worker.call(writes, move |db| op(db, &name, &label)))
+            }
+            Err(e) => ready(Err(e)),
+        }
+    }
+}
+
+/// A stored text (or none) with its key and the hashmap's label, as read on the SQLite thread.
+type StoredText = (Option<String>, String, String);
+
+/// The value stored text decodes to (`None` stays `None`), decoded off the SQLite thread.
+fn decoded(reply: Reply<Result<StoredText, HostError>>) -> Reply<Result<Option<Value>, HostError>> {
+    fn finish((text, key, label): StoredText) -> Result<Option<Value>, HostError> {
+        text.map(|t| decode(&t, || key_what(&label, &key)))
+            .transpose()
+    }
+    match reply {
+        Reply::Ready(r) => ready(r.and_then(finish)),
+        Reply::Pending(fut) => later(Box::pin(async move { fut.await.and_then(finish) })),
+    }
 }
 
 /// A key or identifier for a message: at most 80 characters.
@@ -377,46 +408,29 @@ impl MemoryStore for SqliteStore {
     }
 
     fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
-        let h = match self.hashmap(map) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(e)),
-        };
-        let (name, label, key) = (h.name.clone(), h.label.clone(), key.to_string());
-        let read = self.worker.call(false, move |db| {
-            let text = ops::hashmap_value(db, &name, &key)
-                .map_err(|e| db.fail(&format!("{}: cannot read", key_what(&label, &key)), e))?;
-            Ok((text, key, label))
-        });
-        later(Box::pin(async move {
-            let (text, key, label) = read.await?;
-            text.map(|t| decode(&t, || key_what(&label, &key)))
-                .transpose()
+        let key = key.to_string();
+        decoded(self.on_hashmap(map, false, move |db, name, label| {
+            let text = ops::hashmap_value(db, name, &key)
+                .map_err(|e| db.fail(&format!("{}: cannot read", key_what(label, &key)), e))?;
+            Ok((text, key, label.to_string()))
         }))
     }
 
     fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        let h = match self.hashmap(map) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(e)),
-        };
-        let (name, label, key) = (h.name.clone(), h.label.clone(), key.to_string());
-        later(self.worker.call(false, move |db| {
-            ops::hashmap_contains(db, &name, &key)
-                .map_err(|e| db.fail(&format!("{}: cannot read", key_what(&label, &key)), e))
-        }))
+        let key = key.to_string();
+        self.on_hashmap(map, false, move |db, name, label| {
+            ops::hashmap_contains(db, name, &key)
+                .map_err(|e| db.fail(&format!("{}: cannot read", key_what(label, &key)), e))
+        })
     }
 
     fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        let h = match self.hashmap(map) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(e)),
-        };
-        let (name, label, key) = (h.name.clone(), h.label.clone(), key.to_string());
-        later(self.worker.call(true, move |db| {
-            ops::hashmap_take(db, &name, &key)
+        let key = key.to_string();
+        self.on_hashmap(map, true, move |db, name, label| {
+            ops::hashmap_take(db, name, &key)
                 .map(|old| old.is_some())
-                .map_err(|e| db.fail(&format!("{}: cannot delete", key_what(&label, &key)), e))
-        }))
+                .map_err(|e| db.fail(&format!("{}: cannot delete", key_what(label, &key)), e))
+        })
     }
 
     fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
@@ -442,26 +456,16 @@ impl MemoryStore for SqliteStore {
     }
 
     fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
-        let h = match self.hashmap(map) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(e)),
-        };
-        let (name, label) = (h.name.clone(), h.label.clone());
-        later(self.worker.call(false, move |db| {
-            ops::hashmap_count(db, &name)
+        self.on_hashmap(map, false, |db, name, label| {
+            ops::hashmap_count(db, name)
                 .map_err(|e| db.fail(&format!("{label}: cannot count the entries"), e))
-        }))
+        })
     }
 
     fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
-        let h = match self.hashmap(map) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(e)),
-        };
-        let (name, label) = (h.name.clone(), h.label.clone());
-        later(self.worker.call(true, move |db| {
-            ops::hashmap_clear(db, &name).map_err(|e| db.fail(&format!("{label}: cannot clear"), e))
-        }))
+        self.on_hashmap(map, true, |db, name, label| {
+            ops::hashmap_clear(db, name).map_err(|e| db.fail(&format!("{label}: cannot clear"), e))
+        })
     }
 
     fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
@@ -566,35 +570,20 @@ impl MemoryStore for SqliteStore {
             Ok(text) => text,
             Err(e) => return ready(Err(e)),
         };
-        let (name, label) = (h.name.clone(), h.label.clone());
-        let write = self.worker.call(true, move |db| {
-            let fail = |e| db.fail(&format!("{}: cannot set", key_what(&label, &key)), e);
-            let old = ops::hashmap_value(db, &name, &key).map_err(fail)?;
-            ops::hashmap_put(db, &name, &key, &text).map_err(fail)?;
-            Ok((old, key, label))
-        });
-        later(Box::pin(async move {
-            let (old, key, label) = write.await?;
-            old.map(|t| decode(&t, || key_what(&label, &key)))
-                .transpose()
+        decoded(self.on_hashmap(map, true, move |db, name, label| {
+            let fail = |e| db.fail(&format!("{}: cannot set", key_what(label, &key)), e);
+            let old = ops::hashmap_value(db, name, &key).map_err(fail)?;
+            ops::hashmap_put(db, name, &key, &text).map_err(fail)?;
+            Ok((old, key.to_string(), label.to_string()))
         }))
     }
 
     fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
-        let h = match self.hashmap(map) {
-            Ok(h) => h,
-            Err(e) => return ready(Err(e)),
-        };
-        let (name, label, key) = (h.name.clone(), h.label.clone(), key.to_string());
-        let write = self.worker.call(true, move |db| {
-            let old = ops::hashmap_take(db, &name, &key)
-                .map_err(|e| db.fail(&format!("{}: cannot delete", key_what(&label, &key)), e))?;
-            Ok((old, key, label))
-        });
-        later(Box::pin(async move {
-            let (old, key, label) = write.await?;
-            old.map(|t| decode(&t, || key_what(&label, &key)))
-                .transpose()
+        let key = key.to_string();
+        decoded(self.on_hashmap(map, true, move |db, name, label| {
+            let old = ops::hashmap_take(db, name, &key)
+                .map_err(|e| db.fail(&format!("{}: cannot delete", key_what(label, &key)), e))?;
+            Ok((old, key, label.to_string()))
         }))
     }
 
