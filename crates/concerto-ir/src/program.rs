@@ -406,6 +406,45 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The register holding the op's result, if it has one: `dst`, a call's `base` (its
+    /// result; the rest of the window is the callee's), `EmitAwait`'s `chan`, the start of a
+    /// built collection or awaited batch, or the register rewritten in place (`Cast`,
+    /// `CheckType`, `Await`, `Propagate`, `SpawnAsync`).
+    pub fn result_reg(&self) -> Option<Reg> {
+        match *self {
+            Op::LoadConst { dst, .. }
+            | Op::Move { dst, .. }
+            | Op::LoadLocal { dst, .. }
+            | Op::LoadGlobal { dst, .. }
+            | Op::Bin { dst, .. }
+            | Op::BinK { dst, .. }
+            | Op::BinI { dst, .. }
+            | Op::Neg { dst, .. }
+            | Op::Not { dst, .. }
+            | Op::And { dst, .. }
+            | Op::Or { dst, .. }
+            | Op::FieldGet { dst, .. }
+            | Op::IndexGet { dst, .. } => Some(dst),
+            Op::Call { base, .. }
+            | Op::CallGlobal { base, .. }
+            | Op::CallMethod { base, .. }
+            | Op::CallSite { base, .. } => Some(base),
+            Op::EmitAwait { chan, .. } => Some(chan),
+            Op::BuildArray { start, .. }
+            | Op::BuildMap { start, .. }
+            | Op::BuildStruct { start, .. }
+            | Op::AwaitAll { start, .. } => Some(start),
+            Op::Cast { reg, .. }
+            | Op::CheckType { reg, .. }
+            | Op::Await { reg, .. }
+            | Op::Propagate { reg }
+            | Op::SpawnAsync { reg } => Some(reg),
+            _ => None,
+        }
+    }
+}
+
 const _: () = assert!(std::mem::size_of::<Op>() <= 16);
 
 /// An arithmetic or comparison operation of [`Op::Bin`] and friends.

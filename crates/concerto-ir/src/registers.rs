@@ -513,28 +513,16 @@ fn dst_of(op: &Op) -> Option<Reg> {
     }
 }
 
-/// Whether an op writes register `r` (its result or the result of a call window).
+/// Whether an op writes register `r` (its result, or anywhere in a call's window: the
+/// callee's frame starts there).
 fn writes_reg(op: &Op, r: Reg) -> bool {
-    if dst_of(op) == Some(r) {
-        return true;
-    }
     match *op {
         Op::Call { base, .. }
         | Op::CallGlobal { base, .. }
         | Op::CallMethod { base, .. }
         | Op::CallSite { base, .. } => r >= base,
-        Op::EmitAwait { chan, .. } => r == chan,
         Op::TryBegin { err, .. } => r == err,
-        Op::Propagate { reg }
-        | Op::Cast { reg, .. }
-        | Op::CheckType { reg, .. }
-        | Op::Await { reg, .. }
-        | Op::SpawnAsync { reg } => r == reg,
-        Op::BuildArray { start, .. }
-        | Op::BuildMap { start, .. }
-        | Op::BuildStruct { start, .. }
-        | Op::AwaitAll { start, .. } => r == start,
-        _ => false,
+        _ => op.result_reg() == Some(r),
     }
 }
 

@@ -630,7 +630,7 @@ impl Liveness {
                     }
                 }
                 let op = &func.code[pc];
-                if let Some((w, m)) = writes(op).and_then(|r| bit(r as usize)) {
+                if let Some((w, m)) = op.result_reg().and_then(|r| bit(r as usize)) {
                     out[w] &= !m;
                 }
                 for (first, count) in reads(op, program) {
@@ -693,40 +693,6 @@ fn successors(pc: usize, op: &Op, func: &Function) -> Vec<(usize, Option<Reg>)> 
             out
         }
         _ => vec![next],
-    }
-}
-
-/// The register an op writes (the result register of a call).
-fn writes(op: &Op) -> Option<Reg> {
-    match *op {
-        Op::LoadConst { dst, .. }
-        | Op::Move { dst, .. }
-        | Op::LoadLocal { dst, .. }
-        | Op::LoadGlobal { dst, .. }
-        | Op::Bin { dst, .. }
-        | Op::BinK { dst, .. }
-        | Op::BinI { dst, .. }
-        | Op::Neg { dst, .. }
-        | Op::Not { dst, .. }
-        | Op::And { dst, .. }
-        | Op::Or { dst, .. }
-        | Op::FieldGet { dst, .. }
-        | Op::IndexGet { dst, .. } => Some(dst),
-        Op::Call { base, .. }
-        | Op::CallGlobal { base, .. }
-        | Op::CallMethod { base, .. }
-        | Op::CallSite { base, .. } => Some(base),
-        Op::EmitAwait { chan, .. } => Some(chan),
-        Op::BuildArray { start, .. }
-        | Op::BuildMap { start, .. }
-        | Op::BuildStruct { start, .. }
-        | Op::AwaitAll { start, .. } => Some(start),
-        Op::Cast { reg, .. }
-        | Op::CheckType { reg, .. }
-        | Op::Await { reg, .. }
-        | Op::Propagate { reg }
-        | Op::SpawnAsync { reg } => Some(reg),
-        _ => None,
     }
 }
 
