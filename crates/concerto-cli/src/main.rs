@@ -1,7 +1,9 @@
-//! `concerto`: runs Concerto programs compiled to IR by `concertoc`.
+//! `concerto`: runs Concerto programs compiled to IR by `concertoc` (or Concerto source,
+//! compiled with the `concertoc` found on `PATH`), and their tests.
 //!
-//! Exit status: 0 when `main` returns, 1 on an uncaught runtime error, 2 when the IR cannot
-//! be loaded or the command line is wrong.
+//! Exit status: 0 when `main` returns (every test passed), 1 on an uncaught runtime error
+//! (a failed test), 2 when the program cannot be compiled or loaded or the command line is
+//! wrong.
 #![allow(clippy::print_stderr, reason = "the CLI reports to its own stderr")]
 
 use std::io::Write;
@@ -16,16 +18,19 @@ use concerto_runtime::{
     Limits, ProcessSystem, Runtime, RuntimeConfig, RuntimeError, Sandbox, ToolPermission,
 };
 
-/// Run Concerto programs compiled to IR (`.conc-ir`) by `concertoc`.
+/// Run Concerto programs compiled to IR (`.conc-ir`) by `concertoc`, or Concerto source
+/// (`.conc`) with the `concertoc` on PATH.
 #[derive(Parser)]
 #[command(
     name = "concerto",
     version,
     about,
     long_about = None,
-    after_help = "Examples:\n  concerto run program.conc-ir\n  concerto run program.conc-ir --env .env\n  \
+    after_help = "Examples:\n  concerto run program.conc-ir\n  concerto run app.conc    compile with concertoc, then run\n  \
+                  concerto run program.conc-ir --env .env\n  \
                   concerto run program.conc-ir --debug    trace every op to stderr\n  \
-                  concerto run program.conc-ir --metrics\n\nSee `concerto run --help` for all options."
+                  concerto run program.conc-ir --metrics\n  concerto test program.conc-ir --filter auth\n\n\
+                  See `concerto run --help` for all options."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,11 +45,113 @@ enum Command {
     /// `{"channel": …, "payload": …}` (jsonl). With jsonl, `print` output and diagnostics go to
     /// stderr so stdout carries only emits.
     Run(Box<RunArgs>),
-    /// Load and validate an IR file without running it.
+    /// Run the program's `@test` functions (never `main`), each in a fresh execution with a
+    /// fresh in-memory store; one PASS/FAIL line per test and a summary. Exits 1 when any
+    /// test fails.
+    Test(Box<TestArgs>),
+    /// Load and validate a program without running it; says which compiler's IR shape the
+    /// file has.
     Check {
-        /// The `.conc-ir` file.
+        /// The `.conc-ir` file (or `.conc` source, compiled with concertoc).
         file: PathBuf,
+        /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
+        #[arg(long, value_name = "PATH")]
+        compiler: Option<PathBuf>,
     },
+}
+
+/// What a program may reach outside itself (`run` and `test`).
+#[derive(clap::Args)]
+struct Access {
+    /// Enable a tool, MCP server, host agent or host tool (`NAME`), or one method of it
+    /// (`NAME.method`); repeatable. Everything that reaches outside the program is off
+    /// until enabled.
+    #[arg(long = "allow-tool", value_name = "NAME[.METHOD]")]
+    allow_tool: Vec<String>,
+    /// Switch a tool off (the program's own tools included; `std::fs`, `std::http` too);
+    /// repeatable.
+    #[arg(long = "disable-tool", value_name = "NAME")]
+    disable_tool: Vec<String>,
+    /// Let `std::fs` read and write inside DIR (recursively); repeatable.
+    #[arg(long = "allow-fs", value_name = "DIR")]
+    allow_fs: Vec<PathBuf>,
+    /// Let `std::http` reach DOMAIN: that name only; `*.example.com` for subdomains;
+    /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
+    #[arg(long = "allow-net", value_name = "DOMAIN")]
+    allow_net: Vec<String>,
+}
+
+impl Access {
+    /// The tool permissions, into `config`.
+    fn permissions(&self, config: &mut RuntimeConfig) {
+        for entry in &self.allow_tool {
+            // `NAME.method` allows one method; `NAME` all of them. (Tool names never contain
+            // a dot; `std::fs`-style names are whole names.)
+            match entry.rsplit_once('.') {
+                Some((tool, method)) if !tool.is_empty() && !method.is_empty() => {
+                    let perm = config
+                        .tool_permissions
+                        .entry(tool.to_string())
+                        .or_insert_with(|| ToolPermission::Methods(Vec::new()));
+                    if let ToolPermission::Methods(list) = perm {
+                        list.push(method.to_string());
+                    }
+                }
+                _ => {
+                    config
+                        .tool_permissions
+                        .insert(entry.clone(), ToolPermission::AllMethods);
+                }
+            }
+        }
+        for name in &self.disable_tool {
+            config
+                .tool_permissions
+                .insert(name.clone(), ToolPermission::Disabled);
+        }
+    }
+
+    /// The sandbox of `std::fs` and `std::http`.
+    fn sandbox(&self) -> Sandbox {
+        let mut sandbox = Sandbox::default();
+        for dir in &self.allow_fs {
+            sandbox = sandbox.allow_fs(dir);
+        }
+        for domain in &self.allow_net {
+            sandbox = sandbox.allow_net(domain);
+        }
+        sandbox
+    }
+}
+
+/// `concerto test` options.
+#[derive(clap::Args)]
+struct TestArgs {
+    /// The `.conc-ir` file (or `.conc` source, compiled with concertoc).
+    file: PathBuf,
+    /// Run only the tests whose description contains TEXT (`auth` matches `auth :: login`).
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Print only failures and the summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
+    #[arg(long, value_name = "PATH")]
+    compiler: Option<PathBuf>,
+    /// Stop each test after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
+    timeout: f64,
+    /// Read environment variables (API keys, …) from a dotenv file.
+    #[arg(long = "env", value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// Answer model calls that no `mock` covers from the built-in mock provider.
+    #[arg(long)]
+    mock: bool,
+    /// Not available: every test runs with a fresh in-memory store.
+    #[arg(long = "state", value_name = "STORE", hide = true)]
+    state: Option<String>,
+    #[command(flatten)]
+    access: Access,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,31 +167,248 @@ fn main() -> ExitCode {
     let debug = matches!(&cli.command, Command::Run(args) if args.debug);
     init_logging(debug);
     match cli.command {
-        Command::Check { file } => match concerto_runtime::ir::load_path(&file) {
-            Ok(program) => {
-                for warning in &program.warnings {
-                    eprintln!("warning: {warning}");
+        Command::Check { file, compiler } => {
+            let source = match Source::prepare(&file, compiler.as_deref()) {
+                Ok(source) => source,
+                Err(code) => return code,
+            };
+            match concerto_runtime::ir::load_path(&source.ir) {
+                Ok(program) => {
+                    for warning in &program.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    eprintln!(
+                        "ok: {} functions, {} instructions, {} tests; IR shape: {}",
+                        program.functions.len(),
+                        program.instruction_count(),
+                        program.tests.len(),
+                        program.dialect.describe()
+                    );
+                    ExitCode::SUCCESS
                 }
-                eprintln!(
-                    "ok: {} functions, {} instructions",
-                    program.functions.len(),
-                    program.instruction_count()
-                );
-                ExitCode::SUCCESS
+                Err(err) => {
+                    eprintln!("error: failed to load IR `{}`: {err}", file.display());
+                    ExitCode::from(2)
+                }
             }
-            Err(err) => {
-                eprintln!("error: failed to load IR `{}`: {err}", file.display());
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Run(args) => run(*args),
+        Command::Test(args) => test(*args),
+    }
+}
+
+/// The IR to load: the file the user named, or (for `.conc` source) what concertoc wrote
+/// into a temporary folder, kept until this is dropped.
+struct Source {
+    ir: PathBuf,
+    /// The folder of the file the user named.
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Source {
+    /// Compiles `file` when it is Concerto source (`.conc`); failures are reported here and
+    /// come back as the exit code.
+    fn prepare(
+        file: &std::path::Path,
+        compiler: Option<&std::path::Path>,
+    ) -> Result<Source, ExitCode> {
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        if file.extension().and_then(|e| e.to_str()) != Some("conc") {
+            return Ok(Source {
+                ir: file.to_path_buf(),
+                dir,
+                _tmp: None,
+            });
+        }
+        let compiler = compiler.map_or_else(|| PathBuf::from("concertoc"), PathBuf::from);
+        let tmp = tempfile::Builder::new()
+            .prefix("concerto-")
+            .tempdir()
+            .map_err(|e| {
+                eprintln!("error: cannot create a temporary folder for the IR: {e}");
+                ExitCode::from(2)
+            })?;
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("program");
+        let ir = tmp.path().join(format!("{stem}.conc-ir"));
+        // concertoc finds the project's Concerto.toml from the source's folder.
+        let output = std::process::Command::new(&compiler)
+            .arg(file)
+            .arg("-o")
+            .arg(&ir)
+            .stdin(std::process::Stdio::null())
+            .output();
+        match output {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!(
+                    "error: `{}` is Concerto source and needs the compiler, but `{}` was not \
+                     found. Install concertoc (build it from the Concerto repository: \
+                     `cargo build --release -p concertoc`, then put target/release/concertoc \
+                     on PATH) or name it with --compiler PATH; or run the compiled \
+                     `.conc-ir` file instead",
+                    file.display(),
+                    compiler.display()
+                );
+                Err(ExitCode::from(2))
+            }
+            Err(e) => {
+                eprintln!("error: cannot run `{}`: {e}", compiler.display());
+                Err(ExitCode::from(2))
+            }
+            Ok(out) if !out.status.success() || !ir.exists() => {
+                let _ = std::io::stderr().write_all(&out.stderr);
+                let _ = std::io::stderr().write_all(&out.stdout);
+                eprintln!(
+                    "error: `{}` did not compile ({})",
+                    file.display(),
+                    out.status
+                );
+                Err(ExitCode::from(2))
+            }
+            Ok(_) => Ok(Source {
+                ir,
+                dir,
+                _tmp: Some(tmp),
+            }),
+        }
+    }
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let TestArgs {
+        file,
+        filter,
+        quiet,
+        compiler,
+        timeout,
+        env_file,
+        mock,
+        state,
+        access,
+    } = args;
+    if state.is_some() {
+        eprintln!(
+            "error: --state cannot be used with `concerto test`: every test runs with a fresh \
+             in-memory store, so tests never read or change a real store"
+        );
+        return ExitCode::from(2);
+    }
+    if !(timeout.is_finite() && timeout > 0.0) {
+        eprintln!("error: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
+    let source = match Source::prepare(&file, compiler.as_deref()) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
+    let mut config = RuntimeConfig {
+        execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
+        ..RuntimeConfig::default()
+    };
+    access.permissions(&mut config);
+    let mut runtime = Runtime::new(config);
+    runtime.set_sandbox(access.sandbox());
+    let mut system = ProcessSystem::with_output(
+        concerto_runtime::stderr_writer(),
+        concerto_runtime::stderr_writer(),
+    );
+    if let Some(path) = &env_file {
+        match read_env_file(path) {
+            Ok(vars) => system = system.with_env(vars),
+            Err(err) => {
+                eprintln!("error: cannot read env file `{}`: {err}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    runtime.with_system(Arc::new(system));
+    if mock {
+        runtime.use_mock_provider();
+    }
+    runtime.set_program_dir(&source.dir);
+    if let Err(err) = runtime.load_ir(&source.ir) {
+        eprintln!(
+            "error: failed to load IR `{}`: {}",
+            file.display(),
+            load_reason(&err)
+        );
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match rt.block_on(runtime.run_tests(filter.as_deref())) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = String::new();
+    let total = report.outcomes.len();
+    out.push_str(&format!(
+        "running {total} test{}",
+        if total == 1 { "" } else { "s" }
+    ));
+    if report.filtered_out > 0 {
+        out.push_str(&format!(" ({} filtered out)", report.filtered_out));
+    }
+    out.push_str("\n\n");
+    for o in &report.outcomes {
+        if quiet && o.passed {
+            continue;
+        }
+        let status = if o.passed { "PASS" } else { "FAIL" };
+        let suffix = if o.passed && o.expect_fail {
+            " (expected failure)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("  {status}  {}{suffix}\n", o.description));
+    }
+    let (passed, failed) = (report.passed(), report.failed());
+    out.push_str(&format!(
+        "\ntest result: {}. {passed} passed, {failed} failed\n",
+        if failed == 0 { "ok" } else { "FAILED" }
+    ));
+    let failures: Vec<_> = report.outcomes.iter().filter(|o| !o.passed).collect();
+    if !failures.is_empty() {
+        out.push_str("\nfailures:\n");
+        for o in failures {
+            out.push_str(&format!(
+                "  {} -- {}\n",
+                o.description,
+                o.message.as_deref().unwrap_or("failed")
+            ));
+        }
+    }
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
 /// `concerto run` options.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The `.conc-ir` file.
+    /// The `.conc-ir` file, or Concerto source (`.conc`), compiled first with concertoc.
     file: PathBuf,
     /// How emits are written to stdout.
     #[arg(long, value_enum, default_value_t = EmitFormat::Text)]
@@ -115,22 +439,11 @@ struct RunArgs {
     /// Print metrics (calls, tokens, cost, time) to stderr after the run.
     #[arg(long)]
     metrics: bool,
-    /// Enable a tool, MCP server, host agent or host tool (`NAME`), or one method of it
-    /// (`NAME.method`); repeatable. Everything that reaches outside the program is off
-    /// until enabled.
-    #[arg(long = "allow-tool", value_name = "NAME[.METHOD]")]
-    allow_tool: Vec<String>,
-    /// Switch a tool off (the program's own tools included; `std::fs`, `std::http` too);
-    /// repeatable.
-    #[arg(long = "disable-tool", value_name = "NAME")]
-    disable_tool: Vec<String>,
-    /// Let `std::fs` read and write inside DIR (recursively); repeatable.
-    #[arg(long = "allow-fs", value_name = "DIR")]
-    allow_fs: Vec<PathBuf>,
-    /// Let `std::http` reach DOMAIN: that name only; `*.example.com` for subdomains;
-    /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
-    #[arg(long = "allow-net", value_name = "DOMAIN")]
-    allow_net: Vec<String>,
+    #[command(flatten)]
+    access: Access,
+    /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
+    #[arg(long, value_name = "PATH")]
+    compiler: Option<PathBuf>,
     /// Keep hashmap NAME in the JSON file PATH: loaded before the run, saved atomically
     /// after it (a corrupt file is an error, never an empty start); repeatable.
     #[arg(long = "persist", value_name = "NAME=PATH")]
@@ -181,10 +494,8 @@ fn run(args: RunArgs) -> ExitCode {
         replay,
         env_file,
         metrics,
-        allow_tool,
-        disable_tool,
-        allow_fs,
-        allow_net,
+        access,
+        compiler,
         persist,
         max_hashmap_bytes,
         debug,
@@ -196,44 +507,17 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     }
+    let source = match Source::prepare(&file, compiler.as_deref()) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
     let mut config = RuntimeConfig {
         execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
         ..RuntimeConfig::default()
     };
-    for entry in &allow_tool {
-        // `NAME.method` allows one method; `NAME` all of them. (Tool names never contain a
-        // dot; `std::fs`-style names are whole names.)
-        match entry.rsplit_once('.') {
-            Some((tool, method)) if !tool.is_empty() && !method.is_empty() => {
-                let perm = config
-                    .tool_permissions
-                    .entry(tool.to_string())
-                    .or_insert_with(|| ToolPermission::Methods(Vec::new()));
-                if let ToolPermission::Methods(list) = perm {
-                    list.push(method.to_string());
-                }
-            }
-            _ => {
-                config
-                    .tool_permissions
-                    .insert(entry.clone(), ToolPermission::AllMethods);
-            }
-        }
-    }
-    for name in &disable_tool {
-        config
-            .tool_permissions
-            .insert(name.clone(), ToolPermission::Disabled);
-    }
+    access.permissions(&mut config);
     let mut runtime = Runtime::new(config);
-    let mut sandbox = Sandbox::default();
-    for dir in allow_fs {
-        sandbox = sandbox.allow_fs(dir);
-    }
-    for domain in allow_net {
-        sandbox = sandbox.allow_net(domain);
-    }
-    runtime.set_sandbox(sandbox);
+    runtime.set_sandbox(access.sandbox());
     runtime.set_limits(
         Limits::default()
             .with_max_call_depth(max_call_depth)
@@ -280,7 +564,8 @@ fn run(args: RunArgs) -> ExitCode {
         }
         EmitFormat::Text => {}
     }
-    if let Err(err) = runtime.load_ir(&file) {
+    runtime.set_program_dir(&source.dir);
+    if let Err(err) = runtime.load_ir(&source.ir) {
         eprintln!(
             "error: failed to load IR `{}`: {}",
             file.display(),

@@ -16,7 +16,7 @@
 //!   "metadata":{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
 //!     "debug_info":true,"entry_point":"main"}}"#;
 //! let program = concerto_ir::load_str(ir).unwrap();
-//! assert_eq!(program.function(program.entry).name.as_ref(), "main");
+//! assert_eq!(program.function(program.entry.unwrap()).name.as_ref(), "main");
 //! ```
 //!
 //! # Source layout
@@ -50,6 +50,7 @@ pub use lower::{BUILTIN_STRUCTS, lower};
 pub use opcode::Opcode;
 pub use program::{
     AgentCallFlavour, AgentDef, BinOp, CallSite, CastTarget, CatchChain, Const, FuncId, Function,
-    FunctionKind, Global, GlobalKind, HashmapOp, NameId, Op, PipelineDef, Program, Reg, Shape,
-    ShapeTarget, Span, StageDef, ToolDef, TypeDef, TypeDefKind, VariantDef,
+    FunctionKind, Global, GlobalKind, HashmapOp, ListenDef, ListenHandlerDef, MockDef, MockReply,
+    NameId, Op, PipelineDef, Program, Reg, Shape, ShapeTarget, Span, StageDef, TestDef, ToolDef,
+    TypeDef, TypeDefKind, VariantDef,
 };

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::LoadError;
-use crate::model::IrModule;
+use crate::model::{IrModule, RawModule};
 use crate::program::Program;
 
 /// The IR major version this runtime executes.
@@ -16,10 +16,15 @@ const REQUIRED_SECTIONS: [&str; 4] = ["version", "module", "source_file", "metad
 /// Parses IR bytes into the serde model, without validating it.
 ///
 /// # Errors
-/// [`LoadError::ParseError`] for malformed JSON or a value of the wrong shape, and
-/// [`LoadError::MissingSection`] when a required top-level key is absent.
+/// [`LoadError::ParseError`] for malformed JSON or a value of the wrong shape,
+/// [`LoadError::MissingSection`] when a required top-level key is absent, and
+/// [`LoadError::Invalid`] for a file that mixes the sections of the two compilers (see
+/// [`Dialect`](crate::model::Dialect)).
 pub fn parse_bytes(bytes: &[u8]) -> Result<IrModule, LoadError> {
-    serde_json::from_slice::<IrModule>(bytes).map_err(|err| classify_parse_error(bytes, err))
+    let raw = serde_json::from_slice::<RawModule>(bytes)
+        .map_err(|err| classify_parse_error(bytes, err))?;
+    raw.into_module()
+        .map_err(|reason| LoadError::invalid("sections", None, reason))
 }
 
 /// Loads, validates and lowers IR bytes.

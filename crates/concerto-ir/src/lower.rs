@@ -120,7 +120,62 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         pipelines.push(PipelineDef {
             name: Arc::from(pipeline.name.as_str()),
             stages,
+            input_type: declared_type(pipeline.input_type.as_deref()),
+            output_type: declared_type(pipeline.output_type.as_deref()),
         });
+    }
+    // Listen handlers: one function of one parameter (the message) each.
+    let mut listen_handlers: Vec<Vec<(Arc<str>, FuncId, Option<String>)>> = Vec::new();
+    for listen in module.listens.iter_mut() {
+        let mut handlers = Vec::new();
+        for handler in std::mem::take(&mut listen.handlers) {
+            let full: Arc<str> = Arc::from(format!("{}::{}", listen.name, handler.message_type));
+            let schema = annotated_name(&handler.param.ty);
+            handlers.push((
+                Arc::from(handler.message_type.as_str()),
+                bodies.len() as FuncId,
+                schema,
+            ));
+            let func = model::Function {
+                name: full.to_string(),
+                module: module.module.clone(),
+                visibility: "private".into(),
+                params: vec![model::Param {
+                    name: handler.param.name,
+                    ty: "any".into(),
+                }],
+                return_type: "any".into(),
+                is_async: false,
+                locals: Vec::new(),
+                instructions: handler.instructions,
+            };
+            let l_idx = listen_handlers.len() as u32;
+            let h_idx = handlers.len() as u32 - 1;
+            bodies.push((full, FunctionKind::ListenHandler(l_idx, h_idx), func));
+        }
+        listen_handlers.push(handlers);
+    }
+    // Tests: functions without parameters, never reachable by name from the program.
+    let mut tests = Vec::new();
+    for (t_idx, test) in std::mem::take(&mut module.tests).into_iter().enumerate() {
+        let full: Arc<str> = Arc::from(format!("$test_{t_idx}"));
+        tests.push(TestDef {
+            description: Arc::from(test.description.as_str()),
+            function: bodies.len() as FuncId,
+            expect_fail: test.expect_fail,
+            expect_fail_message: test.expect_fail_message,
+        });
+        let func = model::Function {
+            name: full.to_string(),
+            module: module.module.clone(),
+            visibility: "private".into(),
+            params: Vec::new(),
+            return_type: "nil".into(),
+            is_async: false,
+            locals: Vec::new(),
+            instructions: test.instructions,
+        };
+        bodies.push((full, FunctionKind::Test(t_idx as u32), func));
     }
     for (idx, (name, _, _)) in bodies.iter().enumerate() {
         if cx
@@ -189,8 +244,48 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         .map(|(decl, methods)| ToolDef { decl, methods })
         .collect();
 
+    let mut listens = Vec::with_capacity(module.listens.len());
+    for (listen, handlers) in module.listens.iter().zip(listen_handlers) {
+        let host = module
+            .hosts
+            .iter()
+            .position(|h| h.name == listen.agent)
+            .ok_or_else(|| {
+                LoadError::invalid(
+                    format!("listen {}", listen.name),
+                    None,
+                    format!("unknown external agent `{}`", listen.agent),
+                )
+            })?;
+        listens.push(ListenDef {
+            name: Arc::from(listen.name.as_str()),
+            host: host as u32,
+            handlers: handlers
+                .into_iter()
+                .map(|(message_type, function, schema)| ListenHandlerDef {
+                    message_type,
+                    function,
+                    schema: schema.and_then(|s| cx.schema_index.get(&s).copied()),
+                })
+                .collect(),
+        });
+    }
+    // LISTEN_BEGIN sites name their block; check the names now that all blocks are known.
+    for site in &cx.call_sites {
+        if let CallSite::Listen { listen, .. } = site
+            && *listen as usize >= listens.len()
+        {
+            return Err(LoadError::invalid(
+                "listens",
+                None,
+                "LISTEN_BEGIN names a listen block that does not exist",
+            ));
+        }
+    }
+
     let entry = match cx.function_index.get(module.metadata.entry_point.as_str()) {
-        Some(&id) => id,
+        Some(&id) => Some(id),
+        None if !tests.is_empty() => None,
         None => {
             return Err(LoadError::invalid(
                 "metadata",
@@ -231,6 +326,10 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         memories: module.memories,
         hosts: module.hosts,
         pipelines,
+        listens,
+        tests,
+        mocks: cx.mocks,
+        dialect: module.dialect,
         entry,
         const_inits,
         function_index: cx.function_index,
@@ -255,6 +354,9 @@ struct Lowerer {
     /// Schema name → index.
     schema_index: FxHashMap<String, u32>,
     agent_index: FxHashMap<String, u32>,
+    /// Listen block name → index (the order of the `listens` section).
+    listen_index: FxHashMap<String, u32>,
+    mocks: Vec<MockDef>,
     hashmap_index: FxHashMap<String, u32>,
     tool_index: FxHashMap<String, u32>,
 }
@@ -413,6 +515,9 @@ impl Lowerer {
         }
         for (idx, host) in module.hosts.iter().enumerate() {
             self.add_global(&host.name, GlobalKind::Host(idx as u32));
+        }
+        for (idx, listen) in module.listens.iter().enumerate() {
+            self.listen_index.insert(listen.name.clone(), idx as u32);
         }
         for (_, _, func) in bodies {
             for ins in &func.instructions {
@@ -742,17 +847,22 @@ impl Lowerer {
             Opcode::CallAgent
             | Opcode::CallAgentSchema
             | Opcode::CallAgentStream
-            | Opcode::CallAgentChat => {
+            | Opcode::CallAgentChat
+            | Opcode::CallModel
+            | Opcode::CallModelSchema
+            | Opcode::CallModelStream
+            | Opcode::CallModelChat => {
                 let flavour = match ins.op {
-                    Opcode::CallAgentSchema => AgentCallFlavour::Schema,
-                    Opcode::CallAgentStream => AgentCallFlavour::Stream,
-                    Opcode::CallAgentChat => AgentCallFlavour::Chat,
+                    Opcode::CallAgentSchema | Opcode::CallModelSchema => AgentCallFlavour::Schema,
+                    Opcode::CallAgentStream | Opcode::CallModelStream => AgentCallFlavour::Stream,
+                    Opcode::CallAgentChat | Opcode::CallModelChat => AgentCallFlavour::Chat,
                     _ => AgentCallFlavour::Plain,
                 };
                 let agent_name = ins
                     .agent
                     .as_deref()
-                    .ok_or("agent call is missing its `agent`")?;
+                    .or(ins.model.as_deref())
+                    .ok_or_else(|| format!("{} is missing its `agent` (or `model`)", ins.op))?;
                 let agent = *self
                     .agent_index
                     .get(agent_name)
@@ -893,6 +1003,49 @@ impl Lowerer {
                 SOp::AwaitAny(n, timeout_ms()?)
             }
             Opcode::SpawnAsync => SOp::SpawnAsync,
+            Opcode::NilCoalescePrep => self.call_site(CallSite::NilCoalescePrep),
+            Opcode::BuildRange => self.call_site(CallSite::BuildRange),
+            Opcode::ListenBegin => {
+                let listen_name = match &ins.arg {
+                    Some(serde_json::Value::String(s)) => s.as_str(),
+                    _ => return Err("LISTEN_BEGIN `arg` must name a listen block".into()),
+                };
+                let listen = *self
+                    .listen_index
+                    .get(listen_name)
+                    .ok_or_else(|| format!("unknown listen block `{listen_name}`"))?;
+                let argc = match ins.argc {
+                    Some(n) => u16::try_from(n).map_err(|_| format!("argc {n} is too large"))?,
+                    None => 1,
+                };
+                self.call_site(CallSite::Listen { listen, argc })
+            }
+            Opcode::MockModel => {
+                let model_name = name()?;
+                let agent = *self
+                    .agent_index
+                    .get(model_name)
+                    .ok_or_else(|| format!("MOCK_MODEL names unknown model `{model_name}`"))?;
+                let field = |key: &str| {
+                    ins.arg.as_ref().and_then(|a| a.get(key)).map(|v| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                };
+                let reply = match (field("error"), field("response")) {
+                    (Some(error), _) => MockReply::Error(error),
+                    (None, Some(response)) => MockReply::Response(response),
+                    (None, None) => {
+                        return Err(format!(
+                            "MOCK_MODEL for `{model_name}` has neither `response` nor `error`"
+                        ));
+                    }
+                };
+                self.mocks.push(MockDef { agent, reply });
+                self.call_site(CallSite::MockModel {
+                    mock: self.mocks.len() as u32 - 1,
+                })
+            }
             Opcode::Unknown(op) => return Err(format!("unknown opcode `{op}`")),
         })
     }
@@ -928,6 +1081,25 @@ impl Lowerer {
         let _ = module;
         Err(format!("unknown type `{type_name}`"))
     }
+}
+
+/// A declared type string, or `None` when there is none to check (`any`, empty).
+fn declared_type(ty: Option<&str>) -> Option<Arc<str>> {
+    ty.map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("any"))
+        .map(Arc::from)
+}
+
+/// The type name of a handler parameter: 7ad10db writes a typed parameter as the debug form
+/// of its annotation (`TypeAnnotation { kind: Named("Q"), … }`), an untyped one as `any`.
+fn annotated_name(ty: &str) -> Option<String> {
+    let ty = ty.trim();
+    if let Some(rest) = ty.split("Named(\"").nth(1) {
+        return rest.split('"').next().map(str::to_string);
+    }
+    let plain =
+        !ty.is_empty() && ty != "any" && ty.chars().all(|c| c.is_alphanumeric() || c == '_');
+    plain.then(|| ty.to_string())
 }
 
 /// Resolves every `TRY_BEGIN` to a handler chain and every `CATCH` to the end of its chain.

@@ -9,56 +9,243 @@ use serde::{Deserialize, Serialize};
 
 use crate::opcode::Opcode;
 
-/// A whole IR module: the root object of a `.conc-ir` file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Which compiler's shape a file has. Both are IR version `0.1.0`; they differ in the names
+/// of two sections and in what a model builder's `execute` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dialect {
+    /// concertoc 1a8ede9: LLM agents in `agents`, external agents in `hosts`.
+    Seed,
+    /// concertoc 7ad10db: LLM agents in `models` (`config.base`), external agents in `agents`
+    /// (entries with a `connector`), plus `listens` and `tests`.
+    Head,
+    /// Neither models nor external agents: the file means the same under both compilers.
+    #[default]
+    Either,
+}
+
+impl Dialect {
+    /// A short description for `concerto check`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Dialect::Seed => {
+                "concertoc 1a8ede9 (LLM agents in `agents`, external agents in `hosts`)"
+            }
+            Dialect::Head => {
+                "concertoc 7ad10db (LLM agents in `models`, external agents in `agents`)"
+            }
+            Dialect::Either => "either compiler (no models and no external agents)",
+        }
+    }
+}
+
+/// A whole IR module: the root object of a `.conc-ir` file, with both compilers' section
+/// names mapped to one model (see [`Dialect`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct IrModule {
-    /// IR format version, `MAJOR.MINOR.PATCH` (`"0.1.0"` at concertoc 1a8ede9).
+    /// IR format version, `MAJOR.MINOR.PATCH` (`"0.1.0"` at both supported compilers).
     pub version: String,
     /// File stem of the compiled source.
     pub module: String,
     /// Source file name (no directory).
     pub source_file: String,
+    /// Which compiler's shape the file has.
+    pub dialect: Dialect,
     /// The constant pool.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constants: Vec<Constant>,
     /// Struct and enum declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<TypeDecl>,
     /// Free functions, methods, closures and const initialisers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<Function>,
-    /// Agent declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// LLM agents: 1a8ede9's `agents`, 7ad10db's `models`.
     pub agents: Vec<Agent>,
     /// Tool declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<Tool>,
     /// Output schemas.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schemas: Vec<Schema>,
     /// LLM connections from `Concerto.toml` and `mcp` blocks (`config.type == "mcp"`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<Connection>,
     /// Hashmap declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hashmaps: Vec<HashmapDecl>,
     /// Pipeline declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipelines: Vec<Pipeline>,
     /// Ledger declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ledgers: Vec<LedgerDecl>,
     /// Conversation memory declarations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memories: Vec<MemoryDecl>,
-    /// External host agents.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// External agents: 1a8ede9's `hosts`, 7ad10db's `agents`.
     pub hosts: Vec<Host>,
-    /// Optional source map (never written by concertoc 1a8ede9).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `listen` blocks (7ad10db).
+    pub listens: Vec<Listen>,
+    /// `@test` functions (7ad10db).
+    pub tests: Vec<TestDecl>,
+    /// Optional source map (never written by either compiler).
     pub source_map: Option<SourceMap>,
     /// Compiler metadata, including the entry point.
     pub metadata: Metadata,
+}
+
+/// The root object as written, before the two compilers' section names are told apart.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawModule {
+    pub(crate) version: String,
+    pub(crate) module: String,
+    pub(crate) source_file: String,
+    #[serde(default)]
+    pub(crate) constants: Vec<Constant>,
+    #[serde(default)]
+    pub(crate) types: Vec<TypeDecl>,
+    #[serde(default)]
+    pub(crate) functions: Vec<Function>,
+    #[serde(default)]
+    pub(crate) agents: Vec<AgentEntry>,
+    #[serde(default)]
+    pub(crate) models: Option<Vec<Agent>>,
+    #[serde(default)]
+    pub(crate) tools: Vec<Tool>,
+    #[serde(default)]
+    pub(crate) schemas: Vec<Schema>,
+    #[serde(default)]
+    pub(crate) connections: Vec<Connection>,
+    #[serde(default)]
+    pub(crate) hashmaps: Vec<HashmapDecl>,
+    #[serde(default)]
+    pub(crate) pipelines: Vec<Pipeline>,
+    #[serde(default)]
+    pub(crate) ledgers: Vec<LedgerDecl>,
+    #[serde(default)]
+    pub(crate) memories: Vec<MemoryDecl>,
+    #[serde(default)]
+    pub(crate) hosts: Option<Vec<Host>>,
+    #[serde(default)]
+    pub(crate) listens: Option<Vec<Listen>>,
+    #[serde(default)]
+    pub(crate) tests: Option<Vec<TestDecl>>,
+    #[serde(default)]
+    pub(crate) source_map: Option<SourceMap>,
+    pub(crate) metadata: Metadata,
+}
+
+/// An entry of the `agents` section: an LLM agent (1a8ede9) or, when it carries a
+/// `connector`, an external agent (7ad10db).
+#[derive(Debug)]
+pub(crate) enum AgentEntry {
+    Llm(Agent),
+    External(Host),
+}
+
+impl<'de> Deserialize<'de> for AgentEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let name = value
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("?")
+            .to_string();
+        if value.get("connector").is_some() {
+            serde_json::from_value(value)
+                .map(AgentEntry::External)
+                .map_err(|e| D::Error::custom(format!("external agent `{name}`: {e}")))
+        } else {
+            serde_json::from_value(value)
+                .map(AgentEntry::Llm)
+                .map_err(|e| D::Error::custom(format!("agent `{name}`: {e}")))
+        }
+    }
+}
+
+impl RawModule {
+    /// Tells the dialect from the sections present and maps both to one [`IrModule`].
+    /// A file that mixes them is refused, naming the sections.
+    pub(crate) fn into_module(self) -> Result<IrModule, String> {
+        let llm_entries = self
+            .agents
+            .iter()
+            .filter(|a| matches!(a, AgentEntry::Llm(_)))
+            .count();
+        let external_entries = self.agents.len() - llm_entries;
+        let seed_marks: Vec<&str> = [
+            (
+                llm_entries > 0,
+                "`agents` entries without a `connector` (1a8ede9 LLM agents)",
+            ),
+            (self.hosts.is_some(), "`hosts` (1a8ede9 external agents)"),
+        ]
+        .into_iter()
+        .filter_map(|(present, what)| present.then_some(what))
+        .collect();
+        let head_marks: Vec<&str> = [
+            (self.models.is_some(), "`models` (7ad10db LLM agents)"),
+            (
+                external_entries > 0,
+                "`agents` entries with a `connector` (7ad10db external agents)",
+            ),
+            (self.listens.is_some(), "`listens` (7ad10db)"),
+            (self.tests.is_some(), "`tests` (7ad10db)"),
+        ]
+        .into_iter()
+        .filter_map(|(present, what)| present.then_some(what))
+        .collect();
+        if !seed_marks.is_empty() && !head_marks.is_empty() {
+            return Err(format!(
+                "the file mixes the two compilers' shapes: {} belong to concertoc 1a8ede9, {} to \
+                 concertoc 7ad10db",
+                seed_marks.join(" and "),
+                head_marks.join(" and ")
+            ));
+        }
+        let dialect = if !seed_marks.is_empty() {
+            Dialect::Seed
+        } else if !head_marks.is_empty() {
+            Dialect::Head
+        } else {
+            Dialect::Either
+        };
+        let (agents, hosts) = match dialect {
+            Dialect::Head => (
+                self.models.unwrap_or_default(),
+                self.agents
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        AgentEntry::External(h) => Some(h),
+                        AgentEntry::Llm(_) => None,
+                    })
+                    .collect(),
+            ),
+            _ => (
+                self.agents
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        AgentEntry::Llm(a) => Some(a),
+                        AgentEntry::External(_) => None,
+                    })
+                    .collect(),
+                self.hosts.unwrap_or_default(),
+            ),
+        };
+        Ok(IrModule {
+            version: self.version,
+            module: self.module,
+            source_file: self.source_file,
+            dialect,
+            constants: self.constants,
+            types: self.types,
+            functions: self.functions,
+            agents,
+            tools: self.tools,
+            schemas: self.schemas,
+            connections: self.connections,
+            hashmaps: self.hashmaps,
+            pipelines: self.pipelines,
+            ledgers: self.ledgers,
+            memories: self.memories,
+            hosts,
+            listens: self.listens.unwrap_or_default(),
+            tests: self.tests.unwrap_or_default(),
+            source_map: self.source_map,
+            metadata: self.metadata,
+        })
+    }
 }
 
 /// One entry of the constant pool.
@@ -186,6 +373,9 @@ pub struct Instruction {
     /// Agent name of `CALL_AGENT*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Model name of `CALL_MODEL*` (7ad10db's name of `agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Method name of `CALL_AGENT*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
@@ -211,6 +401,7 @@ impl Instruction {
             offset: None,
             span: None,
             agent: None,
+            model: None,
             method: None,
             tool: None,
             hashmap_name: None,
@@ -265,8 +456,8 @@ pub struct Agent {
 /// The literal configuration of an agent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentConfig {
-    /// Model name or alias.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Model name or alias (`model` at 1a8ede9, `base` at 7ad10db).
+    #[serde(default, alias = "base", skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Sampling temperature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,6 +556,12 @@ pub struct Pipeline {
     /// Stages, in execution order.
     #[serde(default)]
     pub stages: Vec<Stage>,
+    /// The declared input type of `pipeline P(input: T) -> U` (7ad10db).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_type: Option<String>,
+    /// The declared result type of `pipeline P(input: T) -> U` (7ad10db).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
 }
 
 /// One pipeline stage.
@@ -435,9 +632,54 @@ pub struct Host {
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Initialisation parameters (`[agents.NAME.params]`, 7ad10db): sent as
+    /// `{"type":"init","params":…}` when the process starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
     /// Decorators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decorators: Vec<Decorator>,
+}
+
+/// A `listen` block (7ad10db): the handlers of one streaming session with an external agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listen {
+    /// The name `LISTEN_BEGIN` refers to (`$listen_N`).
+    pub name: String,
+    /// The external agent.
+    #[serde(default)]
+    pub agent: String,
+    /// One handler per message type.
+    #[serde(default)]
+    pub handlers: Vec<ListenHandler>,
+}
+
+/// A handler of a `listen` block: a body run with the message as its one parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenHandler {
+    /// The message `type` it handles.
+    pub message_type: String,
+    /// The parameter the message binds to.
+    pub param: Param,
+    /// The body.
+    #[serde(default)]
+    pub instructions: Vec<Instruction>,
+}
+
+/// A `@test` function (7ad10db).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestDecl {
+    /// The test's description (its name unless `@test("…")` gave one).
+    pub description: String,
+    /// The body.
+    #[serde(default)]
+    pub instructions: Vec<Instruction>,
+    /// `@expect_fail`: the test passes only when its body fails.
+    #[serde(default)]
+    pub expect_fail: bool,
+    /// `@expect_fail("text")`: the failure must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_fail_message: Option<String>,
 }
 
 /// Optional instruction → source position map.

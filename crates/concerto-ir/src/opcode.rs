@@ -113,6 +113,14 @@ opcodes! {
     CallAgentStream = "CALL_AGENT_STREAM",
     /// chat agent call (never emitted)
     CallAgentChat = "CALL_AGENT_CHAT",
+    /// model call by name (7ad10db's name of `CALL_AGENT`; never emitted)
+    CallModel = "CALL_MODEL",
+    /// model call with schema (7ad10db's name of `CALL_AGENT_SCHEMA`; never emitted)
+    CallModelSchema = "CALL_MODEL_SCHEMA",
+    /// streaming model call (7ad10db's name of `CALL_AGENT_STREAM`; never emitted)
+    CallModelStream = "CALL_MODEL_STREAM",
+    /// chat model call (7ad10db's name of `CALL_AGENT_CHAT`; never emitted)
+    CallModelChat = "CALL_MODEL_CHAT",
     /// tool method call by name (never emitted)
     CallTool = "CALL_TOOL",
     /// `[…, ch, v] → […]`
@@ -165,6 +173,16 @@ opcodes! {
     HashMapHas = "HASH_MAP_HAS",
     /// hashmap query by predicate (never emitted)
     HashMapQuery = "HASH_MAP_QUERY",
+    /// `[…, v] → […, v']`: `None` becomes nil, `Some(x)` becomes `x`, anything else stays
+    /// (7ad10db, the left side of `??`)
+    NilCoalescePrep = "NIL_COALESCE_PREP",
+    /// `[…, start, end, inclusive] → […, range]` (7ad10db; a nil start is 0, a nil end is open)
+    BuildRange = "BUILD_RANGE",
+    /// `[…, a1 … an] → […, result]`: a `listen` session with external agent `name`, handlers
+    /// from `listens[arg]` (7ad10db)
+    ListenBegin = "LISTEN_BEGIN",
+    /// `[…] → […]`: in a test, model `name` answers with `arg`'s `response` or `error` (7ad10db)
+    MockModel = "MOCK_MODEL",
 }
 
 impl fmt::Display for Opcode {

@@ -524,6 +524,10 @@ pub enum FunctionKind {
     ToolMethod(u32),
     /// Stage `1` of pipeline `0`.
     Stage(u32, u32),
+    /// Handler `1` of listen block `0`.
+    ListenHandler(u32, u32),
+    /// Test `0` of the `tests` section.
+    Test(u32),
 }
 
 /// A lowered function.
@@ -689,6 +693,22 @@ pub enum CallSite {
         /// Hashmap index.
         hashmap: u32,
     },
+    /// `NIL_COALESCE_PREP`: `None` → nil, `Some(x)` → `x`, anything else unchanged.
+    NilCoalescePrep,
+    /// `BUILD_RANGE`: start, end, inclusive → a range.
+    BuildRange,
+    /// `LISTEN_BEGIN`: a streaming session with an external agent.
+    Listen {
+        /// Index in [`Program::listens`].
+        listen: u32,
+        /// Argument count (the prompt).
+        argc: u16,
+    },
+    /// `MOCK_MODEL`: takes and leaves nothing.
+    MockModel {
+        /// Index in [`Program::mocks`].
+        mock: u32,
+    },
 }
 
 /// The `CALL_AGENT*` opcode a call site came from.
@@ -768,6 +788,63 @@ pub struct PipelineDef {
     pub name: Arc<str>,
     /// Stages in order.
     pub stages: Vec<StageDef>,
+    /// The declared input type (`pipeline P(input: T) -> U`), checked before the first stage.
+    pub input_type: Option<Arc<str>>,
+    /// The declared result type, checked after the last stage.
+    pub output_type: Option<Arc<str>>,
+}
+
+/// A `listen` block with its agent and handlers resolved.
+#[derive(Debug, Clone)]
+pub struct ListenDef {
+    /// The IR name (`$listen_N`).
+    pub name: Arc<str>,
+    /// Index of the external agent in [`Program::hosts`].
+    pub host: u32,
+    /// Handlers in declaration order.
+    pub handlers: Vec<ListenHandlerDef>,
+}
+
+/// One handler of a `listen` block.
+#[derive(Debug, Clone)]
+pub struct ListenHandlerDef {
+    /// The message `type` it handles.
+    pub message_type: Arc<str>,
+    /// Its body: a function of one parameter, the message.
+    pub function: FuncId,
+    /// The schema its parameter is typed with (`|q: Question|`), when it names one.
+    pub schema: Option<u32>,
+}
+
+/// A `@test` function.
+#[derive(Debug, Clone)]
+pub struct TestDef {
+    /// The description printed for it.
+    pub description: Arc<str>,
+    /// Its body.
+    pub function: FuncId,
+    /// `@expect_fail`.
+    pub expect_fail: bool,
+    /// `@expect_fail("text")`.
+    pub expect_fail_message: Option<String>,
+}
+
+/// A `MOCK_MODEL` instruction: later calls of the model answer with this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockDef {
+    /// Index of the model in [`Program::agents`].
+    pub agent: u32,
+    /// What the model answers.
+    pub reply: MockReply,
+}
+
+/// What a mocked model answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MockReply {
+    /// A reply with this text.
+    Response(String),
+    /// A failed call with this message.
+    Error(String),
 }
 
 /// One pipeline stage.
@@ -835,8 +912,16 @@ pub struct Program {
     pub hosts: Vec<model::Host>,
     /// Pipelines.
     pub pipelines: Vec<PipelineDef>,
-    /// The entry function.
-    pub entry: FuncId,
+    /// `listen` blocks.
+    pub listens: Vec<ListenDef>,
+    /// `@test` functions (never run by `run_main`).
+    pub tests: Vec<TestDef>,
+    /// `MOCK_MODEL` sites.
+    pub mocks: Vec<MockDef>,
+    /// Which compiler's shape the file had.
+    pub dialect: model::Dialect,
+    /// The entry function; `None` only in a file that has tests and no entry function.
+    pub entry: Option<FuncId>,
     /// `$const_*` initialisers, in IR order.
     pub const_inits: Vec<FuncId>,
     pub(crate) function_index: FxHashMap<Arc<str>, FuncId>,

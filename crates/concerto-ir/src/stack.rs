@@ -106,6 +106,10 @@ pub(crate) fn call_site_effect(site: &CallSite) -> (u32, u32) {
             HashmapOp::Set => (2, 1),
             _ => (1, 1),
         },
+        CallSite::NilCoalescePrep => (1, 1),
+        CallSite::BuildRange => (3, 1),
+        CallSite::Listen { argc, .. } => (*argc as u32, 1),
+        CallSite::MockModel { .. } => (0, 0),
     }
 }
 

@@ -273,7 +273,7 @@ impl Debugger {
                 function: self
                     .runtime
                     .program()
-                    .map(|p| p.function(p.entry).name.to_string())
+                    .and_then(|p| p.entry.map(|e| p.function(e).name.to_string()))
                     .unwrap_or_default(),
                 pc: 0,
                 span: Span::default(),

@@ -29,6 +29,7 @@
 //! - `debugger`: [`Debugger`] (`Runtime::new_debugger`): breakpoints, stepping, inspection.
 //! - `value`: the host-side [`Value`].
 //! - `system`: [`ProcessSystem`].
+//! - `testing`: [`Runtime::run_tests`], [`TestReport`].
 #![warn(missing_docs)]
 
 mod concurrency;
@@ -37,6 +38,7 @@ mod debugger;
 mod metrics;
 mod resume;
 mod system;
+mod testing;
 mod value;
 
 use std::future::Future;
@@ -61,6 +63,7 @@ pub use config::{
 pub use debugger::{AgentInfo, DebugFrame, DebugState, Debugger};
 pub use metrics::{Cost, Metrics};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
+pub use testing::{TestOutcome, TestReport};
 pub use value::{Value, ValueError};
 
 /// Why a runtime operation failed.
@@ -127,6 +130,8 @@ pub struct Runtime {
     state: StateStore,
     /// Operations of the last execution answered from the journal.
     replayed: u64,
+    /// The folder relative paths of host agents and MCP servers resolve against.
+    program_dir: Option<PathBuf>,
 }
 
 /// How agent calls reach models, besides the connection overrides.
@@ -184,6 +189,7 @@ impl Runtime {
             run_id: None,
             state: StateStore::Memory,
             replayed: 0,
+            program_dir: None,
         }
     }
 
@@ -205,14 +211,34 @@ impl Runtime {
         self.limits = limits;
     }
 
-    /// Loads, validates and prepares an IR file.
+    /// Loads, validates and prepares an IR file. Unless [`Runtime::set_program_dir`] chose
+    /// another folder, the file's folder becomes the one relative paths of the program's
+    /// external agents and MCP servers resolve against.
     ///
     /// # Errors
     /// [`RuntimeError::Load`] with what is wrong and where.
     pub fn load_ir(&mut self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
+        let path = path.as_ref();
         let program = concerto_ir::load_path(path)?;
+        if self.program_dir.is_none() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.unwrap_or(Path::new("."));
+            self.program_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.into()));
+            self.active_tools = None;
+        }
         self.load_program(program);
         Ok(())
+    }
+
+    /// The folder relative paths in the program resolve against: external agents' commands
+    /// with a slash and working directories, stdio MCP servers' programs and `cwd`; their
+    /// processes start there unless they set a working directory. `concerto run app.conc`
+    /// sets the source file's folder (the IR it compiles lives in a temporary one).
+    pub fn set_program_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        let dir = dir.into();
+        self.program_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
+        self.active_tools = None;
+        self
     }
 
     /// Loads IR from memory.
@@ -636,6 +662,9 @@ impl Runtime {
                 let mut tools = concerto_tools::Tools::new(policy).map_err(|e| {
                     RuntimeError::Setup(format!("the sandbox cannot be set up: {e}"))
                 })?;
+                if let Some(dir) = &self.program_dir {
+                    tools = tools.with_base_dir(dir.clone());
+                }
                 for reg in &self.host_tools {
                     let handler = reg.handler.clone();
                     tools.register(

@@ -239,6 +239,17 @@ impl ToolHost for JournaledTools {
         })
     }
 
+    /// Streaming sessions are not journaled (issue 17 journals every effect): a resumed run
+    /// opens them again.
+    fn host_listen(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> BoxFuture<Result<Arc<dyn concerto_vm::host::HostSession>, HostError>> {
+        self.inner.host_listen(program, host, input)
+    }
+
     fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {
         self.inner.fs(request)
     }

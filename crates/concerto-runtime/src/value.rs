@@ -20,8 +20,17 @@ pub enum Value {
     Bool(bool),
     /// `nil`
     Nil,
-    /// An array (tuples and ranges are arrays at run time).
+    /// An array (tuples are arrays at run time).
     Array(Vec<Value>),
+    /// A range of integers (`start..end`, `start..=end`; `end` is `None` when open).
+    Range {
+        /// The first integer.
+        start: i64,
+        /// The bound, or `None` for an open range.
+        end: Option<i64>,
+        /// Whether `end` belongs to the range.
+        inclusive: bool,
+    },
     /// A map with string keys, in insertion order.
     Map(IndexMap<String, Value>),
     /// A tuple (hosts may send one; Concerto code sees an array).
@@ -168,6 +177,11 @@ impl Value {
             Value::Closure(name) => J::String(format!("<fn {name}>")),
             Value::Ref { kind, name } => J::String(format!("<{kind} {name}>")),
             Value::Opaque(text) => J::String(text.clone()),
+            Value::Range {
+                start,
+                end,
+                inclusive,
+            } => serde_json::json!({"start": start, "end": end, "inclusive": inclusive}),
         }
     }
 }
@@ -240,6 +254,11 @@ impl From<&concerto_vm::Value> for Value {
                 Value::Closure(name)
             }
             V::Object(_) => Value::Opaque(v.to_display()),
+            V::Range(r) => Value::Range {
+                start: r.start,
+                end: r.end,
+                inclusive: r.inclusive,
+            },
         }
     }
 }
@@ -283,6 +302,15 @@ impl From<&Value> for concerto_vm::Value {
             }
             Value::Ref { name, .. } => V::str(name.as_str()),
             Value::Opaque(text) => V::str(text.as_str()),
+            Value::Range {
+                start,
+                end,
+                inclusive,
+            } => V::Range(std::sync::Arc::new(concerto_vm::Range {
+                start: *start,
+                end: *end,
+                inclusive: *inclusive,
+            })),
         }
     }
 }

@@ -19,9 +19,20 @@
 //! `concerto_tools::hosts`) and its last few kilobytes are kept for the error message when
 //! the process dies. It never reaches the runtime's own output.
 //!
+//! Initialisation (7ad10db `[agents.NAME.params]`): a host with a non-empty `params` table is
+//! sent `{"type":"init","params":…}` as the first line after its process starts, and must
+//! answer `{"type":"init_ack",…}` within its timeout (10 s when it sets none); an
+//! `{"type":"error","message":…}` reply, any other line, an exit or the timeout fail the call
+//! with an error naming the host, and the process is stopped. Init is sent once per process.
+//!
+//! Streaming (`listen`, [`HostAgents::listen`]): the prompt is written as for a call, then the
+//! session reads the agent's lines one at a time and writes replies, holding the host's call
+//! lock until it ends; the host's timeout bounds the whole session. A session that ends
+//! without a terminal message (or is dropped) stops the process.
+//!
 //! Processes are identified by everything that defines them (host name, command,
-//! arguments, environment, working directory), so two programs declaring the same host
-//! share its process. [`HostAgents::shutdown`] kills every process; dropping a
+//! arguments, environment, working directory, params), so two programs declaring the same
+//! host share its process. [`HostAgents::shutdown`] kills every process; dropping a
 //! [`HostAgents`] kills them too.
 //!
 //! Permission checks are the caller's job.
@@ -41,6 +52,8 @@ use tokio::task::JoinHandle;
 
 /// A call's time limit when the host sets none, in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+/// How long an initialisation may take when the host sets no timeout, in seconds.
+pub const DEFAULT_INIT_TIMEOUT_SECS: u64 = 10;
 /// The longest reply line read (32 MiB).
 pub const MAX_REPLY_LINE: usize = 32 * 1024 * 1024;
 /// How much of a process's stderr is kept for error messages.
@@ -58,6 +71,10 @@ struct Spec {
     args: Vec<String>,
     env: Vec<(String, String)>,
     working_dir: Option<String>,
+    /// The init params as JSON text, when the host has a non-empty params table.
+    params: Option<String>,
+    /// The init handshake's time limit.
+    init_secs: u64,
 }
 
 /// The pipes of a running process.
@@ -72,7 +89,7 @@ struct Pipes {
 #[derive(Default)]
 struct Slot {
     /// Held for the whole of a call: calls to one host run one at a time.
-    io: tokio::sync::Mutex<Option<Pipes>>,
+    io: Arc<tokio::sync::Mutex<Option<Pipes>>>,
     /// The process, reachable without the call lock (for [`HostAgents::shutdown`]).
     child: Mutex<Option<Child>>,
 }
@@ -95,6 +112,7 @@ impl Slot {
 #[derive(Default)]
 pub struct HostAgents {
     slots: Mutex<HashMap<Spec, Arc<Slot>>>,
+    base_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for HostAgents {
@@ -108,6 +126,14 @@ impl HostAgents {
     /// No process running yet.
     pub fn new() -> HostAgents {
         HostAgents::default()
+    }
+
+    /// Resolves relative paths of hosts against `dir` (the folder of the program the user
+    /// named): a `command` with a slash, a `working_dir`, and the working directory of a host
+    /// that sets none (so `python3 agent.py` finds `agent.py` next to the program).
+    pub fn with_base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> HostAgents {
+        self.base_dir = Some(dir.into());
+        self
     }
 
     /// One exchange with host `program.hosts[host]`: writes `input` and a newline, reads
@@ -124,38 +150,7 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<String, HostError> {
-        let Some(decl) = program.hosts.get(host as usize) else {
-            return Err(HostError::failed(format!(
-                "host #{host} does not exist (the program declares {})",
-                program.hosts.len()
-            )));
-        };
-        let name = decl.name.clone();
-        let command = decl
-            .command
-            .clone()
-            .filter(|c| !c.trim().is_empty())
-            .ok_or_else(|| {
-                HostError::failed(format!(
-                    "Host '{name}' has no command to start; set `command` in \
-                     [hosts.{}] of Concerto.toml",
-                    decl.connector
-                ))
-            })?;
-        let env = env_pairs(&name, decl.env.as_ref())?;
-        let spec = Spec {
-            name,
-            command,
-            args: decl.args.clone(),
-            env,
-            working_dir: decl.working_dir.clone().filter(|d| !d.is_empty()),
-        };
-        let secs = decl
-            .timeout
-            .filter(|t| *t > 0)
-            .unwrap_or(DEFAULT_TIMEOUT_SECS);
-        let json = decl.output_format.trim().eq_ignore_ascii_case("json");
-
+        let (spec, secs, json) = spec_of(program, host, self.base_dir.as_deref())?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let mut io = slot.io.lock().await;
         let outcome = tokio::time::timeout(
@@ -178,12 +173,232 @@ impl HostAgents {
         Ok(if json { json_text(line) } else { line })
     }
 
+    /// Opens a streaming session with host `program.hosts[host]`: starts the process if
+    /// needed (with its init handshake), writes `input` and a newline, and returns the
+    /// session, which holds the host's call lock until it ends. The host's timeout bounds the
+    /// whole session, from this call on.
+    ///
+    /// # Errors
+    /// As [`HostAgents::exchange`] for starting the process and writing the prompt.
+    pub async fn listen(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> Result<ListenSession, HostError> {
+        let (spec, secs, _) = spec_of(program, host, self.base_dir.as_deref())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
+        let mut io = Arc::clone(&slot.io).lock_owned().await;
+        let opened = tokio::time::timeout_at(deadline, open(&slot, &mut io, &spec, &input)).await;
+        match opened {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                *io = None;
+                slot.kill().await;
+                return Err(timed_out(&spec.name, secs));
+            }
+        }
+        Ok(ListenSession {
+            inner: Arc::new(tokio::sync::Mutex::new(io)),
+            slot,
+            name: spec.name,
+            deadline,
+            secs,
+            done: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
     /// Kills every process. A later call starts its host again.
     pub async fn shutdown(&self) {
         let slots: Vec<Arc<Slot>> = self.slots.lock().drain().map(|(_, s)| s).collect();
         for slot in slots {
             slot.kill().await;
         }
+    }
+}
+
+/// What defines host `program.hosts[host]`'s process, its timeout in seconds, and whether its
+/// output format is `json`.
+fn spec_of(
+    program: &Program,
+    host: u32,
+    base: Option<&Path>,
+) -> Result<(Spec, u64, bool), HostError> {
+    let Some(decl) = program.hosts.get(host as usize) else {
+        return Err(HostError::failed(format!(
+            "host #{host} does not exist (the program declares {})",
+            program.hosts.len()
+        )));
+    };
+    let name = decl.name.clone();
+    let command = decl
+        .command
+        .clone()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            let table = match program.dialect {
+                concerto_vm::host::Dialect::Head => "agents",
+                _ => "hosts",
+            };
+            HostError::failed(format!(
+                "Host '{name}' has no command to start; set `command` in \
+                 [{table}.{}] of Concerto.toml",
+                decl.connector
+            ))
+        })?;
+    let env = env_pairs(&name, decl.env.as_ref())?;
+    let params = match &decl.params {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(map)) if map.is_empty() => None,
+        Some(other) => Some(other.to_string()),
+    };
+    let configured = decl.timeout.filter(|t| *t > 0);
+    let (command, working_dir) = crate::resolve_paths(
+        base,
+        &command,
+        decl.working_dir.as_deref().filter(|d| !d.is_empty()),
+    );
+    let spec = Spec {
+        name,
+        command,
+        args: decl.args.clone(),
+        env,
+        working_dir,
+        params,
+        init_secs: configured.unwrap_or(DEFAULT_INIT_TIMEOUT_SECS),
+    };
+    let secs = configured.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let json = decl.output_format.trim().eq_ignore_ascii_case("json");
+    Ok((spec, secs, json))
+}
+
+fn timed_out(name: &str, secs: u64) -> HostError {
+    HostError {
+        kind: HostErrorKind::Timeout,
+        message: format!("Host '{name}' timed out after {secs} seconds"),
+    }
+}
+
+/// A streaming session with a host agent (see [`HostAgents::listen`]).
+pub struct ListenSession {
+    inner: Arc<tokio::sync::Mutex<tokio::sync::OwnedMutexGuard<Option<Pipes>>>>,
+    slot: Arc<Slot>,
+    name: String,
+    deadline: tokio::time::Instant,
+    secs: u64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for ListenSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenSession")
+            .field("host", &self.name)
+            .finish()
+    }
+}
+
+impl ListenSession {
+    /// The next line the agent wrote, without its line ending; `None` once it closed its
+    /// output (the process is then stopped).
+    ///
+    /// # Errors
+    /// [`HostErrorKind::Timeout`] once the session's time is up (the process is stopped),
+    /// [`HostErrorKind::Limit`] for an over-long line, [`HostErrorKind::Failed`] when reading
+    /// fails.
+    pub async fn next_line(&self) -> Result<Option<String>, HostError> {
+        let mut io = self.inner.lock().await;
+        let Some(pipes) = io.as_mut() else {
+            return Ok(None);
+        };
+        match tokio::time::timeout_at(self.deadline, read_line(&mut pipes.stdout, MAX_REPLY_LINE))
+            .await
+        {
+            Ok(Ok(Some(line))) => Ok(Some(strip_newline(line))),
+            Ok(Ok(None)) | Ok(Err(ReadError::Io(_))) => {
+                **io = None;
+                self.slot.kill().await;
+                Ok(None)
+            }
+            Ok(Err(ReadError::TooLong)) => {
+                **io = None;
+                self.slot.kill().await;
+                Err(HostError::limit(format!(
+                    "Host '{}' wrote a line longer than {} MiB; the process was stopped",
+                    self.name,
+                    MAX_REPLY_LINE / (1024 * 1024)
+                )))
+            }
+            Err(_) => {
+                **io = None;
+                self.slot.kill().await;
+                Err(timed_out(&self.name, self.secs))
+            }
+        }
+    }
+
+    /// Writes `line` and a newline to the agent.
+    ///
+    /// # Errors
+    /// [`HostErrorKind::Failed`] when the agent no longer reads its input.
+    pub async fn send_line(&self, line: String) -> Result<(), HostError> {
+        let mut io = self.inner.lock().await;
+        let Some(pipes) = io.as_mut() else {
+            return Err(HostError::failed(format!(
+                "Host '{}' process is not running",
+                self.name
+            )));
+        };
+        let mut message = line.into_bytes();
+        message.push(b'\n');
+        let written = tokio::time::timeout_at(self.deadline, async {
+            pipes.stdin.write_all(&message).await?;
+            pipes.stdin.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                **io = None;
+                self.slot.kill().await;
+                Err(HostError::failed(format!(
+                    "Host '{}' stopped reading its input",
+                    self.name
+                )))
+            }
+            Err(_) => {
+                **io = None;
+                self.slot.kill().await;
+                Err(timed_out(&self.name, self.secs))
+            }
+        }
+    }
+
+    /// Ends the session; unless `clean`, the process is stopped (the next call starts it
+    /// again).
+    pub fn finish(&self, clean: bool) {
+        if self.done.swap(true, std::sync::atomic::Ordering::SeqCst) || clean {
+            return;
+        }
+        if let Ok(mut io) = self.inner.try_lock() {
+            **io = None;
+        }
+        if let Some(mut child) = self.slot.child.lock().take() {
+            let _ = child.start_kill();
+            // Reap it in the background so no zombie is left.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = tokio::time::timeout(KILL_WAIT, child.wait()).await;
+                });
+            }
+        }
+    }
+}
+
+impl Drop for ListenSession {
+    fn drop(&mut self) {
+        self.finish(false);
     }
 }
 
@@ -235,6 +450,50 @@ async fn call(
     spec: &Spec,
     input: &str,
 ) -> Result<String, HostError> {
+    open(slot, io, spec, input).await?;
+    let Some(pipes) = io.as_mut() else {
+        return Err(HostError::failed(format!(
+            "Host '{}' process is not running",
+            spec.name
+        )));
+    };
+    match read_line(&mut pipes.stdout, MAX_REPLY_LINE).await {
+        Ok(Some(line)) => Ok(strip_newline(line)),
+        Ok(None) => Err(died(slot, io, spec, None).await),
+        Err(ReadError::Io(e)) => {
+            tracing::debug!(target: "concerto_tools::hosts", host = %spec.name, "reading the reply failed: {e}");
+            Err(died(slot, io, spec, None).await)
+        }
+        Err(ReadError::TooLong) => {
+            *io = None;
+            slot.kill().await;
+            Err(HostError::limit(format!(
+                "Host '{}' replied with a line longer than {} MiB; the process was stopped",
+                spec.name,
+                MAX_REPLY_LINE / (1024 * 1024)
+            )))
+        }
+    }
+}
+
+/// A line without its `\n` or `\r\n`, as text.
+fn strip_newline(mut line: Vec<u8>) -> String {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// With the call lock held: start the process if needed (and initialise it), write `input`.
+async fn open(
+    slot: &Slot,
+    io: &mut Option<Pipes>,
+    spec: &Spec,
+    input: &str,
+) -> Result<(), HostError> {
     if io.is_some() {
         let exited = match slot.child.lock().as_mut() {
             Some(child) => child.try_wait().ok().flatten().map(Some),
@@ -247,6 +506,28 @@ async fn call(
         let (child, pipes) = spawn(spec)?;
         *slot.child.lock() = Some(child);
         *io = Some(pipes);
+        if let Some(params) = &spec.params {
+            let limit = Duration::from_secs(spec.init_secs);
+            match tokio::time::timeout(limit, initialise(slot, io, spec, params)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    *io = None;
+                    slot.kill().await;
+                    return Err(e);
+                }
+                Err(_) => {
+                    *io = None;
+                    slot.kill().await;
+                    return Err(HostError {
+                        kind: HostErrorKind::Timeout,
+                        message: format!(
+                            "agent '{}' did not acknowledge initialization within {} seconds",
+                            spec.name, spec.init_secs
+                        ),
+                    });
+                }
+            }
+        }
     }
     let Some(pipes) = io.as_mut() else {
         return Err(HostError::failed(format!(
@@ -265,31 +546,79 @@ async fn call(
     if written.is_err() {
         return Err(died(slot, io, spec, None).await);
     }
-    match read_line(&mut pipes.stdout, MAX_REPLY_LINE).await {
-        Ok(Some(mut line)) => {
-            if line.last() == Some(&b'\n') {
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-            }
-            Ok(String::from_utf8_lossy(&line).into_owned())
-        }
-        Ok(None) => Err(died(slot, io, spec, None).await),
-        Err(ReadError::Io(e)) => {
-            tracing::debug!(target: "concerto_tools::hosts", host = %spec.name, "reading the reply failed: {e}");
-            Err(died(slot, io, spec, None).await)
+    Ok(())
+}
+
+/// The init handshake: `{"type":"init","params":…}`, then one line that must be `init_ack`.
+async fn initialise(
+    slot: &Slot,
+    io: &mut Option<Pipes>,
+    spec: &Spec,
+    params: &str,
+) -> Result<(), HostError> {
+    let name = &spec.name;
+    let Some(pipes) = io.as_mut() else {
+        return Err(HostError::failed(format!(
+            "agent '{name}' process is not running"
+        )));
+    };
+    let init = format!("{{\"type\":\"init\",\"params\":{params}}}\n");
+    let written = async {
+        pipes.stdin.write_all(init.as_bytes()).await?;
+        pipes.stdin.flush().await
+    }
+    .await;
+    if written.is_err() {
+        return Err(died(slot, io, spec, None).await);
+    }
+    let line = match read_line(&mut pipes.stdout, MAX_REPLY_LINE).await {
+        Ok(Some(line)) => strip_newline(line),
+        Ok(None) | Err(ReadError::Io(_)) => {
+            let err = died(slot, io, spec, None).await;
+            return Err(HostError::failed(format!(
+                "agent '{name}' did not acknowledge initialization: {}",
+                err.message
+            )));
         }
         Err(ReadError::TooLong) => {
-            *io = None;
-            slot.kill().await;
-            Err(HostError::limit(format!(
-                "Host '{}' replied with a line longer than {} MiB; the process was stopped",
-                spec.name,
-                MAX_REPLY_LINE / (1024 * 1024)
+            return Err(HostError::limit(format!(
+                "agent '{name}' answered its initialization with an over-long line"
+            )));
+        }
+    };
+    let reply: Option<serde_json::Value> = serde_json::from_str(line.trim()).ok();
+    match reply
+        .as_ref()
+        .and_then(|r| r.get("type"))
+        .and_then(|t| t.as_str())
+    {
+        Some("init_ack") => Ok(()),
+        Some("error") => {
+            let message = reply
+                .as_ref()
+                .and_then(|r| r.get("message"))
+                .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+                .unwrap_or_else(|| "no message".to_string());
+            Err(HostError::failed(format!(
+                "agent '{name}' failed to initialize: {message}"
             )))
         }
+        _ => Err(HostError::failed(format!(
+            "agent '{name}' did not acknowledge initialization (it answered `{}`)",
+            truncate(&line, 200)
+        ))),
     }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 /// Starts the process of `spec`.

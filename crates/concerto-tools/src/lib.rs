@@ -37,7 +37,8 @@ use std::sync::Arc;
 
 use concerto_vm::Value;
 use concerto_vm::host::{
-    BoxFuture, FsReply, FsRequest, HostError, HttpReply, HttpRequest, Program, ToolHost, ToolSpec,
+    BoxFuture, FsReply, FsRequest, HostError, HostSession, HttpReply, HttpRequest, Program,
+    ToolHost, ToolSpec,
 };
 
 /// What a tool may do.
@@ -87,6 +88,32 @@ pub struct Tools {
     registered: HashMap<String, Vec<(String, HostMethod)>>,
 }
 
+/// A child process's program and working directory, with relative paths resolved against
+/// `base` (the folder of the program the user named), when there is one: a program with a
+/// slash joins `base`, a relative working directory joins `base`, and no working directory
+/// means `base`. A program without a slash is looked up on `PATH` as usual.
+pub(crate) fn resolve_paths(
+    base: Option<&std::path::Path>,
+    program: &str,
+    cwd: Option<&str>,
+) -> (String, Option<String>) {
+    let Some(base) = base else {
+        return (program.to_string(), cwd.map(str::to_string));
+    };
+    let as_text = |p: PathBuf| p.to_string_lossy().into_owned();
+    let program = if program.contains('/') && std::path::Path::new(program).is_relative() {
+        as_text(base.join(program))
+    } else {
+        program.to_string()
+    };
+    let cwd = match cwd {
+        Some(dir) if std::path::Path::new(dir).is_relative() => as_text(base.join(dir)),
+        Some(dir) => dir.to_string(),
+        None => as_text(base.to_path_buf()),
+    };
+    (program, Some(cwd))
+}
+
 impl std::fmt::Debug for Tools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tools")
@@ -97,6 +124,17 @@ impl std::fmt::Debug for Tools {
 }
 
 impl Tools {
+    /// Resolves relative paths of host agents and stdio MCP servers (commands with a slash,
+    /// working directories) against `dir`, the folder of the program the user named; their
+    /// processes start in `dir` unless they set a working directory. Call before the first
+    /// use.
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Tools {
+        let dir = dir.into();
+        self.hosts = Arc::new(hosts::HostAgents::new().with_base_dir(dir.clone()));
+        self.mcp = Arc::new(mcp::McpClients::new().with_base_dir(dir));
+        self
+    }
+
     /// Tools under `policy`.
     ///
     /// # Errors
@@ -189,6 +227,25 @@ fn kind_of(program: &Program, registered: bool, tool: &str) -> Option<Kind> {
 
 fn denied(message: String) -> HostError {
     HostError::not_enabled(message)
+}
+
+/// A host agent's streaming session, as the interpreter sees it.
+struct Session(Arc<hosts::ListenSession>);
+
+impl HostSession for Session {
+    fn next_line(&self) -> BoxFuture<Result<Option<String>, HostError>> {
+        let session = self.0.clone();
+        Box::pin(async move { session.next_line().await })
+    }
+
+    fn send_line(&self, line: String) -> BoxFuture<Result<(), HostError>> {
+        let session = self.0.clone();
+        Box::pin(async move { session.send_line(line).await })
+    }
+
+    fn finish(&self, clean: bool) {
+        self.0.finish(clean);
+    }
 }
 
 impl ToolHost for Tools {
@@ -323,6 +380,28 @@ impl ToolHost for Tools {
         let hosts = self.hosts.clone();
         let program = program.clone();
         Box::pin(async move { hosts.exchange(&program, host, input).await })
+    }
+
+    fn host_listen(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> BoxFuture<Result<Arc<dyn HostSession>, HostError>> {
+        let name = program.hosts.get(host as usize).map(|h| h.name.clone());
+        let checked = match &name {
+            Some(name) => self.check(program, name, "execute"),
+            None => Err(HostError::failed(format!("host #{host} does not exist"))),
+        };
+        if let Err(e) = checked {
+            return Box::pin(async move { Err(e) });
+        }
+        let hosts = self.hosts.clone();
+        let program = program.clone();
+        Box::pin(async move {
+            let session = hosts.listen(&program, host, input).await?;
+            Ok(Arc::new(Session(Arc::new(session))) as Arc<dyn HostSession>)
+        })
     }
 
     fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {

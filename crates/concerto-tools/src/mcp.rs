@@ -48,6 +48,7 @@ const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// program is dropped, or until the server dies (then reconnected on the next use).
 #[derive(Default)]
 pub struct McpClients {
+    base_dir: Option<std::path::PathBuf>,
     slots: parking_lot::Mutex<HashMap<(usize, String), Entry>>,
     http: parking_lot::Mutex<Option<reqwest::Client>>,
     next_id: AtomicU64,
@@ -89,6 +90,14 @@ impl McpClients {
     /// No sessions yet.
     pub fn new() -> McpClients {
         McpClients::default()
+    }
+
+    /// Resolves a stdio server's relative program path and working directory against `dir`
+    /// (the folder of the program the user named); servers start in `dir` unless they set
+    /// `cwd`.
+    pub fn with_base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> McpClients {
+        self.base_dir = Some(dir.into());
+        self
     }
 
     /// The server's tools as offered to a model: names `Server::tool`, the tool's
@@ -246,7 +255,13 @@ impl McpClients {
         }
         // Drop a dead session before starting its successor.
         *guard = None;
-        let connected = connect::connect(&slot.config, || self.http_client(), ctx).await?;
+        let connected = connect::connect(
+            &slot.config,
+            self.base_dir.as_deref(),
+            || self.http_client(),
+            ctx,
+        )
+        .await?;
         let live = Arc::new(Live {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             session: connected.session,

@@ -283,7 +283,30 @@ fn dispatch(
 ) -> Result<Flow, VmError> {
     let agent_name = builder.agent_name.clone();
     let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Nil);
-    let on_builder = on_builder && matches!(builder.target, Target::Agent(_));
+    // A 1a8ede9 builder's `execute` gives the bare Response; a 7ad10db one a Result.
+    let on_builder = on_builder
+        && matches!(builder.target, Target::Agent(_))
+        && ctx.program().dialect != concerto_ir::model::Dialect::Head;
+    let arity = match method {
+        Method::Execute | Method::ExecuteWithSchema | Method::Chat => Some((1, 1)),
+        Method::WithMemory => Some((1, 2)),
+        Method::WithTools | Method::WithContext => Some((1, 1)),
+        Method::WithoutTools => Some((0, 0)),
+        _ => None,
+    };
+    if let Some((min, max)) = arity
+        && !(min..=max).contains(&args.len())
+    {
+        let wanted = if min == max {
+            format!("{min} argument{}", if min == 1 { "" } else { "s" })
+        } else {
+            format!("{min} or {max} arguments")
+        };
+        return Err(VmError::new(
+            ErrorKind::Arity,
+            format!("{agent_name}.{name} expects {wanted}, got {}", args.len()),
+        ));
+    }
     match method {
         Method::Execute => {
             let prompt = arg(0).to_display();
@@ -566,6 +589,8 @@ pub(crate) struct AgentCall {
     result: Option<Value>,
     phase: Phase,
     frame_name: String,
+    /// What a `MOCK_MODEL` made this model answer (tests).
+    mock: Option<concerto_ir::MockReply>,
 }
 
 impl AgentCall {
@@ -690,7 +715,8 @@ impl AgentCall {
             .timeout
             .or_else(|| config.timeout.map(Duration::from_secs));
         request.retry = decorators.retry;
-        Self::finish_new(
+        let mock = ctx.mocks.lock().get(&agent).cloned();
+        let mut call = Self::finish_new(
             ctx,
             NewCall {
                 agent_name,
@@ -706,7 +732,9 @@ impl AgentCall {
                 offered,
                 external,
             },
-        )
+        )?;
+        call.mock = mock;
+        Ok(call)
     }
 
     fn for_host(
@@ -823,6 +851,7 @@ impl AgentCall {
             remember: VecDeque::new(),
             result: None,
             phase: Phase::Start,
+            mock: None,
         })
     }
 
@@ -853,6 +882,19 @@ impl AgentCall {
             Via::Llm(connection) => connection,
             Via::Host(host, json) => return Ok(self.send_to_host(ctx, host, json)),
         };
+        match self.mock.clone() {
+            Some(concerto_ir::MockReply::Response(text)) => {
+                let model = self.request.model.clone().unwrap_or_default();
+                let mut reply = ChatResponse::text(text, model, crate::host::Usage::default());
+                reply.provider = "mock".into();
+                reply.cost_usd = Some(0.0);
+                return self.on_reply(ctx, reply, true);
+            }
+            Some(concerto_ir::MockReply::Error(message)) => {
+                return self.fail(ctx, "AgentError", message, None);
+            }
+            None => {}
+        }
         let fut = ctx
             .host
             .connections
@@ -1456,7 +1498,11 @@ fn response_value(reply: &ChatResponse) -> Value {
 
 /// A validated instance as a struct named after the schema: declared fields first (in
 /// declaration order), then any extra members; nested objects become maps.
-fn schema_value(program: &concerto_ir::Program, schema: u32, json: &serde_json::Value) -> Value {
+pub(crate) fn schema_value(
+    program: &concerto_ir::Program,
+    schema: u32,
+    json: &serde_json::Value,
+) -> Value {
     let decl = &program.schemas[schema as usize];
     let declared: Vec<&str> = decl
         .json_schema

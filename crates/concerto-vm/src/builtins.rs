@@ -34,6 +34,10 @@ table! {
     "len" => stdlib::core::len,
     "typeof" => stdlib::core::type_of,
     "panic" => stdlib::core::panic,
+    "assert" => stdlib::core::assert,
+    "assert_eq" => stdlib::core::assert_eq,
+    "assert_ne" => stdlib::core::assert_ne,
+    "test_emits" => stdlib::core::test_emits,
     "ToolError::new" => stdlib::core::tool_error_new,
 
     "std::math::abs" => stdlib::math::abs,
@@ -126,7 +130,7 @@ table! {
 }
 
 /// Number of native functions; ids at or above it are enum constructors.
-pub(crate) const BUILTIN_COUNT: usize = 86;
+pub(crate) const BUILTIN_COUNT: usize = 90;
 
 const _: () = assert!(BUILTINS.len() == BUILTIN_COUNT);
 

@@ -47,6 +47,8 @@ pub enum ErrorKind {
     Host,
     /// Output did not validate against a schema.
     Schema,
+    /// `assert`, `assert_eq` or `assert_ne` failed.
+    Assertion,
     /// The execution was cancelled.
     Cancelled,
     /// An internal invariant was broken (a bug in the runtime).
@@ -91,6 +93,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Host => "host",
             ErrorKind::Schema => "schema",
+            ErrorKind::Assertion => "assertion",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
         }

@@ -160,6 +160,10 @@ pub(crate) struct Ctx {
     /// The entries last read for indexing a hashmap by position (see
     /// [`crate::host::MemoryStore::hashmap_version`]).
     pub(crate) indexed_entries: Option<crate::hashmaps::IndexedEntries>,
+    /// Models answered by `MOCK_MODEL` in this execution (shared with its spawned tasks).
+    pub(crate) mocks: Arc<parking_lot::Mutex<rustc_hash::FxHashMap<u32, concerto_ir::MockReply>>>,
+    /// Emits kept for `test_emits()` (a test run only; shared with spawned tasks).
+    pub(crate) captured: Option<Arc<parking_lot::Mutex<Vec<(Str, Value)>>>>,
     rng: u64,
 }
 
@@ -182,6 +186,11 @@ impl Ctx {
     /// Delivers an emit.
     pub(crate) fn emit(&mut self, channel: &str, payload: &Value) -> Result<(), VmError> {
         self.stats.emits += 1;
+        if let Some(captured) = &self.captured {
+            captured
+                .lock()
+                .push((Str::from(channel), payload.deep_copy()));
+        }
         self.host.emit.emit(channel, payload).map_err(VmError::from)
     }
 
@@ -308,9 +317,17 @@ impl Execution {
                 watchers: Vec::new(),
                 child_stats: Default::default(),
                 indexed_entries: None,
+                mocks: Default::default(),
+                captured: None,
                 rng,
             },
         }
+    }
+
+    /// Keeps every emit of this execution (and of the tasks it spawns) for `test_emits()`,
+    /// as a test run does.
+    pub fn capture_emits(&mut self) {
+        self.ctx.captured.get_or_insert_with(Default::default);
     }
 
     /// The program.
@@ -340,8 +357,31 @@ impl Execution {
         for &init in &program.const_inits {
             self.call(init, Vec::new()).await?;
         }
-        let result = self.call(program.entry, Vec::new()).await?;
+        let entry = entry_of(&program)?;
+        let result = self.call(entry, Vec::new()).await?;
         main_outcome(&program, result)
+    }
+
+    /// Runs the `$const_*` initialisers, then test `test` of the program's `tests`, with
+    /// its emits captured for `test_emits()`. Run each test in an execution of its own: its
+    /// globals, mocks and captured emits are this execution's.
+    ///
+    /// # Errors
+    /// The error that failed the test, with function, span and trace; an unknown test index
+    /// is an error too.
+    pub async fn run_test(&mut self, test: usize) -> Result<Value, VmError> {
+        let program = self.ctx.vm.program.clone();
+        let Some(def) = program.tests.get(test) else {
+            return Err(VmError::call_error(format!(
+                "the program has no test #{test} (it has {})",
+                program.tests.len()
+            )));
+        };
+        self.capture_emits();
+        for &init in &program.const_inits {
+            self.call(init, Vec::new()).await?;
+        }
+        self.call(def.function, Vec::new()).await
     }
 
     /// Calls function `func` with `args` and drives it to completion, awaiting whatever it
@@ -1584,7 +1624,7 @@ impl Execution {
                         base + idx as usize,
                         base + src as usize
                     )),
-                    Op::Cast { reg, target } => self.cast_op(base + reg as usize, target),
+                    Op::Cast { reg, target } => tri!(self.cast_op(base + reg as usize, target)),
                     Op::CheckType { reg, name } => self.check_type_op(base + reg as usize, name),
                     Op::Await { reg, timeout_ms } => {
                         if matches!(reg!(reg), Value::Object(_) | Value::Array(_))
@@ -1668,6 +1708,8 @@ impl Execution {
         let mut child = Execution::new(self.ctx.vm.clone(), self.ctx.host.clone(), config);
         child.ctx.globals = self.ctx.globals.clone();
         child.ctx.child_stats = self.ctx.child_stats.clone();
+        child.ctx.mocks = self.ctx.mocks.clone();
+        child.ctx.captured = self.ctx.captured.clone();
         self.stack[at] = crate::task::spawn(
             child,
             func,
@@ -1770,9 +1812,10 @@ impl Execution {
     }
 
     #[inline(never)]
-    fn cast_op(&mut self, reg: usize, target: CastTarget) {
+    fn cast_op(&mut self, reg: usize, target: CastTarget) -> Result<(), VmError> {
         let v = std::mem::take(&mut self.stack[reg]);
-        self.stack[reg] = cast(v, target);
+        self.stack[reg] = cast(v, target)?;
+        Ok(())
     }
 
     #[inline(never)]
@@ -2039,6 +2082,33 @@ impl Execution {
                 self.enter(*function, base, argc, true)?;
                 Ok(Called::Entered)
             }
+            concerto_ir::CallSite::NilCoalescePrep => {
+                self.stack[base] = match std::mem::take(&mut self.stack[base]) {
+                    Value::None => Value::Nil,
+                    Value::Some(inner) => (*inner).clone(),
+                    other => other,
+                };
+                Ok(Called::Done)
+            }
+            concerto_ir::CallSite::BuildRange => {
+                let range = ops::build_range(
+                    &self.stack[base],
+                    &self.stack[base + 1],
+                    &self.stack[base + 2],
+                )?;
+                self.stack[base] = Value::Range(Arc::new(range));
+                Ok(Called::Done)
+            }
+            concerto_ir::CallSite::Listen { listen, argc } => {
+                let args = self.stack[base..base + *argc as usize].to_vec();
+                let flow = crate::listen::begin(&mut self.ctx, *listen, &args)?;
+                self.flow(flow, base)
+            }
+            concerto_ir::CallSite::MockModel { mock } => {
+                let def = &vm.program.mocks[*mock as usize];
+                self.ctx.mocks.lock().insert(def.agent, def.reply.clone());
+                Ok(Called::Done)
+            }
             concerto_ir::CallSite::Hashmap { op, hashmap } => {
                 let n = match op {
                     concerto_ir::HashmapOp::Set => 2,
@@ -2056,16 +2126,33 @@ impl Execution {
     }
 }
 
+/// The entry function, or an error for a file that has only tests.
+pub(crate) fn entry_of(program: &Program) -> Result<FuncId, VmError> {
+    program.entry.ok_or_else(|| {
+        VmError::new(
+            ErrorKind::Call,
+            format!(
+                "the program has no entry function `{}`: it has only tests (run them with \
+                 `concerto test`)",
+                program.metadata.entry_point
+            ),
+        )
+    })
+}
+
 /// What `main` returning `result` means: its value, or an unhandled error when it returned
 /// `Err(e)`.
 fn main_outcome(program: &Program, result: Value) -> Result<Value, VmError> {
     match result {
         Value::Err(e) => {
             let mut err = VmError::unhandled((*e).clone());
-            let entry = program.function(program.entry);
+            let function = match program.entry {
+                Some(entry) => program.function(entry).name.clone(),
+                None => std::sync::Arc::from(program.metadata.entry_point.as_str()),
+            };
             err.locate(
                 Location {
-                    function: entry.name.clone(),
+                    function,
                     span: Default::default(),
                 },
                 Vec::new(),
@@ -2105,33 +2192,45 @@ fn append_display(s: &mut Str, rhs: &Value) {
     }
 }
 
-/// `CAST` semantics.
-fn cast(v: Value, target: CastTarget) -> Value {
+/// `CAST` semantics. A value that cannot become the target (a string that is not a number,
+/// an array as `Int`, …) is a catchable type error naming the value's type and the target.
+fn cast(v: Value, target: CastTarget) -> Result<Value, VmError> {
+    let fail = |v: &Value, to: &str| {
+        let shown = match v {
+            Value::Str(s) => format!("String \"{s}\""),
+            other => other.type_name().to_string(),
+        };
+        Err(VmError::type_error(format_args!(
+            "cannot cast {shown} to {to}"
+        )))
+    };
     match target {
         CastTarget::Int => match v {
-            Value::Float(f) => Value::Int(f as i64),
-            Value::Bool(b) => Value::Int(b as i64),
+            Value::Int(_) => Ok(v),
+            Value::Float(f) => Ok(Value::Int(f as i64)),
+            Value::Bool(b) => Ok(Value::Int(b as i64)),
             Value::Str(ref s) => match s.trim().parse::<i64>() {
-                Ok(i) => Value::Int(i),
-                Err(_) => v,
+                Ok(i) => Ok(Value::Int(i)),
+                Err(_) => fail(&v, "Int"),
             },
-            other => other,
+            ref other => fail(other, "Int"),
         },
         CastTarget::Float => match v {
-            Value::Int(i) => Value::Float(i as f64),
-            Value::Bool(b) => Value::Float(if b { 1.0 } else { 0.0 }),
+            Value::Float(_) => Ok(v),
+            Value::Int(i) => Ok(Value::Float(i as f64)),
+            Value::Bool(b) => Ok(Value::Float(if b { 1.0 } else { 0.0 })),
             Value::Str(ref s) => match s.trim().parse::<f64>() {
-                Ok(f) => Value::Float(f),
-                Err(_) => v,
+                Ok(f) => Ok(Value::Float(f)),
+                Err(_) => fail(&v, "Float"),
             },
-            other => other,
+            ref other => fail(other, "Float"),
         },
-        CastTarget::String => match v {
+        CastTarget::String => Ok(match v {
             Value::Str(_) => v,
             other => Value::str(other.to_display()),
-        },
-        CastTarget::Bool => Value::Bool(v.is_truthy()),
-        CastTarget::Other => v,
+        }),
+        CastTarget::Bool => Ok(Value::Bool(v.is_truthy())),
+        CastTarget::Other => Ok(v),
     }
 }
 

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use concerto_ir::model::Dialect;
 pub use concerto_ir::{Program, TypeDefKind};
 
 use serde::{Deserialize, Serialize};
@@ -494,6 +495,17 @@ pub trait ToolHost: Send + Sync {
         input: String,
     ) -> BoxFuture<Result<String, HostError>>;
 
+    /// Opens a streaming session (`listen`) with host agent `program.hosts[host]`: starts the
+    /// process if needed (with its init handshake), writes `input` (already in the host's
+    /// input format) and hands back the session, from which the agent's messages are read.
+    /// The host's timeout bounds the whole session.
+    fn host_listen(
+        &self,
+        program: &Arc<Program>,
+        host: u32,
+        input: String,
+    ) -> BoxFuture<Result<Arc<dyn HostSession>, HostError>>;
+
     /// A `std::fs` operation, inside the allowed directories only.
     ///
     /// Two kinds of failure: a refused operation is `Err(HostError)` (kind
@@ -506,6 +518,19 @@ pub trait ToolHost: Send + Sync {
     /// for [`ToolHost::fs`].
     fn http(&self, request: HttpRequest)
     -> BoxFuture<Result<Result<HttpReply, String>, HostError>>;
+}
+
+/// A streaming session with a host agent, opened by [`ToolHost::host_listen`].
+pub trait HostSession: Send + Sync {
+    /// The next line the agent wrote, without its line ending; `None` once the agent closed
+    /// its output. Fails with [`HostErrorKind::Timeout`] once the session's time is up.
+    fn next_line(&self) -> BoxFuture<Result<Option<String>, HostError>>;
+    /// Writes one line (a newline is added) to the agent.
+    fn send_line(&self, line: String) -> BoxFuture<Result<(), HostError>>;
+    /// Ends the session. `clean`: the agent ended it with a terminal message and its process
+    /// stays for later calls; otherwise the process is stopped. A session dropped without
+    /// `finish` stops the process too.
+    fn finish(&self, clean: bool);
 }
 
 /// A `std::fs` operation. Paths are as the program wrote them.

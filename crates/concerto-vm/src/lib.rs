@@ -43,6 +43,7 @@ mod error;
 mod exec;
 mod hashmaps;
 pub mod host;
+mod listen;
 mod methods;
 mod ops;
 mod stdlib;
@@ -59,6 +60,6 @@ pub use exec::debug::{
 pub use exec::{ExecConfig, ExecStats, Execution, Host};
 pub use value::{
     Array, ArrayCell, EnumObj, FuncRef, Map, MapCell, MapInner, NativeObject, Object, Payload,
-    RefKind, RefValue, Str, StructObj, StructType, Value, drop_deep,
+    Range, RefKind, RefValue, Str, StructObj, StructType, Value, drop_deep,
 };
 pub use vm::Vm;

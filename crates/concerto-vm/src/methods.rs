@@ -81,6 +81,7 @@ pub(crate) fn call_builtin_method(
         Value::Map(m) => map_method(method, name, m, rest),
         Value::Ok(_) | Value::Err(_) => result_method(method, name, recv, rest),
         Value::Some(_) | Value::None => option_method(method, name, recv, rest),
+        Value::Range(r) => range_method(method, name, r, rest),
         Value::Ref(r) => match r.kind {
             RefKind::Hashmap => {
                 crate::hashmaps::method(ctx, method, name, r.index, &Str::from(""), rest)
@@ -198,6 +199,36 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
 }
 
 #[cold]
+/// Methods of a range: `len`, `is_empty`, `contains(i)`, `to_string`.
+fn range_method(
+    method: Method,
+    name: &str,
+    r: &crate::value::Range,
+    args: &[Value],
+) -> Result<Flow, VmError> {
+    match method {
+        Method::Len => value(Value::Int(crate::ops::range_len(r)?)),
+        Method::IsEmpty => value(Value::Bool(r.is_empty())),
+        Method::Contains => {
+            let Value::Int(i) = arg(args, 0) else {
+                return Err(VmError::type_error(format!(
+                    "Range.contains expects an Int, got {}",
+                    arg(args, 0).type_name()
+                )));
+            };
+            let above = *i >= r.start;
+            let below = match r.end {
+                None => true,
+                Some(end) if r.inclusive => *i <= end,
+                Some(end) => *i < end,
+            };
+            value(Value::Bool(above && below))
+        }
+        Method::ToString => value(Value::str(r.to_string())),
+        _ => Err(VmError::type_error(format!("no method '{name}' on Range"))),
+    }
+}
+
 fn no_method(recv: &Value, name: &str) -> VmError {
     VmError::type_error(format!("no method '{name}' on {}", recv.type_name()))
 }

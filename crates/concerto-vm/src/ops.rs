@@ -199,6 +199,36 @@ pub(crate) fn index_get(coll: &Value, idx: &Value) -> Result<Value, VmError> {
             },
             None => Err(VmError::no_field(name, &e.type_name)),
         },
+        (Value::Range(r), Value::Int(i)) => match r.get(*i) {
+            Some(v) => Ok(Value::Int(v)),
+            None => Err(VmError::index_out_of_bounds(
+                *i,
+                r.len().map_or(usize::MAX, |n| n as usize),
+            )),
+        },
+        (Value::Array(arr), Value::Range(r)) => {
+            let items = arr.0.lock();
+            let (from, to) = r.clamp(items.len());
+            Ok(Value::array(items[from..to].to_vec()))
+        }
+        (Value::Str(s), Value::Int(i)) => {
+            let found = usize::try_from(*i).ok().and_then(|i| {
+                if s.is_ascii() {
+                    s.as_str().get(i..i + 1).map(str::to_string)
+                } else {
+                    s.chars().nth(i).map(String::from)
+                }
+            });
+            match found {
+                Some(c) => Ok(Value::str(c)),
+                None => Err(VmError::index_out_of_bounds(*i, s.chars().count())),
+            }
+        }
+        (Value::Str(s), Value::Range(r)) => {
+            let chars: Vec<char> = s.chars().collect();
+            let (from, to) = r.clamp(chars.len());
+            Ok(Value::str(chars[from..to].iter().collect::<String>()))
+        }
         (Value::Array(_), other) => Err(VmError::type_error(format!(
             "array index must be Int, got {}",
             other.type_name()
@@ -354,5 +384,47 @@ pub(crate) fn truth(op: BinOp, a: &Value, b: &Value) -> Result<bool, VmError> {
         },
         // Arithmetic results are not comparisons; use their truthiness.
         _ => binary(op, a, b)?.is_truthy(),
+    })
+}
+
+/// `BUILD_RANGE`: `start` (nil: 0) and `end` (nil: open) must be integers.
+pub(crate) fn build_range(
+    start: &Value,
+    end: &Value,
+    inclusive: &Value,
+) -> Result<crate::value::Range, VmError> {
+    let start = match start {
+        Value::Int(i) => *i,
+        Value::Nil => 0,
+        other => {
+            return Err(VmError::type_error(format!(
+                "a range's start must be Int, got {}",
+                other.type_name()
+            )));
+        }
+    };
+    let end = match end {
+        Value::Int(i) => Some(*i),
+        Value::Nil => None,
+        other => {
+            return Err(VmError::type_error(format!(
+                "a range's end must be Int, got {}",
+                other.type_name()
+            )));
+        }
+    };
+    Ok(crate::value::Range {
+        start,
+        end,
+        inclusive: inclusive.is_truthy(),
+    })
+}
+
+/// The number of integers in a range; an open range (`a..`) has none to count.
+pub(crate) fn range_len(r: &crate::value::Range) -> Result<i64, VmError> {
+    r.len().ok_or_else(|| {
+        VmError::type_error(format!(
+            "the open range {r} has no length (give it an end: {r}N)"
+        ))
     })
 }

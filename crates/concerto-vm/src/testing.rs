@@ -84,6 +84,15 @@ impl ToolHost for Unsupported {
         Box::pin(async { Err(HostError::unsupported("host agents in the test host")) })
     }
 
+    fn host_listen(
+        &self,
+        _: &Arc<concerto_ir::Program>,
+        _: u32,
+        _: String,
+    ) -> BoxFuture<Result<Arc<dyn crate::host::HostSession>, HostError>> {
+        Box::pin(async { Err(HostError::unsupported("listen in the test host")) })
+    }
+
     fn fs(
         &self,
         _: crate::host::FsRequest,

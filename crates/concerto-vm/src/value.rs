@@ -70,6 +70,8 @@ pub enum Value {
     Path(Str),
     /// A host- or interpreter-defined object (agent builders, async tasks, …).
     Object(Object),
+    /// A range of integers (`a..b`, `a..=b`, `a..`), from 7ad10db's `BUILD_RANGE`.
+    Range(Arc<Range>),
     /// Marks a local slot that has not been assigned yet. Never visible to programs.
     #[doc(hidden)]
     Unset,
@@ -117,7 +119,79 @@ impl Value {
             Value::Ref(r) => Value::Ref(*r),
             Value::Path(p) => Value::Path(p.clone()),
             Value::Object(o) => Value::Object(o.clone()),
+            Value::Range(r) => Value::Range(r.clone()),
             Value::Unset => Value::Unset,
+        }
+    }
+}
+
+/// A range of integers: `start..end`, `start..=end`, or `start..` when `end` is open.
+/// A range is a value of its own: it is never expanded into its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Range {
+    /// The first integer.
+    pub start: i64,
+    /// The bound; `None` for an open range (`xs[2..]`).
+    pub end: Option<i64>,
+    /// Whether `end` itself belongs to the range (`..=`).
+    pub inclusive: bool,
+}
+
+impl Range {
+    /// How many integers the range holds (0 when `end` is before `start`); `None` when open.
+    pub fn len(&self) -> Option<i64> {
+        let end = self.end?;
+        let past = if self.inclusive {
+            end.checked_add(1)?
+        } else {
+            end
+        };
+        Some(past.saturating_sub(self.start).max(0))
+    }
+
+    /// Whether the range holds no integer (an open range never is).
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// The `i`-th integer of the range, when it has one.
+    pub fn get(&self, i: i64) -> Option<i64> {
+        if i < 0 {
+            return None;
+        }
+        let v = self.start.checked_add(i)?;
+        match self.len() {
+            Some(len) if i >= len => None,
+            _ => Some(v),
+        }
+    }
+
+    /// The positions `[from, to)` the range selects in a sequence of `len` elements, clamped
+    /// to the sequence (a range past either end selects what overlaps, possibly nothing).
+    pub fn clamp(&self, len: usize) -> (usize, usize) {
+        let len_i = i64::try_from(len).unwrap_or(i64::MAX);
+        let from = self.start.clamp(0, len_i);
+        let to = match self.end {
+            None => len_i,
+            Some(end) => {
+                let past = if self.inclusive {
+                    end.saturating_add(1)
+                } else {
+                    end
+                };
+                past.clamp(0, len_i)
+            }
+        };
+        (from as usize, to.max(from) as usize)
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dots = if self.inclusive { "..=" } else { ".." };
+        match self.end {
+            Some(end) => write!(f, "{}{dots}{end}", self.start),
+            None => write!(f, "{}{dots}", self.start),
         }
     }
 }
@@ -645,6 +719,47 @@ impl Value {
         Value::Array(Array::new(items))
     }
 
+    /// A copy that shares no array, map or struct with `self`, so later writes to the
+    /// original do not show in it (containers below [`MAX_DEPTH`] are shared).
+    pub fn deep_copy(&self) -> Value {
+        self.deep_copy_depth(0)
+    }
+
+    fn deep_copy_depth(&self, depth: usize) -> Value {
+        if depth > MAX_DEPTH {
+            return self.clone();
+        }
+        match self {
+            Value::Array(a) => Value::array(
+                a.to_vec()
+                    .iter()
+                    .map(|v| v.deep_copy_depth(depth + 1))
+                    .collect(),
+            ),
+            Value::Map(m) => Value::Map(Map::from_pairs(
+                m.entries()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.deep_copy_depth(depth + 1))),
+            )),
+            Value::Struct(s) => {
+                let fields = s
+                    .fields
+                    .lock()
+                    .iter()
+                    .map(|v| v.deep_copy_depth(depth + 1))
+                    .collect();
+                Value::Struct(Arc::new(StructObj {
+                    ty: s.ty.clone(),
+                    fields: Mutex::new(fields),
+                }))
+            }
+            Value::Ok(p) => Value::ok(p.deep_copy_depth(depth + 1)),
+            Value::Err(p) => Value::err(p.deep_copy_depth(depth + 1)),
+            Value::Some(p) => Value::some(p.deep_copy_depth(depth + 1)),
+            other => other.clone(),
+        }
+    }
+
     /// A map value from pairs.
     pub fn map<K: Into<Str>>(pairs: impl IntoIterator<Item = (K, Value)>) -> Value {
         Value::Map(Map::from_pairs(
@@ -725,6 +840,7 @@ impl Value {
                 RefKind::Host => "HostRef",
             },
             Value::Object(o) => o.get().type_name(),
+            Value::Range(_) => "Range",
         }
     }
 
@@ -878,6 +994,9 @@ impl Value {
                 }
             },
             Value::Object(o) => out.push_str(&o.get().display()),
+            Value::Range(r) => {
+                let _ = write!(out, "{r}");
+            }
         }
     }
 
@@ -949,6 +1068,13 @@ impl Value {
             Value::Ok(v) => tagged_json("Ok", v, depth, budget),
             Value::Err(v) => tagged_json("Err", v, depth, budget),
             Value::Some(v) => tagged_json("Some", v, depth, budget),
+            Value::Range(r) => {
+                let mut obj = serde_json::Map::new();
+                obj.insert("start".into(), J::from(r.start));
+                obj.insert("end".into(), r.end.map_or(J::Null, J::from));
+                obj.insert("inclusive".into(), J::Bool(r.inclusive));
+                J::Object(obj)
+            }
             other => J::String(other.to_display()),
         }
     }
@@ -1047,6 +1173,7 @@ impl Value {
             (Value::Path(a), Value::Path(b)) => a == b,
             (Value::Ref(a), Value::Ref(b)) => a == b,
             (Value::Object(a), Value::Object(b)) => Arc::ptr_eq(&a.0, &b.0),
+            (Value::Range(a), Value::Range(b)) => a == b,
             _ => false,
         }
     }

@@ -128,6 +128,7 @@ pub(super) struct Connected {
 /// configured timeout. `ctx` names the server (and tool) for messages.
 pub(super) async fn connect(
     config: &ServerConfig,
+    base_dir: Option<&std::path::Path>,
     http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
     ctx: &str,
 ) -> Result<Connected, HostError> {
@@ -138,7 +139,9 @@ pub(super) async fn connect(
             env,
             cwd,
         } => {
-            let mut command = tokio::process::Command::new(program);
+            let (program, cwd) = crate::resolve_paths(base_dir, program, cwd.as_deref());
+            let cwd = &cwd;
+            let mut command = tokio::process::Command::new(&program);
             command.args(args);
             for (name, value) in env {
                 match value {

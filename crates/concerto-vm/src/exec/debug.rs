@@ -373,11 +373,10 @@ impl Execution {
 
     /// Starts phase `idx`: constant initialiser `idx`, or the entry point after them.
     fn begin_phase(&mut self, program: &Program, idx: usize) -> Result<(), VmError> {
-        let func = program
-            .const_inits
-            .get(idx)
-            .copied()
-            .unwrap_or(program.entry);
+        let func = match program.const_inits.get(idx) {
+            Some(&init) => init,
+            None => super::entry_of(program)?,
+        };
         self.begin(func, Vec::new())
     }
 
@@ -526,7 +525,10 @@ impl Execution {
             state.op_index = last.pc;
             state.pc = func.ir_pc.get(last.pc).copied().unwrap_or(0);
             state.span = func.spans.get(last.pc).copied().unwrap_or_default();
-        } else if let Some(func) = program.functions.get(program.entry as usize) {
+        } else if let Some(func) = program
+            .entry
+            .and_then(|entry| program.functions.get(entry as usize))
+        {
             state.function = func.name.clone();
             state.pc = func.ir_pc.first().copied().unwrap_or(0);
             state.span = func.spans.first().copied().unwrap_or_default();
@@ -736,7 +738,10 @@ fn reads(op: &Op, program: &Program) -> Vec<(Reg, u32)> {
                 Some(CallSite::Hashmap {
                     op: HashmapOp::Set, ..
                 }) => 2,
-                Some(CallSite::Hashmap { .. }) | None => 1,
+                Some(CallSite::Hashmap { .. } | CallSite::NilCoalescePrep) | None => 1,
+                Some(CallSite::BuildRange) => 3,
+                Some(CallSite::Listen { argc, .. }) => u32::from(*argc),
+                Some(CallSite::MockModel { .. }) => 0,
             };
             vec![(base, count)]
         }

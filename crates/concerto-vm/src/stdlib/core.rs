@@ -53,12 +53,13 @@ pub(crate) fn env(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     }
 }
 
-/// `len(x)`: bytes of a string, elements of an array or map.
+/// `len(x)`: bytes of a string, elements of an array or map, integers of a range.
 pub(crate) fn len(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     match arg(args, 0) {
         Value::Str(s) => ret(Value::Int(s.len() as i64)),
         Value::Array(a) => ret(Value::Int(a.len() as i64)),
         Value::Map(m) => ret(Value::Int(m.len() as i64)),
+        Value::Range(r) => ret(Value::Int(crate::ops::range_len(r)?)),
         other => Err(VmError::type_error(format!(
             "len() not supported on {}",
             other.type_name()
@@ -90,4 +91,99 @@ pub(crate) fn tool_error_new(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmErro
         "ToolError",
         vec![("message", Value::str(message))],
     ))
+}
+
+/// A failed assertion: a catchable error of kind [`ErrorKind::Assertion`].
+fn assertion_failed(detail: String) -> VmError {
+    VmError::new(ErrorKind::Assertion, format!("assertion failed: {detail}"))
+}
+
+/// How an assertion shows a value: strings quoted, everything else in its display form.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Str(s) => format!("{:?}", s.as_str()),
+        other => other.to_display(),
+    }
+}
+
+/// `assert(condition)` / `assert(condition, message)`.
+pub(crate) fn assert(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    if args.is_empty() || args.len() > 2 {
+        return Err(VmError::new(
+            ErrorKind::Arity,
+            format!("assert expects 1 or 2 arguments, got {}", args.len()),
+        ));
+    }
+    let condition = arg(args, 0);
+    if condition.is_truthy() {
+        return ret(Value::Nil);
+    }
+    Err(assertion_failed(match args.get(1) {
+        Some(message) => message.to_display(),
+        None => format!("expected truthy value, got {}", shown(condition)),
+    }))
+}
+
+fn two_args(name: &str, args: &[Value]) -> Result<(), VmError> {
+    if args.len() == 2 || args.len() == 3 {
+        Ok(())
+    } else {
+        Err(VmError::new(
+            ErrorKind::Arity,
+            format!("{name} expects 2 or 3 arguments, got {}", args.len()),
+        ))
+    }
+}
+
+/// `assert_eq(left, right)` / `assert_eq(left, right, message)`: structural equality.
+pub(crate) fn assert_eq(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    two_args("assert_eq", args)?;
+    let (left, right) = (arg(args, 0), arg(args, 1));
+    if left.equals(right) {
+        return ret(Value::Nil);
+    }
+    let detail = format!("{} != {}", shown(left), shown(right));
+    Err(assertion_failed(match args.get(2) {
+        Some(message) => format!("{}: {detail}", message.to_display()),
+        None => detail,
+    }))
+}
+
+/// `assert_ne(left, right)` / `assert_ne(left, right, message)`.
+pub(crate) fn assert_ne(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
+    two_args("assert_ne", args)?;
+    let (left, right) = (arg(args, 0), arg(args, 1));
+    if !left.equals(right) {
+        return ret(Value::Nil);
+    }
+    let detail = format!("{} == {} (expected not equal)", shown(left), shown(right));
+    Err(assertion_failed(match args.get(2) {
+        Some(message) => format!("{}: {detail}", message.to_display()),
+        None => detail,
+    }))
+}
+
+/// `test_emits()`: the emits of the running test so far, in order, each an
+/// `Emit { channel, payload }`. Only a test run (`concerto test`) captures emits.
+pub(crate) fn test_emits(ctx: &mut Ctx, _: &[Value]) -> Result<Flow, VmError> {
+    let Some(captured) = &ctx.captured else {
+        return Err(VmError::new(
+            ErrorKind::Call,
+            "test_emits() is only available while a test runs (`concerto test`)",
+        ));
+    };
+    let items = captured
+        .lock()
+        .iter()
+        .map(|(channel, payload)| {
+            Value::record(
+                "Emit",
+                vec![
+                    ("channel", Value::Str(channel.clone())),
+                    ("payload", payload.clone()),
+                ],
+            )
+        })
+        .collect();
+    ret(Value::array(items))
 }

@@ -6,6 +6,12 @@
 //! `pipeline:complete {name, duration_ms}`. A stage fails when it returns `Err(e)` or raises a
 //! runtime error; after its `@retry` attempts the run emits `pipeline:error {pipeline, stage,
 //! error}` and returns `Err("pipeline 'P' failed at stage 's': <error>")`.
+//!
+//! Contracts (7ad10db, `pipeline P(input: T) -> U`): the input is checked against `T` before
+//! the first stage and the result against `U` after the last (a `Result<V, E>` contract is
+//! checked against `V`, since stage results are unwrapped); a mismatch fails the run like a
+//! stage does, at the first or last stage, naming the pipeline, the stage and both types.
+//! Types this check does not know (generic parameters, `any`) are not checked.
 
 use std::time::{Duration, Instant};
 
@@ -135,6 +141,23 @@ impl PipelineRun {
     fn next_stage(&mut self, ctx: &mut Ctx) -> Result<Step, VmError> {
         let stages = ctx.program().pipelines[self.pipeline as usize].stages.len();
         if self.stage >= stages {
+            let program = ctx.program().clone();
+            let def = &program.pipelines[self.pipeline as usize];
+            if let Some(ty) = &def.output_type
+                && let Some(last) = def.stages.last()
+            {
+                let wanted = ok_type(ty);
+                if conforms(&program, &self.value, wanted) == Some(false) {
+                    self.stage = stages - 1;
+                    let why = format!(
+                        "pipeline '{}' declares result type {ty}, but its last stage '{}' gave {}",
+                        self.name,
+                        last.name,
+                        self.value.type_name()
+                    );
+                    return self.contract_failed(ctx, why);
+                }
+            }
             let duration = self.started.map_or(0, |s| ctx.elapsed_ms(s));
             ctx.emit(
                 "pipeline:complete",
@@ -147,6 +170,12 @@ impl PipelineRun {
         }
         self.attempt = 0;
         self.call_stage(ctx)
+    }
+
+    /// A contract mismatch: fails the run at the current stage, without retries.
+    fn contract_failed(&mut self, ctx: &mut Ctx, why: String) -> Result<Step, VmError> {
+        self.attempt = u32::MAX;
+        self.stage_failed(ctx, why)
     }
 
     fn stage_failed(&mut self, ctx: &mut Ctx, error: String) -> Result<Step, VmError> {
@@ -191,6 +220,20 @@ impl Continuation for PipelineRun {
                         ("stages", Value::Int(stages as i64)),
                     ]),
                 )?;
+                let program = ctx.program().clone();
+                let def = &program.pipelines[self.pipeline as usize];
+                if let Some(ty) = &def.input_type
+                    && !def.stages.is_empty()
+                    && conforms(&program, &self.value, ty) == Some(false)
+                {
+                    let why = format!(
+                        "pipeline '{}' expects input of type {ty} at stage '{}', got {}",
+                        self.name,
+                        def.stages[0].name,
+                        self.value.type_name()
+                    );
+                    return self.contract_failed(ctx, why);
+                }
                 self.next_stage(ctx)
             }
             State::Waiting => {
@@ -248,5 +291,113 @@ impl Continuation for PipelineRun {
 
     fn frame_name(&self) -> &str {
         &self.frame_name
+    }
+}
+
+/// `V` of `Result<V, E>`, else the type itself.
+fn ok_type(ty: &str) -> &str {
+    let ty = ty.trim();
+    match ty.strip_prefix("Result<").and_then(|r| r.strip_suffix('>')) {
+        Some(inner) => split_generics(inner).first().copied().unwrap_or(ty),
+        None => ty,
+    }
+}
+
+/// The top-level, comma-separated parts of a generic argument list.
+fn split_generics(inner: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(inner[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(inner[start..].trim());
+    parts
+}
+
+/// Whether `v` is a value of type `ty`: `Some(false)` only for a clear mismatch, `None` when
+/// the type is one this check does not know.
+pub(crate) fn conforms(program: &concerto_ir::Program, v: &Value, ty: &str) -> Option<bool> {
+    let ty = ty.trim();
+    let (head, args) = match ty.find('<') {
+        Some(open) if ty.ends_with('>') => (
+            ty[..open].trim(),
+            split_generics(&ty[open + 1..ty.len() - 1]),
+        ),
+        _ => (ty, Vec::new()),
+    };
+    let all = |items: Vec<Value>, elem: &str| -> Option<bool> {
+        let mut known = true;
+        for item in &items {
+            match conforms(program, item, elem) {
+                Some(false) => return Some(false),
+                None => known = false,
+                Some(true) => {}
+            }
+        }
+        if known || items.is_empty() {
+            Some(true)
+        } else {
+            None
+        }
+    };
+    match (head, v) {
+        ("any" | "Any" | "", _) => None,
+        ("Int", Value::Int(_)) => Some(true),
+        ("Float", Value::Float(_) | Value::Int(_)) => Some(true),
+        ("String", Value::Str(_)) => Some(true),
+        ("Bool", Value::Bool(_)) => Some(true),
+        ("Nil" | "nil" | "()", Value::Nil) => Some(true),
+        ("Range", Value::Range(_)) => Some(true),
+        ("Array", Value::Array(a)) => match args.first() {
+            Some(elem) => all(a.to_vec(), elem),
+            None => Some(true),
+        },
+        ("Map", Value::Map(m)) => match args.get(1) {
+            Some(elem) => all(m.entries().into_iter().map(|(_, v)| v).collect(), elem),
+            None => Some(true),
+        },
+        ("Option", Value::None) => Some(true),
+        ("Option", Value::Some(inner)) => match args.first() {
+            Some(elem) => conforms(program, inner, elem),
+            None => Some(true),
+        },
+        ("Result", Value::Ok(inner)) => match args.first() {
+            Some(elem) => conforms(program, inner, elem),
+            None => Some(true),
+        },
+        ("Result", Value::Err(inner)) => match args.get(1) {
+            Some(elem) => conforms(program, inner, elem),
+            None => Some(true),
+        },
+        (
+            "Int" | "Float" | "String" | "Bool" | "Nil" | "Range" | "Array" | "Map" | "Option"
+            | "Result",
+            _,
+        ) => Some(false),
+        (name, Value::Struct(s))
+            if program.schemas.iter().any(|x| x.name == name)
+                || program.types.iter().any(|t| &*t.name == name) =>
+        {
+            Some(&*s.ty.name == name)
+        }
+        (name, Value::Enum(e)) if program.types.iter().any(|t| &*t.name == name) => {
+            Some(&*e.type_name == name)
+        }
+        (name, _)
+            if program.schemas.iter().any(|x| x.name == name)
+                || program.types.iter().any(|t| &*t.name == name) =>
+        {
+            // A schema value may arrive as a map (from JSON); anything else is a mismatch.
+            Some(matches!(v, Value::Map(_)))
+        }
+        _ => None,
     }
 }
