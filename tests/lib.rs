@@ -132,14 +132,30 @@ pub fn read_meta(ir: &Path) -> Result<Meta, String> {
     })
 }
 
-/// `dir/NAME.<ext>` for `dir/NAME.conc-ir`.
+/// `dir/NAME.<ext>` for `dir/NAME.conc-ir`. For the 7ad10db build of a program,
+/// `dir/NAME.head.conc-ir`, it is `dir/NAME.head.<ext>` when that file exists (the dialects
+/// mean different things there) and otherwise the shared `dir/NAME.<ext>`.
 pub fn sibling(ir: &Path, ext: &str) -> PathBuf {
     let stem = ir
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("")
         .trim_end_matches(".conc-ir");
-    ir.with_file_name(format!("{stem}.{ext}"))
+    let own = ir.with_file_name(format!("{stem}.{ext}"));
+    match stem.strip_suffix(".head") {
+        Some(base) if !own.exists() => ir.with_file_name(format!("{base}.{ext}")),
+        _ => own,
+    }
+}
+
+/// For `dir/NAME.head.conc-ir`, the 1a8ede9 build `dir/NAME.conc-ir` of the same program
+/// when there is one and the two are expected to mean the same (no `NAME.head.expected.jsonl`).
+pub fn seed_twin(head_ir: &Path) -> Option<PathBuf> {
+    let name = head_ir.file_name()?.to_str()?;
+    let base = name.strip_suffix(".head.conc-ir")?;
+    let seed = head_ir.with_file_name(format!("{base}.conc-ir"));
+    let own_expected = head_ir.with_file_name(format!("{base}.head.expected.jsonl"));
+    (seed.exists() && !own_expected.exists()).then_some(seed)
 }
 
 /// Reads an expected-emits file (one JSON object per line).

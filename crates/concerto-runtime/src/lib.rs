@@ -230,10 +230,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// The folder relative paths in the program resolve against: external agents' commands
-    /// with a slash and working directories, stdio MCP servers' programs and `cwd`; their
-    /// processes start there unless they set a working directory. `concerto run app.conc`
-    /// sets the source file's folder (the IR it compiles lives in a temporary one).
+    /// The folder relative paths in the program resolve against: external agents' and stdio
+    /// MCP servers' working directories, and their commands (with a slash) and arguments
+    /// that name a file or folder there. `concerto run app.conc` sets the source file's
+    /// folder (the IR it compiles lives in a temporary one).
     pub fn set_program_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         let dir = dir.into();
         self.program_dir = Some(std::path::absolute(&dir).unwrap_or(dir));

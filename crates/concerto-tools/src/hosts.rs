@@ -129,8 +129,10 @@ impl HostAgents {
     }
 
     /// Resolves relative paths of hosts against `dir` (the folder of the program the user
-    /// named): a `command` with a slash, a `working_dir`, and the working directory of a host
-    /// that sets none (so `python3 agent.py` finds `agent.py` next to the program).
+    /// named): a relative `working_dir` joins `dir`; a `command` with a slash and arguments
+    /// that name an existing file or folder relative to `dir` become absolute paths there (so
+    /// `python3 agent.py` finds `agent.py` next to the program wherever the runtime was
+    /// started); other relative paths stay relative to the working directory.
     pub fn with_base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> HostAgents {
         self.base_dir = Some(dir.into());
         self
@@ -255,15 +257,16 @@ fn spec_of(
         Some(other) => Some(other.to_string()),
     };
     let configured = decl.timeout.filter(|t| *t > 0);
-    let (command, working_dir) = crate::resolve_paths(
+    let (command, args, working_dir) = crate::resolve_paths(
         base,
         &command,
+        &decl.args,
         decl.working_dir.as_deref().filter(|d| !d.is_empty()),
     );
     let spec = Spec {
         name,
         command,
-        args: decl.args.clone(),
+        args,
         env,
         working_dir,
         params,

@@ -88,30 +88,48 @@ pub struct Tools {
     registered: HashMap<String, Vec<(String, HostMethod)>>,
 }
 
-/// A child process's program and working directory, with relative paths resolved against
-/// `base` (the folder of the program the user named), when there is one: a program with a
-/// slash joins `base`, a relative working directory joins `base`, and no working directory
-/// means `base`. A program without a slash is looked up on `PATH` as usual.
+/// A child process's program, arguments and working directory, with relative paths
+/// resolved against `base` (the folder of the program the user named), when there is one:
+/// a relative working directory joins `base`; a program with a slash, and an argument, that
+/// name an existing file or folder relative to `base` are made absolute there. Anything
+/// else is left as written (a program without a slash is looked up on `PATH`; other relative
+/// paths stay relative to the working directory, the runtime's own when none is set).
 pub(crate) fn resolve_paths(
     base: Option<&std::path::Path>,
     program: &str,
+    args: &[String],
     cwd: Option<&str>,
-) -> (String, Option<String>) {
+) -> (String, Vec<String>, Option<String>) {
     let Some(base) = base else {
-        return (program.to_string(), cwd.map(str::to_string));
+        return (program.to_string(), args.to_vec(), cwd.map(str::to_string));
     };
-    let as_text = |p: PathBuf| p.to_string_lossy().into_owned();
-    let program = if program.contains('/') && std::path::Path::new(program).is_relative() {
-        as_text(base.join(program))
+    let under_base = |text: &str| -> Option<String> {
+        let path = std::path::Path::new(text);
+        if text.is_empty() || text.starts_with('-') || !path.is_relative() {
+            return None;
+        }
+        let joined = base.join(path);
+        joined
+            .exists()
+            .then(|| joined.to_string_lossy().into_owned())
+    };
+    let program = if program.contains('/') {
+        under_base(program).unwrap_or_else(|| program.to_string())
     } else {
         program.to_string()
     };
-    let cwd = match cwd {
-        Some(dir) if std::path::Path::new(dir).is_relative() => as_text(base.join(dir)),
-        Some(dir) => dir.to_string(),
-        None => as_text(base.to_path_buf()),
-    };
-    (program, Some(cwd))
+    let args = args
+        .iter()
+        .map(|a| under_base(a).unwrap_or_else(|| a.clone()))
+        .collect();
+    let cwd = cwd.map(|dir| {
+        if std::path::Path::new(dir).is_relative() {
+            base.join(dir).to_string_lossy().into_owned()
+        } else {
+            dir.to_string()
+        }
+    });
+    (program, args, cwd)
 }
 
 impl std::fmt::Debug for Tools {
@@ -125,9 +143,9 @@ impl std::fmt::Debug for Tools {
 
 impl Tools {
     /// Resolves relative paths of host agents and stdio MCP servers (commands with a slash,
-    /// working directories) against `dir`, the folder of the program the user named; their
-    /// processes start in `dir` unless they set a working directory. Call before the first
-    /// use.
+    /// arguments naming files, working directories) against `dir`, the folder of the program
+    /// the user named (see [`HostAgents::with_base_dir`](hosts::HostAgents::with_base_dir)).
+    /// Call before the first use.
     pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Tools {
         let dir = dir.into();
         self.hosts = Arc::new(hosts::HostAgents::new().with_base_dir(dir.clone()));

@@ -92,9 +92,9 @@ impl McpClients {
         McpClients::default()
     }
 
-    /// Resolves a stdio server's relative program path and working directory against `dir`
-    /// (the folder of the program the user named); servers start in `dir` unless they set
-    /// `cwd`.
+    /// Resolves a stdio server's relative paths against `dir` (the folder of the program the
+    /// user named), as [`HostAgents::with_base_dir`](crate::hosts::HostAgents::with_base_dir)
+    /// does for host agents.
     pub fn with_base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> McpClients {
         self.base_dir = Some(dir.into());
         self

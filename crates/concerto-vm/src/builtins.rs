@@ -166,6 +166,25 @@ pub(crate) fn is_std_module(module: &str) -> bool {
 }
 
 /// The name of built-in `id`.
+/// The [`Value::Builtin`] id of the constructor of tuple variant `variant` of enum type `ty`:
+/// past the table, with the type and variant in the id itself, so that a constructor
+/// compared with a value of its variant can tell (7ad10db compiles the pattern
+/// `Shape::Circle(r)` as `value == Shape::Circle`). `None` past 65 535 types or variants.
+pub(crate) fn enum_ctor_id(ty: u32, variant: u32) -> Option<u32> {
+    if ty >= 0xFFFF || variant > 0xFFFF {
+        return None;
+    }
+    u32::try_from(BUILTIN_COUNT)
+        .ok()?
+        .checked_add((ty << 16) | variant)
+}
+
+/// The (type, variant) of an enum constructor id (see [`enum_ctor_id`]).
+pub(crate) fn enum_ctor_of(id: u32) -> Option<(u32, u32)> {
+    let rel = id.checked_sub(u32::try_from(BUILTIN_COUNT).ok()?)?;
+    Some((rel >> 16, rel & 0xFFFF))
+}
+
 pub(crate) fn builtin_name(id: u32) -> &'static str {
     BUILTINS
         .get(id as usize)

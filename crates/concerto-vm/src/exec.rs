@@ -619,7 +619,7 @@ impl Execution {
                 let flow = if (id as usize) < builtins::BUILTIN_COUNT {
                     builtins::call(id, &mut self.ctx, &self.stack[base..base + argc])
                 } else {
-                    self.construct_variant(id as usize - builtins::BUILTIN_COUNT, base, argc)
+                    self.construct_variant(id, base, argc)
                 };
                 self.flow(flow?, base)
             }
@@ -675,27 +675,32 @@ impl Execution {
         }
     }
 
-    fn construct_variant(
-        &mut self,
-        ctor: usize,
-        base: usize,
-        argc: usize,
-    ) -> Result<Flow, VmError> {
+    fn construct_variant(&mut self, ctor: u32, base: usize, argc: usize) -> Result<Flow, VmError> {
         let vm = &self.ctx.vm;
-        let Some(c) = vm.enum_ctors.get(ctor) else {
+        let Some((c_ty, c_variant)) =
+            builtins::enum_ctor_of(ctor).filter(|(ty, _)| (*ty as usize) < vm.program.types.len())
+        else {
             return Err(VmError::new(
                 ErrorKind::Internal,
                 "unknown enum constructor",
             ));
         };
-        let ty = &vm.program.types[c.ty as usize];
+        let ty = &vm.program.types[c_ty as usize];
         let concerto_ir::TypeDefKind::Enum { variants } = &ty.kind else {
             return Err(VmError::new(
                 ErrorKind::Internal,
                 "enum constructor of a non-enum",
             ));
         };
-        let variant = &variants[c.variant as usize];
+        let variant = &match variants.get(c_variant as usize) {
+            Some(v) => v,
+            None => {
+                return Err(VmError::new(
+                    ErrorKind::Internal,
+                    "unknown enum constructor",
+                ));
+            }
+        };
         let expected = variant.fields.as_ref().map_or(0, |f| f.len());
         if argc != expected {
             return Err(VmError::new(
@@ -712,8 +717,8 @@ impl Execution {
         Ok(Flow::Value(Value::Enum(Arc::new(EnumObj {
             type_name: ty.name.clone(),
             variant: variant.name.clone(),
-            type_id: c.ty,
-            variant_id: c.variant,
+            type_id: c_ty,
+            variant_id: c_variant,
             field_names: None,
             payload,
         }))))

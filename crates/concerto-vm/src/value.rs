@@ -1104,7 +1104,8 @@ impl Value {
 
     /// Structural equality: numbers compare numerically across Int and Float, containers
     /// element-wise, maps as maps (key order does not matter), structs by type and fields,
-    /// references by identity.
+    /// references by identity; a value of a tuple enum variant equals that variant's
+    /// constructor (how 7ad10db compiles a variant pattern).
     pub fn equals(&self, other: &Value) -> bool {
         self.equals_depth(other, 0)
     }
@@ -1174,6 +1175,11 @@ impl Value {
             (Value::Ref(a), Value::Ref(b)) => a == b,
             (Value::Object(a), Value::Object(b)) => Arc::ptr_eq(&a.0, &b.0),
             (Value::Range(a), Value::Range(b)) => a == b,
+            // A value of a tuple variant equals that variant's constructor: 7ad10db compiles
+            // the pattern `Shape::Circle(r)` as `value == Shape::Circle`.
+            (Value::Enum(e), Value::Builtin(id)) | (Value::Builtin(id), Value::Enum(e)) => {
+                crate::builtins::enum_ctor_of(*id) == Some((e.type_id, e.variant_id))
+            }
             _ => false,
         }
     }

@@ -8,7 +8,7 @@ use concerto_ir::{
 };
 use rustc_hash::FxHashMap;
 
-use crate::builtins::{self, BUILTIN_COUNT};
+use crate::builtins;
 use crate::methods::Method;
 use crate::value::{EnumObj, FuncRef, RefKind, RefValue, Str, StructObj, StructType, Value};
 
@@ -27,12 +27,6 @@ pub(crate) enum ShapeKind {
     EnumVariant { ty: u32, variant: u32 },
 }
 
-/// An enum constructor reachable as a value (`Shape::Circle`).
-pub(crate) struct EnumCtor {
-    pub(crate) ty: u32,
-    pub(crate) variant: u32,
-}
-
 /// The per-program interpreter state that never changes during execution.
 pub struct Vm {
     pub(crate) program: Arc<Program>,
@@ -42,7 +36,6 @@ pub struct Vm {
     /// Method name → built-in method, by [`NameId`].
     pub(crate) methods: Vec<Method>,
     pub(crate) shapes: Vec<ShapeLayout>,
-    pub(crate) enum_ctors: Vec<EnumCtor>,
     /// User methods by type key: (method name, function), a short list per type.
     pub(crate) methods_by_type: Vec<Vec<(NameId, FuncId)>>,
     /// Type name → type key (declared types and schemas).
@@ -200,7 +193,6 @@ impl Vm {
                 index,
             })
         };
-        let mut enum_ctors = Vec::new();
         let global_init = program
             .globals
             .iter()
@@ -222,11 +214,10 @@ impl Vm {
                     let def = &variants[*variant as usize];
                     match &def.fields {
                         Some(fields) if !fields.is_empty() => {
-                            enum_ctors.push(EnumCtor {
-                                ty: *ty,
-                                variant: *variant,
-                            });
-                            Value::Builtin((BUILTIN_COUNT + enum_ctors.len() - 1) as u32)
+                            match builtins::enum_ctor_id(*ty, *variant) {
+                                Some(id) => Value::Builtin(id),
+                                None => Value::Unset,
+                            }
                         }
                         _ => Value::Enum(Arc::new(EnumObj {
                             type_name: program.types[*ty as usize].name.clone(),
@@ -354,7 +345,6 @@ impl Vm {
             global_init,
             methods,
             shapes,
-            enum_ctors,
             methods_by_type,
             type_keys,
             tool_instances,

@@ -139,10 +139,11 @@ pub(super) async fn connect(
             env,
             cwd,
         } => {
-            let (program, cwd) = crate::resolve_paths(base_dir, program, cwd.as_deref());
+            let (program, args, cwd) =
+                crate::resolve_paths(base_dir, program, args, cwd.as_deref());
             let cwd = &cwd;
             let mut command = tokio::process::Command::new(&program);
-            command.args(args);
+            command.args(&args);
             for (name, value) in env {
                 match value {
                     Some(value) => command.env(name, value),
