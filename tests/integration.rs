@@ -12,4 +12,5 @@ mod loader;
 mod memory;
 mod robustness;
 mod stores;
+mod stream;
 mod tools;

@@ -58,6 +58,19 @@ pub fn run_ir_bytes(bytes: &[u8]) -> RunResult {
 /// Runs IR bytes through the facade with a recording listener, after `configure` has set
 /// up the runtime (components, settings).
 pub fn run_ir_with(bytes: &[u8], configure: impl FnOnce(&mut Runtime)) -> RunResult {
+    run_loaded_with(|runtime| runtime.load_ir_bytes(bytes), configure)
+}
+
+/// Runs an IR file through the facade (so relative paths in it resolve against its folder)
+/// with a recording listener, after `configure`.
+pub fn run_ir_path_with(path: &Path, configure: impl FnOnce(&mut Runtime)) -> RunResult {
+    run_loaded_with(|runtime| runtime.load_ir(path), configure)
+}
+
+fn run_loaded_with(
+    load: impl FnOnce(&mut Runtime) -> Result<(), RuntimeError>,
+    configure: impl FnOnce(&mut Runtime),
+) -> RunResult {
     let emits = Arc::new(Mutex::new(Vec::new()));
     let printed = Arc::new(Mutex::new(String::new()));
     let mut runtime = Runtime::new(RuntimeConfig::default());
@@ -75,7 +88,7 @@ pub fn run_ir_with(bytes: &[u8], configure: impl FnOnce(&mut Runtime)) -> RunRes
         writer.clone(),
         writer,
     )));
-    let error = match runtime.load_ir_bytes(bytes) {
+    let error = match load(&mut runtime) {
         Err(e) => Some(e),
         Ok(()) => {
             let rt = tokio::runtime::Builder::new_current_thread()

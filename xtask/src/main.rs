@@ -199,8 +199,9 @@ fn ci(args: &[String]) -> Result<()> {
         step("bundled examples", || examples(&bin))?;
         match shared() {
             Some(shared) => {
-                step("VM conformance corpus", || conformance(&bin, &shared))?;
-                step("LLM conformance corpus", || llm_conformance(&bin, &shared))?;
+                for corpus in CORPORA {
+                    step(corpus.title, || conformance(&bin, &shared, corpus))?;
+                }
             }
             None => {
                 println!("\n(no ../shared directory: the shared conformance corpus is skipped)")
@@ -271,33 +272,82 @@ fn examples(bin: &Path) -> Result<()> {
     Ok(())
 }
 
-fn conformance(bin: &Path, shared: &Path) -> Result<()> {
-    let check = shared.join("conformance/check.py");
-    let cases = shared.join("conformance/vm/cases");
-    run(
-        "conformance check.py",
-        Command::new("python3")
-            .arg(check)
-            .arg("--cmd")
-            .arg(format!("{} run --emit-format jsonl {{ir}}", bin.display()))
-            .arg(cases),
-    )
+/// One shared conformance corpus: its runner and the arguments it takes.
+struct Corpus {
+    title: &'static str,
+    /// Folder of cases, under `../shared/conformance`.
+    cases: &'static str,
+    /// The runner script, under `../shared/conformance`.
+    runner: &'static str,
+    /// The runner's arguments before the folder; `{bin}` is our binary.
+    args: &'static [&'static str],
 }
 
-/// The shared LLM corpus: each case against `tools/mockllm.py`, a scripted local server.
-fn llm_conformance(bin: &Path, shared: &Path) -> Result<()> {
-    let runner = shared.join("conformance/run_llm.py");
-    let cases = shared.join("conformance/llm/cases");
+/// Every shared corpus: concertoc 1a8ede9's (`vm`, `llm`) and 7ad10db's (`head/*`).
+const CORPORA: &[Corpus] = &[
+    Corpus {
+        title: "VM conformance corpus (1a8ede9)",
+        cases: "vm/cases",
+        runner: "check.py",
+        args: &["--cmd", "{bin} run --emit-format jsonl {ir}"],
+    },
+    Corpus {
+        title: "LLM conformance corpus (1a8ede9)",
+        cases: "llm/cases",
+        runner: "run_llm.py",
+        args: &["--cmd", "{bin} run --emit-format jsonl {ir}"],
+    },
+    Corpus {
+        title: "VM conformance corpus (7ad10db)",
+        cases: "head/vm",
+        runner: "check.py",
+        args: &["--cmd", "{bin} run --emit-format jsonl {ir}"],
+    },
+    Corpus {
+        title: "LLM conformance corpus (7ad10db)",
+        cases: "head/llm",
+        runner: "run_llm.py",
+        args: &["--cmd", "{bin} run --emit-format jsonl {ir}"],
+    },
+    Corpus {
+        title: "external-agent conformance corpus (7ad10db)",
+        cases: "head/agents",
+        runner: "head/agents/run_agents.py",
+        args: &[
+            "--agent-flag",
+            "--allow-tool {name}",
+            "--cmd",
+            "{bin} run --emit-format jsonl {ir}",
+        ],
+    },
+    Corpus {
+        title: "concerto test conformance corpus (7ad10db)",
+        cases: "head/test",
+        runner: "head/test/run_tests.py",
+        args: &[
+            "--test-cmd",
+            "{bin} test {ir}",
+            "--run-cmd",
+            "{bin} run --emit-format jsonl {ir}",
+        ],
+    },
+];
+
+/// Runs one shared corpus with its runner; a corpus the shared folder does not have is
+/// skipped with a message.
+fn conformance(bin: &Path, shared: &Path, corpus: &Corpus) -> Result<()> {
+    let base = shared.join("conformance");
+    let runner = base.join(corpus.runner);
+    let cases = base.join(corpus.cases);
     if !runner.exists() || !cases.exists() {
-        println!("(no shared LLM corpus: skipped)");
+        println!("(no {} in {}: skipped)", corpus.cases, base.display());
         return Ok(());
     }
-    run(
-        "conformance run_llm.py",
-        Command::new("python3")
-            .arg(runner)
-            .arg("--cmd")
-            .arg(format!("{} run --emit-format jsonl {{ir}}", bin.display()))
-            .arg(cases),
-    )
+    let mut cmd = Command::new("python3");
+    cmd.arg(&runner);
+    for arg in corpus.args {
+        cmd.arg(arg.replace("{bin}", &bin.display().to_string()));
+    }
+    cmd.arg(cases);
+    run(corpus.runner, &mut cmd)
 }

@@ -84,6 +84,53 @@ pub struct IrModule {
     pub metadata: Metadata,
 }
 
+impl Serialize for IrModule {
+    /// Writes the file in its own dialect's section names (a 7ad10db module gets `models`
+    /// and external agents in `agents`; the others LLM agents in `agents` and `hosts`), so
+    /// that parsing the output gives the same module.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("version", &self.version)?;
+        map.serialize_entry("module", &self.module)?;
+        map.serialize_entry("source_file", &self.source_file)?;
+        macro_rules! section {
+            ($key:literal, $value:expr) => {
+                if !$value.is_empty() {
+                    map.serialize_entry($key, &$value)?;
+                }
+            };
+        }
+        section!("constants", self.constants);
+        section!("types", self.types);
+        section!("functions", self.functions);
+        match self.dialect {
+            Dialect::Head => {
+                section!("models", self.agents);
+                section!("agents", self.hosts);
+            }
+            Dialect::Seed | Dialect::Either => {
+                section!("agents", self.agents);
+                section!("hosts", self.hosts);
+            }
+        }
+        section!("tools", self.tools);
+        section!("schemas", self.schemas);
+        section!("connections", self.connections);
+        section!("hashmaps", self.hashmaps);
+        section!("pipelines", self.pipelines);
+        section!("ledgers", self.ledgers);
+        section!("memories", self.memories);
+        section!("listens", self.listens);
+        section!("tests", self.tests);
+        if let Some(source_map) = &self.source_map {
+            map.serialize_entry("source_map", source_map)?;
+        }
+        map.serialize_entry("metadata", &self.metadata)?;
+        map.end()
+    }
+}
+
 /// The root object as written, before the two compilers' section names are told apart.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RawModule {

@@ -155,6 +155,8 @@ impl HostAgents {
         let (spec, secs, json) = spec_of(program, host, self.base_dir.as_deref())?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let mut io = slot.io.lock().await;
+        // Starting (with its own init timeout) is not part of the call's time.
+        start(&slot, &mut io, &spec).await?;
         let outcome = tokio::time::timeout(
             Duration::from_secs(secs),
             call(&slot, &mut io, &spec, &input),
@@ -189,9 +191,10 @@ impl HostAgents {
         input: String,
     ) -> Result<ListenSession, HostError> {
         let (spec, secs, _) = spec_of(program, host, self.base_dir.as_deref())?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let mut io = Arc::clone(&slot.io).lock_owned().await;
+        start(&slot, &mut io, &spec).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let opened = tokio::time::timeout_at(deadline, open(&slot, &mut io, &spec, &input)).await;
         match opened {
             Ok(Ok(())) => {}
@@ -490,13 +493,9 @@ fn strip_newline(mut line: Vec<u8>) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-/// With the call lock held: start the process if needed (and initialise it), write `input`.
-async fn open(
-    slot: &Slot,
-    io: &mut Option<Pipes>,
-    spec: &Spec,
-    input: &str,
-) -> Result<(), HostError> {
+/// With the call lock held: start the process if it is not running, and initialise it
+/// (within the init timeout) when the host has params.
+async fn start(slot: &Slot, io: &mut Option<Pipes>, spec: &Spec) -> Result<(), HostError> {
     if io.is_some() {
         let exited = match slot.child.lock().as_mut() {
             Some(child) => child.try_wait().ok().flatten().map(Some),
@@ -505,33 +504,44 @@ async fn open(
         if let Some(status) = exited {
             return Err(died(slot, io, spec, status).await);
         }
-    } else {
-        let (child, pipes) = spawn(spec)?;
-        *slot.child.lock() = Some(child);
-        *io = Some(pipes);
-        if let Some(params) = &spec.params {
-            let limit = Duration::from_secs(spec.init_secs);
-            match tokio::time::timeout(limit, initialise(slot, io, spec, params)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    *io = None;
-                    slot.kill().await;
-                    return Err(e);
-                }
-                Err(_) => {
-                    *io = None;
-                    slot.kill().await;
-                    return Err(HostError {
-                        kind: HostErrorKind::Timeout,
-                        message: format!(
-                            "agent '{}' did not acknowledge initialization within {} seconds",
-                            spec.name, spec.init_secs
-                        ),
-                    });
-                }
-            }
+        return Ok(());
+    }
+    let (child, pipes) = spawn(spec)?;
+    *slot.child.lock() = Some(child);
+    *io = Some(pipes);
+    let Some(params) = &spec.params else {
+        return Ok(());
+    };
+    let limit = Duration::from_secs(spec.init_secs);
+    match tokio::time::timeout(limit, initialise(slot, io, spec, params)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            *io = None;
+            slot.kill().await;
+            Err(e)
+        }
+        Err(_) => {
+            *io = None;
+            slot.kill().await;
+            Err(HostError {
+                kind: HostErrorKind::Timeout,
+                message: format!(
+                    "agent '{}' did not acknowledge initialization within {} seconds",
+                    spec.name, spec.init_secs
+                ),
+            })
         }
     }
+}
+
+/// With the call lock held and the process started: write `input` and a newline.
+async fn open(
+    slot: &Slot,
+    io: &mut Option<Pipes>,
+    spec: &Spec,
+    input: &str,
+) -> Result<(), HostError> {
+    start(slot, io, spec).await?;
     let Some(pipes) = io.as_mut() else {
         return Err(HostError::failed(format!(
             "Host '{}' process is not running",
