@@ -307,3 +307,107 @@ fn usage_is_counted_per_agent_and_connection() {
     assert!(m.estimated_cost().to_string().contains("unknown"));
     assert_eq!(m.llm.by_connection["llm"].requests, 1);
 }
+
+/// The settled shapes of what a call returns, the same in both dialects: the `Response`
+/// fields, and the `AgentError` / `TimeoutError` fields with the provider's details.
+#[test]
+fn responses_and_errors_have_the_settled_fields_in_both_dialects() {
+    use concerto_runtime::vm::host::{
+        ChatResponse, HostErrorKind, ProviderFailure, ProviderFailureKind, Usage,
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents");
+    for ir in [
+        dir.join("shapes.conc-ir"),
+        dir.join("head/shapes.head.conc-ir"),
+    ] {
+        let mut reply = ChatResponse::text(
+            "Teal",
+            "gpt-4o-2024-08-06",
+            Usage {
+                input_tokens: 12,
+                cached_tokens: 4,
+                output_tokens: 3,
+                estimated: true,
+            },
+        );
+        reply.provider = "openai".into();
+        reply.finish_reason = Some("stop".into());
+        reply.attempts = 2;
+        reply.latency_ms = 840;
+        let conn = Scripted::new(vec![
+            Ok(reply),
+            Err(
+                HostError::failed("connection 'llm': HTTP 429 after 3 attempts: Slow down")
+                    .with_provider(ProviderFailure {
+                        kind: ProviderFailureKind::RateLimited,
+                        status: Some(429),
+                        retry_after_ms: Some(1500),
+                    }),
+            ),
+            Err(HostError {
+                kind: HostErrorKind::Timeout,
+                message: "connection 'llm': timed out after 1 attempt".into(),
+                provider: Some(Box::new(ProviderFailure {
+                    kind: ProviderFailureKind::Timeout,
+                    status: None,
+                    retry_after_ms: None,
+                })),
+            }),
+            Err(
+                HostError::failed("connection 'llm': HTTP 400 after 1 attempt: bad input")
+                    .with_provider(ProviderFailure {
+                        kind: ProviderFailureKind::Provider,
+                        status: Some(400),
+                        retry_after_ms: None,
+                    }),
+            ),
+        ]);
+        let bytes = std::fs::read(&ir).unwrap();
+        let c: Arc<dyn Connections> = conn.clone();
+        let result = run_ir_with(&bytes, move |rt| {
+            rt.with_connections(c);
+        });
+        assert!(
+            result.error.is_none(),
+            "{}: {:?}",
+            ir.display(),
+            result.error
+        );
+        let out = emits(&result);
+        assert_eq!(
+            payload(&out, "response"),
+            json!({
+                "text": "Teal", "model": "gpt-4o-2024-08-06", "provider": "openai",
+                "connection": "llm",
+                "usage": {"input_tokens": 12, "output_tokens": 3, "cached_tokens": 4,
+                          "estimated": true},
+                "finish_reason": "stop", "attempts": 2,
+                "timing": {"total_ms": 840, "queue_ms": null, "connect_ms": null,
+                           "ttfb_ms": null, "first_token_ms": null, "overhead_us": null},
+                "tokens_in": 12, "tokens_out": 3, "latency_ms": 840
+            }),
+            "{}",
+            ir.display()
+        );
+        assert_eq!(
+            payload(&out, "rate_limited"),
+            json!({
+                "message": "agent 'Writer' failed: connection 'llm': HTTP 429 after 3 attempts: Slow down",
+                "kind": "rate_limited", "agent_name": "Writer", "connection": "llm",
+                "status": 429, "retry_after_ms": 1500
+            }),
+            "{}",
+            ir.display()
+        );
+        let timeout = payload(&out, "timeout");
+        assert_eq!(timeout["kind"], json!("timeout"), "{timeout}");
+        assert_eq!(timeout["status"], json!(null), "{timeout}");
+        assert!(timeout.get("timeout_seconds").is_some(), "{timeout}");
+        let bad = payload(&out, "bad_request");
+        assert_eq!(
+            (&bad["kind"], &bad["status"], &bad["retry_after_ms"]),
+            (&json!("provider_error"), &json!(400), &json!(null)),
+            "{bad}"
+        );
+    }
+}

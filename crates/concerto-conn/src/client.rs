@@ -139,6 +139,30 @@ impl Failure {
         matches!(self, Failure::Status { status: 429, .. })
     }
 
+    /// What the program's `AgentError` says about this failure.
+    pub(crate) fn provider_failure(&self) -> concerto_vm::host::ProviderFailure {
+        use concerto_vm::host::{ProviderFailure, ProviderFailureKind as K};
+        let kind = match self {
+            f if f.is_rate_limited() => K::RateLimited,
+            Failure::Status { .. } | Failure::Provider(_) => K::Provider,
+            Failure::Timeout(_) => K::Timeout,
+            Failure::Transport(_)
+            | Failure::Invalid(_)
+            | Failure::Incomplete(_)
+            | Failure::Setup(_) => K::Connection,
+        };
+        ProviderFailure {
+            kind,
+            status: match self {
+                Failure::Status { status, .. } => Some(*status),
+                _ => None,
+            },
+            retry_after_ms: self
+                .retry_after()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
     /// The short name of the failure (`HTTP 500`, `timed out`, …).
     pub(crate) fn headline(&self) -> String {
         match self {

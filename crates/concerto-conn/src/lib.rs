@@ -97,9 +97,13 @@ pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 ///   `requests_per_minute` requests or `tokens_per_minute` tokens. Calls wait for room in
 ///   arrival order. An attempt reserves its estimated input plus `max_tokens` (or
 ///   [`DEFAULT_OUTPUT_RESERVE`]) and is settled to the reported usage afterwards.
-/// - **Errors** name the connection, the attempts and the last failure; a timeout is
-///   [`HostErrorKind::Timeout`], a rate limit (429 at the end, retry budget, a request
-///   larger than the tokens-per-minute limit) is [`HostErrorKind::Limit`].
+/// - **Errors** name the connection, the attempts and the last failure, and carry the
+///   provider's details ([`HostError::provider`]: rate limited, provider error, connection
+///   failure or timeout, the last HTTP status, the `Retry-After`). A timeout is
+///   [`HostErrorKind::Timeout`]; a provider's refusal, 429 at the end included, is
+///   [`HostErrorKind::Failed`] (the program gets an `AgentError` it can handle); running out
+///   of the retry budget or a request larger than the tokens-per-minute limit is
+///   [`HostErrorKind::Limit`] (it ends the program).
 ///
 ///
 /// ```no_run
@@ -271,7 +275,11 @@ struct Call {
 }
 
 fn with_kind(kind: HostErrorKind, message: String) -> HostError {
-    HostError { kind, message }
+    HostError {
+        kind,
+        message,
+        provider: None,
+    }
 }
 
 fn plural(n: u32) -> &'static str {
@@ -412,9 +420,10 @@ impl Call {
             }
             drop(admission);
             let final_error = |attempts: u32| {
+                // A provider's refusal, rate limiting included, is the program's to handle
+                // (an `AgentError` with kind `rate_limited` and the provider's retry-after).
                 let kind = match &failure {
                     Failure::Timeout(_) => HostErrorKind::Timeout,
-                    f if f.is_rate_limited() => HostErrorKind::Limit,
                     _ => HostErrorKind::Failed,
                 };
                 with_kind(
@@ -427,6 +436,7 @@ impl Call {
                         failure.detail()
                     ),
                 )
+                .with_provider(failure.provider_failure())
             };
             if !failure.is_transient() || attempts >= policy.max_attempts {
                 return Err(final_error(attempts));
@@ -438,7 +448,8 @@ impl Call {
                     conn.name,
                     self.budget.total(),
                     last.message
-                )));
+                ))
+                .with_provider(failure.provider_failure()));
             }
             let delay = retry::next_delay(&policy, attempts, failure.retry_after());
             tracing::warn!(

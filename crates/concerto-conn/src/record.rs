@@ -278,6 +278,7 @@ impl Replayer {
                     Err(HostError {
                         kind,
                         message: error.message,
+                        provider: None,
                     })
                 }
                 (Some(_), Some(_)) => {
@@ -469,6 +470,7 @@ mod tests {
         let timeout = HostError {
             kind: HostErrorKind::Timeout,
             message: "agent `Pilot`: request timed out after 5s".into(),
+            provider: None,
         };
         let calls = vec![
             ("openai", request("Pilot", "first"), Ok(response("one"))),

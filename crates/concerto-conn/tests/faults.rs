@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::support::server::{MockServer, Step, openai_stream};
 use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
-use concerto_vm::host::{Backoff, Connections, HostErrorKind, Program, RetryPolicy};
+use concerto_vm::host::{
+    Backoff, Connections, HostErrorKind, Program, ProviderFailure, ProviderFailureKind, RetryPolicy,
+};
 use serde_json::json;
 
 const KEY: &str = "sk-test-faults-000";
@@ -60,6 +62,15 @@ async fn other_permanent_statuses_are_not_retried() {
             "{}",
             err.message
         );
+        assert_eq!(err.kind, HostErrorKind::Failed);
+        assert_eq!(
+            err.provider.as_deref(),
+            Some(&ProviderFailure {
+                kind: ProviderFailureKind::Provider,
+                status: Some(status),
+                retry_after_ms: None,
+            })
+        );
         assert_eq!(server.count(), 1, "status {status}");
     }
 }
@@ -85,17 +96,25 @@ async fn rate_limited_is_retried_after_retry_after() {
 }
 
 #[tokio::test]
-async fn rate_limit_exhaustion_is_a_limit_error() {
+async fn rate_limit_exhaustion_is_a_provider_failure_with_its_retry_after() {
     let server = MockServer::start().await;
     server.respond_with(|_| Step::json(429, error_body("Slow down")).header("retry-after", "0"));
     let err = conns()
         .chat(&retrying(&server.base(), 2), 0, request(None, "x"))
         .await
         .unwrap_err();
-    assert_eq!(err.kind, HostErrorKind::Limit);
+    assert_eq!(err.kind, HostErrorKind::Failed);
     assert_eq!(
         err.message,
         "connection 'openai': HTTP 429 after 2 attempts: Slow down"
+    );
+    assert_eq!(
+        err.provider.as_deref(),
+        Some(&ProviderFailure {
+            kind: ProviderFailureKind::RateLimited,
+            status: Some(429),
+            retry_after_ms: Some(0),
+        })
     );
     assert_eq!(server.count(), 2);
 }
@@ -177,6 +196,10 @@ async fn timeouts_cancel_the_request_retry_and_end_in_a_timeout_error() {
     assert_eq!(
         err.message,
         "connection 'openai': timed out after 2 attempts: no complete response within 200 ms"
+    );
+    assert_eq!(
+        err.provider.as_deref().map(|p| p.kind),
+        Some(ProviderFailureKind::Timeout)
     );
     // Both requests reached the server and were abandoned by the client.
     wait_until(|| server.requests().iter().all(|r| r.cancelled)).await;
@@ -315,6 +338,10 @@ async fn truncated_streams_are_errors() {
         err.message
     );
     assert!(err.message.contains("[DONE]"), "{}", err.message);
+    assert_eq!(
+        err.provider.as_deref().map(|p| (p.kind, p.status)),
+        Some((ProviderFailureKind::Connection, None))
+    );
     assert_eq!(server.count(), 1);
     // Cut inside an event.
     let mut chunks = openai_stream(&["Hello"], 3, 2);

@@ -96,6 +96,7 @@ pub(crate) fn call(
                                  (EmitHub::set_await_timeout)",
                                 show_duration(limit)
                             ),
+                            provider: None,
                         });
                     }
                 }
@@ -116,6 +117,7 @@ fn name_channel(err: HostError, channel: &str) -> HostError {
             "emit-await handler for channel `{channel}` failed: {}",
             err.message
         ),
+        provider: None,
     }
 }
 

@@ -481,6 +481,7 @@ impl EmitHub {
                             "emit on channel `{channel}` not delivered: {}",
                             e.message
                         ),
+                        provider: None,
                     });
                 }
                 Err(panic) => {
@@ -567,6 +568,7 @@ impl EmitSink for EmitHub {
                     "emit-await on channel `{channel}`: earlier emits could not be delivered: {}",
                     e.message
                 ),
+                provider: None,
             };
             return Box::pin(async move { Err(e) });
         }

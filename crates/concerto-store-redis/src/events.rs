@@ -110,6 +110,7 @@ impl Hub {
                      did not complete within {} ms",
                     wait.as_millis()
                 ),
+                provider: None,
             }),
         }
     }

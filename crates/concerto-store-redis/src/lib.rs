@@ -206,6 +206,7 @@ impl Inner {
                 self.redactor.url(),
                 self.redactor.scrub(&err.to_string())
             ),
+            provider: None,
         }
     }
 }
@@ -515,6 +516,7 @@ async fn establish(
                 redactor.url(),
                 redactor.scrub(&e.to_string())
             ),
+            provider: None,
         }
     };
     let timeout = |what: &str, d: Duration| HostError {
@@ -524,6 +526,7 @@ async fn establish(
             redactor.url(),
             d.as_millis()
         ),
+        provider: None,
     };
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(options.connection_timeout))

@@ -47,6 +47,7 @@ pub(crate) fn failure(path: &Path, what: &str, err: rusqlite::Error) -> HostErro
     HostError {
         kind,
         message: format!("SQLite store {}: {what}: {err}", path.display()),
+        provider: None,
     }
 }
 

@@ -170,6 +170,7 @@ impl HostAgents {
                 return Err(HostError {
                     kind: HostErrorKind::Timeout,
                     message: format!("Host '{}' timed out after {secs} seconds", spec.name),
+                    provider: None,
                 });
             }
         };
@@ -284,6 +285,7 @@ fn timed_out(name: &str, secs: u64) -> HostError {
     HostError {
         kind: HostErrorKind::Timeout,
         message: format!("Host '{name}' timed out after {secs} seconds"),
+        provider: None,
     }
 }
 
@@ -529,6 +531,7 @@ async fn start(slot: &Slot, io: &mut Option<Pipes>, spec: &Spec) -> Result<(), H
                     "agent '{}' did not acknowledge initialization within {} seconds",
                     spec.name, spec.init_secs
                 ),
+                provider: None,
             })
         }
     }

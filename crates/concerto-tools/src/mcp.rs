@@ -200,6 +200,7 @@ impl McpClients {
                     "{ctx}: no answer within {} (the block's `timeout`)",
                     connect::seconds(timeout)
                 ),
+                provider: None,
             }),
             Ok(Err(e)) => Err(slot.request_failed(&live, e, &ctx).await),
             Ok(Ok(result)) => Ok(tool_result(result)),
@@ -304,6 +305,7 @@ impl Slot {
                         "{ctx}: listing the tools got no answer within {} (the block's `timeout`)",
                         connect::seconds(timeout)
                     ),
+                    provider: None,
                 });
             }
             Ok(Err(e)) => return Err(self.request_failed(live, e, ctx).await),
@@ -324,6 +326,7 @@ impl Slot {
             ServiceError::Timeout { timeout } => HostError {
                 kind: HostErrorKind::Timeout,
                 message: format!("{ctx}: no answer within {}", connect::seconds(timeout)),
+                provider: None,
             },
             ServiceError::UnexpectedResponse => HostError::failed(format!(
                 "{ctx}: unexpected response from the server (asking for input or starting a task is not supported)"

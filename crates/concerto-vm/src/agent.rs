@@ -214,6 +214,77 @@ impl NativeObject for History {
     }
 }
 
+/// A failed model request, carried through a suspension with its provider details.
+struct ChatFailed(crate::host::HostError);
+
+impl NativeObject for ChatFailed {
+    fn type_name(&self) -> &str {
+        "ChatFailed"
+    }
+
+    fn display(&self) -> String {
+        self.0.message.clone()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// What kind of failure an `AgentError` (or `TimeoutError`) reports, in its `kind` field.
+/// These names are stable: programs match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    /// The provider refused for rate limiting (429) after the retries.
+    RateLimited,
+    /// No reply within the time limit.
+    Timeout,
+    /// The provider answered with an error (`status` says which, when it was HTTP).
+    Provider,
+    /// No usable reply: the connection failed or the reply was malformed or cut short.
+    Connection,
+    /// The host has not enabled what the call needs.
+    NotEnabled,
+    /// The reply never matched the schema (a `SchemaError`).
+    Schema,
+    /// An external agent failed (it exited, or could not start or initialise).
+    Agent,
+    /// A mocked failure (`mock M { error: … }`) or a failure of the model's own tool loop.
+    Other,
+}
+
+impl FailureKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::RateLimited => "rate_limited",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Provider => "provider_error",
+            FailureKind::Connection => "connection_failed",
+            FailureKind::NotEnabled => "not_enabled",
+            FailureKind::Schema => "schema",
+            FailureKind::Agent => "agent_failed",
+            FailureKind::Other => "other",
+        }
+    }
+}
+
+/// The failure's kind, HTTP status and retry-after, from what the host reported.
+struct Failure {
+    kind: FailureKind,
+    status: Option<u16>,
+    retry_after_ms: Option<u64>,
+}
+
+impl Failure {
+    fn plain(kind: FailureKind) -> Failure {
+        Failure {
+            kind,
+            status: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
 /// `Agent.<method>(…)` on an agent reference.
 pub(crate) fn agent_method(
     ctx: &mut Ctx,
@@ -891,7 +962,13 @@ impl AgentCall {
                 return self.on_reply(ctx, reply, true);
             }
             Some(concerto_ir::MockReply::Error(message)) => {
-                return self.fail(ctx, "AgentError", message, None);
+                return self.fail(
+                    ctx,
+                    "AgentError",
+                    message,
+                    None,
+                    Failure::plain(FailureKind::Other),
+                );
             }
             None => {}
         }
@@ -902,7 +979,7 @@ impl AgentCall {
         Ok(Step::Suspend(Box::pin(async move {
             match fut.await {
                 Ok(reply) => Ok(Value::Object(Object::new(Reply(reply)))),
-                Err(e) => Err(VmError::from(e)),
+                Err(e) => Ok(Value::Object(Object::new(ChatFailed(e)))),
             }
         })))
     }
@@ -935,6 +1012,9 @@ impl AgentCall {
         let system = ctx.host.system.clone();
         Step::Suspend(Box::pin(async move {
             match fut.await {
+                Err(e) if e.kind != crate::host::HostErrorKind::NotEnabled => {
+                    Ok(Value::Object(Object::new(ChatFailed(e))))
+                }
                 Ok(text) => {
                     let mut reply =
                         ChatResponse::text(text, host_name, crate::host::Usage::default());
@@ -976,7 +1056,13 @@ impl AgentCall {
                     "agent '{}': the model kept asking for tools after {MAX_TOOL_ROUNDS} rounds",
                     self.agent_name
                 );
-                return self.fail(ctx, "AgentError", message, None);
+                return self.fail(
+                    ctx,
+                    "AgentError",
+                    message,
+                    None,
+                    Failure::plain(FailureKind::Other),
+                );
             }
             self.request
                 .messages
@@ -993,7 +1079,7 @@ impl AgentCall {
                 // A host agent answers with its raw output; an LLM with a `Response`.
                 let response = match self.via {
                     Via::Host(..) => Value::str(reply.text.as_str()),
-                    Via::Llm(_) => response_value(&reply),
+                    Via::Llm(_) => response_value(&reply, &self.connection_name),
                 };
                 self.reply = Some(reply);
                 self.succeed(ctx, response)
@@ -1090,6 +1176,9 @@ impl AgentCall {
             "SchemaError",
             vec![
                 ("message", Value::str(message.as_str())),
+                ("kind", Value::str(FailureKind::Schema.as_str())),
+                ("agent_name", Value::str(self.agent_name.as_str())),
+                ("connection", Value::str(self.connection_name.as_str())),
                 ("schema_name", Value::str(schema_name.as_str())),
                 ("raw_response", Value::str(raw.as_str())),
                 (
@@ -1272,24 +1361,37 @@ impl AgentCall {
         }
     }
 
-    /// A failure the program sees: `Err(value)`, or a raised error for builder `execute`.
+    /// A failure the program sees: `Err(value)`, or a raised error for a 1a8ede9 builder's
+    /// `execute`. The value is an `AgentError` (a `TimeoutError` for timeouts) with the
+    /// fields `message`, `kind` (see [`FailureKind`]), `agent_name`, `connection`, `status`
+    /// (the HTTP status, or nil) and `retry_after_ms` (the provider's, or nil); a
+    /// `TimeoutError` adds `timeout_seconds` (the call's limit when it set one, else nil).
     fn fail(
         &mut self,
         ctx: &mut Ctx,
         type_name: &str,
         message: String,
         timeout: Option<Duration>,
+        failure: Failure,
     ) -> Result<Step, VmError> {
         ctx.stats
             .llm
             .both(&self.agent_name, &self.connection_name, |c| c.failures += 1);
+        let opt_int =
+            |v: Option<u64>| v.map_or(Value::Nil, |n| Value::Int(n.min(i64::MAX as u64) as i64));
         let mut fields = vec![
             ("message", Value::str(message.as_str())),
+            ("kind", Value::str(failure.kind.as_str())),
             ("agent_name", Value::str(self.agent_name.as_str())),
             ("connection", Value::str(self.connection_name.as_str())),
+            ("status", opt_int(failure.status.map(u64::from))),
+            ("retry_after_ms", opt_int(failure.retry_after_ms)),
         ];
-        if let Some(t) = timeout {
-            fields.push(("timeout_seconds", Value::Float(t.as_secs_f64())));
+        if type_name == "TimeoutError" {
+            fields.push((
+                "timeout_seconds",
+                timeout.map_or(Value::Nil, |t| Value::Float(t.as_secs_f64())),
+            ));
         }
         let value = Value::record(type_name, fields);
         let kind = if type_name == "TimeoutError" {
@@ -1314,17 +1416,53 @@ impl AgentCall {
         Ok(Step::Return(Value::err(value)))
     }
 
-    /// The connection layer failed.
+    /// The connection layer (or the external agent) failed.
     fn chat_failed(&mut self, ctx: &mut Ctx, err: VmError) -> Result<Step, VmError> {
         if !err.is_catchable() {
             return Err(err);
         }
+        let kind = match err.kind() {
+            ErrorKind::Timeout => FailureKind::Timeout,
+            ErrorKind::NotEnabled => FailureKind::NotEnabled,
+            _ if matches!(self.via, Via::Host(..)) => FailureKind::Agent,
+            _ => FailureKind::Provider,
+        };
         let message = format!("agent '{}' failed: {}", self.agent_name, err.message());
         if err.kind() == ErrorKind::Timeout {
             let timeout = self.request.timeout;
-            return self.fail(ctx, "TimeoutError", message, timeout);
+            return self.fail(ctx, "TimeoutError", message, timeout, Failure::plain(kind));
         }
-        self.fail(ctx, "AgentError", message, None)
+        self.fail(ctx, "AgentError", message, None, Failure::plain(kind))
+    }
+
+    /// A failure the host reported, with the provider's details when it has them.
+    fn host_failed(&mut self, ctx: &mut Ctx, err: crate::host::HostError) -> Result<Step, VmError> {
+        let provider = err.provider.as_deref().copied();
+        let vm_err = VmError::from(err);
+        let Some(provider) = provider else {
+            return self.chat_failed(ctx, vm_err);
+        };
+        if !vm_err.is_catchable() {
+            return Err(vm_err);
+        }
+        use crate::host::ProviderFailureKind as P;
+        let kind = match provider.kind {
+            P::RateLimited => FailureKind::RateLimited,
+            P::Timeout => FailureKind::Timeout,
+            P::Connection => FailureKind::Connection,
+            _ => FailureKind::Provider,
+        };
+        let failure = Failure {
+            kind,
+            status: provider.status,
+            retry_after_ms: provider.retry_after_ms,
+        };
+        let message = format!("agent '{}' failed: {}", self.agent_name, vm_err.message());
+        if kind == FailureKind::Timeout {
+            let timeout = self.request.timeout;
+            return self.fail(ctx, "TimeoutError", message, timeout, failure);
+        }
+        self.fail(ctx, "AgentError", message, None, failure)
     }
 }
 
@@ -1385,16 +1523,22 @@ impl Continuation for AgentCall {
                 }
             }
             Phase::Chat => match input {
-                Ok(Value::Object(obj)) => match obj.downcast::<Reply>() {
-                    Some(Reply(reply)) => {
-                        let reply = reply.clone();
-                        self.on_reply(ctx, reply, false)
+                Ok(Value::Object(obj)) => {
+                    if let Some(ChatFailed(e)) = obj.downcast::<ChatFailed>() {
+                        let e = e.clone();
+                        return self.host_failed(ctx, e);
                     }
-                    None => Err(VmError::new(
-                        ErrorKind::Internal,
-                        "agent call resumed without a model reply",
-                    )),
-                },
+                    match obj.downcast::<Reply>() {
+                        Some(Reply(reply)) => {
+                            let reply = reply.clone();
+                            self.on_reply(ctx, reply, false)
+                        }
+                        None => Err(VmError::new(
+                            ErrorKind::Internal,
+                            "agent call resumed without a model reply",
+                        )),
+                    }
+                }
                 Ok(_) => Err(VmError::new(
                     ErrorKind::Internal,
                     "agent call resumed without a model reply",
@@ -1481,17 +1625,60 @@ fn reply_future<T: Send + 'static>(
     }
 }
 
-/// `Response { text, tokens_in, tokens_out, model, provider, latency_ms }`.
-fn response_value(reply: &ChatResponse) -> Value {
+/// The `Response` of a model call. Its fields are settled (later work fills values in, it
+/// does not rename them):
+/// - `text`, `model` (the model that answered), `provider`, `connection` (the connection that
+///   answered);
+/// - `usage { input_tokens, output_tokens, cached_tokens, estimated }` (`estimated`: the
+///   provider reported no counts and these are the runtime's estimate);
+/// - `finish_reason` (`stop`, `length`, `tool_calls`, `end_turn`, …; nil when unknown),
+///   `attempts` (HTTP attempts, 1 when the first succeeded);
+/// - `timing { total_ms, queue_ms, connect_ms, ttfb_ms, first_token_ms, overhead_us }`:
+///   `total_ms` is measured; the parts are nil until the connection layer measures them;
+/// - `tokens_in`, `tokens_out`, `latency_ms`: the 1a8ede9 names of `usage.input_tokens`,
+///   `usage.output_tokens` and `timing.total_ms`.
+fn response_value(reply: &ChatResponse, connection: &str) -> Value {
+    let int = |n: u64| Value::Int(n.min(i64::MAX as u64) as i64);
+    let usage = Value::record(
+        "Usage",
+        vec![
+            ("input_tokens", int(reply.usage.input_tokens)),
+            ("output_tokens", int(reply.usage.output_tokens)),
+            ("cached_tokens", int(reply.usage.cached_tokens)),
+            ("estimated", Value::Bool(reply.usage.estimated)),
+        ],
+    );
+    let timing = Value::record(
+        "Timing",
+        vec![
+            ("total_ms", int(reply.latency_ms)),
+            ("queue_ms", Value::Nil),
+            ("connect_ms", Value::Nil),
+            ("ttfb_ms", Value::Nil),
+            ("first_token_ms", Value::Nil),
+            ("overhead_us", Value::Nil),
+        ],
+    );
     Value::record(
         "Response",
         vec![
             ("text", Value::str(reply.text.as_str())),
-            ("tokens_in", Value::Int(reply.usage.input_tokens as i64)),
-            ("tokens_out", Value::Int(reply.usage.output_tokens as i64)),
             ("model", Value::str(reply.model.as_str())),
             ("provider", Value::str(reply.provider.as_str())),
-            ("latency_ms", Value::Int(reply.latency_ms as i64)),
+            ("connection", Value::str(connection)),
+            ("usage", usage),
+            (
+                "finish_reason",
+                reply
+                    .finish_reason
+                    .as_deref()
+                    .map_or(Value::Nil, Value::str),
+            ),
+            ("attempts", int(u64::from(reply.attempts))),
+            ("timing", timing),
+            ("tokens_in", int(reply.usage.input_tokens)),
+            ("tokens_out", int(reply.usage.output_tokens)),
+            ("latency_ms", int(reply.latency_ms)),
         ],
     )
 }

@@ -47,6 +47,44 @@ pub struct HostError {
     pub kind: HostErrorKind,
     /// Human-readable text (must never contain secrets such as API keys).
     pub message: String,
+    /// What a model provider answered, when the failure came from one (the connection layer
+    /// fills it in; it becomes the fields of the program's `AgentError`).
+    pub provider: Option<Box<ProviderFailure>>,
+}
+
+/// The details of a failed call to a model provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProviderFailure {
+    /// What kind of failure it was.
+    pub kind: ProviderFailureKind,
+    /// The HTTP status of the last attempt, when the provider answered with one.
+    pub status: Option<u16>,
+    /// The provider's `Retry-After`, in milliseconds, when it sent one.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The kind of a [`ProviderFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProviderFailureKind {
+    /// 429, or a provider's own rate-limit or overload error.
+    RateLimited,
+    /// The provider answered with an error status (or an error inside a reply).
+    #[default]
+    Provider,
+    /// No usable reply arrived: the connection could not be made or broke, or the reply
+    /// was malformed or cut short.
+    Connection,
+    /// No reply within the time limit.
+    Timeout,
+}
+
+impl HostError {
+    /// This error with the provider's details.
+    pub fn with_provider(mut self, failure: ProviderFailure) -> HostError {
+        self.provider = Some(Box::new(failure));
+        self
+    }
 }
 
 /// The category of a [`HostError`].
@@ -71,6 +109,7 @@ impl HostError {
         HostError {
             kind: HostErrorKind::Failed,
             message: message.into(),
+            provider: None,
         }
     }
 
@@ -79,6 +118,7 @@ impl HostError {
         HostError {
             kind: HostErrorKind::Unsupported,
             message: feature.into(),
+            provider: None,
         }
     }
 
@@ -87,6 +127,7 @@ impl HostError {
         HostError {
             kind: HostErrorKind::NotEnabled,
             message: message.into(),
+            provider: None,
         }
     }
 
@@ -95,6 +136,7 @@ impl HostError {
         HostError {
             kind: HostErrorKind::Limit,
             message: message.into(),
+            provider: None,
         }
     }
 }

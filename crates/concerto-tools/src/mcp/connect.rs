@@ -219,6 +219,7 @@ where
                 config.endpoint(),
                 seconds(config.timeout)
             ),
+            provider: None,
         }),
     }
 }
