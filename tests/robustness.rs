@@ -14,9 +14,22 @@ use concerto_runtime::{Runtime, RuntimeConfig};
 
 fn fixtures() -> Vec<PathBuf> {
     let mut files = concerto_tests::ir_files(&concerto_tests::cases_dir());
-    let shared =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/vm/cases");
-    files.extend(concerto_tests::ir_files(&shared));
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+    for folder in [
+        "vm/cases",
+        "head/vm",
+        "head/llm",
+        "head/agents",
+        "head/test",
+    ] {
+        files.extend(concerto_tests::ir_files(&shared.join(folder)));
+    }
+    // 7ad10db programs with listen blocks, agent params and tests.
+    for folder in ["stream", "agents/head"] {
+        files.extend(concerto_tests::ir_files(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder),
+        ));
+    }
     files
 }
 

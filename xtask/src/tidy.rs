@@ -1,6 +1,7 @@
 //! Source hygiene, in the manner of rust-analyzer's tidy: every Rust file opens with a
 //! `//!` doc comment; no ignored tests, no should-panic tests, no todo macros; no trailing
-//! whitespace; every fixture `.conc-ir` sits next to its `.conc` source.
+//! whitespace; every fixture `.conc-ir` (and 7ad10db's `.head.conc-ir`) sits next to its
+//! `.conc` source.
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +64,11 @@ pub(crate) fn check(root: &Path) -> Result<()> {
             }
         }
         if file.to_string_lossy().ends_with(".conc-ir") {
-            let source = PathBuf::from(file.to_string_lossy().trim_end_matches("-ir"));
+            // `NAME.conc-ir` (1a8ede9) and `NAME.head.conc-ir` (7ad10db) both come from
+            // `NAME.conc`.
+            let name = file.to_string_lossy();
+            let stem = name.trim_end_matches(".conc-ir").trim_end_matches(".head");
+            let source = PathBuf::from(format!("{stem}.conc"));
             if !source.exists() {
                 problems.push(format!("{rel}: has no `.conc` source next to it"));
             }

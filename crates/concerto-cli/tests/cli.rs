@@ -1091,7 +1091,7 @@ fn a_source_file_is_compiled_and_its_relative_paths_resolve_next_to_it() {
     // The IR went to a temporary folder that is gone after the run.
     let ir = Path::new(words[2]);
     assert!(ir.ends_with("ferry.conc-ir"), "{logged}");
-    assert!(!ir.starts_with(&programs()), "{logged}");
+    assert!(!ir.starts_with(programs()), "{logged}");
     assert!(
         !ir.exists(),
         "the temporary IR {} is still there",

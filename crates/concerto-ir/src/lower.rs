@@ -125,7 +125,9 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         });
     }
     // Listen handlers: one function of one parameter (the message) each.
-    let mut listen_handlers: Vec<Vec<(Arc<str>, FuncId, Option<String>)>> = Vec::new();
+    // Per listen block: (message type, body, the schema its parameter names).
+    type Handlers = Vec<(Arc<str>, FuncId, Option<String>)>;
+    let mut listen_handlers: Vec<Handlers> = Vec::new();
     for listen in module.listens.iter_mut() {
         let mut handlers = Vec::new();
         for handler in std::mem::take(&mut listen.handlers) {

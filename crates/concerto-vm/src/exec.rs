@@ -144,6 +144,9 @@ pub(crate) enum Flow {
     Start(Box<dyn Continuation>),
 }
 
+/// The emits of a test run so far: (channel, payload), in order.
+pub(crate) type CapturedEmits = Arc<parking_lot::Mutex<Vec<(Str, Value)>>>;
+
 /// Execution state a built-in may use.
 pub(crate) struct Ctx {
     pub(crate) vm: Arc<Vm>,
@@ -163,7 +166,7 @@ pub(crate) struct Ctx {
     /// Models answered by `MOCK_MODEL` in this execution (shared with its spawned tasks).
     pub(crate) mocks: Arc<parking_lot::Mutex<rustc_hash::FxHashMap<u32, concerto_ir::MockReply>>>,
     /// Emits kept for `test_emits()` (a test run only; shared with spawned tasks).
-    pub(crate) captured: Option<Arc<parking_lot::Mutex<Vec<(Str, Value)>>>>,
+    pub(crate) captured: Option<CapturedEmits>,
     rng: u64,
 }
 

@@ -720,7 +720,7 @@ impl Value {
     }
 
     /// A copy that shares no array, map or struct with `self`, so later writes to the
-    /// original do not show in it (containers below [`MAX_DEPTH`] are shared).
+    /// original do not show in it (containers nested deeper than 128 levels are shared).
     pub fn deep_copy(&self) -> Value {
         self.deep_copy_depth(0)
     }
