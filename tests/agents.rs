@@ -411,3 +411,106 @@ fn responses_and_errors_have_the_settled_fields_in_both_dialects() {
         );
     }
 }
+
+/// A hand-written 7ad10db module: `models` with `config.base`, a connection `llm`, and
+/// `main`'s instructions.
+fn head_module(instructions: Json, constants: Json) -> Vec<u8> {
+    json!({
+        "version": "0.1.0", "module": "m", "source_file": "m.conc",
+        "constants": constants,
+        "functions": [{"name": "main", "module": "m", "visibility": "private", "params": [],
+                       "return_type": "nil", "is_async": false, "locals": [],
+                       "instructions": instructions}],
+        "models": [{"name": "Writer", "module": "m", "connection": "llm",
+                    "config": {"base": "gpt-4o-mini", "temperature": 0.5}}],
+        "connections": [{"name": "llm", "config": {"provider": "openai"}}],
+        "metadata": {"compiler_version": "0.1.0", "compiled_at": "", "optimization_level": 0,
+                     "debug_info": true, "entry_point": "main"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn call_model_and_the_model_field_are_the_agent_call_forms() {
+    let constants = json!([
+        {"index": 0, "type": "string", "value": "reply"},
+        {"index": 1, "type": "string", "value": "Name a tide"},
+        {"index": 2, "type": "nil", "value": null}
+    ]);
+    for (op, field) in [
+        ("CALL_MODEL", "model"),
+        ("CALL_AGENT", "model"),
+        ("CALL_MODEL", "agent"),
+    ] {
+        let mut call = json!({"op": op, "method": "execute", "argc": 1});
+        call[field] = json!("Writer");
+        let ir = head_module(
+            json!([
+                {"op": "LOAD_CONST", "arg": 0},
+                {"op": "LOAD_CONST", "arg": 1},
+                call,
+                {"op": "EMIT"},
+                {"op": "LOAD_CONST", "arg": 2},
+                {"op": "RETURN"}
+            ]),
+            constants.clone(),
+        );
+        let conn = Scripted::new(vec![text("Spring")]);
+        let c: Arc<dyn Connections> = conn.clone();
+        let result = run_ir_with(&ir, move |rt| {
+            rt.with_connections(c);
+        });
+        assert!(result.error.is_none(), "{op}/{field}: {:?}", result.error);
+        let reply = payload(&emits(&result), "reply");
+        assert_eq!(
+            reply["Ok"]["text"],
+            json!("Spring"),
+            "{op}/{field}: {reply}"
+        );
+        let reqs = conn.requests();
+        assert_eq!(reqs.len(), 1);
+        // `config.base` is the model asked for.
+        assert_eq!(reqs[0].model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(reqs[0].temperature, Some(0.5));
+    }
+}
+
+#[test]
+fn a_builder_method_with_the_wrong_number_of_arguments_names_the_method() {
+    let constants = json!([{"index": 0, "type": "nil", "value": null}]);
+    for (method, argc, wanted) in [
+        (
+            "with_tools",
+            0,
+            "Writer.with_tools expects 1 argument, got 0",
+        ),
+        (
+            "without_tools",
+            1,
+            "Writer.without_tools expects 0 arguments, got 1",
+        ),
+        ("execute", 2, "Writer.execute expects 1 argument, got 2"),
+        (
+            "with_memory",
+            3,
+            "Writer.with_memory expects 1 or 2 arguments, got 3",
+        ),
+    ] {
+        let mut instructions = vec![json!({"op": "LOAD_LOCAL", "name": "Writer"})];
+        for _ in 0..argc {
+            instructions.push(json!({"op": "LOAD_CONST", "arg": 0}));
+        }
+        instructions.push(json!({"op": "CALL_METHOD", "name": method, "argc": argc}));
+        instructions.push(json!({"op": "RETURN"}));
+        let ir = head_module(Json::Array(instructions), constants.clone());
+        let conn = Scripted::new(vec![]);
+        let c: Arc<dyn Connections> = conn.clone();
+        let result = run_ir_with(&ir, move |rt| {
+            rt.with_connections(c);
+        });
+        let err = result.error.expect("a wrong arity must fail").to_string();
+        assert!(err.contains(wanted), "{method}: {err}");
+        assert!(conn.requests().is_empty());
+    }
+}

@@ -367,3 +367,85 @@ fn a_name_is_a_tool_a_host_or_an_mcp_server_not_two_of_them() {
     let inv = invalid(&text);
     assert!(inv.reason.contains("also declared as a tool"), "{inv}");
 }
+
+/// A module with the given extra top-level sections (JSON members, comma-separated).
+fn with_sections(sections: &str) -> String {
+    format!(
+        r#"{{"version":"0.1.0","module":"m","source_file":"m.conc",
+        "constants":[{{"index":0,"type":"nil","value":null}}],
+        "functions":[{{"name":"main","module":"m","visibility":"private","params":[],
+          "return_type":"nil","is_async":false,"locals":[],
+          "instructions":[{{"op":"LOAD_CONST","arg":0}},{{"op":"RETURN"}}]}}],
+        {sections},
+        "metadata":{{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
+          "debug_info":true,"entry_point":"main"}}}}"#
+    )
+}
+
+#[test]
+fn the_dialect_is_told_from_the_sections() {
+    use concerto_ir::model::Dialect;
+    let conn = r#""connections":[{"name":"llm","config":{"provider":"openai"}}]"#;
+    let seed_agent = r#"{"name":"A","connection":"llm","config":{"model":"m1"}}"#;
+    let head_model = r#"{"name":"A","connection":"llm","config":{"base":"m1"}}"#;
+    let external = r#"{"name":"X","connector":"x","command":"true","params":{"k":1}}"#;
+    let cases = [
+        (format!(r#"{conn}, "agents":[{seed_agent}]"#), Dialect::Seed),
+        (format!(r#""hosts":[{external}]"#), Dialect::Seed),
+        (format!(r#"{conn}, "models":[{head_model}]"#), Dialect::Head),
+        (format!(r#""agents":[{external}]"#), Dialect::Head),
+        (r#""tests":[]"#.to_string(), Dialect::Head),
+        (conn.to_string(), Dialect::Either),
+    ];
+    for (sections, dialect) in cases {
+        let program = concerto_ir::load_str(&with_sections(&sections))
+            .unwrap_or_else(|e| panic!("{sections}: {e}"));
+        assert_eq!(program.dialect, dialect, "{sections}");
+    }
+    // Both shapes of LLM agent name their model the same way.
+    for sections in [
+        format!(r#"{conn}, "agents":[{seed_agent}]"#),
+        format!(r#"{conn}, "models":[{head_model}]"#),
+    ] {
+        let program = concerto_ir::load_str(&with_sections(&sections)).unwrap();
+        assert_eq!(program.agents[0].decl.config.model.as_deref(), Some("m1"));
+    }
+    // A 7ad10db external agent keeps its params.
+    let program =
+        concerto_ir::load_str(&with_sections(&format!(r#""agents":[{external}]"#))).unwrap();
+    assert_eq!(program.hosts[0].name, "X");
+    assert_eq!(program.hosts[0].params, Some(serde_json::json!({"k": 1})));
+}
+
+#[test]
+fn a_file_mixing_the_two_shapes_is_refused_naming_the_sections() {
+    let conn = r#""connections":[{"name":"llm","config":{"provider":"openai"}}]"#;
+    let seed_agent = r#"{"name":"A","connection":"llm","config":{"model":"m1"}}"#;
+    let external = r#"{"name":"X","connector":"x","command":"true"}"#;
+    for (sections, names) in [
+        (
+            format!(r#"{conn}, "agents":[{seed_agent}, {external}]"#),
+            [
+                "`agents` entries without a `connector`",
+                "`agents` entries with a `connector`",
+            ],
+        ),
+        (
+            format!(r#"{conn}, "models":[{seed_agent}], "hosts":[{external}]"#),
+            ["`hosts`", "`models`"],
+        ),
+        (
+            format!(r#"{conn}, "agents":[{seed_agent}], "listens":[]"#),
+            ["`agents` entries without a `connector`", "`listens`"],
+        ),
+    ] {
+        match concerto_ir::load_str(&with_sections(&sections)) {
+            Err(LoadError::Invalid(inv)) => {
+                for name in names {
+                    assert!(inv.reason.contains(name), "{}: {}", sections, inv.reason);
+                }
+            }
+            other => panic!("{sections}: expected an invalid-IR error, got {other:?}"),
+        }
+    }
+}
