@@ -280,6 +280,72 @@ impl Source {
     }
 }
 
+/// What `run` and `test` set up alike: the program (compiled first when it is source), a
+/// runtime with the timeout, the permissions and the sandbox.
+fn setup(
+    file: &std::path::Path,
+    compiler: Option<&std::path::Path>,
+    timeout: f64,
+    access: &Access,
+) -> Result<(Source, Runtime), ExitCode> {
+    if !(timeout.is_finite() && timeout > 0.0) {
+        eprintln!("error: --timeout must be a positive number of seconds");
+        return Err(ExitCode::from(2));
+    }
+    let source = Source::prepare(file, compiler)?;
+    let mut config = RuntimeConfig {
+        execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
+        ..RuntimeConfig::default()
+    };
+    access.permissions(&mut config);
+    let mut runtime = Runtime::new(config);
+    runtime.set_sandbox(access.sandbox());
+    Ok((source, runtime))
+}
+
+/// The console (`print` to `print_out`, diagnostics to stderr) and environment, with the
+/// variables of `--env FILE`.
+fn system(
+    print_out: concerto_runtime::TextOut,
+    env_file: Option<&std::path::Path>,
+) -> Result<ProcessSystem, ExitCode> {
+    let system = ProcessSystem::with_output(print_out, concerto_runtime::stderr_writer());
+    let Some(path) = env_file else {
+        return Ok(system);
+    };
+    match read_env_file(path) {
+        Ok(vars) => Ok(system.with_env(vars)),
+        Err(err) => {
+            eprintln!("error: cannot read env file `{}`: {err}", path.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Loads the program, with relative paths resolving against the folder of `file`.
+fn load(runtime: &mut Runtime, source: &Source, file: &std::path::Path) -> Result<(), ExitCode> {
+    runtime.set_program_dir(&source.dir);
+    runtime.load_ir(&source.ir).map_err(|err| {
+        eprintln!(
+            "error: failed to load IR `{}`: {}",
+            file.display(),
+            load_reason(&err)
+        );
+        ExitCode::from(2)
+    })
+}
+
+/// The single-threaded async runtime a command runs on.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("error: cannot start the async runtime: {err}");
+            ExitCode::from(1)
+        })
+}
+
 fn test(args: TestArgs) -> ExitCode {
     let TestArgs {
         file,
@@ -299,56 +365,23 @@ fn test(args: TestArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if !(timeout.is_finite() && timeout > 0.0) {
-        eprintln!("error: --timeout must be a positive number of seconds");
-        return ExitCode::from(2);
-    }
-    let source = match Source::prepare(&file, compiler.as_deref()) {
-        Ok(source) => source,
+    let (source, mut runtime) = match setup(&file, compiler.as_deref(), timeout, &access) {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    let mut config = RuntimeConfig {
-        execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
-        ..RuntimeConfig::default()
+    match system(concerto_runtime::stderr_writer(), env_file.as_deref()) {
+        Ok(system) => runtime.with_system(Arc::new(system)),
+        Err(code) => return code,
     };
-    access.permissions(&mut config);
-    let mut runtime = Runtime::new(config);
-    runtime.set_sandbox(access.sandbox());
-    let mut system = ProcessSystem::with_output(
-        concerto_runtime::stderr_writer(),
-        concerto_runtime::stderr_writer(),
-    );
-    if let Some(path) = &env_file {
-        match read_env_file(path) {
-            Ok(vars) => system = system.with_env(vars),
-            Err(err) => {
-                eprintln!("error: cannot read env file `{}`: {err}", path.display());
-                return ExitCode::from(2);
-            }
-        }
-    }
-    runtime.with_system(Arc::new(system));
     if mock {
         runtime.use_mock_provider();
     }
-    runtime.set_program_dir(&source.dir);
-    if let Err(err) = runtime.load_ir(&source.ir) {
-        eprintln!(
-            "error: failed to load IR `{}`: {}",
-            file.display(),
-            load_reason(&err)
-        );
-        return ExitCode::from(2);
+    if let Err(code) = load(&mut runtime, &source, &file) {
+        return code;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match async_runtime() {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let report = match rt.block_on(runtime.run_tests(filter.as_deref())) {
         Ok(report) => report,
@@ -503,21 +536,10 @@ fn run(args: RunArgs) -> ExitCode {
         resume,
         mock_latency_ms,
     } = args;
-    if !(timeout.is_finite() && timeout > 0.0) {
-        eprintln!("error: --timeout must be a positive number of seconds");
-        return ExitCode::from(2);
-    }
-    let source = match Source::prepare(&file, compiler.as_deref()) {
-        Ok(source) => source,
+    let (source, mut runtime) = match setup(&file, compiler.as_deref(), timeout, &access) {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    let mut config = RuntimeConfig {
-        execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
-        ..RuntimeConfig::default()
-    };
-    access.permissions(&mut config);
-    let mut runtime = Runtime::new(config);
-    runtime.set_sandbox(access.sandbox());
     runtime.set_limits(
         Limits::default()
             .with_max_call_depth(max_call_depth)
@@ -527,17 +549,10 @@ fn run(args: RunArgs) -> ExitCode {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
         EmitFormat::Text => concerto_runtime::stdout_writer(),
     };
-    let mut system = ProcessSystem::with_output(print_out, concerto_runtime::stderr_writer());
-    if let Some(path) = &env_file {
-        match read_env_file(path) {
-            Ok(vars) => system = system.with_env(vars),
-            Err(err) => {
-                eprintln!("error: cannot read env file `{}`: {err}", path.display());
-                return ExitCode::from(2);
-            }
-        }
-    }
-    runtime.with_system(Arc::new(system));
+    match system(print_out, env_file.as_deref()) {
+        Ok(system) => runtime.with_system(Arc::new(system)),
+        Err(code) => return code,
+    };
     if let Some(state) = &state {
         runtime.use_state_store(concerto_runtime::StateStore::parse(state));
         let run_id = resume.clone().unwrap_or_else(|| runtime.new_run_id());
@@ -564,14 +579,8 @@ fn run(args: RunArgs) -> ExitCode {
         }
         EmitFormat::Text => {}
     }
-    runtime.set_program_dir(&source.dir);
-    if let Err(err) = runtime.load_ir(&source.ir) {
-        eprintln!(
-            "error: failed to load IR `{}`: {}",
-            file.display(),
-            load_reason(&err)
-        );
-        return ExitCode::from(2);
+    if let Err(code) = load(&mut runtime, &source, &file) {
+        return code;
     }
     if let Some(program) = runtime.program() {
         for warning in &program.warnings {
@@ -591,15 +600,9 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match async_runtime() {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let trace = debug || tracing::enabled!(target: TRACE_TARGET, tracing::Level::TRACE);
     let result = if trace {

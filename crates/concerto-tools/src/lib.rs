@@ -247,6 +247,16 @@ fn denied(message: String) -> HostError {
     HostError::not_enabled(message)
 }
 
+impl Tools {
+    /// Whether host agent `program.hosts[host]` may run.
+    fn check_host(&self, program: &Program, host: u32) -> Result<(), HostError> {
+        match program.hosts.get(host as usize) {
+            Some(decl) => self.check(program, &decl.name, "execute"),
+            None => Err(HostError::failed(format!("host #{host} does not exist"))),
+        }
+    }
+}
+
 /// A host agent's streaming session, as the interpreter sees it.
 struct Session(Arc<hosts::ListenSession>);
 
@@ -387,12 +397,7 @@ impl ToolHost for Tools {
         host: u32,
         input: String,
     ) -> BoxFuture<Result<String, HostError>> {
-        let name = program.hosts.get(host as usize).map(|h| h.name.clone());
-        let checked = match &name {
-            Some(name) => self.check(program, name, "execute"),
-            None => Err(HostError::failed(format!("host #{host} does not exist"))),
-        };
-        if let Err(e) = checked {
+        if let Err(e) = self.check_host(program, host) {
             return Box::pin(async move { Err(e) });
         }
         let hosts = self.hosts.clone();
@@ -406,12 +411,7 @@ impl ToolHost for Tools {
         host: u32,
         input: String,
     ) -> BoxFuture<Result<Arc<dyn HostSession>, HostError>> {
-        let name = program.hosts.get(host as usize).map(|h| h.name.clone());
-        let checked = match &name {
-            Some(name) => self.check(program, name, "execute"),
-            None => Err(HostError::failed(format!("host #{host} does not exist"))),
-        };
-        if let Err(e) = checked {
+        if let Err(e) = self.check_host(program, host) {
             return Box::pin(async move { Err(e) });
         }
         let hosts = self.hosts.clone();

@@ -163,74 +163,6 @@ impl NativeObject for AgentBuilder {
     }
 }
 
-/// A model reply travelling through the interpreter as a value.
-struct Reply(ChatResponse);
-
-impl NativeObject for Reply {
-    fn type_name(&self) -> &str {
-        "ChatResponse"
-    }
-
-    fn display(&self) -> String {
-        self.0.text.clone()
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-/// Functions an external tool provider offers, travelling through the interpreter.
-struct Specs(Vec<ToolSpec>);
-
-impl NativeObject for Specs {
-    fn type_name(&self) -> &str {
-        "ToolSpecs"
-    }
-
-    fn display(&self) -> String {
-        format!("{} tools", self.0.len())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-/// Stored conversation messages travelling through the interpreter as a value.
-struct History(Vec<ChatMessage>);
-
-impl NativeObject for History {
-    fn type_name(&self) -> &str {
-        "History"
-    }
-
-    fn display(&self) -> String {
-        format!("{} messages", self.0.len())
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-/// A failed model request, carried through a suspension with its provider details.
-struct ChatFailed(crate::host::HostError);
-
-impl NativeObject for ChatFailed {
-    fn type_name(&self) -> &str {
-        "ChatFailed"
-    }
-
-    fn display(&self) -> String {
-        self.0.message.clone()
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
 /// What kind of failure an `AgentError` (or `TimeoutError`) reports, in its `kind` field.
 /// These names are stable: programs match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -978,8 +910,8 @@ impl AgentCall {
             .chat(ctx.program(), connection, self.request.clone());
         Ok(Step::Suspend(Box::pin(async move {
             match fut.await {
-                Ok(reply) => Ok(Value::Object(Object::new(Reply(reply)))),
-                Err(e) => Ok(Value::Object(Object::new(ChatFailed(e)))),
+                Ok(reply) => Ok(Value::carry(reply)),
+                Err(e) => Ok(Value::carry(e)),
             }
         })))
     }
@@ -1012,9 +944,7 @@ impl AgentCall {
         let system = ctx.host.system.clone();
         Step::Suspend(Box::pin(async move {
             match fut.await {
-                Err(e) if e.kind != crate::host::HostErrorKind::NotEnabled => {
-                    Ok(Value::Object(Object::new(ChatFailed(e))))
-                }
+                Err(e) if e.kind != crate::host::HostErrorKind::NotEnabled => Ok(Value::carry(e)),
                 Ok(text) => {
                     let mut reply =
                         ChatResponse::text(text, host_name, crate::host::Usage::default());
@@ -1024,7 +954,7 @@ impl AgentCall {
                         .monotonic()
                         .saturating_duration_since(started)
                         .as_millis() as u64;
-                    Ok(Value::Object(Object::new(Reply(reply))))
+                    Ok(Value::carry(reply))
                 }
                 Err(e) => Err(VmError::from(e)),
             }
@@ -1204,7 +1134,7 @@ impl AgentCall {
             let fut = ctx.host.tools.specs(&program, &provider);
             return Ok(Step::Suspend(Box::pin(async move {
                 match fut.await {
-                    Ok(specs) => Ok(Value::Object(Object::new(Specs(specs)))),
+                    Ok(specs) => Ok(Value::carry(specs)),
                     Err(e) => Err(VmError::from(e)),
                 }
             })));
@@ -1475,9 +1405,7 @@ impl Continuation for AgentCall {
             }
             Phase::Specs => {
                 let value = input?;
-                if let Value::Object(obj) = &value
-                    && let Some(Specs(specs)) = obj.downcast::<Specs>()
-                {
+                if let Some(specs) = value.carried::<Vec<ToolSpec>>() {
                     for spec in specs {
                         if !self.offered.contains(&spec.name) {
                             self.offered.push(spec.name.clone());
@@ -1489,9 +1417,7 @@ impl Continuation for AgentCall {
             }
             Phase::History => {
                 let value = input?;
-                if let Value::Object(obj) = &value
-                    && let Some(History(messages)) = obj.downcast::<History>()
-                {
+                if let Some(messages) = value.carried::<Vec<ChatMessage>>() {
                     // Stored turns go between the system prompt and the new input.
                     let at = usize::from(
                         self.request
@@ -1516,20 +1442,20 @@ impl Continuation for AgentCall {
                         self.phase = Phase::History;
                         let reply = ctx.host.memory.memory_messages(name);
                         Ok(Step::Suspend(reply_future(reply, |messages| {
-                            Value::Object(Object::new(History(messages)))
+                            Value::carry(messages)
                         })))
                     }
                     None => self.send(ctx),
                 }
             }
             Phase::Chat => match input {
-                Ok(Value::Object(obj)) => {
-                    if let Some(ChatFailed(e)) = obj.downcast::<ChatFailed>() {
-                        let e = e.clone();
-                        return self.host_failed(ctx, e);
+                Ok(value) => {
+                    if let Some(failed) = value.carried::<crate::host::HostError>() {
+                        let failed = failed.clone();
+                        return self.host_failed(ctx, failed);
                     }
-                    match obj.downcast::<Reply>() {
-                        Some(Reply(reply)) => {
+                    match value.carried::<ChatResponse>() {
+                        Some(reply) => {
                             let reply = reply.clone();
                             self.on_reply(ctx, reply, false)
                         }
@@ -1539,10 +1465,6 @@ impl Continuation for AgentCall {
                         )),
                     }
                 }
-                Ok(_) => Err(VmError::new(
-                    ErrorKind::Internal,
-                    "agent call resumed without a model reply",
-                )),
                 Err(err) => self.chat_failed(ctx, err),
             },
             Phase::Tool => {

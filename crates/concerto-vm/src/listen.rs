@@ -24,7 +24,7 @@ use std::sync::Arc;
 use crate::error::VmError;
 use crate::exec::{Continuation, Ctx, Flow, Step};
 use crate::host::HostSession;
-use crate::value::{FuncRef, NativeObject, Object, Value};
+use crate::value::{FuncRef, Value};
 
 /// `LISTEN_BEGIN` of listen block `listen` with the prompt in `args[0]`.
 pub(crate) fn begin(ctx: &mut Ctx, listen: u32, args: &[Value]) -> Result<Flow, VmError> {
@@ -65,36 +65,6 @@ enum Phase {
     Done,
 }
 
-/// The session, carried through a suspension as a value.
-struct Session(Arc<dyn HostSession>);
-
-impl NativeObject for Session {
-    fn type_name(&self) -> &str {
-        "ListenSession"
-    }
-    fn display(&self) -> String {
-        "<listen session>".into()
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
-/// A line read, carried through a suspension (`None`: the agent closed its output).
-struct Line(Option<String>);
-
-impl NativeObject for Line {
-    fn type_name(&self) -> &str {
-        "ListenLine"
-    }
-    fn display(&self) -> String {
-        "<listen line>".into()
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
-
 struct Listen {
     listen: u32,
     agent: String,
@@ -127,7 +97,7 @@ impl Listen {
         let fut = session.next_line();
         Ok(Step::Suspend(Box::pin(async move {
             match fut.await {
-                Ok(line) => Ok(Value::Object(Object::new(Line(line)))),
+                Ok(line) => Ok(Value::carry(line)),
                 Err(e) => Err(VmError::from(e)),
             }
         })))
@@ -239,14 +209,14 @@ impl Continuation for Listen {
                     let fut = ctx.host.tools.host_listen(&program, host, text);
                     return Ok(Step::Suspend(Box::pin(async move {
                         match fut.await {
-                            Ok(session) => Ok(Value::Object(Object::new(Session(session)))),
+                            Ok(session) => Ok(Value::carry(session)),
                             Err(e) => Err(VmError::from(e)),
                         }
                     })));
                 }
                 match input {
-                    Ok(Value::Object(obj)) if obj.downcast::<Session>().is_some() => {
-                        self.session = obj.downcast::<Session>().map(|s| s.0.clone());
+                    Ok(value) if value.carried::<Arc<dyn HostSession>>().is_some() => {
+                        self.session = value.carried::<Arc<dyn HostSession>>().cloned();
                         let listen_name = ctx.program().listens[self.listen as usize].name.clone();
                         ctx.emit(
                             "listen:start",
@@ -269,8 +239,8 @@ impl Continuation for Listen {
                 }
             }
             Phase::Read => match input {
-                Ok(Value::Object(obj)) => match obj.downcast::<Line>() {
-                    Some(Line(line)) => {
+                Ok(value) => match value.carried::<Option<String>>() {
+                    Some(line) => {
                         let line = line.clone();
                         self.on_line(ctx, line)
                     }
@@ -279,10 +249,6 @@ impl Continuation for Listen {
                         "listen resumed without a line",
                     )),
                 },
-                Ok(_) => Err(VmError::new(
-                    crate::error::ErrorKind::Internal,
-                    "listen resumed without a line",
-                )),
                 Err(e) if !e.is_catchable() => Err(e),
                 Err(e) => self.fail(ctx, e.message().to_string(), false),
             },

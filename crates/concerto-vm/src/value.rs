@@ -339,6 +339,25 @@ pub trait NativeObject: Send + Sync + 'static {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
+/// A Rust value carried through a suspension of the interpreter (a model reply, a failure, a
+/// streaming session): made with [`Value::carry`], read back with [`Value::carried`]. It never
+/// reaches a program.
+pub(crate) struct Carried<T>(T);
+
+impl<T: Send + Sync + 'static> NativeObject for Carried<T> {
+    fn type_name(&self) -> &str {
+        "Native"
+    }
+
+    fn display(&self) -> String {
+        "<native>".into()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// An immutable, cheaply cloned string. Appending to a string that no other value shares
 /// happens in place (amortised O(1)), which keeps `s = s + piece` loops linear.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -757,6 +776,19 @@ impl Value {
             Value::Err(p) => Value::err(p.deep_copy_depth(depth + 1)),
             Value::Some(p) => Value::some(p.deep_copy_depth(depth + 1)),
             other => other.clone(),
+        }
+    }
+
+    /// `value` carried through a suspension (see [`Carried`]).
+    pub(crate) fn carry<T: Send + Sync + 'static>(value: T) -> Value {
+        Value::Object(Object::new(Carried(value)))
+    }
+
+    /// The value a [`Value::carry`] of a `T` holds.
+    pub(crate) fn carried<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        match self {
+            Value::Object(o) => o.downcast::<Carried<T>>().map(|c| &c.0),
+            _ => None,
         }
     }
 

@@ -124,43 +124,37 @@ pub(crate) fn assert(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     }))
 }
 
-fn two_args(name: &str, args: &[Value]) -> Result<(), VmError> {
-    if args.len() == 2 || args.len() == 3 {
-        Ok(())
-    } else {
-        Err(VmError::new(
+/// `assert_eq` (`equal`) or `assert_ne`: `(left, right)` or `(left, right, message)`.
+fn assert_compare(name: &str, args: &[Value], equal: bool) -> Result<Flow, VmError> {
+    if !(2..=3).contains(&args.len()) {
+        return Err(VmError::new(
             ErrorKind::Arity,
             format!("{name} expects 2 or 3 arguments, got {}", args.len()),
-        ))
+        ));
     }
+    let (left, right) = (arg(args, 0), arg(args, 1));
+    if left.equals(right) == equal {
+        return ret(Value::Nil);
+    }
+    let detail = if equal {
+        format!("{} != {}", shown(left), shown(right))
+    } else {
+        format!("{} == {} (expected not equal)", shown(left), shown(right))
+    };
+    Err(assertion_failed(match args.get(2) {
+        Some(message) => format!("{}: {detail}", message.to_display()),
+        None => detail,
+    }))
 }
 
 /// `assert_eq(left, right)` / `assert_eq(left, right, message)`: structural equality.
 pub(crate) fn assert_eq(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    two_args("assert_eq", args)?;
-    let (left, right) = (arg(args, 0), arg(args, 1));
-    if left.equals(right) {
-        return ret(Value::Nil);
-    }
-    let detail = format!("{} != {}", shown(left), shown(right));
-    Err(assertion_failed(match args.get(2) {
-        Some(message) => format!("{}: {detail}", message.to_display()),
-        None => detail,
-    }))
+    assert_compare("assert_eq", args, true)
 }
 
 /// `assert_ne(left, right)` / `assert_ne(left, right, message)`.
 pub(crate) fn assert_ne(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
-    two_args("assert_ne", args)?;
-    let (left, right) = (arg(args, 0), arg(args, 1));
-    if !left.equals(right) {
-        return ret(Value::Nil);
-    }
-    let detail = format!("{} == {} (expected not equal)", shown(left), shown(right));
-    Err(assertion_failed(match args.get(2) {
-        Some(message) => format!("{}: {detail}", message.to_display()),
-        None => detail,
-    }))
+    assert_compare("assert_ne", args, false)
 }
 
 /// `test_emits()`: the emits of the running test so far, in order, each an
