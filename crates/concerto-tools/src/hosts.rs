@@ -167,11 +167,7 @@ impl HostAgents {
             Err(_) => {
                 *io = None;
                 slot.kill().await;
-                return Err(HostError {
-                    kind: HostErrorKind::Timeout,
-                    message: format!("Host '{}' timed out after {secs} seconds", spec.name),
-                    provider: None,
-                });
+                return Err(timed_out(&spec.name, secs));
             }
         };
         drop(io);

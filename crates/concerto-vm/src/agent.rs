@@ -894,13 +894,7 @@ impl AgentCall {
                 return self.on_reply(ctx, reply, true);
             }
             Some(concerto_ir::MockReply::Error(message)) => {
-                return self.fail(
-                    ctx,
-                    "AgentError",
-                    message,
-                    None,
-                    Failure::plain(FailureKind::Other),
-                );
+                return self.fail_other(ctx, message);
             }
             None => {}
         }
@@ -986,13 +980,7 @@ impl AgentCall {
                     "agent '{}': the model kept asking for tools after {MAX_TOOL_ROUNDS} rounds",
                     self.agent_name
                 );
-                return self.fail(
-                    ctx,
-                    "AgentError",
-                    message,
-                    None,
-                    Failure::plain(FailureKind::Other),
-                );
+                return self.fail_other(ctx, message);
             }
             self.request
                 .messages
@@ -1344,6 +1332,17 @@ impl AgentCall {
             return Err(VmError::new(kind, message).with_value(value));
         }
         Ok(Step::Return(Value::err(value)))
+    }
+
+    /// A failure of kind `other` (a mocked error, a tool loop that never ends).
+    fn fail_other(&mut self, ctx: &mut Ctx, message: String) -> Result<Step, VmError> {
+        self.fail(
+            ctx,
+            "AgentError",
+            message,
+            None,
+            Failure::plain(FailureKind::Other),
+        )
     }
 
     /// The connection layer (or the external agent) failed.
