@@ -456,3 +456,51 @@ impl ToolHost for Tools {
 fn tool_error(message: &str) -> Value {
     Value::record("ToolError", vec![("message", Value::str(message))])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_paths;
+
+    #[test]
+    fn relative_paths_that_exist_next_to_the_program_resolve_there() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::write(base.path().join("agent.py"), "").unwrap();
+        std::fs::create_dir(base.path().join("bin")).unwrap();
+        std::fs::write(base.path().join("bin/run.sh"), "").unwrap();
+        let at = |rel: &str| base.path().join(rel).to_string_lossy().into_owned();
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        // An argument naming a file there, a program with a slash; flags, absent files and
+        // PATH programs stay as written; no working directory means the runtime's own.
+        let (program, resolved, cwd) = resolve_paths(
+            Some(base.path()),
+            "bin/run.sh",
+            &args(&["agent.py", "--verbose", "missing.py", "/etc/hosts"]),
+            None,
+        );
+        assert_eq!(program, at("bin/run.sh"));
+        assert_eq!(
+            resolved,
+            vec![
+                at("agent.py"),
+                "--verbose".into(),
+                "missing.py".into(),
+                "/etc/hosts".into()
+            ]
+        );
+        assert_eq!(cwd, None);
+        let (program, _, cwd) = resolve_paths(Some(base.path()), "python3", &[], Some("bin"));
+        assert_eq!(program, "python3");
+        assert_eq!(cwd, Some(at("bin")));
+        let (_, _, cwd) = resolve_paths(Some(base.path()), "python3", &[], Some("/tmp"));
+        assert_eq!(cwd.as_deref(), Some("/tmp"));
+
+        // Without a program folder nothing changes.
+        let (program, resolved, cwd) =
+            resolve_paths(None, "bin/run.sh", &args(&["agent.py"]), Some("bin"));
+        assert_eq!(
+            (program.as_str(), resolved, cwd.as_deref()),
+            ("bin/run.sh", args(&["agent.py"]), Some("bin"))
+        );
+    }
+}
