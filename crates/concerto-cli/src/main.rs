@@ -459,7 +459,8 @@ struct RunArgs {
     /// no API keys needed).
     #[arg(long, conflicts_with = "replay")]
     mock: bool,
-    /// Append every LLM request and response to FILE as JSON lines.
+    /// Write every LLM request and response of the run to FILE as JSON lines (a new file:
+    /// an existing one is replaced).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// Answer LLM requests from a recording made with --record, without network.

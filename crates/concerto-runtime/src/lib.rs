@@ -465,7 +465,9 @@ impl Runtime {
     }
 
     /// Writes every LLM request and its response (or error) to `path` as JSON lines, one
-    /// per call, appended and flushed as they happen. Requests carry no API keys.
+    /// per call, each written and flushed as it happens. The recording starts empty: an
+    /// existing file at `path` is replaced when the connection layer is built (before the
+    /// first execution). Requests carry no API keys.
     pub fn record_llm(&mut self, path: impl Into<PathBuf>) -> &mut Self {
         self.llm.record = Some(path.into());
         self.active_connections = None;
