@@ -1,7 +1,8 @@
 //! Source hygiene, in the manner of rust-analyzer's tidy: every Rust file opens with a
 //! `//!` doc comment; no ignored tests, no should-panic tests, no todo macros; no trailing
 //! whitespace; every fixture `.conc-ir` (and 7ad10db's `.head.conc-ir`) sits next to its
-//! `.conc` source.
+//! `.conc` source; every Rust file in a test folder is compiled by some test binary (crates
+//! that list their test binaries would otherwise skip a new file without a word).
 
 use std::path::{Path, PathBuf};
 
@@ -74,6 +75,7 @@ pub(crate) fn check(root: &Path) -> Result<()> {
             }
         }
     }
+    problems.extend(unreachable_test_files(root));
     if problems.is_empty() {
         println!("tidy: ok ({} files)", files.len());
         Ok(())
@@ -82,5 +84,124 @@ pub(crate) fn check(root: &Path) -> Result<()> {
             eprintln!("  {p}");
         }
         bail!("tidy found {} problems", problems.len())
+    }
+}
+
+/// Test files no test binary compiles. A package that lists its test binaries
+/// (`autotests = false`, or the workspace's `tests` package, whose folder is its root) builds
+/// only those `[[test]]` paths and the modules they declare; a file in the test folder that
+/// is neither a binary, the library root, nor declared as a module (`mod name;` or
+/// `#[path = "name.rs"]`) anywhere in that folder is reported.
+fn unreachable_test_files(root: &Path) -> Vec<String> {
+    let mut packages: Vec<(PathBuf, PathBuf)> = vec![(root.join("tests"), root.join("tests"))];
+    if let Ok(entries) = std::fs::read_dir(root.join("crates")) {
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            packages.push((dir.clone(), dir.join("tests")));
+        }
+    }
+    let mut problems = Vec::new();
+    for (package, tests) in packages {
+        let Ok(manifest) = std::fs::read_to_string(package.join("Cargo.toml")) else {
+            continue;
+        };
+        let lists_its_tests = package == tests || manifest.contains("autotests = false");
+        if !lists_its_tests {
+            continue;
+        }
+        // The `path = "…"` of every [[test]] and [lib] target, relative to the package.
+        let mut roots: Vec<PathBuf> = Vec::new();
+        let mut in_target = false;
+        for line in manifest.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_target = line == "[[test]]" || line == "[lib]";
+            } else if in_target
+                && let Some(value) = line.strip_prefix("path")
+                && let Some(path) = value.trim_start().strip_prefix('=')
+            {
+                roots.push(package.join(path.trim().trim_matches('"')));
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&tests) else {
+            continue;
+        };
+        let files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .collect();
+        let mut declared: Vec<String> = Vec::new();
+        for file in &files {
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
+            for line in text.lines() {
+                let line = line.trim();
+                let line = line.strip_prefix("pub ").unwrap_or(line);
+                if let Some(name) = line.strip_prefix("mod ").and_then(|r| r.strip_suffix(';')) {
+                    declared.push(format!("{}.rs", name.trim()));
+                }
+                if let Some(rest) = line.strip_prefix("#[path = \"")
+                    && let Some(name) = rest.split('"').next()
+                {
+                    declared.push(name.to_string());
+                }
+            }
+        }
+        for file in files {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let is_root = roots.iter().any(|r| *r == file);
+            if !is_root && !declared.contains(&name) {
+                let rel = file
+                    .strip_prefix(root)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
+                problems.push(format!(
+                    "{rel}: no test binary compiles it (add it as a `mod` of one, or a [[test]])"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable_test_files;
+
+    #[test]
+    fn a_test_file_no_binary_compiles_is_reported() {
+        let root = std::env::temp_dir().join(format!("xtask-tidy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let krate = root.join("crates/demo");
+        std::fs::create_dir_all(krate.join("tests")).unwrap();
+        std::fs::create_dir_all(root.join("tests")).unwrap();
+        std::fs::write(
+            krate.join("Cargo.toml"),
+            "[package]\nname = \"demo\"\nautotests = false\n\n[[test]]\nname = \"integration\"\npath = \"tests/integration.rs\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            krate.join("tests/integration.rs"),
+            "//! t\nmod used;\n#[path = \"other_name.rs\"]\nmod renamed;\n",
+        )
+        .unwrap();
+        for file in ["used.rs", "other_name.rs", "forgotten.rs"] {
+            std::fs::write(krate.join("tests").join(file), "//! m\n").unwrap();
+        }
+        std::fs::write(root.join("tests/Cargo.toml"), "[lib]\npath = \"lib.rs\"\n").unwrap();
+        std::fs::write(root.join("tests/lib.rs"), "//! l\n").unwrap();
+        let problems = unreachable_test_files(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("crates/demo/tests/forgotten.rs"),
+            "{problems:?}"
+        );
     }
 }
