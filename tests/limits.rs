@@ -89,3 +89,48 @@ fn a_bounded_batch_queue_delivers_every_emit_in_order() {
     let values: Vec<serde_json::Value> = emits.lock().iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(values, (0..1000).map(|i| json!(i)).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_step_budget_stops_a_program_at_the_same_place_every_time() {
+    let budget = |steps: u64| {
+        let (emits, result) = run(
+            "counted",
+            RuntimeConfig::default(),
+            Limits::default().with_max_steps(Some(steps)),
+        );
+        (emits.lock().clone(), result)
+    };
+    // A loop iteration is one step: 5500 steps get through 5000 iterations, not 6000.
+    let (first, result) = budget(5500);
+    assert_eq!(kind(&result), Some(ErrorKind::StepLimit));
+    let message = result.expect_err("out of steps").to_string();
+    assert!(message.contains("ran out of steps (5500"), "{message}");
+    let reached: Vec<i64> = first.iter().filter_map(|(_, p)| p.as_i64()).collect();
+    assert_eq!(reached, vec![1000, 2000, 3000, 4000, 5000]);
+    // Deterministic: the same budget stops at the same emit.
+    let (second, _) = budget(5500);
+    assert_eq!(first, second);
+    // Enough steps: the program finishes.
+    let (done, result) = budget(200_000);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        done.last().cloned(),
+        Some(("done".to_string(), json!(100000)))
+    );
+}
+
+#[test]
+fn a_step_budget_ends_an_endless_loop_without_a_timeout() {
+    let started = std::time::Instant::now();
+    let (emits, result) = run(
+        "spin",
+        RuntimeConfig::default(),
+        Limits::default().with_max_steps(Some(1_000_000)),
+    );
+    assert_eq!(kind(&result), Some(ErrorKind::StepLimit));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_eq!(
+        emits.lock().clone(),
+        vec![("started".to_string(), json!(1))]
+    );
+}

@@ -39,6 +39,8 @@ fn exercise(bytes: &[u8], rt: &tokio::runtime::Runtime) -> bool {
         execution_timeout: Duration::from_millis(300),
         ..RuntimeConfig::default()
     });
+    // A step budget ends any loop deterministically; the timeout covers waiting.
+    runtime.set_limits(concerto_runtime::Limits::default().with_max_steps(Some(200_000)));
     let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
     runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
         quiet.clone(),

@@ -452,6 +452,10 @@ struct RunArgs {
     /// Maximum nesting of calls.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     max_call_depth: usize,
+    /// Stop the program after N steps (loop iterations and calls, counted the same way on
+    /// every run) with a step-limit error.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
     /// Do not print emits (text format only).
     #[arg(long, short)]
     quiet: bool,
@@ -522,6 +526,7 @@ fn run(args: RunArgs) -> ExitCode {
         emit_format: format,
         timeout,
         max_call_depth,
+        max_steps,
         quiet,
         mock,
         record,
@@ -544,7 +549,8 @@ fn run(args: RunArgs) -> ExitCode {
     runtime.set_limits(
         Limits::default()
             .with_max_call_depth(max_call_depth)
-            .with_max_hashmap_bytes(max_hashmap_bytes),
+            .with_max_hashmap_bytes(max_hashmap_bytes)
+            .with_max_steps(max_steps),
     );
     let print_out = match format {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),

@@ -145,6 +145,10 @@ pub struct Limits {
     /// concurrent executions and tasks); further calls wait their turn. `None`: no bound
     /// beyond each connection's own limits.
     pub max_concurrent_agent_calls: Option<usize>,
+    /// Steps an execution may take — loop iterations and calls, counted deterministically —
+    /// before it stops with a `step_limit` error (each spawned task has a budget of its own).
+    /// `None`: no bound (the execution timeout still applies).
+    pub max_steps: Option<u64>,
 }
 
 impl Default for Limits {
@@ -155,11 +159,18 @@ impl Default for Limits {
             emit_await_timeout: Some(Duration::from_secs(30)),
             max_hashmap_bytes: None,
             max_concurrent_agent_calls: None,
+            max_steps: None,
         }
     }
 }
 
 impl Limits {
+    /// Sets the step budget of each execution.
+    pub fn with_max_steps(mut self, max: Option<u64>) -> Limits {
+        self.max_steps = max;
+        self
+    }
+
     /// Sets the emit queue bound.
     pub fn with_max_emit_queue(mut self, max: Option<usize>) -> Limits {
         self.max_emit_queue = max;

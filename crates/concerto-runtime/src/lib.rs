@@ -831,6 +831,7 @@ impl Runtime {
         let timeout = self.config.execution_timeout;
         let config = ExecConfig {
             max_call_depth: self.limits.max_call_depth,
+            max_steps: self.limits.max_steps,
             timeout: Some(timeout),
             ..ExecConfig::default()
         };

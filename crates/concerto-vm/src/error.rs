@@ -37,6 +37,8 @@ pub enum ErrorKind {
     Limit,
     /// The execution timeout expired.
     ExecutionTimeout,
+    /// The execution used up its step budget ([`crate::ExecConfig::max_steps`]).
+    StepLimit,
     /// An operation's own timeout expired.
     Timeout,
     /// The feature needs a permission the host has not granted.
@@ -65,6 +67,7 @@ impl ErrorKind {
                 | ErrorKind::CallDepth
                 | ErrorKind::Limit
                 | ErrorKind::ExecutionTimeout
+                | ErrorKind::StepLimit
                 | ErrorKind::Unsupported
                 | ErrorKind::Cancelled
                 | ErrorKind::Internal
@@ -88,6 +91,7 @@ impl ErrorKind {
             ErrorKind::CallDepth => "call_depth",
             ErrorKind::Limit => "limit",
             ErrorKind::ExecutionTimeout => "execution_timeout",
+            ErrorKind::StepLimit => "step_limit",
             ErrorKind::Timeout => "timeout",
             ErrorKind::NotEnabled => "not_enabled",
             ErrorKind::Unsupported => "unsupported",

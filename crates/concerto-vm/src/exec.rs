@@ -72,6 +72,12 @@ pub struct ExecConfig {
     pub timeout: Option<Duration>,
     /// Maximum length of a string or array the program may build (elements/bytes).
     pub max_collection_len: usize,
+    /// When set, the execution stops with [`ErrorKind::StepLimit`] once it has taken this many
+    /// steps. A step is a loop iteration or a call (every backward jump and every call: the
+    /// yield counter's unit), so the budget is deterministic — the same program and input
+    /// stop at the same point — and bounds any program, since code without loops or calls
+    /// ends by itself. Each spawned task has a budget of its own.
+    pub max_steps: Option<u64>,
 }
 
 impl Default for ExecConfig {
@@ -80,6 +86,7 @@ impl Default for ExecConfig {
             max_call_depth: 1000,
             timeout: None,
             max_collection_len: 1 << 30,
+            max_steps: None,
         }
     }
 }
@@ -93,7 +100,8 @@ pub struct ExecStats {
     pub emits: u64,
     /// Errors caught by `try`/`catch` (or by a pipeline stage).
     pub errors_caught: u64,
-    /// Instructions-ish: backward jumps and calls executed (the fuel counter).
+    /// Steps taken: backward jumps and calls executed (the fuel counter), counted each time
+    /// a grant of fuel is used up.
     pub ticks: u64,
 }
 
@@ -271,6 +279,8 @@ pub struct Execution {
     /// Where the result of a suspended instruction of a code frame goes (absolute register).
     resume_dst: usize,
     fuel: u32,
+    /// The fuel given at the last refill (a step budget may make it smaller than [`FUEL`]).
+    grant: u32,
     deadline: Option<Instant>,
     /// Debug-mode state (breakpoints, stepping, tracing); `None` for ordinary runs, which
     /// never look at it.
@@ -300,6 +310,9 @@ impl Execution {
         let deadline = config
             .timeout
             .and_then(|t| host.system.monotonic().checked_add(t));
+        let grant = config
+            .max_steps
+            .map_or(FUEL, |max| max.clamp(1, u64::from(FUEL)) as u32);
         Execution {
             deadline,
             stack: Vec::with_capacity(256),
@@ -308,7 +321,8 @@ impl Execution {
             handlers: Vec::new(),
             pending: None,
             resume_dst: 0,
-            fuel: FUEL,
+            fuel: grant,
+            grant,
             debug: None,
             ctx: Ctx {
                 vm,
@@ -441,6 +455,17 @@ impl Execution {
                 }
                 Ok(Exit::Resume) => {}
                 Ok(Exit::Yield) => {
+                    if let Some(max) = self.ctx.config.max_steps
+                        && self.ctx.stats.ticks >= max
+                    {
+                        let err = VmError::new(
+                            ErrorKind::StepLimit,
+                            format!(
+                                "the program ran out of steps ({max} loop iterations and calls)"
+                            ),
+                        );
+                        return Err(self.finish_error(err));
+                    }
                     if let Some(deadline) = self.deadline
                         && self.ctx.now() >= deadline
                     {
@@ -463,6 +488,21 @@ impl Execution {
                 }
             }
         }
+    }
+
+    /// Counts the fuel just used up and grants more: [`FUEL`], or what is left of the step
+    /// budget (the loop then yields exactly when the budget is spent, and `drive` stops it).
+    #[cold]
+    fn refuel(&mut self) {
+        self.ctx.stats.ticks += u64::from(self.grant);
+        let grant = match self.ctx.config.max_steps {
+            Some(max) => max
+                .saturating_sub(self.ctx.stats.ticks)
+                .clamp(1, u64::from(FUEL)) as u32,
+            None => FUEL,
+        };
+        self.grant = grant;
+        self.fuel = grant;
     }
 
     fn reset(&mut self) {
@@ -1101,8 +1141,7 @@ impl Execution {
                     if target < pc {
                         self.fuel -= 1;
                         if self.fuel == 0 {
-                            self.fuel = FUEL;
-                            self.ctx.stats.ticks += FUEL as u64;
+                            self.refuel();
                             pc = target;
                             save_pc!();
                             return Ok(Exit::Yield);
@@ -1146,8 +1185,7 @@ impl Execution {
                     self.fuel -= 1;
                     let out_of_fuel = self.fuel == 0;
                     if out_of_fuel {
-                        self.fuel = FUEL;
-                        self.ctx.stats.ticks += FUEL as u64;
+                        self.refuel();
                     }
                     match $called {
                         Called::Done if !out_of_fuel => {}
@@ -1189,8 +1227,7 @@ impl Execution {
                         });
                         self.fuel -= 1;
                         if self.fuel == 0 {
-                            self.fuel = FUEL;
-                            self.ctx.stats.ticks += FUEL as u64;
+                            self.refuel();
                             return Ok(Exit::Yield);
                         }
                         fi += 1;
