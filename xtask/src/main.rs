@@ -21,11 +21,12 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("deps") => deps::check(&root()),
         Some("tidy") => tidy::check(&root()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  deps    check the crate dependency direction\n  tidy    check source hygiene"
+                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene"
             );
             std::process::exit(2);
         }
@@ -110,6 +111,50 @@ fn debug_artifact(name: &str) -> Result<PathBuf> {
         bail!("{} was not built", path.display());
     }
     Ok(path)
+}
+
+/// `cargo xtask fuzz [--minutes N] [--seed S]`: the fuzzer of `tests/fuzz.rs` for N minutes
+/// (10 by default) on an optimised build; panicking inputs are shrunk and saved under
+/// `tests/fuzz/`, where every later `cargo test` replays them.
+fn fuzz(args: &[String]) -> Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let minutes: f64 = match value("--minutes") {
+        Some(m) => m.parse().context("--minutes takes a number")?,
+        None => 10.0,
+    };
+    let seed: u64 = match value("--seed") {
+        Some(s) => s.parse().context("--seed takes a whole number")?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1),
+    };
+    let seconds = (minutes * 60.0).max(1.0).round() as u64;
+    println!("fuzzing for {seconds} s with seed {seed}");
+    run(
+        "the fuzzer",
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "concerto-tests",
+                "--test",
+                "integration",
+                "fuzz::",
+                "--",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("CONCERTO_FUZZ_SECONDS", seconds.to_string())
+            .env("CONCERTO_FUZZ_SEED", seed.to_string()),
+    )
 }
 
 /// The facade's examples CI builds and runs (offline, against the mock provider).

@@ -154,7 +154,7 @@ fn unreachable_test_files(root: &Path) -> Vec<String> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let is_root = roots.iter().any(|r| *r == file);
+            let is_root = roots.contains(&file);
             if !is_root && !declared.contains(&name) {
                 let rel = file
                     .strip_prefix(root)
