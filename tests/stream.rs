@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use concerto_runtime::ToolPermission;
 use concerto_tests::{RunResult, compare_emits, read_expected, run_ir_path_with};
 
-const AGENTS: [&str; 10] = [
+const AGENTS: [&str; 13] = [
     "Trawler", "Netter", "Winch", "Mute", "Wreck", "Babbler", "Plain", "Crane", "Stubborn", "Deaf",
+    "Parrot", "Flood", "Selfish",
 ];
 
 fn dir() -> PathBuf {
@@ -45,9 +46,12 @@ fn require_python() {
 
 fn check(name: &str, result: &RunResult) {
     let expected = read_expected(&dir().join(format!("{name}.head.expected.jsonl"))).unwrap();
-    let ignore = ["listen".to_string()];
+    let ignore = ["listen".to_string(), "error".to_string()];
     if let Err(e) = compare_emits(&result.emits, &expected, &ignore) {
-        panic!("{name}: {e}\ngot: {:#?}", result.emits);
+        panic!(
+            "{name}: {e}\ngot: {:#?}\nerror: {:?}",
+            result.emits, result.error
+        );
     }
     assert!(result.error.is_none(), "{name}: {:?}", result.error);
 }
@@ -130,6 +134,23 @@ fn an_error_in_a_handler_ends_the_listen_and_an_outer_try_catches_it() {
     check("listen_handler_throws", &result);
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert_gone(&["tag-throws"]);
+}
+
+#[test]
+fn text_prompts_stay_one_line_and_oversized_or_silent_answers_are_errors() {
+    let (result, took) = run("agent_lines");
+    check("agent_lines", &result);
+    // The silent agent's timeout is 2 s; 33 MiB of output is read and refused.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert_gone(&["tag-echo", "tag-huge", "tag-silent"]);
+}
+
+#[test]
+fn a_handler_calling_its_own_agent_fails_instead_of_hanging() {
+    let (result, took) = run("listen_busy");
+    check("listen_busy", &result);
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    assert_gone(&["tag-busy"]);
 }
 
 #[test]

@@ -16,6 +16,8 @@ Modes:
   crash       per prompt: progress, then exits with status 3 (no terminal message)
   garbage     per prompt: a line that is not JSON (bytes that are not UTF-8 among them)
   untyped     per prompt: a JSON object without a "type"
+  echo        per line read: {"type":"result","text":"got: <the line>"}
+  huge        per prompt: 33 MiB without a line break, then waits
 """
 import json
 import os
@@ -73,7 +75,9 @@ def main():
                 continue
             send({"type": "result", "text": "call %d %s %s" % (calls, json.dumps(params, sort_keys=True), text)})
     while True:
-        text = prompt_text(read())
+        raw = read()
+        line_seen = [raw]
+        text = prompt_text(raw)
         if mode == "converse":
             heard = []
             send({"type": "progress", "message": "lowering nets", "percent": 25})
@@ -97,6 +101,14 @@ def main():
             sys.stdout.flush()
         elif mode == "untyped":
             send({"catch": 12})
+        elif mode == "echo":
+            send({"type": "result", "text": "got: " + line_seen[0]})
+        elif mode == "huge":
+            chunk = b"x" * (1024 * 1024)
+            for _ in range(33):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            time.sleep(30)
         else:
             send({"type": "error", "message": "unknown mode " + mode})
 

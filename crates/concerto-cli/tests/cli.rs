@@ -1139,3 +1139,31 @@ fn the_compiler_is_found_on_path_and_a_missing_one_says_how_to_get_it() {
     let _ = std::fs::remove_dir_all(bindir);
     let _ = std::fs::remove_dir_all(empty);
 }
+
+#[test]
+fn each_emit_reaches_a_piped_stdout_while_the_program_still_runs() {
+    use std::io::BufRead;
+    // Emits once, then loops for ever.
+    let spin = repo().join("tests/limits/spin.conc-ir");
+    let mut child = bin()
+        .args(["run", "--emit-format", "jsonl", "--timeout", "60"])
+        .arg(&spin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(20));
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = line.expect("the emit did not arrive while the program ran");
+    assert_eq!(line, "{\"channel\":\"started\",\"payload\":1}\n");
+    assert!(running, "the program had already ended");
+}

@@ -1,6 +1,7 @@
-//! Writer-backed sinks: one line per emit.
+//! Writer-backed sinks: one line per emit, written through as soon as it is emitted (a
+//! reader of the JSON-lines stream sees each emit live, and a killed run loses none it made).
 
-use std::io::{BufWriter, Write};
+use std::io::{LineWriter, Write};
 
 use concerto_vm::Value;
 use concerto_vm::host::{EmitSink, HostError};
@@ -8,12 +9,13 @@ use parking_lot::Mutex;
 
 use crate::FlushSink;
 
-/// A buffered writer shared by the line sinks.
-struct Lines(Mutex<BufWriter<Box<dyn Write + Send>>>);
+/// A line-buffered writer shared by the line sinks: each complete line is written out at
+/// once.
+struct Lines(Mutex<LineWriter<Box<dyn Write + Send>>>);
 
 impl Lines {
     fn new(out: impl Write + Send + 'static) -> Lines {
-        Lines(Mutex::new(BufWriter::new(Box::new(out))))
+        Lines(Mutex::new(LineWriter::new(Box::new(out))))
     }
 
     fn write(&self, mut line: String) -> Result<(), HostError> {
@@ -34,7 +36,7 @@ fn io_error(err: std::io::Error) -> HostError {
 pub struct JsonLinesSink(Lines);
 
 impl JsonLinesSink {
-    /// A sink writing to `out` (buffered; call [`FlushSink::flush`]).
+    /// A sink writing each line to `out` as it is emitted.
     pub fn new(out: impl Write + Send + 'static) -> JsonLinesSink {
         JsonLinesSink(Lines::new(out))
     }
@@ -67,7 +69,7 @@ impl FlushSink for JsonLinesSink {
 pub struct TextSink(Lines);
 
 impl TextSink {
-    /// A sink writing to `out` (buffered; call [`FlushSink::flush`]).
+    /// A sink writing each line to `out` as it is emitted.
     pub fn new(out: impl Write + Send + 'static) -> TextSink {
         TextSink(Lines::new(out))
     }

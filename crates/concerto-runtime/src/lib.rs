@@ -230,9 +230,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// The folder relative paths in the program resolve against: external agents' and stdio
-    /// MCP servers' working directories, and their commands (with a slash) and arguments
-    /// that name a file or folder there. `concerto run app.conc` sets the source file's
+    /// The folder relative paths in the program resolve against (then the project folder
+    /// above it, the nearest with a `Concerto.toml`): external agents' and stdio MCP servers'
+    /// working directories, and their commands (with a slash) and arguments that name a file
+    /// or folder there. `concerto run app.conc` sets the source file's
     /// folder (the IR it compiles lives in a temporary one).
     pub fn set_program_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         let dir = dir.into();

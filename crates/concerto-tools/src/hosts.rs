@@ -54,6 +54,8 @@ use tokio::task::JoinHandle;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// How long an initialisation may take when the host sets no timeout, in seconds.
 pub const DEFAULT_INIT_TIMEOUT_SECS: u64 = 10;
+/// The longest timeout a host may set (one year); larger values are cut to it.
+const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 /// The longest reply line read (32 MiB).
 pub const MAX_REPLY_LINE: usize = 32 * 1024 * 1024;
 /// How much of a process's stderr is kept for error messages.
@@ -143,7 +145,7 @@ impl HostAgents {
     ///
     /// # Errors
     /// [`HostErrorKind::Timeout`] when the host does not answer in time (the process is
-    /// killed); [`HostErrorKind::Limit`] when the reply line is too long; otherwise
+    /// killed, or it did not get its turn in that time); otherwise
     /// [`HostErrorKind::Failed`] naming the host: no such host, no command, invalid `env`,
     /// missing working directory, a command that cannot be started, a process that exited.
     pub async fn exchange(
@@ -154,7 +156,10 @@ impl HostAgents {
     ) -> Result<String, HostError> {
         let (spec, secs, json) = spec_of(program, host, self.base_dir.as_deref())?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
-        let mut io = slot.io.lock().await;
+        let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), slot.io.lock()).await
+        else {
+            return Err(busy(&spec.name, secs));
+        };
         // Starting (with its own init timeout) is not part of the call's time.
         start(&slot, &mut io, &spec).await?;
         let outcome = tokio::time::timeout(
@@ -189,7 +194,10 @@ impl HostAgents {
     ) -> Result<ListenSession, HostError> {
         let (spec, secs, _) = spec_of(program, host, self.base_dir.as_deref())?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
-        let mut io = Arc::clone(&slot.io).lock_owned().await;
+        let turn = Arc::clone(&slot.io).lock_owned();
+        let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), turn).await else {
+            return Err(busy(&spec.name, secs));
+        };
         start(&slot, &mut io, &spec).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let opened = tokio::time::timeout_at(deadline, open(&slot, &mut io, &spec, &input)).await;
@@ -256,7 +264,10 @@ fn spec_of(
         Some(serde_json::Value::Object(map)) if map.is_empty() => None,
         Some(other) => Some(other.to_string()),
     };
-    let configured = decl.timeout.filter(|t| *t > 0);
+    let configured = decl
+        .timeout
+        .filter(|t| *t > 0)
+        .map(|t| t.min(MAX_TIMEOUT_SECS));
     let (command, args, working_dir) = crate::resolve_paths(
         base,
         &command,
@@ -275,6 +286,19 @@ fn spec_of(
     let secs = configured.unwrap_or(DEFAULT_TIMEOUT_SECS);
     let json = decl.output_format.trim().eq_ignore_ascii_case("json");
     Ok((spec, secs, json))
+}
+
+/// A call that did not get its turn: calls to one agent run one at a time, and a `listen`
+/// session holds the agent until it ends.
+fn busy(name: &str, secs: u64) -> HostError {
+    HostError {
+        kind: HostErrorKind::Timeout,
+        message: format!(
+            "agent '{name}' is busy: no turn within {secs} seconds (a listen session with it \
+             is open, or another call is running; a listen handler cannot call its own agent)"
+        ),
+        provider: None,
+    }
 }
 
 fn timed_out(name: &str, secs: u64) -> HostError {
@@ -308,9 +332,9 @@ impl ListenSession {
     /// output (the process is then stopped).
     ///
     /// # Errors
-    /// [`HostErrorKind::Timeout`] once the session's time is up (the process is stopped),
-    /// [`HostErrorKind::Limit`] for an over-long line, [`HostErrorKind::Failed`] when reading
-    /// fails.
+    /// [`HostErrorKind::Timeout`] once the session's time is up (the process is stopped);
+    /// [`HostErrorKind::Failed`] for a line over 32 MiB (the process is stopped) or when
+    /// reading fails.
     pub async fn next_line(&self) -> Result<Option<String>, HostError> {
         let mut io = self.inner.lock().await;
         let Some(pipes) = io.as_mut() else {
@@ -328,7 +352,7 @@ impl ListenSession {
             Ok(Err(ReadError::TooLong)) => {
                 **io = None;
                 self.slot.kill().await;
-                Err(HostError::limit(format!(
+                Err(HostError::failed(format!(
                     "Host '{}' wrote a line longer than {} MiB; the process was stopped",
                     self.name,
                     MAX_REPLY_LINE / (1024 * 1024)
@@ -471,7 +495,7 @@ async fn call(
         Err(ReadError::TooLong) => {
             *io = None;
             slot.kill().await;
-            Err(HostError::limit(format!(
+            Err(HostError::failed(format!(
                 "Host '{}' replied with a line longer than {} MiB; the process was stopped",
                 spec.name,
                 MAX_REPLY_LINE / (1024 * 1024)
@@ -593,7 +617,7 @@ async fn initialise(
             )));
         }
         Err(ReadError::TooLong) => {
-            return Err(HostError::limit(format!(
+            return Err(HostError::failed(format!(
                 "agent '{name}' answered its initialization with an over-long line"
             )));
         }

@@ -89,11 +89,13 @@ pub struct Tools {
 }
 
 /// A child process's program, arguments and working directory, with relative paths
-/// resolved against `base` (the folder of the program the user named), when there is one:
-/// a relative working directory joins `base`; a program with a slash, and an argument, that
-/// name an existing file or folder relative to `base` are made absolute there. Anything
-/// else is left as written (a program without a slash is looked up on `PATH`; other relative
-/// paths stay relative to the working directory, the runtime's own when none is set).
+/// resolved against `base` (the folder of the program the user named), when there is one, and
+/// then against the project folder above it (the nearest folder holding a `Concerto.toml`,
+/// which paths in the manifest are written relative to): a relative working directory joins
+/// the first of those where it exists (else `base`); a program with a slash, and an argument,
+/// that name an existing file or folder in one of them are made absolute there. Anything else
+/// is left as written (a program without a slash is looked up on `PATH`; other relative paths
+/// stay relative to the working directory, the runtime's own when none is set).
 pub(crate) fn resolve_paths(
     base: Option<&std::path::Path>,
     program: &str,
@@ -103,28 +105,37 @@ pub(crate) fn resolve_paths(
     let Some(base) = base else {
         return (program.to_string(), args.to_vec(), cwd.map(str::to_string));
     };
-    let under_base = |text: &str| -> Option<String> {
+    let mut folders = vec![base.to_path_buf()];
+    if let Some(project) = base
+        .ancestors()
+        .find(|dir| dir.join("Concerto.toml").is_file())
+        && project != base
+    {
+        folders.push(project.to_path_buf());
+    }
+    let find = |text: &str| -> Option<String> {
         let path = std::path::Path::new(text);
         if text.is_empty() || text.starts_with('-') || !path.is_relative() {
             return None;
         }
-        let joined = base.join(path);
-        joined
-            .exists()
-            .then(|| joined.to_string_lossy().into_owned())
+        folders
+            .iter()
+            .map(|folder| folder.join(path))
+            .find(|joined| joined.exists())
+            .map(|joined| joined.to_string_lossy().into_owned())
     };
     let program = if program.contains('/') {
-        under_base(program).unwrap_or_else(|| program.to_string())
+        find(program).unwrap_or_else(|| program.to_string())
     } else {
         program.to_string()
     };
     let args = args
         .iter()
-        .map(|a| under_base(a).unwrap_or_else(|| a.clone()))
+        .map(|a| find(a).unwrap_or_else(|| a.clone()))
         .collect();
     let cwd = cwd.map(|dir| {
         if std::path::Path::new(dir).is_relative() {
-            base.join(dir).to_string_lossy().into_owned()
+            find(dir).unwrap_or_else(|| base.join(dir).to_string_lossy().into_owned())
         } else {
             dir.to_string()
         }
@@ -494,6 +505,27 @@ mod tests {
         assert_eq!(cwd, Some(at("bin")));
         let (_, _, cwd) = resolve_paths(Some(base.path()), "python3", &[], Some("/tmp"));
         assert_eq!(cwd.as_deref(), Some("/tmp"));
+
+        // The project folder above (with Concerto.toml) is tried after the program's own.
+        let project = tempfile::tempdir().unwrap();
+        std::fs::write(project.path().join("Concerto.toml"), "").unwrap();
+        std::fs::create_dir_all(project.path().join("src")).unwrap();
+        std::fs::create_dir_all(project.path().join("agents")).unwrap();
+        std::fs::write(project.path().join("agents/a.py"), "").unwrap();
+        let src = project.path().join("src");
+        let (_, resolved, _) =
+            resolve_paths(Some(&src), "python3", &args(&["agents/a.py", "x.py"]), None);
+        assert_eq!(
+            resolved,
+            vec![
+                project
+                    .path()
+                    .join("agents/a.py")
+                    .to_string_lossy()
+                    .into_owned(),
+                "x.py".to_string()
+            ]
+        );
 
         // Without a program folder nothing changes.
         let (program, resolved, cwd) =

@@ -376,3 +376,18 @@ async fn input_with_newlines_is_written_as_given() {
     );
     hosts.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_huge_timeout_is_cut_to_a_year_not_a_panic() {
+    let hosts = HostAgents::new();
+    let p = one(agent("Agent", "text", Some(u64::MAX)));
+    assert_eq!(
+        count(&hosts.exchange(&p, 0, "count".into()).await.unwrap()).1,
+        1
+    );
+    let session = hosts.listen(&p, 0, "count".into()).await.unwrap();
+    assert!(session.next_line().await.unwrap().is_some());
+    session.finish(true);
+    drop(session);
+    hosts.shutdown().await;
+}

@@ -30,6 +30,16 @@ use crate::value::{NativeObject, Object, RefKind, Value};
 const MAX_TOOL_ROUNDS: u32 = 10;
 /// Requests per `execute_with_schema` call: the first and the re-asks after invalid replies.
 const SCHEMA_ATTEMPTS: u32 = 3;
+/// The longest wait a program may set (timeouts, cache lifetimes, retry delays): one year.
+/// Larger values from the IR are cut to it (a clock cannot add them).
+const MAX_WAIT_SECS: u64 = 365 * 24 * 3600;
+
+/// `secs` seconds, at most [`MAX_WAIT_SECS`]; `None` for a value that is not a positive
+/// finite number.
+fn wait_secs(secs: f64) -> Option<Duration> {
+    (secs > 0.0 && secs.is_finite())
+        .then(|| Duration::from_secs_f64(secs.min(MAX_WAIT_SECS as f64)))
+}
 
 /// LLM usage counters of one agent or one connection.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -497,7 +507,8 @@ fn decorators(list: &[Decorator]) -> Decorators {
                 let delay = dec
                     .named_arg("delay_ms")
                     .and_then(|v| v.as_u64())
-                    .unwrap_or(1000);
+                    .unwrap_or(1000)
+                    .min(MAX_WAIT_SECS * 1000);
                 d.retry = Some(RetryPolicy {
                     max_attempts: max,
                     backoff,
@@ -506,16 +517,11 @@ fn decorators(list: &[Decorator]) -> Decorators {
                 });
             }
             "timeout" => {
-                d.timeout = number(dec, "seconds")
-                    .filter(|s| *s > 0.0 && s.is_finite())
-                    .map(Duration::from_secs_f64);
+                d.timeout = number(dec, "seconds").and_then(wait_secs);
             }
             "log" => d.log = true,
             "cache" => {
-                let ttl = number(dec, "ttl_seconds").unwrap_or(300.0);
-                if ttl > 0.0 && ttl.is_finite() {
-                    d.cache_ttl = Some(Duration::from_secs_f64(ttl));
-                }
+                d.cache_ttl = wait_secs(number(dec, "ttl_seconds").unwrap_or(300.0));
             }
             _ => {}
         }
@@ -714,9 +720,11 @@ impl AgentCall {
         request.temperature = config.temperature;
         request.max_tokens = config.max_tokens;
         request.tools = tools;
-        request.timeout = decorators
-            .timeout
-            .or_else(|| config.timeout.map(Duration::from_secs));
+        request.timeout = decorators.timeout.or_else(|| {
+            config
+                .timeout
+                .map(|t| Duration::from_secs(t.min(MAX_WAIT_SECS)))
+        });
         request.retry = decorators.retry;
         let mock = ctx.mocks.lock().get(&agent).cloned();
         let mut call = Self::finish_new(
@@ -770,6 +778,14 @@ impl AgentCall {
         );
         let decorators = decorators(&def.decorators);
         let host_context = builder.context.clone();
+        // For the record of a timeout: the agent's own limit (its process is timed by the
+        // tool layer).
+        let mut request = request;
+        request.timeout = decorators.timeout.or_else(|| {
+            def.timeout
+                .filter(|t| *t > 0)
+                .map(|t| Duration::from_secs(t.min(MAX_WAIT_SECS)))
+        });
         let mut call = Self::finish_new(
             ctx,
             NewCall {
@@ -919,19 +935,7 @@ impl AgentCall {
             .last()
             .map(|m| m.content.clone())
             .unwrap_or_default();
-        let input = if json {
-            let mut obj = serde_json::Map::new();
-            obj.insert("prompt".into(), serde_json::Value::String(prompt));
-            if let Some(context) = &self.host_context {
-                obj.insert("context".into(), context.to_json());
-            }
-            serde_json::Value::Object(obj).to_string()
-        } else {
-            match &self.host_context {
-                Some(context) => format!("{prompt}\nContext: {}", context.to_display()),
-                None => prompt,
-            }
-        };
+        let input = host_input(prompt, self.host_context.as_ref(), json);
         let started = ctx.now();
         let host_name = self.agent_name.clone();
         let fut = ctx.host.tools.host_exchange(ctx.program(), host, input);
@@ -1528,6 +1532,30 @@ impl Continuation for AgentCall {
     fn frame_name(&self) -> &str {
         &self.frame_name
     }
+}
+
+/// What a host agent is sent for one prompt: with input format `json`,
+/// `{"prompt": …, "context": …}`; with `text`, one line: the prompt and, when there is one,
+/// `Context: <context as JSON>` after a line break, with every line break written as the two
+/// characters `\n` (the agent reads one line per prompt; a raw line break would put every
+/// later answer out of step).
+pub(crate) fn host_input(prompt: String, context: Option<&Value>, json: bool) -> String {
+    if json {
+        let mut obj = serde_json::Map::new();
+        obj.insert("prompt".into(), serde_json::Value::String(prompt));
+        if let Some(context) = context {
+            obj.insert("context".into(), context.to_json());
+        }
+        return serde_json::Value::Object(obj).to_string();
+    }
+    let text = match context {
+        Some(context) => format!("{prompt}\nContext: {}", context.to_json()),
+        None => prompt,
+    };
+    if !text.contains(['\n', '\r']) {
+        return text;
+    }
+    text.replace("\r\n", "\\n").replace(['\n', '\r'], "\\n")
 }
 
 /// A memory-store reply as a future of a value.

@@ -16,8 +16,9 @@
 //! session that runs out of time (the agent's timeout bounds the whole session) or a broken
 //! pipe make the listen `Err(<why>)`. Lifecycle emits: `listen:start {agent, listen}` once the
 //! prompt is written, `listen:complete {agent}` after a result, `listen:error {agent, error}`
-//! when the listen ends in `Err`. An error raised by a handler ends the listen with that
-//! error (the agent's process is stopped).
+//! when the listen ends in `Err` or with a handler's error. An error raised by a handler ends
+//! the listen with that error, which goes on to the caller's `try` (the agent's process is
+//! stopped).
 
 use std::sync::Arc;
 
@@ -36,11 +37,8 @@ pub(crate) fn begin(ctx: &mut Ctx, listen: u32, args: &[Value]) -> Result<Flow, 
         .check(&program, &host.name, "execute")
         .map_err(VmError::from)?;
     let prompt = args.first().map(Value::to_display).unwrap_or_default();
-    let input = if host.input_format.trim().eq_ignore_ascii_case("json") {
-        serde_json::json!({ "prompt": prompt }).to_string()
-    } else {
-        prompt
-    };
+    let json = host.input_format.trim().eq_ignore_ascii_case("json");
+    let input = crate::agent::host_input(prompt, None, json);
     Ok(Flow::Start(Box::new(Listen {
         listen,
         agent: host.name.clone(),
@@ -253,7 +251,25 @@ impl Continuation for Listen {
                 Err(e) => self.fail(ctx, e.message().to_string(), false),
             },
             Phase::Handler => {
-                let value = input?;
+                let value = match input {
+                    Ok(value) => value,
+                    Err(err) => {
+                        // The handler failed: the listen ends with its error, which goes on
+                        // unwinding; the agent, mid-session, is stopped.
+                        self.phase = Phase::Done;
+                        if let Some(session) = self.session.take() {
+                            session.finish(false);
+                        }
+                        ctx.emit(
+                            "listen:error",
+                            &Value::map([
+                                ("agent", Value::str(self.agent.as_str())),
+                                ("error", Value::str(err.message())),
+                            ]),
+                        )?;
+                        return Err(err);
+                    }
+                };
                 let kind = self.replying_to.take().unwrap_or_default();
                 if matches!(value, Value::Nil | Value::Unset) {
                     return self.read();
@@ -286,6 +302,11 @@ impl Continuation for Listen {
                 "listen resumed after it finished",
             )),
         }
+    }
+
+    fn intercepts_errors(&self) -> bool {
+        // A handler's error passes through here (to emit `listen:error`) and goes on.
+        self.phase == Phase::Handler
     }
 
     fn frame_name(&self) -> &str {

@@ -245,7 +245,7 @@ fn string_method(
     args: &[Value],
 ) -> Result<Flow, VmError> {
     let std_name = match method {
-        Method::Len => return value(Value::Int(s.len() as i64)),
+        Method::Len => return value(Value::Int(crate::ops::char_len(s))),
         Method::IsEmpty => return value(Value::Bool(s.is_empty())),
         Method::ToUppercase | Method::ToUpper => "to_upper",
         Method::ToLowercase | Method::ToLower => "to_lower",

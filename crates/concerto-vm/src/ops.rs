@@ -420,11 +420,27 @@ pub(crate) fn build_range(
     })
 }
 
-/// The number of integers in a range; an open range (`a..`) has none to count.
+/// The number of integers in a range; an open range (`a..`) has none to count, and one with
+/// more than `i64::MAX` integers is an error too.
 pub(crate) fn range_len(r: &crate::value::Range) -> Result<i64, VmError> {
-    r.len().ok_or_else(|| {
-        VmError::type_error(format!(
+    match (r.end, r.len()) {
+        (None, _) => Err(VmError::type_error(format!(
             "the open range {r} has no length (give it an end: {r}N)"
-        ))
-    })
+        ))),
+        (Some(_), Some(n)) => Ok(n),
+        (Some(_), None) => Err(VmError::type_error(format!(
+            "the range {r} holds more integers than an Int can count"
+        ))),
+    }
+}
+
+/// The length of a string in characters (Unicode scalar values), the unit string indexing,
+/// slicing, `for` over a string and `std::string` use.
+pub(crate) fn char_len(s: &str) -> i64 {
+    let n = if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    };
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -138,15 +138,12 @@ pub struct Range {
 }
 
 impl Range {
-    /// How many integers the range holds (0 when `end` is before `start`); `None` when open.
+    /// How many integers the range holds (0 when `end` is before `start`); `None` when open,
+    /// or when the count does not fit an `i64` (`i64::MIN..i64::MAX`).
     pub fn len(&self) -> Option<i64> {
-        let end = self.end?;
-        let past = if self.inclusive {
-            end.checked_add(1)?
-        } else {
-            end
-        };
-        Some(past.saturating_sub(self.start).max(0))
+        let end = i128::from(self.end?);
+        let past = if self.inclusive { end + 1 } else { end };
+        i64::try_from((past - i128::from(self.start)).max(0)).ok()
     }
 
     /// Whether the range holds no integer (an open range never is).
@@ -160,8 +157,8 @@ impl Range {
             return None;
         }
         let v = self.start.checked_add(i)?;
-        match self.len() {
-            Some(len) if i >= len => None,
+        match self.end {
+            Some(end) if v > end || (v == end && !self.inclusive) => None,
             _ => Some(v),
         }
     }

@@ -53,10 +53,10 @@ pub(crate) fn env(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     }
 }
 
-/// `len(x)`: bytes of a string, elements of an array or map, integers of a range.
+/// `len(x)`: characters of a string, elements of an array or map, integers of a range.
 pub(crate) fn len(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     match arg(args, 0) {
-        Value::Str(s) => ret(Value::Int(s.len() as i64)),
+        Value::Str(s) => ret(Value::Int(crate::ops::char_len(s))),
         Value::Array(a) => ret(Value::Int(a.len() as i64)),
         Value::Map(m) => ret(Value::Int(m.len() as i64)),
         Value::Range(r) => ret(Value::Int(crate::ops::range_len(r)?)),

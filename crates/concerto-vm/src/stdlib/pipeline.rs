@@ -391,12 +391,13 @@ pub(crate) fn conforms(program: &concerto_ir::Program, v: &Value, ty: &str) -> O
         (name, Value::Enum(e)) if program.types.iter().any(|t| &*t.name == name) => {
             Some(&*e.type_name == name)
         }
+        // A declared struct, enum or schema takes a value of that type only (a map with the
+        // same fields is not one).
         (name, _)
             if program.schemas.iter().any(|x| x.name == name)
                 || program.types.iter().any(|t| &*t.name == name) =>
         {
-            // A schema value may arrive as a map (from JSON); anything else is a mismatch.
-            Some(matches!(v, Value::Map(_)))
+            Some(false)
         }
         _ => None,
     }
