@@ -2,8 +2,8 @@
 //! fixture and corpus file goes through load, validation and a run under a step budget, a
 //! time limit and a memory bound. A panic or a hang is a failure; a panicking input is
 //! shrunk (instructions removed while it still panics) and saved as
-//! `tests/fuzz/crash-<hash>.ir.json`, and every saved input is replayed by
-//! `saved_inputs_never_panic` from then on.
+//! `tests/fuzz/crash-<hash>.ir.json` (an input that hangs, as `hang-<hash>.ir.json`), and
+//! every saved input is replayed by `saved_inputs_never_panic` from then on.
 //!
 //! `cargo test` runs a bounded campaign (`CONCERTO_FUZZ_SECONDS`, 20 s by default);
 //! `cargo xtask fuzz --minutes N` runs a long one with an optimised build.
@@ -734,10 +734,6 @@ fn generated_and_mutated_ir_never_panics_or_hangs() {
 
 #[test]
 fn saved_inputs_never_panic() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let entries = std::fs::read_dir(fuzz_dir()).expect("tests/fuzz holds the saved inputs");
     for entry in entries.flatten() {
         let path = entry.path();
@@ -745,7 +741,21 @@ fn saved_inputs_never_panic() {
             continue;
         }
         let bytes = std::fs::read(&path).unwrap();
-        let outcome = catch_unwind(AssertUnwindSafe(|| exercise(&bytes, &rt)));
-        assert!(outcome.is_ok(), "{} panics again", path.display());
+        // On a thread of its own, so that an input that hangs again fails the test instead
+        // of blocking it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let outcome = catch_unwind(AssertUnwindSafe(|| exercise(&bytes, &rt)));
+            let _ = tx.send(outcome.is_ok());
+        });
+        match rx.recv_timeout(HANG) {
+            Ok(true) => {}
+            Ok(false) => panic!("{} panics again", path.display()),
+            Err(_) => panic!("{} hangs again (no end within {HANG:?})", path.display()),
+        }
     }
 }

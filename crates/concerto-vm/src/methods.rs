@@ -413,13 +413,14 @@ fn array_method(method: Method, name: &str, a: &Array, args: &[Value]) -> Result
                 usize::try_from(idx).ok().and_then(|i| a.get(i)),
             ))
         }
+        // Compared on a snapshot: comparing may lock the needle, which may be this array.
         Method::Contains => {
             let needle = arg(args, 0);
-            value(Value::Bool(a.0.lock().iter().any(|v| v.equals(needle))))
+            value(Value::Bool(a.to_vec().iter().any(|v| v.equals(needle))))
         }
         Method::IndexOf => {
             let needle = arg(args, 0);
-            let pos = a.0.lock().iter().position(|v| v.equals(needle));
+            let pos = a.to_vec().iter().position(|v| v.equals(needle));
             value(Value::option(pos.map(|p| Value::Int(p as i64))))
         }
         Method::Join => {
@@ -593,16 +594,20 @@ fn map_method(method: Method, name: &str, m: &Map, args: &[Value]) -> Result<Flo
         Method::Len => value(Value::Int(m.len() as i64)),
         Method::IsEmpty => value(Value::Bool(m.is_empty())),
         Method::Get => value(Value::option(m.get(&map_key(arg(args, 0))))),
-        Method::Has | Method::ContainsKey => value(Value::Bool(
-            m.0.lock().contains_key(map_key(arg(args, 0)).as_str()),
-        )),
+        // The key is worked out before the map is locked: it may be the map itself, whose
+        // display would take the same lock.
+        Method::Has | Method::ContainsKey => {
+            let key = map_key(arg(args, 0));
+            value(Value::Bool(m.0.lock().contains_key(key.as_str())))
+        }
         Method::Set | Method::Insert => {
-            m.0.lock()
-                .insert(map_key(arg(args, 0)), arg(args, 1).clone());
+            let key = map_key(arg(args, 0));
+            m.0.lock().insert(key, arg(args, 1).clone());
             value(Value::Nil)
         }
         Method::Delete | Method::Remove => {
-            let removed = m.0.lock().shift_remove(map_key(arg(args, 0)).as_str());
+            let key = map_key(arg(args, 0));
+            let removed = m.0.lock().shift_remove(key.as_str());
             value(Value::Bool(removed.is_some()))
         }
         Method::Keys => value(Value::array(

@@ -256,7 +256,9 @@ pub(crate) fn index_set(coll: &Value, idx: Value, value: Value) -> Result<(), Vm
             }
         }
         (Value::Map(m), key) => {
-            m.0.lock().insert(key_of(key), value);
+            // The key first: it may be the map itself, whose display takes the same lock.
+            let key = key_of(key);
+            m.0.lock().insert(key, value);
             Ok(())
         }
         (Value::Struct(s), Value::Str(name)) => match s.ty.field_index_str(name) {
