@@ -18,12 +18,18 @@ use concerto_runtime::{
     Limits, ProcessSystem, Runtime, RuntimeConfig, RuntimeError, Sandbox, ToolPermission,
 };
 
+/// The version line: this runtime's version and the compilers whose IR it runs.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (runs IR from concertoc 1a8ede9 and 7ad10db)"
+);
+
 /// Run Concerto programs compiled to IR (`.conc-ir`) by `concertoc`, or Concerto source
 /// (`.conc`) with the `concertoc` on PATH.
 #[derive(Parser)]
 #[command(
     name = "concerto",
-    version,
+    version = VERSION,
     about,
     long_about = None,
     after_help = "Examples:\n  concerto run program.conc-ir\n  concerto run app.conc    compile with concertoc, then run\n  \
@@ -57,6 +63,12 @@ enum Command {
         /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
         #[arg(long, value_name = "PATH")]
         compiler: Option<PathBuf>,
+    },
+    /// Print a shell completion script to stdout (e.g. `concerto completions bash >
+    /// ~/.local/share/bash-completion/completions/concerto`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -194,6 +206,16 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run(*args),
         Command::Test(args) => test(*args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "concerto",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

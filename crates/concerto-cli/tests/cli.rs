@@ -1167,3 +1167,24 @@ fn each_emit_reaches_a_piped_stdout_while_the_program_still_runs() {
     assert_eq!(line, "{\"channel\":\"started\",\"payload\":1}\n");
     assert!(running, "the program had already ended");
 }
+
+#[test]
+fn version_names_the_supported_compilers_and_completions_cover_the_commands() {
+    let out = bin().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let version = stdout(&out);
+    assert!(
+        version.contains("1a8ede9") && version.contains("7ad10db"),
+        "{version}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for word in ["run", "test", "check", "allow-tool", "max-steps"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let bad = bin().args(["completions", "cmd.exe"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
