@@ -117,6 +117,27 @@ fn the_memory_limit_stops_the_program_with_a_clear_error_and_keeps_what_was_emit
 }
 
 #[test]
+fn a_limit_set_after_loading_applies_to_the_store_in_use() {
+    let mut rt = Runtime::new(RuntimeConfig::default());
+    let emits = recorded(&mut rt);
+    rt.load_ir(program("fill")).expect("load");
+    // After load_ir, the built-in store exists already: the limit must still hold.
+    rt.set_limits(Limits::default().with_max_hashmap_bytes(Some(50_000)));
+    let error = block_on(rt.execute())
+        .expect_err("the limit stops it")
+        .to_string();
+    assert!(error.contains("50000"), "{error}");
+    assert_eq!(
+        emits.lock().last().map(|(_, p)| p.clone()),
+        Some(json!(40))
+    );
+    assert!(rt.hashmap_bytes_used() <= 50_000);
+    // Lifting it lets a further run go on.
+    rt.set_limits(Limits::default());
+    block_on(rt.execute()).expect("no limit now");
+}
+
+#[test]
 fn without_a_limit_the_same_program_completes() {
     let mut rt = Runtime::new(RuntimeConfig::default());
     let emits = recorded(&mut rt);

@@ -123,7 +123,7 @@ impl InMemoryStore {
     fn reserve(&self, added: usize, removed: usize) -> Result<(), usize> {
         // Without a limit the total is not kept (one atomic read-modify-write less per
         // write); `bytes_used` then sums the hashmaps' own counts.
-        let Some(max) = self.max_bytes else {
+        let Some(max) = self.max_bytes() else {
             return Ok(());
         };
         let update = self
@@ -162,7 +162,7 @@ impl InMemoryStore {
              limit of {} bytes; nothing was written. Raise the limit with \
              Limits::max_hashmap_bytes (--max-hashmap-bytes on the command line)",
             slot.label,
-            self.max_bytes.unwrap_or(usize::MAX)
+            self.max_bytes().unwrap_or(usize::MAX)
         ))
     }
 
@@ -287,7 +287,7 @@ impl InMemoryStore {
             let added = sizes.iter().fold(0usize, |a, s| a.saturating_add(*s));
             let removed = old_sizes.iter().fold(0usize, |a, s| a.saturating_add(*s));
             if let Err(cur) = self.reserve(added, removed) {
-                let max = self.max_bytes.unwrap_or(usize::MAX);
+                let max = self.max_bytes().unwrap_or(usize::MAX);
                 // Name the key at which the running total first crosses the limit.
                 let mut running = cur;
                 let mut crossing = None;

@@ -68,12 +68,16 @@ pub use hashmap::PersistMode;
 pub use persist::temp_files;
 pub use size::{entry_size, value_size};
 
+/// `max_bytes` when there is no limit.
+const NO_LIMIT: usize = usize::MAX;
+
 /// Hashmaps (one per declared hashmap, by index), ledgers and memories (by name, created on
 /// first use), all in process memory; hashmaps can be bound to files.
 pub struct InMemoryStore {
     hashmaps: Vec<hashmap::Slot>,
-    /// The memory limit of all hashmaps together.
-    max_bytes: Option<usize>,
+    /// The memory limit of all hashmaps together (`NO_LIMIT`: none); it may change while the
+    /// store is in use ([`InMemoryStore::set_max_bytes`]).
+    max_bytes: AtomicUsize,
     /// Σ bytes of all hashmaps.
     used: AtomicUsize,
     listeners: RwLock<events::Listeners>,
@@ -106,7 +110,7 @@ impl InMemoryStore {
                 .enumerate()
                 .map(|(idx, name)| hashmap::Slot::new(idx as u32, name))
                 .collect(),
-            max_bytes: None,
+            max_bytes: AtomicUsize::new(NO_LIMIT),
             used: AtomicUsize::new(0),
             listeners: RwLock::new(Vec::new()),
             has_listeners: AtomicBool::new(false),
@@ -117,21 +121,31 @@ impl InMemoryStore {
 
     /// Limits the estimated bytes all hashmaps of the store hold together (`None`: no
     /// limit). See [`size`] for the estimate.
-    pub fn with_max_bytes(mut self, max_bytes: Option<usize>) -> InMemoryStore {
-        self.max_bytes = max_bytes;
-        // The running total is kept only under a limit: start it from what is held now.
-        self.used = AtomicUsize::new(self.held_bytes());
+    pub fn with_max_bytes(self, max_bytes: Option<usize>) -> InMemoryStore {
+        self.set_max_bytes(max_bytes);
         self
+    }
+
+    /// Changes the limit of a store in use; writes after it are checked against the new
+    /// limit (what is held already stays, even above it).
+    pub fn set_max_bytes(&self, max_bytes: Option<usize>) {
+        // The running total is kept only under a limit: start it from what is held now.
+        self.used.store(self.held_bytes(), Ordering::Release);
+        self.max_bytes
+            .store(max_bytes.unwrap_or(NO_LIMIT), Ordering::Release);
     }
 
     /// The memory limit.
     pub fn max_bytes(&self) -> Option<usize> {
-        self.max_bytes
+        match self.max_bytes.load(Ordering::Acquire) {
+            NO_LIMIT => None,
+            max => Some(max),
+        }
     }
 
     /// The estimated bytes all hashmaps hold now.
     pub fn bytes_used(&self) -> usize {
-        match self.max_bytes {
+        match self.max_bytes() {
             Some(_) => self.used.load(Ordering::Acquire),
             None => self.held_bytes(),
         }

@@ -137,8 +137,9 @@ pub struct Limits {
     /// How long an emit-await waits for the host's handler (`None`: for ever).
     pub emit_await_timeout: Option<Duration>,
     /// Maximum bytes held by all hashmaps of a runtime (estimated); a write past it fails
-    /// with an error naming the hashmap and the limit. `None`: no bound. Applies to programs
-    /// loaded after it is set. Enforced by the built-in in-memory store only: with another
+    /// with an error naming the hashmap and the limit. `None`: no bound. Set before or after
+    /// `load_ir`: a store in use gets it from its next write on. Enforced by the built-in
+    /// in-memory store only: with another
     /// store (SQLite, Redis, the host's own) a set limit is a setup error, never ignored.
     pub max_hashmap_bytes: Option<usize>,
     /// Agent calls in flight at once across the whole runtime (all connections, all

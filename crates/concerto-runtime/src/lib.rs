@@ -203,10 +203,17 @@ impl Runtime {
         self.config.emit_mode = mode;
     }
 
-    /// Sets the resource limits.
+    /// Sets the resource limits. They apply to the next execution; a changed hashmap byte
+    /// limit applies to the built-in store at once, from its next write on (what it holds
+    /// stays).
     pub fn set_limits(&mut self, limits: Limits) {
         if limits.max_concurrent_agent_calls != self.limits.max_concurrent_agent_calls {
             self.active_connections = None;
+        }
+        if limits.max_hashmap_bytes != self.limits.max_hashmap_bytes
+            && let Some(store) = &self.builtin_memory
+        {
+            store.set_max_bytes(limits.max_hashmap_bytes);
         }
         self.limits = limits;
     }
