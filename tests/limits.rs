@@ -134,3 +134,21 @@ fn a_step_budget_ends_an_endless_loop_without_a_timeout() {
         vec![("started".to_string(), json!(1))]
     );
 }
+
+#[test]
+fn debug_puts_the_call_trace_into_the_error_text() {
+    let text = |debug: bool| {
+        let config = RuntimeConfig {
+            debug,
+            ..RuntimeConfig::default()
+        };
+        let (_, result) = run("deep", config, Limits::default().with_max_call_depth(5));
+        result.expect_err("too deep").to_string()
+    };
+    let plain = text(false);
+    assert!(!plain.contains("called from"), "{plain}");
+    let detailed = text(true);
+    assert!(detailed.starts_with(&plain), "{detailed}");
+    assert!(detailed.contains("\n  called from `down`"), "{detailed}");
+    assert!(detailed.contains("called from `main`"), "{detailed}");
+}

@@ -127,10 +127,7 @@ fn a_limit_set_after_loading_applies_to_the_store_in_use() {
         .expect_err("the limit stops it")
         .to_string();
     assert!(error.contains("50000"), "{error}");
-    assert_eq!(
-        emits.lock().last().map(|(_, p)| p.clone()),
-        Some(json!(40))
-    );
+    assert_eq!(emits.lock().last().map(|(_, p)| p.clone()), Some(json!(40)));
     assert!(rt.hashmap_bytes_used() <= 50_000);
     // Lifting it lets a further run go on.
     rt.set_limits(Limits::default());

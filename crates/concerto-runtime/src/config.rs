@@ -38,7 +38,8 @@ pub struct RuntimeConfig {
     pub emit_mode: EmitMode,
     /// The whole execution stops with a timeout error after this long.
     pub execution_timeout: Duration,
-    /// Include traces and extra detail in errors.
+    /// Include traces and extra detail in errors: an uncaught error's text (its `Display`)
+    /// also lists the call trace, one `called from` line per frame.
     pub debug: bool,
 }
 

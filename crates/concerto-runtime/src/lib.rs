@@ -731,6 +731,12 @@ impl Runtime {
             });
         }
         let (outcome, metrics) = concurrency::run_once(vm, host, config, timeout).await;
+        let outcome = match outcome {
+            Err(RuntimeError::Execution(err)) if self.config.debug => {
+                Err(RuntimeError::Execution(err.with_trace_shown()))
+            }
+            other => other,
+        };
         self.metrics = metrics;
         self.replayed = journal.map_or(0, |j| j.replayed());
         let flushed = self.hub.flush();

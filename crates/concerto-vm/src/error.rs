@@ -140,6 +140,8 @@ struct Inner {
     value: Option<Value>,
     location: Option<Location>,
     trace: Vec<Location>,
+    /// Whether `Display` lists the call trace too.
+    show_trace: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<VmError>() == 8);
@@ -154,6 +156,7 @@ impl VmError {
             value: None,
             location: None,
             trace: Vec::new(),
+            show_trace: false,
         }))
     }
 
@@ -255,6 +258,13 @@ impl VmError {
         self.0.value.as_ref()
     }
 
+    /// This error with its call trace in its `Display` text (one `called from` line per
+    /// frame), as `RuntimeConfig::debug` asks.
+    pub fn with_trace_shown(mut self) -> VmError {
+        self.0.show_trace = true;
+        self
+    }
+
     /// Attaches a value that a `catch` receives instead of the default error record.
     pub fn with_value(mut self, value: Value) -> VmError {
         self.0.value = Some(value);
@@ -295,6 +305,12 @@ impl fmt::Display for VmError {
         f.write_str(&self.0.message)?;
         if let Some(loc) = &self.0.location {
             write!(f, " (in {loc})")?;
+        }
+        if self.0.show_trace {
+            // The first entry is the failing frame itself, which the location names.
+            for frame in self.0.trace.iter().skip(1) {
+                write!(f, "\n  called from {frame}")?;
+            }
         }
         Ok(())
     }
