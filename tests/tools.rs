@@ -239,10 +239,14 @@ fn std_http_without_allowed_domains_is_refused_with_a_hint() {
 // ---------------------------------------------------------------------------------------
 // MCP servers
 
+/// The test MCP server's command line, quoted for shlex.
+fn mcp_command() -> String {
+    format!("python3 '{}'", fixture("mcp/server.py"))
+}
+
 fn mcp_program() -> String {
-    // The command is a JSON string inside the IR: quote the path for shlex, escape for JSON.
-    let command = format!("python3 '{}'", fixture("mcp/server.py"));
-    let json_command = serde_json::to_string(&command).expect("json");
+    // The command is a JSON string inside the IR: escaped for JSON.
+    let json_command = serde_json::to_string(&mcp_command()).expect("json");
     program("mcp_server").replace("\"MCP_COMMAND\"", &json_command)
 }
 
@@ -285,6 +289,32 @@ fn an_mcp_server_without_permission_is_refused_and_never_started() {
     assert!(denied.contains("MCP server 'Calc'"), "{denied}");
     assert!(denied.contains("--allow-tool Calc"), "{denied}");
     assert!(out.iter().all(|(c, _)| c != "echo"));
+}
+
+#[test]
+fn a_switched_off_mcp_server_is_an_err_for_its_tools_and_agents_go_without_it() {
+    let conn = Scripted::new(vec![text("Hi.")]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let json_command = serde_json::to_string(&mcp_command()).unwrap();
+    let ir = program("mcp_switched_off").replace("\"MCP_COMMAND\"", &json_command);
+    let result = run(&ir, |rt| {
+        rt.with_connections(connections);
+        rt.set_tool_permission("Calc", ToolPermission::Disabled);
+    });
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let out = emits(&result);
+    assert_eq!(payload(&out, "direct_is_err"), json!(true));
+    assert_eq!(payload(&out, "direct_kind"), json!("not_enabled"));
+    let message = payload(&out, "direct_message");
+    assert!(
+        message.as_str().unwrap_or_default().contains("Calc"),
+        "{message}"
+    );
+    assert_eq!(payload(&out, "answer"), json!("Hi."));
+    // The agent was asked without the server's tools.
+    let requests = conn.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].tools.is_empty(), "{:?}", requests[0].tools);
 }
 
 #[test]

@@ -190,6 +190,10 @@ impl ToolHost for JournaledTools {
         self.inner.is_registered(name)
     }
 
+    fn is_switched_off(&self, name: &str) -> bool {
+        self.inner.is_switched_off(name)
+    }
+
     fn specs(
         &self,
         program: &Arc<Program>,

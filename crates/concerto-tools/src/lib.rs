@@ -323,6 +323,10 @@ impl ToolHost for Tools {
         self.registered.contains_key(name)
     }
 
+    fn is_switched_off(&self, name: &str) -> bool {
+        matches!(self.permission(name), Some(Permission::Disabled))
+    }
+
     fn specs(
         &self,
         program: &Arc<Program>,

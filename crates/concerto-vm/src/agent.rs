@@ -1115,7 +1115,11 @@ impl AgentCall {
     /// Lists the functions of the next external tool provider, then loads the conversation
     /// memory, then asks.
     fn list_next_provider(&mut self, ctx: &mut Ctx) -> Result<Step, VmError> {
-        if let Some(provider) = self.pending_specs.pop_front() {
+        while let Some(provider) = self.pending_specs.pop_front() {
+            // A provider the host switched off is not offered: the agent goes without it.
+            if ctx.host.tools.is_switched_off(&provider) {
+                continue;
+            }
             let program = ctx.program().clone();
             // An external provider is only offered when the host enabled it.
             ctx.host

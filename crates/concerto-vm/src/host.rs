@@ -509,6 +509,10 @@ pub trait ToolHost: Send + Sync {
     /// Whether the host registered a tool called `name`.
     fn is_registered(&self, name: &str) -> bool;
 
+    /// Whether the host switched the tool (MCP server, host tool, …) `name` off as a whole
+    /// (`--disable-tool NAME`): an agent then goes without it instead of failing.
+    fn is_switched_off(&self, name: &str) -> bool;
+
     /// The functions an external tool provider offers a model: an MCP server of `program`
     /// (by its connection name) or a host-registered tool. Names are `Provider::function`.
     fn specs(

@@ -146,10 +146,6 @@ pub(crate) fn call_builtin_method(
 fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<Flow, VmError> {
     let program = ctx.program().clone();
     let conn = &program.connections[server as usize];
-    ctx.host
-        .tools
-        .check(&program, &conn.name, name)
-        .map_err(VmError::from)?;
     let declared = conn
         .config
         .get("tools")
@@ -165,6 +161,27 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
             conn.name
         )));
     };
+    // A refusal is the program's to handle where the tool says it fails with a ToolError:
+    // `-> Result<_, ToolError>` gets `Err(ToolError { message, kind: "not_enabled" })`;
+    // other signatures raise the refusal (a catchable `not_enabled` error).
+    if let Err(refused) = ctx.host.tools.check(&program, &conn.name, name) {
+        let returns = declared
+            .get("return_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .replace(' ', "");
+        if returns.starts_with("Result<") && returns.ends_with(",ToolError>") {
+            let err = VmError::from(refused);
+            return Ok(Flow::Value(Value::err(Value::record(
+                "ToolError",
+                vec![
+                    ("message", Value::str(err.message())),
+                    ("kind", Value::str(err.kind().as_str())),
+                ],
+            ))));
+        }
+        return Err(VmError::from(refused));
+    }
     let params: Vec<&str> = declared
         .get("params")
         .and_then(|p| p.as_array())

@@ -55,6 +55,10 @@ impl ToolHost for Unsupported {
         false
     }
 
+    fn is_switched_off(&self, _: &str) -> bool {
+        false
+    }
+
     fn specs(
         &self,
         _: &Arc<concerto_ir::Program>,
