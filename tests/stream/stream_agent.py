@@ -13,7 +13,8 @@ Modes:
               reply), a message type no handler takes, then a result listing what it read
   error       per prompt: progress, then {"type":"error","message":"winch jammed"}
   silent      reads the prompt and never answers
-  crash       per prompt: progress, then exits with status 3 (no terminal message)
+  crash       per prompt: progress, then "rope snapped" on stderr and exit status 3 (no
+              terminal message)
   garbage     per prompt: a line that is not JSON (bytes that are not UTF-8 among them)
   untyped     per prompt: a JSON object without a "type"
   echo        per line read: {"type":"result","text":"got: <the line>"}
@@ -95,6 +96,8 @@ def main():
         elif mode == "crash":
             send({"type": "progress", "message": "about to fail", "percent": 5})
             sys.stdout.flush()
+            sys.stderr.write("rope snapped\n")
+            sys.stderr.flush()
             os._exit(3)
         elif mode == "garbage":
             sys.stdout.buffer.write(b"\xff\xfe not json {{\n")

@@ -328,13 +328,14 @@ impl fmt::Debug for ListenSession {
 }
 
 impl ListenSession {
-    /// The next line the agent wrote, without its line ending; `None` once it closed its
-    /// output (the process is then stopped).
+    /// The next line the agent wrote, without its line ending; `None` when the session has
+    /// no process any more.
     ///
     /// # Errors
     /// [`HostErrorKind::Timeout`] once the session's time is up (the process is stopped);
-    /// [`HostErrorKind::Failed`] for a line over 32 MiB (the process is stopped) or when
-    /// reading fails.
+    /// [`HostErrorKind::Failed`] when the agent closed its output or exited (`agent exited
+    /// without result`, with its exit code and the end of its stderr), for a line over 32 MiB
+    /// (the process is stopped) or when reading fails.
     pub async fn next_line(&self) -> Result<Option<String>, HostError> {
         let mut io = self.inner.lock().await;
         let Some(pipes) = io.as_mut() else {
@@ -345,9 +346,11 @@ impl ListenSession {
         {
             Ok(Ok(Some(line))) => Ok(Some(strip_newline(line))),
             Ok(Ok(None)) | Ok(Err(ReadError::Io(_))) => {
-                **io = None;
-                self.slot.kill().await;
-                Ok(None)
+                // The agent ended (or its output broke) without a terminal message: say how.
+                let details = ended(&self.slot, &mut io, None).await;
+                Err(HostError::failed(format!(
+                    "agent exited without result{details}"
+                )))
             }
             Ok(Err(ReadError::TooLong)) => {
                 **io = None;
@@ -739,6 +742,16 @@ async fn died(
     spec: &Spec,
     status: Option<ExitStatus>,
 ) -> HostError {
+    let details = ended(slot, io, status).await;
+    HostError::failed(format!(
+        "Host '{}' process exited unexpectedly{details}",
+        spec.name
+    ))
+}
+
+/// Stops a process that ended or stopped answering, and says how it ended: ` (exit code 3;
+/// stderr: …)`, or nothing when nothing is known.
+async fn ended(slot: &Slot, io: &mut Option<Pipes>, status: Option<ExitStatus>) -> String {
     let killed = slot.kill().await;
     let status = status.or(killed);
     let mut details = Vec::new();
@@ -757,11 +770,11 @@ async fn died(
             details.push(format!("stderr: {tail}"));
         }
     }
-    let mut message = format!("Host '{}' process exited unexpectedly", spec.name);
-    if !details.is_empty() {
-        message.push_str(&format!(" ({})", details.join("; ")));
+    if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", details.join("; "))
     }
-    HostError::failed(message)
 }
 
 enum ReadError {
