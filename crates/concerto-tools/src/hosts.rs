@@ -813,6 +813,41 @@ async fn read_line(
 mod tests {
     use super::*;
 
+    /// A program with one host agent declared as `host` (IR JSON).
+    fn program_with(host: serde_json::Value) -> Program {
+        let ir = serde_json::json!({
+            "version": "0.1.0", "module": "m", "source_file": "m.conc",
+            "constants": [{"index": 0, "type": "nil", "value": null}],
+            "functions": [{"name": "main", "module": "m", "visibility": "private",
+                "params": [], "return_type": "nil", "is_async": false, "locals": [],
+                "instructions": [{"op": "LOAD_CONST", "arg": 0}, {"op": "RETURN"}]}],
+            "agents": [host],
+            "metadata": {"compiler_version": "0.1.0", "compiled_at": "",
+                "optimization_level": 0, "debug_info": false, "entry_point": "main"}
+        });
+        concerto_ir::load_str(&ir.to_string()).unwrap()
+    }
+
+    #[test]
+    fn init_waits_ten_seconds_without_a_timeout_and_the_agents_own_with_one() {
+        let base = serde_json::json!({"name": "A", "connector": "a", "command": "true",
+            "params": {"k": 1}});
+        let (spec, secs, _) = spec_of(&program_with(base.clone()), 0, None).unwrap();
+        assert_eq!((spec.init_secs, secs), (10, DEFAULT_TIMEOUT_SECS));
+        assert_eq!(spec.params.as_deref(), Some(r#"{"k":1}"#));
+        let mut timed = base;
+        timed["timeout"] = serde_json::json!(3);
+        let (spec, secs, _) = spec_of(&program_with(timed), 0, None).unwrap();
+        assert_eq!((spec.init_secs, secs), (3, 3));
+        // Empty params mean no handshake at all.
+        let empty = serde_json::json!({"name": "A", "connector": "a", "command": "true",
+            "params": {}});
+        assert_eq!(
+            spec_of(&program_with(empty), 0, None).unwrap().0.params,
+            None
+        );
+    }
+
     #[test]
     fn json_output_takes_a_string_text_member_only() {
         assert_eq!(json_text(r#"{"text":"hi","n":1}"#.into()), "hi");
