@@ -870,3 +870,15 @@ impl Runtime {
         self.hub.listener_panics()
     }
 }
+
+/// Compile-time checks: a `Runtime` can move to and be shared between threads, and the future
+/// of [`Runtime::execute`] can run on a multi-threaded executor (`tokio::spawn`).
+#[allow(dead_code, reason = "only compiled, never called")]
+fn _thread_safety(runtime: &mut Runtime) {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Runtime>();
+    send_sync::<Executor>();
+    let execution = runtime.execute();
+    send(&execution);
+}
