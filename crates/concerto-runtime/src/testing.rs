@@ -55,6 +55,29 @@ impl Runtime {
     /// [`RuntimeError::NoProgram`] before `load_ir`; [`RuntimeError::Setup`] when a durable or
     /// shared state store is configured (tests never touch one) or a component cannot be set
     /// up.
+    ///
+    /// ```
+    /// use concerto_runtime::{Runtime, RuntimeConfig};
+    /// // One test, `assert_eq(2, 2)`, and no `main` (as concertoc 7ad10db writes a file of
+    /// // tests only).
+    /// let ir = r#"{"version":"0.1.0","module":"m","source_file":"m.conc",
+    ///   "constants":[{"index":0,"type":"int","value":2},{"index":1,"type":"nil","value":null}],
+    ///   "tests":[{"description":"two is two","instructions":[
+    ///     {"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":0},
+    ///     {"op":"LOAD_LOCAL","name":"assert_eq"},{"op":"CALL","argc":2},{"op":"POP"},
+    ///     {"op":"LOAD_CONST","arg":1},{"op":"RETURN"}]}],
+    ///   "metadata":{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
+    ///     "debug_info":true,"entry_point":"main"}}"#;
+    /// let mut runtime = Runtime::new(RuntimeConfig::default());
+    /// runtime.load_ir_bytes(ir.as_bytes())?;
+    /// let report = tokio::runtime::Builder::new_current_thread()
+    ///     .enable_all()
+    ///     .build()?
+    ///     .block_on(runtime.run_tests(None))?;
+    /// assert_eq!((report.passed(), report.failed()), (1, 0));
+    /// assert_eq!(report.outcomes[0].description, "two is two");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub async fn run_tests(&mut self, filter: Option<&str>) -> Result<TestReport, RuntimeError> {
         if self.state != StateStore::Memory {
             return Err(RuntimeError::Setup(
