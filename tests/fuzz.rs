@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use concerto_runtime::{Limits, Runtime, RuntimeConfig};
+use concerto_runtime::Limits;
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 
@@ -57,26 +57,15 @@ fn seeds() -> Vec<Vec<u8>> {
 /// whether it loaded. Nothing outside the process is enabled, so agents, tools and the
 /// network are refused.
 fn exercise(bytes: &[u8], rt: &tokio::runtime::Runtime) -> bool {
-    let mut runtime = Runtime::new(RuntimeConfig {
-        execution_timeout: Duration::from_millis(500),
-        ..RuntimeConfig::default()
-    });
-    runtime.set_limits(
+    concerto_tests::exercise(
+        bytes,
+        rt,
+        Duration::from_millis(500),
         Limits::default()
             .with_max_steps(Some(20_000))
             .with_max_call_depth(200)
             .with_max_hashmap_bytes(Some(16 << 20)),
-    );
-    let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
-    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
-        quiet.clone(),
-        quiet,
-    )));
-    if runtime.load_ir_bytes(bytes).is_err() {
-        return false;
-    }
-    let _ = rt.block_on(runtime.execute());
-    true
+    )
 }
 
 /// A small, fast generator (SplitMix64): runs are reproducible from their seed.

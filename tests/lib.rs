@@ -107,6 +107,32 @@ fn run_loaded_with(
     }
 }
 
+/// Loads `bytes` and, when they load, runs them with nothing outside the process enabled,
+/// quiet, under `timeout` and `limits`; returns whether they loaded. For the robustness sweep
+/// and the fuzzer: whatever the bytes, this must return (or fail loudly), never panic.
+pub fn exercise(
+    bytes: &[u8],
+    rt: &tokio::runtime::Runtime,
+    timeout: std::time::Duration,
+    limits: concerto_runtime::Limits,
+) -> bool {
+    let mut runtime = Runtime::new(RuntimeConfig {
+        execution_timeout: timeout,
+        ..RuntimeConfig::default()
+    });
+    runtime.set_limits(limits);
+    let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
+    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
+        quiet.clone(),
+        quiet,
+    )));
+    if runtime.load_ir_bytes(bytes).is_err() {
+        return false;
+    }
+    let _ = rt.block_on(runtime.execute());
+    true
+}
+
 /// What a case expects besides its emits (`NAME.meta.json`).
 #[derive(Debug, Default)]
 pub struct Meta {

@@ -7,10 +7,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
-
-use concerto_runtime::{Runtime, RuntimeConfig};
 
 fn fixtures() -> Vec<PathBuf> {
     let mut files = concerto_tests::ir_files(&concerto_tests::cases_dir());
@@ -33,24 +30,15 @@ fn fixtures() -> Vec<PathBuf> {
     files
 }
 
-/// Loads and (when it loads) runs the bytes with a short timeout; returns whether it loaded.
+/// Loads and (when it loads) runs the bytes with a short timeout and a step budget (which
+/// ends any loop deterministically); returns whether it loaded.
 fn exercise(bytes: &[u8], rt: &tokio::runtime::Runtime) -> bool {
-    let mut runtime = Runtime::new(RuntimeConfig {
-        execution_timeout: Duration::from_millis(300),
-        ..RuntimeConfig::default()
-    });
-    // A step budget ends any loop deterministically; the timeout covers waiting.
-    runtime.set_limits(concerto_runtime::Limits::default().with_max_steps(Some(200_000)));
-    let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
-    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
-        quiet.clone(),
-        quiet,
-    )));
-    if runtime.load_ir_bytes(bytes).is_err() {
-        return false;
-    }
-    let _ = rt.block_on(runtime.execute());
-    true
+    concerto_tests::exercise(
+        bytes,
+        rt,
+        Duration::from_millis(300),
+        concerto_runtime::Limits::default().with_max_steps(Some(200_000)),
+    )
 }
 
 struct Lcg(u64);
