@@ -101,8 +101,8 @@ impl Listen {
         })))
     }
 
-    /// Ends the listen with `Err(why)`.
-    fn fail(&mut self, ctx: &mut Ctx, why: String, clean: bool) -> Result<Step, VmError> {
+    /// Ends the session (stopping the agent unless `clean`) and emits `listen:error`.
+    fn end_in_error(&mut self, ctx: &mut Ctx, why: &str, clean: bool) -> Result<(), VmError> {
         self.phase = Phase::Done;
         if let Some(session) = self.session.take() {
             session.finish(clean);
@@ -111,9 +111,14 @@ impl Listen {
             "listen:error",
             &Value::map([
                 ("agent", Value::str(self.agent.as_str())),
-                ("error", Value::str(why.as_str())),
+                ("error", Value::str(why)),
             ]),
-        )?;
+        )
+    }
+
+    /// Ends the listen with `Err(why)`.
+    fn fail(&mut self, ctx: &mut Ctx, why: String, clean: bool) -> Result<Step, VmError> {
+        self.end_in_error(ctx, &why, clean)?;
         Ok(Step::Return(Value::err(Value::str(why))))
     }
 
@@ -256,17 +261,7 @@ impl Continuation for Listen {
                     Err(err) => {
                         // The handler failed: the listen ends with its error, which goes on
                         // unwinding; the agent, mid-session, is stopped.
-                        self.phase = Phase::Done;
-                        if let Some(session) = self.session.take() {
-                            session.finish(false);
-                        }
-                        ctx.emit(
-                            "listen:error",
-                            &Value::map([
-                                ("agent", Value::str(self.agent.as_str())),
-                                ("error", Value::str(err.message())),
-                            ]),
-                        )?;
+                        self.end_in_error(ctx, err.message(), false)?;
                         return Err(err);
                     }
                 };
