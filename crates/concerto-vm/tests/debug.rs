@@ -374,7 +374,15 @@ fn hello_example_steps_like_a_normal_run() {
             .emits
             .lock()
             .iter()
-            .map(|(c, v)| (c.clone(), v.to_display()))
+            // Pipeline durations are timings: a loaded machine makes them differ by a ms.
+            .map(|(c, v)| {
+                let text = v.to_display();
+                let text = match text.find("\"duration_ms\": ") {
+                    Some(at) => text[..at].to_string(),
+                    None => text,
+                };
+                (c.clone(), text)
+            })
             .collect();
         (
             outcome.map(|v| v.to_display()).map_err(|e| e.to_string()),
