@@ -18,9 +18,7 @@ fn run(program: &str, connections: &Arc<Scripted>) -> RunResult {
         .join(format!("{program}.conc-ir"));
     let bytes = std::fs::read(&path).expect("agent test program");
     let conn: Arc<dyn Connections> = connections.clone();
-    run_ir_with(&bytes, move |rt| {
-        rt.with_connections(conn);
-    })
+    run_ir_with(&bytes, move |b| b.connections(conn))
 }
 
 #[test]
@@ -283,9 +281,11 @@ fn usage_is_counted_per_agent_and_connection() {
     let conn = Scripted::new(vec![text("Teal")]);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/execute_basic.conc-ir");
     let bytes = std::fs::read(path).expect("program");
-    let mut rt = concerto_runtime::Runtime::new(concerto_runtime::RuntimeConfig::default());
     let c: Arc<dyn Connections> = conn.clone();
-    rt.with_connections(c);
+    let mut rt = concerto_runtime::Runtime::builder()
+        .connections(c)
+        .build()
+        .expect("builds");
     rt.load_ir_bytes(&bytes).expect("loads");
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -364,9 +364,7 @@ fn responses_and_errors_have_the_settled_fields_in_both_dialects() {
         ]);
         let bytes = std::fs::read(&ir).unwrap();
         let c: Arc<dyn Connections> = conn.clone();
-        let result = run_ir_with(&bytes, move |rt| {
-            rt.with_connections(c);
-        });
+        let result = run_ir_with(&bytes, move |b| b.connections(c));
         assert!(
             result.error.is_none(),
             "{}: {:?}",
@@ -461,9 +459,7 @@ fn call_model_and_the_model_field_are_the_agent_call_forms() {
         );
         let conn = Scripted::new(vec![text("Spring")]);
         let c: Arc<dyn Connections> = conn.clone();
-        let result = run_ir_with(&ir, move |rt| {
-            rt.with_connections(c);
-        });
+        let result = run_ir_with(&ir, move |b| b.connections(c));
         assert!(result.error.is_none(), "{op}/{field}: {:?}", result.error);
         let reply = payload(&emits(&result), "reply");
         assert_eq!(
@@ -509,9 +505,7 @@ fn a_builder_method_with_the_wrong_number_of_arguments_names_the_method() {
         let ir = head_module(Json::Array(instructions), constants.clone());
         let conn = Scripted::new(vec![]);
         let c: Arc<dyn Connections> = conn.clone();
-        let result = run_ir_with(&ir, move |rt| {
-            rt.with_connections(c);
-        });
+        let result = run_ir_with(&ir, move |b| b.connections(c));
         let err = result.error.expect("a wrong arity must fail").to_string();
         assert!(err.contains(wanted), "{method}: {err}");
         assert!(conn.requests().is_empty());

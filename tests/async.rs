@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use concerto_runtime::Runtime;
 use concerto_runtime::vm::host::{
     BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, Usage,
 };
-use concerto_runtime::{Runtime, RuntimeConfig};
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
 
@@ -159,8 +159,10 @@ struct Outcome {
 
 fn run(code: Vec<Vec<Json>>, conn: &Arc<Delayed>) -> Outcome {
     let code: Vec<Json> = code.into_iter().flatten().collect();
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    runtime.with_connections(Arc::new(Shared(conn.clone())));
+    let mut runtime = Runtime::builder()
+        .connections(Arc::new(Shared(conn.clone())))
+        .build()
+        .expect("builds");
     let emits = Arc::new(Mutex::new(Vec::new()));
     let sink = emits.clone();
     runtime.on_prefix("", move |channel, payload| {
@@ -349,9 +351,11 @@ fn spawning_something_that_is_not_a_function_is_a_clear_error() {
 // Concurrent executions of one program on one runtime
 
 fn one_call_runtime(conn: &Arc<Delayed>, limits: concerto_runtime::Limits) -> Runtime {
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    runtime.set_limits(limits);
-    runtime.with_connections(Arc::new(Shared(conn.clone())));
+    let mut runtime = Runtime::builder()
+        .limits(limits)
+        .connections(Arc::new(Shared(conn.clone())))
+        .build()
+        .expect("builds");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("async/one_call.conc-ir");
     runtime.load_ir(path).expect("load");
     runtime

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use concerto_runtime::Value;
-use concerto_tests::run_ir_with;
+use concerto_tests::run_ir_listening;
 use concerto_tests::scripted::{emits, payload};
 use serde_json::{Value as Json, json};
 
@@ -42,18 +42,22 @@ fn await_emit_ir() -> Vec<u8> {
 
 #[test]
 fn emit_await_answers_with_the_hosts_reply_and_errors_are_catchable() {
-    let result = run_ir_with(&await_emit_ir(), |rt| {
-        rt.on_emit("ask", |payload: Value| async move {
-            let question = payload.to_json()["question"].clone();
-            Ok(Value::from(format!(
-                "yes to {}",
-                question.as_str().unwrap_or("?")
-            )))
-        });
-        rt.on_emit("fails", |_| async move {
-            Err::<Value, _>("the operator is away".into())
-        });
-    });
+    let result = run_ir_listening(
+        &await_emit_ir(),
+        |b| b,
+        |rt| {
+            rt.on_emit("ask", |payload: Value| async move {
+                let question = payload.to_json()["question"].clone();
+                Ok(Value::from(format!(
+                    "yes to {}",
+                    question.as_str().unwrap_or("?")
+                )))
+            });
+            rt.on_emit("fails", |_| async move {
+                Err::<Value, _>("the operator is away".into())
+            });
+        },
+    );
     let out = emits(&result);
     assert_eq!(payload(&out, "answer"), json!("yes to proceed?"));
     let missing = payload(&out, "missing_handler");
@@ -79,13 +83,17 @@ fn emit_await_answers_with_the_hosts_reply_and_errors_are_catchable() {
 
 #[test]
 fn a_slow_reply_waits_without_blocking_the_executor() {
-    let result = run_ir_with(&await_emit_ir(), |rt| {
-        rt.on_emit("ask", |_| async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(Value::from("late but here"))
-        });
-        rt.on_emit("fails", |_| async move { Ok(Value::from("fine")) });
-    });
+    let result = run_ir_listening(
+        &await_emit_ir(),
+        |b| b,
+        |rt| {
+            rt.on_emit("ask", |_| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(Value::from("late but here"))
+            });
+            rt.on_emit("fails", |_| async move { Ok(Value::from("fine")) });
+        },
+    );
     let out = emits(&result);
     assert_eq!(payload(&out, "answer"), json!("late but here"));
     assert_eq!(payload(&out, "handler_error"), json!("fine"));
@@ -93,16 +101,18 @@ fn a_slow_reply_waits_without_blocking_the_executor() {
 
 #[test]
 fn a_handler_slower_than_the_timeout_fails_the_await_naming_the_channel() {
-    let result = run_ir_with(&await_emit_ir(), |rt| {
-        rt.set_limits(
-            concerto_runtime::Limits::default()
-                .with_emit_await_timeout(Some(Duration::from_millis(50))),
-        );
-        rt.on_emit("ask", |_| async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Ok(Value::from("too late"))
-        });
-    });
+    let limits = concerto_runtime::Limits::default()
+        .with_emit_await_timeout(Some(Duration::from_millis(50)));
+    let result = run_ir_listening(
+        &await_emit_ir(),
+        |b| b.limits(limits),
+        |rt| {
+            rt.on_emit("ask", |_| async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok(Value::from("too late"))
+            });
+        },
+    );
     // `ask` is awaited outside any try: the run ends with the timeout, emits so far kept.
     let error = result.error.expect("the await times out").to_string();
     assert!(error.contains("ask"), "{error}");
@@ -118,18 +128,25 @@ fn batch_mode_delivers_in_order_and_before_an_await() {
     let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let at_await = std::sync::Arc::new(parking_lot::Mutex::new(None::<usize>));
     let (log, mark) = (seen.clone(), at_await.clone());
-    let result = run_ir_with(&await_emit_ir(), move |rt| {
-        rt.set_emit_mode(concerto_runtime::EmitMode::Batch { max_batch: 0 });
-        let log2 = log.clone();
-        rt.on_prefix("", move |channel, _| log2.lock().push(channel.to_string()));
-        let (log3, mark2) = (log.clone(), mark.clone());
-        rt.on_emit("ask", move |_| {
-            // Everything emitted before the await has been delivered by now.
-            *mark2.lock() = Some(log3.lock().len());
-            async move { Ok(Value::from("ok")) }
-        });
-        rt.on_emit("fails", |_| async move { Ok(Value::from("fine")) });
-    });
+    let batch = concerto_runtime::RuntimeConfig {
+        emit_mode: concerto_runtime::EmitMode::Batch { max_batch: 0 },
+        ..Default::default()
+    };
+    let result = run_ir_listening(
+        &await_emit_ir(),
+        |b| b.config(batch),
+        move |rt| {
+            let log2 = log.clone();
+            rt.on_prefix("", move |channel, _| log2.lock().push(channel.to_string()));
+            let (log3, mark2) = (log.clone(), mark.clone());
+            rt.on_emit("ask", move |_| {
+                // Everything emitted before the await has been delivered by now.
+                *mark2.lock() = Some(log3.lock().len());
+                async move { Ok(Value::from("ok")) }
+            });
+            rt.on_emit("fails", |_| async move { Ok(Value::from("fine")) });
+        },
+    );
     assert!(result.error.is_none(), "{:?}", result.error);
     assert_eq!(
         *at_await.lock(),

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use concerto_runtime::{Runtime, RuntimeConfig, RuntimeError};
+use concerto_runtime::{Runtime, RuntimeBuilder, RuntimeConfig, RuntimeError};
 use parking_lot::Mutex;
 use serde_json::Value as Json;
 
@@ -52,29 +52,58 @@ pub struct RunResult {
 
 /// Runs IR bytes through the facade with a recording listener.
 pub fn run_ir_bytes(bytes: &[u8]) -> RunResult {
-    run_ir_with(bytes, |_| {})
+    run_ir_with(bytes, |b| b)
 }
 
-/// Runs IR bytes through the facade with a recording listener, after `configure` has set
-/// up the runtime (components, settings).
-pub fn run_ir_with(bytes: &[u8], configure: impl FnOnce(&mut Runtime)) -> RunResult {
-    run_loaded_with(|runtime| runtime.load_ir_bytes(bytes), configure)
+/// Runs IR bytes through the facade with a recording listener, on a runtime `configure` has
+/// set up (components, settings).
+pub fn run_ir_with(
+    bytes: &[u8],
+    configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+) -> RunResult {
+    run_loaded_with(|runtime| runtime.load_ir_bytes(bytes), configure, |_| {})
+}
+
+/// [`run_ir_with`], and `listen` registers the test's own listeners on the built runtime.
+pub fn run_ir_listening(
+    bytes: &[u8],
+    configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+    listen: impl FnOnce(&mut Runtime),
+) -> RunResult {
+    run_loaded_with(|runtime| runtime.load_ir_bytes(bytes), configure, listen)
 }
 
 /// Runs an IR file through the facade (so relative paths in it resolve against its folder)
-/// with a recording listener, after `configure`.
-pub fn run_ir_path_with(path: &Path, configure: impl FnOnce(&mut Runtime)) -> RunResult {
-    run_loaded_with(|runtime| runtime.load_ir(path), configure)
+/// with a recording listener, on a runtime `configure` has set up.
+pub fn run_ir_path_with(
+    path: &Path,
+    configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+) -> RunResult {
+    run_loaded_with(|runtime| runtime.load_ir(path), configure, |_| {})
 }
 
 fn run_loaded_with(
     load: impl FnOnce(&mut Runtime) -> Result<(), RuntimeError>,
-    configure: impl FnOnce(&mut Runtime),
+    configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+    listen: impl FnOnce(&mut Runtime),
 ) -> RunResult {
     let emits = Arc::new(Mutex::new(Vec::new()));
     let printed = Arc::new(Mutex::new(String::new()));
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    configure(&mut runtime);
+    let out = printed.clone();
+    let writer: concerto_runtime::TextOut = Arc::new(move |t: &str| out.lock().push_str(t));
+    let builder = configure(Runtime::builder()).system(Arc::new(
+        concerto_runtime::ProcessSystem::with_output(writer.clone(), writer),
+    ));
+    let mut runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return RunResult {
+                emits: Vec::new(),
+                error: Some(e),
+                printed: String::new(),
+            };
+        }
+    };
     let sink = emits.clone();
     runtime.on_prefix("", move |channel, payload| {
         let mut obj = serde_json::Map::new();
@@ -82,12 +111,7 @@ fn run_loaded_with(
         obj.insert("payload".into(), payload.to_json());
         sink.lock().push(Json::Object(obj));
     });
-    let out = printed.clone();
-    let writer: concerto_runtime::TextOut = Arc::new(move |t: &str| out.lock().push_str(t));
-    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
-        writer.clone(),
-        writer,
-    )));
+    listen(&mut runtime);
     let error = match load(&mut runtime) {
         Err(e) => Some(e),
         Ok(()) => {
@@ -116,16 +140,21 @@ pub fn exercise(
     timeout: std::time::Duration,
     limits: concerto_runtime::Limits,
 ) -> bool {
-    let mut runtime = Runtime::new(RuntimeConfig {
-        execution_timeout: timeout,
-        ..RuntimeConfig::default()
-    });
-    runtime.set_limits(limits);
     let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
-    runtime.with_system(Arc::new(concerto_runtime::ProcessSystem::with_output(
-        quiet.clone(),
-        quiet,
-    )));
+    let built = Runtime::builder()
+        .config(RuntimeConfig {
+            execution_timeout: timeout,
+            ..RuntimeConfig::default()
+        })
+        .limits(limits)
+        .system(Arc::new(concerto_runtime::ProcessSystem::with_output(
+            quiet.clone(),
+            quiet,
+        )))
+        .build();
+    let Ok(mut runtime) = built else {
+        panic!("a runtime with limits only must build: {:?}", built.err());
+    };
     if runtime.load_ir_bytes(bytes).is_err() {
         return false;
     }

@@ -14,8 +14,11 @@ use serde_json::json;
 type Emits = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
 
 fn run(name: &str, config: RuntimeConfig, limits: Limits) -> (Emits, Result<(), RuntimeError>) {
-    let mut runtime = Runtime::new(config);
-    runtime.set_limits(limits);
+    let mut runtime = Runtime::builder()
+        .config(config)
+        .limits(limits)
+        .build()
+        .expect("builds");
     let emits: Emits = Arc::default();
     let sink = emits.clone();
     runtime.on_prefix("", move |c, p| {

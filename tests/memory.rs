@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use concerto_runtime::{Limits, Runtime, RuntimeConfig, Value};
+use concerto_runtime::{Limits, Runtime, RuntimeConfig, RuntimeError, SetupError, Value};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -43,11 +43,12 @@ fn block_on<T>(fut: impl std::future::Future<Output = T>) -> T {
 
 /// One run of `counter` in a fresh runtime, the hashmap kept in `file`.
 fn counter_run(file: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
-    let mut rt = Runtime::new(RuntimeConfig::default());
+    let mut rt = Runtime::builder()
+        .persist_hashmap("counts", file)
+        .build()
+        .map_err(|e| e.to_string())?;
     let emits = recorded(&mut rt);
     rt.load_ir(program("counter")).map_err(|e| e.to_string())?;
-    rt.persist_hashmap("counts", file)
-        .map_err(|e| e.to_string())?;
     block_on(rt.execute()).map_err(|e| e.to_string())?;
     let out = emits.lock().clone();
     Ok(out)
@@ -83,20 +84,61 @@ fn a_corrupt_persistence_file_is_an_error_not_an_empty_start() {
 }
 
 #[test]
-fn persisting_an_unknown_hashmap_names_it() {
-    let mut rt = Runtime::new(RuntimeConfig::default());
-    rt.load_ir(program("counter")).expect("load");
-    let error = rt
+fn persisting_an_unknown_hashmap_names_it_when_the_program_loads() {
+    let mut rt = Runtime::builder()
         .persist_hashmap("nope", temp_dir("unknown").join("x.json"))
-        .expect_err("unknown")
-        .to_string();
-    assert!(error.contains("`nope`"), "{error}");
+        .build()
+        .expect("builds");
+    let error = rt.load_ir(program("counter")).expect_err("unknown");
+    assert!(
+        matches!(&error, RuntimeError::Setup(SetupError::UnknownHashmap(n)) if n == "nope"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("`nope`"), "{error}");
+    assert!(
+        rt.program().is_none(),
+        "a program that failed to load is not kept"
+    );
+}
+
+#[test]
+fn persistence_or_a_byte_limit_with_a_store_that_cannot_honour_them_is_refused_at_build() {
+    let db = temp_dir("refused").join("state.db");
+    let sqlite = || concerto_runtime::StateStore::Sqlite(db.clone());
+    let persisted = Runtime::builder()
+        .state_store(sqlite())
+        .persist_hashmap("counts", "counts.json")
+        .build();
+    assert!(
+        matches!(
+            persisted,
+            Err(RuntimeError::Setup(SetupError::NeedsBuiltinStore { .. }))
+        ),
+        "{:?}",
+        persisted.err()
+    );
+    let limited = Runtime::builder()
+        .limits(Limits::default().with_max_hashmap_bytes(Some(1000)))
+        .state_store(sqlite())
+        .build();
+    assert!(
+        matches!(
+            limited,
+            Err(RuntimeError::Setup(SetupError::HashmapLimitNotEnforced))
+        ),
+        "{:?}",
+        limited.err()
+    );
+    // Nothing was opened: the refusal comes before any store exists.
+    assert!(!db.exists());
 }
 
 #[test]
 fn the_memory_limit_stops_the_program_with_a_clear_error_and_keeps_what_was_emitted() {
-    let mut rt = Runtime::new(RuntimeConfig::default());
-    rt.set_limits(Limits::default().with_max_hashmap_bytes(Some(50_000)));
+    let mut rt = Runtime::builder()
+        .limits(Limits::default().with_max_hashmap_bytes(Some(50_000)))
+        .build()
+        .expect("builds");
     let emits = recorded(&mut rt);
     rt.load_ir(program("fill")).expect("load");
     let error = block_on(rt.execute())
@@ -117,24 +159,6 @@ fn the_memory_limit_stops_the_program_with_a_clear_error_and_keeps_what_was_emit
 }
 
 #[test]
-fn a_limit_set_after_loading_applies_to_the_store_in_use() {
-    let mut rt = Runtime::new(RuntimeConfig::default());
-    let emits = recorded(&mut rt);
-    rt.load_ir(program("fill")).expect("load");
-    // After load_ir, the built-in store exists already: the limit must still hold.
-    rt.set_limits(Limits::default().with_max_hashmap_bytes(Some(50_000)));
-    let error = block_on(rt.execute())
-        .expect_err("the limit stops it")
-        .to_string();
-    assert!(error.contains("50000"), "{error}");
-    assert_eq!(emits.lock().last().map(|(_, p)| p.clone()), Some(json!(40)));
-    assert!(rt.hashmap_bytes_used() <= 50_000);
-    // Lifting it lets a further run go on.
-    rt.set_limits(Limits::default());
-    block_on(rt.execute()).expect("no limit now");
-}
-
-#[test]
 fn without_a_limit_the_same_program_completes() {
     let mut rt = Runtime::new(RuntimeConfig::default());
     let emits = recorded(&mut rt);
@@ -149,14 +173,15 @@ fn without_a_limit_the_same_program_completes() {
 #[test]
 fn host_listeners_see_every_change_with_old_and_new_values() {
     let mut rt = Runtime::new(RuntimeConfig::default());
-    rt.load_ir(program("counter")).expect("load");
     let changes = Arc::new(Mutex::new(Vec::new()));
     let log = changes.clone();
+    // Registered before the program loads: attached to the store of each program loaded.
     rt.on_hashmap_change("counts", move |key, old, new| {
         let show = |v: Option<Value>| v.map_or(json!(null), |v| v.to_json());
         log.lock().push(json!([key, show(old), show(new)]));
     })
     .expect("listener");
+    rt.load_ir(program("counter")).expect("load");
     block_on(rt.execute()).expect("first run");
     block_on(rt.execute()).expect("second run (same store)");
     assert_eq!(
@@ -191,8 +216,10 @@ fn the_hashmap_ledger_and_memory_cases_pass_on_the_sqlite_store() {
                 .map(|l| serde_json::from_str(l).expect("expected line"))
                 .collect();
             let db = dir.join(format!("case{checked}.db"));
-            let mut rt = Runtime::new(RuntimeConfig::default());
-            rt.use_state_store(concerto_runtime::StateStore::Sqlite(db));
+            let mut rt = Runtime::builder()
+                .state_store(concerto_runtime::StateStore::Sqlite(db))
+                .build()
+                .expect("builds");
             let emits = recorded(&mut rt);
             rt.load_ir(&ir).expect("load");
             let _ = block_on(rt.execute());
@@ -297,8 +324,10 @@ fn iterate_on(versioned: bool) -> (Vec<(String, serde_json::Value)>, usize) {
         versioned,
         entry_reads: Default::default(),
     });
-    let mut rt = Runtime::new(RuntimeConfig::default());
-    rt.with_memory_store(store.clone());
+    let mut rt = Runtime::builder()
+        .memory_store(store.clone())
+        .build()
+        .expect("builds");
     let emits = recorded(&mut rt);
     rt.load_ir(program("iterate")).expect("load");
     block_on(rt.execute()).expect("run");

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use concerto_runtime::ToolPermission;
+use concerto_runtime::{RuntimeConfig, ToolPermission};
 use concerto_tests::{RunResult, compare_emits, read_expected, run_ir_path_with};
 
 const AGENTS: [&str; 13] = [
@@ -25,10 +25,13 @@ fn dir() -> PathBuf {
 fn run(name: &str) -> (RunResult, Duration) {
     require_python();
     let started = Instant::now();
-    let result = run_ir_path_with(&dir().join(format!("{name}.head.conc-ir")), |rt| {
-        for agent in AGENTS {
-            rt.set_tool_permission(agent, ToolPermission::AllMethods);
-        }
+    let result = run_ir_path_with(&dir().join(format!("{name}.head.conc-ir")), |b| {
+        let config = AGENTS
+            .iter()
+            .fold(RuntimeConfig::default(), |config, agent| {
+                config.with_tool_permission(agent, ToolPermission::AllMethods)
+            });
+        b.config(config)
     });
     (result, started.elapsed())
 }
@@ -165,7 +168,7 @@ fn params_are_sent_once_per_process_and_a_refused_or_silent_init_is_an_error() {
 #[test]
 fn a_listen_needs_the_agent_enabled() {
     require_python();
-    let result = run_ir_path_with(&dir().join("listen_converse.head.conc-ir"), |_| {});
+    let result = run_ir_path_with(&dir().join("listen_converse.head.conc-ir"), |b| b);
     let err = result.error.expect("a listen without permission must fail");
     let text = err.to_string();
     assert!(text.contains("Trawler"), "{text}");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use concerto_runtime::vm::host::Connections;
-use concerto_runtime::{Runtime, Sandbox, ToolPermission, Value};
+use concerto_runtime::{RuntimeBuilder, RuntimeConfig, Sandbox, ToolPermission, Value};
 use concerto_tests::scripted::{Scripted, emits, payload, text, tools};
 use concerto_tests::{RunResult, run_ir_with};
 use serde_json::json;
@@ -31,8 +31,8 @@ fn fixture(rel: &str) -> String {
         .into_owned()
 }
 
-/// Runs `ir` (placeholders already replaced) after `configure`.
-fn run(ir: &str, configure: impl FnOnce(&mut Runtime)) -> RunResult {
+/// Runs `ir` (placeholders already replaced) on a runtime `configure` set up.
+fn run(ir: &str, configure: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> RunResult {
     run_ir_with(ir.as_bytes(), configure)
 }
 
@@ -64,15 +64,15 @@ impl Drop for TempDir {
 
 #[test]
 fn own_tools_run_by_default() {
-    let out = emits(&run(&program("own_tools"), |_| {}));
+    let out = emits(&run(&program("own_tools"), |b| b));
     assert_eq!(payload(&out, "add"), json!(5));
     assert_eq!(payload(&out, "mul"), json!(20));
 }
 
 #[test]
 fn a_disabled_own_tool_is_a_catchable_error_naming_it() {
-    let out = emits(&run(&program("own_tools"), |rt| {
-        rt.set_tool_permission("Calc", ToolPermission::Disabled);
+    let out = emits(&run(&program("own_tools"), |b| {
+        b.config(RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::Disabled))
     }));
     assert_eq!(payload(&out, "add"), json!(-1));
     assert_eq!(payload(&out, "add_denied_kind"), json!("not_enabled"));
@@ -84,8 +84,11 @@ fn a_disabled_own_tool_is_a_catchable_error_naming_it() {
 
 #[test]
 fn method_level_permission_allows_listed_methods_only() {
-    let out = emits(&run(&program("own_tools"), |rt| {
-        rt.set_tool_permission("Calc", ToolPermission::Methods(vec!["add".into()]));
+    let out = emits(&run(&program("own_tools"), |b| {
+        b.config(
+            RuntimeConfig::default()
+                .with_tool_permission("Calc", ToolPermission::Methods(vec!["add".into()])),
+        )
     }));
     assert_eq!(payload(&out, "add"), json!(5));
     assert_eq!(payload(&out, "mul"), json!(-1));
@@ -115,9 +118,7 @@ fn std_fs_works_inside_the_allowed_directory_and_nowhere_else() {
     std::os::unix::fs::symlink(&outside.0, root.join("link")).expect("symlink");
 
     let ir = fs_program(&root, &secret);
-    let out = emits(&run(&ir, |rt| {
-        rt.set_sandbox(Sandbox::default().allow_fs(&root));
-    }));
+    let out = emits(&run(&ir, |b| b.sandbox(Sandbox::default().allow_fs(&root))));
     assert_eq!(payload(&out, "read"), json!("first line\nsecond line\n"));
     assert_eq!(payload(&out, "exists"), json!(true));
     assert_eq!(payload(&out, "size"), json!(23));
@@ -146,7 +147,7 @@ fn std_fs_works_inside_the_allowed_directory_and_nowhere_else() {
 fn std_fs_without_an_allowed_directory_is_refused_with_a_hint() {
     let outside = TempDir::new("noroot");
     let ir = fs_program(&outside.0, &outside.0.join("secret.txt"));
-    let result = run(&ir, |_| {});
+    let result = run(&ir, |b| b);
     let error = result
         .error
         .expect("the first write is refused")
@@ -207,8 +208,8 @@ fn std_http_reaches_allowed_hosts_only_redirects_included() {
     let ir = program("http_sandbox")
         .replace("ALLOWED", &allowed.addr)
         .replace("FORBIDDEN", &forbidden.addr);
-    let out = emits(&run(&ir, |rt| {
-        rt.set_sandbox(Sandbox::default().allow_net(allowed.addr.clone()));
+    let out = emits(&run(&ir, |b| {
+        b.sandbox(Sandbox::default().allow_net(allowed.addr.clone()))
     }));
     assert_eq!(payload(&out, "status"), json!(200));
     assert_eq!(payload(&out, "body"), json!("hello"));
@@ -228,7 +229,7 @@ fn std_http_without_allowed_domains_is_refused_with_a_hint() {
     let ir = program("http_sandbox")
         .replace("ALLOWED", &server.addr)
         .replace("FORBIDDEN", &server.addr);
-    let error = run(&ir, |_| {})
+    let error = run(&ir, |b| b)
         .error
         .expect("the first request is refused")
         .to_string();
@@ -257,9 +258,10 @@ fn an_mcp_server_is_called_from_code_and_offered_to_agents_once_enabled() {
         text("It is 42."),
     ]);
     let connections: Arc<dyn Connections> = conn.clone();
-    let out = emits(&run(&mcp_program(), |rt| {
-        rt.with_connections(connections);
-        rt.set_tool_permission("Calc", ToolPermission::AllMethods);
+    let out = emits(&run(&mcp_program(), |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods),
+        )
     }));
     assert_eq!(payload(&out, "echo"), json!("ping"));
     assert_eq!(payload(&out, "add"), json!({"sum": 42}));
@@ -283,7 +285,7 @@ fn an_mcp_server_is_called_from_code_and_offered_to_agents_once_enabled() {
 
 #[test]
 fn an_mcp_server_without_permission_is_refused_and_never_started() {
-    let out = emits(&run(&mcp_program(), |_| {}));
+    let out = emits(&run(&mcp_program(), |b| b));
     let denied = payload(&out, "denied");
     let denied = denied.as_str().unwrap_or_default();
     assert!(denied.contains("MCP server 'Calc'"), "{denied}");
@@ -297,9 +299,9 @@ fn a_switched_off_mcp_server_is_an_err_for_its_tools_and_agents_go_without_it() 
     let connections: Arc<dyn Connections> = conn.clone();
     let json_command = serde_json::to_string(&mcp_command()).unwrap();
     let ir = program("mcp_switched_off").replace("\"MCP_COMMAND\"", &json_command);
-    let result = run(&ir, |rt| {
-        rt.with_connections(connections);
-        rt.set_tool_permission("Calc", ToolPermission::Disabled);
+    let result = run(&ir, |b| {
+        b.connections(connections)
+            .config(RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::Disabled))
     });
     assert!(result.error.is_none(), "{:?}", result.error);
     let out = emits(&result);
@@ -321,9 +323,11 @@ fn a_switched_off_mcp_server_is_an_err_for_its_tools_and_agents_go_without_it() 
 fn mcp_method_level_permission() {
     let conn = Scripted::new(vec![text("unused")]);
     let connections: Arc<dyn Connections> = conn.clone();
-    let result = run(&mcp_program(), |rt| {
-        rt.with_connections(connections);
-        rt.set_tool_permission("Calc", ToolPermission::Methods(vec!["echo".into()]));
+    let result = run(&mcp_program(), |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default()
+                .with_tool_permission("Calc", ToolPermission::Methods(vec!["echo".into()])),
+        )
     });
     // echo runs; add is refused and, uncaught, ends the run with a message naming it.
     assert_eq!(
@@ -343,8 +347,8 @@ fn host_program() -> String {
 
 #[test]
 fn a_host_agent_answers_line_by_line_once_enabled() {
-    let out = emits(&run(&host_program(), |rt| {
-        rt.set_tool_permission("Echo", ToolPermission::AllMethods);
+    let out = emits(&run(&host_program(), |b| {
+        b.config(RuntimeConfig::default().with_tool_permission("Echo", ToolPermission::AllMethods))
     }));
     assert_eq!(payload(&out, "first"), json!("echo: hello"));
     assert_eq!(payload(&out, "env"), json!("hello from the manifest"));
@@ -378,7 +382,7 @@ fn a_host_agent_answers_line_by_line_once_enabled() {
 
 #[test]
 fn a_host_agent_without_permission_is_refused_and_never_started() {
-    let out = emits(&run(&host_program(), |_| {}));
+    let out = emits(&run(&host_program(), |b| b));
     let denied = payload(&out, "denied");
     let denied = denied.as_str().unwrap_or_default();
     assert!(denied.contains("host agent 'Echo'"), "{denied}");
@@ -389,8 +393,8 @@ fn a_host_agent_without_permission_is_refused_and_never_started() {
 // ---------------------------------------------------------------------------------------
 // Host-registered tools
 
-fn register_weather(rt: &mut Runtime, calls: Arc<AtomicUsize>) {
-    rt.register_tool(
+fn register_weather(b: RuntimeBuilder, calls: Arc<AtomicUsize>) -> RuntimeBuilder {
+    b.tool(
         "Weather",
         "forecast",
         "The forecast for a city",
@@ -403,7 +407,7 @@ fn register_weather(rt: &mut Runtime, calls: Arc<AtomicUsize>) {
                 Ok(Value::from(format!("sunny in {city}")))
             }
         },
-    );
+    )
 }
 
 #[test]
@@ -415,10 +419,13 @@ fn a_host_registered_tool_is_offered_to_agents_and_called() {
     let connections: Arc<dyn Connections> = conn.clone();
     let calls = Arc::new(AtomicUsize::new(0));
     let handler_calls = calls.clone();
-    let out = emits(&run(&program("host_tool"), |rt| {
-        rt.with_connections(connections);
-        register_weather(rt, handler_calls);
-        rt.set_tool_permission("Weather", ToolPermission::AllMethods);
+    let out = emits(&run(&program("host_tool"), |b| {
+        register_weather(b, handler_calls)
+            .connections(connections)
+            .config(
+                RuntimeConfig::default()
+                    .with_tool_permission("Weather", ToolPermission::AllMethods),
+            )
     }));
     assert_eq!(payload(&out, "answer"), json!("Sunny."));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -437,19 +444,19 @@ fn a_host_registered_tool_without_permission_is_never_run() {
     let connections: Arc<dyn Connections> = conn.clone();
     let calls = Arc::new(AtomicUsize::new(0));
     let handler_calls = calls.clone();
-    let out = emits(&run(&program("host_tool"), |rt| {
-        rt.with_connections(connections);
-        // The plain-function form of registration.
-        rt.register_tool_fn(
-            "Weather",
-            "forecast",
-            "The forecast for a city",
-            json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-            move |_| {
-                handler_calls.fetch_add(1, Ordering::SeqCst);
-                Ok(Value::from("sunny"))
-            },
-        );
+    let out = emits(&run(&program("host_tool"), |b| {
+        b.connections(connections)
+            // The plain-function form of registration.
+            .tool_fn(
+                "Weather",
+                "forecast",
+                "The forecast for a city",
+                json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                move |_| {
+                    handler_calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(Value::from("sunny"))
+                },
+            )
     }));
     let error = payload(&out, "error");
     let error = error.as_str().unwrap_or_default();
@@ -466,20 +473,24 @@ fn a_plain_function_registered_as_a_tool_is_called_too() {
         text("Rain."),
     ]);
     let connections: Arc<dyn Connections> = conn.clone();
-    let out = emits(&run(&program("host_tool"), |rt| {
-        rt.with_connections(connections);
-        rt.register_tool_fn(
-            "Weather",
-            "forecast",
-            "The forecast for a city",
-            json!({"type": "object", "properties": {"city": {"type": "string"}}}),
-            |args| {
-                let city = args.to_json()["city"].as_str().unwrap_or("?").to_string();
-                Ok(Value::from(format!("rain in {city}")))
-            },
-        );
-        rt.set_tool_permission("Weather", ToolPermission::Methods(vec!["forecast".into()]));
-    }));
+    let out =
+        emits(&run(&program("host_tool"), |b| {
+            b.connections(connections)
+                .tool_fn(
+                    "Weather",
+                    "forecast",
+                    "The forecast for a city",
+                    json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                    |args| {
+                        let city = args.to_json()["city"].as_str().unwrap_or("?").to_string();
+                        Ok(Value::from(format!("rain in {city}")))
+                    },
+                )
+                .config(RuntimeConfig::default().with_tool_permission(
+                    "Weather",
+                    ToolPermission::Methods(vec!["forecast".into()]),
+                ))
+        }));
     assert_eq!(payload(&out, "answer"), json!("Rain."));
     let last = conn.requests()[1]
         .messages
@@ -503,8 +514,8 @@ fn an_agent_reads_a_ledger_through_a_tool() {
         text("9 to 17."),
     ]);
     let connections: Arc<dyn Connections> = conn.clone();
-    let out = emits(&run(&program("ledger_tool"), |rt| {
-        rt.with_connections(connections);
+    let out = emits(&run(&program("ledger_tool"), |b| {
+        b.connections(connections)
     }));
     assert_eq!(payload(&out, "answer"), json!("9 to 17."));
     assert_eq!(payload(&out, "facts"), json!(2));

@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use concerto_runtime::emit::{JsonLinesSink, TextSink};
 use concerto_runtime::{
-    Limits, ProcessSystem, Runtime, RuntimeConfig, RuntimeError, Sandbox, ToolPermission,
+    Limits, ProcessSystem, Runtime, RuntimeBuilder, RuntimeConfig, RuntimeError, Sandbox,
+    ToolPermission,
 };
 
 /// The version line: this runtime's version and the compilers whose IR it runs.
@@ -303,13 +304,13 @@ impl Source {
 }
 
 /// What `run` and `test` set up alike: the program (compiled first when it is source), a
-/// runtime with the timeout, the permissions and the sandbox.
+/// runtime builder with the timeout, the permissions, the sandbox and the program's folder.
 fn setup(
     file: &std::path::Path,
     compiler: Option<&std::path::Path>,
     timeout: f64,
     access: &Access,
-) -> Result<(Source, Runtime), ExitCode> {
+) -> Result<(Source, RuntimeBuilder), ExitCode> {
     if !(timeout.is_finite() && timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
         return Err(ExitCode::from(2));
@@ -320,9 +321,11 @@ fn setup(
         ..RuntimeConfig::default()
     };
     access.permissions(&mut config);
-    let mut runtime = Runtime::new(config);
-    runtime.set_sandbox(access.sandbox());
-    Ok((source, runtime))
+    let builder = Runtime::builder()
+        .config(config)
+        .sandbox(access.sandbox())
+        .program_dir(&source.dir);
+    Ok((source, builder))
 }
 
 /// The console (`print` to `print_out`, diagnostics to stderr) and environment, with the
@@ -344,9 +347,16 @@ fn system(
     }
 }
 
-/// Loads the program, with relative paths resolving against the folder of `file`.
+/// Builds the runtime; a setting it refuses is reported.
+fn build(builder: RuntimeBuilder) -> Result<Runtime, ExitCode> {
+    builder.build().map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(2)
+    })
+}
+
+/// Loads the program (relative paths resolve against the folder `setup` chose).
 fn load(runtime: &mut Runtime, source: &Source, file: &std::path::Path) -> Result<(), ExitCode> {
-    runtime.set_program_dir(&source.dir);
     runtime.load_ir(&source.ir).map_err(|err| {
         eprintln!(
             "error: failed to load IR `{}`: {}",
@@ -387,17 +397,21 @@ fn test(args: TestArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let (source, mut runtime) = match setup(&file, compiler.as_deref(), timeout, &access) {
+    let (source, mut builder) = match setup(&file, compiler.as_deref(), timeout, &access) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
     match system(concerto_runtime::stderr_writer(), env_file.as_deref()) {
-        Ok(system) => runtime.with_system(Arc::new(system)),
+        Ok(system) => builder = builder.system(Arc::new(system)),
         Err(code) => return code,
     };
     if mock {
-        runtime.use_mock_provider();
+        builder = builder.mock_provider();
     }
+    let mut runtime = match build(builder) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
     if let Err(code) = load(&mut runtime, &source, &file) {
         return code;
     }
@@ -564,11 +578,11 @@ fn run(args: RunArgs) -> ExitCode {
         resume,
         mock_latency_ms,
     } = args;
-    let (source, mut runtime) = match setup(&file, compiler.as_deref(), timeout, &access) {
+    let (source, mut builder) = match setup(&file, compiler.as_deref(), timeout, &access) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    runtime.set_limits(
+    builder = builder.limits(
         Limits::default()
             .with_max_call_depth(max_call_depth)
             .with_max_hashmap_bytes(max_hashmap_bytes)
@@ -579,42 +593,33 @@ fn run(args: RunArgs) -> ExitCode {
         EmitFormat::Text => concerto_runtime::stdout_writer(),
     };
     match system(print_out, env_file.as_deref()) {
-        Ok(system) => runtime.with_system(Arc::new(system)),
+        Ok(system) => builder = builder.system(Arc::new(system)),
         Err(code) => return code,
     };
     if let Some(state) = &state {
-        runtime.use_state_store(concerto_runtime::StateStore::parse(state));
-        let run_id = resume.clone().unwrap_or_else(|| runtime.new_run_id());
-        // The store location may hold credentials (redis://:password@…): not printed.
-        eprintln!("run id: {run_id} (resume with --resume {run_id} and the same --state)");
-        runtime.set_run_id(run_id);
+        builder = builder.state_store(concerto_runtime::StateStore::parse(state));
     }
-    if let Some(ms) = mock_latency_ms {
-        runtime.use_mock_provider_with_latency(std::time::Duration::from_millis(ms));
-    }
-    if mock {
-        runtime.use_mock_provider();
+    match (mock_latency_ms, mock) {
+        (Some(ms), _) => {
+            builder = builder.mock_provider_with_latency(Duration::from_millis(ms));
+        }
+        (None, true) => builder = builder.mock_provider(),
+        (None, false) => {}
     }
     if let Some(path) = replay {
-        runtime.replay_llm(path);
+        builder = builder.replay_llm(path);
     }
     if let Some(path) = record {
-        runtime.record_llm(path);
+        builder = builder.record_llm(path);
     }
     match format {
-        EmitFormat::Jsonl => runtime.add_emit_sink(Arc::new(JsonLinesSink::new(std::io::stdout()))),
+        EmitFormat::Jsonl => {
+            builder = builder.emit_sink(Arc::new(JsonLinesSink::new(std::io::stdout())));
+        }
         EmitFormat::Text if !quiet => {
-            runtime.add_emit_sink(Arc::new(TextSink::new(std::io::stdout())))
+            builder = builder.emit_sink(Arc::new(TextSink::new(std::io::stdout())));
         }
         EmitFormat::Text => {}
-    }
-    if let Err(code) = load(&mut runtime, &source, &file) {
-        return code;
-    }
-    if let Some(program) = runtime.program() {
-        for warning in &program.warnings {
-            eprintln!("warning: {warning}");
-        }
     }
     for entry in &persist {
         let Some((name, path)) = entry
@@ -624,11 +629,26 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: --persist expects NAME=PATH, got `{entry}`");
             return ExitCode::from(2);
         };
-        if let Err(err) = runtime.persist_hashmap(name, path) {
-            eprintln!("error: --persist {name}: {err}");
-            return ExitCode::from(2);
+        builder = builder.persist_hashmap(name, path);
+    }
+    let mut runtime = match build(builder) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    if let Err(code) = load(&mut runtime, &source, &file) {
+        return code;
+    }
+    if let Some(program) = runtime.program() {
+        for warning in &program.warnings {
+            eprintln!("warning: {warning}");
         }
     }
+    let run_id = state.as_ref().map(|_| {
+        let run_id = resume.clone().unwrap_or_else(|| runtime.new_run_id());
+        // The store location may hold credentials (redis://:password@…): not printed.
+        eprintln!("run id: {run_id} (resume with --resume {run_id} and the same --state)");
+        run_id
+    });
     let rt = match async_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -641,6 +661,8 @@ fn run(args: RunArgs) -> ExitCode {
         let result = rt.block_on(debugger.run_to_end());
         runtime = debugger.into_runtime();
         result
+    } else if let Some(run_id) = &run_id {
+        rt.block_on(runtime.execute_run(run_id))
     } else {
         rt.block_on(runtime.execute())
     };

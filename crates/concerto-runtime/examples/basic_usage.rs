@@ -25,9 +25,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .to_string()
     });
 
-    // Create runtime (answering agents offline)
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    runtime.use_mock_provider();
+    // Create runtime (answering agents offline: the one line that differs from the
+    // specification's `Runtime::new(RuntimeConfig::default())`)
+    let mut runtime = Runtime::builder()
+        .config(RuntimeConfig::default())
+        .mock_provider()
+        .build()?;
 
     // Load IR
     runtime.load_ir(&program)?;

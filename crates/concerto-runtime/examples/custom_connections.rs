@@ -3,7 +3,7 @@
 //! `FnConnections` implements the VM's [`Connections`] trait over a closure that gets the
 //! connection name and the request and returns the reply text. Here it echoes the last user
 //! message, and answers structured calls (`execute_with_schema`) with an object that fits
-//! the bundled example's `Berthing` schema. Plugged in with `Runtime::with_connections`, it
+//! the bundled example's `Berthing` schema. Plugged in with `RuntimeBuilder::connections`, it
 //! runs the bundled agent example without a network or any other crate.
 //!
 //! `cargo run -p concerto-runtime --example custom_connections [FILE.conc-ir]`
@@ -74,8 +74,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("echo from {connection}: {last}")
     });
 
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    runtime.with_connections(Arc::new(echo));
+    let mut runtime = Runtime::builder()
+        .config(RuntimeConfig::default())
+        .connections(Arc::new(echo))
+        .build()?;
     runtime.load_ir(&program)?;
     runtime.on_prefix("", |channel: &str, payload: Value| {
         println!("[{channel}] {}", payload.to_json());

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concerto_runtime::conn::MockConnections;
-use concerto_runtime::{Executor, Limits, Runtime, RuntimeConfig};
+use concerto_runtime::{Executor, Limits, Runtime};
 use serde_json::{Value as Json, json};
 
 const CALLS: usize = 1000;
@@ -31,9 +31,14 @@ fn dir() -> PathBuf {
 }
 
 fn bench_runtime(ir: &[u8]) -> Runtime {
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    runtime.set_limits(Limits::default().with_max_concurrent_agent_calls(Some(IN_FLIGHT)));
-    runtime.with_connections(Arc::new(MockConnections::new().with_latency(LATENCY)));
+    let built = Runtime::builder()
+        .limits(Limits::default().with_max_concurrent_agent_calls(Some(IN_FLIGHT)))
+        .connections(Arc::new(MockConnections::new().with_latency(LATENCY)))
+        .build();
+    let mut runtime = match built {
+        Ok(runtime) => runtime,
+        Err(e) => panic!("cannot build the benchmark runtime: {e}"),
+    };
     if let Err(e) = runtime.load_ir_bytes(ir) {
         panic!("cannot load the benchmark program: {e}");
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use concerto_runtime::{Runtime, RuntimeConfig, StateStore};
+use concerto_runtime::{Runtime, StateStore};
 use serde_json::{Value as Json, json};
 
 const OPS_PER_RUN: u64 = 100_000;
@@ -30,8 +30,10 @@ fn program(n: u64) -> Vec<u8> {
 async fn run(state: StateStore, n: u64, module: &str) -> Duration {
     let mut ir: Json = serde_json::from_slice(&program(n)).expect("IR");
     ir["module"] = json!(module);
-    let mut runtime = Runtime::new(RuntimeConfig::default());
-    runtime.use_state_store(state);
+    let mut runtime = Runtime::builder()
+        .state_store(state)
+        .build()
+        .expect("the state store setting is valid");
     runtime
         .load_ir_bytes(&serde_json::to_vec(&ir).expect("json"))
         .expect("load");

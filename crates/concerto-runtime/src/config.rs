@@ -55,6 +55,30 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// This configuration with `tool` (a tool, MCP server, host agent or host-registered
+    /// tool) given `permission`, replacing what it had.
+    ///
+    /// ```
+    /// use concerto_runtime::{RuntimeConfig, ToolPermission};
+    /// let config = RuntimeConfig::default()
+    ///     .with_tool_permission("Calc", ToolPermission::AllMethods)
+    ///     .with_tool_permission("Shell", ToolPermission::Disabled);
+    /// assert_eq!(config.tool_permissions["Calc"], ToolPermission::AllMethods);
+    /// ```
+    pub fn with_tool_permission(mut self, tool: &str, permission: ToolPermission) -> Self {
+        self.tool_permissions.insert(tool.to_string(), permission);
+        self
+    }
+
+    /// This configuration with connection `name`'s settings replaced by `settings` where
+    /// they are set.
+    pub fn with_connection_override(mut self, name: &str, settings: ConnectionOverride) -> Self {
+        self.connection_overrides.insert(name.to_string(), settings);
+        self
+    }
+}
+
 /// Replaces parts of a connection from the IR: the connection layer's own settings type,
 /// so every setting it has (provider, key, endpoint, model, timeout, retry, rate limits,
 /// concurrency, streaming, headers, Anthropic's structured-output mode) can be overridden.
@@ -138,10 +162,9 @@ pub struct Limits {
     /// How long an emit-await waits for the host's handler (`None`: for ever).
     pub emit_await_timeout: Option<Duration>,
     /// Maximum bytes held by all hashmaps of a runtime (estimated); a write past it fails
-    /// with an error naming the hashmap and the limit. `None`: no bound. Set before or after
-    /// `load_ir`: a store in use gets it from its next write on. Enforced by the built-in
-    /// in-memory store only: with another
-    /// store (SQLite, Redis, the host's own) a set limit is a setup error, never ignored.
+    /// with an error naming the hashmap and the limit. `None`: no bound. Enforced by the built-in
+    /// in-memory store only: with another store (SQLite, Redis, the host's own) a set limit
+    /// is an error of `RuntimeBuilder::build`, never ignored.
     pub max_hashmap_bytes: Option<usize>,
     /// Agent calls in flight at once across the whole runtime (all connections, all
     /// concurrent executions and tasks); further calls wait their turn. `None`: no bound
@@ -209,7 +232,7 @@ impl Limits {
 #[non_exhaustive]
 pub enum StateStore {
     /// Process memory (the default; optional per-hashmap JSON files with
-    /// `Runtime::persist_hashmap`).
+    /// `RuntimeBuilder::persist_hashmap`).
     #[default]
     Memory,
     /// An SQLite database file: every write is committed before the program goes on, so a

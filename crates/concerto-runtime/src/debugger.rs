@@ -23,8 +23,8 @@
 //! # }
 //! ```
 //!
-//! A [`Debugger`] is a [`Runtime`] (it dereferences to one: `load_ir`, `use_mock_provider`,
-//! `on`, `with_*` all work on it) whose program runs in the interpreter's debug mode. The
+//! A [`Debugger`] is a [`Runtime`] (it dereferences to one: `load_ir`, `on`, `metrics` all
+//! work on it; a built runtime becomes one with [`Runtime::into_debugger`]) whose program runs in the interpreter's debug mode. The
 //! ordinary [`Runtime::execute`] is unaffected.
 //!
 //! # Instructions and steps
@@ -436,7 +436,7 @@ impl Debugger {
             }
         });
         match failed {
-            Some(err) => Err(RuntimeError::Setup(err.to_string())),
+            Some(err) => Err(crate::SetupError::from(err).into()),
             None => Ok(()),
         }
     }

@@ -2,6 +2,8 @@
 //! components (emit channel, memory, LLM connections, schema validation, tools, system) and
 //! executes programs.
 //!
+//! The runtime specification's host API works as written:
+//!
 //! ```no_run
 //! use concerto_runtime::{Runtime, RuntimeConfig, Value};
 //!
@@ -17,24 +19,63 @@
 //! }
 //! ```
 //!
-//! Every component is replaceable: pass your own [`concerto_vm::host::Connections`],
-//! [`concerto_vm::host::MemoryStore`], [`concerto_vm::host::SchemaValidator`],
-//! [`concerto_vm::host::ToolHost`] or [`concerto_vm::host::System`] through the `with_*`
-//! methods before executing.
+//! Anything beyond the specification's [`RuntimeConfig`] is chosen on a [`RuntimeBuilder`]
+//! ([`Runtime::builder`]) before the runtime exists, each setting in one place: the source of
+//! model replies (the network, [`RuntimeBuilder::mock_provider`], a recording, your own
+//! [`concerto_vm::host::Connections`]), [`Limits`], the [`Sandbox`], host tools, the
+//! [`StateStore`] or your own [`concerto_vm::host::MemoryStore`], a
+//! [`concerto_vm::host::SchemaValidator`], [`concerto_vm::host::ToolHost`] or
+//! [`concerto_vm::host::System`]. Settings that exclude each other are an error of
+//! [`RuntimeBuilder::build`], not a silent choice. A built runtime then loads programs,
+//! takes emit listeners (before or after loading) and executes:
+//!
+//! ```
+//! use concerto_runtime::{Limits, Runtime, RuntimeConfig, Value};
+//! // `emit("answer", 6 * 7)` (IR as concertoc writes it).
+//! let ir = r#"{"version":"0.1.0","module":"m","source_file":"m.conc",
+//!   "constants":[{"index":0,"type":"string","value":"answer"},
+//!     {"index":1,"type":"int","value":6},{"index":2,"type":"int","value":7},
+//!     {"index":3,"type":"nil","value":null}],
+//!   "functions":[{"name":"main","module":"m","visibility":"private","params":[],
+//!     "return_type":"nil","locals":[],"instructions":[
+//!       {"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":1},{"op":"LOAD_CONST","arg":2},
+//!       {"op":"MUL"},{"op":"EMIT"},{"op":"LOAD_CONST","arg":3},{"op":"RETURN"}]}],
+//!   "metadata":{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
+//!     "debug_info":true,"entry_point":"main"}}"#;
+//! let mut runtime = Runtime::builder()
+//!     .config(RuntimeConfig::default())
+//!     .limits(Limits::default().with_max_steps(Some(10_000)))
+//!     .mock_provider()
+//!     .build()?;
+//! let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+//! let seen = answers.clone();
+//! runtime.on("answer", move |payload: Value| seen.lock().unwrap().push(payload));
+//! runtime.load_ir_bytes(ir.as_bytes())?;
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! rt.block_on(runtime.execute())?;
+//! assert_eq!(*answers.lock().unwrap(), vec![Value::Int(42)]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Source layout
-//! - `lib.rs`: [`Runtime`], [`RuntimeError`].
+//! - `lib.rs`: [`Runtime`]: loading, listeners, execution.
+//! - `builder`: [`RuntimeBuilder`]: components and settings.
+//! - `error`: [`RuntimeError`], [`SetupError`].
+//! - `config`: [`RuntimeConfig`] and its parts, [`Limits`], [`Sandbox`], [`StateStore`].
+//! - `concurrency`: [`Executor`], the runtime-wide bound on agent calls.
+//! - `resume`: the journal of a run ([`Runtime::execute_run`]).
 //! - `metrics`: [`Metrics`] and [`Cost`].
-//! - `config`: [`RuntimeConfig`] and its parts, [`Limits`].
 //! - `debugger`: [`Debugger`] (`Runtime::new_debugger`): breakpoints, stepping, inspection.
 //! - `value`: the host-side [`Value`].
 //! - `system`: [`ProcessSystem`].
 //! - `testing`: [`Runtime::run_tests`], [`TestReport`].
 #![warn(missing_docs)]
 
+mod builder;
 mod concurrency;
 mod config;
 mod debugger;
+mod error;
 mod metrics;
 mod resume;
 mod system;
@@ -46,11 +87,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concerto_emit::{EmitHub, FlushSink};
-use concerto_ir::{LoadError, Program};
+use concerto_emit::EmitHub;
+use concerto_ir::Program;
 use concerto_vm::host::{Connections, HostError, MemoryStore, SchemaValidator, System, ToolHost};
-use concerto_vm::{ExecConfig, Host, Vm, VmError};
+use concerto_vm::{ExecConfig, Host, Vm};
 
+pub use builder::RuntimeBuilder;
 pub use concerto_conn as conn;
 pub use concerto_emit as emit;
 pub use concerto_ir as ir;
@@ -61,169 +103,95 @@ pub use config::{
     ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, StateStore, ToolPermission,
 };
 pub use debugger::{AgentInfo, DebugFrame, DebugState, Debugger};
+pub use error::{RuntimeError, SetupError};
 pub use metrics::{Cost, Metrics};
 pub use system::{ProcessSystem, TextOut, stderr_writer, stdout_writer};
 pub use testing::{TestOutcome, TestReport};
 pub use value::{Value, ValueError};
 
-/// Why a runtime operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    /// The IR could not be loaded.
-    #[error("failed to load IR: {0}")]
-    Load(#[from] LoadError),
-    /// `execute` was called before `load_ir`.
-    #[error("no program is loaded")]
-    NoProgram,
-    /// The program failed with an uncaught runtime error.
-    #[error("{0}")]
-    Execution(#[from] VmError),
-    /// A component (emit sink, store) failed outside the program.
-    #[error("{0}")]
-    Host(#[from] HostError),
-    /// The runtime could not be set up as asked (a recording that cannot be read, …).
-    #[error("{0}")]
-    Setup(String),
-}
-
-impl RuntimeError {
-    /// The runtime error of a failed execution.
-    pub fn as_execution(&self) -> Option<&VmError> {
-        match self {
-            RuntimeError::Execution(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// A Concerto runtime: one loaded program and the components it runs with.
+/// A Concerto runtime: the components a program runs with (fixed when it is built, see
+/// [`RuntimeBuilder`]), the loaded program, and the listeners of its emits.
 pub struct Runtime {
     config: RuntimeConfig,
     limits: Limits,
     vm: Option<Arc<Vm>>,
     hub: Arc<EmitHub>,
+    /// The loaded program's store (opened on first need for a state store).
     memory: Option<Arc<dyn MemoryStore>>,
     /// The built-in store, when it is the one in use (persistence, listeners, byte limit).
     builtin_memory: Option<Arc<concerto_memory::InMemoryStore>>,
-    custom_memory: bool,
-    /// A connection layer the host supplied (`with_connections`).
-    custom_connections: Option<Arc<dyn Connections>>,
-    /// The layer in use, built on first need and kept (its HTTP pool outlives executions).
-    active_connections: Option<Arc<dyn Connections>>,
-    /// The HTTP layer inside it, when the runtime built one (its retry budget is per run).
+    /// The host's own store, for every program.
+    custom_memory: Option<Arc<dyn MemoryStore>>,
+    /// Where hashmaps, ledgers, memories and journals live, without a host store.
+    state: StateStore,
+    /// Hashmaps kept in files, attached when a program declaring them loads.
+    persisted: Vec<builder::Persisted>,
+    /// Change listeners by hashmap name, attached to every program's store.
+    hashmap_listeners: Vec<(String, concerto_memory::ChangeListener)>,
+    /// The connection layer (its HTTP pool outlives executions).
+    connections: Arc<dyn Connections>,
+    /// The HTTP layer inside it, when it is the built-in one (its retry budget is per run).
     http: Option<Arc<concerto_conn::HttpConnections>>,
-    llm: LlmSetup,
     schema: Arc<dyn SchemaValidator>,
-    /// A tool layer the host supplied (`with_tool_host`).
+    /// The host's own tool layer.
     custom_tools: Option<Arc<dyn ToolHost>>,
     /// The tool layer in use, built on first need and kept (host agent processes and MCP
     /// sessions outlive single executions).
     active_tools: Option<Arc<dyn ToolHost>>,
     sandbox: Sandbox,
-    host_tools: Vec<HostToolRegistration>,
+    host_tools: Vec<builder::HostToolRegistration>,
     system: Arc<dyn System>,
     metrics: Metrics,
-    /// The run journaled (and resumed) by `execute`, when set.
-    run_id: Option<String>,
-    /// Where hashmaps, ledgers, memories and journals live.
-    state: StateStore,
     /// Operations of the last execution answered from the journal.
     replayed: u64,
     /// The folder relative paths of host agents and MCP servers resolve against.
     program_dir: Option<PathBuf>,
 }
 
-/// How agent calls reach models, besides the connection overrides.
-struct LlmSetup {
-    mock: bool,
-    mock_latency: Option<Duration>,
-    record: Option<PathBuf>,
-    replay: Option<PathBuf>,
-    prices: concerto_conn::PriceTable,
-}
-
-impl Default for LlmSetup {
-    fn default() -> LlmSetup {
-        LlmSetup {
-            mock: false,
-            mock_latency: None,
-            record: None,
-            replay: None,
-            prices: concerto_conn::PriceTable::builtin(),
-        }
-    }
-}
-
-/// A host-registered tool method, kept until the tool layer is built.
-struct HostToolRegistration {
-    tool: String,
-    method: String,
-    description: String,
-    parameters: serde_json::Value,
-    handler: concerto_tools::ToolHandler,
+/// The built-in tool layer's policy from the tool permissions and the sandbox.
+pub(crate) fn tool_policy(
+    config: &RuntimeConfig,
+    sandbox: &Sandbox,
+) -> Result<concerto_tools::Tools, String> {
+    let policy = concerto_tools::Policy {
+        tools: config
+            .tool_permissions
+            .iter()
+            .map(|(name, p)| {
+                let p = match p {
+                    ToolPermission::Disabled => concerto_tools::Permission::Disabled,
+                    ToolPermission::AllMethods => concerto_tools::Permission::AllMethods,
+                    ToolPermission::Methods(m) => concerto_tools::Permission::Methods(m.clone()),
+                };
+                (name.clone(), p)
+            })
+            .collect(),
+        fs_roots: sandbox.fs_roots.clone(),
+        net_domains: sandbox.net_domains.clone(),
+    };
+    concerto_tools::Tools::new(policy)
 }
 
 impl Runtime {
-    /// A runtime with the default components.
-    pub fn new(config: RuntimeConfig) -> Runtime {
-        Runtime {
-            config,
-            limits: Limits::default(),
-            vm: None,
-            hub: Arc::new(EmitHub::new()),
-            memory: None,
-            builtin_memory: None,
-            custom_memory: false,
-            custom_connections: None,
-            active_connections: None,
-            http: None,
-            llm: LlmSetup::default(),
-            schema: Arc::new(concerto_schema::JsonSchemaValidator::new()),
-            custom_tools: None,
-            active_tools: None,
-            sandbox: Sandbox::default(),
-            host_tools: Vec::new(),
-            system: Arc::new(ProcessSystem::default()),
-            metrics: Metrics::default(),
-            run_id: None,
-            state: StateStore::Memory,
-            replayed: 0,
-            program_dir: None,
-        }
-    }
-
     /// The configuration.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
     }
 
-    /// Sets when emits are delivered (as `RuntimeConfig::emit_mode`).
-    pub fn set_emit_mode(&mut self, mode: EmitMode) {
-        self.config.emit_mode = mode;
+    /// The resource limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
-    /// Sets the resource limits. They apply to the next execution; a changed hashmap byte
-    /// limit applies to the built-in store at once, from its next write on (what it holds
-    /// stays).
-    pub fn set_limits(&mut self, limits: Limits) {
-        if limits.max_concurrent_agent_calls != self.limits.max_concurrent_agent_calls {
-            self.active_connections = None;
-        }
-        if limits.max_hashmap_bytes != self.limits.max_hashmap_bytes
-            && let Some(store) = &self.builtin_memory
-        {
-            store.set_max_bytes(limits.max_hashmap_bytes);
-        }
-        self.limits = limits;
-    }
-
-    /// Loads, validates and prepares an IR file. Unless [`Runtime::set_program_dir`] chose
-    /// another folder, the file's folder becomes the one relative paths of the program's
-    /// external agents and MCP servers resolve against.
+    /// Loads, validates and prepares an IR file, replacing the program loaded before.
+    /// Unless [`RuntimeBuilder::program_dir`] chose another folder, the file's folder
+    /// becomes the one relative paths of the program's external agents and MCP servers
+    /// resolve against.
     ///
     /// # Errors
-    /// [`RuntimeError::Load`] with what is wrong and where.
+    /// [`RuntimeError::Load`] with what is wrong and where; [`RuntimeError::Setup`] when a
+    /// persisted hashmap's file cannot be read or a persisted or listened-to hashmap is not
+    /// declared by the program.
     pub fn load_ir(&mut self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
         let path = path.as_ref();
         let program = concerto_ir::load_path(path)?;
@@ -233,101 +201,72 @@ impl Runtime {
             self.program_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.into()));
             self.active_tools = None;
         }
-        self.load_program(program);
-        Ok(())
+        self.load_program(program)
     }
 
-    /// The folder relative paths in the program resolve against (then the project folder
-    /// above it, the nearest with a `Concerto.toml`): external agents' and stdio MCP servers'
-    /// working directories, and their commands (with a slash) and arguments that name a file
-    /// or folder there. `concerto run app.conc` sets the source file's
-    /// folder (the IR it compiles lives in a temporary one).
-    pub fn set_program_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
-        let dir = dir.into();
-        self.program_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
-        self.active_tools = None;
-        self
-    }
-
-    /// Loads IR from memory.
+    /// Loads IR from memory (as [`Runtime::load_ir`]; relative paths resolve against the
+    /// [`RuntimeBuilder::program_dir`], else the current folder).
+    ///
+    /// ```
+    /// # use concerto_runtime::Runtime;
+    /// let mut runtime = Runtime::builder().build()?;
+    /// let err = runtime.load_ir_bytes(b"{ not IR").unwrap_err();
+    /// assert!(err.to_string().starts_with("failed to load IR"));
+    /// # Ok::<(), concerto_runtime::RuntimeError>(())
+    /// ```
     ///
     /// # Errors
-    /// [`RuntimeError::Load`].
+    /// As [`Runtime::load_ir`].
     pub fn load_ir_bytes(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
         let program = concerto_ir::load_bytes(bytes)?;
-        self.load_program(program);
-        Ok(())
+        self.load_program(program)
     }
 
-    /// Uses an already loaded program.
-    pub fn load_program(&mut self, program: Program) {
+    /// Uses an already loaded program (as [`Runtime::load_ir`]).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Setup`] as for [`Runtime::load_ir`].
+    pub fn load_program(&mut self, program: Program) -> Result<(), RuntimeError> {
         let program = Arc::new(program);
-        if !self.custom_memory && self.state != StateStore::Memory {
+        let index = |name: &str| {
+            program
+                .hashmaps
+                .iter()
+                .position(|h| h.name == name)
+                .map(|i| i as u32)
+                .ok_or_else(|| SetupError::UnknownHashmap(name.to_string()))
+        };
+        if let Some(custom) = &self.custom_memory {
+            self.memory = Some(custom.clone());
+            self.builtin_memory = None;
+        } else if self.state != StateStore::Memory {
             // Opened (and its errors reported) when the program first runs.
             self.memory = None;
             self.builtin_memory = None;
-        } else if !self.custom_memory {
+        } else {
             let store = Arc::new(
                 concerto_memory::InMemoryStore::with_names(
                     program.hashmaps.iter().map(|h| h.name.clone()),
                 )
                 .with_max_bytes(self.limits.max_hashmap_bytes),
             );
+            for persisted in &self.persisted {
+                let map = index(&persisted.name)?;
+                store
+                    .persist_with(map, persisted.path.clone(), persisted.mode)
+                    .map_err(|source| SetupError::Persist {
+                        name: persisted.name.clone(),
+                        source,
+                    })?;
+            }
+            for (name, listener) in &self.hashmap_listeners {
+                store.on_change(index(name)?, listener.clone())?;
+            }
             self.builtin_memory = Some(store.clone());
             self.memory = Some(store);
         }
         self.vm = Some(Vm::new(program));
-    }
-
-    /// The built-in memory store and the index of hashmap `name`.
-    fn hashmap(
-        &self,
-        name: &str,
-    ) -> Result<(Arc<concerto_memory::InMemoryStore>, u32), RuntimeError> {
-        let store = self.builtin_memory.clone().ok_or_else(|| {
-            RuntimeError::Setup(
-                "hashmap persistence and listeners need a loaded program and the built-in \
-                 memory store"
-                    .into(),
-            )
-        })?;
-        let index = self
-            .program()
-            .and_then(|p| p.hashmaps.iter().position(|h| h.name == name))
-            .ok_or_else(|| {
-                RuntimeError::Setup(format!("the program declares no hashmap `{name}`"))
-            })?;
-        Ok((store, index as u32))
-    }
-
-    /// Keeps hashmap `name` in the JSON file `path`: loads it now (a missing file starts
-    /// empty; an unreadable or corrupt one is an error, never a silent empty start) and
-    /// saves it atomically at the end of every execution and on [`Runtime::save_hashmaps`].
-    /// Call after `load_ir`.
-    ///
-    /// # Errors
-    /// An unknown hashmap, or a file that cannot be read.
-    pub fn persist_hashmap(
-        &mut self,
-        name: &str,
-        path: impl Into<std::path::PathBuf>,
-    ) -> Result<(), RuntimeError> {
-        let (store, index) = self.hashmap(name)?;
-        Ok(store.persist(index, path)?)
-    }
-
-    /// As [`Runtime::persist_hashmap`], but saves after every write (before the write
-    /// returns to the program).
-    ///
-    /// # Errors
-    /// An unknown hashmap, or a file that cannot be read.
-    pub fn persist_hashmap_on_change(
-        &mut self,
-        name: &str,
-        path: impl Into<std::path::PathBuf>,
-    ) -> Result<(), RuntimeError> {
-        let (store, index) = self.hashmap(name)?;
-        Ok(store.persist_with(index, path, concerto_memory::PersistMode::OnChange)?)
+        Ok(())
     }
 
     /// Saves every persisted hashmap now (atomically: a crash leaves the old or the new
@@ -343,27 +282,41 @@ impl Runtime {
     }
 
     /// Calls `listener(key, old, new)` after every change of hashmap `name` (`None` for an
-    /// absent or deleted value), from any execution.
+    /// absent or deleted value), from any execution, of this program and of programs loaded
+    /// later (each must declare `name`).
     ///
     /// # Errors
-    /// An unknown hashmap.
+    /// [`SetupError::NeedsBuiltinStore`] with a state store or the host's own store;
+    /// [`SetupError::UnknownHashmap`] when the loaded program does not declare `name`.
     pub fn on_hashmap_change(
         &mut self,
         name: &str,
         listener: impl Fn(&str, Option<Value>, Option<Value>) + Send + Sync + 'static,
-    ) -> Result<(), RuntimeError> {
-        let (store, index) = self.hashmap(name)?;
-        store.on_change(
-            index,
+    ) -> Result<&mut Self, RuntimeError> {
+        if self.custom_memory.is_some() || self.state != StateStore::Memory {
+            return Err(SetupError::NeedsBuiltinStore {
+                what: "a hashmap change listener",
+            }
+            .into());
+        }
+        let listener: concerto_memory::ChangeListener =
             Arc::new(move |change: &concerto_memory::HashMapChange| {
                 listener(
                     change.key.as_str(),
                     change.old.as_ref().map(Value::from),
                     change.new.as_ref().map(Value::from),
                 )
-            }),
-        )?;
-        Ok(())
+            });
+        if let (Some(store), Some(program)) = (&self.builtin_memory, self.program()) {
+            let index = program
+                .hashmaps
+                .iter()
+                .position(|h| h.name == name)
+                .ok_or_else(|| SetupError::UnknownHashmap(name.to_string()))?;
+            store.on_change(index as u32, listener.clone())?;
+        }
+        self.hashmap_listeners.push((name.to_string(), listener));
+        Ok(self)
     }
 
     /// Bytes held by the built-in store's hashmaps (the estimate the limit uses).
@@ -376,12 +329,18 @@ impl Runtime {
         self.vm.as_ref().map(|vm| vm.program())
     }
 
-    /// Calls `handler` with the payload of every emit on `channel`.
-    pub fn on(&mut self, channel: &str, handler: impl Fn(Value) + Send + Sync + 'static) {
+    /// Calls `handler` with the payload of every emit on `channel` (before or after a
+    /// program loads; for every later execution).
+    pub fn on(
+        &mut self,
+        channel: &str,
+        handler: impl Fn(Value) + Send + Sync + 'static,
+    ) -> &mut Self {
         self.hub.on(
             channel,
             Arc::new(move |_: &str, payload: &concerto_vm::Value| handler(Value::from(payload))),
         );
+        self
     }
 
     /// Calls `handler` with the channel and payload of every emit whose channel starts with
@@ -390,17 +349,18 @@ impl Runtime {
         &mut self,
         prefix: &str,
         handler: impl Fn(&str, Value) + Send + Sync + 'static,
-    ) {
+    ) -> &mut Self {
         self.hub.on_prefix(
             prefix,
             Arc::new(move |channel: &str, payload: &concerto_vm::Value| {
                 handler(channel, Value::from(payload))
             }),
         );
+        self
     }
 
     /// Answers emit-await on `channel`: the program waits for the handler's reply.
-    pub fn on_emit<F, Fut>(&mut self, channel: &str, handler: F)
+    pub fn on_emit<F, Fut>(&mut self, channel: &str, handler: F) -> &mut Self
     where
         F: Fn(Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, Box<dyn std::error::Error + Send + Sync>>>
@@ -423,220 +383,7 @@ impl Runtime {
                 })
             }),
         );
-    }
-
-    /// Sends every emit to `sink` as well (for example a JSON-lines writer).
-    pub fn add_emit_sink(&mut self, sink: Arc<dyn FlushSink>) {
-        self.hub.add_sink(sink);
-    }
-
-    /// Uses a different LLM connection layer (a recording or replay set up with
-    /// [`Runtime::record_llm`] / [`Runtime::replay_llm`] still wraps or replaces it).
-    pub fn with_connections(&mut self, connections: Arc<dyn Connections>) -> &mut Self {
-        self.custom_connections = Some(connections);
-        self.active_connections = None;
         self
-    }
-
-    /// Answers every agent call from the built-in deterministic mock provider instead of
-    /// the network: an explicit choice for offline runs and demos (a missing API key never
-    /// falls back to it). To mock one connection only, override it with
-    /// `ConnectionOverride { provider: Some("mock".into()), ..Default::default() }`.
-    pub fn use_mock_provider(&mut self) -> &mut Self {
-        self.llm.mock = true;
-        self.active_connections = None;
-        self
-    }
-
-    /// [`Runtime::use_mock_provider`], answering each call after `latency` (a timer), as a
-    /// provider would: for demonstrations, benchmarks and tests of concurrency and resume.
-    pub fn use_mock_provider_with_latency(&mut self, latency: Duration) -> &mut Self {
-        self.llm.mock_latency = Some(latency);
-        self.use_mock_provider()
-    }
-
-    /// Keeps hashmaps, ledgers, memories and run journals in `state` instead of process
-    /// memory (the default). Takes effect for programs loaded afterwards.
-    pub fn use_state_store(&mut self, state: StateStore) -> &mut Self {
-        self.state = state;
-        self
-    }
-
-    /// Replaces parts of connection `name` (API key, base URL, limits, …), as
-    /// `RuntimeConfig::connection_overrides` does.
-    pub fn override_connection(&mut self, name: &str, settings: ConnectionOverride) -> &mut Self {
-        self.config
-            .connection_overrides
-            .insert(name.to_string(), settings);
-        self.active_connections = None;
-        self
-    }
-
-    /// Writes every LLM request and its response (or error) to `path` as JSON lines, one
-    /// per call, each written and flushed as it happens. The recording starts empty: an
-    /// existing file at `path` is replaced when the connection layer is built (before the
-    /// first execution). Requests carry no API keys.
-    pub fn record_llm(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.llm.record = Some(path.into());
-        self.active_connections = None;
-        self
-    }
-
-    /// Answers LLM requests from a recording made with [`Runtime::record_llm`] (or
-    /// `concerto run --record`), without any network; a request that was not recorded is an
-    /// error.
-    pub fn replay_llm(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.llm.replay = Some(path.into());
-        self.active_connections = None;
-        self
-    }
-
-    /// Sets or overrides the price of a model (USD per million tokens) used for cost
-    /// estimates; the built-in table covers common OpenAI and Anthropic models.
-    pub fn set_model_price(&mut self, model: &str, price: concerto_conn::Price) -> &mut Self {
-        self.llm.prices.set(model, price);
-        self.active_connections = None;
-        self
-    }
-
-    /// The connection layer for the next execution: the host's, the mock, a replay, or
-    /// the HTTP layer configured from the overrides — wrapped in a recorder when asked.
-    fn connection_layer(&mut self) -> Result<Arc<dyn Connections>, RuntimeError> {
-        if let Some(layer) = &self.active_connections {
-            if let Some(http) = &self.http {
-                http.begin_run();
-            }
-            return Ok(layer.clone());
-        }
-        self.http = None;
-        let base: Arc<dyn Connections> = if let Some(path) = &self.llm.replay {
-            Arc::new(concerto_conn::Replayer::load(path).map_err(|e| {
-                RuntimeError::Setup(format!("cannot replay `{}`: {e}", path.display()))
-            })?)
-        } else if let Some(custom) = &self.custom_connections {
-            custom.clone()
-        } else if self.llm.mock {
-            let mock = concerto_conn::MockConnections::new();
-            Arc::new(match self.llm.mock_latency {
-                Some(latency) => mock.with_latency(latency),
-                None => mock,
-            })
-        } else {
-            let system = self.system.clone();
-            let mut http = concerto_conn::HttpConnections::new()
-                .with_env(Arc::new(move |name: &str| system.env_var(name)))
-                .with_prices(self.llm.prices.clone());
-            for (name, o) in &self.config.connection_overrides {
-                http = http.with_settings(name, o.clone());
-            }
-            let http = Arc::new(http);
-            self.http = Some(http.clone());
-            http
-        };
-        let layer: Arc<dyn Connections> = match &self.llm.record {
-            Some(path) => Arc::new(concerto_conn::Recorder::new(base, path).map_err(|e| {
-                RuntimeError::Setup(format!("cannot record to `{}`: {e}", path.display()))
-            })?),
-            None => base,
-        };
-        let layer: Arc<dyn Connections> = match self.limits.max_concurrent_agent_calls {
-            Some(max) => Arc::new(concurrency::Bounded::new(layer, max)),
-            None => layer,
-        };
-        self.active_connections = Some(layer.clone());
-        Ok(layer)
-    }
-
-    /// Uses a different memory store (kept across `load_ir` calls).
-    pub fn with_memory_store(&mut self, store: Arc<dyn MemoryStore>) -> &mut Self {
-        self.memory = Some(store);
-        self.builtin_memory = None;
-        self.custom_memory = true;
-        self
-    }
-
-    /// Uses a different schema validator.
-    pub fn with_schema_validator(&mut self, validator: Arc<dyn SchemaValidator>) -> &mut Self {
-        self.schema = validator;
-        self
-    }
-
-    /// Uses a different tool layer (permissions, host tools, MCP, host agents, `std::fs`,
-    /// `std::http`) instead of the built-in one.
-    pub fn with_tool_host(&mut self, tools: Arc<dyn ToolHost>) -> &mut Self {
-        self.custom_tools = Some(tools);
-        self.active_tools = None;
-        self
-    }
-
-    /// Sets what `std::fs` and `std::http` may reach (nothing by default).
-    pub fn set_sandbox(&mut self, sandbox: Sandbox) -> &mut Self {
-        self.sandbox = sandbox;
-        self.active_tools = None;
-        self
-    }
-
-    /// Sets the permission of a tool, MCP server, host agent or host-registered tool, as
-    /// `RuntimeConfig::tool_permissions` does.
-    pub fn set_tool_permission(&mut self, tool: &str, permission: ToolPermission) -> &mut Self {
-        self.config
-            .tool_permissions
-            .insert(tool.to_string(), permission);
-        self.active_tools = None;
-        self
-    }
-
-    /// Registers method `method` of a host tool `tool`, offered to agents that list `tool`
-    /// (or get it through `with_tools(["tool"])`) as `tool::method` with `description` and
-    /// the JSON Schema `parameters`. The handler receives the named arguments as a map.
-    /// Like everything outside the program it runs only once enabled:
-    /// `set_tool_permission(tool, ToolPermission::AllMethods)`.
-    pub fn register_tool<F, Fut>(
-        &mut self,
-        tool: &str,
-        method: &str,
-        description: &str,
-        parameters: serde_json::Value,
-        handler: F,
-    ) -> &mut Self
-    where
-        F: Fn(Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Value, String>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        self.host_tools.push(HostToolRegistration {
-            tool: tool.to_string(),
-            method: method.to_string(),
-            description: description.to_string(),
-            parameters,
-            handler: Arc::new(move |args: serde_json::Value| {
-                let handler = handler.clone();
-                Box::pin(async move {
-                    let args = Value::from(&concerto_vm::Value::from_json(&args));
-                    handler(args).await.map(|v| v.to_json())
-                })
-            }),
-        });
-        self.active_tools = None;
-        self
-    }
-
-    /// [`Runtime::register_tool`] for a plain function: `handler` runs on the executor's
-    /// thread, so it must be quick and must not block (do I/O in an async handler).
-    pub fn register_tool_fn<F>(
-        &mut self,
-        tool: &str,
-        method: &str,
-        description: &str,
-        parameters: serde_json::Value,
-        handler: F,
-    ) -> &mut Self
-    where
-        F: Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
-    {
-        self.register_tool(tool, method, description, parameters, move |args| {
-            std::future::ready(handler(args))
-        })
     }
 
     /// The tool layer for the next execution: the host's, or the built-in one under the
@@ -648,30 +395,8 @@ impl Runtime {
         let layer: Arc<dyn ToolHost> = match &self.custom_tools {
             Some(custom) => custom.clone(),
             None => {
-                let policy = concerto_tools::Policy {
-                    tools: self
-                        .config
-                        .tool_permissions
-                        .iter()
-                        .map(|(name, p)| {
-                            let p = match p {
-                                ToolPermission::Disabled => concerto_tools::Permission::Disabled,
-                                ToolPermission::AllMethods => {
-                                    concerto_tools::Permission::AllMethods
-                                }
-                                ToolPermission::Methods(m) => {
-                                    concerto_tools::Permission::Methods(m.clone())
-                                }
-                            };
-                            (name.clone(), p)
-                        })
-                        .collect(),
-                    fs_roots: self.sandbox.fs_roots.clone(),
-                    net_domains: self.sandbox.net_domains.clone(),
-                };
-                let mut tools = concerto_tools::Tools::new(policy).map_err(|e| {
-                    RuntimeError::Setup(format!("the sandbox cannot be set up: {e}"))
-                })?;
+                let mut tools =
+                    tool_policy(&self.config, &self.sandbox).map_err(SetupError::Sandbox)?;
                 if let Some(dir) = &self.program_dir {
                     tools = tools.with_base_dir(dir.clone());
                 }
@@ -692,26 +417,61 @@ impl Runtime {
         Ok(layer)
     }
 
-    /// Uses a different console, environment and clock (API keys named by `api_key_env`
-    /// are read from its environment).
-    pub fn with_system(&mut self, system: Arc<dyn System>) -> &mut Self {
-        self.system = system;
-        self.active_connections = None;
-        self
-    }
-
     /// Runs the loaded program's `main` to completion and returns its value.
+    ///
+    /// ```
+    /// # use concerto_runtime::{Runtime, Value};
+    /// # use std::sync::{Arc, Mutex};
+    /// // `emit("greeting", "hello")` (IR as concertoc writes it).
+    /// let ir = r#"{"version":"0.1.0","module":"m","source_file":"m.conc",
+    ///   "constants":[{"index":0,"type":"string","value":"greeting"},
+    ///     {"index":1,"type":"string","value":"hello"},{"index":2,"type":"nil","value":null}],
+    ///   "functions":[{"name":"main","module":"m","visibility":"private","params":[],
+    ///     "return_type":"nil","locals":[],"instructions":[
+    ///       {"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":1},{"op":"EMIT"},
+    ///       {"op":"LOAD_CONST","arg":2},{"op":"RETURN"}]}],
+    ///   "metadata":{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
+    ///     "debug_info":true,"entry_point":"main"}}"#;
+    /// let mut runtime = Runtime::builder().mock_provider().build()?;
+    /// runtime.load_ir_bytes(ir.as_bytes())?;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = seen.clone();
+    /// runtime.on("greeting", move |payload: Value| sink.lock().unwrap().push(payload));
+    /// tokio::runtime::Builder::new_current_thread()
+    ///     .enable_all()
+    ///     .build()?
+    ///     .block_on(runtime.execute())?;
+    /// assert_eq!(*seen.lock().unwrap(), vec![Value::from("hello")]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`RuntimeError::NoProgram`] before `load_ir`; [`RuntimeError::Execution`] with the
     /// uncaught error (function, span, trace) otherwise. Emits made before the error have
     /// been delivered.
     pub async fn execute(&mut self) -> Result<Value, RuntimeError> {
-        let journal = match (&self.run_id, self.vm.clone()) {
+        self.run(None).await
+    }
+
+    /// [`Runtime::execute`], journaled as run `run_id` in the durable state store
+    /// ([`RuntimeBuilder::state_store`]): every completed agent call, external tool call and
+    /// emit-await answer is recorded before the program goes on. The id of an earlier run
+    /// resumes it: its recorded results are replayed instead of being asked again, and the
+    /// program continues from the first operation that had not completed (that one is
+    /// performed again: at least once for the call in flight, exactly once for the others).
+    /// [`Runtime::new_run_id`] makes a fresh id.
+    ///
+    /// # Errors
+    /// As [`Runtime::execute`], and a store that cannot keep the journal.
+    pub async fn execute_run(&mut self, run_id: &str) -> Result<Value, RuntimeError> {
+        self.run(Some(run_id)).await
+    }
+
+    async fn run(&mut self, run_id: Option<&str>) -> Result<Value, RuntimeError> {
+        let journal = match (run_id, self.vm.clone()) {
             (Some(run), Some(vm)) => {
-                let run = run.clone();
                 let store = self.memory_store(&vm)?;
-                Some(resume::Journal::open(store, &run).await?)
+                Some(resume::Journal::open(store, run).await?)
             }
             _ => None,
         };
@@ -749,18 +509,7 @@ impl Runtime {
         Ok(value)
     }
 
-    /// Journals this runtime's executions as run `run_id` in the durable state store:
-    /// every completed agent call, external tool call and emit-await answer is recorded
-    /// before the program goes on. Setting the id of an earlier run resumes it: its recorded
-    /// results are replayed instead of being asked again, and the program continues from the
-    /// first operation that had not completed (that one is performed again: at least once
-    /// for the call in flight, exactly once for the others). Needs a durable store.
-    pub fn set_run_id(&mut self, run_id: impl Into<String>) -> &mut Self {
-        self.run_id = Some(run_id.into());
-        self
-    }
-
-    /// A fresh run id (random, 16 hex digits) for [`Runtime::set_run_id`].
+    /// A fresh run id (random, 16 hex digits) for [`Runtime::execute_run`].
     pub fn new_run_id(&self) -> String {
         let mut bytes = [0u8; 8];
         self.system.random_bytes(&mut bytes);
@@ -776,28 +525,16 @@ impl Runtime {
     /// runtime's components (see [`Executor`]).
     ///
     /// # Errors
-    /// [`RuntimeError::NoProgram`] before `load_ir`; a connection or tool layer that cannot
-    /// be set up.
+    /// [`RuntimeError::NoProgram`] before `load_ir`; a store or tool layer that cannot be
+    /// set up.
     pub fn executor(&mut self) -> Result<Executor, RuntimeError> {
         let (vm, host, config, timeout) = self.prepare()?;
         Ok(Executor::new(vm, host, config, timeout))
     }
 
     /// The memory store of the loaded program: the host's, the built-in one, or the durable
-    /// or shared store chosen with [`Runtime::use_state_store`] (opened on first use).
+    /// or shared store chosen with [`RuntimeBuilder::state_store`] (opened on first use).
     fn memory_store(&mut self, vm: &Arc<Vm>) -> Result<Arc<dyn MemoryStore>, RuntimeError> {
-        // A limit that would not be enforced is refused, not ignored.
-        if self.limits.max_hashmap_bytes.is_some()
-            && (self.custom_memory || self.state != StateStore::Memory)
-        {
-            return Err(RuntimeError::Setup(
-                "Limits::max_hashmap_bytes (--max-hashmap-bytes) bounds the built-in in-memory \
-                 store only; the store in use (SQLite, Redis or the host's own) does not \
-                 enforce it. Remove the limit, or use the database's own limits (e.g. Redis \
-                 maxmemory)"
-                    .into(),
-            ));
-        }
         if let Some(m) = &self.memory {
             return Ok(m.clone());
         }
@@ -805,13 +542,20 @@ impl Runtime {
         let names: Vec<String> = program.hashmaps.iter().map(|h| h.name.clone()).collect();
         let store: Arc<dyn MemoryStore> = match &self.state {
             StateStore::Sqlite(path) => Arc::new(
-                concerto_store_sqlite::SqliteStore::open(path, names).map_err(|e| {
-                    RuntimeError::Setup(format!("state store `{}`: {e}", path.display()))
+                concerto_store_sqlite::SqliteStore::open(path, names).map_err(|source| {
+                    SetupError::StateStore {
+                        store: format!("`{}`", path.display()),
+                        source,
+                    }
                 })?,
             ),
             StateStore::Redis(url) => Arc::new(
-                concerto_store_redis::RedisStore::connect(url, &program.module, names)
-                    .map_err(|e| RuntimeError::Setup(format!("state store: {e}")))?,
+                concerto_store_redis::RedisStore::connect(url, &program.module, names).map_err(
+                    |source| SetupError::StateStore {
+                        store: "(redis)".into(),
+                        source,
+                    },
+                )?,
             ),
             StateStore::Memory => Arc::new(
                 concerto_memory::InMemoryStore::with_names(names)
@@ -832,11 +576,13 @@ impl Runtime {
         self.hub.set_max_queue(self.limits.max_emit_queue);
         self.hub.set_await_timeout(self.limits.emit_await_timeout);
         let memory = self.memory_store(&vm)?;
-        let connections = self.connection_layer()?;
+        if let Some(http) = &self.http {
+            http.begin_run();
+        }
         let tools = self.tool_layer()?;
         let host = Host {
             emit: self.hub.clone(),
-            connections,
+            connections: self.connections.clone(),
             memory,
             schema: self.schema.clone(),
             tools,

@@ -80,11 +80,7 @@ impl Runtime {
     /// ```
     pub async fn run_tests(&mut self, filter: Option<&str>) -> Result<TestReport, RuntimeError> {
         if self.state != StateStore::Memory {
-            return Err(RuntimeError::Setup(
-                "tests run with a fresh in-memory store each; a state store (--state) cannot \
-                 be used with `concerto test`"
-                    .into(),
-            ));
+            return Err(crate::SetupError::TestsNeedMemoryStore.into());
         }
         let (vm, host, config, timeout) = self.prepare()?;
         let program = vm.program().clone();

@@ -223,8 +223,11 @@ async fn an_uncaught_error_halts_with_the_error() {
 
 #[tokio::test]
 async fn an_agent_program_steps_through_its_agent_calls() {
-    let mut runtime = Runtime::new_debugger(RuntimeConfig::default());
-    runtime.use_mock_provider();
+    let mut runtime = Runtime::builder()
+        .mock_provider()
+        .build()
+        .expect("builds")
+        .into_debugger();
     runtime.load_ir(example("harbour")).expect("harbour loads");
     let emits = record_emits(&mut runtime);
     // Before anything runs: the agents, unused.
@@ -369,17 +372,16 @@ async fn stepping_any_case_matches_a_normal_run() {
     );
     let mut compared = 0;
     for file in &files {
-        let mut normal = Runtime::new(RuntimeConfig::default());
+        let mock = || Runtime::builder().mock_provider().build().expect("builds");
+        let mut normal = mock();
         if normal.load_ir(file).is_err() {
             continue; // load-error cases: nothing to step
         }
-        normal.use_mock_provider();
         let normal_emits = record_emits(&mut normal);
         let expected = outcome(normal.execute().await);
 
-        let mut runtime = Runtime::new_debugger(RuntimeConfig::default());
+        let mut runtime = mock().into_debugger();
         runtime.load_ir(file).expect("loads");
-        runtime.use_mock_provider();
         let emits = record_emits(&mut runtime);
         // Step through the first few thousand instructions, then run on to the end.
         let mut end = runtime.step().await.expect("step");

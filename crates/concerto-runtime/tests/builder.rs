@@ -1,0 +1,186 @@
+//! `Runtime::builder()…build()`: settings that exclude each other are refused, files are
+//! read and created when the runtime is built, and the components chosen are the ones used.
+
+use std::sync::Arc;
+
+use concerto_runtime::vm::host::Connections;
+use concerto_runtime::{
+    ConnectionOverride, Runtime, RuntimeConfig, RuntimeError, Sandbox, SetupError, StateStore,
+    ToolPermission,
+};
+
+fn harbour() -> String {
+    format!(
+        "{}/../../examples/harbour/harbour.conc-ir",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("concerto-builder-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn conflict(result: Result<Runtime, RuntimeError>) -> (&'static str, &'static str) {
+    match result {
+        Err(RuntimeError::Setup(SetupError::Conflict { first, second })) => (first, second),
+        Err(other) => panic!("expected a conflict, got {other}"),
+        Ok(_) => panic!("expected a conflict, the runtime was built"),
+    }
+}
+
+fn mock() -> Arc<dyn Connections> {
+    Arc::new(concerto_runtime::conn::MockConnections::new())
+}
+
+#[test]
+fn two_sources_of_replies_are_refused_naming_both() {
+    assert_eq!(
+        conflict(
+            Runtime::builder()
+                .mock_provider()
+                .connections(mock())
+                .build()
+        ),
+        ("mock_provider", "connections")
+    );
+    assert_eq!(
+        conflict(
+            Runtime::builder()
+                .replay_llm("calls.jsonl")
+                .mock_provider()
+                .build()
+        ),
+        ("replay_llm", "mock_provider")
+    );
+    // The same choice twice is not a conflict: the last one counts.
+    assert!(
+        Runtime::builder()
+            .mock_provider()
+            .mock_provider()
+            .build()
+            .is_ok()
+    );
+}
+
+#[test]
+fn settings_a_chosen_component_would_ignore_are_refused() {
+    let overrides =
+        RuntimeConfig::default().with_connection_override("default", ConnectionOverride::default());
+    assert_eq!(
+        conflict(
+            Runtime::builder()
+                .config(overrides)
+                .connections(mock())
+                .build()
+        ),
+        ("connections", "RuntimeConfig::connection_overrides")
+    );
+    let tools = concerto_runtime::vm::testing::Unsupported;
+    assert_eq!(
+        conflict(
+            Runtime::builder()
+                .sandbox(Sandbox::default().allow_net("example.com"))
+                .tool_host(Arc::new(tools))
+                .build()
+        ),
+        ("tool_host", "sandbox")
+    );
+    let permissions =
+        RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods);
+    assert_eq!(
+        conflict(
+            Runtime::builder()
+                .config(permissions)
+                .tool_host(Arc::new(concerto_runtime::vm::testing::Unsupported))
+                .build()
+        ),
+        ("tool_host", "RuntimeConfig::tool_permissions")
+    );
+    let store = Arc::new(concerto_memory::InMemoryStore::with_names(["m"]));
+    assert_eq!(
+        conflict(
+            Runtime::builder()
+                .memory_store(store)
+                .state_store(StateStore::Sqlite("state.db".into()))
+                .build()
+        ),
+        ("memory_store", "state_store")
+    );
+}
+
+#[test]
+fn a_recording_to_replay_is_read_when_the_runtime_is_built() {
+    let dir = scratch("replay");
+    let missing = dir.join("never-recorded.jsonl");
+    match Runtime::builder().replay_llm(&missing).build() {
+        Err(RuntimeError::Setup(SetupError::Replay { path, .. })) => assert_eq!(path, missing),
+        Err(other) => panic!("expected a replay error, got {other}"),
+        Ok(_) => panic!("a missing recording must be refused at build"),
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The recording starts empty when the runtime is built, and gets one line per agent call of
+/// each execution (the bundled harbour example, answered by the mock provider).
+#[tokio::test]
+async fn a_recording_starts_empty_at_build_and_grows_by_one_line_per_call() {
+    let dir = scratch("record");
+    let file = dir.join("calls.jsonl");
+    std::fs::write(&file, "an older recording\n").expect("write");
+    let mut runtime = Runtime::builder()
+        .mock_provider()
+        .record_llm(&file)
+        .build()
+        .expect("builds");
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), "");
+    runtime.load_ir(harbour()).expect("loads");
+    runtime.execute().await.expect("runs");
+    let calls = runtime.metrics().agent_calls;
+    assert!(calls > 0, "the example calls agents");
+    let lines = std::fs::read_to_string(&file)
+        .expect("file")
+        .lines()
+        .count() as u64;
+    assert_eq!(lines, calls);
+    // A second execution appends to the same recording.
+    runtime.execute().await.expect("runs again");
+    let lines = std::fs::read_to_string(&file)
+        .expect("file")
+        .lines()
+        .count() as u64;
+    assert_eq!(lines, 2 * calls);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Listeners can be registered before a program loads and stay for programs loaded later;
+/// the seed's `Runtime::new(config)` shape keeps working alongside the builder.
+#[tokio::test]
+async fn listeners_registered_before_loading_hear_every_program_loaded_later() {
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    let mut runtime = Runtime::builder().mock_provider().build().expect("builds");
+    runtime.on_prefix("", move |channel, _| {
+        sink.lock().expect("lock").push(channel.to_string())
+    });
+    runtime.load_ir(harbour()).expect("loads");
+    runtime.execute().await.expect("first program");
+    let first = heard.lock().expect("lock").len();
+    assert!(first > 0);
+    runtime.load_ir(harbour()).expect("loads again");
+    runtime.execute().await.expect("second program");
+    assert_eq!(heard.lock().expect("lock").len(), 2 * first);
+}
+
+#[test]
+fn the_seed_constructor_is_the_builder_with_the_config_only() {
+    let config = RuntimeConfig {
+        debug: true,
+        ..RuntimeConfig::default()
+    };
+    let runtime = Runtime::new(config);
+    assert!(runtime.config().debug);
+    assert_eq!(runtime.limits(), &concerto_runtime::Limits::default());
+}
