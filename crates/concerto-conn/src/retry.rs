@@ -59,7 +59,7 @@ pub(crate) fn next_delay(
 /// Reads the provider's wish for a pause: `retry-after-ms` (OpenAI, milliseconds) or
 /// `Retry-After` (seconds, possibly fractional, or an HTTP date). `None` when absent or
 /// unreadable; the result is capped at [`MAX_RETRY_AFTER`].
-pub(crate) fn parse_retry_after(headers: &hyper::HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(ms) = headers
         .get("retry-after-ms")
         .and_then(|v| v.to_str().ok())
@@ -70,7 +70,7 @@ pub(crate) fn parse_retry_after(headers: &hyper::HeaderMap, now: SystemTime) -> 
         return Some(Duration::from_secs_f64(secs));
     }
     let value = headers
-        .get(hyper::header::RETRY_AFTER)?
+        .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
@@ -97,7 +97,7 @@ pub(crate) fn parse_retry_after_value(value: &str, now: SystemTime) -> Option<Du
 
 /// The provider's explicit verdict (`x-should-retry: true|false`, sent by OpenAI and
 /// Anthropic), when present.
-pub(crate) fn should_retry_header(headers: &hyper::HeaderMap) -> Option<bool> {
+pub(crate) fn should_retry_header(headers: &http::HeaderMap) -> Option<bool> {
     match headers.get("x-should-retry")?.to_str().ok()?.trim() {
         "true" => Some(true),
         "false" => Some(false),
@@ -225,12 +225,12 @@ mod tests {
         );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(7));
         assert_eq!(parse_retry_after_value(&earlier, now), Some(Duration::ZERO));
-        let mut headers = hyper::HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         headers.insert(
             "retry-after-ms",
-            hyper::header::HeaderValue::from_static("1500"),
+            http::header::HeaderValue::from_static("1500"),
         );
-        headers.insert("retry-after", hyper::header::HeaderValue::from_static("9"));
+        headers.insert("retry-after", http::header::HeaderValue::from_static("9"));
         assert_eq!(
             parse_retry_after(&headers, now),
             Some(Duration::from_millis(1500))
@@ -238,7 +238,7 @@ mod tests {
         // Absurd values are capped, never a panic.
         headers.insert(
             "retry-after-ms",
-            hyper::header::HeaderValue::from_static("1e300"),
+            http::header::HeaderValue::from_static("1e300"),
         );
         assert_eq!(parse_retry_after(&headers, now), Some(MAX_RETRY_AFTER));
         assert_eq!(parse_retry_after_value("1e300", now), Some(MAX_RETRY_AFTER));

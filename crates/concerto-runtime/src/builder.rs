@@ -364,6 +364,23 @@ impl RuntimeBuilder {
                 .into());
             }
         }
+        if let Some(feature) = self.state.as_ref().and_then(missing_feature) {
+            return Err(SetupError::FeatureOff {
+                feature,
+                what: "this state store",
+            }
+            .into());
+        }
+        if !cfg!(feature = "http")
+            && self.replies.is_none()
+            && !self.config.connection_overrides.is_empty()
+        {
+            return Err(SetupError::FeatureOff {
+                feature: "http",
+                what: "RuntimeConfig::connection_overrides (they configure the HTTP layer)",
+            }
+            .into());
+        }
         let builtin =
             self.memory.is_none() && matches!(self.state, None | Some(StateStore::Memory));
         if !builtin && self.limits.max_hashmap_bytes.is_some() {
@@ -390,6 +407,7 @@ impl RuntimeBuilder {
     /// The connection layer: the host's, the mock, a replay, or the HTTP layer configured
     /// from the overrides — wrapped in a recorder when asked, and bounded when a limit asks.
     fn connection_layer(&self, system: &Arc<dyn System>) -> Result<Connection, RuntimeError> {
+        #[cfg(feature = "http")]
         let mut http = None;
         let base: Arc<dyn Connections> = match &self.replies {
             Some((_, Replies::Replay(path))) => {
@@ -410,7 +428,10 @@ impl RuntimeBuilder {
             }
             None => {
                 let built = self.http_layer(system);
-                http = built.http;
+                #[cfg(feature = "http")]
+                {
+                    http = built.http;
+                }
                 built.layer
             }
         };
@@ -427,10 +448,15 @@ impl RuntimeBuilder {
             Some(max) => Arc::new(crate::concurrency::Bounded::new(layer, max)),
             None => layer,
         };
-        Ok(Connection { layer, http })
+        Ok(Connection {
+            layer,
+            #[cfg(feature = "http")]
+            http,
+        })
     }
 
     /// The built-in HTTP layer, configured from the connection overrides and prices.
+    #[cfg(feature = "http")]
     fn http_layer(&self, system: &Arc<dyn System>) -> Connection {
         let system = system.clone();
         let mut layer = concerto_conn::HttpConnections::new()
@@ -443,6 +469,15 @@ impl RuntimeBuilder {
         Connection {
             layer: layer.clone(),
             http: Some(layer),
+        }
+    }
+
+    /// Without the `http` feature there is no built-in network layer: agent calls fail,
+    /// naming the feature and the builder's other sources of replies.
+    #[cfg(not(feature = "http"))]
+    fn http_layer(&self, _system: &Arc<dyn System>) -> Connection {
+        Connection {
+            layer: Arc::new(Offline),
         }
     }
 
@@ -464,6 +499,7 @@ impl RuntimeBuilder {
             persisted: self.persisted,
             hashmap_listeners: Vec::new(),
             connections: connections.layer,
+            #[cfg(feature = "http")]
             http: connections.http,
             schema: self
                 .schema
@@ -484,5 +520,45 @@ impl RuntimeBuilder {
 /// built-in one (its retry budget is per run).
 pub(crate) struct Connection {
     pub(crate) layer: Arc<dyn Connections>,
+    #[cfg(feature = "http")]
     pub(crate) http: Option<Arc<concerto_conn::HttpConnections>>,
+}
+
+/// The connection layer of a runtime built without the `http` feature and given no other
+/// source of replies.
+#[cfg(not(feature = "http"))]
+struct Offline;
+
+#[cfg(not(feature = "http"))]
+impl Connections for Offline {
+    fn chat(
+        &self,
+        program: &Arc<concerto_vm::host::Program>,
+        connection: u32,
+        _request: concerto_vm::host::ChatRequest,
+    ) -> concerto_vm::host::BoxFuture<
+        Result<concerto_vm::host::ChatResponse, concerto_vm::host::HostError>,
+    > {
+        let name = program
+            .connections
+            .get(connection as usize)
+            .map_or("?", |c| c.name.as_str());
+        let message = format!(
+            "agent call over connection `{name}`: this runtime was built without the `http` \
+             feature (no network layer); build it with that feature, or choose a source of \
+             replies on the builder (mock_provider, replay_llm, connections)"
+        );
+        Box::pin(std::future::ready(Err(
+            concerto_vm::host::HostError::unsupported(message),
+        )))
+    }
+}
+
+/// The Cargo feature a state store needs, when this build lacks it.
+pub(crate) fn missing_feature(state: &StateStore) -> Option<&'static str> {
+    match state {
+        StateStore::Sqlite(_) if !cfg!(feature = "sqlite") => Some("sqlite"),
+        StateStore::Redis(_) if !cfg!(feature = "redis") => Some("redis"),
+        _ => None,
+    }
 }

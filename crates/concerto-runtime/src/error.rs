@@ -111,6 +111,14 @@ pub enum SetupError {
          with `concerto test`"
     )]
     TestsNeedMemoryStore,
+    /// A setting needs a Cargo feature of `concerto-runtime` this build does not have.
+    #[error("{what} needs the `{feature}` feature of concerto-runtime, which this build lacks")]
+    FeatureOff {
+        /// The feature (`sqlite`, `redis`, `http`, `mcp`).
+        feature: &'static str,
+        /// What needed it.
+        what: &'static str,
+    },
     /// A breakpoint does not fit the program.
     #[error(transparent)]
     Breakpoint(#[from] concerto_vm::BreakpointError),

@@ -131,6 +131,7 @@ pub struct Runtime {
     /// The connection layer (its HTTP pool outlives executions).
     connections: Arc<dyn Connections>,
     /// The HTTP layer inside it, when it is the built-in one (its retry budget is per run).
+    #[cfg(feature = "http")]
     http: Option<Arc<concerto_conn::HttpConnections>>,
     schema: Arc<dyn SchemaValidator>,
     /// The host's own tool layer.
@@ -541,6 +542,7 @@ impl Runtime {
         let program = vm.program();
         let names: Vec<String> = program.hashmaps.iter().map(|h| h.name.clone()).collect();
         let store: Arc<dyn MemoryStore> = match &self.state {
+            #[cfg(feature = "sqlite")]
             StateStore::Sqlite(path) => Arc::new(
                 concerto_store_sqlite::SqliteStore::open(path, names).map_err(|source| {
                     SetupError::StateStore {
@@ -549,6 +551,7 @@ impl Runtime {
                     }
                 })?,
             ),
+            #[cfg(feature = "redis")]
             StateStore::Redis(url) => Arc::new(
                 concerto_store_redis::RedisStore::connect(url, &program.module, names).map_err(
                     |source| SetupError::StateStore {
@@ -561,6 +564,18 @@ impl Runtime {
                 concerto_memory::InMemoryStore::with_names(names)
                     .with_max_bytes(self.limits.max_hashmap_bytes),
             ),
+            // Refused by `RuntimeBuilder::build` (this build lacks the store's feature).
+            #[allow(
+                unreachable_patterns,
+                reason = "reachable in builds without a store feature"
+            )]
+            other => {
+                return Err(SetupError::FeatureOff {
+                    feature: builder::missing_feature(other).unwrap_or("sqlite"),
+                    what: "this state store",
+                }
+                .into());
+            }
         };
         self.memory = Some(store.clone());
         Ok(store)
@@ -576,6 +591,7 @@ impl Runtime {
         self.hub.set_max_queue(self.limits.max_emit_queue);
         self.hub.set_await_timeout(self.limits.emit_await_timeout);
         let memory = self.memory_store(&vm)?;
+        #[cfg(feature = "http")]
         if let Some(http) = &self.http {
             http.begin_run();
         }

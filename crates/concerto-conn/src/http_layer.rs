@@ -1,0 +1,447 @@
+//! [`HttpConnections`]: the connection layer for real providers, over HTTP.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use concerto_vm::host::{
+    BoxFuture, ChatRequest, ChatResponse, Connections, HostError, HostErrorKind, Program,
+};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::client::{Attempt, Failure, HttpClient};
+use crate::config::{EnvFn, Resolved, Target};
+use crate::limits::{AdmitError, LimitSpec, Limits};
+use crate::retry::RetryBudget;
+use crate::wire::{Outgoing, ToolNames};
+use crate::{ConnectionSettings, MockConnections, PriceTable, client, config, model, retry, wire};
+
+/// Reads an environment variable: how [`HttpConnections`] finds API keys
+/// (`std::env::var` unless [`HttpConnections::with_env`] says otherwise).
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Retries allowed across all calls of one [`HttpConnections`] unless
+/// [`HttpConnections::with_retry_budget`] says otherwise.
+pub const DEFAULT_RETRY_BUDGET: u32 = 100;
+
+/// Output tokens reserved against a tokens-per-minute limit for a request that sets no
+/// `max_tokens` (cut down to what the limit leaves after the input).
+pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
+
+/// The connection layer for real providers, over HTTP.
+///
+/// Build it once per process (or per host) and share it: it owns the pooled HTTP client,
+/// the per-connection rate and concurrency limits and the retry budget.
+///
+/// # How a call goes
+/// - **Settings** of a connection are resolved once per (program, connection): the IR
+///   entry's `config` (`provider`, `api_key`, `api_key_env`, `base_url`, `default_model`,
+///   `timeout`, `models`, `retry`, `rate_limit`, `headers`, `organization`, `project`,
+///   `stream`, `anthropic_structured`), overlaid by the host's [`ConnectionSettings`].
+///   `anthropic` speaks Anthropic Messages; `openai`, `ollama` and any other name speak
+///   OpenAI Chat Completions; `mock` (host setting) answers from [`MockConnections`].
+/// - **URL**: `<base_url>/<endpoint>`, `/v1` appended to a base that does not end in it.
+/// - **API key**: the host's, else `config.api_key` (text or `{"$env": VAR}`), else the
+///   variable `config.api_key_env` names (else `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`).
+///   OpenAI and Anthropic without a key fail before any request, naming the variable;
+///   other servers are called without authentication.
+/// - **Attempts**: each has a time limit (the request's, else the connection's, else
+///   [`DEFAULT_TIMEOUT`]) covering the whole response, streams included; at the deadline
+///   the request is dropped. Waiting for a rate or concurrency limit is not part of it.
+/// - **Retries**: one loop per call, by the request's policy, else the connection's, else
+///   none. 408, 409, 429, 5xx, timeouts, broken connections and provider errors inside a
+///   stream are retried; other statuses and malformed or truncated bodies are not. The
+///   delay follows the backoff and is never shorter than a `Retry-After` (capped at 120 s).
+///   Every retry takes one from the instance's retry budget.
+/// - **Limits** (`rate_limit` or the host's settings) apply to every attempt: at most
+///   `max_concurrent` in flight, and no 60-second window holding more than
+///   `requests_per_minute` requests or `tokens_per_minute` tokens. Calls wait for room in
+///   arrival order. An attempt reserves its estimated input plus `max_tokens` (or
+///   [`DEFAULT_OUTPUT_RESERVE`]) and is settled to the reported usage afterwards.
+/// - **Errors** name the connection, the attempts and the last failure, and carry the
+///   provider's details ([`HostError::provider`]: rate limited, provider error, connection
+///   failure or timeout, the last HTTP status, the `Retry-After`). A timeout is
+///   [`HostErrorKind::Timeout`]; a provider's refusal, 429 at the end included, is
+///   [`HostErrorKind::Failed`] (the program gets an `AgentError` it can handle); running out
+///   of the retry budget or a request larger than the tokens-per-minute limit is
+///   [`HostErrorKind::Limit`] (it ends the program).
+///
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use concerto_conn::{ConnectionSettings, HttpConnections};
+/// let connections = HttpConnections::new().with_settings(
+///     "openai",
+///     ConnectionSettings {
+///         base_url: Some("http://127.0.0.1:8080/v1".into()),
+///         api_key: Some("sk-test".into()),
+///         ..ConnectionSettings::default()
+///     },
+/// );
+/// let _shared: Arc<dyn concerto_vm::host::Connections> = Arc::new(connections);
+/// ```
+pub struct HttpConnections {
+    client: HttpClient,
+    env: Arc<EnvFn>,
+    settings: HashMap<String, ConnectionSettings>,
+    prices: Arc<PriceTable>,
+    budget: Arc<RetryBudget>,
+    mock: MockConnections,
+    /// Resolved connections by (program allocation, connection index). The `Weak` keeps
+    /// the allocation (so the address cannot be reused by another program) and tells
+    /// whether the program is still alive.
+    resolved: Mutex<ResolvedCache>,
+    /// Limit state by connection name and limits, shared by every program.
+    limits: Mutex<HashMap<(String, LimitSpec), Arc<Limits>>>,
+}
+
+/// Resolved connections by (program allocation address, connection index).
+type ResolvedCache = HashMap<(usize, u32), (Weak<Program>, Arc<Prepared>)>;
+
+/// A resolved connection with its limit state.
+#[derive(Debug)]
+struct Prepared {
+    conn: Resolved,
+    limits: Option<Arc<Limits>>,
+}
+
+impl fmt::Debug for HttpConnections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConnections")
+            .field("client", &self.client)
+            .field("settings", &self.settings)
+            .field("retry_budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HttpConnections {
+    fn default() -> HttpConnections {
+        HttpConnections::new()
+    }
+}
+
+impl HttpConnections {
+    /// A connection layer that reads API keys from the process environment, with the
+    /// built-in prices and a retry budget of [`DEFAULT_RETRY_BUDGET`].
+    pub fn new() -> HttpConnections {
+        HttpConnections {
+            client: HttpClient::new(),
+            env: Arc::new(|name: &str| std::env::var(name).ok()),
+            settings: HashMap::new(),
+            prices: Arc::new(PriceTable::builtin()),
+            budget: Arc::new(RetryBudget::new(DEFAULT_RETRY_BUDGET)),
+            mock: MockConnections::new(),
+            resolved: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads API-key variables through `env` instead of the process environment.
+    pub fn with_env(mut self, env: Arc<EnvLookup>) -> Self {
+        self.env = env;
+        self.resolved.get_mut().clear();
+        self
+    }
+
+    /// Overrides the settings of connection `connection` (by name).
+    pub fn with_settings(mut self, connection: &str, settings: ConnectionSettings) -> Self {
+        self.settings.insert(connection.to_string(), settings);
+        self.resolved.get_mut().clear();
+        self
+    }
+
+    /// Prices used for `cost_usd`.
+    pub fn with_prices(mut self, prices: PriceTable) -> Self {
+        self.prices = Arc::new(prices);
+        self
+    }
+
+    /// The total number of retries allowed across all calls of this instance.
+    pub fn with_retry_budget(mut self, retries: u32) -> Self {
+        self.budget = Arc::new(RetryBudget::new(retries));
+        self
+    }
+
+    /// Starts a new run: the retry budget is full again. Limits (requests and tokens per
+    /// minute, concurrency) and pooled connections carry over, as they describe the
+    /// provider, not the run. The facade calls this at the start of every execution.
+    pub fn begin_run(&self) {
+        self.budget.refill();
+    }
+
+    /// The resolved connection `index` of `program`, from the cache or resolved now.
+    fn prepared(&self, program: &Arc<Program>, index: u32) -> Result<Arc<Prepared>, HostError> {
+        let key = (Arc::as_ptr(program) as usize, index);
+        if let Some((_, prepared)) = self.resolved.lock().get(&key) {
+            return Ok(Arc::clone(prepared));
+        }
+        let Some(entry) = program.connections.get(index as usize) else {
+            return Err(HostError::failed(format!(
+                "connection #{index} does not exist (the program declares {})",
+                program.connections.len()
+            )));
+        };
+        let conn = config::resolve(
+            &entry.name,
+            &entry.config,
+            self.settings.get(&entry.name),
+            &*self.env,
+        )?;
+        let limits = (!conn.limits.is_unlimited()).then(|| {
+            let mut all = self.limits.lock();
+            Arc::clone(
+                all.entry((conn.name.clone(), conn.limits))
+                    .or_insert_with(|| Arc::new(Limits::new(conn.limits))),
+            )
+        });
+        let prepared = Arc::new(Prepared { conn, limits });
+        let mut cache = self.resolved.lock();
+        cache.retain(|_, (program, _)| program.strong_count() > 0);
+        cache.insert(key, (Arc::downgrade(program), Arc::clone(&prepared)));
+        Ok(prepared)
+    }
+}
+
+impl Connections for HttpConnections {
+    fn chat(
+        &self,
+        program: &Arc<Program>,
+        connection: u32,
+        request: ChatRequest,
+    ) -> BoxFuture<Result<ChatResponse, HostError>> {
+        let prepared = match self.prepared(program, connection) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        if matches!(prepared.conn.target, Target::Mock) {
+            return self.mock.chat(program, connection, request);
+        }
+        let call = Call {
+            client: self.client.clone(),
+            prices: Arc::clone(&self.prices),
+            budget: Arc::clone(&self.budget),
+            prepared,
+        };
+        Box::pin(call.run(request))
+    }
+}
+
+/// Everything one call needs, owned (the future outlives `chat`'s borrow of `self`).
+struct Call {
+    client: HttpClient,
+    prices: Arc<PriceTable>,
+    budget: Arc<RetryBudget>,
+    prepared: Arc<Prepared>,
+}
+
+fn with_kind(kind: HostErrorKind, message: String) -> HostError {
+    HostError {
+        kind,
+        message,
+        provider: None,
+    }
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "attempt" } else { "attempts" }
+}
+
+impl Call {
+    async fn run(self, request: ChatRequest) -> Result<ChatResponse, HostError> {
+        let conn = &self.prepared.conn;
+        match self.try_run(request).await {
+            Ok(response) => Ok(response),
+            Err(mut e) => {
+                e.message = conn.redact(&e.message);
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_run(&self, request: ChatRequest) -> Result<ChatResponse, HostError> {
+        let conn = &self.prepared.conn;
+        let Target::Http(http) = &conn.target else {
+            return Err(HostError::failed(format!(
+                "connection '{}': internal error: not an HTTP connection",
+                conn.name
+            )));
+        };
+        let Some(model) = model::resolve_model(
+            &conn.config,
+            request.model.as_deref(),
+            conn.default_model.as_deref(),
+        ) else {
+            return Err(HostError::failed(format!(
+                "agent '{}': no model to call: the agent names none and connection '{}' has no default_model",
+                request.agent, conn.name
+            )));
+        };
+        let stream = request.stream.unwrap_or(conn.stream);
+        let names = ToolNames::for_request(&request, http.provider, conn.anthropic_structured);
+        let body = wire::request_body(
+            http.provider,
+            &Outgoing {
+                model: &model,
+                request: &request,
+                stream,
+                names: &names,
+                anthropic_structured: conn.anthropic_structured,
+            },
+        );
+        let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| {
+            HostError::failed(format!(
+                "connection '{}': the request body could not be encoded: {e}",
+                conn.name
+            ))
+        })?);
+        let mut policy = request.retry.unwrap_or(conn.retry);
+        policy.max_attempts = policy.max_attempts.clamp(1, retry::MAX_ATTEMPTS);
+        let timeout = request
+            .timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(conn.timeout);
+        let reserve = match conn.limits.tokens_per_minute {
+            Some(tpm) => token_reservation(&request, u64::from(tpm)),
+            None => 0,
+        };
+
+        let mut attempts = 0u32;
+        let mut started: Option<Instant> = None;
+        loop {
+            attempts += 1;
+            let mut admission = match &self.prepared.limits {
+                Some(limits) => Some(limits.admit(reserve).await.map_err(|e| match e {
+                    AdmitError::TooManyTokens { reserved, limit } => HostError::limit(format!(
+                        "connection '{}': the request needs about {reserved} tokens (estimated input + max_tokens), more than the limit of {limit} tokens per minute",
+                        conn.name
+                    )),
+                    AdmitError::Closed => HostError::failed(format!(
+                        "connection '{}': the concurrency limit is shut down",
+                        conn.name
+                    )),
+                })?),
+                None => None,
+            };
+            let start = *started.get_or_insert_with(Instant::now);
+            tracing::debug!(
+                connection = conn.name.as_str(),
+                agent = request.agent.as_str(),
+                model = model.as_str(),
+                attempt = attempts,
+                stream,
+                "sending LLM request"
+            );
+            let outcome = tokio::time::timeout(
+                timeout,
+                client::attempt(
+                    &self.client,
+                    Attempt {
+                        target: http,
+                        body: body.clone(),
+                        stream,
+                        names: &names,
+                    },
+                ),
+            )
+            .await
+            .unwrap_or(Err(Failure::Timeout(timeout)));
+            let failure = match outcome {
+                Ok(reply) => {
+                    let usage = match reply.usage {
+                        Some(usage) => usage,
+                        None => wire::estimate_usage(&request, &reply.text),
+                    };
+                    if let Some(admission) = admission.as_mut() {
+                        admission
+                            .settle_tokens(usage.input_tokens.saturating_add(usage.output_tokens));
+                    }
+                    drop(admission);
+                    let answered_by = reply.model.clone().unwrap_or_else(|| model.clone());
+                    let mut response = ChatResponse::text(reply.text, answered_by, usage);
+                    response.provider = conn.provider_name.clone();
+                    response.cost_usd = self
+                        .prices
+                        .cost(&response.model, &usage)
+                        .or_else(|| self.prices.cost(&model, &usage));
+                    response.tool_calls = reply.tool_calls;
+                    response.finish_reason = reply.finish_reason;
+                    response.attempts = attempts;
+                    response.latency_ms =
+                        u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    return Ok(response);
+                }
+                Err(failure) => failure,
+            };
+            if matches!(failure, Failure::Status { .. }) {
+                // A refused request consumed no tokens.
+                if let Some(admission) = admission.as_mut() {
+                    admission.settle_tokens(0);
+                }
+            }
+            drop(admission);
+            let final_error = |attempts: u32| {
+                // A provider's refusal, rate limiting included, is the program's to handle
+                // (an `AgentError` with kind `rate_limited` and the provider's retry-after).
+                let kind = match &failure {
+                    Failure::Timeout(_) => HostErrorKind::Timeout,
+                    _ => HostErrorKind::Failed,
+                };
+                with_kind(
+                    kind,
+                    format!(
+                        "connection '{}': {} after {attempts} {}: {}",
+                        conn.name,
+                        failure.headline(),
+                        plural(attempts),
+                        failure.detail()
+                    ),
+                )
+                .with_provider(failure.provider_failure())
+            };
+            if !failure.is_transient() || attempts >= policy.max_attempts {
+                return Err(final_error(attempts));
+            }
+            if !self.budget.try_take() {
+                let last = final_error(attempts);
+                return Err(HostError::limit(format!(
+                    "connection '{}': the retry budget is exhausted (all {} retries allowed to this connection layer are used up); last failure: {}",
+                    conn.name,
+                    self.budget.total(),
+                    last.message
+                ))
+                .with_provider(failure.provider_failure()));
+            }
+            let delay = retry::next_delay(&policy, attempts, failure.retry_after());
+            tracing::warn!(
+                connection = conn.name.as_str(),
+                agent = request.agent.as_str(),
+                attempt = attempts,
+                failure = %format!("{}: {}", failure.headline(), failure.detail()),
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                "LLM request failed; retrying"
+            );
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Tokens reserved against a tokens-per-minute limit `tpm` before an attempt: the
+/// estimated input plus `max_tokens` (or, without it, [`DEFAULT_OUTPUT_RESERVE`] cut to
+/// what the limit leaves).
+fn token_reservation(request: &ChatRequest, tpm: u64) -> u64 {
+    let input = wire::estimate_usage(request, "").input_tokens;
+    let output = match request.max_tokens {
+        Some(max) => max,
+        None => DEFAULT_OUTPUT_RESERVE.min(tpm.saturating_sub(input)),
+    };
+    input.saturating_add(output)
+}
+
+/// How long the connection layer waits for one attempt when nothing else says.
+pub const DEFAULT_TIMEOUT: Duration = crate::config::DEFAULT_TIMEOUT;
