@@ -189,6 +189,23 @@ impl Runtime {
     /// becomes the one relative paths of the program's external agents and MCP servers
     /// resolve against.
     ///
+    /// The bundled harbour example, its agents answered offline by the mock provider:
+    ///
+    /// ```
+    /// use concerto_runtime::Runtime;
+    /// let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/harbour/harbour.conc-ir");
+    /// let mut runtime = Runtime::builder().mock_provider().build()?;
+    /// runtime.load_ir(example)?;
+    /// let agents = runtime.program().map_or(0, |p| p.agents.len());
+    /// assert!(agents > 0);
+    /// tokio::runtime::Builder::new_current_thread()
+    ///     .enable_all()
+    ///     .build()?
+    ///     .block_on(runtime.execute())?;
+    /// assert!(runtime.metrics().agent_calls > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`RuntimeError::Load`] with what is wrong and where; [`RuntimeError::Setup`] when a
     /// persisted hashmap's file cannot be read or a persisted or listened-to hashmap is not
@@ -462,6 +479,33 @@ impl Runtime {
     /// performed again: at least once for the call in flight, exactly once for the others).
     /// [`Runtime::new_run_id`] makes a fresh id.
     ///
+    /// A run of the harbour example journaled in an SQLite file, then executed again under
+    /// the same id: calls that ask what the first execution asked are answered from its
+    /// journal, without the provider (calls whose requests changed are asked anew: this
+    /// program's clerk sends a conversation memory the first execution added to).
+    ///
+    /// ```
+    /// use concerto_runtime::{Runtime, StateStore};
+    /// let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/harbour/harbour.conc-ir");
+    /// let db = std::env::temp_dir().join(format!("concerto-doc-{}.db", std::process::id()));
+    /// let mut runtime = Runtime::builder()
+    ///     .mock_provider()
+    ///     .state_store(StateStore::Sqlite(db.clone()))
+    ///     .build()?;
+    /// runtime.load_ir(example)?;
+    /// let run = runtime.new_run_id();
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// rt.block_on(runtime.execute_run(&run))?;
+    /// let calls = runtime.metrics().agent_calls;
+    /// assert_eq!(runtime.replayed_operations(), 0);
+    /// rt.block_on(runtime.execute_run(&run))?; // the same run again
+    /// let replayed = runtime.replayed_operations();
+    /// assert!(replayed >= 1 && replayed <= calls, "{replayed} of {calls}");
+    /// # drop(runtime);
+    /// # let _ = std::fs::remove_file(&db);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`Runtime::execute`], and a store that cannot keep the journal.
     pub async fn execute_run(&mut self, run_id: &str) -> Result<Value, RuntimeError> {
@@ -524,6 +568,28 @@ impl Runtime {
 
     /// A handle that runs executions of the loaded program concurrently, sharing this
     /// runtime's components (see [`Executor`]).
+    ///
+    /// ```
+    /// use concerto_runtime::Runtime;
+    /// let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/harbour/harbour.conc-ir");
+    /// let mut runtime = Runtime::builder().mock_provider().build()?;
+    /// runtime.load_ir(example)?;
+    /// let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    /// rt.block_on(runtime.execute())?;
+    /// let calls_of_one_run = runtime.metrics().agent_calls;
+    /// let executor = runtime.executor()?;
+    /// let runs: Vec<_> = (0..3)
+    ///     .map(|_| {
+    ///         let executor = executor.clone();
+    ///         rt.spawn(async move { executor.execute().await })
+    ///     })
+    ///     .collect();
+    /// for run in runs {
+    ///     rt.block_on(run)??;
+    /// }
+    /// assert_eq!(executor.metrics().agent_calls, 3 * calls_of_one_run);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`RuntimeError::NoProgram`] before `load_ir`; a store or tool layer that cannot be
