@@ -37,8 +37,8 @@ use std::sync::Arc;
 
 use concerto_vm::Value;
 use concerto_vm::host::{
-    BoxFuture, FsReply, FsRequest, HostError, HostSession, HttpReply, HttpRequest, Program,
-    ToolHost, ToolSpec,
+    BoxFuture, FsReply, FsRequest, HostError, HostSession, HttpReply, HttpRequest, OutsideError,
+    Program, ToolHost, ToolSpec,
 };
 
 /// What a tool may do.
@@ -437,12 +437,11 @@ impl ToolHost for Tools {
         })
     }
 
-    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<FsReply, OutsideError>> {
         if matches!(self.permission("std::fs"), Some(Permission::Disabled)) {
             return Box::pin(async {
-                Err(denied(
-                    "std::fs is disabled by the host (tool_permissions / --disable-tool std::fs)"
-                        .to_string(),
+                Err(OutsideError::refused(
+                    "std::fs is disabled by the host (tool_permissions / --disable-tool std::fs)",
                 ))
             });
         }
@@ -450,15 +449,11 @@ impl ToolHost for Tools {
         Box::pin(async move { fs.run(request).await })
     }
 
-    fn http(
-        &self,
-        request: HttpRequest,
-    ) -> BoxFuture<Result<Result<HttpReply, String>, HostError>> {
+    fn http(&self, request: HttpRequest) -> BoxFuture<Result<HttpReply, OutsideError>> {
         if matches!(self.permission("std::http"), Some(Permission::Disabled)) {
             return Box::pin(async {
-                Err(denied(
-                    "std::http is disabled by the host (tool_permissions / --disable-tool std::http)"
-                        .to_string(),
+                Err(OutsideError::refused(
+                    "std::http is disabled by the host (tool_permissions / --disable-tool std::http)",
                 ))
             });
         }
