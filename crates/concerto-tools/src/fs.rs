@@ -50,6 +50,8 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 use concerto_vm::host::{FsReply, FsRequest, HostError, OutsideError, OutsideFailureKind};
 
+use crate::SandboxError;
+
 /// How a refusal tells the user to allow a directory.
 const ALLOW_HINT: &str = "allow a directory with --allow-fs DIR";
 
@@ -95,28 +97,27 @@ impl FsSandbox {
     /// The capability handles are opened now.
     ///
     /// # Errors
-    /// A message naming the first root that does not exist, is not a directory or cannot
-    /// be opened.
-    pub fn new(roots: &[PathBuf]) -> Result<FsSandbox, String> {
+    /// The [`SandboxError`] of the first root that does not exist or cannot be examined
+    /// ([`SandboxError::DirectoryUnusable`]), is not a directory
+    /// ([`SandboxError::NotADirectory`]) or cannot be opened
+    /// ([`SandboxError::DirectoryUnopenable`]).
+    pub fn new(roots: &[PathBuf]) -> Result<FsSandbox, SandboxError> {
         let mut out = Vec::with_capacity(roots.len());
         for root in roots {
-            let canonical = std::fs::canonicalize(root).map_err(|e| {
-                format!("allowed directory `{}` cannot be used: {e}", root.display())
-            })?;
-            let meta = std::fs::metadata(&canonical).map_err(|e| {
-                format!("allowed directory `{}` cannot be used: {e}", root.display())
-            })?;
+            let unusable = |error| SandboxError::DirectoryUnusable {
+                path: root.clone(),
+                error,
+            };
+            let canonical = std::fs::canonicalize(root).map_err(unusable)?;
+            let meta = std::fs::metadata(&canonical).map_err(unusable)?;
             if !meta.is_dir() {
-                return Err(format!(
-                    "allowed directory `{}` is not a directory",
-                    root.display()
-                ));
+                return Err(SandboxError::NotADirectory { path: root.clone() });
             }
-            let dir = Dir::open_ambient_dir(&canonical, ambient_authority()).map_err(|e| {
-                format!(
-                    "allowed directory `{}` cannot be opened: {e}",
-                    root.display()
-                )
+            let dir = Dir::open_ambient_dir(&canonical, ambient_authority()).map_err(|error| {
+                SandboxError::DirectoryUnopenable {
+                    path: root.clone(),
+                    error,
+                }
             })?;
             let given = if root.is_absolute() {
                 normalize(root)
@@ -451,6 +452,36 @@ mod tests {
         assert!(
             matches!(&err, OutsideError::Refused(m) if m.contains("`/etc/hostname` is outside")),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_root_that_cannot_be_used_is_named_by_its_variant() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("missing");
+        let err = FsSandbox::new(std::slice::from_ref(&missing)).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::DirectoryUnusable { path, error }
+                if *path == missing && error.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "allowed directory `{}` cannot be used: ",
+                missing.display()
+            )),
+            "{err}"
+        );
+        let file = root.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = FsSandbox::new(std::slice::from_ref(&file)).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::NotADirectory { path } if *path == file),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("allowed directory `{}` is not a directory", file.display())
         );
     }
 }

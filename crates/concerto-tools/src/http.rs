@@ -57,6 +57,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::SandboxError;
+
 /// Redirects followed at most in one request.
 pub const MAX_REDIRECTS: usize = 10;
 /// The time limit of a request that sets none.
@@ -99,9 +101,12 @@ struct Rule {
 
 impl Rule {
     /// Parses an entry (see the module documentation).
-    fn parse(entry: &str) -> Result<Rule, String> {
+    fn parse(entry: &str) -> Result<Rule, SandboxError> {
         let text = entry.trim().to_ascii_lowercase();
-        let invalid = |why: &str| format!("invalid allowed domain `{entry}`: {why}");
+        let invalid = |reason| SandboxError::InvalidDomain {
+            entry: entry.to_string(),
+            reason,
+        };
         if text.is_empty() {
             return Err(invalid("it is empty"));
         }
@@ -266,8 +271,9 @@ impl HttpSandbox {
     /// Like [`HttpSandbox::new`], but an entry that cannot be parsed is an error.
     ///
     /// # Errors
-    /// A message naming the first invalid entry and what is wrong with it.
-    pub fn try_new(domains: &[String]) -> Result<HttpSandbox, String> {
+    /// [`SandboxError::InvalidDomain`] naming the first invalid entry and what is wrong with
+    /// it.
+    pub fn try_new(domains: &[String]) -> Result<HttpSandbox, SandboxError> {
         for domain in domains {
             Rule::parse(domain)?;
         }
@@ -789,6 +795,17 @@ mod tests {
             );
         }
         assert!(HttpSandbox::try_new(&["*.example.com:8443".to_string()]).is_ok());
+        let err =
+            HttpSandbox::try_new(&["ok.test".to_string(), "a.*.com".to_string()]).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::InvalidDomain { entry, .. } if entry == "a.*.com"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid allowed domain `a.*.com`: `*` is only allowed as the first label \
+             (`*.example.com`)"
+        );
     }
 
     #[test]

@@ -21,14 +21,18 @@
 //!
 //! # Source layout
 //! - this file: [`Tools`], [`Policy`], [`Permission`], host-registered tools.
+//! - `error.rs`: the errors of the public functions, [`SandboxError`].
 //! - [`fs`]: sandboxed `std::fs`. [`http`]: sandboxed `std::http`.
 //! - [`hosts`]: host agent processes. [`mcp`]: MCP servers through `rmcp`.
 #![warn(missing_docs)]
 
+mod error;
 pub mod fs;
 pub mod hosts;
 pub mod http;
 pub mod mcp;
+
+pub use error::SandboxError;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -167,8 +171,10 @@ impl Tools {
     /// Tools under `policy`.
     ///
     /// # Errors
-    /// An allowed directory that does not exist or cannot be opened.
-    pub fn new(policy: Policy) -> Result<Tools, String> {
+    /// The [`SandboxError`] of an allowed directory that does not exist, is not a directory
+    /// or cannot be opened. (Allowed domains that cannot be parsed allow nothing and are
+    /// logged, as [`HttpSandbox::new`](http::HttpSandbox::new) does.)
+    pub fn new(policy: Policy) -> Result<Tools, SandboxError> {
         let fs = if policy.fs_roots.is_empty() {
             fs::FsSandbox::none()
         } else {
@@ -469,7 +475,23 @@ fn tool_error(message: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve_paths;
+    use super::{Policy, SandboxError, Tools, resolve_paths};
+
+    #[test]
+    fn tools_whose_allowed_directory_cannot_be_used_are_not_made() {
+        let base = tempfile::tempdir().unwrap();
+        let missing = base.path().join("missing");
+        let policy = Policy {
+            fs_roots: vec![base.path().to_path_buf(), missing.clone()],
+            ..Policy::default()
+        };
+        let err = Tools::new(policy).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::DirectoryUnusable { path, .. } if *path == missing),
+            "{err:?}"
+        );
+        assert!(Tools::new(Policy::default()).is_ok());
+    }
 
     #[test]
     fn relative_paths_that_exist_next_to_the_program_resolve_there() {
