@@ -1,5 +1,5 @@
 //! The errors of this crate's public functions: a sandbox that cannot be set up
-//! ([`SandboxError`]).
+//! ([`SandboxError`]) and a tool that reports a failure ([`ToolFailure`]).
 //!
 //! What a program's `std::fs` and `std::http` operations fail with is
 //! [`OutsideError`](concerto_vm::host::OutsideError), defined next to the
@@ -45,4 +45,36 @@ pub enum SandboxError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+/// A failure a tool reported: a host-registered tool's handler returned it, or an MCP server
+/// answered a call with `isError`. The program receives it as `Err(ToolError { message })`.
+///
+/// A handler builds one from its text: `Err("disk full".into())`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ToolFailure {
+    /// The text the program sees as the `ToolError`'s `message`.
+    pub message: String,
+}
+
+impl ToolFailure {
+    /// A failure with the text `message`.
+    pub fn new(message: impl Into<String>) -> ToolFailure {
+        ToolFailure {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for ToolFailure {
+    fn from(message: String) -> ToolFailure {
+        ToolFailure::new(message)
+    }
+}
+
+impl From<&str> for ToolFailure {
+    fn from(message: &str) -> ToolFailure {
+        ToolFailure::new(message)
+    }
 }

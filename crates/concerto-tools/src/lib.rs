@@ -21,7 +21,7 @@
 //!
 //! # Source layout
 //! - this file: [`Tools`], [`Policy`], [`Permission`], host-registered tools.
-//! - `error.rs`: the errors of the public functions, [`SandboxError`].
+//! - `error.rs`: the errors of the public functions, [`SandboxError`] and [`ToolFailure`].
 //! - [`fs`]: sandboxed `std::fs`. [`http`]: sandboxed `std::http`.
 //! - [`hosts`]: host agent processes. [`mcp`]: MCP servers through `rmcp`.
 #![warn(missing_docs)]
@@ -32,7 +32,7 @@ pub mod hosts;
 pub mod http;
 pub mod mcp;
 
-pub use error::SandboxError;
+pub use error::{SandboxError, ToolFailure};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -69,10 +69,11 @@ pub struct Policy {
     pub net_domains: Vec<String>,
 }
 
-/// The handler of a host-registered tool method: JSON arguments in, JSON result (or an
-/// error text the caller sees as `Err`) out.
-pub type ToolHandler =
-    Arc<dyn Fn(serde_json::Value) -> BoxFuture<Result<serde_json::Value, String>> + Send + Sync>;
+/// The handler of a host-registered tool method: JSON arguments in, JSON result (or a
+/// [`ToolFailure`], which the caller sees as `Err(ToolError { message })`) out.
+pub type ToolHandler = Arc<
+    dyn Fn(serde_json::Value) -> BoxFuture<Result<serde_json::Value, ToolFailure>> + Send + Sync,
+>;
 
 /// One method of a host-registered tool.
 #[derive(Clone)]
@@ -193,7 +194,9 @@ impl Tools {
 
     /// Registers method `method` of host tool `tool`, offered to models as `tool::method`
     /// with `description` and the JSON Schema `parameters`. Like everything that reaches
-    /// outside the program, it runs only once `tool` is enabled in the [`Policy`].
+    /// outside the program, it runs only once `tool` is enabled in the [`Policy`]. A
+    /// [`ToolFailure`] the handler returns (`Err("text".into())`) is `Err(ToolError)` for
+    /// the caller.
     pub fn register<F, Fut>(
         &mut self,
         tool: &str,
@@ -203,7 +206,7 @@ impl Tools {
         handler: F,
     ) where
         F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+        Fut: Future<Output = Result<serde_json::Value, ToolFailure>> + Send + 'static,
     {
         let handler: ToolHandler = Arc::new(move |args| Box::pin(handler(args)));
         let methods = self.registered.entry(tool.to_string()).or_default();
@@ -394,22 +397,12 @@ impl ToolHost for Tools {
                 return Box::pin(async move { Err(HostError::failed(message)) });
             };
             let fut = (m.handler)(args);
-            return Box::pin(async move {
-                Ok(match fut.await {
-                    Ok(json) => Value::ok(Value::from_json(&json)),
-                    Err(text) => Value::err(tool_error(&text)),
-                })
-            });
+            return Box::pin(async move { Ok(tool_value(fut.await)) });
         }
         let mcp = self.mcp.clone();
         let program = program.clone();
         let (tool, method) = (tool.to_string(), method.to_string());
-        Box::pin(async move {
-            Ok(match mcp.call(&program, &tool, &method, args).await? {
-                Ok(json) => Value::ok(Value::from_json(&json)),
-                Err(text) => Value::err(tool_error(&text)),
-            })
-        })
+        Box::pin(async move { Ok(tool_value(mcp.call(&program, &tool, &method, args).await?)) })
     }
 
     fn host_exchange(
@@ -468,14 +461,73 @@ impl ToolHost for Tools {
     }
 }
 
-/// `ToolError { message }`, as `ToolError::new(msg)` builds it.
-fn tool_error(message: &str) -> Value {
-    Value::record("ToolError", vec![("message", Value::str(message))])
+/// A tool's result as the program sees it: `Ok(value)`, or `Err(ToolError { message })` as
+/// `ToolError::new(msg)` builds it.
+fn tool_value(result: Result<serde_json::Value, ToolFailure>) -> Value {
+    match result {
+        Ok(json) => Value::ok(Value::from_json(&json)),
+        Err(failure) => Value::err(Value::record(
+            "ToolError",
+            vec![("message", Value::str(failure.message))],
+        )),
+    }
+}
+
+/// A program whose `main` returns nil, with the top-level IR fields of `fields` (such as
+/// `agents` or `connections`), for unit tests.
+#[cfg(test)]
+fn test_program(fields: serde_json::Value) -> Program {
+    let mut ir = serde_json::json!({
+        "version": "0.1.0", "module": "m", "source_file": "m.conc",
+        "constants": [{"index": 0, "type": "nil", "value": null}],
+        "functions": [{"name": "main", "module": "m", "visibility": "private",
+            "params": [], "return_type": "nil", "is_async": false, "locals": [],
+            "instructions": [{"op": "LOAD_CONST", "arg": 0}, {"op": "RETURN"}]}],
+        "metadata": {"compiler_version": "0.1.0", "compiled_at": "",
+            "optimization_level": 0, "debug_info": false, "entry_point": "main"}
+    });
+    for (name, value) in fields.as_object().into_iter().flatten() {
+        ir[name] = value.clone();
+    }
+    concerto_ir::load_str(&ir.to_string()).unwrap()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Policy, SandboxError, Tools, resolve_paths};
+    use std::sync::Arc;
+
+    use concerto_vm::Value;
+    use concerto_vm::host::ToolHost;
+    use serde_json::json;
+
+    use super::{Permission, Policy, SandboxError, ToolFailure, Tools, resolve_paths};
+
+    #[tokio::test]
+    async fn a_handlers_failure_is_the_callers_tool_error() {
+        let mut tools = Tools::new(Policy {
+            tools: [("Disk".to_string(), Permission::AllMethods)].into(),
+            ..Policy::default()
+        })
+        .unwrap();
+        tools.register("Disk", "write", "", json!({}), |args| async move {
+            match args["full"].as_bool() {
+                Some(true) => Err(ToolFailure::from("disk full")),
+                _ => Ok(json!("written")),
+            }
+        });
+        let program = Arc::new(super::test_program(json!({})));
+        let failed = tools
+            .call(&program, "Disk", "write", json!({"full": true}))
+            .await
+            .unwrap();
+        let tool_error = Value::record("ToolError", vec![("message", Value::str("disk full"))]);
+        assert_eq!(failed, Value::err(tool_error));
+        let written = tools
+            .call(&program, "Disk", "write", json!({"full": false}))
+            .await
+            .unwrap();
+        assert_eq!(written, Value::ok(Value::str("written")));
+    }
 
     #[test]
     fn tools_whose_allowed_directory_cannot_be_used_are_not_made() {
