@@ -166,3 +166,70 @@ pub(crate) fn check(root: &Path) -> Result<()> {
         )
     }
 }
+
+/// Crates an embedder who builds `concerto-runtime` without its default features (the VM
+/// and a connection layer of their own) must not get: HTTP and TLS, MCP, SQLite, Redis.
+const OPTIONAL_CRATES: &[&str] = &[
+    "hyper",
+    "hyper-util",
+    "hyper-rustls",
+    "rustls",
+    "reqwest",
+    "rmcp",
+    "rusqlite",
+    "libsqlite3-sys",
+    "redis",
+];
+
+/// `concerto-runtime --no-default-features` reaches none of [`OPTIONAL_CRATES`] (its normal
+/// dependency tree, as cargo resolves it for that package alone).
+pub(crate) fn check_minimal(root: &Path) -> Result<()> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "tree",
+            "-p",
+            "concerto-runtime",
+            "--no-default-features",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .context("cannot run cargo tree")?;
+    if !output.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let names: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    if !names.contains("concerto-vm") {
+        bail!("cargo tree printed no dependency tree for concerto-runtime:\n{text}");
+    }
+    let found: Vec<&str> = OPTIONAL_CRATES
+        .iter()
+        .copied()
+        .filter(|c| names.contains(c))
+        .collect();
+    if found.is_empty() {
+        println!(
+            "minimal build: ok (concerto-runtime without default features: {} crates, none of {})",
+            names.len(),
+            OPTIONAL_CRATES.join(", ")
+        );
+        Ok(())
+    } else {
+        bail!(
+            "concerto-runtime without default features still depends on {}",
+            found.join(", ")
+        )
+    }
+}

@@ -192,6 +192,21 @@ fn ci(args: &[String]) -> Result<()> {
                 .env("CARGO_TARGET_DIR", &check_dir),
         )
     })?;
+    step("minimal build (no default features)", || {
+        deps::check_minimal(&root())?;
+        run(
+            "cargo check --no-default-features",
+            ci_cargo()
+                .args([
+                    "check",
+                    "-p",
+                    "concerto-runtime",
+                    "--no-default-features",
+                    "--all-targets",
+                ])
+                .env("CARGO_TARGET_DIR", &check_dir),
+        )
+    })?;
     step("docs", || {
         run(
             "cargo doc",

@@ -251,7 +251,7 @@ impl RuntimeBuilder {
                 let handler = handler.clone();
                 Box::pin(async move {
                     let args = Value::from(&concerto_vm::Value::from_json(&args));
-                    handler(args).await.map(|v| v.to_json())
+                    handler(args).await.map(|v| v.to_json()).map_err(Into::into)
                 })
             }),
         });

@@ -78,7 +78,7 @@ pub enum SetupError {
     },
     /// The sandbox (`std::fs` roots, `std::http` domains) is not valid.
     #[error("the sandbox cannot be set up: {0}")]
-    Sandbox(String),
+    Sandbox(#[from] concerto_tools::SandboxError),
     /// `Limits::max_hashmap_bytes` was set with a store that does not enforce it.
     #[error(
         "Limits::max_hashmap_bytes (--max-hashmap-bytes) bounds the built-in in-memory store \

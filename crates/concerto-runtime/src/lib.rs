@@ -153,7 +153,7 @@ pub struct Runtime {
 pub(crate) fn tool_policy(
     config: &RuntimeConfig,
     sandbox: &Sandbox,
-) -> Result<concerto_tools::Tools, String> {
+) -> Result<concerto_tools::Tools, concerto_tools::SandboxError> {
     let policy = concerto_tools::Policy {
         tools: config
             .tool_permissions

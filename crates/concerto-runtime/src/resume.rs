@@ -17,7 +17,7 @@ use std::sync::Arc;
 use concerto_vm::Value as VmValue;
 use concerto_vm::host::{
     BoxFuture, ChatRequest, ChatResponse, Connections, EmitSink, FsReply, FsRequest, HostError,
-    HttpReply, HttpRequest, MemoryStore, Program, Reply, ToolHost, ToolSpec,
+    HttpReply, HttpRequest, MemoryStore, OutsideError, Program, Reply, ToolHost, ToolSpec,
 };
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
@@ -254,14 +254,11 @@ impl ToolHost for JournaledTools {
         self.inner.host_listen(program, host, input)
     }
 
-    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<FsReply, OutsideError>> {
         self.inner.fs(request)
     }
 
-    fn http(
-        &self,
-        request: HttpRequest,
-    ) -> BoxFuture<Result<Result<HttpReply, String>, HostError>> {
+    fn http(&self, request: HttpRequest) -> BoxFuture<Result<HttpReply, OutsideError>> {
         self.inner.http(request)
     }
 }

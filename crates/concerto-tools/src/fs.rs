@@ -13,9 +13,10 @@
 //!    directory or along a chain), so a symlink planted inside a root cannot be used to
 //!    read, write, list or remove outside it.
 //!
-//! A refusal is `Err(HostError::not_enabled(..))` naming the path and how to allow it; an
-//! operation that is permitted but fails (file missing, invalid UTF-8, a directory where a
-//! file was expected) is `Ok(Err(os error text))`.
+//! A refusal is [`OutsideError::Refused`] naming the path and how to allow it; an operation
+//! that is permitted but fails (file missing, invalid UTF-8, a directory where a file was
+//! expected) is [`OutsideError::Failed`] with the operating system's error kind
+//! ([`OutsideFailureKind::Io`]) and text.
 //!
 //! Consequences of the rules above, on purpose:
 //! - `..` is applied lexically: `root/link/../x` means `root/x` even when `link` is a
@@ -47,7 +48,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
-use concerto_vm::host::{FsReply, FsRequest, HostError};
+use concerto_vm::host::{FsReply, FsRequest, HostError, OutsideError, OutsideFailureKind};
+
+use crate::SandboxError;
 
 /// How a refusal tells the user to allow a directory.
 const ALLOW_HINT: &str = "allow a directory with --allow-fs DIR";
@@ -94,28 +97,27 @@ impl FsSandbox {
     /// The capability handles are opened now.
     ///
     /// # Errors
-    /// A message naming the first root that does not exist, is not a directory or cannot
-    /// be opened.
-    pub fn new(roots: &[PathBuf]) -> Result<FsSandbox, String> {
+    /// The [`SandboxError`] of the first root that does not exist or cannot be examined
+    /// ([`SandboxError::DirectoryUnusable`]), is not a directory
+    /// ([`SandboxError::NotADirectory`]) or cannot be opened
+    /// ([`SandboxError::DirectoryUnopenable`]).
+    pub fn new(roots: &[PathBuf]) -> Result<FsSandbox, SandboxError> {
         let mut out = Vec::with_capacity(roots.len());
         for root in roots {
-            let canonical = std::fs::canonicalize(root).map_err(|e| {
-                format!("allowed directory `{}` cannot be used: {e}", root.display())
-            })?;
-            let meta = std::fs::metadata(&canonical).map_err(|e| {
-                format!("allowed directory `{}` cannot be used: {e}", root.display())
-            })?;
+            let unusable = |error| SandboxError::DirectoryUnusable {
+                path: root.clone(),
+                error,
+            };
+            let canonical = std::fs::canonicalize(root).map_err(unusable)?;
+            let meta = std::fs::metadata(&canonical).map_err(unusable)?;
             if !meta.is_dir() {
-                return Err(format!(
-                    "allowed directory `{}` is not a directory",
-                    root.display()
-                ));
+                return Err(SandboxError::NotADirectory { path: root.clone() });
             }
-            let dir = Dir::open_ambient_dir(&canonical, ambient_authority()).map_err(|e| {
-                format!(
-                    "allowed directory `{}` cannot be opened: {e}",
-                    root.display()
-                )
+            let dir = Dir::open_ambient_dir(&canonical, ambient_authority()).map_err(|error| {
+                SandboxError::DirectoryUnopenable {
+                    path: root.clone(),
+                    error,
+                }
             })?;
             let given = if root.is_absolute() {
                 normalize(root)
@@ -154,11 +156,11 @@ impl FsSandbox {
     /// Runs one `std::fs` operation.
     ///
     /// # Errors
-    /// `Err(HostError)` of kind `NotEnabled` when the path is outside the allowed
-    /// directories (lexically or through a symbolic link), `Failed` when the current
-    /// directory is unknown or the blocking pool is gone. A permitted operation that fails
-    /// is `Ok(Err(text))`.
-    pub async fn run(&self, request: FsRequest) -> Result<Result<FsReply, String>, HostError> {
+    /// [`OutsideError::Refused`] when the path is outside the allowed directories
+    /// (lexically or through a symbolic link); [`OutsideError::Host`] (a `Failed`
+    /// [`HostError`]) when the current directory is unknown or the blocking pool is gone;
+    /// [`OutsideError::Failed`] when the operation is permitted but fails.
+    pub async fn run(&self, request: FsRequest) -> Result<FsReply, OutsideError> {
         let (op, path) = op_and_path(&request);
         let (dir, relative) = self.locate(op, path)?;
         let shown = path.to_string();
@@ -167,17 +169,20 @@ impl FsSandbox {
             .await
             .map_err(|e| HostError::failed(format!("std::fs::{op}: `{shown}`: {e}")))?;
         match outcome {
-            Ok(reply) => Ok(Ok(reply)),
-            Err(e) if is_escape(&e) => Err(HostError::not_enabled(format!(
+            Ok(reply) => Ok(reply),
+            Err(e) if is_escape(&e) => Err(OutsideError::refused(format!(
                 "std::fs::{op}: `{shown}` leads outside the allowed directories ({roots}) \
                  through a symbolic link; {ALLOW_HINT}"
             ))),
-            Err(e) => Ok(Err(e.to_string())),
+            Err(e) => Err(OutsideError::failed(
+                OutsideFailureKind::Io(e.kind()),
+                e.to_string(),
+            )),
         }
     }
 
     /// The root holding `path` and the path relative to it, or the refusal.
-    fn locate(&self, op: &str, path: &str) -> Result<(Arc<Dir>, PathBuf), HostError> {
+    fn locate(&self, op: &str, path: &str) -> Result<(Arc<Dir>, PathBuf), OutsideError> {
         let raw = Path::new(path);
         let absolute = if raw.is_absolute() {
             raw.to_path_buf()
@@ -208,7 +213,7 @@ impl FsSandbox {
             } else {
                 format!("`{path}` (`{}`)", normal.display())
             };
-            return Err(HostError::not_enabled(format!(
+            return Err(OutsideError::refused(format!(
                 "std::fs::{op}: {shown} is outside the allowed directories ({}); {ALLOW_HINT}",
                 self.roots_text()
             )));
@@ -413,8 +418,70 @@ mod tests {
             .run(FsRequest::Exists("/tmp".into()))
             .await
             .unwrap_err();
-        assert_eq!(err.kind, concerto_vm::host::HostErrorKind::NotEnabled);
-        assert!(err.message.contains("none are allowed"), "{}", err.message);
-        assert!(err.message.contains("--allow-fs DIR"), "{}", err.message);
+        let OutsideError::Refused(message) = err else {
+            panic!("not a refusal: {err:?}");
+        };
+        assert!(message.contains("none are allowed"), "{message}");
+        assert!(message.contains("--allow-fs DIR"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_permitted_operation_that_fails_is_a_failure_of_its_io_kind() {
+        let root = tempfile::tempdir().unwrap();
+        let sandbox = FsSandbox::new(&[root.path().to_path_buf()]).unwrap();
+        let missing = root.path().join("missing.txt").display().to_string();
+        let err = sandbox.run(FsRequest::Read(missing)).await.unwrap_err();
+        let OutsideError::Failed(failure) = err else {
+            panic!("not a failure: {err:?}");
+        };
+        assert_eq!(
+            failure.kind,
+            OutsideFailureKind::Io(io::ErrorKind::NotFound)
+        );
+        // The program's text is the operating system's, as before.
+        assert_eq!(
+            failure.message,
+            io::Error::from_raw_os_error(2).to_string(),
+            "ENOENT"
+        );
+        // Outside the root: a refusal naming the path, not a failure.
+        let err = sandbox
+            .run(FsRequest::Read("/etc/hostname".into()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OutsideError::Refused(m) if m.contains("`/etc/hostname` is outside")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_root_that_cannot_be_used_is_named_by_its_variant() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = root.path().join("missing");
+        let err = FsSandbox::new(std::slice::from_ref(&missing)).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::DirectoryUnusable { path, error }
+                if *path == missing && error.kind() == io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "allowed directory `{}` cannot be used: ",
+                missing.display()
+            )),
+            "{err}"
+        );
+        let file = root.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = FsSandbox::new(std::slice::from_ref(&file)).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::NotADirectory { path } if *path == file),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("allowed directory `{}` is not a directory", file.display())
+        );
     }
 }

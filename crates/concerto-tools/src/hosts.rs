@@ -815,17 +815,7 @@ mod tests {
 
     /// A program with one host agent declared as `host` (IR JSON).
     fn program_with(host: serde_json::Value) -> Program {
-        let ir = serde_json::json!({
-            "version": "0.1.0", "module": "m", "source_file": "m.conc",
-            "constants": [{"index": 0, "type": "nil", "value": null}],
-            "functions": [{"name": "main", "module": "m", "visibility": "private",
-                "params": [], "return_type": "nil", "is_async": false, "locals": [],
-                "instructions": [{"op": "LOAD_CONST", "arg": 0}, {"op": "RETURN"}]}],
-            "agents": [host],
-            "metadata": {"compiler_version": "0.1.0", "compiled_at": "",
-                "optimization_level": 0, "debug_info": false, "entry_point": "main"}
-        });
-        concerto_ir::load_str(&ir.to_string()).unwrap()
+        crate::test_program(serde_json::json!({ "agents": [host] }))
     }
 
     #[test]

@@ -17,8 +17,8 @@
 //! # What is checked
 //! Only `http` and `https` URLs are allowed. The host the connection goes to
 //! (the URL's host, after any `user@` part, exactly as the connector will use it) must match
-//! an entry, otherwise the request is refused with `Err(HostError::not_enabled(..))` naming
-//! the host and `--allow-net DOMAIN`. Redirects (301, 302, 303, 307, 308) are followed by
+//! an entry, otherwise the request is refused with [`OutsideError::Refused`] naming the host
+//! and `--allow-net DOMAIN`. Redirects (301, 302, 303, 307, 308) are followed by
 //! hand, at most [`MAX_REDIRECTS`], and every hop is checked the same way before anything is
 //! sent to it: a redirect to a host that is not allowed is a refusal. A 303, and a 301 or
 //! 302 answering a `POST`, continue as a `GET` without a body (as browsers do); 307 and 308
@@ -34,10 +34,11 @@
 //! names you trust to resolve where you expect, or list IP literals.
 //!
 //! # Results
-//! Any HTTP status is `Ok(Ok(reply))` (4xx and 5xx included); a request that could not be
+//! Any HTTP status is `Ok(reply)` (4xx and 5xx included); a request that could not be
 //! completed (connection refused, TLS failure, time limit, body too large) is
-//! `Ok(Err(text))`. Header names are lower case; the body is decoded as lossy UTF-8 and is
-//! capped at [`DEFAULT_MAX_BODY`] bytes by default. The time limit is the request's
+//! [`OutsideError::Failed`], with an [`OutsideFailureKind`] saying which. Header names are
+//! lower case; the body is decoded as lossy UTF-8 and is capped at [`DEFAULT_MAX_BODY`]
+//! bytes by default. The time limit is the request's
 //! `timeout`, else [`DEFAULT_TIMEOUT`], and covers the whole exchange (redirects and body).
 //! Messages show URLs without their query string and credentials, which may hold secrets.
 
@@ -47,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use concerto_vm::host::{HostError, HttpReply, HttpRequest};
+use concerto_vm::host::{HttpReply, HttpRequest, OutsideError, OutsideFailureKind};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{HeaderName, HeaderValue, LOCATION};
 use hyper::{Method, Request, StatusCode, Uri};
@@ -55,6 +56,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::SandboxError;
 
 /// Redirects followed at most in one request.
 pub const MAX_REDIRECTS: usize = 10;
@@ -98,9 +101,12 @@ struct Rule {
 
 impl Rule {
     /// Parses an entry (see the module documentation).
-    fn parse(entry: &str) -> Result<Rule, String> {
+    fn parse(entry: &str) -> Result<Rule, SandboxError> {
         let text = entry.trim().to_ascii_lowercase();
-        let invalid = |why: &str| format!("invalid allowed domain `{entry}`: {why}");
+        let invalid = |reason| SandboxError::InvalidDomain {
+            entry: entry.to_string(),
+            reason,
+        };
         if text.is_empty() {
             return Err(invalid("it is empty"));
         }
@@ -214,14 +220,6 @@ fn parse_port(text: &str) -> Result<u16, ()> {
     text.parse().map_err(|_| ())
 }
 
-/// Why an exchange did not produce a reply.
-enum Fail {
-    /// Not allowed.
-    Refused(HostError),
-    /// Allowed but failed.
-    Failed(String),
-}
-
 /// The sandboxed HTTP client behind `std::http` (see the [module documentation](self)).
 pub struct HttpSandbox {
     rules: Vec<Rule>,
@@ -273,8 +271,9 @@ impl HttpSandbox {
     /// Like [`HttpSandbox::new`], but an entry that cannot be parsed is an error.
     ///
     /// # Errors
-    /// A message naming the first invalid entry and what is wrong with it.
-    pub fn try_new(domains: &[String]) -> Result<HttpSandbox, String> {
+    /// [`SandboxError::InvalidDomain`] naming the first invalid entry and what is wrong with
+    /// it.
+    pub fn try_new(domains: &[String]) -> Result<HttpSandbox, SandboxError> {
         for domain in domains {
             Rule::parse(domain)?;
         }
@@ -304,13 +303,10 @@ impl HttpSandbox {
     /// Sends one request, following redirects (see the module documentation).
     ///
     /// # Errors
-    /// `Err(HostError)` of kind `NotEnabled` when the URL, or a redirect, goes to a host
-    /// that is not allowed or uses a scheme other than `http`/`https`. A request that is
-    /// allowed but fails is `Ok(Err(text))`; any HTTP status is `Ok(Ok(reply))`.
-    pub async fn request(
-        &self,
-        request: HttpRequest,
-    ) -> Result<Result<HttpReply, String>, HostError> {
+    /// [`OutsideError::Refused`] when the URL, or a redirect, goes to a host that is not
+    /// allowed or uses a scheme other than `http`/`https`; [`OutsideError::Failed`] when a
+    /// request that is allowed fails. Any HTTP status is `Ok(reply)`.
+    pub async fn request(&self, request: HttpRequest) -> Result<HttpReply, OutsideError> {
         let limit = request.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let what = format!(
             "{} {}",
@@ -318,17 +314,18 @@ impl HttpSandbox {
             shown_url_text(&request.url)
         );
         match tokio::time::timeout(limit, self.exchange(request)).await {
-            Ok(Ok(reply)) => Ok(Ok(reply)),
-            Ok(Err(Fail::Refused(e))) => Err(e),
-            Ok(Err(Fail::Failed(text))) => Ok(Err(text)),
-            Err(_) => Ok(Err(format!(
-                "std::http: {what} timed out after {}",
-                human_duration(limit)
-            ))),
+            Ok(outcome) => outcome,
+            Err(_) => Err(OutsideError::failed(
+                OutsideFailureKind::Timeout,
+                format!(
+                    "std::http: {what} timed out after {}",
+                    human_duration(limit)
+                ),
+            )),
         }
     }
 
-    async fn exchange(&self, request: HttpRequest) -> Result<HttpReply, Fail> {
+    async fn exchange(&self, request: HttpRequest) -> Result<HttpReply, OutsideError> {
         let upper = request.method.to_ascii_uppercase();
         let mut method = match upper.as_str() {
             "GET" => Method::GET,
@@ -338,7 +335,7 @@ impl HttpSandbox {
             "PATCH" => Method::PATCH,
             "HEAD" => Method::HEAD,
             _ => {
-                return Err(Fail::Failed(format!(
+                return Err(invalid_request(format!(
                     "std::http: unsupported HTTP method: {}",
                     request.method
                 )));
@@ -351,12 +348,12 @@ impl HttpSandbox {
         let client = self
             .client
             .as_ref()
-            .map_err(|e| Fail::Failed(format!("std::http: the HTTP client is unavailable: {e}")))?;
+            .map_err(|e| connection(format!("std::http: the HTTP client is unavailable: {e}")))?;
         let mut hops = 0usize;
         loop {
             let outgoing = build_request(&method, &uri, &headers, body.as_deref())?;
             let response = client.request(outgoing).await.map_err(|e| {
-                Fail::Failed(format!(
+                connection(format!(
                     "std::http: {method} {} failed: {}",
                     shown_url(&uri),
                     error_chain(&e)
@@ -369,7 +366,7 @@ impl HttpSandbox {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             if let (true, Some(location)) = (is_redirect(status), location) {
                 if hops >= MAX_REDIRECTS {
-                    return Err(Fail::Failed(format!(
+                    return Err(redirect(format!(
                         "std::http: {} {} redirected more than {MAX_REDIRECTS} times",
                         upper,
                         shown_url_text(&url)
@@ -377,18 +374,17 @@ impl HttpSandbox {
                 }
                 hops += 1;
                 let next_url = resolve(&uri, &location).map_err(|why| {
-                    Fail::Failed(format!(
+                    redirect(format!(
                         "std::http: {method} {} answered a redirect with an invalid \
                          location: {why}",
                         shown_url(&uri)
                     ))
                 })?;
                 let next = self.admit(&next_url).map_err(|fail| match fail {
-                    Fail::Refused(e) => Fail::Refused(HostError::not_enabled(format!(
-                        "{} (redirected from {})",
-                        e.message,
+                    OutsideError::Refused(message) => OutsideError::Refused(format!(
+                        "{message} (redirected from {})",
                         shown_url(&uri)
-                    ))),
+                    )),
                     other => other,
                 })?;
                 if !same_origin(&uri, &next) {
@@ -426,14 +422,14 @@ impl HttpSandbox {
                 .await
                 .map_err(|e| {
                     if e.downcast_ref::<LengthLimitError>().is_some() {
-                        Fail::Failed(format!(
+                        too_large(format!(
                             "std::http: the response of {method} {} is larger than the \
                              {} limit",
                             shown_url(&uri),
                             human_bytes(self.max_body)
                         ))
                     } else {
-                        Fail::Failed(format!(
+                        connection(format!(
                             "std::http: reading the response of {method} {} failed: {}",
                             shown_url(&uri),
                             error_chain(e.as_ref())
@@ -450,28 +446,28 @@ impl HttpSandbox {
     }
 
     /// Checks a URL: scheme, host against the allowed domains, no credentials.
-    fn admit(&self, url: &str) -> Result<Uri, Fail> {
+    fn admit(&self, url: &str) -> Result<Uri, OutsideError> {
         let url = url.trim();
         let Some(scheme) = scheme_of(url) else {
-            return Err(Fail::Failed(format!(
+            return Err(invalid_request(format!(
                 "std::http: `{}` is not an absolute http or https URL",
                 shown_url_text(url)
             )));
         };
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "http" && scheme != "https" {
-            return Err(Fail::Refused(HostError::not_enabled(format!(
+            return Err(OutsideError::refused(format!(
                 "std::http: `{scheme}:` URLs are not allowed, only http and https"
-            ))));
+            )));
         }
         let uri: Uri = url.parse().map_err(|e| {
-            Fail::Failed(format!(
+            invalid_request(format!(
                 "std::http: invalid URL `{}`: {e}",
                 shown_url_text(url)
             ))
         })?;
         let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-            return Err(Fail::Failed(format!(
+            return Err(invalid_request(format!(
                 "std::http: the URL `{}` has no host",
                 shown_url_text(url)
             )));
@@ -489,12 +485,12 @@ impl HttpSandbox {
                 Some(p) => format!("{host}:{p}"),
                 None => host.to_string(),
             };
-            return Err(Fail::Refused(HostError::not_enabled(format!(
+            return Err(OutsideError::refused(format!(
                 "std::http: host `{shown_host}` is not allowed ({allowed}); {ALLOW_HINT}"
-            ))));
+            )));
         }
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(Fail::Failed(format!(
+            return Err(invalid_request(format!(
                 "std::http: credentials in the URL (`user@`) are not supported in `{}`; \
                  send an `authorization` header instead",
                 shown_url(&uri)
@@ -530,19 +526,40 @@ fn build_request(
     uri: &Uri,
     headers: &[(String, String)],
     body: Option<&str>,
-) -> Result<Request<Full<Bytes>>, Fail> {
+) -> Result<Request<Full<Bytes>>, OutsideError> {
     let mut builder = Request::builder().method(method.clone()).uri(uri.clone());
     for (name, value) in headers {
         let header = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| Fail::Failed(format!("std::http: invalid header name `{name}`")))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| Fail::Failed(format!("std::http: invalid value for header `{name}`")))?;
+            .map_err(|_| invalid_request(format!("std::http: invalid header name `{name}`")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            invalid_request(format!("std::http: invalid value for header `{name}`"))
+        })?;
         builder = builder.header(header, value);
     }
     let body = Full::new(Bytes::from(body.unwrap_or_default().to_string()));
     builder
         .body(body)
-        .map_err(|e| Fail::Failed(format!("std::http: invalid request: {e}")))
+        .map_err(|e| invalid_request(format!("std::http: invalid request: {e}")))
+}
+
+/// A failure of kind [`OutsideFailureKind::InvalidRequest`].
+fn invalid_request(message: String) -> OutsideError {
+    OutsideError::failed(OutsideFailureKind::InvalidRequest, message)
+}
+
+/// A failure of kind [`OutsideFailureKind::Connection`].
+fn connection(message: String) -> OutsideError {
+    OutsideError::failed(OutsideFailureKind::Connection, message)
+}
+
+/// A failure of kind [`OutsideFailureKind::Redirect`].
+fn redirect(message: String) -> OutsideError {
+    OutsideError::failed(OutsideFailureKind::Redirect, message)
+}
+
+/// A failure of kind [`OutsideFailureKind::TooLarge`].
+fn too_large(message: String) -> OutsideError {
+    OutsideError::failed(OutsideFailureKind::TooLarge, message)
 }
 
 fn is_redirect(status: StatusCode) -> bool {
@@ -778,6 +795,17 @@ mod tests {
             );
         }
         assert!(HttpSandbox::try_new(&["*.example.com:8443".to_string()]).is_ok());
+        let err =
+            HttpSandbox::try_new(&["ok.test".to_string(), "a.*.com".to_string()]).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::InvalidDomain { entry, .. } if entry == "a.*.com"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid allowed domain `a.*.com`: `*` is only allowed as the first label \
+             (`*.example.com`)"
+        );
     }
 
     #[test]

@@ -21,14 +21,18 @@
 //!
 //! # Source layout
 //! - this file: [`Tools`], [`Policy`], [`Permission`], host-registered tools.
+//! - `error.rs`: the errors of the public functions, [`SandboxError`] and [`ToolFailure`].
 //! - [`fs`]: sandboxed `std::fs`. [`http`]: sandboxed `std::http`.
 //! - [`hosts`]: host agent processes. [`mcp`]: MCP servers through `rmcp`.
 #![warn(missing_docs)]
 
+mod error;
 pub mod fs;
 pub mod hosts;
 pub mod http;
 pub mod mcp;
+
+pub use error::{SandboxError, ToolFailure};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,8 +41,8 @@ use std::sync::Arc;
 
 use concerto_vm::Value;
 use concerto_vm::host::{
-    BoxFuture, FsReply, FsRequest, HostError, HostSession, HttpReply, HttpRequest, Program,
-    ToolHost, ToolSpec,
+    BoxFuture, FsReply, FsRequest, HostError, HostSession, HttpReply, HttpRequest, OutsideError,
+    Program, ToolHost, ToolSpec,
 };
 
 /// What a tool may do.
@@ -65,10 +69,11 @@ pub struct Policy {
     pub net_domains: Vec<String>,
 }
 
-/// The handler of a host-registered tool method: JSON arguments in, JSON result (or an
-/// error text the caller sees as `Err`) out.
-pub type ToolHandler =
-    Arc<dyn Fn(serde_json::Value) -> BoxFuture<Result<serde_json::Value, String>> + Send + Sync>;
+/// The handler of a host-registered tool method: JSON arguments in, JSON result (or a
+/// [`ToolFailure`], which the caller sees as `Err(ToolError { message })`) out.
+pub type ToolHandler = Arc<
+    dyn Fn(serde_json::Value) -> BoxFuture<Result<serde_json::Value, ToolFailure>> + Send + Sync,
+>;
 
 /// One method of a host-registered tool.
 #[derive(Clone)]
@@ -167,8 +172,10 @@ impl Tools {
     /// Tools under `policy`.
     ///
     /// # Errors
-    /// An allowed directory that does not exist or cannot be opened.
-    pub fn new(policy: Policy) -> Result<Tools, String> {
+    /// The [`SandboxError`] of an allowed directory that does not exist, is not a directory
+    /// or cannot be opened. (Allowed domains that cannot be parsed allow nothing and are
+    /// logged, as [`HttpSandbox::new`](http::HttpSandbox::new) does.)
+    pub fn new(policy: Policy) -> Result<Tools, SandboxError> {
         let fs = if policy.fs_roots.is_empty() {
             fs::FsSandbox::none()
         } else {
@@ -187,7 +194,9 @@ impl Tools {
 
     /// Registers method `method` of host tool `tool`, offered to models as `tool::method`
     /// with `description` and the JSON Schema `parameters`. Like everything that reaches
-    /// outside the program, it runs only once `tool` is enabled in the [`Policy`].
+    /// outside the program, it runs only once `tool` is enabled in the [`Policy`]. A
+    /// [`ToolFailure`] the handler returns (`Err("text".into())`) is `Err(ToolError)` for
+    /// the caller.
     pub fn register<F, Fut>(
         &mut self,
         tool: &str,
@@ -197,7 +206,7 @@ impl Tools {
         handler: F,
     ) where
         F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<serde_json::Value, String>> + Send + 'static,
+        Fut: Future<Output = Result<serde_json::Value, ToolFailure>> + Send + 'static,
     {
         let handler: ToolHandler = Arc::new(move |args| Box::pin(handler(args)));
         let methods = self.registered.entry(tool.to_string()).or_default();
@@ -388,22 +397,12 @@ impl ToolHost for Tools {
                 return Box::pin(async move { Err(HostError::failed(message)) });
             };
             let fut = (m.handler)(args);
-            return Box::pin(async move {
-                Ok(match fut.await {
-                    Ok(json) => Value::ok(Value::from_json(&json)),
-                    Err(text) => Value::err(tool_error(&text)),
-                })
-            });
+            return Box::pin(async move { Ok(tool_value(fut.await)) });
         }
         let mcp = self.mcp.clone();
         let program = program.clone();
         let (tool, method) = (tool.to_string(), method.to_string());
-        Box::pin(async move {
-            Ok(match mcp.call(&program, &tool, &method, args).await? {
-                Ok(json) => Value::ok(Value::from_json(&json)),
-                Err(text) => Value::err(tool_error(&text)),
-            })
-        })
+        Box::pin(async move { Ok(tool_value(mcp.call(&program, &tool, &method, args).await?)) })
     }
 
     fn host_exchange(
@@ -437,12 +436,11 @@ impl ToolHost for Tools {
         })
     }
 
-    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>> {
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<FsReply, OutsideError>> {
         if matches!(self.permission("std::fs"), Some(Permission::Disabled)) {
             return Box::pin(async {
-                Err(denied(
-                    "std::fs is disabled by the host (tool_permissions / --disable-tool std::fs)"
-                        .to_string(),
+                Err(OutsideError::refused(
+                    "std::fs is disabled by the host (tool_permissions / --disable-tool std::fs)",
                 ))
             });
         }
@@ -450,15 +448,11 @@ impl ToolHost for Tools {
         Box::pin(async move { fs.run(request).await })
     }
 
-    fn http(
-        &self,
-        request: HttpRequest,
-    ) -> BoxFuture<Result<Result<HttpReply, String>, HostError>> {
+    fn http(&self, request: HttpRequest) -> BoxFuture<Result<HttpReply, OutsideError>> {
         if matches!(self.permission("std::http"), Some(Permission::Disabled)) {
             return Box::pin(async {
-                Err(denied(
-                    "std::http is disabled by the host (tool_permissions / --disable-tool std::http)"
-                        .to_string(),
+                Err(OutsideError::refused(
+                    "std::http is disabled by the host (tool_permissions / --disable-tool std::http)",
                 ))
             });
         }
@@ -467,14 +461,89 @@ impl ToolHost for Tools {
     }
 }
 
-/// `ToolError { message }`, as `ToolError::new(msg)` builds it.
-fn tool_error(message: &str) -> Value {
-    Value::record("ToolError", vec![("message", Value::str(message))])
+/// A tool's result as the program sees it: `Ok(value)`, or `Err(ToolError { message })` as
+/// `ToolError::new(msg)` builds it.
+fn tool_value(result: Result<serde_json::Value, ToolFailure>) -> Value {
+    match result {
+        Ok(json) => Value::ok(Value::from_json(&json)),
+        Err(failure) => Value::err(Value::record(
+            "ToolError",
+            vec![("message", Value::str(failure.message))],
+        )),
+    }
+}
+
+/// A program whose `main` returns nil, with the top-level IR fields of `fields` (such as
+/// `agents` or `connections`), for unit tests.
+#[cfg(test)]
+fn test_program(fields: serde_json::Value) -> Program {
+    let mut ir = serde_json::json!({
+        "version": "0.1.0", "module": "m", "source_file": "m.conc",
+        "constants": [{"index": 0, "type": "nil", "value": null}],
+        "functions": [{"name": "main", "module": "m", "visibility": "private",
+            "params": [], "return_type": "nil", "is_async": false, "locals": [],
+            "instructions": [{"op": "LOAD_CONST", "arg": 0}, {"op": "RETURN"}]}],
+        "metadata": {"compiler_version": "0.1.0", "compiled_at": "",
+            "optimization_level": 0, "debug_info": false, "entry_point": "main"}
+    });
+    for (name, value) in fields.as_object().into_iter().flatten() {
+        ir[name] = value.clone();
+    }
+    concerto_ir::load_str(&ir.to_string()).unwrap()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::resolve_paths;
+    use std::sync::Arc;
+
+    use concerto_vm::Value;
+    use concerto_vm::host::ToolHost;
+    use serde_json::json;
+
+    use super::{Permission, Policy, SandboxError, ToolFailure, Tools, resolve_paths};
+
+    #[tokio::test]
+    async fn a_handlers_failure_is_the_callers_tool_error() {
+        let mut tools = Tools::new(Policy {
+            tools: [("Disk".to_string(), Permission::AllMethods)].into(),
+            ..Policy::default()
+        })
+        .unwrap();
+        tools.register("Disk", "write", "", json!({}), |args| async move {
+            match args["full"].as_bool() {
+                Some(true) => Err(ToolFailure::from("disk full")),
+                _ => Ok(json!("written")),
+            }
+        });
+        let program = Arc::new(super::test_program(json!({})));
+        let failed = tools
+            .call(&program, "Disk", "write", json!({"full": true}))
+            .await
+            .unwrap();
+        let tool_error = Value::record("ToolError", vec![("message", Value::str("disk full"))]);
+        assert_eq!(failed, Value::err(tool_error));
+        let written = tools
+            .call(&program, "Disk", "write", json!({"full": false}))
+            .await
+            .unwrap();
+        assert_eq!(written, Value::ok(Value::str("written")));
+    }
+
+    #[test]
+    fn tools_whose_allowed_directory_cannot_be_used_are_not_made() {
+        let base = tempfile::tempdir().unwrap();
+        let missing = base.path().join("missing");
+        let policy = Policy {
+            fs_roots: vec![base.path().to_path_buf(), missing.clone()],
+            ..Policy::default()
+        };
+        let err = Tools::new(policy).unwrap_err();
+        assert!(
+            matches!(&err, SandboxError::DirectoryUnusable { path, .. } if *path == missing),
+            "{err:?}"
+        );
+        assert!(Tools::new(Policy::default()).is_ok());
+    }
 
     #[test]
     fn relative_paths_that_exist_next_to_the_program_resolve_there() {

@@ -37,6 +37,7 @@ use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ResourceContents, Tool};
 use serde_json::Value;
 
+use crate::ToolFailure;
 use config::ServerConfig;
 use connect::{Session, StderrTail};
 
@@ -153,17 +154,17 @@ impl McpClients {
     /// arguments).
     ///
     /// `Ok(Ok(value))` is the result: its `structuredContent` when present, else its text
-    /// content joined with newlines (a string). `Ok(Err(text))` is a failure the tool
-    /// reported (`isError`). `Err` when the server cannot be started or reached, the
-    /// handshake or the protocol fails, the tool does not exist, or the server does not
-    /// answer within the block's `timeout` ([`HostErrorKind::Timeout`]).
+    /// content joined with newlines (a string). `Ok(Err(failure))` is a failure the tool
+    /// reported (`isError`), with its text. `Err` when the server cannot be started or
+    /// reached, the handshake or the protocol fails, the tool does not exist, or the server
+    /// does not answer within the block's `timeout` ([`HostErrorKind::Timeout`]).
     pub async fn call(
         &self,
         program: &Arc<Program>,
         server: &str,
         tool: &str,
         args: Value,
-    ) -> Result<Result<Value, String>, HostError> {
+    ) -> Result<Result<Value, ToolFailure>, HostError> {
         let ctx = format!("MCP server `{server}`, tool `{tool}`");
         let arguments = match args {
             Value::Object(map) => map,
@@ -383,16 +384,16 @@ impl Slot {
 }
 
 /// A `tools/call` result as the program sees it.
-fn tool_result(result: CallToolResult) -> Result<Value, String> {
+fn tool_result(result: CallToolResult) -> Result<Value, ToolFailure> {
     if result.is_error == Some(true) {
         let text = content_text(&result.content);
-        return Err(if !text.is_empty() {
+        return Err(ToolFailure::new(if !text.is_empty() {
             text
         } else if let Some(value) = result.structured_content.as_ref() {
             value.to_string()
         } else {
             "the tool reported an error without a message".to_string()
-        });
+        }));
     }
     match result.structured_content {
         Some(value) => Ok(value),

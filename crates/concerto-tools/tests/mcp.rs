@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use concerto_tools::ToolFailure;
 use concerto_tools::mcp::{McpClients, declared_params};
 use concerto_vm::host::{HostErrorKind, Program};
 use serde_json::{Value, json};
@@ -181,7 +182,7 @@ async fn tool_error_is_ok_err() {
         .call(&program, "Calc", "fail", json!({"message": "disk full"}))
         .await
         .unwrap();
-    assert_eq!(result, Err("disk full".to_string()));
+    assert_eq!(result, Err(ToolFailure::from("disk full")));
     clients.shutdown().await;
 }
 
@@ -352,7 +353,7 @@ async fn http_transport_lists_and_calls_tools() {
         .call(&program, "Web", "fail", json!({"message": "nope"}))
         .await
         .unwrap();
-    assert_eq!(failed, Err("nope".to_string()));
+    assert_eq!(failed, Err(ToolFailure::from("nope")));
     let err = clients
         .call(&program, "Web", "divide", json!({}))
         .await

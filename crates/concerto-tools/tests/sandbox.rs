@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use concerto_tools::{Permission, Policy, Tools};
 use concerto_vm::host::{
-    FsReply, FsRequest, HostError, HostErrorKind, HttpReply, HttpRequest, Program, ToolHost,
+    FsReply, FsRequest, HostError, HostErrorKind, HttpReply, HttpRequest, OutsideError,
+    OutsideFailureKind, Program, ToolHost,
 };
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -513,9 +514,9 @@ fn leak(reply: &FsReply) -> Option<String> {
     }
 }
 
-fn brief_fs(result: &Result<Result<FsReply, String>, HostError>) -> String {
+fn brief_fs(result: &Result<FsReply, OutsideError>) -> String {
     match result {
-        Ok(Ok(FsReply::Text(t))) => format!("Ok(Text({}))", shown(t)),
+        Ok(FsReply::Text(t)) => format!("Ok(Text({}))", shown(t)),
         other => shown(&format!("{other:?}")),
     }
 }
@@ -561,21 +562,20 @@ impl Fs<'_> {
             }
         }
         match (expect, &result) {
-            (Expect::Refused, Err(e)) if e.kind == HostErrorKind::NotEnabled => {
-                if !fs_message_ok(self.msg, op, path, &e.message) {
-                    t.bad_messages
-                        .push(format!("{what}: {}", shown(&e.message)));
+            (Expect::Refused, Err(OutsideError::Refused(message))) => {
+                if !fs_message_ok(self.msg, op, path, message) {
+                    t.bad_messages.push(format!("{what}: {}", shown(message)));
                 }
             }
-            (Expect::Refused, Err(e)) => t.bad_messages.push(format!(
-                "{what}: refused as {:?}, not NotEnabled: {}",
+            (Expect::Refused, Err(OutsideError::Host(e))) => t.bad_messages.push(format!(
+                "{what}: a host error ({:?}), not a refusal: {}",
                 e.kind,
                 shown(&e.message)
             )),
-            (Expect::Refused, Ok(_)) => {
+            (Expect::Refused, Ok(_) | Err(OutsideError::Failed(_))) => {
                 escaped.push(format!("not refused, answered {}", brief_fs(&result)))
             }
-            (Expect::Contained, Ok(Ok(reply))) => {
+            (Expect::Contained, Ok(reply)) => {
                 if let Some(l) = leak(reply) {
                     escaped.push(l);
                 }
@@ -590,7 +590,7 @@ impl Fs<'_> {
     async fn control(&self, t: &mut Tally, request: FsRequest, expected: FsReply) {
         let what = format!("{request:?}");
         let got = self.tools.fs(request).await;
-        let ok = matches!(&got, Ok(Ok(r)) if *r == expected);
+        let ok = matches!(&got, Ok(r) if *r == expected);
         t.control(ok, format!("{what}: expected {expected:?}, got {got:?}"));
     }
 
@@ -604,18 +604,17 @@ impl Fs<'_> {
         let a = self.tools.fs(FsRequest::Exists(existing.into())).await;
         let b = self.tools.fs(FsRequest::Exists(missing.into())).await;
         // Messages name the path (and, for a relative one, where it lands): mask both.
-        let shape = |r: &Result<Result<FsReply, String>, HostError>, p: &str| match r {
-            Err(e) => format!(
-                "Err({:?}, {})",
-                e.kind,
-                e.message
+        let shape = |r: &Result<FsReply, OutsideError>, p: &str| match r {
+            Err(OutsideError::Refused(message)) => format!(
+                "Refused({})",
+                message
                     .replace(p, "<PATH>")
                     .replace(&self.world.lexical(p).display().to_string(), "<LEXICAL>")
             ),
-            Ok(other) => format!("Ok({other:?})"),
+            other => format!("{other:?}"),
         };
         let (sa, sb) = (shape(&a, existing), shape(&b, missing));
-        if sa != sb || !sa.starts_with("Err(NotEnabled") {
+        if sa != sb || !sa.starts_with("Refused(") {
             t.escaped.push(format!(
                 "exists() reveals whether an outside file exists: {} -> {sa} but {} -> {sb}",
                 shown(existing),
@@ -1479,18 +1478,19 @@ fn get(url: &str) -> HttpRequest {
     }
 }
 
-fn brief_http(result: &Result<Result<HttpReply, String>, HostError>) -> String {
+fn brief_http(result: &Result<HttpReply, OutsideError>) -> String {
     match result {
-        Ok(Ok(r)) => format!("Ok(status {} body {})", r.status, shown(&r.body)),
-        Ok(Err(e)) => format!("Ok(Err({}))", shown(e)),
-        Err(e) => format!("Err({:?}, {})", e.kind, shown(&e.message)),
+        Ok(r) => format!("Ok(status {} body {})", r.status, shown(&r.body)),
+        Err(OutsideError::Failed(f)) => format!("Failed({:?}, {})", f.kind, shown(&f.message)),
+        Err(OutsideError::Refused(m)) => format!("Refused({})", shown(m)),
+        Err(OutsideError::Host(e)) => format!("Host({:?}, {})", e.kind, shown(&e.message)),
     }
 }
 
 /// One HTTP attempt.
 struct NetAttempt<'a> {
     request: HttpRequest,
-    /// `Refused` (must be `NotEnabled`) or `Contained` (effects only).
+    /// `Refused` (must be [`OutsideError::Refused`]) or `Contained` (effects only).
     expect: Expect,
     /// Servers that must see no connection and no request at all.
     quiet: &'a [&'a Server],
@@ -1530,8 +1530,8 @@ async fn net_attempt(t: &mut Tally, tools: &Tools, a: NetAttempt<'_>) {
         }
     }
     match (a.expect, &result) {
-        (Expect::Refused, Err(e)) if e.kind == HostErrorKind::NotEnabled => {
-            let message = e.message.to_ascii_lowercase();
+        (Expect::Refused, Err(OutsideError::Refused(refusal))) => {
+            let message = refusal.to_ascii_lowercase();
             if let Some(missing) = a
                 .needles
                 .iter()
@@ -1539,16 +1539,16 @@ async fn net_attempt(t: &mut Tally, tools: &Tools, a: NetAttempt<'_>) {
             {
                 t.bad_messages.push(format!(
                     "{what}: message lacks {missing:?}: {}",
-                    shown(&e.message)
+                    shown(refusal)
                 ));
             }
         }
-        (Expect::Refused, Err(e)) => t.bad_messages.push(format!(
-            "{what}: refused as {:?}, not NotEnabled: {}",
+        (Expect::Refused, Err(OutsideError::Host(e))) => t.bad_messages.push(format!(
+            "{what}: a host error ({:?}), not a refusal: {}",
             e.kind,
             shown(&e.message)
         )),
-        (Expect::Refused, Ok(_)) => escaped.push(format!(
+        (Expect::Refused, Ok(_) | Err(OutsideError::Failed(_))) => escaped.push(format!(
             "not refused (the request was let through): {}",
             brief_http(&result)
         )),
@@ -1563,8 +1563,8 @@ async fn net_attempt(t: &mut Tally, tools: &Tools, a: NetAttempt<'_>) {
 async fn net_control(t: &mut Tally, tools: &Tools, url: &str, server: Option<(&Server, &str)>) {
     let result = tools.http(get(url)).await;
     let ok = match (&result, server) {
-        (Ok(Ok(reply)), Some((s, path))) => reply.status == 200 && !s.at(path).is_empty(),
-        (Ok(_), None) => true,
+        (Ok(reply), Some((s, path))) => reply.status == 200 && !s.at(path).is_empty(),
+        (Ok(_) | Err(OutsideError::Failed(_)), None) => true,
         _ => false,
     };
     t.control(ok, format!("GET {url}: {}", brief_http(&result)));
@@ -2169,10 +2169,12 @@ async fn net_redirects_are_checked_at_every_hop() {
         let hops = a1.requests() + a2.requests() - before;
         t.attempts += 1;
         match &result {
-            Ok(Err(text)) if text.contains("redirected more than") => {}
-            Ok(Err(text)) => t
+            Err(OutsideError::Failed(f))
+                if f.kind == OutsideFailureKind::Redirect
+                    && f.message.contains("redirected more than") => {}
+            Err(OutsideError::Failed(f)) => t
                 .bad_messages
-                .push(format!("loop {path}: unclear error: {}", shown(text))),
+                .push(format!("loop {path}: unclear error: {}", shown(&f.message))),
             other => t.escaped.push(format!(
                 "loop {path}: did not end with an error: {}",
                 brief_http(other)
@@ -2835,4 +2837,63 @@ async fn net_numeric_hosts_never_match_name_rules() {
         net_attempt(&mut t, &tools, attempt).await;
     }
     t.finish(9);
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. A refusal is not a failure
+// ---------------------------------------------------------------------------------------
+
+/// The kind of a failure; `None` for anything else.
+fn failure_kind(result: &Result<HttpReply, OutsideError>) -> Option<OutsideFailureKind> {
+    match result {
+        Err(OutsideError::Failed(failure)) => Some(failure.kind),
+        _ => None,
+    }
+}
+
+/// What the policy refuses is [`OutsideError::Refused`] (a catchable error in the program);
+/// an allowed request that goes wrong is [`OutsideError::Failed`] of its kind (an `Err`
+/// value in the program).
+#[tokio::test]
+async fn net_refusals_and_failures_of_each_kind_are_told_apart() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let tools = Tools::new(domains(&["127.0.0.1".to_string()])).unwrap();
+    let refused = tools.http(get("http://example.com/")).await;
+    assert!(
+        matches!(&refused, Err(OutsideError::Refused(m))
+            if m.starts_with("std::http: host `example.com` is not allowed")),
+        "{refused:?}"
+    );
+    let relative = tools.http(get("/relative")).await;
+    assert_eq!(
+        failure_kind(&relative),
+        Some(OutsideFailureKind::InvalidRequest),
+        "{relative:?}"
+    );
+    let brew = HttpRequest {
+        method: "BREW".into(),
+        ..get("http://127.0.0.1/")
+    };
+    let brewed = tools.http(brew).await;
+    assert_eq!(
+        failure_kind(&brewed),
+        Some(OutsideFailureKind::InvalidRequest),
+        "{brewed:?}"
+    );
+    let unreachable = tools
+        .http(get(&format!("http://127.0.0.1:{closed}/")))
+        .await;
+    assert_eq!(
+        failure_kind(&unreachable),
+        Some(OutsideFailureKind::Connection),
+        "{unreachable:?}"
+    );
+    let start = format!("std::http: GET http://127.0.0.1:{closed}/ failed: ");
+    assert!(
+        unreachable.unwrap_err().to_string().starts_with(&start),
+        "the program's text names the request"
+    );
 }

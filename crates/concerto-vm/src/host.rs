@@ -554,16 +554,15 @@ pub trait ToolHost: Send + Sync {
 
     /// A `std::fs` operation, inside the allowed directories only.
     ///
-    /// Two kinds of failure: a refused operation is `Err(HostError)` (kind
-    /// [`HostErrorKind::NotEnabled`], naming what was denied and how to allow it), which the
-    /// program sees as a catchable error; a permitted operation that fails (file not found)
-    /// is `Ok(Err(text))`, which the program sees as an `Err` value.
-    fn fs(&self, request: FsRequest) -> BoxFuture<Result<Result<FsReply, String>, HostError>>;
+    /// The error's variant is what the program sees (see [`OutsideError`]): a permitted
+    /// operation that fails (file not found) is [`OutsideError::Failed`], an `Err` value; a
+    /// refused one is [`OutsideError::Refused`], naming what was denied and how to allow it,
+    /// a catchable error; a host failure is [`OutsideError::Host`].
+    fn fs(&self, request: FsRequest) -> BoxFuture<Result<FsReply, OutsideError>>;
 
     /// A `std::http` exchange, to allowed domains only (redirects included); failures as
     /// for [`ToolHost::fs`].
-    fn http(&self, request: HttpRequest)
-    -> BoxFuture<Result<Result<HttpReply, String>, HostError>>;
+    fn http(&self, request: HttpRequest) -> BoxFuture<Result<HttpReply, OutsideError>>;
 }
 
 /// A streaming session with a host agent, opened by [`ToolHost::host_listen`].
@@ -638,6 +637,97 @@ pub struct HttpReply {
     /// Body text (lossy UTF-8).
     pub body: String,
 }
+
+/// Why a [`ToolHost::fs`] or [`ToolHost::http`] operation gave no reply. Each variant is one
+/// way the program sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutsideError {
+    /// The operation was permitted and attempted, and failed (a file that does not exist, a
+    /// connection refused, a time limit): the program receives `Err(message)` as a value.
+    Failed(OutsideFailure),
+    /// The host's sandbox or permissions refused the operation (a path outside the allowed
+    /// directories, a host that is not an allowed domain, `std::fs` switched off). The text
+    /// names what was denied and how to allow it; the program sees what a
+    /// [`HostError::not_enabled`] with this text becomes: a catchable error of kind
+    /// `not_enabled` reading `not enabled: ` and the text.
+    Refused(String),
+    /// The host could not carry the operation out: the program sees this [`HostError`] as it
+    /// sees any other, with the error kind its [`HostErrorKind`] maps to.
+    Host(HostError),
+}
+
+/// A permitted outside operation that failed ([`OutsideError::Failed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutsideFailure {
+    /// What kind of failure it was (for the host; the program sees only `message`).
+    pub kind: OutsideFailureKind,
+    /// The text of the program's `Err` value.
+    pub message: String,
+}
+
+/// The kind of an [`OutsideFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutsideFailureKind {
+    /// A file operation failed with this operating-system error kind (`NotFound`,
+    /// `IsADirectory`, `InvalidData` for a file that is not UTF-8 text, …).
+    Io(std::io::ErrorKind),
+    /// The HTTP request cannot be sent as given: the URL is not an absolute `http`/`https`
+    /// URL, does not parse, has no host or carries credentials, a header name or value is
+    /// invalid, or the method is not supported.
+    InvalidRequest,
+    /// No reply arrived: the HTTP client could not be set up, the connection could not be
+    /// made or broke, or reading the body failed.
+    Connection,
+    /// A redirect could not be followed: its `Location` was invalid, or there were too many.
+    Redirect,
+    /// The reply's body was larger than the limit.
+    TooLarge,
+    /// The request's time limit ran out.
+    Timeout,
+}
+
+impl OutsideError {
+    /// An [`OutsideError::Failed`] of kind `kind`; `message` is the text the program receives.
+    pub fn failed(kind: OutsideFailureKind, message: impl Into<String>) -> OutsideError {
+        OutsideError::Failed(OutsideFailure {
+            kind,
+            message: message.into(),
+        })
+    }
+
+    /// An [`OutsideError::Refused`] naming what was denied and how to allow it.
+    pub fn refused(message: impl Into<String>) -> OutsideError {
+        OutsideError::Refused(message.into())
+    }
+}
+
+impl From<HostError> for OutsideError {
+    fn from(err: HostError) -> OutsideError {
+        OutsideError::Host(err)
+    }
+}
+
+impl std::fmt::Display for OutsideError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutsideError::Failed(failure) => failure.fmt(f),
+            OutsideError::Refused(message) => f.write_str(message),
+            OutsideError::Host(err) => err.fmt(f),
+        }
+    }
+}
+
+// The text is the inner error's own, so it is not repeated as a source.
+impl std::error::Error for OutsideError {}
+
+impl std::fmt::Display for OutsideFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OutsideFailure {}
 
 /// One ledger entry.
 #[derive(Debug, Clone, PartialEq)]

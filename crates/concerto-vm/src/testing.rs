@@ -97,18 +97,12 @@ impl ToolHost for Unsupported {
         Box::pin(async { Err(HostError::unsupported("listen in the test host")) })
     }
 
-    fn fs(
-        &self,
-        _: crate::host::FsRequest,
-    ) -> BoxFuture<Result<Result<crate::host::FsReply, String>, HostError>> {
-        Box::pin(async { Err(HostError::unsupported("std::fs in the test host")) })
+    fn fs(&self, _: FsRequest) -> BoxFuture<Result<FsReply, OutsideError>> {
+        Box::pin(async { Err(HostError::unsupported("std::fs in the test host").into()) })
     }
 
-    fn http(
-        &self,
-        _: crate::host::HttpRequest,
-    ) -> BoxFuture<Result<Result<crate::host::HttpReply, String>, HostError>> {
-        Box::pin(async { Err(HostError::unsupported("std::http in the test host")) })
+    fn http(&self, _: HttpRequest) -> BoxFuture<Result<HttpReply, OutsideError>> {
+        Box::pin(async { Err(HostError::unsupported("std::http in the test host").into()) })
     }
 }
 

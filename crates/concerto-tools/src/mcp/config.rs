@@ -11,6 +11,38 @@ use std::time::Duration;
 use concerto_vm::host::{HostError, Program};
 use serde_json::Value;
 
+/// Why the settings of an MCP server cannot be read. To a caller it is a
+/// [`HostError`] of kind `Failed` with the same text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum McpConfigError {
+    /// The program has no connection by that name.
+    #[error("the program declares no MCP server `{server}`")]
+    Undeclared {
+        /// The name asked for.
+        server: String,
+    },
+    /// The connection by that name is an LLM connection.
+    #[error("`{server}` is an LLM connection, not an MCP server")]
+    NotMcp {
+        /// The name asked for.
+        server: String,
+    },
+    /// The block's settings are not an object, or a field is missing or invalid.
+    #[error("MCP server `{server}`: {problem}")]
+    Invalid {
+        /// The server's name.
+        server: String,
+        /// What is wrong (naming fields, never their values).
+        problem: String,
+    },
+}
+
+impl From<McpConfigError> for HostError {
+    fn from(err: McpConfigError) -> HostError {
+        HostError::failed(err.to_string())
+    }
+}
+
 /// Per-request time limit when the block sets no `timeout`.
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -76,9 +108,15 @@ fn without_query(url: &str) -> &str {
 }
 
 /// The configuration of the `mcp` block `server` of `program`.
-pub(super) fn server_config(program: &Program, server: &str) -> Result<ServerConfig, HostError> {
+pub(super) fn server_config(
+    program: &Program,
+    server: &str,
+) -> Result<ServerConfig, McpConfigError> {
     let config = mcp_block(program, server)?;
-    let fail = |what: String| HostError::failed(format!("MCP server `{server}`: {what}"));
+    let fail = |problem: String| McpConfigError::Invalid {
+        server: server.to_string(),
+        problem,
+    };
 
     let timeout = match config.get("timeout") {
         None | Some(Value::Null) => DEFAULT_TIMEOUT,
@@ -153,22 +191,24 @@ pub(super) fn server_config(program: &Program, server: &str) -> Result<ServerCon
 fn mcp_block<'p>(
     program: &'p Program,
     server: &str,
-) -> Result<&'p serde_json::Map<String, Value>, HostError> {
+) -> Result<&'p serde_json::Map<String, Value>, McpConfigError> {
     let Some(connection) = program.connections.iter().find(|c| c.name == server) else {
-        return Err(HostError::failed(format!(
-            "the program declares no MCP server `{server}`"
-        )));
+        return Err(McpConfigError::Undeclared {
+            server: server.to_string(),
+        });
     };
     if !connection.is_mcp() {
-        return Err(HostError::failed(format!(
-            "`{server}` is an LLM connection, not an MCP server"
-        )));
+        return Err(McpConfigError::NotMcp {
+            server: server.to_string(),
+        });
     }
-    connection.config.as_object().ok_or_else(|| {
-        HostError::failed(format!(
-            "MCP server `{server}`: its configuration is not an object"
-        ))
-    })
+    connection
+        .config
+        .as_object()
+        .ok_or_else(|| McpConfigError::Invalid {
+            server: server.to_string(),
+            problem: "its configuration is not an object".into(),
+        })
 }
 
 fn stdio(config: &serde_json::Map<String, Value>, command: &Value) -> Result<Transport, String> {
@@ -353,4 +393,58 @@ pub(super) fn declared_params(program: &Program, server: &str, tool: &str) -> Op
         .iter()
         .map(|p| p.get("name").and_then(Value::as_str).map(String::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(connections: Value) -> Program {
+        crate::test_program(serde_json::json!({ "connections": connections }))
+    }
+
+    fn error(program: &Program, server: &str) -> McpConfigError {
+        match server_config(program, server) {
+            Ok(_) => panic!("`{server}` was read"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn each_reason_has_its_variant_and_the_host_error_keeps_the_text() {
+        let program = program(serde_json::json!([
+            {"name": "openai", "config": {"provider": "openai"}},
+            {"name": "Slow", "config": {"type": "mcp", "command": "x", "timeout": "soon"}},
+            {"name": "Fine", "config": {"type": "mcp", "command": "python3 server.py"}}
+        ]));
+        let undeclared = error(&program, "Git");
+        assert_eq!(
+            undeclared,
+            McpConfigError::Undeclared {
+                server: "Git".into()
+            }
+        );
+        let host = HostError::from(undeclared);
+        assert_eq!(host.kind, concerto_vm::host::HostErrorKind::Failed);
+        assert_eq!(host.message, "the program declares no MCP server `Git`");
+        assert_eq!(
+            error(&program, "openai"),
+            McpConfigError::NotMcp {
+                server: "openai".into()
+            }
+        );
+        let invalid = error(&program, "Slow");
+        assert_eq!(
+            invalid.to_string(),
+            "MCP server `Slow`: `timeout` must be a number of seconds, not a string"
+        );
+        assert!(
+            matches!(invalid, McpConfigError::Invalid { .. }),
+            "{invalid:?}"
+        );
+        let fine = server_config(&program, "Fine").unwrap();
+        assert!(
+            matches!(fine.transport, Transport::Stdio { ref program, .. } if program == "python3")
+        );
+    }
 }

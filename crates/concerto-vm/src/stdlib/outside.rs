@@ -1,16 +1,17 @@
 //! `std::fs` and `std::http`: the program's reach outside the process, through the host's
 //! [`ToolHost`](crate::host::ToolHost) and its sandbox (allowed directories and domains).
 //!
-//! A refused operation is a catchable error naming what was denied and how to allow it; a
-//! permitted operation that fails (file not found, connection refused) is an `Err(text)`
-//! value, as in the reference runtime. HTTP answers with any status are `Ok(HttpResponse
-//! { status, body, headers })`.
+//! A refused operation ([`OutsideError::Refused`]) is a catchable error naming what was
+//! denied and how to allow it; a permitted operation that fails ([`OutsideError::Failed`]:
+//! file not found, connection refused) is an `Err(text)` value, as in the reference runtime;
+//! a host failure ([`OutsideError::Host`]) is the error any host failure is. HTTP answers
+//! with any status are `Ok(HttpResponse { status, body, headers })`.
 
 use std::time::Duration;
 
 use crate::error::VmError;
 use crate::exec::{Ctx, Flow};
-use crate::host::{FsReply, FsRequest, HttpReply, HttpRequest};
+use crate::host::{FsReply, FsRequest, HostError, HttpReply, HttpRequest, OutsideError};
 use crate::value::Value;
 
 fn text_arg(function: &str, args: &[Value], i: usize) -> Result<String, VmError> {
@@ -26,15 +27,20 @@ fn text_arg(function: &str, args: &[Value], i: usize) -> Result<String, VmError>
     }
 }
 
+/// What the program sees of an outside operation's outcome: `value` of the reply, an `Err`
+/// value, or an error (see [`OutsideError`]).
+fn outcome<T>(result: Result<T, OutsideError>, value: fn(T) -> Value) -> Result<Value, VmError> {
+    match result {
+        Ok(reply) => Ok(value(reply)),
+        Err(OutsideError::Failed(failure)) => Ok(Value::err(Value::str(failure.message))),
+        Err(OutsideError::Refused(message)) => Err(VmError::from(HostError::not_enabled(message))),
+        Err(OutsideError::Host(e)) => Err(VmError::from(e)),
+    }
+}
+
 fn fs_flow(ctx: &Ctx, request: FsRequest) -> Flow {
     let fut = ctx.host.tools.fs(request);
-    Flow::Suspend(Box::pin(async move {
-        match fut.await {
-            Ok(Ok(reply)) => Ok(fs_value(reply)),
-            Ok(Err(text)) => Ok(Value::err(Value::str(text))),
-            Err(e) => Err(VmError::from(e)),
-        }
-    }))
+    Flow::Suspend(Box::pin(async move { outcome(fut.await, fs_value) }))
 }
 
 fn fs_value(reply: FsReply) -> Value {
@@ -121,11 +127,7 @@ fn http_flow(ctx: &Ctx, mut request: HttpRequest, body: Option<&Value>) -> Flow 
     }
     let fut = ctx.host.tools.http(request);
     Flow::Suspend(Box::pin(async move {
-        match fut.await {
-            Ok(Ok(reply)) => Ok(Value::ok(http_value(reply))),
-            Ok(Err(text)) => Ok(Value::err(Value::str(text))),
-            Err(e) => Err(VmError::from(e)),
-        }
+        outcome(fut.await, |reply| Value::ok(http_value(reply)))
     }))
 }
 
@@ -213,4 +215,50 @@ pub(crate) fn generic(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
         req.timeout = Some(Duration::from_millis(*ms as u64));
     }
     Ok(http_flow(ctx, req, args.get(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use crate::host::OutsideFailureKind;
+
+    fn shown(result: Result<FsReply, OutsideError>) -> Result<Value, VmError> {
+        outcome(result, fs_value)
+    }
+
+    #[test]
+    fn a_failed_operation_is_an_err_value_with_its_message() {
+        let failed = OutsideError::failed(
+            OutsideFailureKind::Io(std::io::ErrorKind::NotFound),
+            "No such file or directory (os error 2)",
+        );
+        assert_eq!(
+            shown(Err(failed)).unwrap(),
+            Value::err(Value::str("No such file or directory (os error 2)"))
+        );
+        assert_eq!(
+            shown(Ok(FsReply::Text("hi".into()))).unwrap(),
+            Value::ok(Value::str("hi"))
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_a_catchable_not_enabled_error() {
+        let err = shown(Err(OutsideError::refused("`/etc` is outside"))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotEnabled);
+        assert!(err.is_catchable());
+        assert_eq!(err.message(), "not enabled: `/etc` is outside");
+    }
+
+    #[test]
+    fn a_host_failure_is_the_host_errors_own_error() {
+        let err = shown(Err(HostError::unsupported("std::fs here").into())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(!err.is_catchable());
+        assert_eq!(err.message(), "unsupported: std::fs here");
+        let err = shown(Err(HostError::failed("the pool is gone").into())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Host);
+        assert_eq!(err.message(), "the pool is gone");
+    }
 }
