@@ -22,7 +22,7 @@ fn main() {
         Some("ci") => ci(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
-        Some("deps") => deps::check(&root()),
+        Some("deps") => deps::check(&root()).and_then(|()| deps::check_minimal(&root())),
         Some("tidy") => tidy::check(&root()),
         _ => {
             eprintln!(

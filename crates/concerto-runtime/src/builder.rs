@@ -393,6 +393,13 @@ impl RuntimeBuilder {
             .into());
         }
         if let Some(sandbox) = &self.sandbox {
+            if !cfg!(feature = "http") && !sandbox.net_domains.is_empty() {
+                return Err(SetupError::FeatureOff {
+                    feature: "http",
+                    what: "Sandbox::allow_net (std::http)",
+                }
+                .into());
+            }
             // Made again (with the program's folder) when a program first runs.
             crate::tool_policy(&self.config, sandbox).map_err(SetupError::Sandbox)?;
         }

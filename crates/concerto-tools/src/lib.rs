@@ -29,7 +29,15 @@
 mod error;
 pub mod fs;
 pub mod hosts;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(not(feature = "http"))]
+#[path = "http_off.rs"]
+pub mod http;
+#[cfg(feature = "mcp")]
+pub mod mcp;
+#[cfg(not(feature = "mcp"))]
+#[path = "mcp_off.rs"]
 pub mod mcp;
 
 pub use error::{SandboxError, ToolFailure};
