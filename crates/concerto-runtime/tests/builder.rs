@@ -184,3 +184,39 @@ fn the_seed_constructor_is_the_builder_with_the_config_only() {
     assert!(runtime.config().debug);
     assert_eq!(runtime.limits(), &concerto_runtime::Limits::default());
 }
+
+/// Built without the `sqlite` feature (CI's step "minimal build" runs these tests so), an
+/// SQLite store is refused by
+/// `build()`, naming the feature.
+#[cfg(not(feature = "sqlite"))]
+#[test]
+fn without_the_sqlite_feature_an_sqlite_store_is_refused_naming_it() {
+    match Runtime::builder()
+        .state_store(StateStore::Sqlite("state.db".into()))
+        .build()
+    {
+        Err(RuntimeError::Setup(SetupError::FeatureOff { feature, .. })) => {
+            assert_eq!(feature, "sqlite")
+        }
+        Err(other) => panic!("expected FeatureOff, got {other}"),
+        Ok(_) => panic!("an SQLite store without the feature must be refused"),
+    }
+}
+
+/// Built without the `http` feature, a runtime with no other source of replies fails an
+/// agent call, naming the feature; the mock provider still answers.
+#[cfg(not(feature = "http"))]
+#[tokio::test]
+async fn without_the_http_feature_agent_calls_fail_naming_it_unless_mocked() {
+    let mut offline = Runtime::builder().build().expect("builds");
+    offline.load_ir(harbour()).expect("loads");
+    let error = offline
+        .execute()
+        .await
+        .expect_err("no network layer")
+        .to_string();
+    assert!(error.contains("`http` feature"), "{error}");
+    let mut mocked = Runtime::builder().mock_provider().build().expect("builds");
+    mocked.load_ir(harbour()).expect("loads");
+    mocked.execute().await.expect("the mock answers");
+}
