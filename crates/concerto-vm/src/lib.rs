@@ -27,8 +27,9 @@
 //! # Source layout
 //! - `value`: [`Value`] and its display/JSON/equality rules.
 //! - `vm`: [`Vm`], the prepared program.
-//! - `exec`: [`Execution`], the dispatch loop, calls, handlers and suspension;
-//!   `exec/debug`: its debug mode (stepping, breakpoints, tracing, inspection).
+//! - `exec/`: [`Execution`], the dispatch loop, calls, handlers and suspension, a file per
+//!   part (its module doc lists them); `exec/debug`: its debug mode (stepping, breakpoints,
+//!   tracing, inspection).
 //! - `ops`: operators off the fast path.
 //! - `builtins`, `stdlib`: native functions; `methods`: built-in methods.
 //! - `agent`: agent calls (LLM requests, tool loop, schema re-asks, builders).
