@@ -50,16 +50,15 @@ impl Execution {
                     self.frames[fi].pc = pc as u32
                 };
             }
-            // Runs a fallible expression; on error records the faulting op first.
-            macro_rules! tri {
+            // The `Result` `$e` with its error marked as raised by the current op: on `Err`
+            // the frame's pc is set to this op, so the error's location and the frame's
+            // `try` see it there. No control flow: the use site applies `?`.
+            macro_rules! at_op {
                 ($e:expr) => {
-                    match $e {
-                        Ok(v) => v,
-                        Err(err) => {
-                            self.frames[fi].pc = (pc - 1) as u32;
-                            return Err(err);
-                        }
-                    }
+                    ($e).map_err(|err| {
+                        self.frames[fi].pc = (pc - 1) as u32;
+                        err
+                    })
                 };
             }
             macro_rules! reg {
@@ -204,14 +203,14 @@ impl Execution {
                     }
                     Op::LoadLocal { dst, slot, global } => {
                         let v = match &reg!(slot) {
-                            Value::Unset => tri!(self.load_global(global)),
+                            Value::Unset => at_op!(self.load_global(global))?,
                             v => v.clone(),
                         };
                         reg!(dst) = v;
                     }
                     Op::LoadGlobal { dst, global } => {
                         let v = match &self.ctx.globals[global as usize] {
-                            Value::Unset => tri!(self.load_global(global)),
+                            Value::Unset => at_op!(self.load_global(global))?,
                             v => v.clone(),
                         };
                         reg!(dst) = v;
@@ -246,7 +245,7 @@ impl Execution {
                                 continue;
                             }
                         }
-                        let v = tri!(ops::binary(op, &reg!(a), &reg!(b)));
+                        let v = at_op!(ops::binary(op, &reg!(a), &reg!(b)))?;
                         reg!(dst) = v;
                     }
                     Op::BinK { op, dst, a, k } => {
@@ -272,7 +271,7 @@ impl Execution {
                             reg!(dst) = s;
                             continue;
                         }
-                        let v = tri!(ops::binary(op, &reg!(a), rhs));
+                        let v = at_op!(ops::binary(op, &reg!(a), rhs))?;
                         reg!(dst) = v;
                     }
                     Op::BinI { op, dst, a, imm } => {
@@ -299,17 +298,17 @@ impl Execution {
                             reg!(dst) = s;
                             continue;
                         }
-                        let v = tri!(ops::binary(op, &reg!(a), &rhs));
+                        let v = at_op!(ops::binary(op, &reg!(a), &rhs))?;
                         reg!(dst) = v;
                     }
                     Op::Neg { dst, src } => {
                         let v = match &reg!(src) {
                             Value::Int(x) => Value::Int(x.wrapping_neg()),
                             Value::Float(x) => Value::Float(-x),
-                            other => tri!(Err(VmError::type_error(format!(
+                            other => at_op!(Err(VmError::type_error(format!(
                                 "cannot negate {}",
                                 other.type_name()
-                            )))),
+                            ))))?,
                         };
                         reg!(dst) = v;
                     }
@@ -344,7 +343,7 @@ impl Execution {
                     } => {
                         let r = match (&reg!(a), &reg!(b)) {
                             (&Value::Int(x), &Value::Int(y)) => ops::int_cmp(op, x, y),
-                            (x, y) => tri!(ops::truth(op, x, y)),
+                            (x, y) => at_op!(ops::truth(op, x, y))?,
                         };
                         if r == when {
                             jump!(target);
@@ -359,7 +358,7 @@ impl Execution {
                     } => {
                         let r = match (&reg!(a), &vm.consts[k as usize]) {
                             (&Value::Int(x), &Value::Int(y)) => ops::int_cmp(op, x, y),
-                            (x, y) => tri!(ops::truth(op, x, y)),
+                            (x, y) => at_op!(ops::truth(op, x, y))?,
                         };
                         if r == when {
                             jump!(target);
@@ -374,7 +373,7 @@ impl Execution {
                     } => {
                         let r = match &reg!(a) {
                             &Value::Int(x) => ops::int_cmp(op, x, i64::from(imm)),
-                            x => tri!(ops::truth(op, x, &Value::Int(i64::from(imm)))),
+                            x => at_op!(ops::truth(op, x, &Value::Int(i64::from(imm))))?,
                         };
                         if r == when {
                             jump!(target);
@@ -404,7 +403,7 @@ impl Execution {
                         }
                         let callee = self.stack[at + argc as usize].clone();
                         save_pc!();
-                        let called = tri!(self.call_value(callee, at, argc as usize));
+                        let called = at_op!(self.call_value(callee, at, argc as usize))?;
                         finish_call!(called, at);
                     }
                     Op::CallGlobal {
@@ -421,11 +420,11 @@ impl Execution {
                             }
                         }
                         let callee = match &self.ctx.globals[global as usize] {
-                            Value::Unset => tri!(self.load_global(global)),
+                            Value::Unset => at_op!(self.load_global(global))?,
                             v => v.clone(),
                         };
                         save_pc!();
-                        let called = tri!(self.call_value(callee, at, argc as usize));
+                        let called = at_op!(self.call_value(callee, at, argc as usize))?;
                         finish_call!(called, at);
                     }
                     Op::CallMethod {
@@ -450,7 +449,7 @@ impl Execution {
                             && vm.methods[next as usize] == Method::Unwrap
                         {
                             let map = r.index;
-                            match tri!(self.hashmap_get_now(map, at)) {
+                            match at_op!(self.hashmap_get_now(map, at))? {
                                 GetNow::Found(found) => {
                                     self.stack[at] = found;
                                     pc += 1;
@@ -475,7 +474,7 @@ impl Execution {
                                 self.hashmap_fast(r.index, method, argc as usize, at)
                             {
                                 save_pc!();
-                                let called = tri!(called);
+                                let called = at_op!(called)?;
                                 finish_call!(called, at);
                                 continue;
                             }
@@ -490,17 +489,17 @@ impl Execution {
                             }
                         }
                         save_pc!();
-                        let called = tri!(self.call_method(at, argc as usize, name, None));
+                        let called = at_op!(self.call_method(at, argc as usize, name, None))?;
                         finish_call!(called, at);
                     }
                     Op::CallSite { base: cb, site } => {
                         let at = base + cb as usize;
                         save_pc!();
-                        let called = tri!(self.call_site(at, site));
+                        let called = at_op!(self.call_site(at, site))?;
                         finish_call!(called, at);
                     }
                     Op::Emit { chan, payload } => {
-                        tri!(self.emit_op(base + chan as usize, base + payload as usize))
+                        at_op!(self.emit_op(base + chan as usize, base + payload as usize))?
                     }
                     Op::EmitAwait { chan, payload } => {
                         let channel = reg!(chan).to_display();
@@ -573,14 +572,14 @@ impl Execution {
                         let v = match &reg!(obj) {
                             Value::Struct(s) => match s.ty.field_index(field) {
                                 Some(idx) => s.fields.lock()[idx].clone(),
-                                None => tri!(Err(VmError::no_field(field, &s.ty.name))),
+                                None => at_op!(Err(VmError::no_field(field, &s.ty.name)))?,
                             },
-                            other => tri!(ops::field_get(other, field)),
+                            other => at_op!(ops::field_get(other, field))?,
                         };
                         reg!(dst) = v;
                     }
                     Op::FieldSet { obj, src, name } => {
-                        tri!(self.field_set_op(base + obj as usize, base + src as usize, name))
+                        at_op!(self.field_set_op(base + obj as usize, base + src as usize, name))?
                     }
                     Op::IndexGet { dst, coll, idx } => {
                         let v = match (&reg!(coll), &reg!(idx)) {
@@ -591,28 +590,28 @@ impl Execution {
                                     None => {
                                         let len = items.len();
                                         drop(items);
-                                        tri!(Err(VmError::index_out_of_bounds(i, len)))
+                                        at_op!(Err(VmError::index_out_of_bounds(i, len)))?
                                     }
                                 }
                             }
                             (c, i) => match crate::hashmaps::index(c, i, &mut self.ctx) {
-                                Some(crate::hashmaps::Indexed::Now(r)) => tri!(r),
+                                Some(crate::hashmaps::Indexed::Now(r)) => at_op!(r)?,
                                 Some(crate::hashmaps::Indexed::Later(fut)) => {
                                     save_pc!();
                                     self.resume_dst = base + dst as usize;
                                     return Ok(Exit::Suspend(fut));
                                 }
-                                None => tri!(ops::index_get(c, i)),
+                                None => at_op!(ops::index_get(c, i))?,
                             },
                         };
                         reg!(dst) = v;
                     }
-                    Op::IndexSet { coll, idx, src } => tri!(self.index_set_op(
+                    Op::IndexSet { coll, idx, src } => at_op!(self.index_set_op(
                         base + coll as usize,
                         base + idx as usize,
                         base + src as usize
-                    )),
-                    Op::Cast { reg, target } => tri!(self.cast_op(base + reg as usize, target)),
+                    ))?,
+                    Op::Cast { reg, target } => at_op!(self.cast_op(base + reg as usize, target))?,
                     Op::CheckType { reg, name } => self.check_type_op(base + reg as usize, name),
                     Op::Await { reg, timeout_ms } => {
                         if matches!(reg!(reg), Value::Object(_) | Value::Array(_))
@@ -659,7 +658,7 @@ impl Execution {
                     }
                     Op::SpawnAsync { reg } => {
                         let at = base + reg as usize;
-                        tri!(self.spawn_op(at));
+                        at_op!(self.spawn_op(at))?;
                     }
                 }
             }
