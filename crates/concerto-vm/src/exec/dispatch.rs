@@ -76,20 +76,14 @@ impl Execution {
                     }
                 }};
             }
-            // A jump, spending fuel when it goes backwards (a loop).
+            // Jumps to `$target`, spending fuel when the jump goes backwards (a loop). Yields
+            // `true` when that used up the fuel: the use site then saves the pc and yields.
             macro_rules! jump {
                 ($target:expr) => {{
                     let target = $target as usize;
-                    if target < pc {
-                        self.fuel -= 1;
-                        if self.fuel == 0 {
-                            self.refuel();
-                            pc = target;
-                            save_pc!();
-                            return Ok(Exit::Yield);
-                        }
-                    }
+                    let backward = target < pc;
                     pc = target;
+                    backward && self.spend_fuel()
                 }};
             }
             // Returns `$v` from this frame: straight back into a code frame below, or through
@@ -324,14 +318,20 @@ impl Execution {
                         let v = reg!(a).is_truthy() || reg!(b).is_truthy();
                         reg!(dst) = Value::Bool(v);
                     }
-                    Op::Jump { target } => jump!(target),
+                    Op::Jump { target } => {
+                        if jump!(target) {
+                            save_pc!();
+                            return Ok(Exit::Yield);
+                        }
+                    }
                     Op::JumpIf { cond, when, target } => {
                         let truthy = match &reg!(cond) {
                             Value::Bool(b) => *b,
                             other => other.is_truthy(),
                         };
-                        if truthy == when {
-                            jump!(target);
+                        if truthy == when && jump!(target) {
+                            save_pc!();
+                            return Ok(Exit::Yield);
                         }
                     }
                     Op::CmpJump {
@@ -345,8 +345,9 @@ impl Execution {
                             (&Value::Int(x), &Value::Int(y)) => ops::int_cmp(op, x, y),
                             (x, y) => at_op!(ops::truth(op, x, y))?,
                         };
-                        if r == when {
-                            jump!(target);
+                        if r == when && jump!(target) {
+                            save_pc!();
+                            return Ok(Exit::Yield);
                         }
                     }
                     Op::CmpJumpK {
@@ -360,8 +361,9 @@ impl Execution {
                             (&Value::Int(x), &Value::Int(y)) => ops::int_cmp(op, x, y),
                             (x, y) => at_op!(ops::truth(op, x, y))?,
                         };
-                        if r == when {
-                            jump!(target);
+                        if r == when && jump!(target) {
+                            save_pc!();
+                            return Ok(Exit::Yield);
                         }
                     }
                     Op::CmpJumpI {
@@ -375,8 +377,9 @@ impl Execution {
                             &Value::Int(x) => ops::int_cmp(op, x, i64::from(imm)),
                             x => at_op!(ops::truth(op, x, &Value::Int(i64::from(imm))))?,
                         };
-                        if r == when {
-                            jump!(target);
+                        if r == when && jump!(target) {
+                            save_pc!();
+                            return Ok(Exit::Yield);
                         }
                     }
                     Op::Return { src } => {

@@ -227,6 +227,18 @@ impl Execution {
         }
     }
 
+    /// Spends one unit of fuel (a backward jump or a call): `true` when that was the last of
+    /// it, and more has been granted; the loop must then yield.
+    #[inline(always)]
+    pub(super) fn spend_fuel(&mut self) -> bool {
+        self.fuel -= 1;
+        if self.fuel == 0 {
+            self.refuel();
+            return true;
+        }
+        false
+    }
+
     /// Counts the fuel just used up and grants more: [`FUEL`], or what is left of the step
     /// budget (the loop then yields exactly when the budget is spent, and `drive` stops it).
     #[cold]
