@@ -139,40 +139,36 @@ impl Execution {
 
             // Enters code function `$fid` (`$callee`) whose register 0 is `$at` and whose
             // `$argc` parameters (after `self` when it has one) are already in place, without
-            // leaving the loop. Falls through when the call depth is exhausted (the general
-            // path then reports it).
+            // leaving the loop: saves the caller's pc, pushes the frame, switches the locals
+            // above to it and spends the call's fuel. Yields `true` when that used up the
+            // fuel: the use site then yields (the new frame runs when the loop comes back);
+            // otherwise it continues the op loop, now in the callee. The use site checks first
+            // that the call fits (`fits_inline`).
             macro_rules! enter_inline {
                 ($fid:expr, $callee:expr, $at:expr, $argc:expr) => {{
                     let callee: &concerto_ir::Function = $callee;
                     let at: usize = $at;
-                    if self.frames.len() < max_depth {
-                        save_pc!();
-                        let size = callee.frame_size as usize;
-                        if self.stack.len() < at + size {
-                            self.stack.resize(at + size, Value::Nil);
-                        }
-                        let first_local = at + usize::from(callee.self_slot.is_some()) + $argc;
-                        for slot in &mut self.stack[first_local..at + callee.n_slots as usize] {
-                            *slot = Value::Unset;
-                        }
-                        self.frames.push(Frame {
-                            func: $fid,
-                            pc: 0,
-                            base: at as u32,
-                            native: NO_NATIVE,
-                        });
-                        self.fuel -= 1;
-                        if self.fuel == 0 {
-                            self.refuel();
-                            return Ok(Exit::Yield);
-                        }
-                        fi += 1;
-                        func = callee;
-                        code = &func.code;
-                        base = at;
-                        pc = 0;
-                        continue;
+                    save_pc!();
+                    let size = callee.frame_size as usize;
+                    if self.stack.len() < at + size {
+                        self.stack.resize(at + size, Value::Nil);
                     }
+                    let first_local = at + usize::from(callee.self_slot.is_some()) + $argc;
+                    for slot in &mut self.stack[first_local..at + callee.n_slots as usize] {
+                        *slot = Value::Unset;
+                    }
+                    self.frames.push(Frame {
+                        func: $fid,
+                        pc: 0,
+                        base: at as u32,
+                        native: NO_NATIVE,
+                    });
+                    fi += 1;
+                    func = callee;
+                    code = &func.code;
+                    base = at;
+                    pc = 0;
+                    self.spend_fuel()
                 }};
             }
 
@@ -400,8 +396,11 @@ impl Execution {
                         };
                         if let Some(fid) = fid {
                             let callee = program.function(fid);
-                            if callee.n_params == argc && callee.self_slot.is_none() {
-                                enter_inline!(fid, callee, at, argc as usize);
+                            if fits_inline(callee, argc, false, self.frames.len(), max_depth) {
+                                if enter_inline!(fid, callee, at, argc as usize) {
+                                    return Ok(Exit::Yield);
+                                }
+                                continue;
                             }
                         }
                         let callee = self.stack[at + argc as usize].clone();
@@ -418,8 +417,11 @@ impl Execution {
                         // Fast path: a user function with the right arity and no `self`.
                         if let Value::Func(f) = self.ctx.globals[global as usize] {
                             let callee = program.function(f.id);
-                            if callee.n_params == argc && callee.self_slot.is_none() {
-                                enter_inline!(f.id, callee, at, argc as usize);
+                            if fits_inline(callee, argc, false, self.frames.len(), max_depth) {
+                                if enter_inline!(f.id, callee, at, argc as usize) {
+                                    return Ok(Exit::Yield);
+                                }
+                                continue;
                             }
                         }
                         let callee = match &self.ctx.globals[global as usize] {
@@ -487,8 +489,11 @@ impl Execution {
                             && let Some(fid) = vm.user_method(obj.ty.key, name)
                         {
                             let callee = program.function(fid);
-                            if callee.n_params == argc && callee.self_slot.is_some() {
-                                enter_inline!(fid, callee, at, argc as usize);
+                            if fits_inline(callee, argc, true, self.frames.len(), max_depth) {
+                                if enter_inline!(fid, callee, at, argc as usize) {
+                                    return Ok(Exit::Yield);
+                                }
+                                continue;
                             }
                         }
                         save_pc!();
@@ -696,6 +701,21 @@ fn append_display(s: &mut Str, rhs: &Value) {
         Value::Int(i) => s.push_str(itoa::Buffer::new().format(*i)),
         other => s.push_str(&other.to_display()),
     }
+}
+
+/// Whether a call of `callee` with `argc` arguments (after a receiver when `receiver`) can
+/// enter the callee's frame without leaving the loop: the arity fits, the callee reads
+/// `self` exactly when the call has a receiver, and the call depth `depth` is below the
+/// limit (at the limit, the general path reports the error).
+#[inline(always)]
+fn fits_inline(
+    callee: &concerto_ir::Function,
+    argc: u16,
+    receiver: bool,
+    depth: usize,
+    max_depth: usize,
+) -> bool {
+    callee.n_params == argc && callee.self_slot.is_some() == receiver && depth < max_depth
 }
 
 /// `Some(duration)` for a timeout operand in milliseconds (0: none).
