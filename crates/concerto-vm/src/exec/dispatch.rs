@@ -115,24 +115,25 @@ impl Execution {
                     }
                 }};
             }
-            // After a call: go on inline, switch to the new frame, or leave the loop.
+            // After a call made off the inline paths (its pc saved): spends the call's fuel
+            // and yields how the loop goes on: `None`, to the next op (the result is in
+            // place); `Some(leave)`, for the use site to `break 'ops` with, to go into the
+            // frame the call pushed (`Reload`) or to leave the loop when the callee waits
+            // (its result is to land in `$dst`), a native frame must run first, or the fuel
+            // ran out.
             macro_rules! finish_call {
                 ($called:expr, $dst:expr) => {{
-                    self.fuel -= 1;
-                    let out_of_fuel = self.fuel == 0;
-                    if out_of_fuel {
-                        self.refuel();
-                    }
+                    let out_of_fuel = self.spend_fuel();
                     match $called {
-                        Called::Done if !out_of_fuel => {}
-                        Called::Done => return Ok(Exit::Yield),
-                        Called::Entered if out_of_fuel => return Ok(Exit::Yield),
-                        Called::Entered => continue 'frames,
+                        Called::Done if !out_of_fuel => None,
+                        Called::Done => Some(Leave::Exit(Exit::Yield)),
+                        Called::Entered if out_of_fuel => Some(Leave::Exit(Exit::Yield)),
+                        Called::Entered => Some(Leave::Reload),
                         Called::Suspend(fut) => {
                             self.resume_dst = $dst;
-                            return Ok(Exit::Suspend(fut));
+                            Some(Leave::Exit(Exit::Suspend(fut)))
                         }
-                        Called::Native => return Ok(Exit::Resume),
+                        Called::Native => Some(Leave::Exit(Exit::Resume)),
                     }
                 }};
             }
@@ -172,7 +173,8 @@ impl Execution {
                 }};
             }
 
-            loop {
+            // The ops of the current frame, until one leaves the loop of this frame's locals.
+            let leave = 'ops: loop {
                 let Some(&op) = code.get(pc) else {
                     // Running off the end returns nil.
                     ret!(Value::Nil)
@@ -406,7 +408,9 @@ impl Execution {
                         let callee = self.stack[at + argc as usize].clone();
                         save_pc!();
                         let called = at_op!(self.call_value(callee, at, argc as usize))?;
-                        finish_call!(called, at);
+                        if let Some(leave) = finish_call!(called, at) {
+                            break 'ops leave;
+                        }
                     }
                     Op::CallGlobal {
                         base: cb,
@@ -430,7 +434,9 @@ impl Execution {
                         };
                         save_pc!();
                         let called = at_op!(self.call_value(callee, at, argc as usize))?;
-                        finish_call!(called, at);
+                        if let Some(leave) = finish_call!(called, at) {
+                            break 'ops leave;
+                        }
                     }
                     Op::CallMethod {
                         base: cb,
@@ -465,7 +471,9 @@ impl Execution {
                                 // the `unwrap` runs as usual.
                                 GetNow::Later(fut) => {
                                     save_pc!();
-                                    finish_call!(Called::Suspend(fut), at);
+                                    if let Some(leave) = finish_call!(Called::Suspend(fut), at) {
+                                        break 'ops leave;
+                                    }
                                 }
                             }
                         }
@@ -480,7 +488,9 @@ impl Execution {
                             {
                                 save_pc!();
                                 let called = at_op!(called)?;
-                                finish_call!(called, at);
+                                if let Some(leave) = finish_call!(called, at) {
+                                    break 'ops leave;
+                                }
                                 continue;
                             }
                         }
@@ -498,13 +508,17 @@ impl Execution {
                         }
                         save_pc!();
                         let called = at_op!(self.call_method(at, argc as usize, name, None))?;
-                        finish_call!(called, at);
+                        if let Some(leave) = finish_call!(called, at) {
+                            break 'ops leave;
+                        }
                     }
                     Op::CallSite { base: cb, site } => {
                         let at = base + cb as usize;
                         save_pc!();
                         let called = at_op!(self.call_site(at, site))?;
-                        finish_call!(called, at);
+                        if let Some(leave) = finish_call!(called, at) {
+                            break 'ops leave;
+                        }
                     }
                     Op::Emit { chan, payload } => {
                         at_op!(self.emit_op(base + chan as usize, base + payload as usize))?
@@ -669,9 +683,22 @@ impl Execution {
                         at_op!(self.spawn_op(at))?;
                     }
                 }
+            };
+            match leave {
+                Leave::Reload => continue 'frames,
+                Leave::Exit(exit) => return Ok(exit),
             }
         }
     }
+}
+
+/// Why the op loop of a frame stopped (what its `break 'ops` carries).
+enum Leave {
+    /// The top frame is not the one in the loop's locals any more (a call off the inline
+    /// paths pushed a frame): load them again.
+    Reload,
+    /// Leave the dispatch loop with this.
+    Exit(Exit),
 }
 
 /// Stores `v` into a register. The old value is dropped only when it owns something;
