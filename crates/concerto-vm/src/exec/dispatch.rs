@@ -15,9 +15,16 @@ use crate::ops;
 use crate::value::{Str, Value};
 
 impl Execution {
-    /// The dispatch loop. `DEBUG` is a separate instantiation for debug mode (stepping,
-    /// breakpoints, tracing): it asks the debugger before every op whether to pause. The
-    /// ordinary instantiation has no such check (the `if DEBUG` blocks compile away).
+    /// The dispatch loop. The outer loop (`'frames`) loads the top frame into locals; the op
+    /// loop (`'ops`) runs its ops, switches those locals in place for calls and returns
+    /// between code frames, and ends by `break 'ops` with a [`Leave`]: load the top frame
+    /// again, or return an [`Exit`]. Ops that suspend, yield, pause or hand a thrown value to
+    /// a handler `return` directly, and errors leave through `?` (marked with the op that
+    /// raised them by `at_op!`).
+    ///
+    /// `DEBUG` is a separate instantiation for debug mode (stepping, breakpoints, tracing):
+    /// it asks the debugger before every op whether to pause. The ordinary instantiation has
+    /// no such check (the `if DEBUG` blocks compile away).
     pub(super) fn dispatch<const DEBUG: bool>(&mut self) -> Result<Exit, VmError> {
         let vm = self.ctx.vm.clone();
         let program: &Program = &vm.program;
@@ -86,8 +93,12 @@ impl Execution {
                     backward && self.spend_fuel()
                 }};
             }
-            // Returns `$v` from this frame: straight back into a code frame below, or through
-            // `do_return` when a native frame or the end of the execution waits.
+            // Returns `$v` from this frame. When the frame below is a code frame and no
+            // handler of this frame is left, straight back into it: pops the frame, switches
+            // the locals above to the caller and yields `Ok(None)`, so the op loop goes on in
+            // the caller. Otherwise (a native frame or the end of the execution waits, or a
+            // handler must go) through `do_return`: yields its error, or `Ok(Some(leave))` for
+            // the use site to `break 'ops` with.
             macro_rules! ret {
                 ($v:expr) => {{
                     let v = $v;
@@ -106,12 +117,11 @@ impl Execution {
                         code = &func.code;
                         base = caller.base as usize;
                         pc = caller.pc as usize;
-                        continue;
-                    }
-                    save_pc!();
-                    match self.do_return(v)? {
-                        Some(exit) => return Ok(exit),
-                        None => continue 'frames,
+                        Ok(None)
+                    } else {
+                        save_pc!();
+                        self.do_return(v)
+                            .map(|exit| Some(exit.map_or(Leave::Reload, Leave::Exit)))
                     }
                 }};
             }
@@ -173,11 +183,14 @@ impl Execution {
                 }};
             }
 
-            // The ops of the current frame, until one leaves the loop of this frame's locals.
+            // The ops of the frame in the locals above, until one breaks out with a `Leave`.
             let leave = 'ops: loop {
                 let Some(&op) = code.get(pc) else {
                     // Running off the end returns nil.
-                    ret!(Value::Nil)
+                    match ret!(Value::Nil)? {
+                        Some(leave) => break 'ops leave,
+                        None => continue,
+                    }
                 };
                 if DEBUG && self.debug_before_op(fi, pc) {
                     // Stop before this op; running again starts with it.
@@ -384,9 +397,15 @@ impl Execution {
                         // The frame ends here: move the value out instead of cloning it,
                         // so the dead register does not keep it alive either.
                         let v = std::mem::replace(&mut reg!(src), Value::Nil);
-                        ret!(v)
+                        if let Some(leave) = ret!(v)? {
+                            break 'ops leave;
+                        }
                     }
-                    Op::ReturnNil => ret!(Value::Nil),
+                    Op::ReturnNil => {
+                        if let Some(leave) = ret!(Value::Nil)? {
+                            break 'ops leave;
+                        }
+                    }
                     Op::Call { base: cb, argc } => {
                         let at = base + cb as usize;
                         // A function value or a closure (its name constant): straight into
@@ -563,7 +582,9 @@ impl Execution {
                             Value::Err(_) => v,
                             other => Value::err(other),
                         };
-                        ret!(v)
+                        if let Some(leave) = ret!(v)? {
+                            break 'ops leave;
+                        }
                     }
                     Op::Propagate { reg } => {
                         let payload = match &reg!(reg) {
@@ -582,7 +603,9 @@ impl Execution {
                             return Ok(Exit::Resume);
                         }
                         let v = reg!(reg).clone();
-                        ret!(v)
+                        if let Some(leave) = ret!(v)? {
+                            break 'ops leave;
+                        }
                     }
                     Op::BuildArray { start, n } => self.build_array(base + start as usize, n),
                     Op::BuildMap { start, n } => self.build_map(base + start as usize, n),
@@ -695,7 +718,8 @@ impl Execution {
 /// Why the op loop of a frame stopped (what its `break 'ops` carries).
 enum Leave {
     /// The top frame is not the one in the loop's locals any more (a call off the inline
-    /// paths pushed a frame): load them again.
+    /// paths pushed a frame, a return through `do_return` went back into a code frame):
+    /// load them again.
     Reload,
     /// Leave the dispatch loop with this.
     Exit(Exit),
