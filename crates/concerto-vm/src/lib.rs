@@ -27,11 +27,16 @@
 //! # Source layout
 //! - `value`: [`Value`] and its display/JSON/equality rules.
 //! - `vm`: [`Vm`], the prepared program.
-//! - `exec`: [`Execution`], the dispatch loop, calls, handlers and suspension;
-//!   `exec/debug`: its debug mode (stepping, breakpoints, tracing, inspection).
+//! - `exec/`: [`Execution`], the dispatch loop, calls, handlers and suspension, a file per
+//!   part (its module doc lists them); `exec/debug`: its debug mode (stepping, breakpoints,
+//!   tracing, inspection).
 //! - `ops`: operators off the fast path.
 //! - `builtins`, `stdlib`: native functions; `methods`: built-in methods.
-//! - `agent`: agent calls (LLM requests, tool loop, schema re-asks, builders).
+//! - `agent/`: agent calls (LLM requests, tool loop, schema re-asks, builders), a file per
+//!   part (its module doc lists them).
+//! - `hashmaps`: hashmap methods (scoped views, queries, batches, change callbacks).
+//! - `listen`: 7ad10db's `listen` blocks, streaming sessions with an external agent.
+//! - `task`: asynchronous tasks (`SPAWN_ASYNC`, `AWAIT`, `AWAIT_ALL`, `AWAIT_ANY`).
 //! - `host`: the traits for the outside world.
 //! - `error`: [`VmError`].
 //! - `testing`: in-memory fakes of the host traits for tests and examples.

@@ -39,7 +39,9 @@ use std::sync::Arc;
 
 use concerto_ir::{BinOp, CallSite, FuncId, Function, HashmapOp, Op, Program, Reg, Span};
 
-use super::{Execution, NO_NATIVE, main_outcome};
+use super::Execution;
+use super::execution::{entry_of, main_outcome};
+use super::frame::NO_NATIVE;
 use crate::error::VmError;
 use crate::value::Value;
 
@@ -375,7 +377,7 @@ impl Execution {
     fn begin_phase(&mut self, program: &Program, idx: usize) -> Result<(), VmError> {
         let func = match program.const_inits.get(idx) {
             Some(&init) => init,
-            None => super::entry_of(program)?,
+            None => entry_of(program)?,
         };
         self.begin(func, Vec::new())
     }
