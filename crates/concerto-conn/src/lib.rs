@@ -1,6 +1,6 @@
-//! LLM connections: the implementation of the VM's [`Connections`] trait.
+//! LLM connections: the implementation of the VM's [`Connections`](concerto_vm::host::Connections) trait.
 //!
-//! [`HttpConnections`] sends an agent's [`ChatRequest`] to the provider its connection
+//! [`HttpConnections`] sends an agent's [`ChatRequest`](concerto_vm::host::ChatRequest) to the provider its connection
 //! names — OpenAI Chat Completions (also Ollama and any OpenAI-compatible server) or
 //! Anthropic Messages — over one pooled HTTP client (rustls, HTTP/1.1 and HTTP/2). Each
 //! connection's settings come from the program's connection entry (`Concerto.toml`),
