@@ -7,6 +7,7 @@ mod agents;
 #[path = "async.rs"]
 mod async_tasks;
 mod emit;
+mod env;
 mod fuzz;
 mod limits;
 mod loader;

@@ -92,6 +92,11 @@ struct Access {
     /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
     #[arg(long = "allow-net", value_name = "DOMAIN")]
     allow_net: Vec<String>,
+    /// Let the program read environment variable NAME (`std::env`, `env()`); `PREFIX_*`
+    /// for every variable starting with `PREFIX_`; repeatable. Any other variable, those of
+    /// `--env FILE` included, reads as unset.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    allow_env: Vec<String>,
 }
 
 impl Access {
@@ -124,7 +129,7 @@ impl Access {
         }
     }
 
-    /// The sandbox of `std::fs` and `std::http`.
+    /// The sandbox of `std::fs`, `std::http` and `std::env`.
     fn sandbox(&self) -> Sandbox {
         let mut sandbox = Sandbox::default();
         for dir in &self.allow_fs {
@@ -132,6 +137,9 @@ impl Access {
         }
         for domain in &self.allow_net {
             sandbox = sandbox.allow_net(domain);
+        }
+        for name in &self.allow_env {
+            sandbox = sandbox.allow_env(name);
         }
         sandbox
     }

@@ -285,9 +285,20 @@ fn metrics_and_env_file() {
            {"index":1,"type":"string","value":"CONCERTO_CLI_TEST_VAR"},
            {"index":2,"type":"nil","value":null}"#,
     );
+    // The file's variables are for keys and the runtime; the program reads one only when
+    // allowed.
+    let hidden = bin()
+        .args(["run", "--emit-format", "jsonl", "--env"])
+        .arg(&env)
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(hidden.status.code(), Some(0), "{}", stderr(&hidden));
+    assert_eq!(jsonl(&hidden)[0]["payload"], serde_json::Value::Null);
     let out = bin()
         .args(["run", "--emit-format", "jsonl", "--metrics", "--env"])
         .arg(&env)
+        .args(["--allow-env", "CONCERTO_CLI_*"])
         .arg(&ir)
         .output()
         .unwrap();

@@ -121,8 +121,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// What `std::fs` and `std::http` may reach (nothing by default). Not with
-    /// [`RuntimeBuilder::tool_host`]: a host's own tool layer applies its own rules.
+    /// What `std::fs`, `std::http` and `std::env` may reach (nothing by default). Its
+    /// directories and domains are not for [`RuntimeBuilder::tool_host`]: a host's own tool
+    /// layer applies its own rules (its variables still govern `std::env`).
     pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
         self.sandbox = Some(sandbox);
         self
@@ -347,7 +348,8 @@ impl RuntimeBuilder {
             .into());
         }
         if self.tools.is_some() {
-            let second = if self.sandbox.is_some() {
+            let reaches_out = |s: &Sandbox| !s.fs_roots.is_empty() || !s.net_domains.is_empty();
+            let second = if self.sandbox.as_ref().is_some_and(reaches_out) {
                 Some("sandbox")
             } else if !self.host_tools.is_empty() {
                 Some("tool")

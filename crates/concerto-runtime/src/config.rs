@@ -89,12 +89,16 @@ impl RuntimeConfig {
 /// back to it). `Debug` never shows the API key or header values.
 pub use concerto_conn::ConnectionSettings as ConnectionOverride;
 
-/// What `std::fs` and `std::http` may reach. Empty by default: a program can touch no file
-/// and no network address until the host allows directories and domains.
+/// What `std::fs`, `std::http` and `std::env` may reach. Empty by default: a program can
+/// touch no file, no network address and no environment variable until the host allows
+/// directories, domains and variables.
 ///
 /// ```
 /// use concerto_runtime::Sandbox;
-/// let sandbox = Sandbox::default().allow_fs("/tmp/work").allow_net("api.example.com");
+/// let sandbox = Sandbox::default()
+///     .allow_fs("/tmp/work")
+///     .allow_net("api.example.com")
+///     .allow_env("APP_*");
 /// # let _ = sandbox;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,6 +111,10 @@ pub struct Sandbox {
     /// subdomains), `localhost`, IP literals, each optionally with `:port`; redirects are
     /// checked hop by hop.
     pub net_domains: Vec<String>,
+    /// Environment variables `std::env` and `env()` may read: `NAME`, or `PREFIX*` for every
+    /// variable whose name starts with `PREFIX`. Any other variable reads as unset, and
+    /// `std::env::all()` lists only these.
+    pub env: Vec<String>,
 }
 
 impl Sandbox {
@@ -119,6 +127,13 @@ impl Sandbox {
     /// Allows domain `domain`.
     pub fn allow_net(mut self, domain: impl Into<String>) -> Sandbox {
         self.net_domains.push(domain.into());
+        self
+    }
+
+    /// Lets the program read environment variable `name` (`PREFIX*`: every variable whose
+    /// name starts with `PREFIX`).
+    pub fn allow_env(mut self, name: impl Into<String>) -> Sandbox {
+        self.env.push(name.into());
         self
     }
 }

@@ -668,7 +668,10 @@ impl Runtime {
             memory,
             schema: self.schema.clone(),
             tools,
-            system: self.system.clone(),
+            system: Arc::new(system::EnvGuard::new(
+                self.system.clone(),
+                &self.sandbox.env,
+            )),
         };
         let timeout = self.config.execution_timeout;
         let config = ExecConfig {

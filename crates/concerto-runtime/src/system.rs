@@ -134,3 +134,74 @@ impl System for ProcessSystem {
         }
     }
 }
+
+/// The environment the program sees: the host's [`System`] with every variable hidden
+/// except those the sandbox allows (`NAME`, or `PREFIX*` for every name starting with
+/// `PREFIX`). The runtime hands this to the interpreter (`std::env`, `env()`); the connection
+/// layer reads API keys from the unfiltered system.
+pub(crate) struct EnvGuard {
+    inner: Arc<dyn System>,
+    allowed: Arc<[String]>,
+}
+
+impl EnvGuard {
+    pub(crate) fn new(inner: Arc<dyn System>, allowed: &[String]) -> EnvGuard {
+        EnvGuard {
+            inner,
+            allowed: allowed.iter().map(|p| p.trim().to_string()).collect(),
+        }
+    }
+
+    fn allows(&self, name: &str) -> bool {
+        self.allowed
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => pattern == name,
+            })
+    }
+}
+
+impl System for EnvGuard {
+    fn print(&self, text: &str) {
+        self.inner.print(text);
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        self.inner.log(level, message);
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        if self.allows(name) {
+            self.inner.env_var(name)
+        } else {
+            None
+        }
+    }
+
+    fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars = self.inner.env_vars();
+        vars.retain(|(name, _)| self.allows(name));
+        vars
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.inner.now_ms()
+    }
+
+    fn monotonic(&self) -> std::time::Instant {
+        self.inner.monotonic()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        self.inner.sleep(duration)
+    }
+
+    fn spawn(&self, task: BoxFuture<()>) -> Result<concerto_vm::host::Spawned, BoxFuture<()>> {
+        self.inner.spawn(task)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        self.inner.random_bytes(buf);
+    }
+}
