@@ -39,8 +39,7 @@ fn run(sandbox: Sandbox) -> Vec<(String, Json)> {
         .expect("tokio")
         .block_on(runtime.execute())
         .expect("runs");
-    let out = emits.lock().clone();
-    out
+    emits.lock().clone()
 }
 
 fn get<'a>(emits: &'a [(String, Json)], channel: &str) -> &'a Json {
