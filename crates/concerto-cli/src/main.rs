@@ -129,6 +129,13 @@ impl Access {
         }
     }
 
+    /// [`Access::sandbox`], with `keys` (the variables of `--env FILE`) approved as API-key
+    /// variables of connections.
+    fn sandbox_with_keys(&self, keys: &[String]) -> Sandbox {
+        keys.iter()
+            .fold(self.sandbox(), |sandbox, key| sandbox.allow_key_env(key))
+    }
+
     /// The sandbox of `std::fs`, `std::http` and `std::env`.
     fn sandbox(&self) -> Sandbox {
         let mut sandbox = Sandbox::default();
@@ -329,25 +336,28 @@ fn setup(
         ..RuntimeConfig::default()
     };
     access.permissions(&mut config);
-    let builder = Runtime::builder()
-        .config(config)
-        .sandbox(access.sandbox())
-        .program_dir(&source.dir);
+    // The sandbox comes with the system (`sandbox_with_keys`): the env file's variables are
+    // approved key variables.
+    let builder = Runtime::builder().config(config).program_dir(&source.dir);
     Ok((source, builder))
 }
 
 /// The console (`print` to `print_out`, diagnostics to stderr) and environment, with the
-/// variables of `--env FILE`.
+/// variables of `--env FILE`, and the names of those variables (connections may read keys
+/// from them; the program may not, unless `--allow-env` says so).
 fn system(
     print_out: concerto_runtime::TextOut,
     env_file: Option<&std::path::Path>,
-) -> Result<ProcessSystem, ExitCode> {
+) -> Result<(ProcessSystem, Vec<String>), ExitCode> {
     let system = ProcessSystem::with_output(print_out, concerto_runtime::stderr_writer());
     let Some(path) = env_file else {
-        return Ok(system);
+        return Ok((system, Vec::new()));
     };
     match read_env_file(path) {
-        Ok(vars) => Ok(system.with_env(vars)),
+        Ok(vars) => {
+            let names = vars.iter().map(|(name, _)| name.clone()).collect();
+            Ok((system.with_env(vars), names))
+        }
         Err(err) => {
             eprintln!("error: cannot read env file `{}`: {err}", path.display());
             Err(ExitCode::from(2))
@@ -410,7 +420,11 @@ fn test(args: TestArgs) -> ExitCode {
         Err(code) => return code,
     };
     match system(concerto_runtime::stderr_writer(), env_file.as_deref()) {
-        Ok(system) => builder = builder.system(Arc::new(system)),
+        Ok((system, keys)) => {
+            builder = builder
+                .system(Arc::new(system))
+                .sandbox(access.sandbox_with_keys(&keys));
+        }
         Err(code) => return code,
     };
     if mock {
@@ -601,7 +615,11 @@ fn run(args: RunArgs) -> ExitCode {
         EmitFormat::Text => concerto_runtime::stdout_writer(),
     };
     match system(print_out, env_file.as_deref()) {
-        Ok(system) => builder = builder.system(Arc::new(system)),
+        Ok((system, keys)) => {
+            builder = builder
+                .system(Arc::new(system))
+                .sandbox(access.sandbox_with_keys(&keys));
+        }
         Err(code) => return code,
     };
     if let Some(state) = &state {

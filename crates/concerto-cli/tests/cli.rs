@@ -1199,3 +1199,107 @@ fn version_names_the_supported_compilers_and_completions_cover_the_commands() {
     let bad = bin().args(["completions", "cmd.exe"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// A loopback server that keeps every byte it receives and answers 401; its base URL and
+/// what it received.
+fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&buf[..n]).contains("\r\n\r\n") {
+                    break;
+                }
+            }
+            let body = r#"{"error": {"message": "no", "type": "invalid_request_error"}}"#;
+            let response = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// The harbour example with every connection reading its key from `variable` and sending
+/// to `url`, written into `dir`.
+fn harbour_keyed(dir: &Path, url: &str, variable: &str) -> PathBuf {
+    let mut ir: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(harbour()).unwrap()).unwrap();
+    for conn in ir["connections"].as_array_mut().unwrap() {
+        conn["config"]["base_url"] = serde_json::json!(url);
+        conn["config"]["api_key_env"] = serde_json::json!(variable);
+        conn["config"]["retry"] = serde_json::json!({"max_attempts": 1, "backoff": "none"});
+    }
+    let path = dir.join("harbour-keyed.conc-ir");
+    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_key_variable_the_host_did_not_approve_is_never_read_or_sent() {
+    let canary = "canary-aws-9d1e7c3b";
+    let dir = fresh_dir("key-approval");
+    let (url, seen) = recording_server();
+    let path = harbour_keyed(&dir, &url, "MY_AWS_SECRET");
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["run", "--emit-format", "jsonl", "--allow-net", "127.0.0.1"])
+            .args(extra)
+            .arg(&path)
+            .env("MY_AWS_SECRET", canary)
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert_stderr_has(&refused, "MY_AWS_SECRET");
+    assert_stderr_has(&refused, "--allow-env MY_AWS_SECRET");
+    assert!(!stdout(&refused).contains(canary) && !stderr(&refused).contains(canary));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing may reach the server"
+    );
+
+    // Approved with --allow-env: the key goes to the connection's server.
+    let approved = run(&["--allow-env", "MY_AWS_SECRET"]);
+    assert_eq!(approved.status.code(), Some(1), "{}", stderr(&approved));
+    assert_stderr_has(&approved, "401");
+    let received = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(received.contains(&format!("Bearer {canary}")), "{received}");
+    assert!(!stderr(&approved).contains(canary));
+
+    // Approved by an --env FILE that sets it (and only there).
+    seen.lock().unwrap().clear();
+    let env = dir.join("keys.env");
+    std::fs::write(&env, "MY_AWS_SECRET=from-the-file-5b2a\n").unwrap();
+    let from_file = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-net",
+            "127.0.0.1",
+            "--env",
+        ])
+        .arg(&env)
+        .arg(&path)
+        .env_remove("MY_AWS_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(from_file.status.code(), Some(1), "{}", stderr(&from_file));
+    let received = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(received.contains("Bearer from-the-file-5b2a"), "{received}");
+}

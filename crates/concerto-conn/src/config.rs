@@ -22,6 +22,7 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 pub(crate) use crate::EnvLookup as EnvFn;
+pub(crate) use crate::KeyApproval;
 
 /// Strings that must never appear in any output (API keys, secret header values).
 #[derive(Clone, Default)]
@@ -271,6 +272,7 @@ fn resolve_key(
     config: &Json,
     settings: Option<&ConnectionSettings>,
     env: &EnvFn,
+    approve: Option<&KeyApproval>,
 ) -> Result<Option<String>, HostError> {
     if let Some(key) = settings
         .and_then(|s| s.api_key.as_deref())
@@ -307,6 +309,16 @@ fn resolve_key(
             .map(str::to_string)
             .or_else(|| default_key_variable(provider_name).map(str::to_string)),
     };
+    if let Some(variable) = &variable
+        && let Some(approve) = approve
+        && !approve(variable)
+    {
+        return Err(HostError::not_enabled(format!(
+            "connection '{name}': its API key variable `{variable}` was not approved by the \
+             host; approve it with `--allow-env {variable}` (the program may then read it too) \
+             or an `--env FILE` that sets it, or give the key in a connection override"
+        )));
+    }
     let Some(variable) = variable else {
         if key_required(provider_name) {
             return Err(err(
@@ -367,6 +379,7 @@ pub(crate) fn resolve(
     config: &Json,
     settings: Option<&ConnectionSettings>,
     env: &EnvFn,
+    approve: Option<&KeyApproval>,
 ) -> Result<Resolved, HostError> {
     if config.get("type").and_then(Json::as_str) == Some("mcp") {
         return Err(err(
@@ -477,6 +490,7 @@ pub(crate) fn resolve(
             config,
             settings,
             env,
+            approve,
         )?))
     };
     Ok(Resolved {
@@ -499,6 +513,7 @@ fn http_target(
     config: &Json,
     settings: Option<&ConnectionSettings>,
     env: &EnvFn,
+    approve: Option<&KeyApproval>,
 ) -> Result<HttpTarget, HostError> {
     let provider = if provider_name == "anthropic" {
         Provider::Anthropic
@@ -528,7 +543,7 @@ fn http_target(
         },
     };
     let uri = endpoint_uri(name, &base, provider.endpoint())?;
-    let key = resolve_key(name, provider_name, config, settings, env)?;
+    let key = resolve_key(name, provider_name, config, settings, env, approve)?;
 
     let mut secrets = Secrets::default();
     let mut headers = HeaderMap::new();
@@ -695,7 +710,7 @@ mod tests {
         };
         let config = json!({"api_key": "sk-literal", "api_key_env": "MY_VAR"});
         let key = |config: &Json, settings: Option<&ConnectionSettings>, provider: &str| {
-            resolve_key("c", provider, config, settings, &with_vars)
+            resolve_key("c", provider, config, settings, &with_vars, None)
         };
         assert_eq!(
             key(&config, Some(&host), "openai").unwrap().as_deref(),
@@ -741,7 +756,7 @@ mod tests {
             "rate_limit": {"requests_per_minute": 5, "tokens_per_minute": 900,
                            "concurrent_requests": 2},
             "anthropic_structured": "prompt"});
-        let r = resolve("c", &config, None, &no_env).unwrap();
+        let r = resolve("c", &config, None, &no_env, None).unwrap();
         assert_eq!(r.timeout, Duration::from_millis(12_500));
         assert!(r.stream);
         assert_eq!(r.retry.max_attempts, 2);
@@ -766,7 +781,7 @@ mod tests {
             anthropic_structured: Some(AnthropicStructured::Tool),
             ..ConnectionSettings::default()
         };
-        let r = resolve("c", &config, Some(&host), &no_env).unwrap();
+        let r = resolve("c", &config, Some(&host), &no_env, None).unwrap();
         assert_eq!(r.provider_name, "anthropic");
         assert_eq!(r.timeout, Duration::from_secs(3));
         assert!(!r.stream);
@@ -785,7 +800,7 @@ mod tests {
         assert_eq!(http.headers.get("x-api-key").unwrap(), "sk-x");
         assert!(http.headers.get("x-api-key").unwrap().is_sensitive());
         // Defaults.
-        let r = resolve("c", &json!({"provider": "ollama"}), None, &no_env).unwrap();
+        let r = resolve("c", &json!({"provider": "ollama"}), None, &no_env, None).unwrap();
         assert_eq!(r.timeout, DEFAULT_TIMEOUT);
         assert_eq!(r.retry, RetryPolicy::default());
         assert!(r.limits.is_unlimited());
@@ -802,7 +817,14 @@ mod tests {
             provider: Some("mock".into()),
             ..ConnectionSettings::default()
         };
-        let r = resolve("c", &json!({"provider": "openai"}), Some(&mock), &no_env).unwrap();
+        let r = resolve(
+            "c",
+            &json!({"provider": "openai"}),
+            Some(&mock),
+            &no_env,
+            None,
+        )
+        .unwrap();
         assert!(matches!(r.target, Target::Mock));
     }
 
@@ -817,7 +839,7 @@ mod tests {
         assert!(!debug.contains("very-secret"), "{debug}");
         assert!(debug.contains("X-Token"));
         let config = json!({"provider": "openai", "base_url": "http://h"});
-        let r = resolve("c", &config, Some(&settings), &no_env).unwrap();
+        let r = resolve("c", &config, Some(&settings), &no_env, None).unwrap();
         assert_eq!(
             r.redact("echo sk-very-secret and tok-very-secret"),
             "echo [REDACTED] and [REDACTED]"

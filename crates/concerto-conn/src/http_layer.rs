@@ -23,6 +23,10 @@ use crate::{ConnectionSettings, MockConnections, PriceTable, client, config, mod
 /// (`std::env::var` unless [`HttpConnections::with_env`] says otherwise).
 pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
+/// Says whether a connection may read its API key from an environment variable (by name):
+/// see [`HttpConnections::with_key_approval`].
+pub type KeyApproval = dyn Fn(&str) -> bool + Send + Sync;
+
 /// Retries allowed across all calls of one [`HttpConnections`] unless
 /// [`HttpConnections::with_retry_budget`] says otherwise.
 pub const DEFAULT_RETRY_BUDGET: u32 = 100;
@@ -86,6 +90,7 @@ pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 pub struct HttpConnections {
     client: HttpClient,
     env: Arc<EnvFn>,
+    approve: Option<Arc<KeyApproval>>,
     settings: HashMap<String, ConnectionSettings>,
     prices: Arc<PriceTable>,
     budget: Arc<RetryBudget>,
@@ -131,6 +136,7 @@ impl HttpConnections {
         HttpConnections {
             client: HttpClient::new(),
             env: Arc::new(|name: &str| std::env::var(name).ok()),
+            approve: None,
             settings: HashMap::new(),
             prices: Arc::new(PriceTable::builtin()),
             budget: Arc::new(RetryBudget::new(DEFAULT_RETRY_BUDGET)),
@@ -143,6 +149,17 @@ impl HttpConnections {
     /// Reads API-key variables through `env` instead of the process environment.
     pub fn with_env(mut self, env: Arc<EnvLookup>) -> Self {
         self.env = env;
+        self.resolved.get_mut().clear();
+        self
+    }
+
+    /// Lets a connection read its API key only from variables `approve` accepts (whether the
+    /// program named them with `api_key_env` or `{"$env": …}`, or the provider's
+    /// conventional one applies); any other is refused with a not-enabled error naming the
+    /// variable, before it is read. Without it every variable may be read. A key set in a
+    /// connection's [`ConnectionSettings`] needs no approval.
+    pub fn with_key_approval(mut self, approve: Arc<KeyApproval>) -> Self {
+        self.approve = Some(approve);
         self.resolved.get_mut().clear();
         self
     }
@@ -190,6 +207,7 @@ impl HttpConnections {
             &entry.config,
             self.settings.get(&entry.name),
             &*self.env,
+            self.approve.as_deref(),
         )?;
         let limits = (!conn.limits.is_unlimited()).then(|| {
             let mut all = self.limits.lock();

@@ -624,3 +624,45 @@ fn one_instance_serves_many_runtimes_as_a_shared_trait_object() {
         });
     }
 }
+
+/// A key variable the host's approval refuses is never read (the lookup is not even asked)
+/// and nothing is sent; an approved one is read and sent.
+#[tokio::test]
+async fn a_key_variable_outside_the_hosts_approval_is_refused_before_it_is_read() {
+    let server = MockServer::start().await;
+    server.respond_with(|_| Step::openai_text("ok"));
+    let asked = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let log = asked.clone();
+    let lookup: Arc<concerto_conn::EnvLookup> = Arc::new(move |name: &str| {
+        log.lock().push(name.to_string());
+        Some(format!("value-of-{name}"))
+    });
+    let conns = HttpConnections::new()
+        .with_env(lookup)
+        .with_key_approval(Arc::new(|name: &str| name == "APPROVED_KEY"));
+    let config = |variable: &str| {
+        one(
+            "c",
+            json!({"provider": "openai", "base_url": server.base(), "default_model": "m",
+                   "api_key": {"$env": variable}}),
+        )
+    };
+    let err = conns
+        .chat(&config("MY_AWS_SECRET"), 0, request(None, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, HostErrorKind::NotEnabled, "{}", err.message);
+    assert!(err.message.contains("MY_AWS_SECRET"), "{}", err.message);
+    assert!(err.message.contains("--allow-env"), "{}", err.message);
+    assert!(asked.lock().is_empty(), "the refused variable was read");
+    assert!(server.requests().is_empty());
+    conns
+        .chat(&config("APPROVED_KEY"), 0, request(None, "x"))
+        .await
+        .unwrap();
+    assert_eq!(*asked.lock(), ["APPROVED_KEY"]);
+    assert_eq!(
+        server.requests()[0].header("authorization").as_deref(),
+        Some("Bearer value-of-APPROVED_KEY")
+    );
+}

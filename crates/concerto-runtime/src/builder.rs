@@ -468,8 +468,15 @@ impl RuntimeBuilder {
     #[cfg(feature = "http")]
     fn http_layer(&self, system: &Arc<dyn System>) -> Connection {
         let system = system.clone();
+        let sandbox = self.sandbox.clone().unwrap_or_default();
+        let approve = move |name: &str| {
+            matches!(name, "OPENAI_API_KEY" | "ANTHROPIC_API_KEY")
+                || crate::system::env_allowed(&sandbox.env, name)
+                || sandbox.key_env.iter().any(|k| k == name)
+        };
         let mut layer = concerto_conn::HttpConnections::new()
             .with_env(Arc::new(move |name: &str| system.env_var(name)))
+            .with_key_approval(Arc::new(approve))
             .with_prices(self.prices.clone());
         for (name, o) in &self.config.connection_overrides {
             layer = layer.with_settings(name, o.clone());

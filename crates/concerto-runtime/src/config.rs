@@ -115,6 +115,11 @@ pub struct Sandbox {
     /// variable whose name starts with `PREFIX`. Any other variable reads as unset, and
     /// `std::env::all()` lists only these.
     pub env: Vec<String>,
+    /// Further variables connections may read API keys from (the program may not read
+    /// them): `concerto run --env FILE` puts the file's variables here. The providers'
+    /// conventional `OPENAI_API_KEY` and `ANTHROPIC_API_KEY` and the variables of
+    /// [`Sandbox::env`] need no entry.
+    pub key_env: Vec<String>,
 }
 
 impl Sandbox {
@@ -127,6 +132,12 @@ impl Sandbox {
     /// Allows domain `domain`.
     pub fn allow_net(mut self, domain: impl Into<String>) -> Sandbox {
         self.net_domains.push(domain.into());
+        self
+    }
+
+    /// Lets connections read an API key from variable `name` (not the program).
+    pub fn allow_key_env(mut self, name: impl Into<String>) -> Sandbox {
+        self.key_env.push(name.into());
         self
     }
 
