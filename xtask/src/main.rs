@@ -357,7 +357,11 @@ const CORPORA: &[Corpus] = &[
         title: "LLM conformance corpus (1a8ede9)",
         cases: "llm/cases",
         runner: "run_llm.py",
-        args: &["--cmd", "{bin} run --emit-format jsonl {ir}"],
+        // Connections point at the runner's local mock server: a host the program chose.
+        args: &[
+            "--cmd",
+            "{bin} run --allow-net 127.0.0.1 --emit-format jsonl {ir}",
+        ],
     },
     Corpus {
         title: "VM conformance corpus (7ad10db)",
@@ -369,7 +373,11 @@ const CORPORA: &[Corpus] = &[
         title: "LLM conformance corpus (7ad10db)",
         cases: "head/llm",
         runner: "run_llm.py",
-        args: &["--cmd", "{bin} run --emit-format jsonl {ir}"],
+        // Connections point at the runner's local mock server: a host the program chose.
+        args: &[
+            "--cmd",
+            "{bin} run --allow-net 127.0.0.1 --emit-format jsonl {ir}",
+        ],
     },
     Corpus {
         title: "external-agent conformance corpus (7ad10db)",
@@ -379,7 +387,7 @@ const CORPORA: &[Corpus] = &[
             "--agent-flag",
             "--allow-tool {name}",
             "--cmd",
-            "{bin} run --emit-format jsonl {ir}",
+            "{bin} run --allow-net 127.0.0.1 --emit-format jsonl {ir}",
         ],
     },
     Corpus {
@@ -388,9 +396,9 @@ const CORPORA: &[Corpus] = &[
         runner: "head/test/run_tests.py",
         args: &[
             "--test-cmd",
-            "{bin} test {ir}",
+            "{bin} test --allow-net 127.0.0.1 {ir}",
             "--run-cmd",
-            "{bin} run --emit-format jsonl {ir}",
+            "{bin} run --allow-net 127.0.0.1 --emit-format jsonl {ir}",
         ],
     },
 ];

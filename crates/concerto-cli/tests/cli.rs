@@ -376,7 +376,8 @@ fn a_canary_api_key_never_appears_in_any_output() {
     let record = dir.join("calls.jsonl");
     for format in ["jsonl", "text"] {
         let out = bin()
-            .args(["run", "--metrics", "--emit-format", format, "--record"])
+            .args(["run", "--metrics", "--allow-net", "127.0.0.1"])
+            .args(["--emit-format", format, "--record"])
             .arg(&record)
             .arg(&path)
             .env("OPENAI_API_KEY", canary)
@@ -1254,6 +1255,30 @@ fn a_key_variable_the_host_did_not_approve_is_never_read_or_sent() {
     let dir = fresh_dir("key-approval");
     let (url, seen) = recording_server();
     let path = harbour_keyed(&dir, &url, "MY_AWS_SECRET");
+    // First the host: a base_url the program chose needs --allow-net, or nothing is sent.
+    let host_refused = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-env",
+            "MY_AWS_SECRET",
+        ])
+        .arg(&path)
+        .env("MY_AWS_SECRET", canary)
+        .output()
+        .unwrap();
+    assert_eq!(
+        host_refused.status.code(),
+        Some(1),
+        "{}",
+        stderr(&host_refused)
+    );
+    assert_stderr_has(&host_refused, "--allow-net 127.0.0.1");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing may reach the server"
+    );
     let run = |extra: &[&str]| {
         bin()
             .args(["run", "--emit-format", "jsonl", "--allow-net", "127.0.0.1"])
@@ -1302,4 +1327,47 @@ fn a_key_variable_the_host_did_not_approve_is_never_read_or_sent() {
     assert_eq!(from_file.status.code(), Some(1), "{}", stderr(&from_file));
     let received = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
     assert!(received.contains("Bearer from-the-file-5b2a"), "{received}");
+}
+
+/// Spellings of a host that is not the allowed one are refused before anything is sent:
+/// userinfo naming the allowed host, a numeric address, a different port, mixed case of a
+/// name that is not allowed.
+#[test]
+fn a_connection_host_in_disguise_is_refused_and_receives_nothing() {
+    let dir = fresh_dir("host-disguise");
+    let (url, seen) = recording_server();
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let cases = [
+        (format!("http://127.0.0.2@127.0.0.1:{port}"), "127.0.0.2"),
+        (format!("http://2130706433:{port}"), "127.0.0.1"),
+        (format!("http://127.0.0.1:{port}"), "127.0.0.1:1"),
+        (format!("http://LocalHost:{port}"), "example.com"),
+    ];
+    for (base, allowed) in &cases {
+        let path = harbour_keyed(&dir, base, "OPENAI_API_KEY");
+        let out = bin()
+            .args(["run", "--emit-format", "jsonl", "--allow-net", allowed])
+            .arg(&path)
+            .env("OPENAI_API_KEY", "sk-canary-disguise")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{base}: {}", stderr(&out));
+        assert_stderr_has(&out, "--allow-net");
+        assert!(!stderr(&out).contains("sk-canary-disguise"));
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{} bytes reached the server",
+        seen.lock().unwrap().len()
+    );
+    // The positive control: the same server, allowed, receives the request.
+    let path = harbour_keyed(&dir, &url, "OPENAI_API_KEY");
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl", "--allow-net", "127.0.0.1"])
+        .arg(&path)
+        .env("OPENAI_API_KEY", "sk-canary-disguise")
+        .output()
+        .unwrap();
+    assert_stderr_has(&out, "401");
+    assert!(!seen.lock().unwrap().is_empty());
 }

@@ -22,7 +22,16 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 pub(crate) use crate::EnvLookup as EnvFn;
-pub(crate) use crate::KeyApproval;
+pub(crate) use crate::{HostApproval, KeyApproval};
+
+/// The API host of a provider that has its own (`openai`, `anthropic`).
+fn provider_host(provider_name: &str) -> Option<&'static str> {
+    match provider_name {
+        "openai" => Some("api.openai.com"),
+        "anthropic" => Some("api.anthropic.com"),
+        _ => None,
+    }
+}
 
 /// Strings that must never appear in any output (API keys, secret header values).
 #[derive(Clone, Default)]
@@ -380,6 +389,7 @@ pub(crate) fn resolve(
     settings: Option<&ConnectionSettings>,
     env: &EnvFn,
     approve: Option<&KeyApproval>,
+    hosts: Option<&HostApproval>,
 ) -> Result<Resolved, HostError> {
     if config.get("type").and_then(Json::as_str) == Some("mcp") {
         return Err(err(
@@ -491,6 +501,7 @@ pub(crate) fn resolve(
             settings,
             env,
             approve,
+            hosts,
         )?))
     };
     Ok(Resolved {
@@ -514,22 +525,33 @@ fn http_target(
     settings: Option<&ConnectionSettings>,
     env: &EnvFn,
     approve: Option<&KeyApproval>,
+    hosts: Option<&HostApproval>,
 ) -> Result<HttpTarget, HostError> {
     let provider = if provider_name == "anthropic" {
         Provider::Anthropic
     } else {
         Provider::OpenAi
     };
+    // Who chose the endpoint: the host (an override), the provider's own API, or the program.
+    let mut chosen_by_program = true;
     let base = match settings
         .and_then(|s| s.base_url.as_deref())
         .filter(|b| !b.trim().is_empty())
     {
-        Some(b) => b.to_string(),
+        Some(b) => {
+            chosen_by_program = false;
+            b.to_string()
+        }
         None => match opt_str(name, config, "base_url")?.filter(|b| !b.trim().is_empty()) {
             Some(b) => b.to_string(),
             None => match provider_name {
-                "openai" => "https://api.openai.com/v1".to_string(),
-                "anthropic" => "https://api.anthropic.com/v1".to_string(),
+                "openai" | "anthropic" => {
+                    chosen_by_program = false;
+                    format!(
+                        "https://{}/v1",
+                        provider_host(provider_name).unwrap_or_default()
+                    )
+                }
                 "ollama" => "http://localhost:11434/v1".to_string(),
                 other => {
                     return Err(err(
@@ -543,6 +565,28 @@ fn http_target(
         },
     };
     let uri = endpoint_uri(name, &base, provider.endpoint())?;
+    if chosen_by_program && let Some(allow) = hosts {
+        let host = uri.host().unwrap_or_default();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            });
+        let is_providers_own = provider_host(provider_name)
+            .is_some_and(|own| host.eq_ignore_ascii_case(own))
+            && uri.scheme_str() == Some("https")
+            && port == 443;
+        if !is_providers_own && !allow(host, port) {
+            let shown = host.trim_start_matches('[').trim_end_matches(']');
+            return Err(HostError::not_enabled(format!(
+                "connection '{name}': its base_url goes to `{host}:{port}`, which the host did \
+                 not allow (a program may reach only its provider's own API by itself); allow \
+                 it with `--allow-net {shown}` or set the connection's base_url in an override"
+            )));
+        }
+    }
     let key = resolve_key(name, provider_name, config, settings, env, approve)?;
 
     let mut secrets = Secrets::default();
@@ -756,7 +800,7 @@ mod tests {
             "rate_limit": {"requests_per_minute": 5, "tokens_per_minute": 900,
                            "concurrent_requests": 2},
             "anthropic_structured": "prompt"});
-        let r = resolve("c", &config, None, &no_env, None).unwrap();
+        let r = resolve("c", &config, None, &no_env, None, None).unwrap();
         assert_eq!(r.timeout, Duration::from_millis(12_500));
         assert!(r.stream);
         assert_eq!(r.retry.max_attempts, 2);
@@ -781,7 +825,7 @@ mod tests {
             anthropic_structured: Some(AnthropicStructured::Tool),
             ..ConnectionSettings::default()
         };
-        let r = resolve("c", &config, Some(&host), &no_env, None).unwrap();
+        let r = resolve("c", &config, Some(&host), &no_env, None, None).unwrap();
         assert_eq!(r.provider_name, "anthropic");
         assert_eq!(r.timeout, Duration::from_secs(3));
         assert!(!r.stream);
@@ -800,7 +844,15 @@ mod tests {
         assert_eq!(http.headers.get("x-api-key").unwrap(), "sk-x");
         assert!(http.headers.get("x-api-key").unwrap().is_sensitive());
         // Defaults.
-        let r = resolve("c", &json!({"provider": "ollama"}), None, &no_env, None).unwrap();
+        let r = resolve(
+            "c",
+            &json!({"provider": "ollama"}),
+            None,
+            &no_env,
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.timeout, DEFAULT_TIMEOUT);
         assert_eq!(r.retry, RetryPolicy::default());
         assert!(r.limits.is_unlimited());
@@ -823,6 +875,7 @@ mod tests {
             Some(&mock),
             &no_env,
             None,
+            None,
         )
         .unwrap();
         assert!(matches!(r.target, Target::Mock));
@@ -839,7 +892,7 @@ mod tests {
         assert!(!debug.contains("very-secret"), "{debug}");
         assert!(debug.contains("X-Token"));
         let config = json!({"provider": "openai", "base_url": "http://h"});
-        let r = resolve("c", &config, Some(&settings), &no_env, None).unwrap();
+        let r = resolve("c", &config, Some(&settings), &no_env, None, None).unwrap();
         assert_eq!(
             r.redact("echo sk-very-secret and tok-very-secret"),
             "echo [REDACTED] and [REDACTED]"

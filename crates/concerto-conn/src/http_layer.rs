@@ -27,6 +27,10 @@ pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 /// see [`HttpConnections::with_key_approval`].
 pub type KeyApproval = dyn Fn(&str) -> bool + Send + Sync;
 
+/// Says whether a connection may send to a host (as in its URL) and port the program chose:
+/// see [`HttpConnections::with_host_approval`].
+pub type HostApproval = dyn Fn(&str, u16) -> bool + Send + Sync;
+
 /// Retries allowed across all calls of one [`HttpConnections`] unless
 /// [`HttpConnections::with_retry_budget`] says otherwise.
 pub const DEFAULT_RETRY_BUDGET: u32 = 100;
@@ -91,6 +95,7 @@ pub struct HttpConnections {
     client: HttpClient,
     env: Arc<EnvFn>,
     approve: Option<Arc<KeyApproval>>,
+    hosts: Option<Arc<HostApproval>>,
     settings: HashMap<String, ConnectionSettings>,
     prices: Arc<PriceTable>,
     budget: Arc<RetryBudget>,
@@ -137,6 +142,7 @@ impl HttpConnections {
             client: HttpClient::new(),
             env: Arc::new(|name: &str| std::env::var(name).ok()),
             approve: None,
+            hosts: None,
             settings: HashMap::new(),
             prices: Arc::new(PriceTable::builtin()),
             budget: Arc::new(RetryBudget::new(DEFAULT_RETRY_BUDGET)),
@@ -160,6 +166,19 @@ impl HttpConnections {
     /// connection's [`ConnectionSettings`] needs no approval.
     pub fn with_key_approval(mut self, approve: Arc<KeyApproval>) -> Self {
         self.approve = Some(approve);
+        self.resolved.get_mut().clear();
+        self
+    }
+
+    /// Lets a connection send only to hosts `allow` accepts when the program chose its
+    /// endpoint (a `base_url` in the program, or `ollama`'s default `localhost`); the
+    /// provider's own API (`https://api.openai.com`, `https://api.anthropic.com`) and a
+    /// `base_url` set in a connection's [`ConnectionSettings`] need no approval. A refused
+    /// host is a not-enabled error naming the connection, the host and `--allow-net`,
+    /// before anything is sent (the key is not even read). Without it every host may be
+    /// reached.
+    pub fn with_host_approval(mut self, allow: Arc<HostApproval>) -> Self {
+        self.hosts = Some(allow);
         self.resolved.get_mut().clear();
         self
     }
@@ -208,6 +227,7 @@ impl HttpConnections {
             self.settings.get(&entry.name),
             &*self.env,
             self.approve.as_deref(),
+            self.hosts.as_deref(),
         )?;
         let limits = (!conn.limits.is_unlimited()).then(|| {
             let mut all = self.limits.lock();

@@ -47,8 +47,8 @@ pub mod wire;
 
 #[cfg(feature = "http")]
 pub use http_layer::{
-    DEFAULT_OUTPUT_RESERVE, DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT, EnvLookup, HttpConnections,
-    KeyApproval,
+    DEFAULT_OUTPUT_RESERVE, DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT, EnvLookup, HostApproval,
+    HttpConnections, KeyApproval,
 };
 pub use mock::MockConnections;
 pub use pricing::{Price, PriceTable};

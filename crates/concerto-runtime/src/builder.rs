@@ -474,9 +474,17 @@ impl RuntimeBuilder {
                 || crate::system::env_allowed(&sandbox.env, name)
                 || sandbox.key_env.iter().any(|k| k == name)
         };
+        let net = concerto_tools::http::HttpSandbox::new(
+            self.sandbox
+                .as_ref()
+                .map_or(&[][..], |s| &s.net_domains[..]),
+        );
         let mut layer = concerto_conn::HttpConnections::new()
             .with_env(Arc::new(move |name: &str| system.env_var(name)))
             .with_key_approval(Arc::new(approve))
+            .with_host_approval(Arc::new(move |host: &str, port: u16| {
+                net.allows(host, port)
+            }))
             .with_prices(self.prices.clone());
         for (name, o) in &self.config.connection_overrides {
             layer = layer.with_settings(name, o.clone());

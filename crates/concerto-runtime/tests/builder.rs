@@ -220,3 +220,99 @@ async fn without_the_http_feature_agent_calls_fail_naming_it_unless_mocked() {
     mocked.load_ir(harbour()).expect("loads");
     mocked.execute().await.expect("the mock answers");
 }
+
+#[cfg(feature = "http")]
+/// A loopback server that counts the bytes it receives and answers 401; its address.
+fn counting_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                if String::from_utf8_lossy(&buf[..n]).contains("\r\n\r\n") {
+                    break;
+                }
+            }
+            let body = r#"{"error": {"message": "no", "type": "invalid_request_error"}}"#;
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[cfg(feature = "http")]
+/// The harbour example with its connections' base_url (chosen by the program) at `url`.
+fn harbour_at(url: &str) -> Vec<u8> {
+    let mut ir: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(harbour()).expect("example")).expect("json");
+    for conn in ir["connections"].as_array_mut().expect("connections") {
+        conn["config"]["base_url"] = serde_json::json!(url);
+        conn["config"]["retry"] = serde_json::json!({"max_attempts": 1, "backoff": "none"});
+    }
+    serde_json::to_vec(&ir).expect("json")
+}
+
+#[cfg(feature = "http")]
+/// A base_url the program chose is refused unless the host allowed its host; a base_url the
+/// host set in a connection override is the host's choice and needs nothing else.
+#[tokio::test]
+async fn a_connection_reaches_a_program_chosen_host_only_when_the_host_allowed_it() {
+    let (url, received) = counting_server();
+    let program = harbour_at(&url);
+    let names: Vec<String> = {
+        let ir: serde_json::Value = serde_json::from_slice(&program).expect("json");
+        ir["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name").to_string())
+            .collect()
+    };
+    let keyed = || {
+        let quiet: concerto_runtime::TextOut = Arc::new(|_: &str| {});
+        Arc::new(
+            concerto_runtime::ProcessSystem::with_output(quiet.clone(), quiet)
+                .with_env([("OPENAI_API_KEY".to_string(), "sk-test".to_string())]),
+        )
+    };
+    let mut refused = Runtime::builder().system(keyed()).build().expect("builds");
+    refused.load_ir_bytes(&program).expect("loads");
+    let error = refused.execute().await.expect_err("refused").to_string();
+    assert!(error.contains("--allow-net 127.0.0.1"), "{error}");
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let config = names.iter().fold(RuntimeConfig::default(), |config, name| {
+        config.with_connection_override(
+            name,
+            ConnectionOverride {
+                base_url: Some(url.clone()),
+                ..Default::default()
+            },
+        )
+    });
+    let mut overridden = Runtime::builder()
+        .config(config)
+        .system(keyed())
+        .build()
+        .expect("builds");
+    overridden.load_ir_bytes(&program).expect("loads");
+    let error = overridden.execute().await.expect_err("401").to_string();
+    assert!(error.contains("401"), "{error}");
+    assert!(received.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
