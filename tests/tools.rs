@@ -290,6 +290,12 @@ fn an_mcp_server_without_permission_is_refused_and_never_started() {
     let denied = denied.as_str().unwrap_or_default();
     assert!(denied.contains("MCP server 'Calc'"), "{denied}");
     assert!(denied.contains("--allow-tool Calc"), "{denied}");
+    // The command line comes from the program: the refusal shows what enabling it starts.
+    let script = fixture("mcp/server.py");
+    assert!(
+        denied.contains(&format!("would start `python3 {script}`")),
+        "{denied}"
+    );
     assert!(out.iter().all(|(c, _)| c != "echo"));
 }
 
@@ -387,6 +393,11 @@ fn a_host_agent_without_permission_is_refused_and_never_started() {
     let denied = denied.as_str().unwrap_or_default();
     assert!(denied.contains("host agent 'Echo'"), "{denied}");
     assert!(denied.contains("--allow-tool Echo"), "{denied}");
+    let script = fixture("host_agent.py");
+    assert!(
+        denied.contains(&format!("would start `python3 {script}`")),
+        "{denied}"
+    );
     assert!(out.iter().all(|(c, _)| c != "first"));
 }
 

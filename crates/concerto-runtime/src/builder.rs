@@ -471,7 +471,7 @@ impl RuntimeBuilder {
         let sandbox = self.sandbox.clone().unwrap_or_default();
         let approve = move |name: &str| {
             matches!(name, "OPENAI_API_KEY" | "ANTHROPIC_API_KEY")
-                || crate::system::env_allowed(&sandbox.env, name)
+                || concerto_tools::env_allowed(&sandbox.env, name)
                 || sandbox.key_env.iter().any(|k| k == name)
         };
         let net = concerto_tools::http::HttpSandbox::new(

@@ -169,6 +169,7 @@ pub(crate) fn tool_policy(
             .collect(),
         fs_roots: sandbox.fs_roots.clone(),
         net_domains: sandbox.net_domains.clone(),
+        env: sandbox.env.clone(),
     };
     concerto_tools::Tools::new(policy)
 }

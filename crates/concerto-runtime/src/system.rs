@@ -135,17 +135,6 @@ impl System for ProcessSystem {
     }
 }
 
-/// Whether `name` matches one of `patterns` (`NAME`, or `PREFIX*`).
-pub(crate) fn env_allowed(patterns: &[String], name: &str) -> bool {
-    patterns
-        .iter()
-        .map(|p| p.trim())
-        .any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => pattern == name,
-        })
-}
-
 /// The environment the program sees: the host's [`System`] with every variable hidden
 /// except those the sandbox allows (`NAME`, or `PREFIX*` for every name starting with
 /// `PREFIX`). The runtime hands this to the interpreter (`std::env`, `env()`); the connection
@@ -164,7 +153,7 @@ impl EnvGuard {
     }
 
     fn allows(&self, name: &str) -> bool {
-        env_allowed(&self.allowed, name)
+        concerto_tools::env_allowed(&self.allowed, name)
     }
 }
 

@@ -71,6 +71,9 @@ struct Spec {
     name: String,
     command: String,
     args: Vec<String>,
+    /// What the process inherits from the runtime's environment ([`crate::child_env`]).
+    inherited: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The variables the manifest entry declares (set after the inherited ones).
     env: Vec<(String, String)>,
     working_dir: Option<String>,
     /// The init params as JSON text, when the host has a non-empty params table.
@@ -115,6 +118,8 @@ impl Slot {
 pub struct HostAgents {
     slots: Mutex<HashMap<Spec, Arc<Slot>>>,
     base_dir: Option<std::path::PathBuf>,
+    /// Variables of the runtime's environment a process may inherit besides the base ones.
+    env_allowed: Vec<String>,
 }
 
 impl fmt::Debug for HostAgents {
@@ -140,6 +145,13 @@ impl HostAgents {
         self
     }
 
+    /// Lets host processes inherit the runtime's variables matching `patterns` (`NAME` or
+    /// `PREFIX*`) besides the base ones (see [`crate::child_env`]).
+    pub fn with_env_allowed(mut self, patterns: Vec<String>) -> HostAgents {
+        self.env_allowed = patterns;
+        self
+    }
+
     /// One exchange with host `program.hosts[host]`: writes `input` and a newline, reads
     /// one line and returns the reply text (see the module documentation).
     ///
@@ -154,7 +166,8 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<String, HostError> {
-        let (spec, secs, json) = spec_of(program, host, self.base_dir.as_deref())?;
+        let (spec, secs, json) =
+            spec_of(program, host, self.base_dir.as_deref(), &self.env_allowed)?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), slot.io.lock()).await
         else {
@@ -192,7 +205,7 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<ListenSession, HostError> {
-        let (spec, secs, _) = spec_of(program, host, self.base_dir.as_deref())?;
+        let (spec, secs, _) = spec_of(program, host, self.base_dir.as_deref(), &self.env_allowed)?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let turn = Arc::clone(&slot.io).lock_owned();
         let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), turn).await else {
@@ -235,6 +248,7 @@ fn spec_of(
     program: &Program,
     host: u32,
     base: Option<&Path>,
+    env_allowed: &[String],
 ) -> Result<(Spec, u64, bool), HostError> {
     let Some(decl) = program.hosts.get(host as usize) else {
         return Err(HostError::failed(format!(
@@ -278,6 +292,7 @@ fn spec_of(
         name,
         command,
         args,
+        inherited: crate::child_env(env_allowed),
         env,
         working_dir,
         params,
@@ -673,6 +688,8 @@ fn spawn(spec: &Spec) -> Result<(Child, Pipes), HostError> {
     let mut command = Command::new(&spec.command);
     command
         .args(&spec.args)
+        .env_clear()
+        .envs(spec.inherited.iter().map(|(k, v)| (k, v)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -822,18 +839,21 @@ mod tests {
     fn init_waits_ten_seconds_without_a_timeout_and_the_agents_own_with_one() {
         let base = serde_json::json!({"name": "A", "connector": "a", "command": "true",
             "params": {"k": 1}});
-        let (spec, secs, _) = spec_of(&program_with(base.clone()), 0, None).unwrap();
+        let (spec, secs, _) = spec_of(&program_with(base.clone()), 0, None, &[]).unwrap();
         assert_eq!((spec.init_secs, secs), (10, DEFAULT_TIMEOUT_SECS));
         assert_eq!(spec.params.as_deref(), Some(r#"{"k":1}"#));
         let mut timed = base;
         timed["timeout"] = serde_json::json!(3);
-        let (spec, secs, _) = spec_of(&program_with(timed), 0, None).unwrap();
+        let (spec, secs, _) = spec_of(&program_with(timed), 0, None, &[]).unwrap();
         assert_eq!((spec.init_secs, secs), (3, 3));
         // Empty params mean no handshake at all.
         let empty = serde_json::json!({"name": "A", "connector": "a", "command": "true",
             "params": {}});
         assert_eq!(
-            spec_of(&program_with(empty), 0, None).unwrap().0.params,
+            spec_of(&program_with(empty), 0, None, &[])
+                .unwrap()
+                .0
+                .params,
             None
         );
     }

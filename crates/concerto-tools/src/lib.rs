@@ -75,6 +75,38 @@ pub struct Policy {
     pub fs_roots: Vec<PathBuf>,
     /// Domains `std::http` may reach (`example.com`, `*.example.com`, `localhost`, IPs).
     pub net_domains: Vec<String>,
+    /// Variables of the runtime's environment that MCP stdio servers and host agents
+    /// inherit besides the base ones (`NAME` or `PREFIX*`; see [`child_env`]).
+    pub env: Vec<String>,
+}
+
+/// The variables a child process (an MCP stdio server, a host agent) inherits from this
+/// process's environment: `PATH`, `HOME`, `LANG`, `TMPDIR`, and those matching `allowed`
+/// (`NAME`, or `PREFIX*` for every name starting with `PREFIX`). Nothing else: API keys and
+/// the host's other secrets stay out. The variables its manifest entry declares are set on
+/// top.
+pub fn child_env(allowed: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const BASE: [&str; 4] = ["PATH", "HOME", "LANG", "TMPDIR"];
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            let Some(name) = name.to_str() else {
+                return false;
+            };
+            BASE.contains(&name) || env_allowed(allowed, name)
+        })
+        .collect()
+}
+
+/// Whether variable `name` matches one of `patterns`: `NAME` exactly, or `PREFIX*` for
+/// every name starting with `PREFIX`.
+pub fn env_allowed(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .map(|p| p.trim())
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => pattern == name,
+        })
 }
 
 /// The handler of a host-registered tool method: JSON arguments in, JSON result (or a
@@ -172,8 +204,17 @@ impl Tools {
     /// Call before the first use.
     pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Tools {
         let dir = dir.into();
-        self.hosts = Arc::new(hosts::HostAgents::new().with_base_dir(dir.clone()));
-        self.mcp = Arc::new(mcp::McpClients::new().with_base_dir(dir));
+        let env = self.policy.env.clone();
+        self.hosts = Arc::new(
+            hosts::HostAgents::new()
+                .with_base_dir(dir.clone())
+                .with_env_allowed(env.clone()),
+        );
+        self.mcp = Arc::new(
+            mcp::McpClients::new()
+                .with_base_dir(dir)
+                .with_env_allowed(env),
+        );
         self
     }
 
@@ -190,12 +231,13 @@ impl Tools {
             fs::FsSandbox::new(&policy.fs_roots)?
         };
         let http = http::HttpSandbox::new(&policy.net_domains);
+        let env = policy.env.clone();
         Ok(Tools {
             policy,
             fs: Arc::new(fs),
             http: Arc::new(http),
-            hosts: Arc::new(hosts::HostAgents::new()),
-            mcp: Arc::new(mcp::McpClients::new()),
+            hosts: Arc::new(hosts::HostAgents::new().with_env_allowed(env.clone())),
+            mcp: Arc::new(mcp::McpClients::new().with_env_allowed(env)),
             registered: HashMap::new(),
         })
     }
@@ -246,6 +288,7 @@ impl Tools {
 }
 
 /// What a tool name denotes.
+#[derive(Clone, Copy)]
 enum Kind {
     Own,
     Mcp,
@@ -269,6 +312,16 @@ fn kind_of(program: &Program, registered: bool, tool: &str) -> Option<Kind> {
     } else {
         None
     }
+}
+
+/// `would start `command args`` for host agent `name`, when it declares a command.
+fn host_launch(program: &Program, name: &str) -> Option<String> {
+    let decl = program.hosts.iter().find(|h| h.name == name)?;
+    let command = decl.command.as_deref().filter(|c| !c.trim().is_empty())?;
+    let words: Vec<&str> = std::iter::once(command)
+        .chain(decl.args.iter().map(String::as_str))
+        .collect();
+    Some(format!("would start `{}`", words.join(" ")))
 }
 
 fn denied(message: String) -> HostError {
@@ -329,10 +382,21 @@ impl ToolHost for Tools {
                 )))
             }
             (Some(_), _) | (None, Kind::Own) => Ok(()),
-            (None, _) => Err(denied(format!(
-                "{what} '{tool}' reaches outside the program and is not enabled; allow it \
-                 with --allow-tool {tool} (or tool_permissions: {tool} = AllMethods)"
-            ))),
+            (None, _) => {
+                // The command line comes from the program: show what enabling it starts.
+                let launch = match kind {
+                    Kind::Mcp => mcp::launch(program, tool),
+                    Kind::Host => host_launch(program, tool),
+                    _ => None,
+                };
+                let launch = launch
+                    .map(|l| format!(" (enabling it {l})"))
+                    .unwrap_or_default();
+                Err(denied(format!(
+                    "{what} '{tool}' reaches outside the program and is not enabled; allow it \
+                     with --allow-tool {tool} (or tool_permissions: {tool} = AllMethods){launch}"
+                )))
+            }
         }
     }
 

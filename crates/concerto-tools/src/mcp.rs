@@ -50,6 +50,9 @@ const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 #[derive(Default)]
 pub struct McpClients {
     base_dir: Option<std::path::PathBuf>,
+    /// Variables of the runtime's environment a stdio server may inherit besides the base
+    /// ones ([`crate::child_env`]).
+    env_allowed: Vec<String>,
     slots: parking_lot::Mutex<HashMap<(usize, String), Entry>>,
     http: parking_lot::Mutex<Option<reqwest::Client>>,
     next_id: AtomicU64,
@@ -98,6 +101,13 @@ impl McpClients {
     /// does for host agents.
     pub fn with_base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> McpClients {
         self.base_dir = Some(dir.into());
+        self
+    }
+
+    /// Lets stdio servers inherit the runtime's variables matching `patterns` (`NAME` or
+    /// `PREFIX*`) besides the base ones (see [`crate::child_env`]).
+    pub fn with_env_allowed(mut self, patterns: Vec<String>) -> McpClients {
+        self.env_allowed = patterns;
         self
     }
 
@@ -260,6 +270,7 @@ impl McpClients {
         let connected = connect::connect(
             &slot.config,
             self.base_dir.as_deref(),
+            &self.env_allowed,
             || self.http_client(),
             ctx,
         )
@@ -441,6 +452,14 @@ fn offered(tools: &[Tool]) -> String {
     } else {
         quoted(tools.iter().map(|t| t.name.as_ref()))
     }
+}
+
+/// What enabling MCP server `server` of `program` would start or reach (`would start
+/// `cmd args`` or `would connect to URL`), for a refusal; `None` when its block is invalid.
+pub fn launch(program: &Program, server: &str) -> Option<String> {
+    config::server_config(program, server)
+        .ok()
+        .map(|c| c.launch())
 }
 
 /// The parameter names the program declares for tool `tool` of MCP server `server`, in

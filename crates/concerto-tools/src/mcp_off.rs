@@ -32,6 +32,11 @@ impl McpClients {
         self
     }
 
+    /// As [`McpClients::new`] (there are no server processes to give variables to).
+    pub fn with_env_allowed(self, _patterns: Vec<String>) -> McpClients {
+        self
+    }
+
     /// Fails, naming the missing feature.
     ///
     /// # Errors
@@ -60,4 +65,9 @@ impl McpClients {
 
     /// Nothing to close.
     pub async fn shutdown(&self) {}
+}
+
+/// Without the `mcp` feature nothing is started for a server: `None`.
+pub fn launch(_program: &Program, _server: &str) -> Option<String> {
+    None
 }

@@ -391,3 +391,36 @@ async fn a_huge_timeout_is_cut_to_a_year_not_a_panic() {
     drop(session);
     hosts.shutdown().await;
 }
+
+/// A host process inherits PATH, HOME, LANG, TMPDIR and the variables the host allowed, not
+/// the rest of the runtime's environment (cargo's `CARGO_*` variables stand for secrets here:
+/// `cargo test` sets them in this process); its manifest's own variables are set on top.
+#[tokio::test]
+async fn a_host_process_gets_a_minimal_environment_plus_what_was_allowed() {
+    assert!(
+        std::env::var("CARGO_PKG_NAME").is_ok(),
+        "run under cargo test"
+    );
+    let mut host = agent("Agent", "text", None);
+    host["env"] = json!({"GREETING": "from the manifest"});
+    let p = one(host);
+    async fn ask_env(hosts: &HostAgents, p: &Arc<Program>, name: &str) -> String {
+        hosts.exchange(p, 0, format!("env {name}")).await.unwrap()
+    }
+    let ask = |hosts, name| ask_env(hosts, &p, name);
+    let minimal = HostAgents::new();
+    assert_eq!(ask(&minimal, "CARGO_PKG_NAME").await, "<unset>");
+    assert_eq!(ask(&minimal, "CARGO_MANIFEST_DIR").await, "<unset>");
+    assert_eq!(ask(&minimal, "GREETING").await, "from the manifest");
+    // PATH is passed (a version manager's `python3` wrapper may put its own folders first).
+    let path = ask(&minimal, "PATH").await;
+    assert!(
+        path.ends_with(&std::env::var("PATH").unwrap_or_default()),
+        "{path}"
+    );
+    minimal.shutdown().await;
+    let allowed = HostAgents::new().with_env_allowed(vec!["CARGO_PKG_*".into()]);
+    assert_eq!(ask(&allowed, "CARGO_PKG_NAME").await, "concerto-tools");
+    assert_eq!(ask(&allowed, "CARGO_MANIFEST_DIR").await, "<unset>");
+    allowed.shutdown().await;
+}

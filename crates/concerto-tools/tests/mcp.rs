@@ -655,3 +655,55 @@ fn declared_params_follow_the_ir() {
     assert_eq!(declared_params(&program, "Git", "push"), None);
     assert_eq!(declared_params(&program, "Other", "search"), None);
 }
+
+/// A stdio server inherits PATH, HOME, LANG, TMPDIR and the variables the host allowed, not
+/// the rest of the runtime's environment (cargo's `CARGO_*` variables stand for secrets here);
+/// the manifest's own variables are set on top.
+#[tokio::test]
+async fn a_stdio_server_gets_a_minimal_environment_plus_what_was_allowed() {
+    assert!(
+        std::env::var("CARGO_PKG_NAME").is_ok(),
+        "run under cargo test"
+    );
+    let program = calc(json!({
+        "command": ["python3", fixture()],
+        "env": {"CONCERTO_MCP_TEST": "declared"}
+    }));
+    async fn read_env(clients: &McpClients, program: &Arc<Program>, name: &str) -> Value {
+        clients
+            .call(program, "Calc", "env", json!({"name": name}))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+    let read = |clients, name| read_env(clients, &program, name);
+    let minimal = McpClients::new();
+    assert_eq!(
+        read(&minimal, "CARGO_PKG_NAME").await,
+        json!({"value": null})
+    );
+    assert_eq!(
+        read(&minimal, "CONCERTO_MCP_TEST").await,
+        json!({"value": "declared"})
+    );
+    // PATH is passed (a version manager's `python3` wrapper may put its own folders first).
+    let path = read(&minimal, "PATH").await["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        path.ends_with(&std::env::var("PATH").unwrap_or_default()),
+        "{path}"
+    );
+    minimal.shutdown().await;
+    let allowed = McpClients::new().with_env_allowed(vec!["CARGO_PKG_NAME".into()]);
+    assert_eq!(
+        read(&allowed, "CARGO_PKG_NAME").await,
+        json!({"value": "concerto-tools"})
+    );
+    assert_eq!(
+        read(&allowed, "CARGO_MANIFEST_DIR").await,
+        json!({"value": null})
+    );
+    allowed.shutdown().await;
+}

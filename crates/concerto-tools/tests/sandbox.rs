@@ -1314,6 +1314,7 @@ async fn fs_several_roots_no_roots_and_disabled() {
         tools: HashMap::from([("std::fs".to_string(), Permission::Disabled)]),
         fs_roots: roots.clone(),
         net_domains: Vec::new(),
+        env: Vec::new(),
     })
     .unwrap();
     let fs_off = Fs {
@@ -1625,6 +1626,7 @@ async fn net_only_allowed_hosts_are_reached() {
         tools: HashMap::from([("std::http".to_string(), Permission::Disabled)]),
         fs_roots: Vec::new(),
         net_domains: vec![format!("127.0.0.1:{p1}")],
+        env: Vec::new(),
     })
     .unwrap();
     for url in [

@@ -93,6 +93,21 @@ impl ServerConfig {
         }
     }
 
+    /// What enabling the server starts or reaches, for a refusal: the whole command line
+    /// of a stdio server (quoted as a shell would need it) or the URL without its query.
+    pub(super) fn launch(&self) -> String {
+        match &self.transport {
+            Transport::Stdio { program, args, .. } => {
+                let words: Vec<String> = std::iter::once(program)
+                    .chain(args)
+                    .map(|w| shlex::try_quote(w).map_or_else(|_| w.clone(), |q| q.into_owned()))
+                    .collect();
+                format!("would start `{}`", words.join(" "))
+            }
+            Transport::Http { url, .. } => format!("would connect to {}", without_query(url)),
+        }
+    }
+
     /// A short description of the endpoint for messages (`` `python3` `` or the URL).
     pub(super) fn endpoint(&self) -> String {
         match &self.transport {

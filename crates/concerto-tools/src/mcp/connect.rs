@@ -129,6 +129,7 @@ pub(super) struct Connected {
 pub(super) async fn connect(
     config: &ServerConfig,
     base_dir: Option<&std::path::Path>,
+    env_allowed: &[String],
     http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
     ctx: &str,
 ) -> Result<Connected, HostError> {
@@ -143,7 +144,10 @@ pub(super) async fn connect(
                 crate::resolve_paths(base_dir, program, args, cwd.as_deref());
             let cwd = &cwd;
             let mut command = tokio::process::Command::new(&program);
-            command.args(&args);
+            command
+                .args(&args)
+                .env_clear()
+                .envs(crate::child_env(env_allowed));
             for (name, value) in env {
                 match value {
                     Some(value) => command.env(name, value),
