@@ -25,6 +25,12 @@ impl HttpSandbox {
         Ok(HttpSandbox::new(domains))
     }
 
+    /// Whether a request to `host` on `port` would be allowed: never, in this build (so MCP
+    /// servers over HTTP are refused too).
+    pub fn allows(&self, _host: &str, _port: u16) -> bool {
+        false
+    }
+
     /// Fails every request, naming the missing feature.
     ///
     /// # Errors

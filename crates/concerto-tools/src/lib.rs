@@ -97,6 +97,10 @@ pub fn child_env(allowed: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsStr
         .collect()
 }
 
+/// Says whether a host (as in a URL) and port may be reached: the `std::http` allow-list,
+/// also applied to MCP servers over HTTP.
+pub type NetCheck = dyn Fn(&str, u16) -> bool + Send + Sync;
+
 /// Whether variable `name` matches one of `patterns`: `NAME` exactly, or `PREFIX*` for
 /// every name starting with `PREFIX`.
 pub fn env_allowed(patterns: &[String], name: &str) -> bool {
@@ -210,10 +214,14 @@ impl Tools {
                 .with_base_dir(dir.clone())
                 .with_env_allowed(env.clone()),
         );
+        let http = self.http.clone();
         self.mcp = Arc::new(
             mcp::McpClients::new()
                 .with_base_dir(dir)
-                .with_env_allowed(env),
+                .with_env_allowed(env)
+                .with_net_allowed(Arc::new(move |host: &str, port: u16| {
+                    http.allows(host, port)
+                })),
         );
         self
     }
@@ -230,14 +238,22 @@ impl Tools {
         } else {
             fs::FsSandbox::new(&policy.fs_roots)?
         };
-        let http = http::HttpSandbox::new(&policy.net_domains);
+        let http = Arc::new(http::HttpSandbox::new(&policy.net_domains));
         let env = policy.env.clone();
+        let net: Arc<NetCheck> = {
+            let http = http.clone();
+            Arc::new(move |host: &str, port: u16| http.allows(host, port))
+        };
         Ok(Tools {
             policy,
             fs: Arc::new(fs),
-            http: Arc::new(http),
+            http,
             hosts: Arc::new(hosts::HostAgents::new().with_env_allowed(env.clone())),
-            mcp: Arc::new(mcp::McpClients::new().with_env_allowed(env)),
+            mcp: Arc::new(
+                mcp::McpClients::new()
+                    .with_env_allowed(env)
+                    .with_net_allowed(net),
+            ),
             registered: HashMap::new(),
         })
     }

@@ -53,6 +53,8 @@ pub struct McpClients {
     /// Variables of the runtime's environment a stdio server may inherit besides the base
     /// ones ([`crate::child_env`]).
     env_allowed: Vec<String>,
+    /// Hosts a server's URL (and every redirect) may go to; `None`: any.
+    net: Option<Arc<crate::NetCheck>>,
     slots: parking_lot::Mutex<HashMap<(usize, String), Entry>>,
     http: parking_lot::Mutex<Option<reqwest::Client>>,
     next_id: AtomicU64,
@@ -101,6 +103,14 @@ impl McpClients {
     /// does for host agents.
     pub fn with_base_dir(mut self, dir: impl Into<std::path::PathBuf>) -> McpClients {
         self.base_dir = Some(dir.into());
+        self
+    }
+
+    /// Lets servers over HTTP reach only hosts `allowed` accepts, their URL and every
+    /// redirect hop alike (a refusal is a not-enabled error naming the host and
+    /// `--allow-net`); without it any host may be reached.
+    pub fn with_net_allowed(mut self, allowed: Arc<crate::NetCheck>) -> McpClients {
+        self.net = Some(allowed);
         self
     }
 
@@ -271,6 +281,7 @@ impl McpClients {
             &slot.config,
             self.base_dir.as_deref(),
             &self.env_allowed,
+            self.net.as_deref(),
             || self.http_client(),
             ctx,
         )
@@ -290,7 +301,7 @@ impl McpClients {
         if let Some(client) = http.as_ref() {
             return Ok(client.clone());
         }
-        let client = connect::build_http_client()?;
+        let client = connect::build_http_client(self.net.clone())?;
         *http = Some(client.clone());
         Ok(client)
     }

@@ -32,6 +32,11 @@ impl McpClients {
         self
     }
 
+    /// As [`McpClients::new`] (there are no servers to reach).
+    pub fn with_net_allowed(self, _allowed: Arc<crate::NetCheck>) -> McpClients {
+        self
+    }
+
     /// As [`McpClients::new`] (there are no server processes to give variables to).
     pub fn with_env_allowed(self, _patterns: Vec<String>) -> McpClients {
         self

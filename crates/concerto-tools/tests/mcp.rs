@@ -707,3 +707,81 @@ async fn a_stdio_server_gets_a_minimal_environment_plus_what_was_allowed() {
     );
     allowed.shutdown().await;
 }
+
+/// A loopback listener on `ip` that counts the bytes it receives and answers every request
+/// with `response`; its port and the count.
+fn counting_listener(
+    ip: &str,
+    response: impl Fn(u16) -> String + Send + 'static,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+            let mut buf = [0u8; 16384];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                if String::from_utf8_lossy(&buf[..n]).contains("\r\n\r\n") {
+                    break;
+                }
+            }
+            let _ = stream.write_all(response(port).as_bytes());
+        }
+    });
+    (port, count)
+}
+
+/// With a net check, an HTTP server's URL must go to an allowed host, and so must every
+/// redirect: a refused host receives nothing.
+#[tokio::test]
+async fn an_http_server_and_its_redirects_reach_only_allowed_hosts() {
+    let (forbidden, forbidden_bytes) = counting_listener("127.0.0.2", |_| {
+        "HTTP/1.1 500 No\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+    });
+    let (redirector, redirector_bytes) = counting_listener("127.0.0.1", move |_| {
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.2:{forbidden}/mcp\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+        )
+    });
+    let only_first = Arc::new(|host: &str, _port: u16| host == "127.0.0.1");
+    let clients = McpClients::new().with_net_allowed(only_first);
+    // The URL itself goes to a host that is not allowed: refused before any connection.
+    let direct = program(json!([mcp(
+        "Direct",
+        json!({"transport": "http", "url": format!("http://127.0.0.2:{forbidden}/mcp"), "timeout": 5})
+    )]));
+    let err = clients
+        .call(&direct, "Direct", "add", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, HostErrorKind::NotEnabled, "{}", err.message);
+    assert!(
+        err.message.contains("--allow-net 127.0.0.2"),
+        "{}",
+        err.message
+    );
+    // The URL is allowed, its redirect is not: the redirect is not followed.
+    let redirected = program(json!([mcp(
+        "Hop",
+        json!({"transport": "http", "url": format!("http://127.0.0.1:{redirector}/mcp"), "timeout": 5})
+    )]));
+    let err = clients
+        .call(&redirected, "Hop", "add", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("redirect"), "{}", err.message);
+    assert!(redirector_bytes.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert_eq!(forbidden_bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Without a net check (a library user's own choice), the same redirect is followed.
+    let open = McpClients::new();
+    let _ = open.call(&redirected, "Hop", "add", json!({})).await;
+    assert!(forbidden_bytes.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}

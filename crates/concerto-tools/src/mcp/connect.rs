@@ -130,6 +130,7 @@ pub(super) async fn connect(
     config: &ServerConfig,
     base_dir: Option<&std::path::Path>,
     env_allowed: &[String],
+    net: Option<&crate::NetCheck>,
     http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
     ctx: &str,
 ) -> Result<Connected, HostError> {
@@ -191,6 +192,16 @@ pub(super) async fn connect(
             }
         }
         Transport::Http { url, headers } => {
+            if let Some(net) = net
+                && let Some((host, port)) = host_port(url)
+                && !net(&host, port)
+            {
+                let shown = host.trim_start_matches('[').trim_end_matches(']');
+                return Err(HostError::not_enabled(format!(
+                    "{ctx}: its URL goes to `{host}:{port}`, which the host did not allow; \
+                     allow it with `--allow-net {shown}`"
+                )));
+            }
             let client = http_client()?;
             let transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                 .custom_headers(headers.iter().cloned().collect());
@@ -253,9 +264,20 @@ pub(super) fn seconds(d: Duration) -> String {
     }
 }
 
+/// The host and port of `url` (the port by scheme when the URL has none).
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let url = reqwest::Url::parse(url).ok()?;
+    // `host_str` keeps an IPv6 address in brackets, as `HttpSandbox::allows` expects.
+    let host = url.host_str()?.to_string();
+    Some((host, url.port_or_known_default()?))
+}
+
 /// The HTTP client of streamable-HTTP servers: rustls on ring with the webpki roots (the
-/// same TLS stack as the LLM connections), no proxy.
-pub(super) fn build_http_client() -> Result<reqwest::Client, HostError> {
+/// same TLS stack as the LLM connections), no proxy. Redirects are followed (at most ten)
+/// only to hosts `net` allows.
+pub(super) fn build_http_client(
+    net: Option<Arc<crate::NetCheck>>,
+) -> Result<reqwest::Client, HostError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -265,9 +287,28 @@ pub(super) fn build_http_client() -> Result<reqwest::Client, HostError> {
     .map_err(|e| HostError::failed(format!("MCP over HTTP: cannot set up TLS: {e}")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            return attempt.error("more than 10 redirects");
+        }
+        let allowed = match (&net, host_port(attempt.url().as_str())) {
+            (None, _) => true,
+            (Some(net), Some((host, port))) => net(&host, port),
+            (Some(_), None) => false,
+        };
+        if allowed {
+            attempt.follow()
+        } else {
+            let to = attempt.url().host_str().unwrap_or("?").to_string();
+            attempt.error(format!(
+                "a redirect to `{to}`, which the host did not allow (--allow-net {to})"
+            ))
+        }
+    });
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
+        .redirect(redirects)
         .build()
         .map_err(|e| {
             HostError::failed(format!(
