@@ -1,9 +1,9 @@
-//! In-memory implementation of the VM's [`MemoryStore`]: hashmaps, ledgers and conversation
+//! In-memory implementation of the VM's [`MemoryStore`](concerto_vm::host::MemoryStore): hashmaps, ledgers and conversation
 //! memories, thread-safe with `parking_lot` locks.
 //!
 //! ```
 //! use concerto_memory::InMemoryStore;
-//! use concerto_vm::host::{MemoryStore, Reply};
+//! use concerto_vm::host::{HashmapStore, Reply};
 //! use concerto_vm::{Str, Value};
 //! let store = InMemoryStore::with_names(["store"]).with_max_bytes(Some(1 << 20));
 //! let _ = store.hashmap_set(0, Str::from("k"), Value::Int(1));
@@ -39,7 +39,8 @@
 //!   [`InMemoryStore::save_all`].
 //!
 //! # Source layout
-//! - `lib.rs`: [`InMemoryStore`], its construction and the [`MemoryStore`] implementation.
+//! - `lib.rs`: [`InMemoryStore`], its construction and its implementations of the store traits
+//!   that make up [`MemoryStore`](concerto_vm::host::MemoryStore).
 //! - `hashmap`: hashmap entries, the memory limit, change events and persistence.
 //! - [`size`]: the size estimate. [`codec`]: the file encoding. `persist`: file I/O.
 //! - `events`: [`HashMapChange`] and listener dispatch.
@@ -57,7 +58,10 @@ pub mod size;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use concerto_vm::host::{ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply};
+use concerto_vm::host::{
+    ChatMessage, ConversationStore, HashmapStore, HostError, JournalStore, LedgerEntry,
+    LedgerQuery, LedgerStore, Reply,
+};
 use concerto_vm::{Str, Value};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -166,7 +170,7 @@ fn ready<T>(r: Result<T, HostError>) -> Reply<Result<T, HostError>> {
     Reply::Ready(r)
 }
 
-impl MemoryStore for InMemoryStore {
+impl HashmapStore for InMemoryStore {
     #[inline]
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         ready(self.write_one(map, key, value).map(|_| ()))
@@ -230,7 +234,9 @@ impl MemoryStore for InMemoryStore {
     fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         ready(self.remove_one(map, key))
     }
+}
 
+impl LedgerStore for InMemoryStore {
     fn ledger_insert(&self, name: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>> {
         self.ledgers
             .lock()
@@ -297,7 +303,9 @@ impl MemoryStore for InMemoryStore {
         }
         ready(Ok(()))
     }
+}
 
+impl ConversationStore for InMemoryStore {
     fn memory_append(
         &self,
         name: &str,
@@ -328,3 +336,5 @@ impl MemoryStore for InMemoryStore {
         ready(Ok(()))
     }
 }
+
+impl JournalStore for InMemoryStore {}

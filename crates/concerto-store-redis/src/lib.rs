@@ -1,4 +1,4 @@
-//! A shared store on Redis for the VM's [`MemoryStore`]: hashmaps, ledgers and
+//! A shared store on Redis for the VM's [`MemoryStore`](concerto_vm::host::MemoryStore): hashmaps, ledgers and
 //! conversation memories that every process pointing at the same server (and program key)
 //! sees, with atomic operations and change events across processes.
 //!
@@ -108,7 +108,8 @@ use std::time::Duration;
 
 use concerto_memory::{decode_value, encode_value};
 use concerto_vm::host::{
-    ChatMessage, HostError, HostErrorKind, LedgerEntry, LedgerQuery, MemoryStore, Reply,
+    ChatMessage, ConversationStore, HashmapStore, HostError, HostErrorKind, JournalStore,
+    LedgerEntry, LedgerQuery, LedgerStore, Reply,
 };
 use concerto_vm::{Str, Value};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -211,7 +212,7 @@ impl Inner {
     }
 }
 
-/// A [`MemoryStore`] on a Redis server, shared by every process that connects with the
+/// A [`MemoryStore`](concerto_vm::host::MemoryStore) on a Redis server, shared by every process that connects with the
 /// same program key. See the [crate documentation](crate).
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -771,7 +772,7 @@ impl RedisStore {
     }
 }
 
-impl MemoryStore for RedisStore {
+impl HashmapStore for RedisStore {
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         match self.write_one(map, key, &value, false) {
             Reply::Ready(r) => Reply::Ready(r.map(|_| ())),
@@ -978,7 +979,9 @@ impl MemoryStore for RedisStore {
     fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         self.remove_one(map, key)
     }
+}
 
+impl LedgerStore for RedisStore {
     fn ledger_insert(&self, name: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>> {
         let label = ledger_label(name);
         let value = match encode(&entry.value) {
@@ -1116,7 +1119,9 @@ impl MemoryStore for RedisStore {
             Ok(())
         })
     }
+}
 
+impl ConversationStore for RedisStore {
     fn memory_append(
         &self,
         name: &str,
@@ -1198,7 +1203,9 @@ impl MemoryStore for RedisStore {
             Ok(())
         })
     }
+}
 
+impl JournalStore for RedisStore {
     /// One RPUSH: the record is stored (and visible to every process) before the reply.
     fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
         let run = run.to_string();

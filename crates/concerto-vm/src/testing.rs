@@ -137,7 +137,7 @@ fn unsupported<T>(what: &str) -> Reply<Result<T, HostError>> {
     ))))
 }
 
-impl MemoryStore for FakeMemory {
+impl HashmapStore for FakeMemory {
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         let mut maps = self.maps.lock();
         let entries = maps.entry(map).or_default();
@@ -177,6 +177,9 @@ impl MemoryStore for FakeMemory {
         self.maps.lock().remove(&map);
         Reply::Ready(Ok(()))
     }
+}
+
+impl LedgerStore for FakeMemory {
     fn ledger_insert(&self, _: &str, _: LedgerEntry) -> Reply<Result<(), HostError>> {
         unsupported("ledgers")
     }
@@ -203,6 +206,9 @@ impl MemoryStore for FakeMemory {
     fn ledger_clear(&self, _: &str) -> Reply<Result<(), HostError>> {
         unsupported("ledgers")
     }
+}
+
+impl ConversationStore for FakeMemory {
     fn memory_append(
         &self,
         _: &str,
@@ -218,6 +224,8 @@ impl MemoryStore for FakeMemory {
         unsupported("memories")
     }
 }
+
+impl JournalStore for FakeMemory {}
 
 /// A deterministic system: printed text is recorded, the clock is fixed, sleeps end at
 /// once, randomness is a counter.

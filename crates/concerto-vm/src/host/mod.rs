@@ -20,7 +20,9 @@
 //!   [`ChatMessage`], [`ToolSpec`], [`ToolCall`], [`Usage`], [`RetryPolicy`], …).
 //! - `tools.rs`: [`ToolHost`], [`HostSession`], the `std::fs` and `std::http` types and
 //!   [`OutsideError`].
-//! - `store.rs`: [`MemoryStore`], [`LedgerEntry`], [`LedgerQuery`].
+//! - `store.rs`: [`MemoryStore`] and the four traits it is made of ([`HashmapStore`],
+//!   [`LedgerStore`], [`ConversationStore`], [`JournalStore`]), [`LedgerEntry`],
+//!   [`LedgerQuery`].
 //! - `schema.rs`: [`SchemaValidator`], [`SchemaCheck`].
 //! - `system.rs`: [`System`], [`LogLevel`], [`Spawned`].
 
@@ -45,7 +47,10 @@ pub use llm::{
     ToolCall, ToolSpec, Usage,
 };
 pub use schema::{SchemaCheck, SchemaValidator};
-pub use store::{LedgerEntry, LedgerQuery, MemoryStore};
+pub use store::{
+    ConversationStore, HashmapStore, JournalStore, LedgerEntry, LedgerQuery, LedgerStore,
+    MemoryStore,
+};
 pub use system::{LogLevel, Spawned, System};
 pub use tools::{
     FsReply, FsRequest, HostSession, HttpReply, HttpRequest, OutsideError, OutsideFailure,

@@ -1,5 +1,5 @@
-//! The memory layer: [`MemoryStore`] (hashmaps, ledgers, conversation memories and run
-//! journals) and the ledger types.
+//! The memory layer: [`MemoryStore`], made of [`HashmapStore`], [`LedgerStore`],
+//! [`ConversationStore`] and [`JournalStore`], and the ledger types.
 
 use super::{ChatMessage, HostError, Reply};
 use crate::value::{Str, Value};
@@ -28,9 +28,9 @@ pub enum LedgerQuery {
     ExactKeys(Vec<String>),
 }
 
-/// The memory layer: hashmaps, ledgers and conversation memories, addressed by their index
-/// in the program. Keys are the display strings of the program's keys.
-pub trait MemoryStore: Send + Sync {
+/// Hashmaps, addressed by their index in the program. Keys are the display strings of the
+/// program's keys.
+pub trait HashmapStore: Send + Sync {
     /// `map.set(k, v)`
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>>;
     /// `map.get(k)`
@@ -54,24 +54,6 @@ pub trait MemoryStore: Send + Sync {
     /// Removes every entry.
     fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>>;
 
-    /// Appends `record` to the journal of run `run` (resumable runs). Only durable stores
-    /// keep journals; the default refuses.
-    fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
-        let _ = (run, record);
-        Reply::Ready(Err(HostError::unsupported(
-            "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
-        )))
-    }
-
-    /// The records of run `run`'s journal, oldest first (empty for an unknown run).
-    fn journal_records(&self, run: &str) -> Reply<Result<Vec<String>, HostError>> {
-        let _ = run;
-        Reply::Ready(Err(HostError::unsupported(
-            "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
-        )))
-    }
-
-    /// `map.set_many({..})`: writes every entry, all or none. The default writes them one
     /// by one and is **not** atomic; stores shared between executions should override it.
     fn hashmap_set_many(
         &self,
@@ -159,7 +141,10 @@ pub trait MemoryStore: Send + Sync {
             Reply::Pending(fut) => Reply::Pending(Box::pin(async move { fut.await.map(|_| old) })),
         }
     }
+}
 
+/// Ledgers, addressed by their name in the program.
+pub trait LedgerStore: Send + Sync {
     /// Upserts an entry by identifier.
     fn ledger_insert(&self, ledger: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>>;
     /// Replaces the value of an entry; whether it existed.
@@ -188,7 +173,10 @@ pub trait MemoryStore: Send + Sync {
     fn ledger_entries(&self, ledger: &str) -> Reply<Result<Vec<LedgerEntry>, HostError>>;
     /// Removes every entry.
     fn ledger_clear(&self, ledger: &str) -> Reply<Result<(), HostError>>;
+}
 
+/// Conversation memories, addressed by their name in the program.
+pub trait ConversationStore: Send + Sync {
     /// Appends a message; the store keeps at most `max_messages` (newest).
     fn memory_append(
         &self,
@@ -201,3 +189,30 @@ pub trait MemoryStore: Send + Sync {
     /// Removes every message.
     fn memory_clear(&self, memory: &str) -> Reply<Result<(), HostError>>;
 }
+
+/// Run journals (resumable runs), addressed by the run's id.
+pub trait JournalStore: Send + Sync {
+    /// Appends `record` to the journal of run `run` (resumable runs). Only durable stores
+    /// keep journals; the default refuses.
+    fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
+        let _ = (run, record);
+        Reply::Ready(Err(HostError::unsupported(
+            "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
+        )))
+    }
+
+    /// The records of run `run`'s journal, oldest first (empty for an unknown run).
+    fn journal_records(&self, run: &str) -> Reply<Result<Vec<String>, HostError>> {
+        let _ = run;
+        Reply::Ready(Err(HostError::unsupported(
+            "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
+        )))
+    }
+}
+
+/// The memory layer: hashmaps ([`HashmapStore`]), ledgers ([`LedgerStore`]), conversation
+/// memories ([`ConversationStore`]) and run journals ([`JournalStore`]). It has no methods of
+/// its own; every type that implements the four implements it.
+pub trait MemoryStore: HashmapStore + LedgerStore + ConversationStore + JournalStore {}
+
+impl<T> MemoryStore for T where T: HashmapStore + LedgerStore + ConversationStore + JournalStore {}
