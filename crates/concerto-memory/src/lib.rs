@@ -59,12 +59,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use concerto_vm::host::{
-    ChatMessage, ConversationStore, HashmapStore, HostError, JournalStore, LedgerEntry,
-    LedgerQuery, LedgerStore, Reply,
+    ChatMessage, ConversationStore, HashmapStore, HostError, JournalRecord, JournalStore,
+    LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+
+use hashmap::MapWrite;
 
 pub use codec::{decode_value, encode_value};
 pub use events::{ChangeListener, HashMapChange};
@@ -313,13 +315,11 @@ impl ConversationStore for InMemoryStore {
         message: ChatMessage,
     ) -> Reply<Result<(), HostError>> {
         let mut memories = self.memories.lock();
-        let messages = memories.entry(name.to_string()).or_default();
-        messages.push_back(message);
-        if let Some(max) = max_messages {
-            while messages.len() as u64 > max {
-                messages.pop_front();
-            }
-        }
+        push_message(
+            memories.entry(name.to_string()).or_default(),
+            max_messages,
+            message,
+        );
         ready(Ok(()))
     }
 
@@ -337,4 +337,111 @@ impl ConversationStore for InMemoryStore {
     }
 }
 
-impl JournalStore for InMemoryStore {}
+/// Appends `message`, keeping at most `max_messages` (newest).
+fn push_message(
+    messages: &mut VecDeque<ChatMessage>,
+    max_messages: Option<u64>,
+    message: ChatMessage,
+) {
+    messages.push_back(message);
+    if let Some(max) = max_messages {
+        while messages.len() as u64 > max {
+            messages.pop_front();
+        }
+    }
+}
+
+/// Keeps no journals (`journal_append` and `journal_records` refuse, as by default).
+impl JournalStore for InMemoryStore {
+    /// All or none, under the locks of every hashmap the batch writes (and of the ledgers
+    /// and memories): the batch is checked whole (every hashmap exists, the memory limit
+    /// holds after the last write) before anything is written. A batch with a journal record
+    /// is refused and nothing is written, as this store keeps no journals.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        ready(self.apply_batch(writes, journal))
+    }
+}
+
+impl InMemoryStore {
+    fn apply_batch(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Result<(), HostError> {
+        if let Some(record) = journal {
+            return Err(HostError::unsupported(format!(
+                "a write batch with a record for the journal of run '{}': run journals \
+                 (resumable runs) need a durable state store (--state FILE.db or redis://…); \
+                 nothing was written",
+                record.run
+            )));
+        }
+        let mut maps = Vec::new();
+        let mut others = Vec::new();
+        for write in writes {
+            match write {
+                Write::HashmapSet { map, key, value } => {
+                    maps.push((map, MapWrite::Set(key, value)))
+                }
+                Write::HashmapDelete { map, key } => maps.push((map, MapWrite::Delete(key))),
+                Write::HashmapClear { map } => maps.push((map, MapWrite::Clear)),
+                other => others.push(other),
+            }
+        }
+        self.write_batch(maps, || {
+            let mut ledgers = self.ledgers.lock();
+            let mut memories = self.memories.lock();
+            for write in others {
+                match write {
+                    Write::LedgerInsert { ledger, entry } => {
+                        ledgers.entry(ledger).or_default().insert(entry);
+                    }
+                    Write::LedgerUpdate {
+                        ledger,
+                        identifier,
+                        value,
+                    } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.update(&identifier, value);
+                        }
+                    }
+                    Write::LedgerUpdateKeys {
+                        ledger,
+                        identifier,
+                        keys,
+                    } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.update_keys(&identifier, keys);
+                        }
+                    }
+                    Write::LedgerDelete { ledger, identifier } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.delete(&identifier);
+                        }
+                    }
+                    Write::LedgerClear { ledger } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.clear();
+                        }
+                    }
+                    Write::MemoryAppend {
+                        memory,
+                        max_messages,
+                        message,
+                    } => {
+                        push_message(memories.entry(memory).or_default(), max_messages, message);
+                    }
+                    Write::MemoryClear { memory } => {
+                        memories.remove(&memory);
+                    }
+                    // Hashmap writes went to `write_batch`.
+                    _ => {}
+                }
+            }
+        })
+    }
+}

@@ -96,6 +96,7 @@
 //!   be decoded is skipped and counted ([`RedisStore::malformed_events`]).
 #![warn(missing_docs)]
 
+mod batch;
 mod events;
 mod keys;
 mod redact;
@@ -108,8 +109,8 @@ use std::time::Duration;
 
 use concerto_memory::{decode_value, encode_value};
 use concerto_vm::host::{
-    ChatMessage, ConversationStore, HashmapStore, HostError, HostErrorKind, JournalStore,
-    LedgerEntry, LedgerQuery, LedgerStore, Reply,
+    ChatMessage, ConversationStore, HashmapStore, HostError, HostErrorKind, JournalRecord,
+    JournalStore, LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -602,6 +603,14 @@ fn decode_old(label: &str, key: &str, old: Option<Vec<u8>>) -> Result<Option<Val
 
 fn ledger_label(name: &str) -> String {
     format!("ledger '{name}'")
+}
+
+/// The `max messages` argument of the memory-append script (empty: no limit).
+fn window(max_messages: Option<u64>) -> String {
+    // Redis list indices are signed 64-bit; a larger window keeps everything anyway.
+    max_messages
+        .map(|m| m.min(i64::MAX as u64).to_string())
+        .unwrap_or_default()
 }
 
 fn memory_label(name: &str) -> String {
@@ -1137,10 +1146,7 @@ impl ConversationStore for RedisStore {
                 ))));
             }
         };
-        // Redis list indices are signed 64-bit; a larger window keeps everything anyway.
-        let max = max_messages
-            .map(|m| m.min(i64::MAX as u64).to_string())
-            .unwrap_or_default();
+        let max = window(max_messages);
         let name = name.to_string();
         self.run(move |inner| async move {
             let key = inner.layout.memory(&name);
@@ -1206,6 +1212,20 @@ impl ConversationStore for RedisStore {
 }
 
 impl JournalStore for RedisStore {
+    /// All or none: every write is checked (its hashmap exists) and encoded first, then the
+    /// writes and the journal's `RPUSH` go to the server as one `MULTI`/`EXEC` transaction.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        let ops = match self.prepare_all(writes) {
+            Ok(ops) => ops,
+            Err(e) => return Reply::Ready(Err(e)),
+        };
+        self.run(move |inner| async move { batch::commit(&inner, ops, journal).await })
+    }
+
     /// One RPUSH: the record is stored (and visible to every process) before the reply.
     fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
         let run = run.to_string();

@@ -92,11 +92,13 @@
 //! - `lib.rs`: [`SqliteStore`], its options and its implementations of the store traits that
 //!   make up [`MemoryStore`](concerto_vm::host::MemoryStore) (encoding
 //!   and decoding of values, ledger query matching).
+//! - `batch`: write batches committed with a journal record (`JournalStore::apply`).
 //! - `worker`: the SQLite thread, transactions and group commit.
 //! - `schema`: opening a file, connection settings, schema creation and checks.
 //! - `ops`: the SQL of each operation.
 #![warn(missing_docs)]
 
+mod batch;
 mod ops;
 mod schema;
 mod worker;
@@ -107,8 +109,8 @@ use std::time::Duration;
 
 use concerto_memory::{decode_value, encode_value};
 use concerto_vm::host::{
-    BoxFuture, ChatMessage, ConversationStore, HashmapStore, HostError, JournalStore, LedgerEntry,
-    LedgerQuery, LedgerStore, Reply,
+    BoxFuture, ChatMessage, ConversationStore, HashmapStore, HostError, JournalRecord,
+    JournalStore, LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 
@@ -755,6 +757,24 @@ impl ConversationStore for SqliteStore {
 }
 
 impl JournalStore for SqliteStore {
+    /// All or none: every write is checked (its hashmap exists) and encoded first, then the
+    /// writes and the journal record run in one transaction, which a failing write rolls
+    /// back.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        let ops = match self.prepare_all(writes) {
+            Ok(ops) => ops,
+            Err(e) => return ready(Err(e)),
+        };
+        later(
+            self.worker
+                .call(true, move |db| batch::run_all(db, &ops, journal.as_ref())),
+        )
+    }
+
     fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
         let run = run.to_string();
         later(self.worker.call(true, move |db| {

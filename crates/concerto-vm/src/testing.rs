@@ -131,6 +131,14 @@ pub struct FakeMemory {
     maps: Mutex<HashMap<u32, Vec<(Str, Value)>>>,
 }
 
+/// Sets `key` in `entries`, keeping its place when present.
+fn set_entry(entries: &mut Vec<(Str, Value)>, key: Str, value: Value) {
+    match entries.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => entries.push((key, value)),
+    }
+}
+
 fn unsupported<T>(what: &str) -> Reply<Result<T, HostError>> {
     Reply::Ready(Err(HostError::unsupported(format!(
         "{what} in the test host"
@@ -139,12 +147,7 @@ fn unsupported<T>(what: &str) -> Reply<Result<T, HostError>> {
 
 impl HashmapStore for FakeMemory {
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
-        let mut maps = self.maps.lock();
-        let entries = maps.entry(map).or_default();
-        match entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => entries.push((key, value)),
-        }
+        set_entry(self.maps.lock().entry(map).or_default(), key, value);
         Reply::Ready(Ok(()))
     }
     fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
@@ -225,7 +228,47 @@ impl ConversationStore for FakeMemory {
     }
 }
 
-impl JournalStore for FakeMemory {}
+/// Keeps no journals; `apply` takes hashmap writes only.
+impl JournalStore for FakeMemory {
+    /// All or none under the one lock: a batch with a ledger or memory write or a journal
+    /// record is refused before anything is written.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        if journal.is_some() {
+            return unsupported("journals");
+        }
+        let mut maps = self.maps.lock();
+        if writes.iter().any(|w| {
+            !matches!(
+                w,
+                Write::HashmapSet { .. } | Write::HashmapDelete { .. } | Write::HashmapClear { .. }
+            )
+        }) {
+            return unsupported("ledgers and memories");
+        }
+        for write in writes {
+            match write {
+                Write::HashmapSet { map, key, value } => {
+                    set_entry(maps.entry(map).or_default(), key, value);
+                }
+                Write::HashmapDelete { map, key } => {
+                    if let Some(entries) = maps.get_mut(&map) {
+                        entries.retain(|(k, _)| *k != key);
+                    }
+                }
+                Write::HashmapClear { map } => {
+                    maps.remove(&map);
+                }
+                // Refused above.
+                _ => {}
+            }
+        }
+        Reply::Ready(Ok(()))
+    }
+}
 
 /// A deterministic system: printed text is recorded, the clock is fixed, sleeps end at
 /// once, randomness is a counter.

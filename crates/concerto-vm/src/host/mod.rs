@@ -22,7 +22,8 @@
 //!   [`OutsideError`].
 //! - `store.rs`: [`MemoryStore`] and the four traits it is made of ([`HashmapStore`],
 //!   [`LedgerStore`], [`ConversationStore`], [`JournalStore`]), [`LedgerEntry`],
-//!   [`LedgerQuery`].
+//!   [`LedgerQuery`], and the write batches of [`JournalStore::apply`] ([`Write`],
+//!   [`JournalRecord`]).
 //! - `schema.rs`: [`SchemaValidator`], [`SchemaCheck`].
 //! - `system.rs`: [`System`], [`LogLevel`], [`Spawned`].
 
@@ -48,8 +49,8 @@ pub use llm::{
 };
 pub use schema::{SchemaCheck, SchemaValidator};
 pub use store::{
-    ConversationStore, HashmapStore, JournalStore, LedgerEntry, LedgerQuery, LedgerStore,
-    MemoryStore,
+    ConversationStore, HashmapStore, JournalRecord, JournalStore, LedgerEntry, LedgerQuery,
+    LedgerStore, MemoryStore, Write,
 };
 pub use system::{LogLevel, Spawned, System};
 pub use tools::{

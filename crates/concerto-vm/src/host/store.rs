@@ -190,7 +190,96 @@ pub trait ConversationStore: Send + Sync {
     fn memory_clear(&self, memory: &str) -> Reply<Result<(), HostError>>;
 }
 
-/// Run journals (resumable runs), addressed by the run's id.
+/// One write of a batch given to [`JournalStore::apply`]; each variant has the arguments of
+/// the store method of the same name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// [`HashmapStore::hashmap_set`]
+    HashmapSet {
+        /// The hashmap's index in the program.
+        map: u32,
+        /// The key.
+        key: Str,
+        /// The value.
+        value: Value,
+    },
+    /// [`HashmapStore::hashmap_delete`]
+    HashmapDelete {
+        /// The hashmap's index in the program.
+        map: u32,
+        /// The key.
+        key: Str,
+    },
+    /// [`HashmapStore::hashmap_clear`]
+    HashmapClear {
+        /// The hashmap's index in the program.
+        map: u32,
+    },
+    /// [`LedgerStore::ledger_insert`]
+    LedgerInsert {
+        /// The ledger's name.
+        ledger: String,
+        /// The entry.
+        entry: LedgerEntry,
+    },
+    /// [`LedgerStore::ledger_update`]
+    LedgerUpdate {
+        /// The ledger's name.
+        ledger: String,
+        /// The entry's identifier.
+        identifier: String,
+        /// The new value.
+        value: Value,
+    },
+    /// [`LedgerStore::ledger_update_keys`]
+    LedgerUpdateKeys {
+        /// The ledger's name.
+        ledger: String,
+        /// The entry's identifier.
+        identifier: String,
+        /// The new keys.
+        keys: Vec<String>,
+    },
+    /// [`LedgerStore::ledger_delete`]
+    LedgerDelete {
+        /// The ledger's name.
+        ledger: String,
+        /// The entry's identifier.
+        identifier: String,
+    },
+    /// [`LedgerStore::ledger_clear`]
+    LedgerClear {
+        /// The ledger's name.
+        ledger: String,
+    },
+    /// [`ConversationStore::memory_append`]
+    MemoryAppend {
+        /// The memory's name.
+        memory: String,
+        /// How many messages the memory keeps at most (newest).
+        max_messages: Option<u64>,
+        /// The message.
+        message: ChatMessage,
+    },
+    /// [`ConversationStore::memory_clear`]
+    MemoryClear {
+        /// The memory's name.
+        memory: String,
+    },
+}
+
+/// A record for a run's journal, committed with a batch by [`JournalStore::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRecord {
+    /// The run's id.
+    pub run: String,
+    /// The record (what [`JournalStore::journal_append`] takes).
+    pub record: String,
+}
+
+/// Run journals (resumable runs), addressed by the run's id, and write batches committed
+/// with a journal record ([`JournalStore::apply`]): the journal is what such a batch must
+/// agree with, and the stores that keep journals are the ones that can commit atomically.
 pub trait JournalStore: Send + Sync {
     /// Appends `record` to the journal of run `run` (resumable runs). Only durable stores
     /// keep journals; the default refuses.
@@ -206,6 +295,24 @@ pub trait JournalStore: Send + Sync {
         let _ = run;
         Reply::Ready(Err(HostError::unsupported(
             "run journals (resumable runs) need a durable state store (--state FILE.db or redis://…)",
+        )))
+    }
+
+    /// Commits `writes`, in order, and appends `journal` (when given) to its run's journal,
+    /// all together or not at all: when this fails, none of the writes and no record were
+    /// made. Resumable runs need this to commit a write with the journal record that says it
+    /// was made; nothing in the VM calls it yet.
+    ///
+    /// The default refuses without writing anything, as writing one by one would not be
+    /// atomic.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        let _ = (writes, journal);
+        Reply::Ready(Err(HostError::unsupported(
+            "atomic write batches (JournalStore::apply) in this state store",
         )))
     }
 }
