@@ -354,3 +354,108 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         }
     }
 }
+
+/// `reply`'s value, waiting with [`block_on`] when it answers later.
+fn wait_reply<T>(reply: Reply<T>) -> T {
+    match reply {
+        Reply::Ready(v) => v,
+        Reply::Pending(fut) => block_on(fut),
+    }
+}
+
+/// A batch of one write of each kind but clear, and `last`.
+pub fn sample_batch(last: Option<Write>) -> Vec<Write> {
+    let mut writes = vec![
+        Write::HashmapSet {
+            map: 0,
+            key: Str::from("a"),
+            value: Value::Int(1),
+        },
+        Write::HashmapDelete {
+            map: 1,
+            key: Str::from("old"),
+        },
+        Write::LedgerInsert {
+            ledger: "facts".into(),
+            entry: LedgerEntry {
+                identifier: "sky".into(),
+                keys: vec!["colour".into()],
+                value: Value::Int(1),
+            },
+        },
+        Write::MemoryAppend {
+            memory: "chat".into(),
+            max_messages: Some(5),
+            message: ChatMessage::new("user", "hello"),
+        },
+    ];
+    writes.extend(last);
+    writes
+}
+
+/// The journal record of the `apply` checks.
+pub fn sample_record() -> JournalRecord {
+    JournalRecord {
+        run: "run-1".into(),
+        record: r#"{"op":"agent"}"#.into(),
+    }
+}
+
+/// Checks [`JournalStore::apply`] on the durable store `open` opens (again: the second
+/// opening must see what the first committed): a batch whose last write names an unknown
+/// hashmap fails, and neither its other writes nor its journal record are there.
+pub fn a_batch_with_a_failing_write_leaves_neither_the_writes_nor_the_record(
+    open: &dyn Fn() -> Arc<dyn MemoryStore>,
+) {
+    let store = open();
+    wait_reply(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    let unknown = Write::HashmapSet {
+        map: 9,
+        key: Str::from("b"),
+        value: Value::Int(2),
+    };
+    assert!(wait_reply(store.apply(sample_batch(Some(unknown)), Some(sample_record()))).is_err());
+    drop(store);
+    let store = open();
+    assert_eq!(wait_reply(store.hashmap_get(0, "a")).unwrap(), None);
+    assert_eq!(
+        wait_reply(store.hashmap_get(1, "old")).unwrap(),
+        Some(Value::Int(0))
+    );
+    assert!(
+        wait_reply(store.ledger_entries("facts"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        wait_reply(store.memory_messages("chat"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        wait_reply(store.journal_records("run-1"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Checks [`JournalStore::apply`] on the durable store `open` opens: a good batch and its
+/// journal record are there when the store is opened again.
+pub fn a_good_batch_lands_with_its_journal_record(open: &dyn Fn() -> Arc<dyn MemoryStore>) {
+    let store = open();
+    wait_reply(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    wait_reply(store.apply(sample_batch(None), Some(sample_record()))).unwrap();
+    drop(store);
+    let store = open();
+    assert_eq!(
+        wait_reply(store.hashmap_get(0, "a")).unwrap(),
+        Some(Value::Int(1))
+    );
+    assert_eq!(wait_reply(store.hashmap_get(1, "old")).unwrap(), None);
+    assert_eq!(wait_reply(store.ledger_entries("facts")).unwrap().len(), 1);
+    assert_eq!(wait_reply(store.memory_messages("chat")).unwrap().len(), 1);
+    assert_eq!(
+        wait_reply(store.journal_records("run-1")).unwrap(),
+        vec![sample_record().record]
+    );
+}
