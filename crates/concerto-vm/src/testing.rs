@@ -39,7 +39,7 @@ impl Connections for Unsupported {
     fn chat(
         &self,
         _: &Arc<concerto_ir::Program>,
-        _: u32,
+        _: ConnectionId,
         _: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         Box::pin(async { Err(HostError::unsupported("LLM connections in the test host")) })
@@ -110,7 +110,7 @@ impl SchemaValidator for Unsupported {
     fn provider_schema(
         &self,
         _: &concerto_ir::Program,
-        _: u32,
+        _: SchemaId,
     ) -> Result<serde_json::Value, HostError> {
         Err(HostError::unsupported("schema validation in the test host"))
     }
@@ -118,7 +118,7 @@ impl SchemaValidator for Unsupported {
     fn check(
         &self,
         _: &concerto_ir::Program,
-        _: u32,
+        _: SchemaId,
         _: &str,
     ) -> Result<crate::host::SchemaCheck, HostError> {
         Err(HostError::unsupported("schema validation in the test host"))

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BoxFuture, HostError, Program};
+use super::{BoxFuture, ConnectionId, HostError, Program};
 
 /// One message of a chat conversation.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -304,7 +304,7 @@ pub trait Connections: Send + Sync {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>>;
 }

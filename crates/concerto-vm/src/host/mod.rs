@@ -15,6 +15,7 @@
 //! - `mod.rs`: this overview, [`BoxFuture`] and [`Reply`], and the re-exports that give
 //!   every item below its path `concerto_vm::host::Name`.
 //! - `error.rs`: [`HostError`], [`HostErrorKind`], [`ProviderFailure`] and its kind.
+//! - `ids.rs`: [`ConnectionId`], [`SchemaId`].
 //! - `emit.rs`: [`EmitSink`].
 //! - `llm.rs`: [`Connections`] and the chat types ([`ChatRequest`], [`ChatResponse`],
 //!   [`ChatMessage`], [`ToolSpec`], [`ToolCall`], [`Usage`], [`RetryPolicy`], …).
@@ -35,6 +36,7 @@ pub use concerto_ir::{Program, TypeDefKind};
 
 mod emit;
 mod error;
+mod ids;
 mod llm;
 mod schema;
 mod store;
@@ -43,6 +45,7 @@ mod tools;
 
 pub use emit::EmitSink;
 pub use error::{HostError, HostErrorKind, ProviderFailure, ProviderFailureKind};
+pub use ids::{ConnectionId, SchemaId};
 pub use llm::{
     Backoff, ChatMessage, ChatRequest, ChatResponse, Connections, ResponseSchema, RetryPolicy,
     ToolCall, ToolSpec, Usage,

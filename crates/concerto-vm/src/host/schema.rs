@@ -1,6 +1,6 @@
 //! Structured output: [`SchemaValidator`] and the outcome of a check ([`SchemaCheck`]).
 
-use super::{HostError, Program};
+use super::{HostError, Program, SchemaId};
 
 /// The outcome of checking a reply against a schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,10 +18,15 @@ pub trait SchemaValidator: Send + Sync {
     fn provider_schema(
         &self,
         program: &Program,
-        schema: u32,
+        schema: SchemaId,
     ) -> Result<serde_json::Value, HostError>;
 
     /// Extracts the JSON instance from a model reply (which may wrap it in prose or a code
     /// fence) and validates it against schema `schema` in the schema's mode.
-    fn check(&self, program: &Program, schema: u32, reply: &str) -> Result<SchemaCheck, HostError>;
+    fn check(
+        &self,
+        program: &Program,
+        schema: SchemaId,
+        reply: &str,
+    ) -> Result<SchemaCheck, HostError>;
 }
