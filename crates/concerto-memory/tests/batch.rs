@@ -3,9 +3,9 @@
 
 use concerto_memory::InMemoryStore;
 use concerto_vm::host::{
-    ChatMessage, ConversationStore, HashmapStore, HostErrorKind, JournalRecord, JournalStore,
-    LedgerEntry, LedgerStore, Write,
+    ConversationStore, HashmapStore, HostErrorKind, JournalStore, LedgerStore, Write,
 };
+use concerto_vm::testing;
 use concerto_vm::{Str, Value};
 
 use crate::common::ready;
@@ -18,24 +18,6 @@ fn set(map: u32, key: &str, value: Value) -> Write {
     }
 }
 
-fn others() -> Vec<Write> {
-    vec![
-        Write::LedgerInsert {
-            ledger: "facts".into(),
-            entry: LedgerEntry {
-                identifier: "sky".into(),
-                keys: vec!["colour".into()],
-                value: Value::Int(1),
-            },
-        },
-        Write::MemoryAppend {
-            memory: "chat".into(),
-            max_messages: None,
-            message: ChatMessage::new("user", "hello"),
-        },
-    ]
-}
-
 fn nothing_written(store: &InMemoryStore) {
     assert_eq!(ready(store.hashmap_len(0)).unwrap(), 0);
     assert!(ready(store.ledger_entries("facts")).unwrap().is_empty());
@@ -45,10 +27,8 @@ fn nothing_written(store: &InMemoryStore) {
 #[test]
 fn a_batch_over_the_memory_limit_writes_nothing() {
     let store = InMemoryStore::new(2).with_max_bytes(Some(100));
-    let mut writes = vec![set(0, "a", Value::Int(1))];
-    writes.extend(others());
-    writes.push(set(1, "big", Value::from("x".repeat(200))));
-    let err = ready(store.apply(writes, None)).unwrap_err();
+    let big = set(1, "big", Value::from("x".repeat(200)));
+    let err = ready(store.apply(testing::sample_batch(Some(big)), None)).unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Limit, "{err}");
     nothing_written(&store);
     assert_eq!(store.bytes_used(), 0);
@@ -56,24 +36,17 @@ fn a_batch_over_the_memory_limit_writes_nothing() {
 
 #[test]
 fn a_batch_naming_an_unknown_hashmap_writes_nothing() {
-    let store = InMemoryStore::new(1);
-    let mut writes = vec![set(0, "a", Value::Int(1))];
-    writes.extend(others());
-    writes.push(set(7, "b", Value::Int(2)));
-    assert!(ready(store.apply(writes, None)).is_err());
+    let store = InMemoryStore::new(2);
+    let unknown = set(7, "b", Value::Int(2));
+    assert!(ready(store.apply(testing::sample_batch(Some(unknown)), None)).is_err());
     nothing_written(&store);
 }
 
 #[test]
 fn a_batch_with_a_journal_record_is_refused_as_this_store_keeps_no_journals() {
-    let store = InMemoryStore::new(1);
-    let mut writes = vec![set(0, "a", Value::Int(1))];
-    writes.extend(others());
-    let record = JournalRecord {
-        run: "r1".into(),
-        record: "{}".into(),
-    };
-    let err = ready(store.apply(writes, Some(record))).unwrap_err();
+    let store = InMemoryStore::new(2);
+    let batch = testing::sample_batch(None);
+    let err = ready(store.apply(batch, Some(testing::sample_record()))).unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Unsupported, "{err}");
     nothing_written(&store);
 }
@@ -82,16 +55,8 @@ fn a_batch_with_a_journal_record_is_refused_as_this_store_keeps_no_journals() {
 fn a_good_batch_lands_in_order_within_the_limit() {
     let store = InMemoryStore::new(2).with_max_bytes(Some(100));
     ready(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
-    let mut writes = vec![
-        set(0, "a", Value::Int(1)),
-        set(0, "a", Value::Int(2)),
-        Write::HashmapDelete {
-            map: 1,
-            key: Str::from("old"),
-        },
-        set(1, "b", Value::Int(3)),
-    ];
-    writes.extend(others());
+    let mut writes = testing::sample_batch(Some(set(0, "a", Value::Int(2))));
+    writes.push(set(1, "b", Value::Int(3)));
     ready(store.apply(writes, None)).unwrap();
     assert_eq!(
         ready(store.hashmap_get(0, "a")).unwrap(),
