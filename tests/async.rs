@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use concerto_runtime::Runtime;
 use concerto_runtime::vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, Usage,
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, Program, Usage,
 };
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
@@ -83,7 +83,7 @@ impl Connections for Shared {
     fn chat(
         &self,
         _: &Arc<Program>,
-        _: u32,
+        _: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         self.0.clone().chat(request)

@@ -327,7 +327,8 @@ pub mod scripted {
     use std::sync::Arc;
 
     use concerto_runtime::vm::host::{
-        BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, ToolCall, Usage,
+        BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, Program,
+        ToolCall, Usage,
     };
     use parking_lot::Mutex;
     use serde_json::Value as Json;
@@ -362,10 +363,10 @@ pub mod scripted {
         fn chat(
             &self,
             _: &Arc<Program>,
-            connection: u32,
+            connection: ConnectionId,
             request: ChatRequest,
         ) -> BoxFuture<Result<ChatResponse, HostError>> {
-            self.requests.lock().push((connection, request));
+            self.requests.lock().push((connection.0, request));
             let reply =
                 self.replies.lock().pop_front().unwrap_or_else(|| {
                     Err(HostError::failed("the test script has no more replies"))

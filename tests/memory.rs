@@ -246,7 +246,10 @@ struct CountingStore {
 
 mod counting {
     use super::CountingStore;
-    use concerto_vm::host::{ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply};
+    use concerto_vm::host::{
+        ChatMessage, ConversationStore, HashmapStore, HostError, JournalStore, LedgerEntry,
+        LedgerQuery, LedgerStore, Reply,
+    };
     use concerto_vm::{Str, Value};
     use std::sync::atomic::Ordering;
 
@@ -256,7 +259,7 @@ mod counting {
         Reply::Ready(Err(HostError::unsupported("not in this test")))
     }
 
-    impl MemoryStore for CountingStore {
+    impl HashmapStore for CountingStore {
         fn hashmap_set(&self, map: u32, key: Str, value: Value) -> R<()> {
             self.inner.hashmap_set(map, key, value)
         }
@@ -284,6 +287,9 @@ mod counting {
         fn hashmap_clear(&self, map: u32) -> R<()> {
             self.inner.hashmap_clear(map)
         }
+    }
+
+    impl LedgerStore for CountingStore {
         fn ledger_insert(&self, _: &str, _: LedgerEntry) -> R<()> {
             no()
         }
@@ -305,6 +311,9 @@ mod counting {
         fn ledger_clear(&self, _: &str) -> R<()> {
             no()
         }
+    }
+
+    impl ConversationStore for CountingStore {
         fn memory_append(&self, _: &str, _: Option<u64>, _: ChatMessage) -> R<()> {
             no()
         }
@@ -315,6 +324,8 @@ mod counting {
             no()
         }
     }
+
+    impl JournalStore for CountingStore {}
 }
 
 /// Runs `iterate` on a counting store: the emits and how often the entries were read.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use concerto_conn::HttpConnections;
-use concerto_vm::host::{ChatMessage, ChatRequest, Connections, Program};
+use concerto_vm::host::{ChatMessage, ChatRequest, ConnectionId, Connections, Program};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -184,7 +184,7 @@ async fn ours_call(
     i: usize,
 ) -> Result<String, String> {
     conns
-        .chat(program, 0, the_request(i))
+        .chat(program, ConnectionId(0), the_request(i))
         .await
         .map(|r| r.text)
         .map_err(|e| e.message)

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use concerto_vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, Connections, HostError, HostErrorKind, Program,
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, HostErrorKind,
+    Program,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -248,10 +249,10 @@ impl Connections for HttpConnections {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
-        let prepared = match self.prepared(program, connection) {
+        let prepared = match self.prepared(program, connection.0) {
             Ok(p) => p,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use concerto_vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, Usage,
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, Program, Usage,
 };
 use serde_json::{Map, Value, json};
 
@@ -49,12 +49,12 @@ impl Connections for MockConnections {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let config = program
             .connections
-            .get(connection as usize)
+            .get(connection.index())
             .map_or(&Value::Null, |c| &c.config);
         let response = respond(config, &request);
         let latency = self.latency;

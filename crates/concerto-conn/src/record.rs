@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use concerto_vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, Connections, HostError, HostErrorKind, Program,
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, HostErrorKind,
+    Program,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -72,11 +73,11 @@ fn kind_from_name(name: &str) -> Option<HostErrorKind> {
 }
 
 /// The name of connection `connection` of `program` (`#<index>` for an index it lacks).
-fn connection_name(program: &Program, connection: u32) -> String {
+fn connection_name(program: &Program, connection: ConnectionId) -> String {
     program
         .connections
-        .get(connection as usize)
-        .map_or_else(|| format!("#{connection}"), |c| c.name.clone())
+        .get(connection.index())
+        .map_or_else(|| format!("#{}", connection.0), |c| c.name.clone())
 }
 
 /// The recording file, shared by all calls of one [`Recorder`].
@@ -214,7 +215,7 @@ impl Connections for Recorder {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let name = connection_name(program, connection);
@@ -378,7 +379,7 @@ impl Connections for Replayer {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let name = connection_name(program, connection);
@@ -413,7 +414,7 @@ mod tests {
         fn chat(
             &self,
             _: &Arc<Program>,
-            _: u32,
+            _: ConnectionId,
             _: ChatRequest,
         ) -> BoxFuture<Result<ChatResponse, HostError>> {
             Box::pin(async { Err(HostError::failed("not expected")) })

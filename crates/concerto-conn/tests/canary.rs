@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::support::server::{MockServer, Step, openai_stream};
 use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
-use concerto_vm::host::{Connections, HostError, Program};
+use concerto_vm::host::{ConnectionId, Connections, HostError, Program};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -160,7 +160,7 @@ async fn canary_key_never_appears_in_errors_debug_or_logs() {
         req.stream = Some(stream);
         req.timeout = Some(Duration::from_millis(300));
         let program = if anthropic { &claude } else { &openai };
-        let err: HostError = conns.chat(program, 0, req).await.unwrap_err();
+        let err: HostError = conns.chat(program, ConnectionId(0), req).await.unwrap_err();
         assert!(!err.message.contains(CANARY), "{name}: {}", err.message);
         assert!(!format!("{err:?}").contains(CANARY), "{name}: {err:?}");
         assert!(

@@ -8,7 +8,8 @@ use crate::support::server::{MockServer, Step, openai_stream};
 use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
 use concerto_vm::host::{
-    Backoff, Connections, HostErrorKind, Program, ProviderFailure, ProviderFailureKind, RetryPolicy,
+    Backoff, ConnectionId, Connections, HostErrorKind, Program, ProviderFailure,
+    ProviderFailureKind, RetryPolicy,
 };
 use serde_json::json;
 
@@ -36,7 +37,11 @@ async fn unauthorized_is_not_retried() {
     let server = MockServer::start().await;
     server.respond_with(|_| Step::json(401, error_body("Invalid authentication")));
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -53,7 +58,11 @@ async fn other_permanent_statuses_are_not_retried() {
         let server = MockServer::start().await;
         server.respond_with(move |_| Step::json(status, error_body("nope")));
         let err = conns()
-            .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+            .chat(
+                &retrying(&server.base(), 3),
+                ConnectionId(0),
+                request(None, "x"),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -83,7 +92,11 @@ async fn rate_limited_is_retried_after_retry_after() {
         Step::openai_text("Channel is clear."),
     ]);
     let resp = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap();
     assert_eq!(resp.text, "Channel is clear.");
@@ -100,7 +113,11 @@ async fn rate_limit_exhaustion_is_a_provider_failure_with_its_retry_after() {
     let server = MockServer::start().await;
     server.respond_with(|_| Step::json(429, error_body("Slow down")).header("retry-after", "0"));
     let err = conns()
-        .chat(&retrying(&server.base(), 2), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 2),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -128,7 +145,11 @@ async fn server_errors_are_retried() {
             Step::openai_text("High tide at noon."),
         ]);
         let resp = conns()
-            .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+            .chat(
+                &retrying(&server.base(), 3),
+                ConnectionId(0),
+                request(None, "x"),
+            )
             .await
             .unwrap();
         assert_eq!(resp.text, "High tide at noon.");
@@ -139,7 +160,11 @@ async fn server_errors_are_retried() {
     let server = MockServer::start().await;
     server.respond_with(|_| Step::json(500, error_body("boom")));
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -158,14 +183,22 @@ async fn the_provider_can_veto_or_ask_for_a_retry() {
         Step::openai_text("ok"),
     ]);
     let resp = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap();
     assert_eq!(resp.attempts, 2);
     let server = MockServer::start().await;
     server.script([Step::json(503, error_body("do not retry")).header("x-should-retry", "false")]);
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap_err();
     assert!(err.message.contains("after 1 attempt"), "{}", err.message);
@@ -188,7 +221,7 @@ async fn timeouts_cancel_the_request_retry_and_end_in_a_timeout_error() {
     req.timeout = Some(Duration::from_millis(200));
     let started = Instant::now();
     let err = conns()
-        .chat(&retrying(&server.base(), 2), 0, req.clone())
+        .chat(&retrying(&server.base(), 2), ConnectionId(0), req.clone())
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -221,7 +254,11 @@ async fn timeouts_cancel_the_request_retry_and_end_in_a_timeout_error() {
         },
     );
     let resp = conns
-        .chat(&retrying(&server.base(), 2), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 2),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap();
     assert_eq!((resp.text.as_str(), resp.attempts), ("fast", 2));
@@ -239,7 +276,7 @@ async fn the_timeout_covers_a_slow_stream() {
     req.stream = Some(true);
     req.timeout = Some(Duration::from_millis(300));
     let err = conns()
-        .chat(&retrying(&server.base(), 1), 0, req)
+        .chat(&retrying(&server.base(), 1), ConnectionId(0), req)
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Timeout, "{}", err.message);
@@ -252,7 +289,11 @@ async fn connection_resets_are_retried() {
     let server = MockServer::start().await;
     server.script([Step::reset(), Step::openai_text("after reset")]);
     let resp = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap();
     assert_eq!((resp.text.as_str(), resp.attempts), ("after reset", 2));
@@ -260,7 +301,11 @@ async fn connection_resets_are_retried() {
     let server = MockServer::start().await;
     server.respond_with(|_| Step::reset());
     let err = conns()
-        .chat(&retrying(&server.base(), 2), 0, request(None, "x"))
+        .chat(
+            &retrying(&server.base(), 2),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -280,7 +325,7 @@ async fn connection_resets_are_retried() {
     let err = conns()
         .chat(
             &retrying(&format!("http://127.0.0.1:{port}"), 2),
-            0,
+            ConnectionId(0),
             request(None, "x"),
         )
         .await
@@ -297,7 +342,11 @@ async fn malformed_bodies_are_errors_and_not_retried() {
     let server = MockServer::start().await;
     server.script([Step::raw(200, "{\"choices\": [ this is not json")]);
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "first"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "first"),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -311,7 +360,11 @@ async fn malformed_bodies_are_errors_and_not_retried() {
     // A JSON body without the reply structure is malformed too.
     server.script([Step::json(200, json!({"unexpected": true}))]);
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, request(None, "second"))
+        .chat(
+            &retrying(&server.base(), 3),
+            ConnectionId(0),
+            request(None, "second"),
+        )
         .await
         .unwrap_err();
     assert!(err.message.contains("invalid response"), "{}", err.message);
@@ -327,7 +380,7 @@ async fn truncated_streams_are_errors() {
     let mut req = request(None, "x");
     req.stream = Some(true);
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, req.clone())
+        .chat(&retrying(&server.base(), 3), ConnectionId(0), req.clone())
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -350,7 +403,7 @@ async fn truncated_streams_are_errors() {
     chunks[1].truncate(half);
     server.script([Step::sse(chunks)]);
     let err = conns()
-        .chat(&retrying(&server.base(), 3), 0, req)
+        .chat(&retrying(&server.base(), 3), ConnectionId(0), req)
         .await
         .unwrap_err();
     assert!(
@@ -367,7 +420,7 @@ async fn the_retry_budget_is_shared_and_runs_out() {
     let conns = conns().with_retry_budget(2);
     let program = retrying(&server.base(), 5);
     let err = conns
-        .chat(&program, 0, request(None, "x"))
+        .chat(&program, ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Limit);
@@ -385,7 +438,7 @@ async fn the_retry_budget_is_shared_and_runs_out() {
     assert_eq!(server.count(), 3);
     // The next call gets no retry at all.
     let err = conns
-        .chat(&program, 0, request(None, "x"))
+        .chat(&program, ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
     assert!(err.message.contains("retry budget"), "{}", err.message);
@@ -393,7 +446,7 @@ async fn the_retry_budget_is_shared_and_runs_out() {
     // A new run starts with the whole budget again.
     conns.begin_run();
     let err = conns
-        .chat(&program, 0, request(None, "x"))
+        .chat(&program, ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
     assert!(err.message.contains("retry budget"), "{}", err.message);
@@ -412,7 +465,7 @@ async fn the_agent_retry_policy_wins_over_the_connection() {
         max_delay: Duration::from_millis(30),
     });
     let err = conns()
-        .chat(&retrying(&server.base(), 1), 0, req)
+        .chat(&retrying(&server.base(), 1), ConnectionId(0), req)
         .await
         .unwrap_err();
     assert!(err.message.contains("after 4 attempts"), "{}", err.message);

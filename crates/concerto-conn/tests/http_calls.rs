@@ -9,7 +9,7 @@ use crate::support::server::{
 use crate::support::{env, one, program, request};
 use concerto_conn::{ConnectionSettings, HttpConnections, Price, PriceTable};
 use concerto_vm::host::{
-    ChatMessage, Connections, HostErrorKind, ResponseSchema, ToolCall, ToolSpec,
+    ChatMessage, ConnectionId, Connections, HostErrorKind, ResponseSchema, ToolCall, ToolSpec,
 };
 use serde_json::json;
 
@@ -57,7 +57,7 @@ async fn openai_plain_call_sends_the_documented_request() {
     let mut req = request(Some("gpt-4o"), "Say hi");
     req.temperature = Some(0.25);
     req.max_tokens = Some(50);
-    let resp = conns.chat(&program, 0, req).await.unwrap();
+    let resp = conns.chat(&program, ConnectionId(0), req).await.unwrap();
 
     assert_eq!(resp.text, "Hello there");
     assert_eq!(resp.model, "gpt-4o-mini", "the model the reply names");
@@ -100,7 +100,7 @@ async fn anthropic_plain_call_sends_the_documented_request() {
     let mut req = request(None, "Greet me");
     req.temperature = Some(0.5);
     req.max_tokens = Some(300);
-    let resp = conns().chat(&program, 0, req).await.unwrap();
+    let resp = conns().chat(&program, ConnectionId(0), req).await.unwrap();
     assert_eq!(resp.text, "Bonjour");
     assert_eq!(resp.provider, "anthropic");
     assert_eq!(resp.model, "claude-sonnet-4-20250514");
@@ -134,7 +134,10 @@ async fn base_url_with_or_without_v1_and_trailing_slash() {
     for base in &bases {
         server.script([Step::openai_text("ok")]);
         let program = one("openai", openai_config(base));
-        conns().chat(&program, 0, request(None, "x")).await.unwrap();
+        conns()
+            .chat(&program, ConnectionId(0), request(None, "x"))
+            .await
+            .unwrap();
     }
     // A host override of the base URL wins over the program's.
     server.script([Step::openai_text("ok")]);
@@ -146,7 +149,10 @@ async fn base_url_with_or_without_v1_and_trailing_slash() {
             ..ConnectionSettings::default()
         },
     );
-    conns.chat(&program, 0, request(None, "x")).await.unwrap();
+    conns
+        .chat(&program, ConnectionId(0), request(None, "x"))
+        .await
+        .unwrap();
     let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, vec!["/v1/chat/completions"; 5]);
 }
@@ -167,7 +173,7 @@ async fn extra_headers_organization_and_project() {
         },
     );
     conns
-        .chat(&one("openai", config), 0, request(None, "x"))
+        .chat(&one("openai", config), ConnectionId(0), request(None, "x"))
         .await
         .unwrap();
     let r = &server.requests()[0];
@@ -184,7 +190,7 @@ async fn openai_stream_assembles_text_and_usage() {
     let program = one("openai", openai_config(&server.base()));
     let mut req = request(None, "stream please");
     req.stream = Some(true);
-    let resp = conns().chat(&program, 0, req).await.unwrap();
+    let resp = conns().chat(&program, ConnectionId(0), req).await.unwrap();
     assert_eq!(resp.text, "Hello, world");
     assert_eq!((resp.usage.input_tokens, resp.usage.output_tokens), (9, 3));
     assert!(!resp.usage.estimated);
@@ -211,7 +217,7 @@ async fn a_stream_held_open_after_its_end_marker_still_returns() {
     let mut req = request(None, "x");
     req.stream = Some(true);
     let started = std::time::Instant::now();
-    let resp = conns().chat(&program, 0, req).await.unwrap();
+    let resp = conns().chat(&program, ConnectionId(0), req).await.unwrap();
     assert_eq!(resp.text, "done");
     assert!(started.elapsed() < std::time::Duration::from_millis(1500));
 }
@@ -235,7 +241,7 @@ async fn openai_stream_tool_call_from_connection_setting() {
     );
     let mut req = request(None, "add 2 and 5");
     req.tools = vec![tally_add()];
-    let resp = conns.chat(&program, 0, req).await.unwrap();
+    let resp = conns.chat(&program, ConnectionId(0), req).await.unwrap();
     assert_eq!(
         resp.tool_calls,
         vec![ToolCall {
@@ -262,7 +268,7 @@ async fn anthropic_stream_text_tool_call_and_usage() {
     let mut req = request(None, "add");
     req.tools = vec![tally_add()];
     req.stream = Some(true);
-    let resp = conns().chat(&program, 0, req).await.unwrap();
+    let resp = conns().chat(&program, ConnectionId(0), req).await.unwrap();
     assert_eq!(resp.text, "Let me add.");
     assert_eq!(resp.tool_calls.len(), 1);
     assert_eq!(resp.tool_calls[0].name, "Tally::add");
@@ -298,7 +304,10 @@ async fn tool_call_round_trip_maps_names_both_ways() {
     let conns = conns();
     let mut first = request(None, "What is 1 + 2?");
     first.tools = vec![tally_add()];
-    let resp = conns.chat(&program, 0, first.clone()).await.unwrap();
+    let resp = conns
+        .chat(&program, ConnectionId(0), first.clone())
+        .await
+        .unwrap();
     assert_eq!(resp.tool_calls.len(), 1);
     assert_eq!(resp.tool_calls[0].name, "Tally::add");
     assert_eq!(resp.tool_calls[0].arguments, json!({"a": 1, "b": 2}));
@@ -311,7 +320,7 @@ async fn tool_call_round_trip_maps_names_both_ways() {
     second
         .messages
         .push(ChatMessage::tool_result("call_1", "Tally::add", "3"));
-    let resp = conns.chat(&program, 0, second).await.unwrap();
+    let resp = conns.chat(&program, ConnectionId(0), second).await.unwrap();
     assert_eq!(resp.text, "The sum is 3.");
 
     let got = server.requests();
@@ -346,7 +355,7 @@ async fn structured_output_request_shapes() {
     let resp = conns()
         .chat(
             &one("openai", openai_config(&server.base())),
-            0,
+            ConnectionId(0),
             req.clone(),
         )
         .await
@@ -363,7 +372,10 @@ async fn structured_output_request_shapes() {
     // Anthropic, default: native output_config.
     server.script([Step::anthropic_text("{\"label\": \"no\"}")]);
     let claude = one("claude", anthropic_config(&server.base()));
-    conns().chat(&claude, 0, req.clone()).await.unwrap();
+    conns()
+        .chat(&claude, ConnectionId(0), req.clone())
+        .await
+        .unwrap();
     let body = &server.requests()[1].body;
     assert_eq!(body["output_config"]["format"]["type"], "json_schema");
     assert_eq!(
@@ -387,7 +399,7 @@ async fn structured_output_request_shapes() {
             ..ConnectionSettings::default()
         },
     );
-    let resp = conns.chat(&claude, 0, req).await.unwrap();
+    let resp = conns.chat(&claude, ConnectionId(0), req).await.unwrap();
     let text: serde_json::Value = serde_json::from_str(&resp.text).unwrap();
     assert_eq!(text, json!({"label": "maybe"}));
     assert!(resp.tool_calls.is_empty());
@@ -410,7 +422,10 @@ async fn models_aliases_defaults_and_the_missing_model_error() {
         (Some("o3"), "o3"),
         (None, "gpt-4o"),
     ] {
-        conns.chat(&program, 0, request(asked, "x")).await.unwrap();
+        conns
+            .chat(&program, ConnectionId(0), request(asked, "x"))
+            .await
+            .unwrap();
         assert_eq!(server.requests().last().unwrap().body["model"], sent);
     }
     // The host's default model wins over the program's.
@@ -421,7 +436,10 @@ async fn models_aliases_defaults_and_the_missing_model_error() {
             ..ConnectionSettings::default()
         },
     );
-    conns.chat(&program, 0, request(None, "x")).await.unwrap();
+    conns
+        .chat(&program, ConnectionId(0), request(None, "x"))
+        .await
+        .unwrap();
     assert_eq!(
         server.requests().last().unwrap().body["model"],
         "gpt-4o-mini"
@@ -432,7 +450,7 @@ async fn models_aliases_defaults_and_the_missing_model_error() {
     let mut bare = config;
     bare.as_object_mut().unwrap().remove("default_model");
     let err = self::conns()
-        .chat(&one("openai", bare), 0, request(None, "x"))
+        .chat(&one("openai", bare), ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Failed);
@@ -454,7 +472,7 @@ async fn missing_api_key_fails_before_any_request_and_names_the_variable() {
     let err = no_env
         .chat(
             &one("openai", openai_config(&server.base())),
-            0,
+            ConnectionId(0),
             request(None, "x"),
         )
         .await
@@ -467,7 +485,7 @@ async fn missing_api_key_fails_before_any_request_and_names_the_variable() {
     let mut config = anthropic_config(&server.base());
     config["api_key"] = json!({"$env": "MY_CLAUDE_KEY"});
     let err = no_env
-        .chat(&one("claude", config), 0, request(None, "x"))
+        .chat(&one("claude", config), ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
     assert!(err.message.contains("MY_CLAUDE_KEY"), "{}", err.message);
@@ -477,7 +495,7 @@ async fn missing_api_key_fails_before_any_request_and_names_the_variable() {
                 "anthropic",
                 json!({"provider": "anthropic", "base_url": server.base(), "default_model": "m"}),
             ),
-            0,
+            ConnectionId(0),
             request(None, "x"),
         )
         .await
@@ -489,7 +507,7 @@ async fn missing_api_key_fails_before_any_request_and_names_the_variable() {
     let mut config = openai_config(&server.base());
     config["api_key"] = json!("sk-literal-key");
     no_env
-        .chat(&one("openai", config), 0, request(None, "x"))
+        .chat(&one("openai", config), ConnectionId(0), request(None, "x"))
         .await
         .unwrap();
     assert_eq!(
@@ -507,7 +525,10 @@ async fn ollama_and_compatible_servers_run_without_a_key() {
         "local",
         json!({"provider": "ollama", "base_url": server.base(), "default_model": "llama3.1"}),
     );
-    let resp = no_env.chat(&ollama, 0, request(None, "x")).await.unwrap();
+    let resp = no_env
+        .chat(&ollama, ConnectionId(0), request(None, "x"))
+        .await
+        .unwrap();
     assert_eq!(resp.text, "local");
     assert_eq!(resp.provider, "ollama");
     let custom = one(
@@ -515,7 +536,10 @@ async fn ollama_and_compatible_servers_run_without_a_key() {
         json!({"provider": "vllm", "base_url": server.base_v1(), "default_model": "qwen",
                "api_key_env": "VLLM_KEY"}),
     );
-    no_env.chat(&custom, 0, request(None, "x")).await.unwrap();
+    no_env
+        .chat(&custom, ConnectionId(0), request(None, "x"))
+        .await
+        .unwrap();
     for r in server.requests() {
         assert_eq!(r.path, "/v1/chat/completions");
         assert_eq!(r.header("authorization"), None);
@@ -524,7 +548,7 @@ async fn ollama_and_compatible_servers_run_without_a_key() {
     let err = no_env
         .chat(
             &one("x", json!({"provider": "together", "default_model": "m"})),
-            0,
+            ConnectionId(0),
             request(None, "x"),
         )
         .await
@@ -547,7 +571,11 @@ async fn mock_provider_setting_and_non_llm_connections() {
         },
     );
     let resp = conns
-        .chat(&program, 0, request(Some("gpt-4o"), "hello mock"))
+        .chat(
+            &program,
+            ConnectionId(0),
+            request(Some("gpt-4o"), "hello mock"),
+        )
         .await
         .unwrap();
     assert_eq!(resp.provider, "mock");
@@ -555,13 +583,13 @@ async fn mock_provider_setting_and_non_llm_connections() {
     assert_eq!(server.count(), 0);
 
     let err = conns
-        .chat(&program, 1, request(None, "x"))
+        .chat(&program, ConnectionId(1), request(None, "x"))
         .await
         .unwrap_err();
     assert!(err.message.contains("connection 'Git'"), "{}", err.message);
     assert!(err.message.contains("MCP"), "{}", err.message);
     let err = conns
-        .chat(&program, 7, request(None, "x"))
+        .chat(&program, ConnectionId(7), request(None, "x"))
         .await
         .unwrap_err();
     assert!(err.message.contains("#7"), "{}", err.message);
@@ -594,7 +622,11 @@ async fn invalid_configuration_is_reported_clearly() {
     ];
     for (config, needle) in cases {
         let err = conns
-            .chat(&one("bad", config.clone()), 0, request(None, "x"))
+            .chat(
+                &one("bad", config.clone()),
+                ConnectionId(0),
+                request(None, "x"),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -619,7 +651,10 @@ fn one_instance_serves_many_runtimes_as_a_shared_trait_object() {
             let server = MockServer::start().await;
             server.script([Step::openai_text("hi")]);
             let program = one("openai", openai_config(&server.base()));
-            let resp = shared.chat(&program, 0, request(None, "x")).await.unwrap();
+            let resp = shared
+                .chat(&program, ConnectionId(0), request(None, "x"))
+                .await
+                .unwrap();
             assert_eq!(resp.text, "hi");
         });
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::server::{MockServer, Received, Step, openai_reply};
 use crate::support::{env, one, request};
 use concerto_conn::{ConnectionSettings, HttpConnections};
-use concerto_vm::host::{ChatRequest, Connections, HostErrorKind, Program};
+use concerto_vm::host::{ChatRequest, ConnectionId, Connections, HostErrorKind, Program};
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use serde_json::json;
@@ -62,7 +62,7 @@ async fn concurrency_limit_holds_at_the_server() {
             let program = Arc::clone(&program);
             tokio::spawn(async move {
                 conns
-                    .chat(&program, 0, request(None, &format!("{i}")))
+                    .chat(&program, ConnectionId(0), request(None, &format!("{i}")))
                     .await
             })
         })
@@ -87,7 +87,7 @@ async fn requests_per_minute_queue_instead_of_failing() {
             let program = Arc::clone(&program);
             tokio::spawn(async move {
                 conns
-                    .chat(&program, 0, request(None, &format!("{i}")))
+                    .chat(&program, ConnectionId(0), request(None, &format!("{i}")))
                     .await
             })
         })
@@ -115,7 +115,7 @@ async fn tokens_per_minute_reserve_then_settle_to_real_usage() {
     for i in 0..10 {
         let mut req = request(None, &format!("call {i}"));
         req.max_tokens = Some(400);
-        conns.chat(&program, 0, req).await.unwrap();
+        conns.chat(&program, ConnectionId(0), req).await.unwrap();
     }
     assert!(offsets(&server.requests()).iter().all(|d| d.is_zero()));
 
@@ -124,11 +124,11 @@ async fn tokens_per_minute_reserve_then_settle_to_real_usage() {
     server.respond_with(|_| Step::json(200, openai_reply("ok", "gpt-4o-mini", 10, 990)));
     let mut req = request(None, "big");
     req.max_tokens = Some(100);
-    conns.chat(&program, 0, req).await.unwrap();
+    conns.chat(&program, ConnectionId(0), req).await.unwrap();
     let before = Instant::now();
     let mut req = request(None, "next");
     req.max_tokens = Some(100);
-    conns.chat(&program, 0, req).await.unwrap();
+    conns.chat(&program, ConnectionId(0), req).await.unwrap();
     assert!(Instant::now() - before >= Duration::from_secs(59));
 }
 
@@ -140,7 +140,7 @@ async fn a_request_larger_than_the_token_limit_fails_at_once() {
     let mut req = request(None, "hello");
     req.max_tokens = Some(600);
     let err = conns
-        .chat(&program(&server.base()), 0, req)
+        .chat(&program(&server.base()), ConnectionId(0), req)
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Limit);
@@ -171,7 +171,7 @@ async fn limits_from_the_program_configuration() {
     let conns = HttpConnections::new().with_env(env(&[("OPENAI_API_KEY", "k-1234")]));
     for i in 0..3 {
         conns
-            .chat(&program, 0, request(None, &format!("{i}")))
+            .chat(&program, ConnectionId(0), request(None, &format!("{i}")))
             .await
             .unwrap();
     }
@@ -277,7 +277,7 @@ fn run_bursts(rpm: u32, tpm: u32, concurrent: u32, bursts: &[Burst]) -> Outcome 
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;
                 conns
-                    .chat(&program, 0, req)
+                    .chat(&program, ConnectionId(0), req)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.kind)

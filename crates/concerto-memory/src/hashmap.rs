@@ -578,3 +578,144 @@ fn snapshot_of(entries: &Entries) -> Vec<(Str, Value)> {
         .map(|(k, e)| (k.clone(), e.value.clone()))
         .collect()
 }
+
+/// One hashmap write of a batch ([`InMemoryStore::write_batch`]).
+pub(crate) enum MapWrite {
+    /// `set(key, value)`
+    Set(Str, Value),
+    /// `delete(key)`
+    Delete(Str),
+    /// `clear()`
+    Clear,
+}
+
+impl InMemoryStore {
+    /// Writes `batch` (hashmap, write), all or none: every hashmap it names is locked (in
+    /// index order) and the whole batch is checked against the memory limit, following its
+    /// own earlier writes, before anything is written. `also` runs after the check, while
+    /// the locks are still held, and must not fail (the batch's ledger and memory writes).
+    pub(crate) fn write_batch(
+        &self,
+        batch: Vec<(u32, MapWrite)>,
+        also: impl FnOnce(),
+    ) -> Result<(), HostError> {
+        let mut maps: Vec<u32> = batch.iter().map(|(map, _)| *map).collect();
+        maps.sort_unstable();
+        maps.dedup();
+        let slots = maps
+            .iter()
+            .map(|&map| self.slot(map))
+            .collect::<Result<Vec<_>, _>>()?;
+        let at = |map: u32| maps.binary_search(&map).unwrap_or_default();
+        let mut states: Vec<_> = slots.iter().map(|slot| slot.state.lock()).collect();
+
+        // The check: each key's size as the batch leaves it (`None`: absent).
+        let mut overlay: Vec<FxHashMap<&str, Option<usize>>> =
+            vec![FxHashMap::default(); maps.len()];
+        let mut cleared = vec![false; maps.len()];
+        let mut bytes: Vec<usize> = states.iter().map(|st| st.bytes).collect();
+        let (mut added, mut removed) = (0usize, 0usize);
+        for (map, write) in &batch {
+            let i = at(*map);
+            let current = |key: &str| match overlay[i].get(key) {
+                Some(size) => *size,
+                None if cleared[i] => None,
+                None => states[i].entries.get(key).map(|e| e.size),
+            };
+            match write {
+                MapWrite::Set(key, value) => {
+                    let (size, old) = (entry_size(key, value), current(key).unwrap_or(0));
+                    added = added.saturating_add(size);
+                    removed = removed.saturating_add(old);
+                    bytes[i] = bytes[i].saturating_add(size).saturating_sub(old);
+                    overlay[i].insert(key.as_str(), Some(size));
+                }
+                MapWrite::Delete(key) => {
+                    let old = current(key).unwrap_or(0);
+                    removed = removed.saturating_add(old);
+                    bytes[i] = bytes[i].saturating_sub(old);
+                    overlay[i].insert(key.as_str(), None);
+                }
+                MapWrite::Clear => {
+                    removed = removed.saturating_add(bytes[i]);
+                    bytes[i] = 0;
+                    overlay[i].clear();
+                    cleared[i] = true;
+                }
+            }
+        }
+        drop(overlay);
+        if let Err(cur) = self.reserve(added, removed) {
+            let would_be = cur.saturating_add(added).saturating_sub(removed);
+            let what = format!("a write batch of {} writes", batch.len());
+            return Err(self.limit_error(slots[0], &what, would_be));
+        }
+
+        also();
+        let notify = self.notify();
+        let mut changes: Vec<Vec<HashMapChange>> = maps.iter().map(|_| Vec::new()).collect();
+        let mut olds = Vec::new();
+        for (map, write) in batch {
+            let i = at(map);
+            let (slot, st) = (slots[i], &mut *states[i]);
+            match write {
+                MapWrite::Set(key, value) => {
+                    let size = entry_size(&key, &value);
+                    let event = notify.then(|| (key.clone(), value.clone()));
+                    let stored = Stored { value, size };
+                    let old = match st.entries.get_mut(key.as_str()) {
+                        Some(existing) => Some(std::mem::replace(existing, stored)),
+                        None => {
+                            st.entries.insert(key, stored);
+                            None
+                        }
+                    };
+                    let old_size = old.as_ref().map_or(0, |o| o.size);
+                    st.bytes = st.bytes.saturating_add(size).saturating_sub(old_size);
+                    let old = old.map(|o| o.value);
+                    if let Some((key, new)) = event {
+                        changes[i].push(slot.change(key, old.clone(), Some(new)));
+                    }
+                    olds.push(old);
+                }
+                MapWrite::Delete(key) => {
+                    if let Some((key, stored)) = st.entries.remove_entry(key.as_str()) {
+                        st.bytes = st.bytes.saturating_sub(stored.size);
+                        if notify {
+                            changes[i].push(slot.change(key, Some(stored.value), None));
+                        }
+                    }
+                }
+                MapWrite::Clear => {
+                    let taken = std::mem::take(&mut st.entries);
+                    st.bytes = 0;
+                    if notify {
+                        changes[i].extend(
+                            taken
+                                .into_iter()
+                                .map(|(key, stored)| slot.change(key, Some(stored.value), None)),
+                        );
+                    }
+                }
+            }
+        }
+        let versions: Vec<u64> = states
+            .iter_mut()
+            .map(|st| {
+                st.version += 1;
+                st.version
+            })
+            .collect();
+        drop(states);
+        // Replaced values are dropped here, outside the locks.
+        drop(olds);
+        let mut saved = Ok(());
+        for ((slot, version), changes) in slots.into_iter().zip(versions).zip(changes) {
+            let result = self.after_change(slot, version, changes);
+            if saved.is_ok() {
+                saved = result;
+            }
+        }
+        saved
+    }
+}

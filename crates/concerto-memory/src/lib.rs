@@ -1,9 +1,9 @@
-//! In-memory implementation of the VM's [`MemoryStore`]: hashmaps, ledgers and conversation
+//! In-memory implementation of the VM's [`MemoryStore`](concerto_vm::host::MemoryStore): hashmaps, ledgers and conversation
 //! memories, thread-safe with `parking_lot` locks.
 //!
 //! ```
 //! use concerto_memory::InMemoryStore;
-//! use concerto_vm::host::{MemoryStore, Reply};
+//! use concerto_vm::host::{HashmapStore, Reply};
 //! use concerto_vm::{Str, Value};
 //! let store = InMemoryStore::with_names(["store"]).with_max_bytes(Some(1 << 20));
 //! let _ = store.hashmap_set(0, Str::from("k"), Value::Int(1));
@@ -39,7 +39,8 @@
 //!   [`InMemoryStore::save_all`].
 //!
 //! # Source layout
-//! - `lib.rs`: [`InMemoryStore`], its construction and the [`MemoryStore`] implementation.
+//! - `lib.rs`: [`InMemoryStore`], its construction and its implementations of the store traits
+//!   that make up [`MemoryStore`](concerto_vm::host::MemoryStore).
 //! - `hashmap`: hashmap entries, the memory limit, change events and persistence.
 //! - [`size`]: the size estimate. [`codec`]: the file encoding. `persist`: file I/O.
 //! - `events`: [`HashMapChange`] and listener dispatch.
@@ -57,10 +58,15 @@ pub mod size;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use concerto_vm::host::{ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply};
+use concerto_vm::host::{
+    ChatMessage, ConversationStore, HashmapStore, HostError, JournalRecord, JournalStore,
+    LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
+};
 use concerto_vm::{Str, Value};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+
+use hashmap::MapWrite;
 
 pub use codec::{decode_value, encode_value};
 pub use events::{ChangeListener, HashMapChange};
@@ -166,7 +172,7 @@ fn ready<T>(r: Result<T, HostError>) -> Reply<Result<T, HostError>> {
     Reply::Ready(r)
 }
 
-impl MemoryStore for InMemoryStore {
+impl HashmapStore for InMemoryStore {
     #[inline]
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         ready(self.write_one(map, key, value).map(|_| ()))
@@ -230,7 +236,9 @@ impl MemoryStore for InMemoryStore {
     fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         ready(self.remove_one(map, key))
     }
+}
 
+impl LedgerStore for InMemoryStore {
     fn ledger_insert(&self, name: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>> {
         self.ledgers
             .lock()
@@ -297,7 +305,9 @@ impl MemoryStore for InMemoryStore {
         }
         ready(Ok(()))
     }
+}
 
+impl ConversationStore for InMemoryStore {
     fn memory_append(
         &self,
         name: &str,
@@ -305,13 +315,11 @@ impl MemoryStore for InMemoryStore {
         message: ChatMessage,
     ) -> Reply<Result<(), HostError>> {
         let mut memories = self.memories.lock();
-        let messages = memories.entry(name.to_string()).or_default();
-        messages.push_back(message);
-        if let Some(max) = max_messages {
-            while messages.len() as u64 > max {
-                messages.pop_front();
-            }
-        }
+        push_message(
+            memories.entry(name.to_string()).or_default(),
+            max_messages,
+            message,
+        );
         ready(Ok(()))
     }
 
@@ -326,5 +334,114 @@ impl MemoryStore for InMemoryStore {
     fn memory_clear(&self, name: &str) -> Reply<Result<(), HostError>> {
         self.memories.lock().remove(name);
         ready(Ok(()))
+    }
+}
+
+/// Appends `message`, keeping at most `max_messages` (newest).
+fn push_message(
+    messages: &mut VecDeque<ChatMessage>,
+    max_messages: Option<u64>,
+    message: ChatMessage,
+) {
+    messages.push_back(message);
+    if let Some(max) = max_messages {
+        while messages.len() as u64 > max {
+            messages.pop_front();
+        }
+    }
+}
+
+/// Keeps no journals (`journal_append` and `journal_records` refuse, as by default).
+impl JournalStore for InMemoryStore {
+    /// All or none, under the locks of every hashmap the batch writes (and of the ledgers
+    /// and memories): the batch is checked whole (every hashmap exists, the memory limit
+    /// holds after the last write) before anything is written. A batch with a journal record
+    /// is refused and nothing is written, as this store keeps no journals.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        ready(self.apply_batch(writes, journal))
+    }
+}
+
+impl InMemoryStore {
+    fn apply_batch(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Result<(), HostError> {
+        if let Some(record) = journal {
+            return Err(HostError::unsupported(format!(
+                "a write batch with a record for the journal of run '{}': run journals \
+                 (resumable runs) need a durable state store (--state FILE.db or redis://…); \
+                 nothing was written",
+                record.run
+            )));
+        }
+        let mut maps = Vec::new();
+        let mut others = Vec::new();
+        for write in writes {
+            match write {
+                Write::HashmapSet { map, key, value } => {
+                    maps.push((map, MapWrite::Set(key, value)))
+                }
+                Write::HashmapDelete { map, key } => maps.push((map, MapWrite::Delete(key))),
+                Write::HashmapClear { map } => maps.push((map, MapWrite::Clear)),
+                other => others.push(other),
+            }
+        }
+        self.write_batch(maps, || {
+            let mut ledgers = self.ledgers.lock();
+            let mut memories = self.memories.lock();
+            for write in others {
+                match write {
+                    Write::LedgerInsert { ledger, entry } => {
+                        ledgers.entry(ledger).or_default().insert(entry);
+                    }
+                    Write::LedgerUpdate {
+                        ledger,
+                        identifier,
+                        value,
+                    } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.update(&identifier, value);
+                        }
+                    }
+                    Write::LedgerUpdateKeys {
+                        ledger,
+                        identifier,
+                        keys,
+                    } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.update_keys(&identifier, keys);
+                        }
+                    }
+                    Write::LedgerDelete { ledger, identifier } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.delete(&identifier);
+                        }
+                    }
+                    Write::LedgerClear { ledger } => {
+                        if let Some(l) = ledgers.get_mut(&ledger) {
+                            l.clear();
+                        }
+                    }
+                    Write::MemoryAppend {
+                        memory,
+                        max_messages,
+                        message,
+                    } => {
+                        push_message(memories.entry(memory).or_default(), max_messages, message);
+                    }
+                    Write::MemoryClear { memory } => {
+                        memories.remove(&memory);
+                    }
+                    // Hashmap writes went to `write_batch`.
+                    _ => {}
+                }
+            }
+        })
     }
 }

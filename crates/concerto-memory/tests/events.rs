@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::ready;
 use concerto_memory::{HashMapChange, InMemoryStore};
-use concerto_vm::host::MemoryStore;
+use concerto_vm::host::HashmapStore;
 use concerto_vm::{Str, Value};
 use parking_lot::Mutex;
 

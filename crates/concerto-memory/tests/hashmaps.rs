@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::common::ready;
 use concerto_memory::{InMemoryStore, entry_size};
-use concerto_vm::host::{HostErrorKind, MemoryStore};
+use concerto_vm::host::{HashmapStore, HostErrorKind};
 use concerto_vm::{Str, Value};
 
 fn s(text: &str) -> Str {

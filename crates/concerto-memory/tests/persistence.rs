@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::common::ready;
 use concerto_memory::{InMemoryStore, PersistMode, temp_files};
-use concerto_vm::host::{HostErrorKind, MemoryStore};
+use concerto_vm::host::{HashmapStore, HostErrorKind};
 use concerto_vm::{EnumObj, Str, Value};
 use parking_lot::Mutex;
 

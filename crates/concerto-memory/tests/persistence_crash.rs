@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concerto_memory::{InMemoryStore, temp_files};
-use concerto_vm::host::{MemoryStore, Reply};
+use concerto_vm::host::{HashmapStore, Reply};
 use concerto_vm::{Str, Value};
 
 const CHILD_ENV: &str = "CONCERTO_CRASH_CHILD";

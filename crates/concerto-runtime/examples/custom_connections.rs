@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use concerto_runtime::vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program, Usage,
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, Program, Usage,
 };
 use concerto_runtime::{Runtime, RuntimeConfig, Value};
 
@@ -26,12 +26,12 @@ where
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let name = program
             .connections
-            .get(connection as usize)
+            .get(connection.index())
             .map_or("(unknown)", |c| c.name.as_str());
         let text = (self.0)(name, &request);
         // No tokenizer here: count words, and say the counts are estimates.

@@ -558,14 +558,14 @@ impl Connections for Offline {
     fn chat(
         &self,
         program: &Arc<concerto_vm::host::Program>,
-        connection: u32,
+        connection: concerto_vm::host::ConnectionId,
         _request: concerto_vm::host::ChatRequest,
     ) -> concerto_vm::host::BoxFuture<
         Result<concerto_vm::host::ChatResponse, concerto_vm::host::HostError>,
     > {
         let name = program
             .connections
-            .get(connection as usize)
+            .get(connection.index())
             .map_or("?", |c| c.name.as_str());
         let message = format!(
             "agent call over connection `{name}`: this runtime was built without the `http` \

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concerto_vm::host::{BoxFuture, ChatRequest, ChatResponse, Connections, HostError, Program};
+use concerto_vm::host::{
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, Program,
+};
 use concerto_vm::{ErrorKind, ExecConfig, Execution, Host, Vm, VmError};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -30,7 +32,7 @@ impl Connections for Bounded {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let permits = self.permits.clone();

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use concerto_vm::Value as VmValue;
 use concerto_vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, Connections, EmitSink, FsReply, FsRequest, HostError,
-    HttpReply, HttpRequest, MemoryStore, OutsideError, Program, Reply, ToolHost, ToolSpec,
+    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, EmitSink, FsReply, FsRequest,
+    HostError, HttpReply, HttpRequest, MemoryStore, OutsideError, Program, Reply, ToolHost,
+    ToolSpec,
 };
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
@@ -126,11 +127,11 @@ impl Connections for JournaledConnections {
     fn chat(
         &self,
         program: &Arc<Program>,
-        connection: u32,
+        connection: ConnectionId,
         request: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let body = serde_json::to_string(&request).unwrap_or_default();
-        let fp = fingerprint(&["agent", &connection.to_string(), &body]);
+        let fp = fingerprint(&["agent", &connection.0.to_string(), &body]);
         if let Some(recorded) = self.journal.take(&fp)
             && let Ok(response) = serde_json::from_value::<ChatResponse>(recorded)
         {

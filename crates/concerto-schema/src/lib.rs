@@ -76,7 +76,7 @@ use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use concerto_vm::host::{HostError, Program, SchemaCheck, SchemaValidator};
+use concerto_vm::host::{HostError, Program, SchemaCheck, SchemaId, SchemaValidator};
 use parking_lot::RwLock;
 use serde_json::Value;
 
@@ -399,11 +399,17 @@ fn fill_missing(schema: &Value, instance: &mut Value) {
 }
 
 impl SchemaValidator for JsonSchemaValidator {
-    fn provider_schema(&self, program: &Program, schema: u32) -> Result<Value, HostError> {
-        to_provider_schema(program, schema)
+    fn provider_schema(&self, program: &Program, schema: SchemaId) -> Result<Value, HostError> {
+        to_provider_schema(program, schema.0)
     }
 
-    fn check(&self, program: &Program, schema: u32, reply: &str) -> Result<SchemaCheck, HostError> {
+    fn check(
+        &self,
+        program: &Program,
+        schema: SchemaId,
+        reply: &str,
+    ) -> Result<SchemaCheck, HostError> {
+        let schema = schema.0;
         let mode = self.mode_of(program, schema)?;
         let name = program
             .schemas

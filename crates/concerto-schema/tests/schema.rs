@@ -8,7 +8,7 @@ use concerto_schema::{
     JsonSchemaValidator, Mode, is_strict_compatible, normalize, normalize_for_mode,
     to_provider_schema,
 };
-use concerto_vm::host::{HostErrorKind, Program, SchemaCheck, SchemaValidator};
+use concerto_vm::host::{HostErrorKind, Program, SchemaCheck, SchemaId, SchemaValidator};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
@@ -58,7 +58,8 @@ fn index_of(program: &Program, name: &str) -> u32 {
 }
 
 fn check(v: &JsonSchemaValidator, program: &Program, name: &str, reply: &str) -> SchemaCheck {
-    v.check(program, index_of(program, name), reply).unwrap()
+    v.check(program, SchemaId(index_of(program, name)), reply)
+        .unwrap()
 }
 
 fn valid(v: &JsonSchemaValidator, program: &Program, name: &str, reply: &str) -> Value {
@@ -364,7 +365,7 @@ fn garbage_schemas_degrade_without_panicking() {
         assert_eq!(n["type"], json!("object"), "{}: {n}", s.name);
         let provider = to_provider_schema(&p, idx).unwrap();
         assert_provider_invariants(&provider);
-        let _ = v.check(&p, idx, r#"{"x": 1}"#).unwrap();
+        let _ = v.check(&p, SchemaId(idx), r#"{"x": 1}"#).unwrap();
     }
     let weird = normalize(&p, index_of(&p, "Weird")).unwrap();
     let props = &weird["properties"];
@@ -417,8 +418,8 @@ fn bad_schema_index_is_a_host_error() {
     for err in [
         normalize(&p, 99).unwrap_err(),
         to_provider_schema(&p, 99).unwrap_err(),
-        v.provider_schema(&p, 99).unwrap_err(),
-        v.check(&p, 99, "{}").unwrap_err(),
+        v.provider_schema(&p, SchemaId(99)).unwrap_err(),
+        v.check(&p, SchemaId(99), "{}").unwrap_err(),
     ] {
         assert_eq!(err.kind, HostErrorKind::Failed);
         assert!(
@@ -824,14 +825,16 @@ fn validators_are_compiled_once_and_shared() {
     let v: Arc<JsonSchemaValidator> = Arc::new(JsonSchemaValidator::new());
     let shared: Arc<dyn SchemaValidator> = v.clone();
     for _ in 0..3 {
-        shared.check(&p, 0, r#"{"name": "a", "value": 1}"#).unwrap();
+        shared
+            .check(&p, SchemaId(0), r#"{"name": "a", "value": 1}"#)
+            .unwrap();
     }
     assert_eq!(v.cached_validators(), 1);
     // The same schema in another program shares the compiled validator.
     let again = strict_program();
-    shared.check(&again, 0, "{}").unwrap();
+    shared.check(&again, SchemaId(0), "{}").unwrap();
     assert_eq!(v.cached_validators(), 1);
-    shared.check(&p, 1, "{}").unwrap();
+    shared.check(&p, SchemaId(1), "{}").unwrap();
     assert_eq!(v.cached_validators(), 2);
     let handles: Vec<_> = (0..4)
         .map(|i| {
@@ -839,7 +842,10 @@ fn validators_are_compiled_once_and_shared() {
             let p = strict_program();
             std::thread::spawn(move || {
                 let reply = format!(r#"{{"name": "t{i}", "value": {i}}}"#);
-                matches!(shared.check(&p, 0, &reply).unwrap(), SchemaCheck::Valid(_))
+                matches!(
+                    shared.check(&p, SchemaId(0), &reply).unwrap(),
+                    SchemaCheck::Valid(_)
+                )
             })
         })
         .collect();
@@ -970,7 +976,7 @@ fn provider_schema_of_the_conformance_case() {
         "validation_mode": "strict"
     }]));
     let v = JsonSchemaValidator::new();
-    let s = v.provider_schema(&p, 0).unwrap();
+    let s = v.provider_schema(&p, SchemaId(0)).unwrap();
     assert_eq!(
         s,
         json!({

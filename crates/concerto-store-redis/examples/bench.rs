@@ -17,7 +17,7 @@ use std::time::Instant;
 use common::{RedisServer, s, wait};
 use concerto_store_redis::RedisStore;
 use concerto_vm::Value;
-use concerto_vm::host::MemoryStore;
+use concerto_vm::host::HashmapStore;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,4 +1,4 @@
-//! A shared store on Redis for the VM's [`MemoryStore`]: hashmaps, ledgers and
+//! A shared store on Redis for the VM's [`MemoryStore`](concerto_vm::host::MemoryStore): hashmaps, ledgers and
 //! conversation memories that every process pointing at the same server (and program key)
 //! sees, with atomic operations and change events across processes.
 //!
@@ -96,6 +96,7 @@
 //!   be decoded is skipped and counted ([`RedisStore::malformed_events`]).
 #![warn(missing_docs)]
 
+mod batch;
 mod events;
 mod keys;
 mod redact;
@@ -108,7 +109,8 @@ use std::time::Duration;
 
 use concerto_memory::{decode_value, encode_value};
 use concerto_vm::host::{
-    ChatMessage, HostError, HostErrorKind, LedgerEntry, LedgerQuery, MemoryStore, Reply,
+    ChatMessage, ConversationStore, HashmapStore, HostError, HostErrorKind, JournalRecord,
+    JournalStore, LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -211,7 +213,7 @@ impl Inner {
     }
 }
 
-/// A [`MemoryStore`] on a Redis server, shared by every process that connects with the
+/// A [`MemoryStore`](concerto_vm::host::MemoryStore) on a Redis server, shared by every process that connects with the
 /// same program key. See the [crate documentation](crate).
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -603,6 +605,14 @@ fn ledger_label(name: &str) -> String {
     format!("ledger '{name}'")
 }
 
+/// The `max messages` argument of the memory-append script (empty: no limit).
+fn window(max_messages: Option<u64>) -> String {
+    // Redis list indices are signed 64-bit; a larger window keeps everything anyway.
+    max_messages
+        .map(|m| m.min(i64::MAX as u64).to_string())
+        .unwrap_or_default()
+}
+
 fn memory_label(name: &str) -> String {
     format!("memory '{name}'")
 }
@@ -771,7 +781,7 @@ impl RedisStore {
     }
 }
 
-impl MemoryStore for RedisStore {
+impl HashmapStore for RedisStore {
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         match self.write_one(map, key, &value, false) {
             Reply::Ready(r) => Reply::Ready(r.map(|_| ())),
@@ -978,7 +988,9 @@ impl MemoryStore for RedisStore {
     fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         self.remove_one(map, key)
     }
+}
 
+impl LedgerStore for RedisStore {
     fn ledger_insert(&self, name: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>> {
         let label = ledger_label(name);
         let value = match encode(&entry.value) {
@@ -1116,7 +1128,9 @@ impl MemoryStore for RedisStore {
             Ok(())
         })
     }
+}
 
+impl ConversationStore for RedisStore {
     fn memory_append(
         &self,
         name: &str,
@@ -1132,10 +1146,7 @@ impl MemoryStore for RedisStore {
                 ))));
             }
         };
-        // Redis list indices are signed 64-bit; a larger window keeps everything anyway.
-        let max = max_messages
-            .map(|m| m.min(i64::MAX as u64).to_string())
-            .unwrap_or_default();
+        let max = window(max_messages);
         let name = name.to_string();
         self.run(move |inner| async move {
             let key = inner.layout.memory(&name);
@@ -1197,6 +1208,22 @@ impl MemoryStore for RedisStore {
                 .map_err(|e| inner.fail(&format!("{}: clear", memory_label(&name)), &e))?;
             Ok(())
         })
+    }
+}
+
+impl JournalStore for RedisStore {
+    /// All or none: every write is checked (its hashmap exists) and encoded first, then the
+    /// writes and the journal's `RPUSH` go to the server as one `MULTI`/`EXEC` transaction.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        let ops = match self.prepare_all(writes) {
+            Ok(ops) => ops,
+            Err(e) => return Reply::Ready(Err(e)),
+        };
+        self.run(move |inner| async move { batch::commit(&inner, ops, journal).await })
     }
 
     /// One RPUSH: the record is stored (and visible to every process) before the reply.

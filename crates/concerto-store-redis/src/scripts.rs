@@ -181,11 +181,35 @@ pub(crate) struct Scripts {
     pub(crate) ledger_delete: Script,
     pub(crate) ledger_entries: Script,
     pub(crate) memory_append: Script,
+    /// The source of the writing scripts, for `apply` (see [`Sources`]).
+    pub(crate) sources: Sources,
+}
+
+/// The source of each writing script. `apply` sends them with `EVAL` inside `MULTI`/`EXEC`:
+/// an `EVALSHA` of a script the server has forgotten (`SCRIPT FLUSH`, a restart) would fail
+/// on its own while the rest of the transaction still ran.
+pub(crate) struct Sources {
+    pub(crate) hashmap_set: String,
+    pub(crate) hashmap_delete: String,
+    pub(crate) hashmap_clear: String,
+    pub(crate) ledger_insert: String,
+    pub(crate) ledger_update: String,
+    pub(crate) ledger_delete: String,
+    pub(crate) memory_append: String,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         let with = |parts: &[&str]| Script::new(&parts.concat());
+        let sources = Sources {
+            hashmap_set: [LISTENED, HASHMAP_SET].concat(),
+            hashmap_delete: [LISTENED, HASHMAP_DELETE].concat(),
+            hashmap_clear: [LISTENED, EACH_ENTRY, HASHMAP_CLEAR].concat(),
+            ledger_insert: LEDGER_INSERT.to_string(),
+            ledger_update: LEDGER_UPDATE.to_string(),
+            ledger_delete: LEDGER_DELETE.to_string(),
+            memory_append: MEMORY_APPEND.to_string(),
+        };
         Scripts {
             hashmap_set: with(&[LISTENED, HASHMAP_SET]),
             hashmap_delete: with(&[LISTENED, HASHMAP_DELETE]),
@@ -196,6 +220,7 @@ impl Scripts {
             ledger_delete: with(&[LEDGER_DELETE]),
             ledger_entries: with(&[LEDGER_ENTRIES]),
             memory_append: with(&[MEMORY_APPEND]),
+            sources,
         }
     }
 

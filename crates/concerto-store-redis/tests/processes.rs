@@ -19,7 +19,9 @@ use crate::common::{RedisServer, eventually, s, wait};
 use concerto_memory::HashMapChange;
 use concerto_store_redis::RedisStore;
 use concerto_vm::Value;
-use concerto_vm::host::{ChatMessage, LedgerEntry, LedgerQuery, MemoryStore};
+use concerto_vm::host::{
+    ChatMessage, ConversationStore, HashmapStore, LedgerEntry, LedgerQuery, LedgerStore,
+};
 
 const CHILD_ENV: &str = "CONCERTO_REDIS_CHILD";
 const CHILD_TEST: &str = "processes::child_process";

@@ -12,7 +12,8 @@ use crate::common::{
 use concerto_memory::{HashMapChange, InMemoryStore};
 use concerto_store_redis::{RedisOptions, RedisStore};
 use concerto_vm::host::{
-    ChatMessage, HostErrorKind, LedgerEntry, LedgerQuery, MemoryStore, Reply, ToolCall,
+    ChatMessage, ConversationStore, HashmapStore, HostErrorKind, LedgerEntry, LedgerQuery,
+    LedgerStore, MemoryStore, Reply, ToolCall,
 };
 use concerto_vm::{EnumObj, Str, Value};
 use parking_lot::Mutex;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use concerto_store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
-use concerto_vm::host::{HostError, MemoryStore, Reply};
+use concerto_vm::host::{HashmapStore, HostError, MemoryStore, Reply};
 use concerto_vm::{Str, Value};
 
 async fn resolve<T>(reply: Reply<Result<T, HostError>>) -> Result<T, HostError> {

@@ -1,9 +1,9 @@
-//! A durable [`MemoryStore`] on SQLite: hashmaps, ledgers and conversation memories in one
+//! A durable [`MemoryStore`](concerto_vm::host::MemoryStore) on SQLite: hashmaps, ledgers and conversation memories in one
 //! database file that survives restarts and crashes, and that several processes may share.
 //!
 //! ```
 //! use concerto_store_sqlite::SqliteStore;
-//! use concerto_vm::host::{MemoryStore, Reply};
+//! use concerto_vm::host::{HashmapStore, Reply};
 //! use concerto_vm::{Str, Value};
 //!
 //! # let dir = tempfile::tempdir().unwrap();
@@ -89,13 +89,16 @@
 //! journals of resumable runs).
 //!
 //! # Source layout
-//! - `lib.rs`: [`SqliteStore`], its options and the [`MemoryStore`] implementation (encoding
+//! - `lib.rs`: [`SqliteStore`], its options and its implementations of the store traits that
+//!   make up [`MemoryStore`](concerto_vm::host::MemoryStore) (encoding
 //!   and decoding of values, ledger query matching).
+//! - `batch`: write batches committed with a journal record (`JournalStore::apply`).
 //! - `worker`: the SQLite thread, transactions and group commit.
 //! - `schema`: opening a file, connection settings, schema creation and checks.
 //! - `ops`: the SQL of each operation.
 #![warn(missing_docs)]
 
+mod batch;
 mod ops;
 mod schema;
 mod worker;
@@ -106,7 +109,8 @@ use std::time::Duration;
 
 use concerto_memory::{decode_value, encode_value};
 use concerto_vm::host::{
-    BoxFuture, ChatMessage, HostError, LedgerEntry, LedgerQuery, MemoryStore, Reply,
+    BoxFuture, ChatMessage, ConversationStore, HashmapStore, HostError, JournalRecord,
+    JournalStore, LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 
@@ -390,7 +394,7 @@ fn select(
     Ok(out)
 }
 
-impl MemoryStore for SqliteStore {
+impl HashmapStore for SqliteStore {
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         let h = match self.hashmap(map) {
             Ok(h) => h,
@@ -466,22 +470,6 @@ impl MemoryStore for SqliteStore {
         self.on_hashmap(map, true, |db, name, label| {
             ops::hashmap_clear(db, name).map_err(|e| db.fail(&format!("{label}: cannot clear"), e))
         })
-    }
-
-    fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
-        let run = run.to_string();
-        later(self.worker.call(true, move |db| {
-            ops::journal_push(db, &run, &record)
-                .map_err(|e| db.fail(&format!("journal of run '{run}': cannot append"), e))
-        }))
-    }
-
-    fn journal_records(&self, run: &str) -> Reply<Result<Vec<String>, HostError>> {
-        let run = run.to_string();
-        later(self.worker.call(false, move |db| {
-            ops::journal_all(db, &run)
-                .map_err(|e| db.fail(&format!("journal of run '{run}': cannot read"), e))
-        }))
     }
 
     fn hashmap_set_many(
@@ -586,7 +574,9 @@ impl MemoryStore for SqliteStore {
             Ok((old, key, label.to_string()))
         }))
     }
+}
 
+impl LedgerStore for SqliteStore {
     fn ledger_insert(&self, ledger: &str, entry: LedgerEntry) -> Reply<Result<(), HostError>> {
         let what = || ledger_what(ledger, &entry.identifier);
         let value = match encode(&entry.value, what) {
@@ -712,7 +702,9 @@ impl MemoryStore for SqliteStore {
                 .map_err(|e| db.fail(&format!("ledger '{ledger}': cannot clear"), e))
         }))
     }
+}
 
+impl ConversationStore for SqliteStore {
     fn memory_append(
         &self,
         memory: &str,
@@ -760,6 +752,42 @@ impl MemoryStore for SqliteStore {
         later(self.worker.call(true, move |db| {
             ops::memory_clear(db, &memory)
                 .map_err(|e| db.fail(&format!("memory '{memory}': cannot clear"), e))
+        }))
+    }
+}
+
+impl JournalStore for SqliteStore {
+    /// All or none: every write is checked (its hashmap exists) and encoded first, then the
+    /// writes and the journal record run in one transaction, which a failing write rolls
+    /// back.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        let ops = match self.prepare_all(writes) {
+            Ok(ops) => ops,
+            Err(e) => return ready(Err(e)),
+        };
+        later(
+            self.worker
+                .call(true, move |db| batch::run_all(db, &ops, journal.as_ref())),
+        )
+    }
+
+    fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
+        let run = run.to_string();
+        later(self.worker.call(true, move |db| {
+            ops::journal_push(db, &run, &record)
+                .map_err(|e| db.fail(&format!("journal of run '{run}': cannot append"), e))
+        }))
+    }
+
+    fn journal_records(&self, run: &str) -> Reply<Result<Vec<String>, HostError>> {
+        let run = run.to_string();
+        later(self.worker.call(false, move |db| {
+            ops::journal_all(db, &run)
+                .map_err(|e| db.fail(&format!("journal of run '{run}': cannot read"), e))
         }))
     }
 }

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concerto_store_sqlite::SqliteStore;
-use concerto_vm::host::{LedgerEntry, MemoryStore, Reply};
+use concerto_vm::host::{HashmapStore, LedgerEntry, LedgerStore, Reply};
 use concerto_vm::{Str, Value};
 
 const CHILD_ENV: &str = "CONCERTO_SQLITE_CRASH_CHILD";

@@ -2,5 +2,6 @@
 //! the crate and all its dependencies, so one binary instead of several saves most of a test
 //! build's disk and link time.
 
+mod batch;
 mod crash;
 mod sqlite;

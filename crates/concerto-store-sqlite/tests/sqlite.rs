@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use concerto_store_sqlite::{SCHEMA_VERSION, SqliteOptions, SqliteStore, Synchronous};
-use concerto_vm::host::{HostErrorKind, LedgerEntry, MemoryStore, Reply};
+use concerto_vm::host::{
+    ConversationStore, HashmapStore, HostErrorKind, LedgerEntry, LedgerStore, Reply,
+};
 use concerto_vm::{Str, Value};
 
 fn wait<T>(reply: Reply<T>) -> T {

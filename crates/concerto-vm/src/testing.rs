@@ -39,7 +39,7 @@ impl Connections for Unsupported {
     fn chat(
         &self,
         _: &Arc<concerto_ir::Program>,
-        _: u32,
+        _: ConnectionId,
         _: ChatRequest,
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         Box::pin(async { Err(HostError::unsupported("LLM connections in the test host")) })
@@ -110,7 +110,7 @@ impl SchemaValidator for Unsupported {
     fn provider_schema(
         &self,
         _: &concerto_ir::Program,
-        _: u32,
+        _: SchemaId,
     ) -> Result<serde_json::Value, HostError> {
         Err(HostError::unsupported("schema validation in the test host"))
     }
@@ -118,7 +118,7 @@ impl SchemaValidator for Unsupported {
     fn check(
         &self,
         _: &concerto_ir::Program,
-        _: u32,
+        _: SchemaId,
         _: &str,
     ) -> Result<crate::host::SchemaCheck, HostError> {
         Err(HostError::unsupported("schema validation in the test host"))
@@ -131,20 +131,23 @@ pub struct FakeMemory {
     maps: Mutex<HashMap<u32, Vec<(Str, Value)>>>,
 }
 
+/// Sets `key` in `entries`, keeping its place when present.
+fn set_entry(entries: &mut Vec<(Str, Value)>, key: Str, value: Value) {
+    match entries.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => entries.push((key, value)),
+    }
+}
+
 fn unsupported<T>(what: &str) -> Reply<Result<T, HostError>> {
     Reply::Ready(Err(HostError::unsupported(format!(
         "{what} in the test host"
     ))))
 }
 
-impl MemoryStore for FakeMemory {
+impl HashmapStore for FakeMemory {
     fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
-        let mut maps = self.maps.lock();
-        let entries = maps.entry(map).or_default();
-        match entries.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => entries.push((key, value)),
-        }
+        set_entry(self.maps.lock().entry(map).or_default(), key, value);
         Reply::Ready(Ok(()))
     }
     fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
@@ -177,6 +180,9 @@ impl MemoryStore for FakeMemory {
         self.maps.lock().remove(&map);
         Reply::Ready(Ok(()))
     }
+}
+
+impl LedgerStore for FakeMemory {
     fn ledger_insert(&self, _: &str, _: LedgerEntry) -> Reply<Result<(), HostError>> {
         unsupported("ledgers")
     }
@@ -203,6 +209,9 @@ impl MemoryStore for FakeMemory {
     fn ledger_clear(&self, _: &str) -> Reply<Result<(), HostError>> {
         unsupported("ledgers")
     }
+}
+
+impl ConversationStore for FakeMemory {
     fn memory_append(
         &self,
         _: &str,
@@ -216,6 +225,48 @@ impl MemoryStore for FakeMemory {
     }
     fn memory_clear(&self, _: &str) -> Reply<Result<(), HostError>> {
         unsupported("memories")
+    }
+}
+
+/// Keeps no journals; `apply` takes hashmap writes only.
+impl JournalStore for FakeMemory {
+    /// All or none under the one lock: a batch with a ledger or memory write or a journal
+    /// record is refused before anything is written.
+    fn apply(
+        &self,
+        writes: Vec<Write>,
+        journal: Option<JournalRecord>,
+    ) -> Reply<Result<(), HostError>> {
+        if journal.is_some() {
+            return unsupported("journals");
+        }
+        let mut maps = self.maps.lock();
+        if writes.iter().any(|w| {
+            !matches!(
+                w,
+                Write::HashmapSet { .. } | Write::HashmapDelete { .. } | Write::HashmapClear { .. }
+            )
+        }) {
+            return unsupported("ledgers and memories");
+        }
+        for write in writes {
+            match write {
+                Write::HashmapSet { map, key, value } => {
+                    set_entry(maps.entry(map).or_default(), key, value);
+                }
+                Write::HashmapDelete { map, key } => {
+                    if let Some(entries) = maps.get_mut(&map) {
+                        entries.retain(|(k, _)| *k != key);
+                    }
+                }
+                Write::HashmapClear { map } => {
+                    maps.remove(&map);
+                }
+                // Refused above.
+                _ => {}
+            }
+        }
+        Reply::Ready(Ok(()))
     }
 }
 
@@ -302,4 +353,109 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
             Poll::Pending => std::thread::park(),
         }
     }
+}
+
+/// `reply`'s value, waiting with [`block_on`] when it answers later.
+fn wait_reply<T>(reply: Reply<T>) -> T {
+    match reply {
+        Reply::Ready(v) => v,
+        Reply::Pending(fut) => block_on(fut),
+    }
+}
+
+/// A batch of one write of each kind but clear, and `last`.
+pub fn sample_batch(last: Option<Write>) -> Vec<Write> {
+    let mut writes = vec![
+        Write::HashmapSet {
+            map: 0,
+            key: Str::from("a"),
+            value: Value::Int(1),
+        },
+        Write::HashmapDelete {
+            map: 1,
+            key: Str::from("old"),
+        },
+        Write::LedgerInsert {
+            ledger: "facts".into(),
+            entry: LedgerEntry {
+                identifier: "sky".into(),
+                keys: vec!["colour".into()],
+                value: Value::Int(1),
+            },
+        },
+        Write::MemoryAppend {
+            memory: "chat".into(),
+            max_messages: Some(5),
+            message: ChatMessage::new("user", "hello"),
+        },
+    ];
+    writes.extend(last);
+    writes
+}
+
+/// The journal record of the `apply` checks.
+pub fn sample_record() -> JournalRecord {
+    JournalRecord {
+        run: "run-1".into(),
+        record: r#"{"op":"agent"}"#.into(),
+    }
+}
+
+/// Checks [`JournalStore::apply`] on the durable store `open` opens (again: the second
+/// opening must see what the first committed): a batch whose last write names an unknown
+/// hashmap fails, and neither its other writes nor its journal record are there.
+pub fn a_batch_with_a_failing_write_leaves_neither_the_writes_nor_the_record(
+    open: &dyn Fn() -> Arc<dyn MemoryStore>,
+) {
+    let store = open();
+    wait_reply(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    let unknown = Write::HashmapSet {
+        map: 9,
+        key: Str::from("b"),
+        value: Value::Int(2),
+    };
+    assert!(wait_reply(store.apply(sample_batch(Some(unknown)), Some(sample_record()))).is_err());
+    drop(store);
+    let store = open();
+    assert_eq!(wait_reply(store.hashmap_get(0, "a")).unwrap(), None);
+    assert_eq!(
+        wait_reply(store.hashmap_get(1, "old")).unwrap(),
+        Some(Value::Int(0))
+    );
+    assert!(
+        wait_reply(store.ledger_entries("facts"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        wait_reply(store.memory_messages("chat"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        wait_reply(store.journal_records("run-1"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Checks [`JournalStore::apply`] on the durable store `open` opens: a good batch and its
+/// journal record are there when the store is opened again.
+pub fn a_good_batch_lands_with_its_journal_record(open: &dyn Fn() -> Arc<dyn MemoryStore>) {
+    let store = open();
+    wait_reply(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    wait_reply(store.apply(sample_batch(None), Some(sample_record()))).unwrap();
+    drop(store);
+    let store = open();
+    assert_eq!(
+        wait_reply(store.hashmap_get(0, "a")).unwrap(),
+        Some(Value::Int(1))
+    );
+    assert_eq!(wait_reply(store.hashmap_get(1, "old")).unwrap(), None);
+    assert_eq!(wait_reply(store.ledger_entries("facts")).unwrap().len(), 1);
+    assert_eq!(wait_reply(store.memory_messages("chat")).unwrap().len(), 1);
+    assert_eq!(
+        wait_reply(store.journal_records("run-1")).unwrap(),
+        vec![sample_record().record]
+    );
 }

@@ -11,7 +11,8 @@ use super::tools::{MAX_TOOL_ROUNDS, tool_result_text};
 use crate::error::{ErrorKind, VmError};
 use crate::exec::{Continuation, Ctx, Step};
 use crate::host::{
-    BoxFuture, ChatMessage, ChatRequest, ChatResponse, SchemaCheck, ToolCall, ToolSpec,
+    BoxFuture, ChatMessage, ChatRequest, ChatResponse, ConnectionId, SchemaCheck, SchemaId,
+    ToolCall, ToolSpec,
 };
 use crate::value::Value;
 
@@ -119,10 +120,11 @@ impl AgentCall {
             }
             None => {}
         }
-        let fut = ctx
-            .host
-            .connections
-            .chat(ctx.program(), connection, self.request.clone());
+        let fut = ctx.host.connections.chat(
+            ctx.program(),
+            ConnectionId(connection),
+            self.request.clone(),
+        );
         Ok(Step::Suspend(Box::pin(async move {
             match fut.await {
                 Ok(reply) => Ok(Value::carry(reply)),
@@ -184,7 +186,7 @@ impl AgentCall {
                 let check = ctx
                     .host
                     .schema
-                    .check(&program, schema, &reply.text)
+                    .check(&program, SchemaId(schema), &reply.text)
                     .map_err(VmError::from)?;
                 match check {
                     SchemaCheck::Valid(json) => {

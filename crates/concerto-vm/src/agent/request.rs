@@ -12,7 +12,9 @@ use super::builder::{AgentBuilder, Target, ToolSel, tool_by_name};
 use super::call::{AgentCall, Phase, Via};
 use crate::error::{ErrorKind, VmError};
 use crate::exec::Ctx;
-use crate::host::{Backoff, ChatMessage, ChatRequest, ResponseSchema, RetryPolicy, ToolSpec};
+use crate::host::{
+    Backoff, ChatMessage, ChatRequest, ResponseSchema, RetryPolicy, SchemaId, ToolSpec,
+};
 
 /// The longest wait a program may set (timeouts, cache lifetimes, retry delays): one year.
 /// Larger values from the IR are cut to it (a clock cannot add them).
@@ -328,7 +330,7 @@ impl AgentCall {
             let json = ctx
                 .host
                 .schema
-                .provider_schema(&program, schema)
+                .provider_schema(&program, SchemaId(schema))
                 .map_err(VmError::from)?;
             request.response_schema = Some(ResponseSchema { name, schema: json });
         }

@@ -1,0 +1,275 @@
+//! [`JournalStore::apply`](concerto_vm::host::JournalStore::apply) for [`RedisStore`]: every
+//! write is checked and encoded in Rust first, then the writes (the same scripts as the
+//! single operations, sent with `EVAL`) and the journal's `RPUSH` go to the server as one
+//! `MULTI`/`EXEC` transaction. Redis runs a transaction with no other command in between, and
+//! discards all of it when a command is refused while it is queued; the steps are the ones
+//! the single operations make, which cannot fail once their arguments are checked.
+
+use concerto_vm::host::{HostError, JournalRecord, Write};
+
+use crate::{Inner, RedisStore, encode, ledger_label, memory_label, shorten, window};
+
+/// One write, checked and encoded.
+pub(crate) enum Op {
+    HashmapSet {
+        map: u32,
+        key: String,
+        json: String,
+    },
+    HashmapDelete {
+        map: u32,
+        key: String,
+    },
+    HashmapClear {
+        map: u32,
+    },
+    LedgerInsert {
+        ledger: String,
+        identifier: String,
+        keys: String,
+        value: String,
+    },
+    LedgerUpdate {
+        ledger: String,
+        identifier: String,
+        text: String,
+        keys_field: bool,
+    },
+    LedgerDelete {
+        ledger: String,
+        identifier: String,
+    },
+    LedgerClear {
+        ledger: String,
+    },
+    MemoryAppend {
+        memory: String,
+        json: String,
+        max: String,
+    },
+    MemoryClear {
+        memory: String,
+    },
+}
+
+impl RedisStore {
+    fn prepare(&self, write: Write) -> Result<Op, HostError> {
+        Ok(match write {
+            Write::HashmapSet { map, key, value } => {
+                let info = self.map_info(map)?;
+                let json = encode(&value).map_err(|e| {
+                    HostError::failed(format!(
+                        "{}: cannot store key '{}': {e}",
+                        info.label,
+                        shorten(&key)
+                    ))
+                })?;
+                Op::HashmapSet {
+                    map,
+                    key: key.to_string(),
+                    json,
+                }
+            }
+            Write::HashmapDelete { map, key } => {
+                self.map_info(map)?;
+                Op::HashmapDelete {
+                    map,
+                    key: key.to_string(),
+                }
+            }
+            Write::HashmapClear { map } => {
+                self.map_info(map)?;
+                Op::HashmapClear { map }
+            }
+            Write::LedgerInsert { ledger, entry } => {
+                let what = || {
+                    format!(
+                        "{}: entry '{}'",
+                        ledger_label(&ledger),
+                        shorten(&entry.identifier)
+                    )
+                };
+                let value = encode(&entry.value)
+                    .map_err(|e| HostError::failed(format!("{}: {e}", what())))?;
+                let keys = serde_json::to_string(&entry.keys)
+                    .map_err(|e| HostError::failed(format!("{}: {e}", what())))?;
+                Op::LedgerInsert {
+                    ledger,
+                    identifier: entry.identifier,
+                    keys,
+                    value,
+                }
+            }
+            Write::LedgerUpdate {
+                ledger,
+                identifier,
+                value,
+            } => {
+                let text = encode(&value).map_err(|e| {
+                    HostError::failed(format!(
+                        "{}: cannot store the value of entry '{}': {e}",
+                        ledger_label(&ledger),
+                        shorten(&identifier)
+                    ))
+                })?;
+                Op::LedgerUpdate {
+                    ledger,
+                    identifier,
+                    text,
+                    keys_field: false,
+                }
+            }
+            Write::LedgerUpdateKeys {
+                ledger,
+                identifier,
+                keys,
+            } => {
+                let text = serde_json::to_string(&keys).map_err(|e| {
+                    let what = format!(
+                        "{}: the keys of entry '{}'",
+                        ledger_label(&ledger),
+                        shorten(&identifier)
+                    );
+                    HostError::failed(format!("{what}: {e}"))
+                })?;
+                Op::LedgerUpdate {
+                    ledger,
+                    identifier,
+                    text,
+                    keys_field: true,
+                }
+            }
+            Write::LedgerDelete { ledger, identifier } => Op::LedgerDelete { ledger, identifier },
+            Write::LedgerClear { ledger } => Op::LedgerClear { ledger },
+            Write::MemoryAppend {
+                memory,
+                max_messages,
+                message,
+            } => {
+                let json = serde_json::to_string(&message).map_err(|e| {
+                    HostError::failed(format!("{}: a message: {e}", memory_label(&memory)))
+                })?;
+                Op::MemoryAppend {
+                    memory,
+                    json,
+                    max: window(max_messages),
+                }
+            }
+            Write::MemoryClear { memory } => Op::MemoryClear { memory },
+        })
+    }
+
+    /// The writes, checked and encoded; the first that cannot be stored fails them all.
+    pub(crate) fn prepare_all(&self, writes: Vec<Write>) -> Result<Vec<Op>, HostError> {
+        writes.into_iter().map(|w| self.prepare(w)).collect()
+    }
+}
+
+/// `EVAL source numkeys keys… args…`
+fn eval(source: &str, keys: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(source).arg(keys.len());
+    for key in keys {
+        cmd.arg(*key);
+    }
+    cmd
+}
+
+/// Sends `ops` and the journal record as one `MULTI`/`EXEC` transaction.
+pub(crate) async fn commit(
+    inner: &Inner,
+    ops: Vec<Op>,
+    journal: Option<JournalRecord>,
+) -> Result<(), HostError> {
+    let src = &inner.scripts.sources;
+    let channel = inner.layout.channel.as_str();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for op in &ops {
+        let cmd = match op {
+            Op::HashmapSet { map, key, json } => {
+                let info = inner.map(*map)?;
+                let k = &info.keys;
+                let mut cmd = eval(&src.hashmap_set, &[&k.data, &k.order, &k.seq]);
+                cmd.arg(channel)
+                    .arg(&info.event_prefix)
+                    .arg("0")
+                    .arg(key)
+                    .arg(json);
+                cmd
+            }
+            Op::HashmapDelete { map, key } => {
+                let info = inner.map(*map)?;
+                let mut cmd = eval(&src.hashmap_delete, &[&info.keys.data, &info.keys.order]);
+                cmd.arg(channel).arg(&info.event_prefix).arg(key);
+                cmd
+            }
+            Op::HashmapClear { map } => {
+                let info = inner.map(*map)?;
+                let mut cmd = eval(&src.hashmap_clear, &[&info.keys.data, &info.keys.order]);
+                cmd.arg(channel).arg(&info.event_prefix);
+                cmd
+            }
+            Op::LedgerInsert {
+                ledger,
+                identifier,
+                keys,
+                value,
+            } => {
+                let l = inner.layout.ledger(ledger);
+                let mut cmd = eval(&src.ledger_insert, &[&l.value, &l.keys, &l.order, &l.seq]);
+                cmd.arg(identifier).arg(keys).arg(value);
+                cmd
+            }
+            Op::LedgerUpdate {
+                ledger,
+                identifier,
+                text,
+                keys_field,
+            } => {
+                let l = inner.layout.ledger(ledger);
+                let target = if *keys_field { &l.keys } else { &l.value };
+                let mut cmd = eval(&src.ledger_update, &[&l.value, target]);
+                cmd.arg(identifier).arg(text);
+                cmd
+            }
+            Op::LedgerDelete { ledger, identifier } => {
+                let l = inner.layout.ledger(ledger);
+                let mut cmd = eval(&src.ledger_delete, &[&l.value, &l.keys, &l.order]);
+                cmd.arg(identifier);
+                cmd
+            }
+            Op::LedgerClear { ledger } => {
+                let l = inner.layout.ledger(ledger);
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(&l.value).arg(&l.keys).arg(&l.order).arg(&l.seq);
+                cmd
+            }
+            Op::MemoryAppend { memory, json, max } => {
+                let key = inner.layout.memory(memory);
+                let mut cmd = eval(&src.memory_append, &[&key]);
+                cmd.arg(json).arg(max);
+                cmd
+            }
+            Op::MemoryClear { memory } => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(inner.layout.memory(memory));
+                cmd
+            }
+        };
+        pipe.add_command(cmd).ignore();
+    }
+    if let Some(j) = &journal {
+        pipe.cmd("RPUSH")
+            .arg(inner.layout.journal(&j.run))
+            .arg(&j.record)
+            .ignore();
+    }
+    let mut conn = inner.conn.clone();
+    let what = format!("a write batch of {} writes", ops.len());
+    let _: () = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| inner.fail(&what, &e))?;
+    Ok(())
+}
