@@ -683,7 +683,7 @@ async fn a_key_variable_outside_the_hosts_approval_is_refused_before_it_is_read(
         )
     };
     let err = conns
-        .chat(&config("MY_AWS_SECRET"), 0, request(None, "x"))
+        .chat(&config("MY_AWS_SECRET"), ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::NotEnabled, "{}", err.message);
@@ -692,7 +692,7 @@ async fn a_key_variable_outside_the_hosts_approval_is_refused_before_it_is_read(
     assert!(asked.lock().is_empty(), "the refused variable was read");
     assert!(server.requests().is_empty());
     conns
-        .chat(&config("APPROVED_KEY"), 0, request(None, "x"))
+        .chat(&config("APPROVED_KEY"), ConnectionId(0), request(None, "x"))
         .await
         .unwrap();
     assert_eq!(*asked.lock(), ["APPROVED_KEY"]);
