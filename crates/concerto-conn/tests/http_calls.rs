@@ -683,7 +683,11 @@ async fn a_key_variable_outside_the_hosts_approval_is_refused_before_it_is_read(
         )
     };
     let err = conns
-        .chat(&config("MY_AWS_SECRET"), ConnectionId(0), request(None, "x"))
+        .chat(
+            &config("MY_AWS_SECRET"),
+            ConnectionId(0),
+            request(None, "x"),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind, HostErrorKind::NotEnabled, "{}", err.message);
