@@ -1371,3 +1371,32 @@ fn a_connection_host_in_disguise_is_refused_and_receives_nothing() {
     assert_stderr_has(&out, "401");
     assert!(!seen.lock().unwrap().is_empty());
 }
+
+/// A program whose manifest sets `provider = "mock"` runs offline, and says so on stderr.
+#[test]
+fn a_program_that_mocks_its_own_connection_says_so_on_stderr() {
+    let dir = fresh_dir("program-mock");
+    let mut ir: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(harbour()).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for conn in ir["connections"].as_array_mut().unwrap() {
+        conn["config"] = serde_json::json!({"provider": "mock"});
+        names.push(conn["name"].as_str().unwrap().to_string());
+    }
+    let path = dir.join("mocked.conc-ir");
+    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl"])
+        .arg(&path)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for name in &names {
+        assert_stderr_has(
+            &out,
+            &format!("connection `{name}` answers from the built-in mock provider"),
+        );
+    }
+}

@@ -284,8 +284,33 @@ impl Runtime {
             self.builtin_memory = Some(store.clone());
             self.memory = Some(store);
         }
+        self.announce_program_mocks(&program);
         self.vm = Some(Vm::new(program));
         Ok(())
+    }
+
+    /// A connection whose entry in the program says `provider = "mock"` answers offline:
+    /// the program's own choice, which a run must not make silently. Logged (warning) through
+    /// the system, once per load, unless the host overrides that connection's provider.
+    fn announce_program_mocks(&self, program: &Program) {
+        for conn in &program.connections {
+            let mocked = conn.config.get("provider").and_then(|p| p.as_str()) == Some("mock");
+            let overridden = self
+                .config
+                .connection_overrides
+                .get(&conn.name)
+                .is_some_and(|o| o.provider.is_some());
+            if mocked && !overridden {
+                self.system.log(
+                    concerto_vm::host::LogLevel::Warn,
+                    &format!(
+                        "connection `{}` answers from the built-in mock provider, offline: the \
+                         program sets provider = \"mock\" for it",
+                        conn.name
+                    ),
+                );
+            }
+        }
     }
 
     /// Saves every persisted hashmap now (atomically: a crash leaves the old or the new
