@@ -2,10 +2,10 @@
 //! `with_tools`, `without_tools`, `with_context`), the tool-calling loop, schema re-asks,
 //! the agent decorators (`@retry`, `@timeout`, `@log`, `@cache`) and usage accounting.
 //!
-//! One call is a native continuation ([`AgentCall`](call::AgentCall)): it suspends on the connection layer
-//! (`Connections::chat`) and on the memory store, and calls back into Concerto code for tool
-//! methods and for a schema's custom validator (`impl S { fn validate(self) -> … }`), so none
-//! of it nests Rust stacks or blocks a thread.
+//! One call is a native continuation ([`AgentCall`](call::AgentCall)): it suspends on the
+//! connection layer (`Connections::chat`) and on the memory store, and calls back into
+//! Concerto code for tool methods and for a schema's custom validator
+//! (`impl S { fn validate(self) -> … }`), so none of it nests Rust stacks or blocks a thread.
 //!
 //! Results: `execute` gives `Ok(Response)` or `Err(AgentError)`; `execute_with_schema<S>`
 //! gives `Ok(S)` or `Err(SchemaError | AgentError)`. On a builder, `execute` gives the bare
@@ -15,7 +15,8 @@
 //! # Source layout
 //! - `builder`: the agent methods a program calls and the [`AgentBuilder`] they configure.
 //! - `request`: building a call's request (decorators, tools, messages, model settings).
-//! - `call`: [`AgentCall`](call::AgentCall), the continuation that drives a call from phase to phase.
+//! - `call`: [`AgentCall`](call::AgentCall), the continuation that drives a call from phase
+//!   to phase.
 //! - `tools`: the tool loop.
 //! - `schema`: schema re-asks.
 //! - `host_agent`: the exchange with a host agent.

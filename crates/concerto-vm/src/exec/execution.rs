@@ -242,7 +242,7 @@ impl Execution {
     /// Counts the fuel just used up and grants more: [`FUEL`], or what is left of the step
     /// budget (the loop then yields exactly when the budget is spent, and `drive` stops it).
     #[cold]
-    fn refuel(&mut self) {
+    pub(super) fn refuel(&mut self) {
         self.ctx.stats.ticks += u64::from(self.grant);
         let grant = match self.ctx.config.max_steps {
             Some(max) => max
