@@ -248,7 +248,7 @@ mod counting {
     use super::CountingStore;
     use concerto_vm::host::{
         ChatMessage, ConversationStore, HashmapStore, HostError, JournalStore, LedgerEntry,
-        LedgerQuery, LedgerStore, Reply,
+        LedgerQuery, LedgerStore, MapId, Reply,
     };
     use concerto_vm::{Str, Value};
     use std::sync::atomic::Ordering;
@@ -260,31 +260,31 @@ mod counting {
     }
 
     impl HashmapStore for CountingStore {
-        fn hashmap_set(&self, map: u32, key: Str, value: Value) -> R<()> {
+        fn hashmap_set(&self, map: MapId, key: Str, value: Value) -> R<()> {
             self.inner.hashmap_set(map, key, value)
         }
-        fn hashmap_get(&self, map: u32, key: &str) -> R<Option<Value>> {
+        fn hashmap_get(&self, map: MapId, key: &str) -> R<Option<Value>> {
             self.inner.hashmap_get(map, key)
         }
-        fn hashmap_has(&self, map: u32, key: &str) -> R<bool> {
+        fn hashmap_has(&self, map: MapId, key: &str) -> R<bool> {
             self.inner.hashmap_has(map, key)
         }
-        fn hashmap_delete(&self, map: u32, key: &str) -> R<bool> {
+        fn hashmap_delete(&self, map: MapId, key: &str) -> R<bool> {
             self.inner.hashmap_delete(map, key)
         }
-        fn hashmap_entries(&self, map: u32) -> R<Vec<(Str, Value)>> {
+        fn hashmap_entries(&self, map: MapId) -> R<Vec<(Str, Value)>> {
             self.entry_reads.fetch_add(1, Ordering::SeqCst);
             self.inner.hashmap_entries(map)
         }
-        fn hashmap_version(&self, map: u32) -> Option<u64> {
+        fn hashmap_version(&self, map: MapId) -> Option<u64> {
             self.versioned
                 .then(|| self.inner.hashmap_version(map))
                 .flatten()
         }
-        fn hashmap_len(&self, map: u32) -> R<usize> {
+        fn hashmap_len(&self, map: MapId) -> R<usize> {
             self.inner.hashmap_len(map)
         }
-        fn hashmap_clear(&self, map: u32) -> R<()> {
+        fn hashmap_clear(&self, map: MapId) -> R<()> {
             self.inner.hashmap_clear(map)
         }
     }

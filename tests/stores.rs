@@ -17,6 +17,7 @@
 //! durable_suite!(redis_durable, open_redis);   // state outlives the store: set `reopen`
 //! ```
 
+use concerto_runtime::vm::host::MapId;
 use std::any::Any;
 use std::sync::Arc;
 
@@ -227,16 +228,16 @@ fn assert_same_opt(actual: &Option<Value>, expected: Option<&Value>) {
 }
 
 fn set(st: &dyn MemoryStore, map: u32, key: &str, value: Value) {
-    wait(st.hashmap_set(map, s(key), value)).expect("set");
+    wait(st.hashmap_set(MapId(map), s(key), value)).expect("set");
 }
 
 fn get(st: &dyn MemoryStore, map: u32, key: &str) -> Option<Value> {
-    wait(st.hashmap_get(map, key)).expect("get")
+    wait(st.hashmap_get(MapId(map), key)).expect("get")
 }
 
 /// The keys of a hashmap in order, and `key=value` texts.
 fn listing(st: &dyn MemoryStore, map: u32) -> Vec<String> {
-    wait(st.hashmap_entries(map))
+    wait(st.hashmap_entries(MapId(map)))
         .expect("entries")
         .iter()
         .map(|(k, v)| format!("{}={}", k.as_str(), exact(v)))
@@ -374,38 +375,38 @@ fn sample_values() -> Vec<(&'static str, Value)> {
 fn hashmap_set_get_has_delete_len(open: Open) {
     let fx = open(names(&["store"]));
     let st = &*fx.store;
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 0);
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 0);
     assert_same_opt(&get(st, 0, "a"), None);
     set(st, 0, "a", Value::Int(1));
     set(st, 0, "b", Value::str("two"));
     assert_same_opt(&get(st, 0, "a"), Some(&Value::Int(1)));
     assert_same_opt(&get(st, 0, "b"), Some(&Value::str("two")));
-    assert!(wait(st.hashmap_has(0, "a")).unwrap());
-    assert!(!wait(st.hashmap_has(0, "c")).unwrap());
+    assert!(wait(st.hashmap_has(MapId(0), "a")).unwrap());
+    assert!(!wait(st.hashmap_has(MapId(0), "c")).unwrap());
     assert!(
-        !wait(st.hashmap_has(0, "A")).unwrap(),
+        !wait(st.hashmap_has(MapId(0), "A")).unwrap(),
         "keys are case-sensitive"
     );
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 2);
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 2);
     set(st, 0, "a", Value::Float(1.0));
     assert_same_opt(&get(st, 0, "a"), Some(&Value::Float(1.0)));
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 2);
-    assert!(wait(st.hashmap_delete(0, "a")).unwrap());
-    assert!(!wait(st.hashmap_delete(0, "a")).unwrap());
-    assert!(!wait(st.hashmap_has(0, "a")).unwrap());
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 2);
+    assert!(wait(st.hashmap_delete(MapId(0), "a")).unwrap());
+    assert!(!wait(st.hashmap_delete(MapId(0), "a")).unwrap());
+    assert!(!wait(st.hashmap_has(MapId(0), "a")).unwrap());
     assert_same_opt(&get(st, 0, "a"), None);
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 1);
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 1);
     // Nil is a value like any other: stored, present, counted.
     set(st, 0, "nil", Value::Nil);
-    assert!(wait(st.hashmap_has(0, "nil")).unwrap());
+    assert!(wait(st.hashmap_has(MapId(0), "nil")).unwrap());
     assert_same_opt(&get(st, 0, "nil"), Some(&Value::Nil));
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 2);
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 2);
 }
 
 fn hashmap_entries_keep_insertion_order(open: Open) {
     let fx = open(names(&["store"]));
     let st = &*fx.store;
-    assert!(wait(st.hashmap_entries(0)).unwrap().is_empty());
+    assert!(wait(st.hashmap_entries(MapId(0))).unwrap().is_empty());
     for (k, v) in [("c", 1), ("a", 2), ("b", 3)] {
         set(st, 0, k, Value::Int(v));
     }
@@ -414,11 +415,11 @@ fn hashmap_entries_keep_insertion_order(open: Open) {
     set(st, 0, "c", Value::Int(10));
     assert_eq!(listing(st, 0), ints(&[("c", 10), ("a", 2), ("b", 3)]));
     // A deleted and re-inserted key goes last.
-    wait(st.hashmap_delete(0, "c")).unwrap();
+    wait(st.hashmap_delete(MapId(0), "c")).unwrap();
     set(st, 0, "c", Value::Int(11));
     assert_eq!(listing(st, 0), ints(&[("a", 2), ("b", 3), ("c", 11)]));
     // Removing the last key and adding a new one.
-    wait(st.hashmap_remove(0, "c")).unwrap();
+    wait(st.hashmap_remove(MapId(0), "c")).unwrap();
     set(st, 0, "d", Value::Int(4));
     set(st, 0, "c", Value::Int(12));
     assert_eq!(
@@ -427,7 +428,7 @@ fn hashmap_entries_keep_insertion_order(open: Open) {
     );
     // set_many: existing keys stay, new ones go last in batch order.
     wait(st.hashmap_set_many(
-        0,
+        MapId(0),
         vec![
             (s("z"), Value::Int(26)),
             (s("a"), Value::Int(20)),
@@ -455,7 +456,7 @@ fn hashmap_entries_keep_insertion_order(open: Open) {
     for (i, k) in keys.iter().enumerate() {
         set(st, 0, k, Value::Int(i as i64));
     }
-    let got: Vec<String> = wait(st.hashmap_entries(0))
+    let got: Vec<String> = wait(st.hashmap_entries(MapId(0)))
         .unwrap()
         .into_iter()
         .map(|(k, _)| k.to_string())
@@ -466,16 +467,16 @@ fn hashmap_entries_keep_insertion_order(open: Open) {
 fn hashmap_clear_empties_only_that_hashmap(open: Open) {
     let fx = open(names(&["one", "two"]));
     let st = &*fx.store;
-    wait(st.hashmap_clear(0)).unwrap(); // clearing an empty hashmap is fine
+    wait(st.hashmap_clear(MapId(0))).unwrap(); // clearing an empty hashmap is fine
     set(st, 0, "a", Value::Int(1));
     set(st, 0, "b", Value::Int(2));
     set(st, 1, "a", Value::Int(100));
     assert_same_opt(&get(st, 1, "a"), Some(&Value::Int(100)));
     assert_same_opt(&get(st, 0, "a"), Some(&Value::Int(1)));
-    wait(st.hashmap_clear(0)).unwrap();
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 0);
-    assert!(wait(st.hashmap_entries(0)).unwrap().is_empty());
-    assert!(!wait(st.hashmap_has(0, "a")).unwrap());
+    wait(st.hashmap_clear(MapId(0))).unwrap();
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 0);
+    assert!(wait(st.hashmap_entries(MapId(0))).unwrap().is_empty());
+    assert!(!wait(st.hashmap_has(MapId(0), "a")).unwrap());
     assert_eq!(listing(st, 1), ints(&[("a", 100)]));
     // Usable after a clear, order starting afresh.
     set(st, 0, "b", Value::Int(3));
@@ -487,34 +488,34 @@ fn hashmap_unknown_index_is_an_error(open: Open) {
     let fx = open(names(&["only"]));
     let st = &*fx.store;
     let errors = [
-        wait(st.hashmap_set(5, s("k"), Value::Int(1))).err(),
-        wait(st.hashmap_get(5, "k")).err(),
-        wait(st.hashmap_has(5, "k")).err(),
-        wait(st.hashmap_delete(5, "k")).err(),
-        wait(st.hashmap_entries(5)).err(),
-        wait(st.hashmap_len(5)).err(),
-        wait(st.hashmap_clear(5)).err(),
-        wait(st.hashmap_set_many(5, vec![])).err(),
-        wait(st.hashmap_get_many(5, vec![s("k")])).err(),
-        wait(st.hashmap_replace(5, s("k"), Value::Int(1))).err(),
-        wait(st.hashmap_remove(5, "k")).err(),
+        wait(st.hashmap_set(MapId(5), s("k"), Value::Int(1))).err(),
+        wait(st.hashmap_get(MapId(5), "k")).err(),
+        wait(st.hashmap_has(MapId(5), "k")).err(),
+        wait(st.hashmap_delete(MapId(5), "k")).err(),
+        wait(st.hashmap_entries(MapId(5))).err(),
+        wait(st.hashmap_len(MapId(5))).err(),
+        wait(st.hashmap_clear(MapId(5))).err(),
+        wait(st.hashmap_set_many(MapId(5), vec![])).err(),
+        wait(st.hashmap_get_many(MapId(5), vec![s("k")])).err(),
+        wait(st.hashmap_replace(MapId(5), s("k"), Value::Int(1))).err(),
+        wait(st.hashmap_remove(MapId(5), "k")).err(),
     ];
     for (i, err) in errors.into_iter().enumerate() {
         let err = err.unwrap_or_else(|| panic!("operation {i} on hashmap #5 succeeded"));
         assert!(err.message.contains("hashmap #5"), "{err}");
     }
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 0);
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 0);
 }
 
 fn hashmap_set_many_and_get_many(open: Open) {
     let fx = open(names(&["store"]));
     let st = &*fx.store;
-    wait(st.hashmap_set_many(0, vec![])).unwrap();
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 0);
+    wait(st.hashmap_set_many(MapId(0), vec![])).unwrap();
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 0);
     set(st, 0, "b", Value::Int(0));
     // A key twice in one batch: the later value wins, the first occurrence places it.
     wait(st.hashmap_set_many(
-        0,
+        MapId(0),
         vec![
             (s("a"), Value::Int(1)),
             (s("b"), Value::Int(2)),
@@ -531,22 +532,27 @@ fn hashmap_set_many_and_get_many(open: Open) {
             format!("c={}", exact(&Value::Int(3))),
         ]
     );
-    let got = wait(st.hashmap_get_many(0, vec![s("c"), s("missing"), s("a"), s("c")])).unwrap();
+    let got =
+        wait(st.hashmap_get_many(MapId(0), vec![s("c"), s("missing"), s("a"), s("c")])).unwrap();
     assert_eq!(got.len(), 4);
     assert_same_opt(&got[0], Some(&Value::Int(3)));
     assert_same_opt(&got[1], None);
     assert_same_opt(&got[2], Some(&Value::str("again")));
     assert_same_opt(&got[3], Some(&Value::Int(3)));
-    assert!(wait(st.hashmap_get_many(0, vec![])).unwrap().is_empty());
+    assert!(
+        wait(st.hashmap_get_many(MapId(0), vec![]))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn hashmap_replace_and_remove_return_the_old_value(open: Open) {
     let fx = open(names(&["store"]));
     let st = &*fx.store;
-    let old = wait(st.hashmap_replace(0, s("k"), Value::Int(1))).unwrap();
+    let old = wait(st.hashmap_replace(MapId(0), s("k"), Value::Int(1))).unwrap();
     assert_same_opt(&old, None);
     set(st, 0, "other", Value::Int(0));
-    let old = wait(st.hashmap_replace(0, s("k"), Value::str("two"))).unwrap();
+    let old = wait(st.hashmap_replace(MapId(0), s("k"), Value::str("two"))).unwrap();
     assert_same_opt(&old, Some(&Value::Int(1)));
     assert_same_opt(&get(st, 0, "k"), Some(&Value::str("two")));
     // replace keeps the position like set.
@@ -557,13 +563,13 @@ fn hashmap_replace_and_remove_return_the_old_value(open: Open) {
             format!("other={}", exact(&Value::Int(0))),
         ]
     );
-    let old = wait(st.hashmap_remove(0, "k")).unwrap();
+    let old = wait(st.hashmap_remove(MapId(0), "k")).unwrap();
     assert_same_opt(&old, Some(&Value::str("two")));
-    assert_same_opt(&wait(st.hashmap_remove(0, "k")).unwrap(), None);
-    assert!(!wait(st.hashmap_has(0, "k")).unwrap());
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), 1);
+    assert_same_opt(&wait(st.hashmap_remove(MapId(0), "k")).unwrap(), None);
+    assert!(!wait(st.hashmap_has(MapId(0), "k")).unwrap());
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), 1);
     // A removed key that comes back goes last.
-    wait(st.hashmap_replace(0, s("k"), Value::Int(3))).unwrap();
+    wait(st.hashmap_replace(MapId(0), s("k"), Value::Int(3))).unwrap();
     assert_eq!(listing(st, 0), ints(&[("other", 0), ("k", 3)]));
 }
 
@@ -809,7 +815,7 @@ fn values_of_every_kind_round_trip(open: Open) {
     for (key, value) in &samples {
         assert_same_opt(&get(st, 0, key), Some(value));
     }
-    let entries = wait(st.hashmap_entries(0)).unwrap();
+    let entries = wait(st.hashmap_entries(MapId(0))).unwrap();
     assert_eq!(entries.len(), samples.len());
     for ((k, v), (key, value)) in entries.iter().zip(&samples) {
         assert_eq!(k.as_str(), *key);
@@ -818,19 +824,23 @@ fn values_of_every_kind_round_trip(open: Open) {
     // Through set_many / get_many / replace / remove too.
     let fx2 = open(names(&["values"]));
     let st2 = &*fx2.store;
-    wait(st2.hashmap_set_many(0, samples.iter().map(|(k, v)| (s(k), v.clone())).collect()))
-        .unwrap();
-    let got = wait(st2.hashmap_get_many(0, samples.iter().map(|(k, _)| s(k)).collect())).unwrap();
+    wait(st2.hashmap_set_many(
+        MapId(0),
+        samples.iter().map(|(k, v)| (s(k), v.clone())).collect(),
+    ))
+    .unwrap();
+    let got =
+        wait(st2.hashmap_get_many(MapId(0), samples.iter().map(|(k, _)| s(k)).collect())).unwrap();
     for (got, (_, value)) in got.iter().zip(&samples) {
         assert_same_opt(got, Some(value));
     }
     for (key, value) in &samples {
-        let old = wait(st2.hashmap_replace(0, s(key), Value::Int(0))).unwrap();
+        let old = wait(st2.hashmap_replace(MapId(0), s(key), Value::Int(0))).unwrap();
         assert_same_opt(&old, Some(value));
     }
     for (key, value) in &samples {
-        wait(st2.hashmap_set(0, s(key), value.clone())).unwrap();
-        let old = wait(st2.hashmap_remove(0, key)).unwrap();
+        wait(st2.hashmap_set(MapId(0), s(key), value.clone())).unwrap();
+        let old = wait(st2.hashmap_remove(MapId(0), key)).unwrap();
         assert_same_opt(&old, Some(value));
     }
     // As ledger values.
@@ -869,18 +879,18 @@ fn unusual_keys_and_identifiers(open: Open) {
     for (i, k) in keys.iter().enumerate() {
         set(st, 0, k, Value::Int(i as i64));
     }
-    assert_eq!(wait(st.hashmap_len(0)).unwrap(), keys.len());
+    assert_eq!(wait(st.hashmap_len(MapId(0))).unwrap(), keys.len());
     for (i, k) in keys.iter().enumerate() {
         assert_same_opt(&get(st, 0, k), Some(&Value::Int(i as i64)));
     }
-    let listed: Vec<String> = wait(st.hashmap_entries(0))
+    let listed: Vec<String> = wait(st.hashmap_entries(MapId(0)))
         .unwrap()
         .into_iter()
         .map(|(k, _)| k.to_string())
         .collect();
     assert_eq!(listed, strings(&keys));
-    assert!(wait(st.hashmap_delete(0, "%_like")).unwrap());
-    assert!(!wait(st.hashmap_has(0, "%")).unwrap());
+    assert!(wait(st.hashmap_delete(MapId(0), "%_like")).unwrap());
+    assert!(!wait(st.hashmap_has(MapId(0), "%")).unwrap());
     for (i, k) in keys.iter().enumerate() {
         wait(st.ledger_insert("odd ledger ✓", entry(k, &[k], Value::Int(i as i64)))).unwrap();
         wait(st.memory_append(k, None, ChatMessage::new("user", *k))).unwrap();
@@ -906,7 +916,7 @@ fn state_survives_a_restart(open: Open) {
             set(st, 0, k, Value::Int(v));
         }
         set(st, 0, "c", Value::Int(10));
-        wait(st.hashmap_delete(0, "a")).unwrap();
+        wait(st.hashmap_delete(MapId(0), "a")).unwrap();
         set(st, 0, "a", Value::Int(20));
         for (key, value) in sample_values() {
             set(st, 1, key, value);
@@ -921,7 +931,7 @@ fn state_survives_a_restart(open: Open) {
     let st = &*fx.store;
     assert_eq!(listing(st, 0), ints(&[("c", 10), ("b", 3), ("a", 20)]));
     let samples = sample_values();
-    let entries = wait(st.hashmap_entries(1)).unwrap();
+    let entries = wait(st.hashmap_entries(MapId(1))).unwrap();
     assert_eq!(entries.len(), samples.len());
     for ((k, v), (key, value)) in entries.iter().zip(&samples) {
         assert_eq!(k.as_str(), *key);

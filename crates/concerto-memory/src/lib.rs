@@ -6,8 +6,8 @@
 //! use concerto_vm::host::{HashmapStore, Reply};
 //! use concerto_vm::{Str, Value};
 //! let store = InMemoryStore::with_names(["store"]).with_max_bytes(Some(1 << 20));
-//! let _ = store.hashmap_set(0, Str::from("k"), Value::Int(1));
-//! match store.hashmap_get(0, "k") {
+//! let _ = store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1));
+//! match store.hashmap_get(MapId(0), "k") {
 //!     Reply::Ready(Ok(Some(v))) => assert_eq!(v, Value::Int(1)),
 //!     _ => unreachable!(),
 //! }
@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use concerto_vm::host::{
     ChatMessage, ConversationStore, HashmapStore, HostError, JournalRecord, JournalStore,
-    LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
+    LedgerEntry, LedgerQuery, LedgerStore, MapId, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 use parking_lot::{Mutex, RwLock};
@@ -174,67 +174,67 @@ fn ready<T>(r: Result<T, HostError>) -> Reply<Result<T, HostError>> {
 
 impl HashmapStore for InMemoryStore {
     #[inline]
-    fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
-        ready(self.write_one(map, key, value).map(|_| ()))
+    fn hashmap_set(&self, map: MapId, key: Str, value: Value) -> Reply<Result<(), HostError>> {
+        ready(self.write_one(map.0, key, value).map(|_| ()))
     }
 
     #[inline]
-    fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
-        ready(self.read_one(map, key))
+    fn hashmap_get(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+        ready(self.read_one(map.0, key))
     }
 
     #[inline]
-    fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        ready(self.contains(map, key))
+    fn hashmap_has(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
+        ready(self.contains(map.0, key))
     }
 
-    fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        ready(self.remove_one(map, key).map(|old| old.is_some()))
+    fn hashmap_delete(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
+        ready(self.remove_one(map.0, key).map(|old| old.is_some()))
     }
 
-    fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
-        ready(self.snapshot(map))
+    fn hashmap_entries(&self, map: MapId) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
+        ready(self.snapshot(map.0))
     }
 
-    fn hashmap_version(&self, map: u32) -> Option<u64> {
-        self.version(map)
+    fn hashmap_version(&self, map: MapId) -> Option<u64> {
+        self.version(map.0)
     }
 
-    fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
-        ready(self.count(map))
+    fn hashmap_len(&self, map: MapId) -> Reply<Result<usize, HostError>> {
+        ready(self.count(map.0))
     }
 
-    fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
-        ready(self.clear_all(map))
+    fn hashmap_clear(&self, map: MapId) -> Reply<Result<(), HostError>> {
+        ready(self.clear_all(map.0))
     }
 
     fn hashmap_set_many(
         &self,
-        map: u32,
+        map: MapId,
         entries: Vec<(Str, Value)>,
     ) -> Reply<Result<(), HostError>> {
-        ready(self.write_many(map, entries))
+        ready(self.write_many(map.0, entries))
     }
 
     fn hashmap_get_many(
         &self,
-        map: u32,
+        map: MapId,
         keys: Vec<Str>,
     ) -> Reply<Result<Vec<Option<Value>>, HostError>> {
-        ready(self.read_many(map, &keys))
+        ready(self.read_many(map.0, &keys))
     }
 
     fn hashmap_replace(
         &self,
-        map: u32,
+        map: MapId,
         key: Str,
         value: Value,
     ) -> Reply<Result<Option<Value>, HostError>> {
-        ready(self.write_one(map, key, value))
+        ready(self.write_one(map.0, key, value))
     }
 
-    fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
-        ready(self.remove_one(map, key))
+    fn hashmap_remove(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+        ready(self.remove_one(map.0, key))
     }
 }
 
@@ -385,10 +385,10 @@ impl InMemoryStore {
         for write in writes {
             match write {
                 Write::HashmapSet { map, key, value } => {
-                    maps.push((map, MapWrite::Set(key, value)))
+                    maps.push((map.0, MapWrite::Set(key, value)))
                 }
-                Write::HashmapDelete { map, key } => maps.push((map, MapWrite::Delete(key))),
-                Write::HashmapClear { map } => maps.push((map, MapWrite::Clear)),
+                Write::HashmapDelete { map, key } => maps.push((map.0, MapWrite::Delete(key))),
+                Write::HashmapClear { map } => maps.push((map.0, MapWrite::Clear)),
                 other => others.push(other),
             }
         }

@@ -2,6 +2,7 @@
 //! is written, so a write that fails leaves the others unmade.
 
 use concerto_memory::InMemoryStore;
+use concerto_vm::host::MapId;
 use concerto_vm::host::{
     ConversationStore, HashmapStore, HostErrorKind, JournalStore, LedgerStore, Write,
 };
@@ -12,14 +13,14 @@ use crate::common::ready;
 
 fn set(map: u32, key: &str, value: Value) -> Write {
     Write::HashmapSet {
-        map,
+        map: MapId(map),
         key: Str::from(key),
         value,
     }
 }
 
 fn nothing_written(store: &InMemoryStore) {
-    assert_eq!(ready(store.hashmap_len(0)).unwrap(), 0);
+    assert_eq!(ready(store.hashmap_len(MapId(0))).unwrap(), 0);
     assert!(ready(store.ledger_entries("facts")).unwrap().is_empty());
     assert!(ready(store.memory_messages("chat")).unwrap().is_empty());
 }
@@ -54,17 +55,17 @@ fn a_batch_with_a_journal_record_is_refused_as_this_store_keeps_no_journals() {
 #[test]
 fn a_good_batch_lands_in_order_within_the_limit() {
     let store = InMemoryStore::new(2).with_max_bytes(Some(100));
-    ready(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    ready(store.hashmap_set(MapId(1), Str::from("old"), Value::Int(0))).unwrap();
     let mut writes = testing::sample_batch(Some(set(0, "a", Value::Int(2))));
     writes.push(set(1, "b", Value::Int(3)));
     ready(store.apply(writes, None)).unwrap();
     assert_eq!(
-        ready(store.hashmap_get(0, "a")).unwrap(),
+        ready(store.hashmap_get(MapId(0), "a")).unwrap(),
         Some(Value::Int(2))
     );
-    assert_eq!(ready(store.hashmap_get(1, "old")).unwrap(), None);
+    assert_eq!(ready(store.hashmap_get(MapId(1), "old")).unwrap(), None);
     assert_eq!(
-        ready(store.hashmap_get(1, "b")).unwrap(),
+        ready(store.hashmap_get(MapId(1), "b")).unwrap(),
         Some(Value::Int(3))
     );
     assert_eq!(ready(store.ledger_entries("facts")).unwrap().len(), 1);

@@ -1,5 +1,6 @@
 //! Change events for the host.
 
+use concerto_vm::host::MapId;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -39,11 +40,11 @@ fn recorder(store: &InMemoryStore) -> Arc<Mutex<Vec<String>>> {
 fn set_replace_and_delete_are_reported_in_order_with_old_and_new_values() {
     let store = InMemoryStore::with_names(["state"]);
     let seen = recorder(&store);
-    ready(store.hashmap_set(0, s("status"), Value::str("new"))).unwrap();
-    ready(store.hashmap_replace(0, s("status"), Value::str("running"))).unwrap();
-    ready(store.hashmap_set(0, s("n"), Value::Int(1))).unwrap();
-    ready(store.hashmap_delete(0, "status")).unwrap();
-    ready(store.hashmap_remove(0, "n")).unwrap();
+    ready(store.hashmap_set(MapId(0), s("status"), Value::str("new"))).unwrap();
+    ready(store.hashmap_replace(MapId(0), s("status"), Value::str("running"))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("n"), Value::Int(1))).unwrap();
+    ready(store.hashmap_delete(MapId(0), "status")).unwrap();
+    ready(store.hashmap_remove(MapId(0), "n")).unwrap();
     assert_eq!(
         *seen.lock(),
         [
@@ -60,9 +61,9 @@ fn set_replace_and_delete_are_reported_in_order_with_old_and_new_values() {
 fn set_many_reports_each_entry_and_clear_each_removed_key() {
     let store = InMemoryStore::new(1);
     let seen = recorder(&store);
-    ready(store.hashmap_set(0, s("a"), Value::Int(0))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("a"), Value::Int(0))).unwrap();
     ready(store.hashmap_set_many(
-        0,
+        MapId(0),
         vec![
             (s("b"), Value::Int(1)),
             (s("a"), Value::Int(2)),
@@ -70,9 +71,9 @@ fn set_many_reports_each_entry_and_clear_each_removed_key() {
         ],
     ))
     .unwrap();
-    ready(store.hashmap_clear(0)).unwrap();
+    ready(store.hashmap_clear(MapId(0))).unwrap();
     // Clearing an empty hashmap changes nothing.
-    ready(store.hashmap_clear(0)).unwrap();
+    ready(store.hashmap_clear(MapId(0))).unwrap();
     assert_eq!(
         *seen.lock(),
         [
@@ -90,10 +91,10 @@ fn set_many_reports_each_entry_and_clear_each_removed_key() {
 fn nothing_is_reported_for_writes_that_change_nothing() {
     let store = InMemoryStore::new(1).with_max_bytes(Some(50));
     let seen = recorder(&store);
-    assert!(ready(store.hashmap_set(0, s("k"), Value::str("x".repeat(100)))).is_err());
+    assert!(ready(store.hashmap_set(MapId(0), s("k"), Value::str("x".repeat(100)))).is_err());
     assert!(
         ready(store.hashmap_set_many(
-            0,
+            MapId(0),
             vec![
                 (s("a"), Value::Int(1)),
                 (s("b"), Value::str("x".repeat(100)))
@@ -101,7 +102,7 @@ fn nothing_is_reported_for_writes_that_change_nothing() {
         ))
         .is_err()
     );
-    assert!(!ready(store.hashmap_delete(0, "missing")).unwrap());
+    assert!(!ready(store.hashmap_delete(MapId(0), "missing")).unwrap());
     assert!(seen.lock().is_empty());
 }
 
@@ -114,8 +115,8 @@ fn on_change_sees_one_hashmap_and_on_any_change_all() {
         .on_change(1, Arc::new(move |c| sink.lock().push(show(c))))
         .unwrap();
     let all = recorder(&store);
-    ready(store.hashmap_set(0, s("x"), Value::Int(1))).unwrap();
-    ready(store.hashmap_set(1, s("y"), Value::Int(2))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("x"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(1), s("y"), Value::Int(2))).unwrap();
     assert_eq!(*only_b.lock(), ["1 b y - -> 2"]);
     assert_eq!(*all.lock(), ["0 a x - -> 1", "1 b y - -> 2"]);
 }
@@ -132,21 +133,21 @@ fn a_listener_may_use_the_store_again_without_deadlock() {
                 Arc::new(move |c| {
                     let Some(store) = weak.upgrade() else { return };
                     // Read the hashmap that changed, write another, register a listener.
-                    let now = ready(store.hashmap_get(0, &c.key)).unwrap();
+                    let now = ready(store.hashmap_get(MapId(0), &c.key)).unwrap();
                     assert_eq!(now, c.new);
-                    let count = ready(store.hashmap_len(0)).unwrap() as i64;
-                    ready(store.hashmap_set(1, c.key.clone(), Value::Int(count))).unwrap();
+                    let count = ready(store.hashmap_len(MapId(0))).unwrap() as i64;
+                    ready(store.hashmap_set(MapId(1), c.key.clone(), Value::Int(count))).unwrap();
                     store.on_any_change(Arc::new(|_| {}));
                     // Writing the same hashmap from its own listener works too (once).
                     if c.key.as_str() == "a" {
-                        ready(store.hashmap_set(0, s("from-listener"), Value::Nil)).unwrap();
+                        ready(store.hashmap_set(MapId(0), s("from-listener"), Value::Nil)).unwrap();
                     }
                 }),
             )
             .unwrap();
-        ready(store.hashmap_set(0, s("a"), Value::Int(1))).unwrap();
-        ready(store.hashmap_set(0, s("b"), Value::Int(2))).unwrap();
-        let mirror: Vec<String> = ready(store.hashmap_entries(1))
+        ready(store.hashmap_set(MapId(0), s("a"), Value::Int(1))).unwrap();
+        ready(store.hashmap_set(MapId(0), s("b"), Value::Int(2))).unwrap();
+        let mirror: Vec<String> = ready(store.hashmap_entries(MapId(1)))
             .unwrap()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -168,16 +169,16 @@ fn a_panicking_listener_is_caught_and_the_others_still_run() {
         }
     }));
     let seen = recorder(&store);
-    ready(store.hashmap_set(0, s("boom"), Value::Int(1))).unwrap();
-    ready(store.hashmap_set(0, s("after"), Value::Int(2))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("boom"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("after"), Value::Int(2))).unwrap();
     assert_eq!(*seen.lock(), ["0 #0 boom - -> 1", "0 #0 after - -> 2"]);
     // The store is fully usable: nothing is poisoned, the change stands.
     assert_eq!(
-        ready(store.hashmap_get(0, "boom")).unwrap(),
+        ready(store.hashmap_get(MapId(0), "boom")).unwrap(),
         Some(Value::Int(1))
     );
-    ready(store.hashmap_clear(0)).unwrap();
-    assert_eq!(ready(store.hashmap_len(0)).unwrap(), 0);
+    ready(store.hashmap_clear(MapId(0))).unwrap();
+    assert_eq!(ready(store.hashmap_len(MapId(0))).unwrap(), 0);
 }
 
 #[test]
@@ -196,7 +197,7 @@ fn changes_of_one_writer_arrive_in_order_while_others_write_concurrently() {
             let store = store.clone();
             std::thread::spawn(move || {
                 for i in 0..500 {
-                    ready(store.hashmap_set(0, s(&format!("w{w}")), Value::Int(i))).unwrap();
+                    ready(store.hashmap_set(MapId(0), s(&format!("w{w}")), Value::Int(i))).unwrap();
                 }
             })
         })
@@ -217,6 +218,6 @@ fn loading_a_file_reports_nothing() {
     let store = InMemoryStore::new(1);
     let seen = recorder(&store);
     store.persist(0, &path).unwrap();
-    assert_eq!(ready(store.hashmap_len(0)).unwrap(), 2);
+    assert_eq!(ready(store.hashmap_len(MapId(0))).unwrap(), 2);
     assert!(seen.lock().is_empty());
 }

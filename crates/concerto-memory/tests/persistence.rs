@@ -1,5 +1,6 @@
 //! Hashmap files: round trips, errors, atomic replacement, concurrent and on-change saves.
 
+use concerto_vm::host::MapId;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ fn s(text: &str) -> Str {
 }
 
 fn entries(store: &InMemoryStore, map: u32) -> Vec<(Str, Value)> {
-    ready(store.hashmap_entries(map)).unwrap()
+    ready(store.hashmap_entries(MapId(map))).unwrap()
 }
 
 fn variant(
@@ -165,7 +166,7 @@ fn every_value_kind_survives_a_save_and_a_load() {
     store.persist(0, &path).unwrap();
     let kinds = every_kind();
     for (k, v) in &kinds {
-        ready(store.hashmap_set(0, s(k), v.clone())).unwrap();
+        ready(store.hashmap_set(MapId(0), s(k), v.clone())).unwrap();
     }
     store.save(0).unwrap();
 
@@ -219,10 +220,10 @@ fn a_missing_file_starts_from_the_current_contents_and_the_first_save_creates_it
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.json");
     let store = InMemoryStore::new(1);
-    ready(store.hashmap_set(0, s("before"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("before"), Value::Int(1))).unwrap();
     store.persist(0, &path).unwrap();
     assert!(!path.exists());
-    assert_eq!(ready(store.hashmap_len(0)).unwrap(), 1);
+    assert_eq!(ready(store.hashmap_len(MapId(0))).unwrap(), 1);
     store.save(0).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     assert_eq!(json, serde_json::json!({"before": 1}));
@@ -235,7 +236,7 @@ fn an_existing_file_replaces_the_contents() {
     let path = dir.path().join("m.json");
     fs::write(&path, r#"{"from_file": true}"#).unwrap();
     let store = InMemoryStore::new(1);
-    ready(store.hashmap_set(0, s("in_memory"), Value::str("x".repeat(100)))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("in_memory"), Value::str("x".repeat(100)))).unwrap();
     store.persist(0, &path).unwrap();
     let keys: Vec<String> = entries(&store, 0)
         .iter()
@@ -250,7 +251,7 @@ fn assert_load_error(content: &[u8], expect: &str) {
     let path = dir.path().join("bad.json");
     fs::write(&path, content).unwrap();
     let store = InMemoryStore::with_names(["kept"]);
-    ready(store.hashmap_set(0, s("k"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("k"), Value::Int(1))).unwrap();
     let err = store.persist(0, &path).unwrap_err();
     assert!(
         err.message.contains(&path.display().to_string()),
@@ -313,10 +314,10 @@ fn an_unsaveable_value_fails_the_save_and_keeps_the_old_file() {
     let path = dir.path().join("m.json");
     let store = InMemoryStore::with_names(["m"]);
     store.persist(0, &path).unwrap();
-    ready(store.hashmap_set(0, s("good"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("good"), Value::Int(1))).unwrap();
     store.save(0).unwrap();
     let before = fs::read(&path).unwrap();
-    ready(store.hashmap_set(0, s("fn"), Value::array(vec![Value::Builtin(0)]))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("fn"), Value::array(vec![Value::Builtin(0)]))).unwrap();
     let err = store.save(0).unwrap_err();
     assert!(err.message.contains("hashmap 'm'"), "{}", err.message);
     assert!(err.message.contains("key 'fn'"), "{}", err.message);
@@ -351,8 +352,8 @@ fn save_all_saves_every_bound_hashmap_and_reports_each_failure() {
     let store = InMemoryStore::with_names(["a", "b", "c"]);
     store.persist(0, dir.path().join("a.json")).unwrap();
     store.persist(1, dir.path().join("missing/b.json")).unwrap();
-    ready(store.hashmap_set(0, s("x"), Value::Int(1))).unwrap();
-    ready(store.hashmap_set(2, s("y"), Value::Int(2))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("x"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(2), s("y"), Value::Int(2))).unwrap();
     let err = store.save_all().unwrap_err();
     assert!(err.message.contains("hashmap 'b'"), "{}", err.message);
     assert!(!err.message.contains("hashmap 'a'"), "{}", err.message);
@@ -378,7 +379,7 @@ fn leftover_temporary_files_are_ignored_and_removed_on_persist() {
     let store = InMemoryStore::new(1);
     store.persist(0, &path).unwrap();
     assert_eq!(
-        ready(store.hashmap_get(0, "k")).unwrap(),
+        ready(store.hashmap_get(MapId(0), "k")).unwrap(),
         Some(Value::str("good"))
     );
     assert!(temp_files(&path).is_empty());
@@ -394,7 +395,7 @@ fn a_save_keeps_the_file_permissions() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
     let store = InMemoryStore::new(1);
     store.persist(0, &path).unwrap();
-    ready(store.hashmap_set(0, s("secret"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("secret"), Value::Int(1))).unwrap();
     store.save(0).unwrap();
     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -415,9 +416,9 @@ fn concurrent_saves_never_interleave_or_go_back_in_time() {
     let store = Arc::new(InMemoryStore::new(1));
     store.persist(0, &path).unwrap();
     // Padding makes each save take a little while, so saves overlap.
-    ready(store.hashmap_set(0, s("padding"), Value::str("p".repeat(200_000)))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("padding"), Value::str("p".repeat(200_000)))).unwrap();
     ready(store.hashmap_set_many(
-        0,
+        MapId(0),
         vec![(s("counter"), Value::Int(0)), (s("mirror"), Value::Int(0))],
     ))
     .unwrap();
@@ -433,7 +434,7 @@ fn concurrent_saves_never_interleave_or_go_back_in_time() {
         std::thread::spawn(move || {
             for i in 1..=300i64 {
                 ready(store.hashmap_set_many(
-                    0,
+                    MapId(0),
                     vec![(s("counter"), Value::Int(i)), (s("mirror"), Value::Int(i))],
                 ))
                 .unwrap();
@@ -477,10 +478,10 @@ fn on_change_mode_saves_every_write_before_it_returns() {
     store.persist_with(0, &path, PersistMode::OnChange).unwrap();
     let on_disk =
         || -> serde_json::Value { serde_json::from_slice(&fs::read(&path).unwrap()).unwrap() };
-    ready(store.hashmap_set(0, s("a"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("a"), Value::Int(1))).unwrap();
     assert_eq!(on_disk(), serde_json::json!({"a": 1}));
     ready(store.hashmap_set_many(
-        0,
+        MapId(0),
         vec![
             (s("b"), Value::some(Value::Int(2))),
             (s("a"), Value::Int(3)),
@@ -488,31 +489,31 @@ fn on_change_mode_saves_every_write_before_it_returns() {
     ))
     .unwrap();
     assert_eq!(on_disk(), serde_json::json!({"a": 3, "b": {"$some": 2}}));
-    ready(store.hashmap_replace(0, s("a"), Value::Int(4))).unwrap();
+    ready(store.hashmap_replace(MapId(0), s("a"), Value::Int(4))).unwrap();
     assert_eq!(on_disk(), serde_json::json!({"a": 4, "b": {"$some": 2}}));
-    ready(store.hashmap_delete(0, "b")).unwrap();
+    ready(store.hashmap_delete(MapId(0), "b")).unwrap();
     assert_eq!(on_disk(), serde_json::json!({"a": 4}));
-    ready(store.hashmap_clear(0)).unwrap();
+    ready(store.hashmap_clear(MapId(0))).unwrap();
     assert_eq!(on_disk(), serde_json::json!({}));
 
     // A change that cannot be saved fails the write; it stays in memory.
-    let err = ready(store.hashmap_set(0, s("f"), Value::Builtin(0))).unwrap_err();
+    let err = ready(store.hashmap_set(MapId(0), s("f"), Value::Builtin(0))).unwrap_err();
     assert!(err.message.contains("hashmap 'live'"), "{}", err.message);
     assert!(
         err.message.contains("could not be saved"),
         "{}",
         err.message
     );
-    assert_eq!(ready(store.hashmap_len(0)).unwrap(), 1);
+    assert_eq!(ready(store.hashmap_len(MapId(0))).unwrap(), 1);
     assert_eq!(on_disk(), serde_json::json!({}));
 
     // A reload sees the last saved state.
-    ready(store.hashmap_delete(0, "f")).unwrap();
-    ready(store.hashmap_set(0, s("z"), Value::str("last"))).unwrap();
+    ready(store.hashmap_delete(MapId(0), "f")).unwrap();
+    ready(store.hashmap_set(MapId(0), s("z"), Value::str("last"))).unwrap();
     let again = InMemoryStore::new(1);
     again.persist(0, &path).unwrap();
     assert_eq!(
-        ready(again.hashmap_get(0, "z")).unwrap(),
+        ready(again.hashmap_get(MapId(0), "z")).unwrap(),
         Some(Value::str("last"))
     );
 }
@@ -523,7 +524,7 @@ fn on_demand_mode_does_not_write_until_asked() {
     let path = dir.path().join("lazy.json");
     let store = InMemoryStore::new(1);
     store.persist(0, &path).unwrap();
-    ready(store.hashmap_set(0, s("a"), Value::Int(1))).unwrap();
+    ready(store.hashmap_set(MapId(0), s("a"), Value::Int(1))).unwrap();
     assert!(!path.exists());
     store.save_all().unwrap();
     assert!(path.exists());

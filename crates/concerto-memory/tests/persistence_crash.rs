@@ -5,6 +5,7 @@
 //! `CONCERTO_CRASH_CHILD=<dir>` set. Without that variable `crash_child` returns at once, so
 //! it passes in ordinary runs.
 
+use concerto_vm::host::MapId;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,7 +54,7 @@ fn crash_child() {
     // A safety stop in case the parent is gone.
     while started.elapsed() < Duration::from_secs(30) {
         for entries in &states {
-            match store.hashmap_set_many(0, entries.clone()) {
+            match store.hashmap_set_many(MapId(0), entries.clone()) {
                 Reply::Ready(r) => r.unwrap(),
                 Reply::Pending(_) => panic!("InMemoryStore answered later"),
             }
@@ -202,7 +203,7 @@ fn killing_a_saving_process_never_leaves_a_corrupt_file() {
     let store = InMemoryStore::new(1);
     store.persist(0, &path).unwrap();
     assert!(temp_files(&path).is_empty());
-    match store.hashmap_len(0) {
+    match store.hashmap_len(MapId(0)) {
         Reply::Ready(n) => assert_eq!(n.unwrap(), KEYS + 1),
         Reply::Pending(_) => panic!("InMemoryStore answered later"),
     }

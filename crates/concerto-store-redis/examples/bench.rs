@@ -12,6 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use concerto_vm::host::MapId;
 use std::time::Instant;
 
 use common::{RedisServer, s, wait};
@@ -37,13 +38,13 @@ fn main() {
     let store = RedisStore::connect(&url, "bench-one", names.clone()).expect("connect");
     let started = Instant::now();
     for i in 0..ops {
-        wait(store.hashmap_set(0, s(&format!("k{i}")), Value::Int(i as i64))).unwrap();
+        wait(store.hashmap_set(MapId(0), s(&format!("k{i}")), Value::Int(i as i64))).unwrap();
     }
     let set_rate = ops as f64 / started.elapsed().as_secs_f64();
     let started = Instant::now();
     for i in 0..ops {
         assert!(
-            wait(store.hashmap_get(0, &format!("k{i}")))
+            wait(store.hashmap_get(MapId(0), &format!("k{i}")))
                 .unwrap()
                 .is_some()
         );
@@ -65,9 +66,10 @@ fn main() {
                     for i in 0..per {
                         let key = format!("c{c}:k{i}");
                         if phase == "set" {
-                            wait(store.hashmap_set(0, s(&key), Value::Int(i as i64))).unwrap();
+                            wait(store.hashmap_set(MapId(0), s(&key), Value::Int(i as i64)))
+                                .unwrap();
                         } else {
-                            assert!(wait(store.hashmap_get(0, &key)).unwrap().is_some());
+                            assert!(wait(store.hashmap_get(MapId(0), &key)).unwrap().is_some());
                         }
                     }
                 });

@@ -56,7 +56,7 @@ impl RedisStore {
     fn prepare(&self, write: Write) -> Result<Op, HostError> {
         Ok(match write {
             Write::HashmapSet { map, key, value } => {
-                let info = self.map_info(map)?;
+                let info = self.map_info(map.0)?;
                 let json = encode(&value).map_err(|e| {
                     HostError::failed(format!(
                         "{}: cannot store key '{}': {e}",
@@ -65,21 +65,21 @@ impl RedisStore {
                     ))
                 })?;
                 Op::HashmapSet {
-                    map,
+                    map: map.0,
                     key: key.to_string(),
                     json,
                 }
             }
             Write::HashmapDelete { map, key } => {
-                self.map_info(map)?;
+                self.map_info(map.0)?;
                 Op::HashmapDelete {
-                    map,
+                    map: map.0,
                     key: key.to_string(),
                 }
             }
             Write::HashmapClear { map } => {
-                self.map_info(map)?;
-                Op::HashmapClear { map }
+                self.map_info(map.0)?;
+                Op::HashmapClear { map: map.0 }
             }
             Write::LedgerInsert { ledger, entry } => {
                 let what = || {

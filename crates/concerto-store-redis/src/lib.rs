@@ -110,7 +110,7 @@ use std::time::Duration;
 use concerto_memory::{decode_value, encode_value};
 use concerto_vm::host::{
     ChatMessage, ConversationStore, HashmapStore, HostError, HostErrorKind, JournalRecord,
-    JournalStore, LedgerEntry, LedgerQuery, LedgerStore, Reply, Write,
+    JournalStore, LedgerEntry, LedgerQuery, LedgerStore, MapId, Reply, Write,
 };
 use concerto_vm::{Str, Value};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -782,20 +782,20 @@ impl RedisStore {
 }
 
 impl HashmapStore for RedisStore {
-    fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
-        match self.write_one(map, key, &value, false) {
+    fn hashmap_set(&self, map: MapId, key: Str, value: Value) -> Reply<Result<(), HostError>> {
+        match self.write_one(map.0, key, &value, false) {
             Reply::Ready(r) => Reply::Ready(r.map(|_| ())),
             Reply::Pending(fut) => Reply::Pending(Box::pin(async move { fut.await.map(|_| ()) })),
         }
     }
 
-    fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+    fn hashmap_get(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         let key = key.to_string();
-        if let Err(e) = self.map_info(map) {
+        if let Err(e) = self.map_info(map.0) {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.map(map)?;
+            let info = inner.map(map.0)?;
             let mut conn = inner.conn.clone();
             let raw: Option<Vec<u8>> = redis::cmd("HGET")
                 .arg(&info.keys.data)
@@ -810,18 +810,18 @@ impl HashmapStore for RedisStore {
         })
     }
 
-    fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+    fn hashmap_has(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
         let what = format!("has of key '{}'", shorten(key));
         let key = key.to_string();
-        self.hashmap_command(map, what, move |keys| {
+        self.hashmap_command(map.0, what, move |keys| {
             let mut cmd = redis::cmd("HEXISTS");
             cmd.arg(&keys.data).arg(key);
             cmd
         })
     }
 
-    fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
-        match self.remove_one(map, key) {
+    fn hashmap_delete(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
+        match self.remove_one(map.0, key) {
             Reply::Ready(r) => Reply::Ready(r.map(|old| old.is_some())),
             Reply::Pending(fut) => {
                 Reply::Pending(Box::pin(async move { fut.await.map(|old| old.is_some()) }))
@@ -829,12 +829,12 @@ impl HashmapStore for RedisStore {
         }
     }
 
-    fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
-        if let Err(e) = self.map_info(map) {
+    fn hashmap_entries(&self, map: MapId) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
+        if let Err(e) = self.map_info(map.0) {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.map(map)?;
+            let info = inner.map(map.0)?;
             let mut conn = inner.conn.clone();
             let flat: Vec<Vec<u8>> = inner
                 .scripts
@@ -857,20 +857,20 @@ impl HashmapStore for RedisStore {
         })
     }
 
-    fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
-        self.hashmap_command(map, "len".to_string(), |keys| {
+    fn hashmap_len(&self, map: MapId) -> Reply<Result<usize, HostError>> {
+        self.hashmap_command(map.0, "len".to_string(), |keys| {
             let mut cmd = redis::cmd("HLEN");
             cmd.arg(&keys.data);
             cmd
         })
     }
 
-    fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
-        if let Err(e) = self.map_info(map) {
+    fn hashmap_clear(&self, map: MapId) -> Reply<Result<(), HostError>> {
+        if let Err(e) = self.map_info(map.0) {
             return Reply::Ready(Err(e));
         }
         self.run(move |inner| async move {
-            let info = inner.map(map)?;
+            let info = inner.map(map.0)?;
             let mut conn = inner.conn.clone();
             let _removed: i64 = inner
                 .scripts
@@ -888,10 +888,10 @@ impl HashmapStore for RedisStore {
 
     fn hashmap_set_many(
         &self,
-        map: u32,
+        map: MapId,
         entries: Vec<(Str, Value)>,
     ) -> Reply<Result<(), HostError>> {
-        let info = match self.map_info(map) {
+        let info = match self.map_info(map.0) {
             Ok(info) => info,
             Err(e) => return Reply::Ready(Err(e)),
         };
@@ -917,7 +917,7 @@ impl HashmapStore for RedisStore {
         }
         drop(entries);
         self.run(move |inner| async move {
-            let info = inner.map(map)?;
+            let info = inner.map(map.0)?;
             let count = encoded.len();
             let mut conn = inner.conn.clone();
             let mut call = inner.scripts.hashmap_set.key(&info.keys.data);
@@ -938,17 +938,17 @@ impl HashmapStore for RedisStore {
 
     fn hashmap_get_many(
         &self,
-        map: u32,
+        map: MapId,
         keys: Vec<Str>,
     ) -> Reply<Result<Vec<Option<Value>>, HostError>> {
-        if let Err(e) = self.map_info(map) {
+        if let Err(e) = self.map_info(map.0) {
             return Reply::Ready(Err(e));
         }
         if keys.is_empty() {
             return Reply::Ready(Ok(Vec::new()));
         }
         self.run(move |inner| async move {
-            let info = inner.map(map)?;
+            let info = inner.map(map.0)?;
             let mut conn = inner.conn.clone();
             let mut cmd = redis::cmd("HMGET");
             cmd.arg(&info.keys.data);
@@ -978,15 +978,15 @@ impl HashmapStore for RedisStore {
 
     fn hashmap_replace(
         &self,
-        map: u32,
+        map: MapId,
         key: Str,
         value: Value,
     ) -> Reply<Result<Option<Value>, HostError>> {
-        self.write_one(map, key, &value, true)
+        self.write_one(map.0, key, &value, true)
     }
 
-    fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
-        self.remove_one(map, key)
+    fn hashmap_remove(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+        self.remove_one(map.0, key)
     }
 }
 

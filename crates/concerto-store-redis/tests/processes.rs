@@ -7,6 +7,7 @@
 //! `CONCERTO_REDIS_CHILD=<url> <index>` set. Without that variable `child_process` returns
 //! at once, so it passes in ordinary runs.
 
+use concerto_vm::host::MapId;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -97,7 +98,7 @@ fn child_process() {
                     for k in (t..SHARED_KEYS).step_by(THREADS) {
                         let key = s(&format!("shared:{k:02}"));
                         let value = Value::str(format!("p{me}r{r}"));
-                        if wait(store.hashmap_replace(0, key, value))
+                        if wait(store.hashmap_replace(MapId(0), key, value))
                             .unwrap()
                             .is_none()
                         {
@@ -107,7 +108,8 @@ fn child_process() {
                 }
                 for j in (t..OWN_KEYS).step_by(THREADS) {
                     let key = s(&format!("p{me}:k{j:03}"));
-                    wait(store.hashmap_set(0, key, Value::Int((me * 1000 + j) as i64))).unwrap();
+                    wait(store.hashmap_set(MapId(0), key, Value::Int((me * 1000 + j) as i64)))
+                        .unwrap();
                 }
                 for j in (t..OWN_ENTRIES).step_by(THREADS) {
                     let entry = LedgerEntry {
@@ -136,7 +138,7 @@ fn child_process() {
     let batch = (0..BATCH)
         .map(|b| (s(&format!("p{me}:batch{b}")), Value::Int(b as i64)))
         .collect();
-    wait(store.hashmap_set_many(0, batch)).unwrap();
+    wait(store.hashmap_set_many(MapId(0), batch)).unwrap();
 
     let all_arrived = eventually(Duration::from_secs(20), || {
         events.load(Ordering::SeqCst) >= EVENTS
@@ -260,9 +262,9 @@ fn many_processes_share_one_store_without_losing_writes() {
     assert_eq!(first_writes, SHARED_KEYS);
 
     // The hashmap holds exactly the union of the writes.
-    let entries = wait(parent.hashmap_entries(0)).unwrap();
+    let entries = wait(parent.hashmap_entries(MapId(0))).unwrap();
     assert_eq!(entries.len(), PROCESSES * (OWN_KEYS + BATCH) + SHARED_KEYS);
-    assert_eq!(wait(parent.hashmap_len(0)).unwrap(), entries.len());
+    assert_eq!(wait(parent.hashmap_len(MapId(0))).unwrap(), entries.len());
     let map: HashMap<String, Value> = entries
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))

@@ -2,6 +2,7 @@
 //! each test on a free loopback port), most of them compared with `concerto-memory`'s
 //! in-memory store doing the same operations.
 
+use concerto_vm::host::MapId;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ fn connect(server: &RedisServer, program: &str) -> RedisStore {
 }
 
 fn entries(store: &dyn MemoryStore, map: u32) -> Vec<(String, serde_json::Value)> {
-    enc_entries(&wait(store.hashmap_entries(map)).unwrap())
+    enc_entries(&wait(store.hashmap_entries(MapId(map))).unwrap())
 }
 
 fn keys_of(store: &dyn MemoryStore, map: u32) -> Vec<String> {
@@ -66,38 +67,41 @@ fn variant(type_name: &str, variant: &str, ids: (u32, u32), payload: Vec<Value>)
 fn hashmap_set_get_has_len_delete() {
     let server = RedisServer::start();
     let store = connect(&server, "basic");
-    assert!(matches!(store.hashmap_get(0, "a"), Reply::Pending(_)));
-    assert!(wait(store.hashmap_get(0, "a")).unwrap().is_none());
-    assert!(!wait(store.hashmap_has(0, "a")).unwrap());
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 0);
+    assert!(matches!(
+        store.hashmap_get(MapId(0), "a"),
+        Reply::Pending(_)
+    ));
+    assert!(wait(store.hashmap_get(MapId(0), "a")).unwrap().is_none());
+    assert!(!wait(store.hashmap_has(MapId(0), "a")).unwrap());
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 0);
 
-    wait(store.hashmap_set(0, s("a"), Value::Int(1))).unwrap();
-    wait(store.hashmap_set(0, s("b"), Value::str("two"))).unwrap();
-    wait(store.hashmap_set(0, s("c"), Value::Nil)).unwrap();
+    wait(store.hashmap_set(MapId(0), s("a"), Value::Int(1))).unwrap();
+    wait(store.hashmap_set(MapId(0), s("b"), Value::str("two"))).unwrap();
+    wait(store.hashmap_set(MapId(0), s("c"), Value::Nil)).unwrap();
     assert_eq!(
-        enc(&wait(store.hashmap_get(0, "a")).unwrap().unwrap()),
+        enc(&wait(store.hashmap_get(MapId(0), "a")).unwrap().unwrap()),
         enc(&Value::Int(1))
     );
     // A stored nil is present, not absent.
     assert!(matches!(
-        wait(store.hashmap_get(0, "c")).unwrap(),
+        wait(store.hashmap_get(MapId(0), "c")).unwrap(),
         Some(Value::Nil)
     ));
-    assert!(wait(store.hashmap_has(0, "c")).unwrap());
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 3);
+    assert!(wait(store.hashmap_has(MapId(0), "c")).unwrap());
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 3);
     // The other hashmap is separate.
-    assert_eq!(wait(store.hashmap_len(1)).unwrap(), 0);
+    assert_eq!(wait(store.hashmap_len(MapId(1))).unwrap(), 0);
 
-    assert!(wait(store.hashmap_delete(0, "a")).unwrap());
-    assert!(!wait(store.hashmap_delete(0, "a")).unwrap());
-    assert!(!wait(store.hashmap_has(0, "a")).unwrap());
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 2);
+    assert!(wait(store.hashmap_delete(MapId(0), "a")).unwrap());
+    assert!(!wait(store.hashmap_delete(MapId(0), "a")).unwrap());
+    assert!(!wait(store.hashmap_has(MapId(0), "a")).unwrap());
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 2);
 
-    wait(store.hashmap_clear(0)).unwrap();
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 0);
+    wait(store.hashmap_clear(MapId(0))).unwrap();
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 0);
     assert!(entries(&store, 0).is_empty());
     // Clearing an empty hashmap is fine.
-    wait(store.hashmap_clear(0)).unwrap();
+    wait(store.hashmap_clear(MapId(0))).unwrap();
 }
 
 #[test]
@@ -107,22 +111,22 @@ fn insertion_order_matches_the_in_memory_store() {
     let memory = InMemoryStore::with_names(NAMES);
     for store in [&redis as &dyn MemoryStore, &memory] {
         for k in ["a", "b", "c", "d"] {
-            wait(store.hashmap_set(0, s(k), Value::str(k))).unwrap();
+            wait(store.hashmap_set(MapId(0), s(k), Value::str(k))).unwrap();
         }
         // An update keeps the key's place…
-        wait(store.hashmap_set(0, s("b"), Value::Int(2))).unwrap();
+        wait(store.hashmap_set(MapId(0), s("b"), Value::Int(2))).unwrap();
         // …a deleted and re-inserted key goes last.
-        wait(store.hashmap_delete(0, "a")).unwrap();
-        wait(store.hashmap_set(0, s("a"), Value::Int(1))).unwrap();
+        wait(store.hashmap_delete(MapId(0), "a")).unwrap();
+        wait(store.hashmap_set(MapId(0), s("a"), Value::Int(1))).unwrap();
         // A scoped view is a key prefix inside the hashmap.
-        wait(store.hashmap_set(0, s("agent:result"), Value::Int(9))).unwrap();
+        wait(store.hashmap_set(MapId(0), s("agent:result"), Value::Int(9))).unwrap();
     }
     assert_eq!(keys_of(&redis, 0), ["b", "c", "d", "a", "agent:result"]);
     assert_eq!(entries(&redis, 0), entries(&memory, 0));
     // After a clear, order starts afresh.
-    wait(redis.hashmap_clear(0)).unwrap();
-    wait(redis.hashmap_set(0, s("z"), Value::Int(0))).unwrap();
-    wait(redis.hashmap_set(0, s("y"), Value::Int(0))).unwrap();
+    wait(redis.hashmap_clear(MapId(0))).unwrap();
+    wait(redis.hashmap_set(MapId(0), s("z"), Value::Int(0))).unwrap();
+    wait(redis.hashmap_set(MapId(0), s("y"), Value::Int(0))).unwrap();
     assert_eq!(keys_of(&redis, 0), ["z", "y"]);
 }
 
@@ -131,27 +135,30 @@ fn replace_and_remove_return_previous_values() {
     let server = RedisServer::start();
     let store = connect(&server, "replace");
     assert!(
-        wait(store.hashmap_replace(0, s("k"), Value::Int(1)))
+        wait(store.hashmap_replace(MapId(0), s("k"), Value::Int(1)))
             .unwrap()
             .is_none()
     );
-    let old = wait(store.hashmap_replace(0, s("k"), Value::some(Value::Int(2)))).unwrap();
+    let old = wait(store.hashmap_replace(MapId(0), s("k"), Value::some(Value::Int(2)))).unwrap();
     assert_eq!(enc(&old.unwrap()), enc(&Value::Int(1)));
-    let old = wait(store.hashmap_replace(0, s("k"), Value::Nil)).unwrap();
+    let old = wait(store.hashmap_replace(MapId(0), s("k"), Value::Nil)).unwrap();
     assert_eq!(enc(&old.unwrap()), enc(&Value::some(Value::Int(2))));
     // A stored nil comes back as Some(Nil), not as absent.
-    let removed = wait(store.hashmap_remove(0, "k")).unwrap();
+    let removed = wait(store.hashmap_remove(MapId(0), "k")).unwrap();
     assert!(matches!(removed, Some(Value::Nil)));
-    assert!(wait(store.hashmap_remove(0, "k")).unwrap().is_none());
+    assert!(wait(store.hashmap_remove(MapId(0), "k")).unwrap().is_none());
 }
 
 #[test]
 fn get_many_reads_values_in_the_order_asked() {
     let server = RedisServer::start();
     let store = connect(&server, "getmany");
-    wait(store.hashmap_set_many(0, vec![(s("a"), Value::Int(1)), (s("b"), Value::Int(2))]))
-        .unwrap();
-    let got = wait(store.hashmap_get_many(0, vec![s("b"), s("x"), s("a"), s("b")])).unwrap();
+    wait(store.hashmap_set_many(
+        MapId(0),
+        vec![(s("a"), Value::Int(1)), (s("b"), Value::Int(2))],
+    ))
+    .unwrap();
+    let got = wait(store.hashmap_get_many(MapId(0), vec![s("b"), s("x"), s("a"), s("b")])).unwrap();
     let got: Vec<Option<serde_json::Value>> = got.iter().map(|v| v.as_ref().map(enc)).collect();
     assert_eq!(
         got,
@@ -162,7 +169,11 @@ fn get_many_reads_values_in_the_order_asked() {
             Some(enc(&Value::Int(2)))
         ]
     );
-    assert!(wait(store.hashmap_get_many(0, vec![])).unwrap().is_empty());
+    assert!(
+        wait(store.hashmap_get_many(MapId(0), vec![]))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -189,23 +200,23 @@ fn random_operations_match_the_in_memory_store() {
             0..=6 => {
                 let v = value(&mut rng);
                 for st in stores {
-                    wait(st.hashmap_set(map, s(key), v.clone())).unwrap();
+                    wait(st.hashmap_set(MapId(map), s(key), v.clone())).unwrap();
                 }
             }
             7..=9 => {
                 let v = value(&mut rng);
-                let a = wait(redis.hashmap_replace(map, s(key), v.clone())).unwrap();
-                let b = wait(memory.hashmap_replace(map, s(key), v)).unwrap();
+                let a = wait(redis.hashmap_replace(MapId(map), s(key), v.clone())).unwrap();
+                let b = wait(memory.hashmap_replace(MapId(map), s(key), v)).unwrap();
                 assert_eq!(a.as_ref().map(enc), b.as_ref().map(enc), "step {step}");
             }
             10..=11 => {
-                let a = wait(redis.hashmap_delete(map, key)).unwrap();
-                let b = wait(memory.hashmap_delete(map, key)).unwrap();
+                let a = wait(redis.hashmap_delete(MapId(map), key)).unwrap();
+                let b = wait(memory.hashmap_delete(MapId(map), key)).unwrap();
                 assert_eq!(a, b, "step {step}");
             }
             12..=13 => {
-                let a = wait(redis.hashmap_remove(map, key)).unwrap();
-                let b = wait(memory.hashmap_remove(map, key)).unwrap();
+                let a = wait(redis.hashmap_remove(MapId(map), key)).unwrap();
+                let b = wait(memory.hashmap_remove(MapId(map), key)).unwrap();
                 assert_eq!(a.as_ref().map(enc), b.as_ref().map(enc), "step {step}");
             }
             14..=16 => {
@@ -218,31 +229,31 @@ fn random_operations_match_the_in_memory_store() {
                     })
                     .collect();
                 for st in stores {
-                    wait(st.hashmap_set_many(map, batch.clone())).unwrap();
+                    wait(st.hashmap_set_many(MapId(map), batch.clone())).unwrap();
                 }
             }
             17 => {
                 let keys: Vec<Str> = pool.iter().take(6).map(|k| s(k)).collect();
-                let a = wait(redis.hashmap_get_many(map, keys.clone())).unwrap();
-                let b = wait(memory.hashmap_get_many(map, keys)).unwrap();
+                let a = wait(redis.hashmap_get_many(MapId(map), keys.clone())).unwrap();
+                let b = wait(memory.hashmap_get_many(MapId(map), keys)).unwrap();
                 let a: Vec<_> = a.iter().map(|v| v.as_ref().map(enc)).collect();
                 let b: Vec<_> = b.iter().map(|v| v.as_ref().map(enc)).collect();
                 assert_eq!(a, b, "step {step}");
             }
             18 => {
                 assert_eq!(
-                    wait(redis.hashmap_has(map, key)).unwrap(),
-                    wait(memory.hashmap_has(map, key)).unwrap()
+                    wait(redis.hashmap_has(MapId(map), key)).unwrap(),
+                    wait(memory.hashmap_has(MapId(map), key)).unwrap()
                 );
                 assert_eq!(
-                    wait(redis.hashmap_len(map)).unwrap(),
-                    wait(memory.hashmap_len(map)).unwrap()
+                    wait(redis.hashmap_len(MapId(map))).unwrap(),
+                    wait(memory.hashmap_len(MapId(map))).unwrap()
                 );
             }
             _ => {
                 if rng.below(3) == 0 {
                     for st in stores {
-                        wait(st.hashmap_clear(map)).unwrap();
+                        wait(st.hashmap_clear(MapId(map))).unwrap();
                     }
                 }
             }
@@ -287,29 +298,29 @@ fn values_of_every_kind_round_trip() {
         .enumerate()
         .map(|(i, v)| (s(&format!("k{i}")), v.clone()))
         .collect();
-    wait(store.hashmap_set_many(0, batch.clone())).unwrap();
+    wait(store.hashmap_set_many(MapId(0), batch.clone())).unwrap();
     for (key, value) in &batch {
-        wait(store.hashmap_set(1, key.clone(), value.clone())).unwrap();
+        wait(store.hashmap_set(MapId(1), key.clone(), value.clone())).unwrap();
     }
     let expected = enc_entries(&batch);
     assert_eq!(entries(&store, 0), expected);
     assert_eq!(entries(&store, 1), expected);
     for (key, value) in &batch {
-        let got = wait(store.hashmap_get(0, key)).unwrap().unwrap();
+        let got = wait(store.hashmap_get(MapId(0), key)).unwrap().unwrap();
         assert_eq!(enc(&got), enc(value), "{key}");
     }
     // Keys with JSON-special and non-ASCII characters reach events and entries intact.
     let odd = "k/\"\\\n\t\u{1F600}";
-    wait(store.hashmap_set(0, s(odd), Value::Int(1))).unwrap();
-    assert!(wait(store.hashmap_has(0, odd)).unwrap());
+    wait(store.hashmap_set(MapId(0), s(odd), Value::Int(1))).unwrap();
+    assert!(wait(store.hashmap_has(MapId(0), odd)).unwrap());
 }
 
 #[test]
 fn unstorable_values_fail_naming_the_key_and_write_nothing() {
     let server = RedisServer::start();
     let store = connect(&server, "unstorable");
-    wait(store.hashmap_set(0, s("keep"), Value::Int(1))).unwrap();
-    let err = wait(store.hashmap_set(0, s("fn"), Value::Builtin(0))).unwrap_err();
+    wait(store.hashmap_set(MapId(0), s("keep"), Value::Int(1))).unwrap();
+    let err = wait(store.hashmap_set(MapId(0), s("fn"), Value::Builtin(0))).unwrap_err();
     assert!(err.message.contains("hashmap 'store'"), "{}", err.message);
     assert!(err.message.contains("'fn'"), "{}", err.message);
 
@@ -319,7 +330,7 @@ fn unstorable_values_fail_naming_the_key_and_write_nothing() {
         (s("new"), Value::Int(3)),
         (s("bad"), Value::array(vec![Value::Builtin(0)])),
     ];
-    let err = wait(store.hashmap_set_many(0, batch)).unwrap_err();
+    let err = wait(store.hashmap_set_many(MapId(0), batch)).unwrap_err();
     assert!(err.message.contains("'bad'"), "{}", err.message);
     assert!(
         err.message.contains("nothing was written"),
@@ -347,18 +358,18 @@ fn set_many_is_never_seen_half_written() {
             .map(|k| (k.clone(), Value::Int(generation)))
             .collect()
     };
-    wait(writer.hashmap_set_many(0, batch(0))).unwrap();
+    wait(writer.hashmap_set_many(MapId(0), batch(0))).unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let reads = std::thread::scope(|scope| {
         let reader_thread = scope.spawn(|| {
             let mut reads = 0;
             while !done.load(Ordering::Acquire) {
-                let got = wait(reader.hashmap_get_many(0, keys.clone())).unwrap();
+                let got = wait(reader.hashmap_get_many(MapId(0), keys.clone())).unwrap();
                 let first = enc(got[0].as_ref().unwrap());
                 for v in &got {
                     assert_eq!(enc(v.as_ref().unwrap()), first, "a half-written batch");
                 }
-                let all = wait(reader.hashmap_entries(0)).unwrap();
+                let all = wait(reader.hashmap_entries(MapId(0))).unwrap();
                 assert_eq!(all.len(), 20);
                 assert!(all.iter().all(|(_, v)| enc(v) == enc(&all[0].1)));
                 reads += 1;
@@ -366,14 +377,14 @@ fn set_many_is_never_seen_half_written() {
             reads
         });
         for generation in 1..=200 {
-            wait(writer.hashmap_set_many(0, batch(generation))).unwrap();
+            wait(writer.hashmap_set_many(MapId(0), batch(generation))).unwrap();
         }
         done.store(true, Ordering::Release);
         reader_thread.join().unwrap()
     });
     assert!(reads > 0);
     assert_eq!(
-        enc(&wait(reader.hashmap_get(0, "k07")).unwrap().unwrap()),
+        enc(&wait(reader.hashmap_get(MapId(0), "k07")).unwrap().unwrap()),
         enc(&Value::Int(200))
     );
 }
@@ -527,16 +538,16 @@ fn programs_are_isolated_and_keys_follow_the_layout() {
     let server = RedisServer::start();
     let a = connect(&server, "app:a");
     let b = connect(&server, "app");
-    wait(a.hashmap_set(0, s("k"), Value::Int(1))).unwrap();
-    wait(b.hashmap_set(0, s("k"), Value::Int(2))).unwrap();
+    wait(a.hashmap_set(MapId(0), s("k"), Value::Int(1))).unwrap();
+    wait(b.hashmap_set(MapId(0), s("k"), Value::Int(2))).unwrap();
     wait(a.ledger_insert("facts", entry("id", &["k"], Value::Int(1)))).unwrap();
     wait(a.memory_append("chat", None, ChatMessage::new("user", "hi"))).unwrap();
     assert_eq!(
-        enc(&wait(a.hashmap_get(0, "k")).unwrap().unwrap()),
+        enc(&wait(a.hashmap_get(MapId(0), "k")).unwrap().unwrap()),
         enc(&Value::Int(1))
     );
     assert_eq!(
-        enc(&wait(b.hashmap_get(0, "k")).unwrap().unwrap()),
+        enc(&wait(b.hashmap_get(MapId(0), "k")).unwrap().unwrap()),
         enc(&Value::Int(2))
     );
     assert!(wait(b.ledger_entries("facts")).unwrap().is_empty());
@@ -579,14 +590,14 @@ fn programs_are_isolated_and_keys_follow_the_layout() {
 fn unknown_hashmaps_and_bad_settings_are_errors() {
     let server = RedisServer::start();
     let store = connect(&server, "errors");
-    let err = wait(store.hashmap_set(5, s("k"), Value::Int(1))).unwrap_err();
+    let err = wait(store.hashmap_set(MapId(5), s("k"), Value::Int(1))).unwrap_err();
     assert!(
         err.message.contains("hashmap #5 does not exist"),
         "{}",
         err.message
     );
-    assert!(wait(store.hashmap_get(2, "k")).is_err());
-    assert!(wait(store.hashmap_entries(9)).is_err());
+    assert!(wait(store.hashmap_get(MapId(2), "k")).is_err());
+    assert!(wait(store.hashmap_entries(MapId(9))).is_err());
     assert!(
         store
             .on_change(7, Arc::new(|_: &HashMapChange| {}))
@@ -641,8 +652,8 @@ fn wrong_passwords_are_reported_without_the_password() {
     let store = RedisStore::connect(&url("right-password"), "p", names()).unwrap();
     assert!(!format!("{store:?}").contains("right-password"));
     assert!(!store.url().contains("right-password"));
-    wait(store.hashmap_set(0, s("k"), Value::Int(1))).unwrap();
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 1);
+    wait(store.hashmap_set(MapId(0), s("k"), Value::Int(1))).unwrap();
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 1);
 }
 
 /// Collects every change a listener sees.
@@ -694,16 +705,19 @@ fn change_events_reach_listeners_with_old_and_new_values() {
     listener.on_any_change(all_listener).unwrap();
     listener.on_change(1, other_listener).unwrap();
 
-    wait(writer.hashmap_set(0, s("a"), Value::Int(1))).unwrap();
-    wait(writer.hashmap_replace(0, s("a"), Value::Nil)).unwrap();
-    wait(writer.hashmap_set_many(0, vec![(s("b"), Value::Int(2)), (s("a"), Value::Int(3))]))
-        .unwrap();
-    wait(writer.hashmap_delete(0, "b")).unwrap();
+    wait(writer.hashmap_set(MapId(0), s("a"), Value::Int(1))).unwrap();
+    wait(writer.hashmap_replace(MapId(0), s("a"), Value::Nil)).unwrap();
+    wait(writer.hashmap_set_many(
+        MapId(0),
+        vec![(s("b"), Value::Int(2)), (s("a"), Value::Int(3))],
+    ))
+    .unwrap();
+    wait(writer.hashmap_delete(MapId(0), "b")).unwrap();
     // Deleting a missing key changes nothing and reports nothing.
-    wait(writer.hashmap_delete(0, "b")).unwrap();
-    wait(writer.hashmap_set(1, s("x:y/\"z"), Value::some(Value::Int(4)))).unwrap();
-    wait(writer.hashmap_set(0, s("c"), Value::Int(5))).unwrap();
-    wait(writer.hashmap_clear(0)).unwrap();
+    wait(writer.hashmap_delete(MapId(0), "b")).unwrap();
+    wait(writer.hashmap_set(MapId(1), s("x:y/\"z"), Value::some(Value::Int(4)))).unwrap();
+    wait(writer.hashmap_set(MapId(0), s("c"), Value::Int(5))).unwrap();
+    wait(writer.hashmap_clear(MapId(0))).unwrap();
 
     let i = |n: i64| Some(enc(&Value::Int(n)));
     let expected: Vec<Change> = vec![
@@ -744,7 +758,7 @@ fn change_events_reach_listeners_with_old_and_new_values() {
         .on_any_change(Arc::new(|_: &HashMapChange| panic!("listener failure")))
         .unwrap();
     let before = all.lock().len();
-    wait(writer.hashmap_set(0, s("after"), Value::Int(6))).unwrap();
+    wait(writer.hashmap_set(MapId(0), s("after"), Value::Int(6))).unwrap();
     assert!(eventually(Duration::from_secs(10), || all.lock().len() == before + 1));
 }
 
@@ -759,10 +773,10 @@ fn an_outage_fails_operations_by_name_and_the_store_recovers() {
     let store = RedisStore::connect_with(&server.url(), "outage", names(), options).unwrap();
     let (seen, listener) = recorder();
     store.on_any_change(listener).unwrap();
-    wait(store.hashmap_set(0, s("before"), Value::Int(1))).unwrap();
+    wait(store.hashmap_set(MapId(0), s("before"), Value::Int(1))).unwrap();
 
     server.stop();
-    let err = wait(store.hashmap_set(0, s("during"), Value::Int(2))).unwrap_err();
+    let err = wait(store.hashmap_set(MapId(0), s("during"), Value::Int(2))).unwrap_err();
     assert!(
         err.message.contains("hashmap 'store': set of key 'during'"),
         "{}",
@@ -781,7 +795,7 @@ fn an_outage_fails_operations_by_name_and_the_store_recovers() {
     server.restart();
     assert!(
         eventually(Duration::from_secs(15), || wait(store.hashmap_set(
-            0,
+            MapId(0),
             s("after"),
             Value::Int(3)
         ))
@@ -790,7 +804,7 @@ fn an_outage_fails_operations_by_name_and_the_store_recovers() {
     );
     assert!(
         eventually(Duration::from_secs(15), || {
-            let _ = wait(store.hashmap_set(0, s("ping"), Value::Int(4)));
+            let _ = wait(store.hashmap_set(MapId(0), s("ping"), Value::Int(4)));
             seen.lock().iter().any(|c| c.key.as_str() == "ping")
         }),
         "change events did not resume"
@@ -813,17 +827,17 @@ async fn works_inside_a_current_thread_runtime_and_drops_there() {
         .unwrap();
     // Many operations in flight at once on one thread.
     let writes: Vec<_> = (0..100)
-        .map(|i| pending(store.hashmap_set(0, s(&format!("k{i}")), Value::Int(i))))
+        .map(|i| pending(store.hashmap_set(MapId(0), s(&format!("k{i}")), Value::Int(i))))
         .collect();
     for w in writes {
         w.await.unwrap();
     }
-    assert_eq!(pending(store.hashmap_len(0)).await.unwrap(), 100);
+    assert_eq!(pending(store.hashmap_len(MapId(0))).await.unwrap(), 100);
     // The blocking setup calls work here too (they wait on the store's own runtime).
     let other = connect(&server, "async");
     let (seen, listener) = recorder();
     other.on_any_change(listener).unwrap();
-    pending(store.hashmap_set(0, s("seen"), Value::Int(1)))
+    pending(store.hashmap_set(MapId(0), s("seen"), Value::Int(1)))
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -833,7 +847,7 @@ async fn works_inside_a_current_thread_runtime_and_drops_there() {
     }
     drop(other);
     // A reply outlives the store that made it.
-    let late = pending(store.hashmap_len(0));
+    let late = pending(store.hashmap_len(MapId(0)));
     drop(store);
     assert_eq!(late.await.unwrap(), 101);
 }
@@ -843,10 +857,10 @@ fn replies_complete_without_any_runtime() {
     // `block_on` in these tests is a bare thread-parking executor: no tokio context.
     let server = RedisServer::start();
     let store = connect(&server, "bare");
-    block_on(pending(store.hashmap_set(0, s("k"), Value::Int(1)))).unwrap();
-    assert!(block_on(pending(store.hashmap_has(0, "k"))).unwrap());
+    block_on(pending(store.hashmap_set(MapId(0), s("k"), Value::Int(1)))).unwrap();
+    assert!(block_on(pending(store.hashmap_has(MapId(0), "k"))).unwrap());
     // Errors found before anything is sent answer at once.
-    match store.hashmap_set(0, s("x"), Value::Builtin(0)) {
+    match store.hashmap_set(MapId(0), s("x"), Value::Builtin(0)) {
         Reply::Ready(Err(e)) => assert_eq!(e.kind, HostErrorKind::Failed),
         _ => panic!("expected an immediate error"),
     }

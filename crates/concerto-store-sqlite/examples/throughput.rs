@@ -5,6 +5,7 @@
 //! `cargo run --release -p concerto-store-sqlite --example throughput [OPS] [DIR]`
 #![allow(clippy::print_stdout, reason = "the example reports on stdout")]
 
+use concerto_vm::host::MapId;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,13 +47,13 @@ async fn sequential(store: &dyn MemoryStore, label: &str, ops: usize) -> Result<
     let started = Instant::now();
     for i in 0..ops {
         let key = Str::from(format!("k{}", i % 1000));
-        resolve(store.hashmap_set(0, key, Value::Int(i as i64))).await?;
+        resolve(store.hashmap_set(MapId(0), key, Value::Int(i as i64))).await?;
     }
     println!("{label:<28} set {}", rate(ops, started));
     let started = Instant::now();
     for i in 0..ops {
         let key = format!("k{}", i % 1000);
-        resolve(store.hashmap_get(0, &key)).await?;
+        resolve(store.hashmap_get(MapId(0), &key)).await?;
     }
     println!("{label:<28} get {}", rate(ops, started));
     Ok(())
@@ -67,7 +68,7 @@ async fn concurrent(store: Arc<SqliteStore>, tasks: usize, ops: usize) -> Result
         handles.push(tokio::spawn(async move {
             for i in 0..ops / tasks {
                 let key = Str::from(format!("t{t}-{}", i % 1000));
-                resolve(store.hashmap_set(0, key, Value::Int(i as i64))).await?;
+                resolve(store.hashmap_set(MapId(0), key, Value::Int(i as i64))).await?;
             }
             Ok::<(), HostError>(())
         }));

@@ -10,14 +10,14 @@
 //! let path = dir.path().join("state.db");
 //! let store = SqliteStore::open(&path, vec!["store".to_string()]).unwrap();
 //! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-//! let Reply::Pending(write) = store.hashmap_set(0, Str::from("k"), Value::Int(1)) else {
+//! let Reply::Pending(write) = store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1)) else {
 //!     unreachable!("every operation of this store answers later")
 //! };
 //! rt.block_on(write).unwrap(); // committed (and on disk) once this returns
 //! drop(store);
 //!
 //! let store = SqliteStore::open(&path, vec!["store".to_string()]).unwrap();
-//! let Reply::Pending(read) = store.hashmap_get(0, "k") else { unreachable!() };
+//! let Reply::Pending(read) = store.hashmap_get(MapId(0), "k") else { unreachable!() };
 //! assert_eq!(rt.block_on(read).unwrap(), Some(Value::Int(1)));
 //! ```
 //!
@@ -103,6 +103,7 @@ mod ops;
 mod schema;
 mod worker;
 
+use concerto_vm::host::MapId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,12 +255,12 @@ impl SqliteStore {
     }
 
     /// The name hashmap `map` is stored under (`#<index>` when the program gave none).
-    pub fn hashmap_name(&self, map: u32) -> Option<&str> {
-        self.hashmaps.get(map as usize).map(|h| &*h.name)
+    pub fn hashmap_name(&self, map: MapId) -> Option<&str> {
+        self.hashmaps.get(map.index()).map(|h| &*h.name)
     }
 
-    fn hashmap(&self, map: u32) -> Result<&Hashmap, HostError> {
-        self.hashmaps.get(map as usize).ok_or_else(|| {
+    fn hashmap(&self, map: MapId) -> Result<&Hashmap, HostError> {
+        self.hashmaps.get(map.index()).ok_or_else(|| {
             HostError::failed(format!(
                 "hashmap #{map} does not exist in this store (it holds {} hashmaps)",
                 self.hashmaps.len()
@@ -269,7 +270,7 @@ impl SqliteStore {
 
     /// Runs `op` on the SQLite thread with hashmap `map`'s table name and label (`writes`:
     /// the job writes); an unknown hashmap fails at once.
-    fn on_hashmap<T, F>(&self, map: u32, writes: bool, op: F) -> Reply<Result<T, HostError>>
+    fn on_hashmap<T, F>(&self, map: MapId, writes: bool, op: F) -> Reply<Result<T, HostError>>
     where
         T: Send + 'static,
         F: FnOnce(&worker::Db, &str, &str) -> Result<T, HostError> + Send + 'static,
@@ -395,7 +396,7 @@ fn select(
 }
 
 impl HashmapStore for SqliteStore {
-    fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
+    fn hashmap_set(&self, map: MapId, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         let h = match self.hashmap(map) {
             Ok(h) => h,
             Err(e) => return ready(Err(e)),
@@ -411,7 +412,7 @@ impl HashmapStore for SqliteStore {
         }))
     }
 
-    fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+    fn hashmap_get(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         let key = key.to_string();
         decoded(self.on_hashmap(map, false, move |db, name, label| {
             let text = ops::hashmap_value(db, name, &key)
@@ -420,7 +421,7 @@ impl HashmapStore for SqliteStore {
         }))
     }
 
-    fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+    fn hashmap_has(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
         let key = key.to_string();
         self.on_hashmap(map, false, move |db, name, label| {
             ops::hashmap_contains(db, name, &key)
@@ -428,7 +429,7 @@ impl HashmapStore for SqliteStore {
         })
     }
 
-    fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+    fn hashmap_delete(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
         let key = key.to_string();
         self.on_hashmap(map, true, move |db, name, label| {
             ops::hashmap_take(db, name, &key)
@@ -437,7 +438,7 @@ impl HashmapStore for SqliteStore {
         })
     }
 
-    fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
+    fn hashmap_entries(&self, map: MapId) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
         let h = match self.hashmap(map) {
             Ok(h) => h,
             Err(e) => return ready(Err(e)),
@@ -459,14 +460,14 @@ impl HashmapStore for SqliteStore {
         }))
     }
 
-    fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
+    fn hashmap_len(&self, map: MapId) -> Reply<Result<usize, HostError>> {
         self.on_hashmap(map, false, |db, name, label| {
             ops::hashmap_count(db, name)
                 .map_err(|e| db.fail(&format!("{label}: cannot count the entries"), e))
         })
     }
 
-    fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
+    fn hashmap_clear(&self, map: MapId) -> Reply<Result<(), HostError>> {
         self.on_hashmap(map, true, |db, name, label| {
             ops::hashmap_clear(db, name).map_err(|e| db.fail(&format!("{label}: cannot clear"), e))
         })
@@ -474,7 +475,7 @@ impl HashmapStore for SqliteStore {
 
     fn hashmap_set_many(
         &self,
-        map: u32,
+        map: MapId,
         entries: Vec<(Str, Value)>,
     ) -> Reply<Result<(), HostError>> {
         let h = match self.hashmap(map) {
@@ -515,7 +516,7 @@ impl HashmapStore for SqliteStore {
 
     fn hashmap_get_many(
         &self,
-        map: u32,
+        map: MapId,
         keys: Vec<Str>,
     ) -> Reply<Result<Vec<Option<Value>>, HostError>> {
         let h = match self.hashmap(map) {
@@ -546,7 +547,7 @@ impl HashmapStore for SqliteStore {
 
     fn hashmap_replace(
         &self,
-        map: u32,
+        map: MapId,
         key: Str,
         value: Value,
     ) -> Reply<Result<Option<Value>, HostError>> {
@@ -566,7 +567,7 @@ impl HashmapStore for SqliteStore {
         }))
     }
 
-    fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+    fn hashmap_remove(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         let key = key.to_string();
         decoded(self.on_hashmap(map, true, move |db, name, label| {
             let old = ops::hashmap_take(db, name, &key)

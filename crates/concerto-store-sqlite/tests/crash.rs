@@ -8,6 +8,7 @@
 //! (written and flushed right after the write's reply completed), so everything the parent
 //! reads was acknowledged.
 
+use concerto_vm::host::MapId;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -88,7 +89,7 @@ fn crash_child() {
                     .iter()
                     .map(|k| (Str::from(k.as_str()), value_for(k, n)))
                     .collect();
-                wait(&rt, store.hashmap_set_many(0, entries)).unwrap();
+                wait(&rt, store.hashmap_set_many(MapId(0), entries)).unwrap();
                 for k in &keys {
                     writeln!(out, "{MARK}H {k} {n}").unwrap();
                 }
@@ -96,7 +97,7 @@ fn crash_child() {
             1 => {
                 let old = wait(
                     &rt,
-                    store.hashmap_replace(1, Str::from("last"), Value::Int(n as i64)),
+                    store.hashmap_replace(MapId(1), Str::from("last"), Value::Int(n as i64)),
                 );
                 old.unwrap();
                 writeln!(out, "{MARK}C {n}").unwrap();
@@ -115,7 +116,7 @@ fn crash_child() {
                 let key = format!("r{round}-{n}");
                 wait(
                     &rt,
-                    store.hashmap_set(0, Str::from(key.as_str()), value_for(&key, n)),
+                    store.hashmap_set(MapId(0), Str::from(key.as_str()), value_for(&key, n)),
                 )
                 .unwrap();
                 writeln!(out, "{MARK}H {key} {n}").unwrap();
@@ -244,7 +245,7 @@ fn verify(
         .iter()
         .map(|(k, _)| Str::from(k.as_str()))
         .collect();
-    let values = wait(rt, store.hashmap_get_many(0, keys)).map_err(|e| e.to_string())?;
+    let values = wait(rt, store.hashmap_get_many(MapId(0), keys)).map_err(|e| e.to_string())?;
     for ((key, n), value) in to_check.iter().zip(values) {
         match value {
             Some(v) if v == value_for(key, *n) => {}
@@ -253,7 +254,7 @@ fn verify(
         }
     }
     if acked.counter > 0 {
-        match wait(rt, store.hashmap_get(1, "last")).map_err(|e| e.to_string())? {
+        match wait(rt, store.hashmap_get(MapId(1), "last")).map_err(|e| e.to_string())? {
             Some(Value::Int(v)) if v as u64 >= acked.counter => {}
             other => {
                 return Err(format!(

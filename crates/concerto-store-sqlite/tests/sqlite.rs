@@ -3,6 +3,7 @@
 //! stored. The behaviour shared with the other stores is in the workspace suite
 //! (`tests/stores.rs`).
 
+use concerto_vm::host::MapId;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,10 +36,13 @@ fn every_operation_answers_later_so_no_caller_thread_blocks_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("s.db"));
     assert!(matches!(
-        store.hashmap_set(0, Str::from("k"), Value::Int(1)),
+        store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1)),
         Reply::Pending(_)
     ));
-    assert!(matches!(store.hashmap_get(0, "k"), Reply::Pending(_)));
+    assert!(matches!(
+        store.hashmap_get(MapId(0), "k"),
+        Reply::Pending(_)
+    ));
     assert!(matches!(store.ledger_entries("l"), Reply::Pending(_)));
     assert!(matches!(store.memory_messages("m"), Reply::Pending(_)));
 }
@@ -49,14 +53,14 @@ fn two_stores_on_one_file_see_each_others_writes() {
     let path = dir.path().join("shared.db");
     let a = open(&path);
     let b = open(&path);
-    wait(a.hashmap_set(0, Str::from("from-a"), Value::Int(1))).unwrap();
+    wait(a.hashmap_set(MapId(0), Str::from("from-a"), Value::Int(1))).unwrap();
     assert_eq!(
-        wait(b.hashmap_get(0, "from-a")).unwrap(),
+        wait(b.hashmap_get(MapId(0), "from-a")).unwrap(),
         Some(Value::Int(1))
     );
-    wait(b.hashmap_set(0, Str::from("from-b"), Value::Int(2))).unwrap();
-    wait(b.hashmap_set(0, Str::from("from-a"), Value::Int(3))).unwrap();
-    let entries = wait(a.hashmap_entries(0)).unwrap();
+    wait(b.hashmap_set(MapId(0), Str::from("from-b"), Value::Int(2))).unwrap();
+    wait(b.hashmap_set(MapId(0), Str::from("from-a"), Value::Int(3))).unwrap();
+    let entries = wait(a.hashmap_entries(MapId(0))).unwrap();
     assert_eq!(
         entries,
         vec![
@@ -76,8 +80,8 @@ fn two_stores_on_one_file_see_each_others_writes() {
     assert_eq!(wait(b.ledger_entries("notes")).unwrap().len(), 1);
     // Hashmaps are stored by name: a store whose hashmap 0 is `other` does not see `store`.
     let c = SqliteStore::open(&path, names(&["other", "store"])).unwrap();
-    assert_eq!(wait(c.hashmap_len(0)).unwrap(), 0);
-    assert_eq!(wait(c.hashmap_len(1)).unwrap(), 2);
+    assert_eq!(wait(c.hashmap_len(MapId(0))).unwrap(), 0);
+    assert_eq!(wait(c.hashmap_len(MapId(1))).unwrap(), 2);
 }
 
 #[test]
@@ -97,7 +101,7 @@ fn concurrent_writers_on_one_file_lose_nothing_and_keep_a_single_order() {
                 tasks.push(tokio::spawn(async move {
                     for i in 0..25 {
                         let key = Str::from(format!("s{s}-t{t}-{i}"));
-                        match store.hashmap_set(0, key, Value::Int(i)) {
+                        match store.hashmap_set(MapId(0), key, Value::Int(i)) {
                             Reply::Pending(fut) => fut.await.unwrap(),
                             Reply::Ready(r) => r.unwrap(),
                         }
@@ -109,7 +113,7 @@ fn concurrent_writers_on_one_file_lose_nothing_and_keep_a_single_order() {
             task.await.unwrap();
         }
     });
-    let entries = wait(stores[0].hashmap_entries(0)).unwrap();
+    let entries = wait(stores[0].hashmap_entries(MapId(0))).unwrap();
     assert_eq!(entries.len(), 3 * 8 * 25);
     // Each writer's keys appear in the order it wrote them.
     for s in 0..3 {
@@ -143,10 +147,10 @@ fn set_many_that_fails_inside_sqlite_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("atomic.db");
     let store = open(&path);
-    wait(store.hashmap_set(0, Str::from("a"), Value::Int(0))).unwrap();
+    wait(store.hashmap_set(MapId(0), Str::from("a"), Value::Int(0))).unwrap();
     refuse_bad_keys(&path);
     let err = wait(store.hashmap_set_many(
-        0,
+        MapId(0),
         vec![
             (Str::from("a"), Value::Int(1)),
             (Str::from("b"), Value::Int(2)),
@@ -158,7 +162,7 @@ fn set_many_that_fails_inside_sqlite_writes_nothing() {
     assert!(err.message.contains("key 'bad'"), "{err}");
     assert!(err.message.contains("nothing was written"), "{err}");
     assert_eq!(
-        wait(store.hashmap_entries(0)).unwrap(),
+        wait(store.hashmap_entries(MapId(0))).unwrap(),
         vec![(Str::from("a"), Value::Int(0))]
     );
 }
@@ -180,14 +184,14 @@ fn a_failing_job_in_a_group_commit_changes_nothing_and_the_others_commit() {
         for i in 0..300 {
             let reply = if i % 10 == 0 {
                 store.hashmap_set_many(
-                    0,
+                    MapId(0),
                     vec![
                         (Str::from(format!("lost{i}")), Value::Int(i)),
                         (Str::from(format!("bad{i}")), Value::Int(i)),
                     ],
                 )
             } else {
-                store.hashmap_set(0, Str::from(format!("k{i}")), Value::Int(i))
+                store.hashmap_set(MapId(0), Str::from(format!("k{i}")), Value::Int(i))
             };
             futs.push((i, reply));
         }
@@ -205,7 +209,7 @@ fn a_failing_job_in_a_group_commit_changes_nothing_and_the_others_commit() {
         stats.transactions < 300,
         "operations queued together were not committed together: {stats:?}"
     );
-    let entries = wait(store.hashmap_entries(0)).unwrap();
+    let entries = wait(store.hashmap_entries(MapId(0))).unwrap();
     assert_eq!(entries.len(), 270);
     assert!(
         entries.iter().all(|(k, _)| k.as_str().starts_with('k')),
@@ -218,16 +222,16 @@ fn a_value_that_cannot_be_stored_fails_naming_the_key_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("v.db"));
     let bad = Value::array(vec![Value::Int(1), Value::Builtin(3)]);
-    let err = wait(store.hashmap_set(0, Str::from("fn"), bad.clone())).unwrap_err();
+    let err = wait(store.hashmap_set(MapId(0), Str::from("fn"), bad.clone())).unwrap_err();
     assert!(err.message.contains("hashmap 'store': key 'fn'"), "{err}");
     assert!(err.message.contains("cannot be saved"), "{err}");
     let err = wait(store.hashmap_set_many(
-        0,
+        MapId(0),
         vec![(Str::from("ok"), Value::Int(1)), (Str::from("bad"), bad)],
     ))
     .unwrap_err();
     assert!(err.message.contains("key 'bad'"), "{err}");
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 0);
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 0);
 }
 
 #[test]
@@ -314,14 +318,14 @@ fn a_held_write_lock_turns_into_a_timeout_error_after_the_busy_timeout() {
     .unwrap();
     let holder = rusqlite::Connection::open(&path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let err = wait(store.hashmap_set(0, Str::from("k"), Value::Int(1))).unwrap_err();
+    let err = wait(store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1))).unwrap_err();
     assert_eq!(err.kind, HostErrorKind::Timeout, "{err}");
     assert!(err.message.contains("busy.db"), "{err}");
     // Reads still work while another connection writes (WAL).
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 0);
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 0);
     holder.execute_batch("COMMIT").unwrap();
-    wait(store.hashmap_set(0, Str::from("k"), Value::Int(1))).unwrap();
-    assert_eq!(wait(store.hashmap_len(0)).unwrap(), 1);
+    wait(store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1))).unwrap();
+    assert_eq!(wait(store.hashmap_len(MapId(0))).unwrap(), 1);
 }
 
 #[test]
@@ -329,7 +333,7 @@ fn the_database_is_in_wal_mode_with_the_schema_marked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.db");
     let store = open(&path);
-    wait(store.hashmap_set(0, Str::from("k"), Value::Int(1))).unwrap();
+    wait(store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1))).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))

@@ -16,13 +16,13 @@
 use crate::builtins::arg;
 use crate::error::{ErrorKind, VmError};
 use crate::exec::{Continuation, Ctx, Flow, Step};
-use crate::host::{HostError, Reply};
+use crate::host::{HostError, MapId, Reply};
 use crate::methods::Method;
 use crate::value::{Map, NativeObject, Object, Str, Value};
 
 /// A scoped view of hashmap `map`: the keys starting with `prefix` (`a:`, `a:b:`).
 pub(crate) struct HashMapScope {
-    pub(crate) map: u32,
+    pub(crate) map: MapId,
     pub(crate) prefix: Str,
 }
 
@@ -44,7 +44,7 @@ impl NativeObject for HashMapScope {
 
 /// A change callback registered by Concerto code.
 pub(crate) struct Watcher {
-    map: u32,
+    map: MapId,
     /// The view's prefix: `on_any_change` sees keys under it, relative to it.
     prefix: Str,
     /// `on_change(key, ..)`: the full key watched.
@@ -88,15 +88,15 @@ fn full_key(prefix: &str, key: &Value) -> Str {
     }
 }
 
-fn map_name(ctx: &Ctx, map: u32) -> String {
+fn map_name(ctx: &Ctx, map: MapId) -> String {
     ctx.program()
         .hashmaps
-        .get(map as usize)
+        .get(map.index())
         .map_or_else(|| format!("#{map}"), |h| h.name.clone())
 }
 
 #[cold]
-fn arity(ctx: &Ctx, map: u32, method: &str, expected: usize, got: usize) -> VmError {
+fn arity(ctx: &Ctx, map: MapId, method: &str, expected: usize, got: usize) -> VmError {
     VmError::new(
         ErrorKind::Arity,
         format!(
@@ -130,7 +130,11 @@ async fn resolve<T: Send + 'static>(r: Reply<Result<T, HostError>>) -> Result<T,
 }
 
 /// The entries of the view, keys relative to it.
-fn view_entries(ctx: &Ctx, map: u32, prefix: &Str) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
+fn view_entries(
+    ctx: &Ctx,
+    map: MapId,
+    prefix: &Str,
+) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
     let strip = prefix.clone();
     let filter = move |entries: Vec<(Str, Value)>| -> Vec<(Str, Value)> {
         if strip.is_empty() {
@@ -151,7 +155,7 @@ fn view_entries(ctx: &Ctx, map: u32, prefix: &Str) -> Reply<Result<Vec<(Str, Val
 }
 
 /// Whether Concerto code watches any key of `map`.
-pub(crate) fn watched(ctx: &Ctx, map: u32) -> bool {
+pub(crate) fn watched(ctx: &Ctx, map: MapId) -> bool {
     !ctx.watchers.is_empty() && ctx.watchers.iter().any(|w| w.map == map)
 }
 
@@ -160,7 +164,7 @@ pub(crate) fn method(
     ctx: &mut Ctx,
     method: Method,
     name: &str,
-    map: u32,
+    map: MapId,
     prefix: &Str,
     args: &[Value],
 ) -> Result<Flow, VmError> {
@@ -383,7 +387,7 @@ fn removed(key: Str, old: Option<Value>) -> Vec<Change> {
     }
 }
 
-fn check_callable(ctx: &Ctx, map: u32, method: &str, callback: &Value) -> Result<(), VmError> {
+fn check_callable(ctx: &Ctx, map: MapId, method: &str, callback: &Value) -> Result<(), VmError> {
     match callback {
         // Closures are function names (string constants) in IR from concertoc.
         Value::Func(_) | Value::Str(_) => Ok(()),
@@ -397,7 +401,7 @@ fn check_callable(ctx: &Ctx, map: u32, method: &str, callback: &Value) -> Result
 
 fn notify(
     ctx: &mut Ctx,
-    map: u32,
+    map: MapId,
     write: Reply<Result<Vec<Change>, HostError>>,
     result: Value,
 ) -> Result<Flow, VmError> {
@@ -408,7 +412,7 @@ fn notify(
 /// `result(changes)`.
 fn notify_with(
     ctx: &mut Ctx,
-    map: u32,
+    map: MapId,
     write: Reply<Result<Vec<Change>, HostError>>,
     result: impl FnOnce(&[Change]) -> Value + Send + 'static,
 ) -> Result<Flow, VmError> {
@@ -427,7 +431,7 @@ type ResultFn = Box<dyn FnOnce(&[Change]) -> Value + Send>;
 
 /// A write followed by the change callbacks it triggers.
 struct NotifyOp {
-    map: u32,
+    map: MapId,
     write: Option<Reply<Result<Vec<Change>, HostError>>>,
     result: Option<ResultFn>,
     calls: std::collections::VecDeque<(Value, Vec<Value>)>,
@@ -623,7 +627,7 @@ pub(crate) enum Indexed {
 
 /// A hashmap's entries as read for `map[i]`, valid while its version stays the same.
 pub(crate) struct IndexedEntries {
-    map: u32,
+    map: MapId,
     prefix: Str,
     version: u64,
     entries: Vec<(Str, Value)>,
@@ -638,7 +642,9 @@ pub(crate) struct IndexedEntries {
 #[cold]
 pub(crate) fn index(coll: &Value, idx: &Value, ctx: &mut Ctx) -> Option<Indexed> {
     let (map, prefix) = match coll {
-        Value::Ref(r) if r.kind == crate::value::RefKind::Hashmap => (r.index, Str::from("")),
+        Value::Ref(r) if r.kind == crate::value::RefKind::Hashmap => {
+            (MapId(r.index), Str::from(""))
+        }
         Value::Object(obj) => {
             let view = obj.downcast::<HashMapScope>()?;
             (view.map, view.prefix.clone())

@@ -12,7 +12,7 @@ use concerto_ir::HashmapOp;
 use crate::builtins::{self, arg};
 use crate::error::{ErrorKind, VmError};
 use crate::exec::{Continuation, Ctx, Flow, Step};
-use crate::host::{ChatMessage, LedgerEntry, LedgerQuery, Reply};
+use crate::host::{ChatMessage, LedgerEntry, LedgerQuery, MapId, Reply};
 use crate::stdlib;
 use crate::value::{Array, Map, RefKind, Str, StructObj, StructType, Value};
 
@@ -84,7 +84,7 @@ pub(crate) fn call_builtin_method(
         Value::Range(r) => range_method(method, name, r, rest),
         Value::Ref(r) => match r.kind {
             RefKind::Hashmap => {
-                crate::hashmaps::method(ctx, method, name, r.index, &Str::from(""), rest)
+                crate::hashmaps::method(ctx, method, name, MapId(r.index), &Str::from(""), rest)
             }
             RefKind::Ledger => {
                 let ledger = ctx.program().ledgers[r.index as usize].name.clone();
@@ -797,7 +797,7 @@ pub(crate) fn hashmap_opcode(
         HashmapOp::Delete => (Method::Delete, "delete"),
         HashmapOp::Query => (Method::Query, "query"),
     };
-    let flow = crate::hashmaps::method(ctx, method, name, map, &Str::from(""), args)?;
+    let flow = crate::hashmaps::method(ctx, method, name, MapId(map), &Str::from(""), args)?;
     // The reference's `HASH_MAP_DELETE` pushes nil.
     Ok(match (op, flow) {
         (HashmapOp::Delete, Flow::Value(_)) => Flow::Value(Value::Nil),

@@ -128,7 +128,7 @@ impl SchemaValidator for Unsupported {
 /// Hashmaps in a mutex-protected map; ledgers and memories unsupported.
 #[derive(Default)]
 pub struct FakeMemory {
-    maps: Mutex<HashMap<u32, Vec<(Str, Value)>>>,
+    maps: Mutex<HashMap<MapId, Vec<(Str, Value)>>>,
 }
 
 /// Sets `key` in `entries`, keeping its place when present.
@@ -146,37 +146,37 @@ fn unsupported<T>(what: &str) -> Reply<Result<T, HostError>> {
 }
 
 impl HashmapStore for FakeMemory {
-    fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>> {
+    fn hashmap_set(&self, map: MapId, key: Str, value: Value) -> Reply<Result<(), HostError>> {
         set_entry(self.maps.lock().entry(map).or_default(), key, value);
         Reply::Ready(Ok(()))
     }
-    fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+    fn hashmap_get(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         let maps = self.maps.lock();
         let found = maps
             .get(&map)
             .and_then(|e| e.iter().find(|(k, _)| k.as_str() == key));
         Reply::Ready(Ok(found.map(|(_, v)| v.clone())))
     }
-    fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+    fn hashmap_has(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
         let maps = self.maps.lock();
         Reply::Ready(Ok(maps
             .get(&map)
             .is_some_and(|e| e.iter().any(|(k, _)| k.as_str() == key))))
     }
-    fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>> {
+    fn hashmap_delete(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>> {
         let mut maps = self.maps.lock();
         let entries = maps.entry(map).or_default();
         let before = entries.len();
         entries.retain(|(k, _)| k.as_str() != key);
         Reply::Ready(Ok(entries.len() != before))
     }
-    fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
+    fn hashmap_entries(&self, map: MapId) -> Reply<Result<Vec<(Str, Value)>, HostError>> {
         Reply::Ready(Ok(self.maps.lock().get(&map).cloned().unwrap_or_default()))
     }
-    fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>> {
+    fn hashmap_len(&self, map: MapId) -> Reply<Result<usize, HostError>> {
         Reply::Ready(Ok(self.maps.lock().get(&map).map_or(0, Vec::len)))
     }
-    fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>> {
+    fn hashmap_clear(&self, map: MapId) -> Reply<Result<(), HostError>> {
         self.maps.lock().remove(&map);
         Reply::Ready(Ok(()))
     }
@@ -367,12 +367,12 @@ fn wait_reply<T>(reply: Reply<T>) -> T {
 pub fn sample_batch(last: Option<Write>) -> Vec<Write> {
     let mut writes = vec![
         Write::HashmapSet {
-            map: 0,
+            map: MapId(0),
             key: Str::from("a"),
             value: Value::Int(1),
         },
         Write::HashmapDelete {
-            map: 1,
+            map: MapId(1),
             key: Str::from("old"),
         },
         Write::LedgerInsert {
@@ -408,18 +408,18 @@ pub fn a_batch_with_a_failing_write_leaves_neither_the_writes_nor_the_record(
     open: &dyn Fn() -> Arc<dyn MemoryStore>,
 ) {
     let store = open();
-    wait_reply(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    wait_reply(store.hashmap_set(MapId(1), Str::from("old"), Value::Int(0))).unwrap();
     let unknown = Write::HashmapSet {
-        map: 9,
+        map: MapId(9),
         key: Str::from("b"),
         value: Value::Int(2),
     };
     assert!(wait_reply(store.apply(sample_batch(Some(unknown)), Some(sample_record()))).is_err());
     drop(store);
     let store = open();
-    assert_eq!(wait_reply(store.hashmap_get(0, "a")).unwrap(), None);
+    assert_eq!(wait_reply(store.hashmap_get(MapId(0), "a")).unwrap(), None);
     assert_eq!(
-        wait_reply(store.hashmap_get(1, "old")).unwrap(),
+        wait_reply(store.hashmap_get(MapId(1), "old")).unwrap(),
         Some(Value::Int(0))
     );
     assert!(
@@ -443,15 +443,18 @@ pub fn a_batch_with_a_failing_write_leaves_neither_the_writes_nor_the_record(
 /// journal record are there when the store is opened again.
 pub fn a_good_batch_lands_with_its_journal_record(open: &dyn Fn() -> Arc<dyn MemoryStore>) {
     let store = open();
-    wait_reply(store.hashmap_set(1, Str::from("old"), Value::Int(0))).unwrap();
+    wait_reply(store.hashmap_set(MapId(1), Str::from("old"), Value::Int(0))).unwrap();
     wait_reply(store.apply(sample_batch(None), Some(sample_record()))).unwrap();
     drop(store);
     let store = open();
     assert_eq!(
-        wait_reply(store.hashmap_get(0, "a")).unwrap(),
+        wait_reply(store.hashmap_get(MapId(0), "a")).unwrap(),
         Some(Value::Int(1))
     );
-    assert_eq!(wait_reply(store.hashmap_get(1, "old")).unwrap(), None);
+    assert_eq!(
+        wait_reply(store.hashmap_get(MapId(1), "old")).unwrap(),
+        None
+    );
     assert_eq!(wait_reply(store.ledger_entries("facts")).unwrap().len(), 1);
     assert_eq!(wait_reply(store.memory_messages("chat")).unwrap().len(), 1);
     assert_eq!(

@@ -11,7 +11,7 @@ use super::frame::{Frame, NATIVE_FUNC, NO_NATIVE};
 use super::{Execution, Exit, Flow};
 use crate::builtins;
 use crate::error::{ErrorKind, VmError};
-use crate::host::BoxFuture;
+use crate::host::{BoxFuture, MapId};
 use crate::methods::{self, Method};
 use crate::ops;
 use crate::value::{EnumObj, Value};
@@ -268,7 +268,7 @@ impl Execution {
             && r.kind == crate::value::RefKind::Hashmap
         {
             let method = self.ctx.vm.methods[name as usize];
-            if let Some(called) = self.hashmap_fast(r.index, method, argc, base) {
+            if let Some(called) = self.hashmap_fast(MapId(r.index), method, argc, base) {
                 return called;
             }
         }

@@ -10,6 +10,7 @@ use super::frame::{Frame, Handler, NO_NATIVE};
 use super::hashmap_fast::GetNow;
 use super::{Execution, Exit};
 use crate::error::{ErrorKind, VmError};
+use crate::host::MapId;
 use crate::methods::Method;
 use crate::ops;
 use crate::value::{Str, Value};
@@ -482,7 +483,7 @@ impl Execution {
                             && vm.methods[next as usize] == Method::Unwrap
                         {
                             let map = r.index;
-                            match at_op!(self.hashmap_get_now(map, at))? {
+                            match at_op!(self.hashmap_get_now(MapId(map), at))? {
                                 GetNow::Found(found) => {
                                     self.stack[at] = found;
                                     pc += 1;
@@ -506,7 +507,7 @@ impl Execution {
                         {
                             let method = vm.methods[name as usize];
                             if let Some(called) =
-                                self.hashmap_fast(r.index, method, argc as usize, at)
+                                self.hashmap_fast(MapId(r.index), method, argc as usize, at)
                             {
                                 save_pc!();
                                 let called = at_op!(called)?;

@@ -5,7 +5,7 @@
 use super::Execution;
 use super::call::Called;
 use crate::error::VmError;
-use crate::host::BoxFuture;
+use crate::host::{BoxFuture, MapId};
 use crate::methods::Method;
 use crate::value::{Str, Value};
 
@@ -24,7 +24,7 @@ impl Execution {
     /// `Missing` when it answers at once without it (the plain path then runs and reports a
     /// missing key), `Later` when its answer comes later.
     #[inline]
-    pub(super) fn hashmap_get_now(&mut self, map: u32, base: usize) -> Result<GetNow, VmError> {
+    pub(super) fn hashmap_get_now(&mut self, map: MapId, base: usize) -> Result<GetNow, VmError> {
         use crate::host::Reply;
         let text;
         let key = match &self.stack[base + 1] {
@@ -49,7 +49,7 @@ impl Execution {
     #[inline(never)]
     pub(super) fn hashmap_fast(
         &mut self,
-        map: u32,
+        map: MapId,
         method: Method,
         argc: usize,
         base: usize,

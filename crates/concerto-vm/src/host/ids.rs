@@ -1,5 +1,5 @@
 //! Typed ids for what the host traits address by its index in the program: a connection
-//! ([`ConnectionId`]) and a schema ([`SchemaId`]). Each is a `u32` with no runtime cost
+//! ([`ConnectionId`]), a schema ([`SchemaId`]) and a hashmap ([`MapId`]). Each is a `u32` with no runtime cost
 //! (`repr(transparent)`).
 
 /// A connection: its index in the program's `connections` (see
@@ -26,5 +26,25 @@ impl SchemaId {
     #[inline]
     pub fn index(self) -> usize {
         self.0 as usize
+    }
+}
+
+/// A hashmap: its index in the program's `hashmaps` (see
+/// [`HashmapStore`](super::HashmapStore)).
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapId(pub u32);
+
+impl MapId {
+    /// The index as a `usize`, for indexing the program's hashmaps.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl std::fmt::Display for MapId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }

@@ -45,7 +45,7 @@ mod tools;
 
 pub use emit::EmitSink;
 pub use error::{HostError, HostErrorKind, ProviderFailure, ProviderFailureKind};
-pub use ids::{ConnectionId, SchemaId};
+pub use ids::{ConnectionId, MapId, SchemaId};
 pub use llm::{
     Backoff, ChatMessage, ChatRequest, ChatResponse, Connections, ResponseSchema, RetryPolicy,
     ToolCall, ToolSpec, Usage,

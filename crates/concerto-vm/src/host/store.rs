@@ -1,7 +1,7 @@
 //! The memory layer: [`MemoryStore`], made of [`HashmapStore`], [`LedgerStore`],
 //! [`ConversationStore`] and [`JournalStore`], and the ledger types.
 
-use super::{ChatMessage, HostError, Reply};
+use super::{ChatMessage, HostError, MapId, Reply};
 use crate::value::{Str, Value};
 
 /// One ledger entry.
@@ -32,32 +32,32 @@ pub enum LedgerQuery {
 /// program's keys.
 pub trait HashmapStore: Send + Sync {
     /// `map.set(k, v)`
-    fn hashmap_set(&self, map: u32, key: Str, value: Value) -> Reply<Result<(), HostError>>;
+    fn hashmap_set(&self, map: MapId, key: Str, value: Value) -> Reply<Result<(), HostError>>;
     /// `map.get(k)`
-    fn hashmap_get(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>>;
+    fn hashmap_get(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>>;
     /// `map.has(k)`
-    fn hashmap_has(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>>;
+    fn hashmap_has(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>>;
     /// `map.delete(k)`, whether the key was present.
-    fn hashmap_delete(&self, map: u32, key: &str) -> Reply<Result<bool, HostError>>;
+    fn hashmap_delete(&self, map: MapId, key: &str) -> Reply<Result<bool, HostError>>;
     /// Every entry, in insertion order.
-    fn hashmap_entries(&self, map: u32) -> Reply<Result<Vec<(Str, Value)>, HostError>>;
+    fn hashmap_entries(&self, map: MapId) -> Reply<Result<Vec<(Str, Value)>, HostError>>;
     /// A number that changes whenever hashmap `map` changes, answered at once; `None` when
     /// the store cannot tell (the default). With it, the VM keeps the entries it read for
     /// `map[i]` (how `for (k, v) in map` walks a hashmap) until the hashmap changes,
     /// instead of reading them all again for every index.
-    fn hashmap_version(&self, map: u32) -> Option<u64> {
+    fn hashmap_version(&self, map: MapId) -> Option<u64> {
         let _ = map;
         None
     }
     /// Number of entries.
-    fn hashmap_len(&self, map: u32) -> Reply<Result<usize, HostError>>;
+    fn hashmap_len(&self, map: MapId) -> Reply<Result<usize, HostError>>;
     /// Removes every entry.
-    fn hashmap_clear(&self, map: u32) -> Reply<Result<(), HostError>>;
+    fn hashmap_clear(&self, map: MapId) -> Reply<Result<(), HostError>>;
 
     /// by one and is **not** atomic; stores shared between executions should override it.
     fn hashmap_set_many(
         &self,
-        map: u32,
+        map: MapId,
         entries: Vec<(Str, Value)>,
     ) -> Reply<Result<(), HostError>> {
         let mut pending = Vec::new();
@@ -83,7 +83,7 @@ pub trait HashmapStore: Send + Sync {
     /// one by one (not a consistent snapshot); shared stores should override it.
     fn hashmap_get_many(
         &self,
-        map: u32,
+        map: MapId,
         keys: Vec<Str>,
     ) -> Reply<Result<Vec<Option<Value>>, HostError>> {
         let mut out = Vec::with_capacity(keys.len());
@@ -105,7 +105,7 @@ pub trait HashmapStore: Send + Sync {
     /// reads, then writes (not atomic); shared stores should override it.
     fn hashmap_replace(
         &self,
-        map: u32,
+        map: MapId,
         key: Str,
         value: Value,
     ) -> Reply<Result<Option<Value>, HostError>> {
@@ -126,7 +126,7 @@ pub trait HashmapStore: Send + Sync {
 
     /// `map.delete(k)` returning the removed value (for change callbacks). The default reads,
     /// then deletes (not atomic); shared stores should override it.
-    fn hashmap_remove(&self, map: u32, key: &str) -> Reply<Result<Option<Value>, HostError>> {
+    fn hashmap_remove(&self, map: MapId, key: &str) -> Reply<Result<Option<Value>, HostError>> {
         let old = match self.hashmap_get(map, key) {
             Reply::Ready(Ok(v)) => v,
             Reply::Ready(Err(e)) => return Reply::Ready(Err(e)),
@@ -197,7 +197,7 @@ pub enum Write {
     /// [`HashmapStore::hashmap_set`]
     HashmapSet {
         /// The hashmap's index in the program.
-        map: u32,
+        map: MapId,
         /// The key.
         key: Str,
         /// The value.
@@ -206,14 +206,14 @@ pub enum Write {
     /// [`HashmapStore::hashmap_delete`]
     HashmapDelete {
         /// The hashmap's index in the program.
-        map: u32,
+        map: MapId,
         /// The key.
         key: Str,
     },
     /// [`HashmapStore::hashmap_clear`]
     HashmapClear {
         /// The hashmap's index in the program.
-        map: u32,
+        map: MapId,
     },
     /// [`LedgerStore::ledger_insert`]
     LedgerInsert {
