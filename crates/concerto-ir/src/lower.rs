@@ -88,7 +88,10 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         let mut methods = Vec::new();
         for method in std::mem::take(&mut tool.methods) {
             let full: Arc<str> = Arc::from(format!("{}::{}", tool.name, method.name));
-            methods.push((Arc::from(method.name.as_str()), bodies.len() as FuncId));
+            methods.push((
+                Arc::from(method.name.as_str()),
+                FuncId::new(bodies.len() as u32),
+            ));
             let mut method = method;
             method.name = full.to_string();
             bodies.push((full, FunctionKind::ToolMethod(tool_idx as u32), method));
@@ -102,7 +105,7 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
             let full: Arc<str> = Arc::from(format!("{}::{}", pipeline.name, stage.name));
             stages.push(StageDef {
                 name: Arc::from(stage.name.as_str()),
-                function: bodies.len() as FuncId,
+                function: FuncId::new(bodies.len() as u32),
                 decorators: std::mem::take(&mut stage.decorators),
             });
             let func = model::Function {
@@ -135,7 +138,7 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
             let schema = annotated_name(&handler.param.ty);
             handlers.push((
                 Arc::from(handler.message_type.as_str()),
-                bodies.len() as FuncId,
+                FuncId::new(bodies.len() as u32),
                 schema,
             ));
             let func = model::Function {
@@ -163,7 +166,7 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         let full: Arc<str> = Arc::from(format!("$test_{t_idx}"));
         tests.push(TestDef {
             description: Arc::from(test.description.as_str()),
-            function: bodies.len() as FuncId,
+            function: FuncId::new(bodies.len() as u32),
             expect_fail: test.expect_fail,
             expect_fail_message: test.expect_fail_message,
         });
@@ -182,7 +185,7 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
     for (idx, (name, _, _)) in bodies.iter().enumerate() {
         if cx
             .function_index
-            .insert(name.clone(), idx as FuncId)
+            .insert(name.clone(), FuncId::new(idx as u32))
             .is_some()
         {
             return Err(LoadError::invalid(
@@ -303,7 +306,7 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
         .iter()
         .enumerate()
         .filter(|(_, f): &(usize, &Function)| f.kind == FunctionKind::ConstInit)
-        .map(|(idx, _)| idx as FuncId)
+        .map(|(idx, _)| FuncId::new(idx as u32))
         .collect();
 
     Ok(Program {
@@ -368,7 +371,7 @@ impl Lowerer {
         if let Some(&id) = self.name_index.get(name) {
             return id;
         }
-        let id = self.names.len() as NameId;
+        let id = NameId::new(self.names.len() as u32);
         let arc: Arc<str> = Arc::from(name);
         self.names.push(arc.clone());
         self.name_index.insert(arc, id);

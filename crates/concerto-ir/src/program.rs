@@ -11,10 +11,53 @@ use rustc_hash::FxHashMap;
 
 use crate::model;
 
-/// Index of a function in [`Program::functions`].
-pub type FuncId = u32;
-/// Index of an interned name in [`Program::names`].
-pub type NameId = u32;
+/// Defines an id type: a `u32` index into the [`Program`] table named by `$table`.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $table:literal) => {
+        $(#[$doc])*
+        ///
+        /// A distinct type with the layout of a `u32`, so that it cannot be mixed up with
+        /// another kind of id, a register or a constant index.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(transparent)]
+        pub struct $name(u32);
+
+        impl $name {
+            #[doc = concat!(
+                "The id of entry `index` of [`Program::",
+                $table,
+                "`] (not checked against any program)."
+            )]
+            #[inline]
+            pub const fn new(index: u32) -> Self {
+                $name(index)
+            }
+
+            #[doc = concat!("The id as an index into [`Program::", $table, "`].")]
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0 as usize
+            }
+
+            /// The id as the `u32` it wraps.
+            #[inline]
+            pub const fn get(self) -> u32 {
+                self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Index of a function in [`Program::functions`].
+    FuncId,
+    "functions"
+);
+id_type!(
+    /// Index of an interned name in [`Program::names`].
+    NameId,
+    "names"
+);
 
 /// A constant of the pool, materialised.
 #[derive(Debug, Clone, PartialEq)]
@@ -957,7 +1000,7 @@ impl Program {
 
     /// The function with that id.
     pub fn function(&self, id: FuncId) -> &Function {
-        &self.functions[id as usize]
+        &self.functions[id.index()]
     }
 
     /// The global of that name.
@@ -977,7 +1020,7 @@ impl Program {
 
     /// The text of an interned name.
     pub fn name(&self, id: NameId) -> &Arc<str> {
-        &self.names[id as usize]
+        &self.names[id.index()]
     }
 
     /// The function `Type::method`, if the program defines it.

@@ -316,7 +316,7 @@ impl Normalizer<'_> {
             Some(TypeDefKind::Struct { fields }) => {
                 let names: Vec<&str> = fields
                     .iter()
-                    .filter_map(|id| program.names.get(*id as usize))
+                    .filter_map(|id| program.names.get(id.index()))
                     .map(|n| n.as_ref())
                     .collect();
                 self.struct_schema(&names)

@@ -198,8 +198,8 @@ impl fmt::Display for Range {
 pub struct FuncRef {
     /// Registry id of the program (see [`RefValue::program`]).
     pub program: u16,
-    /// The function's [`concerto_ir::FuncId`].
-    pub id: u32,
+    /// The function's id in its program.
+    pub id: concerto_ir::FuncId,
 }
 
 impl FuncRef {
@@ -298,10 +298,10 @@ pub(crate) mod registry {
         list.get(index as usize).cloned()
     }
 
-    pub(crate) fn function_name(program: u16, id: u32) -> Option<String> {
+    pub(crate) fn function_name(program: u16, id: concerto_ir::FuncId) -> Option<String> {
         let programs = PROGRAMS.read();
         let names = programs.get(program as usize)?.as_ref()?;
-        names.functions.get(id as usize).cloned()
+        names.functions.get(id.index()).cloned()
     }
 }
 
@@ -1005,7 +1005,7 @@ impl Value {
                     let _ = write!(out, "<fn {name}>");
                 }
                 None => {
-                    let _ = write!(out, "<fn #{}>", f.id);
+                    let _ = write!(out, "<fn #{}>", f.id.get());
                 }
             },
             Value::Builtin(id) => {

@@ -104,9 +104,11 @@ impl Vm {
             }
             let parts: Vec<&str> = func.name.split("::").collect();
             match parts.as_slice() {
-                [ty, method] => inherent.push((key_of(ty, &mut type_keys), method, fid as FuncId)),
+                [ty, method] => {
+                    inherent.push((key_of(ty, &mut type_keys), method, FuncId::new(fid as u32)))
+                }
                 [ty, tr, method] => {
-                    via_trait.push((key_of(ty, &mut type_keys), method, fid as FuncId));
+                    via_trait.push((key_of(ty, &mut type_keys), method, FuncId::new(fid as u32)));
                     trait_impls.push((Arc::from(*ty), Arc::from(*tr)));
                 }
                 _ => {}
@@ -132,7 +134,7 @@ impl Vm {
                     && owner == &**tr
                     && !method.contains("::")
                 {
-                    insert(&mut method_table, key, method, fid as FuncId);
+                    insert(&mut method_table, key, method, FuncId::new(fid as u32));
                 }
             }
         }
@@ -336,7 +338,7 @@ impl Vm {
             .functions
             .iter()
             .enumerate()
-            .map(|(fid, f)| (f.name.clone(), fid as FuncId))
+            .map(|(fid, f)| (f.name.clone(), FuncId::new(fid as u32)))
             .collect();
 
         Arc::new(Vm {

@@ -267,14 +267,14 @@ impl Execution {
         if let Value::Ref(r) = self.stack[base]
             && r.kind == crate::value::RefKind::Hashmap
         {
-            let method = self.ctx.vm.methods[name as usize];
+            let method = self.ctx.vm.methods[name.index()];
             if let Some(called) = self.hashmap_fast(MapId(r.index), method, argc, base) {
                 return called;
             }
         }
         // The common Option/Result queries, without the generic method machinery.
         if argc == 0 {
-            let method = self.ctx.vm.methods[name as usize];
+            let method = self.ctx.vm.methods[name.index()];
             let quick = match (&self.stack[base], method) {
                 (Value::Some(p) | Value::Ok(p), Method::Unwrap) => Some((**p).clone()),
                 (Value::Some(_), Method::IsSome) | (Value::Ok(_), Method::IsOk) => {
@@ -342,7 +342,7 @@ impl Execution {
             return Ok(Called::Entered);
         }
         let vm = self.ctx.vm.clone();
-        let method = vm.methods[name as usize];
+        let method = vm.methods[name.index()];
         let method_name = vm.program.name(name);
         let flow = methods::call_builtin_method(
             &mut self.ctx,

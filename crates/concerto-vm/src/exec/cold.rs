@@ -19,7 +19,7 @@ impl Execution {
         let callee = std::mem::take(&mut self.stack[at]);
         let program = self.ctx.vm.program.clone();
         let func = match &callee {
-            Value::Func(f) if (f.id as usize) < program.functions.len() => f.id,
+            Value::Func(f) if f.id.index() < program.functions.len() => f.id,
             Value::Str(name) => program.function_id(name).ok_or_else(|| {
                 VmError::new(
                     ErrorKind::Name,

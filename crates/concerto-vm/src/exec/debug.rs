@@ -400,7 +400,7 @@ impl Execution {
             return false;
         };
         let program: &Program = &self.ctx.vm.program;
-        let Some(func) = program.functions.get(frame.func as usize) else {
+        let Some(func) = program.functions.get(frame.func.index()) else {
             return false;
         };
         let ir = func.ir_pc.get(pc).copied().unwrap_or(0);
@@ -443,7 +443,7 @@ impl Execution {
             tracer, liveness, ..
         } = ctl;
         if let (Some(tracer), Some(op)) = (tracer.as_mut(), func.code.get(pc)) {
-            let top = match liveness.get_mut(frame.func as usize) {
+            let top = match liveness.get_mut(frame.func.index()) {
                 Some(slot) => slot
                     .get_or_insert_with(|| Liveness::analyse(func, program))
                     .live(pc)
@@ -487,7 +487,7 @@ impl Execution {
         let top = self.frames.iter().rposition(|f| f.native == NO_NATIVE);
         let top = top.and_then(|i| self.frames.get(i).copied());
         if let Some(frame) = top
-            && let Some(func) = program.functions.get(frame.func as usize)
+            && let Some(func) = program.functions.get(frame.func.index())
         {
             let pc = frame.pc as usize;
             let base = frame.base as usize;
@@ -520,7 +520,7 @@ impl Execution {
                 .map(|reg| self.stack.get(base + reg).cloned().unwrap_or(Value::Nil))
                 .collect();
         } else if let Some(last) = last
-            && let Some(func) = program.functions.get(last.func as usize)
+            && let Some(func) = program.functions.get(last.func.index())
         {
             // Finished: where the last op ran.
             state.function = func.name.clone();
@@ -529,7 +529,7 @@ impl Execution {
             state.span = func.spans.get(last.pc).copied().unwrap_or_default();
         } else if let Some(func) = program
             .entry
-            .and_then(|entry| program.functions.get(entry as usize))
+            .and_then(|entry| program.functions.get(entry.index()))
         {
             state.function = func.name.clone();
             state.pc = func.ir_pc.first().copied().unwrap_or(0);
@@ -558,7 +558,7 @@ impl Execution {
                 });
                 continue;
             }
-            let Some(func) = program.functions.get(frame.func as usize) else {
+            let Some(func) = program.functions.get(frame.func.index()) else {
                 continue;
             };
             // Below the top, `pc` is the return address: the call is the op before it.

@@ -479,8 +479,8 @@ impl Execution {
                             ) = (&self.stack[at], code.get(pc))
                             && r.kind == crate::value::RefKind::Hashmap
                             && nb == cb
-                            && vm.methods[name as usize] == Method::Get
-                            && vm.methods[next as usize] == Method::Unwrap
+                            && vm.methods[name.index()] == Method::Get
+                            && vm.methods[next.index()] == Method::Unwrap
                         {
                             let map = r.index;
                             match at_op!(self.hashmap_get_now(MapId(map), at))? {
@@ -505,7 +505,7 @@ impl Execution {
                         if let Value::Ref(r) = self.stack[at]
                             && r.kind == crate::value::RefKind::Hashmap
                         {
-                            let method = vm.methods[name as usize];
+                            let method = vm.methods[name.index()];
                             if let Some(called) =
                                 self.hashmap_fast(MapId(r.index), method, argc as usize, at)
                             {

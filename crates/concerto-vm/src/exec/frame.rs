@@ -16,7 +16,7 @@ pub(super) struct Frame {
 }
 
 pub(super) const NO_NATIVE: u32 = u32::MAX;
-pub(super) const NATIVE_FUNC: FuncId = FuncId::MAX;
+pub(super) const NATIVE_FUNC: FuncId = FuncId::new(u32::MAX);
 
 #[derive(Clone, Copy)]
 pub(super) struct Handler {
