@@ -93,10 +93,54 @@ use concerto_vm::host::{Connections, HostError, MemoryStore, SchemaValidator, Sy
 use concerto_vm::{ExecConfig, Host, Vm};
 
 pub use builder::RuntimeBuilder;
-pub use concerto_conn as conn;
-pub use concerto_emit as emit;
-pub use concerto_ir as ir;
-pub use concerto_vm as vm;
+/// The interpreter's types a host meets: runtime values and errors, the debugger's trace,
+/// and ([`vm::host`]) the traits a replacement component implements.
+pub mod vm {
+    pub use concerto_vm::{
+        BreakpointError, ErrorKind, FrameInfo, Location, StepState, StopReason, Str, TraceEvent,
+        Value, VmError, op_name,
+    };
+
+    /// The traits the interpreter needs from the outside world (connections, memory,
+    /// schema validation, tools, emits, the system) and the types they exchange: implement
+    /// one and hand it to [`crate::RuntimeBuilder`].
+    pub mod host {
+        pub use concerto_vm::host::{
+            Backoff, BoxFuture, ChatMessage, ChatRequest, ChatResponse, ConnectionId, Connections,
+            ConversationStore, Dialect, EmitSink, FsReply, FsRequest, HashmapStore, HostError,
+            HostErrorKind, HostSession, HttpReply, HttpRequest, JournalRecord, JournalStore,
+            LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId, MemoryStore, OutsideError,
+            OutsideFailure, OutsideFailureKind, Program, ProviderFailure, ProviderFailureKind,
+            Reply, ResponseSchema, RetryPolicy, SchemaCheck, SchemaId, SchemaValidator, Spawned,
+            System, ToolCall, ToolHost, ToolSpec, TypeDefKind, Usage, Write,
+        };
+    }
+
+    /// Stand-ins for the host traits, for tests of a host's own code.
+    pub mod testing {
+        pub use concerto_vm::testing::{FakeMemory, FakeSystem, RecordingEmits, Unsupported};
+    }
+}
+
+/// Connection-layer parts a host may use directly: the mock provider, record/replay,
+/// prices, a connection's settings (and, with the `http` feature, the HTTP layer itself).
+pub mod conn {
+    #[cfg(feature = "http")]
+    pub use concerto_conn::HttpConnections;
+    pub use concerto_conn::{
+        ConnectionSettings, MockConnections, Price, PriceTable, Recorder, Replayer,
+    };
+}
+
+/// Emit sinks: where emits go besides the listeners.
+pub mod emit {
+    pub use concerto_emit::{FlushSink, JsonLinesSink, TextSink};
+}
+
+/// Loading IR without a runtime (to check or inspect a file).
+pub mod ir {
+    pub use concerto_ir::{LoadError, Program, load_bytes, load_path, load_str};
+}
 pub use concerto_vm::{LlmCounters, LlmStats};
 pub use concurrency::Executor;
 pub use config::{
