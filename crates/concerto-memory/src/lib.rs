@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use concerto_memory::InMemoryStore;
-//! use concerto_vm::host::{HashmapStore, Reply};
+//! use concerto_vm::host::{HashmapStore, MapId, Reply};
 //! use concerto_vm::{Str, Value};
 //! let store = InMemoryStore::with_names(["store"]).with_max_bytes(Some(1 << 20));
 //! let _ = store.hashmap_set(MapId(0), Str::from("k"), Value::Int(1));

@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use concerto_store_sqlite::SqliteStore;
-//! use concerto_vm::host::{HashmapStore, Reply};
+//! use concerto_vm::host::{HashmapStore, MapId, Reply};
 //! use concerto_vm::{Str, Value};
 //!
 //! # let dir = tempfile::tempdir().unwrap();
