@@ -225,7 +225,9 @@ pub struct HttpSandbox {
     rules: Vec<Rule>,
     /// The allowed entries as given, for messages.
     shown: Vec<String>,
-    client: Result<Hyper, Arc<str>>,
+    /// Built on the first request: a sandbox consulted only for its rules (the connection
+    /// layer's host check, MCP URLs) sets up no TLS.
+    client: std::sync::OnceLock<Result<Hyper, Arc<str>>>,
     max_body: usize,
 }
 
@@ -263,7 +265,7 @@ impl HttpSandbox {
         HttpSandbox {
             rules,
             shown,
-            client: build_client(),
+            client: std::sync::OnceLock::new(),
             max_body: DEFAULT_MAX_BODY,
         }
     }
@@ -347,6 +349,7 @@ impl HttpSandbox {
         let mut uri = self.admit(&url)?;
         let client = self
             .client
+            .get_or_init(build_client)
             .as_ref()
             .map_err(|e| connection(format!("std::http: the HTTP client is unavailable: {e}")))?;
         let mut hops = 0usize;
