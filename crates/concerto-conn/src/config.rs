@@ -318,8 +318,11 @@ fn resolve_key(
             .map(str::to_string)
             .or_else(|| default_key_variable(provider_name).map(str::to_string)),
     };
+    // The provider's own conventional variable needs no approval; any other one does (an
+    // openai connection may not read ANTHROPIC_API_KEY by itself).
     if let Some(variable) = &variable
         && let Some(approve) = approve
+        && default_key_variable(provider_name) != Some(variable.as_str())
         && !approve(variable)
     {
         return Err(HostError::not_enabled(format!(

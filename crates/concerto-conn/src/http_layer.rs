@@ -160,11 +160,13 @@ impl HttpConnections {
         self
     }
 
-    /// Lets a connection read its API key only from variables `approve` accepts (whether the
-    /// program named them with `api_key_env` or `{"$env": …}`, or the provider's
-    /// conventional one applies); any other is refused with a not-enabled error naming the
-    /// variable, before it is read. Without it every variable may be read. A key set in a
-    /// connection's [`ConnectionSettings`] needs no approval.
+    /// Lets a connection read its API key only from its provider's conventional variable
+    /// (`OPENAI_API_KEY` for `openai`, `ANTHROPIC_API_KEY` for `anthropic`) and from
+    /// variables `approve` accepts, whether the program named them with `api_key_env` or
+    /// `{"$env": …}`; any other (another provider's conventional variable included) is
+    /// refused with a not-enabled error naming the variable, before it is read. Without it
+    /// every variable may be read. A key set in a connection's [`ConnectionSettings`] needs
+    /// no approval.
     pub fn with_key_approval(mut self, approve: Arc<KeyApproval>) -> Self {
         self.approve = Some(approve);
         self.resolved.get_mut().clear();

@@ -704,4 +704,36 @@ async fn a_key_variable_outside_the_hosts_approval_is_refused_before_it_is_read(
         server.requests()[0].header("authorization"),
         Some("Bearer value-of-APPROVED_KEY")
     );
+    // The provider's own conventional variable needs no approval; another provider's does.
+    let conventional = |provider: &str, variable: &str| {
+        one(
+            "c",
+            json!({"provider": provider, "base_url": server.base(), "default_model": "m",
+                   "api_key_env": variable}),
+        )
+    };
+    conns
+        .chat(
+            &conventional("openai", "OPENAI_API_KEY"),
+            ConnectionId(0),
+            request(None, "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        server.requests()[1].header("authorization"),
+        Some("Bearer value-of-OPENAI_API_KEY")
+    );
+    let err = conns
+        .chat(
+            &conventional("openai", "ANTHROPIC_API_KEY"),
+            ConnectionId(0),
+            request(None, "x"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, HostErrorKind::NotEnabled, "{}", err.message);
+    assert!(err.message.contains("ANTHROPIC_API_KEY"), "{}", err.message);
+    assert_eq!(*asked.lock(), ["APPROVED_KEY", "OPENAI_API_KEY"]);
+    assert_eq!(server.requests().len(), 2);
 }

@@ -469,9 +469,9 @@ impl RuntimeBuilder {
     fn http_layer(&self, system: &Arc<dyn System>) -> Connection {
         let system = system.clone();
         let sandbox = self.sandbox.clone().unwrap_or_default();
+        // The provider's conventional variable is approved by the connection layer itself.
         let approve = move |name: &str| {
-            matches!(name, "OPENAI_API_KEY" | "ANTHROPIC_API_KEY")
-                || concerto_tools::env_allowed(&sandbox.env, name)
+            concerto_tools::env_allowed(&sandbox.env, name)
                 || sandbox.key_env.iter().any(|k| k == name)
         };
         let net = concerto_tools::http::HttpSandbox::new(

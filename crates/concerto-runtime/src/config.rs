@@ -116,9 +116,9 @@ pub struct Sandbox {
     /// `std::env::all()` lists only these.
     pub env: Vec<String>,
     /// Further variables connections may read API keys from (the program may not read
-    /// them): `concerto run --env FILE` puts the file's variables here. The providers'
-    /// conventional `OPENAI_API_KEY` and `ANTHROPIC_API_KEY` and the variables of
-    /// [`Sandbox::env`] need no entry.
+    /// them): `concerto run --env FILE` puts the file's variables here. A connection's own
+    /// provider's conventional variable (`OPENAI_API_KEY` for `openai`, `ANTHROPIC_API_KEY`
+    /// for `anthropic`) and the variables of [`Sandbox::env`] need no entry.
     pub key_env: Vec<String>,
 }
 
