@@ -163,24 +163,30 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
     };
     // A refusal is the program's to handle where the tool says it fails with a ToolError:
     // `-> Result<_, ToolError>` gets `Err(ToolError { message, kind: "not_enabled" })`;
-    // other signatures raise the refusal (a catchable `not_enabled` error).
-    if let Err(refused) = ctx.host.tools.check(&program, &conn.name, name) {
-        let returns = declared
-            .get("return_type")
-            .and_then(|t| t.as_str())
-            .unwrap_or_default()
-            .replace(' ', "");
-        if returns.starts_with("Result<") && returns.ends_with(",ToolError>") {
-            let err = VmError::from(refused);
-            return Ok(Flow::Value(Value::err(Value::record(
+    // other signatures raise the refusal (a catchable `not_enabled` error). The same holds
+    // for a refusal that comes only with the call (an HTTP server's host or a redirect hop
+    // the host did not allow).
+    let returns = declared
+        .get("return_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default()
+        .replace(' ', "");
+    let handles_refusal = returns.starts_with("Result<") && returns.ends_with(",ToolError>");
+    let refusal = move |refused: crate::host::HostError| -> Result<Value, VmError> {
+        let err = VmError::from(refused);
+        if handles_refusal && err.kind() == crate::ErrorKind::NotEnabled {
+            return Ok(Value::err(Value::record(
                 "ToolError",
                 vec![
                     ("message", Value::str(err.message())),
                     ("kind", Value::str(err.kind().as_str())),
                 ],
-            ))));
+            )));
         }
-        return Err(VmError::from(refused));
+        Err(err)
+    };
+    if let Err(refused) = ctx.host.tools.check(&program, &conn.name, name) {
+        return refusal(refused).map(Flow::Value);
     }
     let params: Vec<&str> = declared
         .get("params")
@@ -211,7 +217,10 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
         .tools
         .call(&program, &conn.name, name, serde_json::Value::Object(obj));
     Ok(Flow::Suspend(Box::pin(async move {
-        fut.await.map_err(VmError::from)
+        match fut.await {
+            Ok(value) => Ok(value),
+            Err(failed) => refusal(failed),
+        }
     })))
 }
 
