@@ -57,6 +57,8 @@ pub struct McpClients {
     net: Option<Arc<crate::NetCheck>>,
     slots: parking_lot::Mutex<HashMap<(usize, String), Entry>>,
     http: parking_lot::Mutex<Option<reqwest::Client>>,
+    /// Redirects the HTTP client refused, so that a handshake they broke says so.
+    refused: Arc<connect::RefusedRedirects>,
     next_id: AtomicU64,
 }
 
@@ -283,6 +285,7 @@ impl McpClients {
             &self.env_allowed,
             self.net.as_deref(),
             || self.http_client(),
+            &self.refused,
             ctx,
         )
         .await?;
@@ -301,7 +304,7 @@ impl McpClients {
         if let Some(client) = http.as_ref() {
             return Ok(client.clone());
         }
-        let client = connect::build_http_client(self.net.clone())?;
+        let client = connect::build_http_client(self.net.clone(), self.refused.clone())?;
         *http = Some(client.clone());
         Ok(client)
     }

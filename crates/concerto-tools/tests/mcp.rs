@@ -777,7 +777,17 @@ async fn an_http_server_and_its_redirects_reach_only_allowed_hosts() {
         .call(&redirected, "Hop", "add", json!({"a": 1, "b": 2}))
         .await
         .unwrap_err();
-    assert!(err.message.contains("redirect"), "{}", err.message);
+    assert_eq!(err.kind, HostErrorKind::NotEnabled, "{}", err.message);
+    assert!(
+        err.message.contains("redirects to `127.0.0.2:"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("--allow-net 127.0.0.2"),
+        "{}",
+        err.message
+    );
     assert!(redirector_bytes.load(std::sync::atomic::Ordering::SeqCst) > 0);
     assert_eq!(forbidden_bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
     // Without a net check (a library user's own choice), the same redirect is followed.

@@ -132,6 +132,7 @@ pub(super) async fn connect(
     env_allowed: &[String],
     net: Option<&crate::NetCheck>,
     http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
+    refused: &RefusedRedirects,
     ctx: &str,
 ) -> Result<Connected, HostError> {
     match &config.transport {
@@ -206,7 +207,25 @@ pub(super) async fn connect(
             let transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                 .custom_headers(headers.iter().cloned().collect());
             let transport = StreamableHttpClientTransport::with_client(client, transport_config);
-            let session = handshake(client_info().serve(transport), config, ctx).await?;
+            let session = match handshake(client_info().serve(transport), config, ctx).await {
+                Ok(session) => session,
+                // The transport reports a refused redirect as a failed request; the policy
+                // kept what it refused, so the refusal reads as one.
+                Err(err) => {
+                    let origin = reqwest::Url::parse(url).map(|u| u.to_string());
+                    return match origin.ok().and_then(|o| refused.lock().remove(&o)) {
+                        Some(to) => Err(HostError::not_enabled(format!(
+                            "{ctx}: its URL redirects to `{to}`, which the host did not allow; \
+                             allow it with `--allow-net {}`",
+                            to.rsplit_once(':')
+                                .map_or(to.as_str(), |(host, _)| host)
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                        ))),
+                        None => Err(err),
+                    };
+                }
+            };
             Ok(Connected {
                 session,
                 stderr: None,
@@ -272,11 +291,16 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     Some((host, url.port_or_known_default()?))
 }
 
+/// The redirects the HTTP client refused: the first URL of the chain → the refused hop's
+/// `host:port`.
+pub(super) type RefusedRedirects = parking_lot::Mutex<std::collections::HashMap<String, String>>;
+
 /// The HTTP client of streamable-HTTP servers: rustls on ring with the webpki roots (the
 /// same TLS stack as the LLM connections), no proxy. Redirects are followed (at most ten)
-/// only to hosts `net` allows.
+/// only to hosts `net` allows; a refused one is kept in `refused`.
 pub(super) fn build_http_client(
     net: Option<Arc<crate::NetCheck>>,
+    refused: Arc<RefusedRedirects>,
 ) -> Result<reqwest::Client, HostError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -291,15 +315,20 @@ pub(super) fn build_http_client(
         if attempt.previous().len() >= 10 {
             return attempt.error("more than 10 redirects");
         }
-        let allowed = match (&net, host_port(attempt.url().as_str())) {
+        let target = host_port(attempt.url().as_str());
+        let allowed = match (&net, &target) {
             (None, _) => true,
-            (Some(net), Some((host, port))) => net(&host, port),
+            (Some(net), Some((host, port))) => net(host, *port),
             (Some(_), None) => false,
         };
         if allowed {
             attempt.follow()
         } else {
             let to = attempt.url().host_str().unwrap_or("?").to_string();
+            if let Some(origin) = attempt.previous().first() {
+                let hop = target.map_or(to.clone(), |(host, port)| format!("{host}:{port}"));
+                refused.lock().insert(origin.to_string(), hop);
+            }
             attempt.error(format!(
                 "a redirect to `{to}`, which the host did not allow (--allow-net {to})"
             ))
