@@ -88,13 +88,16 @@ struct Access {
     /// Let `std::fs` read and write inside DIR (recursively); repeatable.
     #[arg(long = "allow-fs", value_name = "DIR")]
     allow_fs: Vec<PathBuf>,
-    /// Let `std::http` reach DOMAIN: that name only; `*.example.com` for subdomains;
-    /// `localhost`, IP literals and `:port` suffixes work too; repeatable.
+    /// Let `std::http`, a connection's `base_url` and an MCP server's URL reach DOMAIN
+    /// (`std::http` and MCP check every redirect hop; connections follow none): that name
+    /// only; `*.example.com` for subdomains; `localhost`, IP literals and `:port` suffixes
+    /// work too; repeatable. A connection reaches its provider's own API without it.
     #[arg(long = "allow-net", value_name = "DOMAIN")]
     allow_net: Vec<String>,
-    /// Let the program read environment variable NAME (`std::env`, `env()`); `PREFIX_*`
-    /// for every variable starting with `PREFIX_`; repeatable. Any other variable, those of
-    /// `--env FILE` included, reads as unset.
+    /// Let the program read environment variable NAME (`std::env`, `env()`), the MCP
+    /// servers and agents it starts inherit it, and a connection may take its API key from
+    /// it; `PREFIX_*` for every variable starting with `PREFIX_`; repeatable. Any other
+    /// variable, those of `--env FILE` included, reads as unset.
     #[arg(long = "allow-env", value_name = "NAME")]
     allow_env: Vec<String>,
 }
