@@ -331,6 +331,7 @@ impl Call {
                 stream,
                 names: &names,
                 anthropic_structured: conn.anthropic_structured,
+                images: matches!(conn.provider_name.as_str(), "openai" | "anthropic"),
             },
         );
         let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| {

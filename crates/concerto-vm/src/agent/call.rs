@@ -348,17 +348,22 @@ impl Continuation for AgentCall {
             },
             Phase::Tool => {
                 let call = self.current.take();
-                let content = match input {
-                    Ok(v) => tool_result_text(&v),
-                    Err(err) if err.is_catchable() => format!("error: {}", err.message()),
+                // An external tool's output carries its images beside its value.
+                let (content, images) = match input {
+                    Ok(v) => match v.carried::<crate::host::ToolOutput>() {
+                        Some(out) => (tool_result_text(&out.value), out.images.clone()),
+                        None => (tool_result_text(&v), Vec::new()),
+                    },
+                    Err(err) if err.is_catchable() => {
+                        (format!("error: {}", err.message()), Vec::new())
+                    }
                     Err(err) => return Err(err),
                 };
                 if let Some(call) = call {
-                    self.request.messages.push(ChatMessage::tool_result(
-                        call.id.as_str(),
-                        call.name.as_str(),
-                        content,
-                    ));
+                    let mut message =
+                        ChatMessage::tool_result(call.id.as_str(), call.name.as_str(), content);
+                    message.images = images;
+                    self.request.messages.push(message);
                 }
                 self.next_tool(ctx)
             }

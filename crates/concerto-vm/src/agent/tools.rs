@@ -64,9 +64,12 @@ impl AgentCall {
                 Ok(ToolRun::External(provider, method, args)) => {
                     self.current = Some(call);
                     self.phase = Phase::Tool;
-                    let fut = ctx.host.tools.call(ctx.program(), &provider, &method, args);
+                    let fut =
+                        ctx.host
+                            .tools
+                            .call_for_model(ctx.program(), &provider, &method, args);
                     return Ok(Step::Suspend(Box::pin(async move {
-                        fut.await.map_err(VmError::from)
+                        fut.await.map(Value::carry).map_err(VmError::from)
                     })));
                 }
                 Err(message) => {
