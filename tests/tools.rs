@@ -421,6 +421,25 @@ fn mcp_tools_are_matched_by_identifier_form_checked_and_converted_from_code_and_
     assert_eq!(last.content, "42");
 }
 
+#[test]
+fn a_failing_mcp_tool_reaches_the_model_as_its_message() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Calc::fail", json!({"message": "disk full"}))]),
+        text("Sorry."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let result = run(&mcp_program(), |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods),
+        )
+    });
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let requests = conn.requests();
+    let last = requests[1].messages.last().expect("tool result");
+    assert_eq!(last.role, "tool");
+    assert_eq!(last.content, "error: disk full");
+}
+
 // ---------------------------------------------------------------------------------------
 // Host agents
 
