@@ -440,6 +440,38 @@ fn a_failing_mcp_tool_reaches_the_model_as_its_message() {
     assert_eq!(last.content, "error: disk full");
 }
 
+#[test]
+fn metrics_count_tool_calls_made_from_code_as_well_as_by_models() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Calc::add", json!({"a": 19, "b": 23}))]),
+        text("It is 42."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let mut rt = concerto_runtime::Runtime::builder()
+        .connections(connections)
+        .config(RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods))
+        .build()
+        .expect("builds");
+    rt.load_ir_bytes(mcp_program().as_bytes()).expect("loads");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    tokio.block_on(rt.execute()).expect("runs");
+    let m = rt.metrics();
+    // echo, add and fail from code, add by the model.
+    assert_eq!(m.tool_calls, 4);
+    assert_eq!(m.llm.by_agent["Clerk"].tool_calls, 1);
+    // The program's own tools called from code count too: add and mul.
+    let mut rt = concerto_runtime::Runtime::builder()
+        .build()
+        .expect("builds");
+    rt.load_ir_bytes(program("own_tools").as_bytes())
+        .expect("loads");
+    tokio.block_on(rt.execute()).expect("runs");
+    assert_eq!(rt.metrics().tool_calls, 2);
+}
+
 // ---------------------------------------------------------------------------------------
 // Host agents
 

@@ -240,6 +240,7 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
         };
         obj.insert((*param).to_string(), json);
     }
+    ctx.stats.tool_calls += 1;
     let fut = ctx
         .host
         .tools
