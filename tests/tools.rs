@@ -397,7 +397,10 @@ fn mcp_tools_are_matched_by_identifier_form_checked_and_converted_from_code_and_
     }
     // Without `Result<_, ToolError>` the mismatch is raised (and here caught).
     let raised = text_of(&out, "raised");
+    assert!(raised.starts_with("type: "), "{raised}");
     assert!(raised.contains("parameter `third`"), "{raised}");
+    let failed = text_of(&out, "failed");
+    assert!(failed.contains("boom"), "{failed}");
     assert!(raised.contains("tool `pair`"), "{raised}");
     // Two server tools with the same identifier form: an error naming both.
     let ambiguous = text_of(&out, "ambiguous");
@@ -414,7 +417,13 @@ fn mcp_tools_are_matched_by_identifier_form_checked_and_converted_from_code_and_
     let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         offered,
-        ["Calc::get_sum", "Calc::weather", "Calc::echo", "Calc::pair"]
+        [
+            "Calc::get_sum",
+            "Calc::weather",
+            "Calc::echo",
+            "Calc::pair",
+            "Calc::fail"
+        ]
     );
     let last = requests[1].messages.last().expect("tool result");
     assert_eq!(last.role, "tool");
