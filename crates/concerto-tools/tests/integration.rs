@@ -4,4 +4,5 @@
 
 mod hosts;
 mod mcp;
+mod mcp_signatures;
 mod sandbox;
