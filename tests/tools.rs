@@ -284,6 +284,80 @@ fn an_mcp_server_is_called_from_code_and_offered_to_agents_once_enabled() {
     assert!(last.content.contains("42"), "{}", last.content);
 }
 
+/// The 1x1 PNG and GIF of the test MCP server (`fixtures/mcp/server.py`).
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+const GIF: &str = "R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=";
+
+#[test]
+fn images_an_mcp_tool_returns_reach_the_model_as_images_never_as_text() {
+    let conn = Scripted::new(vec![
+        tools(&[
+            ("c1", "Gallery::snapshot", json!({})),
+            ("c2", "Gallery::album", json!({})),
+        ]),
+        text("Two red dots and a white one."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let json_command = serde_json::to_string(&mcp_command()).expect("json");
+    let ir = program("mcp_images").replace("\"MCP_COMMAND\"", &json_command);
+    let out = emits(&run(&ir, |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default().with_tool_permission("Gallery", ToolPermission::AllMethods),
+        )
+    }));
+    // From code the text stands for the image.
+    assert_eq!(
+        payload(&out, "direct"),
+        json!("a red dot\n[image (image/png)]")
+    );
+    assert_eq!(
+        payload(&out, "answer"),
+        json!("Two red dots and a white one.")
+    );
+    let requests = conn.requests();
+    let results: Vec<_> = requests[1]
+        .messages
+        .iter()
+        .filter(|m| m.role == "tool")
+        .collect();
+    assert_eq!(results.len(), 2);
+    let shown = |m: &concerto_runtime::vm::host::ChatMessage| {
+        m.images
+            .iter()
+            .map(|i| (i.mime_type.clone(), i.data.clone()))
+            .collect::<Vec<_>>()
+    };
+    // An image block: the image, and its placeholder in the text.
+    assert_eq!(results[0].content, "a red dot\n[image (image/png)]");
+    assert_eq!(
+        shown(results[0]),
+        [("image/png".to_string(), PNG.to_string())]
+    );
+    // Structured content with base64 images, and the same PNG as a block: each image once,
+    // the structured content's data replaced by placeholders.
+    let mut album = shown(results[1]);
+    album.sort();
+    assert_eq!(
+        album,
+        [
+            ("image/gif".to_string(), GIF.to_string()),
+            ("image/png".to_string(), PNG.to_string())
+        ]
+    );
+    for m in &results {
+        assert!(
+            !m.content.contains(PNG) && !m.content.contains(GIF),
+            "{}",
+            m.content
+        );
+    }
+    assert!(
+        results[1].content.contains("[image (image/gif)]"),
+        "{}",
+        results[1].content
+    );
+}
+
 #[test]
 fn an_mcp_server_without_permission_is_refused_and_never_started() {
     let out = emits(&run(&mcp_program(), |b| b));

@@ -108,11 +108,12 @@ pub mod vm {
         pub use concerto_vm::host::{
             Backoff, BoxFuture, ChatMessage, ChatRequest, ChatResponse, ConnectionId, Connections,
             ConversationStore, Dialect, EmitSink, FsReply, FsRequest, HashmapStore, HostError,
-            HostErrorKind, HostSession, HttpReply, HttpRequest, JournalRecord, JournalStore,
-            LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId, MemoryStore, OutsideError,
-            OutsideFailure, OutsideFailureKind, Program, ProviderFailure, ProviderFailureKind,
-            Reply, ResponseSchema, RetryPolicy, SchemaCheck, SchemaId, SchemaValidator, Spawned,
-            System, ToolCall, ToolHost, ToolSpec, TypeDefKind, Usage, Write,
+            HostErrorKind, HostSession, HttpReply, HttpRequest, ImagePart, JournalRecord,
+            JournalStore, LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId, MemoryStore,
+            OutsideError, OutsideFailure, OutsideFailureKind, Program, ProviderFailure,
+            ProviderFailureKind, Reply, ResponseSchema, RetryPolicy, SchemaCheck, SchemaId,
+            SchemaValidator, Spawned, System, ToolCall, ToolHost, ToolOutput, ToolSpec,
+            TypeDefKind, Usage, Write,
         };
     }
 

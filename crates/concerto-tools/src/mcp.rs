@@ -60,13 +60,14 @@
 
 mod config;
 mod connect;
+mod images;
 mod signature;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use concerto_vm::host::{HostError, HostErrorKind, Program, ToolSpec};
+use concerto_vm::host::{HostError, HostErrorKind, ImagePart, Program, ToolSpec};
 use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ResourceContents, Tool};
 use serde_json::Value;
@@ -357,6 +358,32 @@ impl McpClients {
         tool: &str,
         args: Value,
     ) -> Result<Result<Value, ToolFailure>, HostError> {
+        Ok(self.call_inner(program, server, tool, args, false).await?.0)
+    }
+
+    /// [`McpClients::call`] for a model: the same result, but every image in it (image
+    /// blocks, embedded image blobs, base64 images inside structured content) is taken out
+    /// and returned beside it, a placeholder `[image (TYPE)]` standing in the text and the
+    /// structured content, so that the model gets the images as images and never their
+    /// data as text.
+    pub async fn call_for_model(
+        &self,
+        program: &Arc<Program>,
+        server: &str,
+        tool: &str,
+        args: Value,
+    ) -> Result<(Result<Value, ToolFailure>, Vec<ImagePart>), HostError> {
+        self.call_inner(program, server, tool, args, true).await
+    }
+
+    async fn call_inner(
+        &self,
+        program: &Arc<Program>,
+        server: &str,
+        tool: &str,
+        args: Value,
+        for_model: bool,
+    ) -> Result<(Result<Value, ToolFailure>, Vec<ImagePart>), HostError> {
         let ctx = format!("MCP server `{server}`, tool `{tool}`");
         let arguments = match args {
             Value::Object(map) => map,
@@ -406,12 +433,25 @@ impl McpClients {
                 provider: None,
             }),
             Ok(Err(e)) => Err(slot.request_failed(&live, e, &ctx).await),
-            Ok(Ok(result)) => {
-                tool_result(result, &returns, &returns_text).map_err(|why| HostError {
-                    kind: HostErrorKind::Type,
-                    message: format!("{ctx}: {why}"),
-                    provider: None,
-                })
+            Ok(Ok(mut result)) => {
+                let mut images = Vec::new();
+                if for_model {
+                    images = images::of_content(&result);
+                    if let Some(structured) = result.structured_content.as_mut() {
+                        images::take_from_structured(structured, &mut images, 0);
+                    }
+                    // A server may send an image both as a block and in structured
+                    // content: the model sees it once.
+                    let mut seen = std::collections::HashSet::new();
+                    images.retain(|i| seen.insert((i.mime_type.clone(), i.data.clone())));
+                }
+                tool_result(result, &returns, &returns_text)
+                    .map(|value| (value, images))
+                    .map_err(|why| HostError {
+                        kind: HostErrorKind::Type,
+                        message: format!("{ctx}: {why}"),
+                        provider: None,
+                    })
             }
         }
     }
@@ -639,7 +679,7 @@ fn content_text(content: &[ContentBlock]) -> String {
                 ),
                 _ => "[unsupported resource]".to_string(),
             },
-            ContentBlock::Image(image) => format!("[image ({})]", image.mime_type),
+            ContentBlock::Image(image) => images::placeholder(&image.mime_type),
             ContentBlock::Audio(audio) => format!("[audio ({})]", audio.mime_type),
             ContentBlock::ResourceLink(link) => format!("[resource {}]", link.uri),
             _ => "[unsupported content]".to_string(),
