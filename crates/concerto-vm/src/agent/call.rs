@@ -141,11 +141,12 @@ impl AgentCall {
         from_cache: bool,
     ) -> Result<Step, VmError> {
         if !from_cache {
+            // Usage and cost belong to the connection that answered (a fallback's, when one
+            // did).
+            let answered = reply.connection.as_deref().unwrap_or(&self.connection_name);
             ctx.stats
                 .llm
-                .both(&self.agent_name, &self.connection_name, |c| {
-                    c.add_response(&reply)
-                });
+                .both(&self.agent_name, answered, |c| c.add_response(&reply));
             if let Some(key) = self.cache_key.take() {
                 let now = ctx.now();
                 ctx.agent_cache.insert(key, (reply.clone(), now));
@@ -175,7 +176,10 @@ impl AgentCall {
                 // A host agent answers with its raw output; an LLM with a `Response`.
                 let response = match self.via {
                     Via::Host(..) => Value::str(reply.text.as_str()),
-                    Via::Llm(_) => response_value(&reply, &self.connection_name),
+                    Via::Llm(_) => response_value(
+                        &reply,
+                        reply.connection.as_deref().unwrap_or(&self.connection_name),
+                    ),
                 };
                 self.reply = Some(reply);
                 self.succeed(ctx, response)

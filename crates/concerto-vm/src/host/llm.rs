@@ -297,6 +297,11 @@ pub struct ChatResponse {
     /// Time from the first attempt to the reply, in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
+    /// The connection that answered when it is not the one the call named (a fallback
+    /// answered); `None` when the named connection answered. The program's `Response`, its
+    /// usage and the metrics name this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 }
 
 fn one() -> u32 {
@@ -316,6 +321,7 @@ impl ChatResponse {
             cost_usd: None,
             attempts: 1,
             latency_ms: 0,
+            connection: None,
         }
     }
 }
