@@ -35,6 +35,7 @@ pub struct RuntimeBuilder {
     replies: Option<(&'static str, Replies)>,
     record: Option<PathBuf>,
     prices: concerto_conn::PriceTable,
+    retry_budget: Option<u32>,
     memory: Option<Arc<dyn MemoryStore>>,
     state: Option<StateStore>,
     schema: Option<Arc<dyn SchemaValidator>>,
@@ -81,6 +82,7 @@ impl Runtime {
             replies: None,
             record: None,
             prices: concerto_conn::PriceTable::builtin(),
+            retry_budget: None,
             memory: None,
             state: None,
             schema: None,
@@ -185,6 +187,16 @@ impl RuntimeBuilder {
     /// models.
     pub fn model_price(mut self, model: &str, price: concerto_conn::Price) -> Self {
         self.prices.set(model, price);
+        self
+    }
+
+    /// The retries the built-in HTTP layer may make in one execution, across all its calls
+    /// (default 100): every retry and every move to a
+    /// connection's fallback takes one. When none is left a call makes no more attempts
+    /// and ends with its last failure, which the program can handle (an `AgentError`).
+    /// Without the `http` feature `build()` refuses it.
+    pub fn retry_budget(mut self, retries: u32) -> Self {
+        self.retry_budget = Some(retries);
         self
     }
 
@@ -383,6 +395,13 @@ impl RuntimeBuilder {
             }
             .into());
         }
+        if !cfg!(feature = "http") && self.retry_budget.is_some() {
+            return Err(SetupError::FeatureOff {
+                feature: "http",
+                what: "retry_budget (it bounds the HTTP layer's retries)",
+            }
+            .into());
+        }
         let builtin =
             self.memory.is_none() && matches!(self.state, None | Some(StateStore::Memory));
         if !builtin && self.limits.max_hashmap_bytes.is_some() {
@@ -486,6 +505,9 @@ impl RuntimeBuilder {
                 net.allows(host, port)
             }))
             .with_prices(self.prices.clone());
+        if let Some(retries) = self.retry_budget {
+            layer = layer.with_retry_budget(retries);
+        }
         for (name, o) in &self.config.connection_overrides {
             layer = layer.with_settings(name, o.clone());
         }

@@ -129,7 +129,8 @@ pub mod conn {
     #[cfg(feature = "http")]
     pub use concerto_conn::HttpConnections;
     pub use concerto_conn::{
-        ConnectionSettings, MockConnections, Price, PriceTable, Recorder, Replayer,
+        ConnectionSettings, Fallback, FallbackOn, MockConnections, Price, PriceTable, Recorder,
+        Replayer,
     };
 }
 
