@@ -351,6 +351,26 @@ retry_budget = 5
         );
     }
 
+    /// The example file in README.md is a valid configuration.
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### A runtime configuration file")
+            .nth(1)
+            .expect("the README section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the example");
+        let file = parse(example).expect("the README example loads");
+        let openai = &file.connection_overrides()["openai"];
+        assert_eq!(openai.fallbacks.len(), 2);
+        assert_eq!(openai.fallback_on.len(), 4);
+        assert_eq!(file.limits.retry_budget, Some(20));
+    }
+
     #[test]
     fn mistakes_name_the_file_the_line_and_the_key() {
         let unknown =

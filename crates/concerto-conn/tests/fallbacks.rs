@@ -266,6 +266,67 @@ async fn request_errors_and_unlisted_kinds_never_fall_back() {
 }
 
 #[tokio::test]
+async fn timeouts_fall_back_but_malformed_replies_and_a_fallbacks_own_fallbacks_do_not() {
+    use std::time::Duration;
+    let backup = MockServer::start().await;
+    backup.respond_with(|_| Step::json(503, error_body("backup down")));
+    // A timeout on the primary falls back.
+    let slow = MockServer::start().await;
+    slow.respond_with(|_| Step::openai_text("too late").delayed(Duration::from_secs(5)));
+    let conns = layer(ConnectionSettings {
+        timeout: Some(Duration::from_millis(100)),
+        retry: Some(concerto_vm::host::RetryPolicy::default()),
+        fallbacks: vec![fallback(Some("backup"), None)],
+        ..ConnectionSettings::default()
+    })
+    // The backup's own fallback is not followed from the primary's call.
+    .with_settings(
+        "backup",
+        falls_back_to(vec![fallback(Some("spare"), Some("spare-model"))]),
+    )
+    .with_settings(
+        "spare",
+        ConnectionSettings {
+            base_url: Some("http://127.0.0.1:9".into()),
+            api_key: Some("sk-spare".into()),
+            ..ConnectionSettings::default()
+        },
+    );
+    let err = conns
+        .chat(
+            &two_connections(&slow.base(), &backup.base()),
+            ConnectionId(0),
+            request(None, "x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .starts_with("connection 'primary': timed out after 1 attempt")
+            && err
+                .message
+                .ends_with("HTTP 503 after 1 attempt: backup down"),
+        "{}",
+        err.message
+    );
+    assert_eq!((slow.count(), backup.count()), (1, 1));
+    // A malformed reply is not a reason to ask elsewhere.
+    let garbled = MockServer::start().await;
+    garbled.respond_with(|_| Step::raw(200, "not json"));
+    let conns = layer(falls_back_to(vec![fallback(Some("backup"), None)]));
+    let err = conns
+        .chat(
+            &two_connections(&garbled.base(), &backup.base()),
+            ConnectionId(0),
+            request(None, "x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("invalid response"), "{}", err.message);
+    assert_eq!(backup.count(), 1, "the backup was not asked again");
+}
+
+#[tokio::test]
 async fn a_fallback_that_cannot_be_used_fails_loudly_naming_it() {
     let primary = MockServer::start().await;
     primary.respond_with(|_| Step::json(503, error_body("down")));
