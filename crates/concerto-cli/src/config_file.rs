@@ -201,6 +201,22 @@ impl ConfigFile {
         Ok(())
     }
 
+    /// The file's connections that are neither among `program` (the program's connection
+    /// names) nor named by a fallback: most likely a misspelt name, which would otherwise be
+    /// ignored.
+    pub(crate) fn unused_connections(&self, program: &[&str]) -> Vec<String> {
+        let named: Vec<&str> = self
+            .connections
+            .values()
+            .flat_map(|c| c.fallbacks.iter().filter_map(|f| f.connection.as_deref()))
+            .collect();
+        self.connections
+            .keys()
+            .filter(|name| !program.contains(&name.as_str()) && !named.contains(&name.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// The connection overrides, by connection name.
     pub(crate) fn connection_overrides(&self) -> HashMap<String, ConnectionOverride> {
         self.connections

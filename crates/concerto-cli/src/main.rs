@@ -717,6 +717,25 @@ fn run(args: RunArgs) -> ExitCode {
         for warning in &program.warnings {
             eprintln!("warning: {warning}");
         }
+        let declared: Vec<&str> = program
+            .connections
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if let (Some(path), Some(name)) = (&config, settings.unused_connections(&declared).first())
+        {
+            eprintln!(
+                "error: config file `{}`: connections.{name} is neither a connection of the \
+                 program ({}) nor a fallback's connection",
+                path.display(),
+                if declared.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            );
+            return ExitCode::from(2);
+        }
     }
     let run_id = state.as_ref().map(|_| {
         let run_id = resume.clone().unwrap_or_else(|| runtime.new_run_id());

@@ -1512,6 +1512,20 @@ fn a_bad_config_file_exits_two_naming_the_file_the_line_and_the_reason() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert_stderr_has(&missing, "cannot read config file");
+    // A connection that is neither the program's nor a fallback's: a misspelt name.
+    std::fs::write(&config, "[connections.opena]\nmodel = \"gpt-4o-mini\"\n").unwrap();
+    let misspelt = bin()
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(misspelt.status.code(), Some(2), "{}", stderr(&misspelt));
+    assert_stderr_has(
+        &misspelt,
+        "connections.opena is neither a connection of the program (it declares none) nor a \
+         fallback's connection",
+    );
 }
 
 /// The reviewed file instead of a long command line: `allow_net` lets the program's own
