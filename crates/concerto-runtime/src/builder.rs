@@ -345,7 +345,8 @@ impl RuntimeBuilder {
     /// [`SetupError::Conflict`] for settings that exclude each other,
     /// [`SetupError::HashmapLimitNotEnforced`] and [`SetupError::NeedsBuiltinStore`] for a
     /// hashmap limit or persistence with a store that is not the built-in one,
-    /// [`SetupError::Sandbox`], [`SetupError::Replay`], [`SetupError::Record`].
+    /// [`SetupError::Sandbox`], [`SetupError::Replay`], [`SetupError::Record`],
+    /// [`SetupError::Fallback`] for a fallback that names neither a connection nor a model.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         if let Some((first, second)) = self.conflict {
             return Err(SetupError::Conflict { first, second }.into());
@@ -394,6 +395,34 @@ impl RuntimeBuilder {
                 what: "RuntimeConfig::connection_overrides (they configure the HTTP layer)",
             }
             .into());
+        }
+        for (name, o) in &self.config.connection_overrides {
+            let reason = o
+                .fallbacks
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| match (&f.connection, &f.model) {
+                    (None, None) => Some(format!(
+                        "fallback {} names neither a connection nor a model",
+                        i + 1
+                    )),
+                    (Some(c), None) if c == name => Some(format!(
+                        "fallback {} names the connection itself without another model",
+                        i + 1
+                    )),
+                    _ => None,
+                })
+                .or_else(|| {
+                    (o.fallbacks.is_empty() && !o.fallback_on.is_empty())
+                        .then(|| "fallback_on is set but there are no fallbacks".to_string())
+                });
+            if let Some(reason) = reason {
+                return Err(SetupError::Fallback {
+                    connection: name.clone(),
+                    reason,
+                }
+                .into());
+            }
         }
         if !cfg!(feature = "http") && self.retry_budget.is_some() {
             return Err(SetupError::FeatureOff {

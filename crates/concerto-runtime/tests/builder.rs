@@ -504,3 +504,38 @@ fn without_the_http_feature_a_retry_budget_is_refused_naming_it() {
         Ok(_) => panic!("a retry budget without the HTTP layer must be refused"),
     }
 }
+
+/// A fallback that could never be called is refused by `build()`, naming the connection.
+#[test]
+fn a_fallback_naming_nothing_is_refused_when_the_runtime_is_built() {
+    use concerto_runtime::conn::{Fallback, FallbackOn};
+    let refused = |settings: ConnectionOverride| match Runtime::builder()
+        .config(RuntimeConfig::default().with_connection_override("llm", settings))
+        .build()
+    {
+        Err(RuntimeError::Setup(SetupError::Fallback { connection, reason })) => {
+            assert_eq!(connection, "llm");
+            reason
+        }
+        Err(other) => panic!("expected a fallback error, got {other}"),
+        Ok(_) => panic!("the runtime was built"),
+    };
+    let empty = refused(ConnectionOverride {
+        fallbacks: vec![Fallback::default()],
+        ..Default::default()
+    });
+    assert_eq!(empty, "fallback 1 names neither a connection nor a model");
+    let itself = refused(ConnectionOverride {
+        fallbacks: vec![Fallback {
+            connection: Some("llm".into()),
+            model: None,
+        }],
+        ..Default::default()
+    });
+    assert!(itself.contains("the connection itself"), "{itself}");
+    let policy_only = refused(ConnectionOverride {
+        fallback_on: vec![FallbackOn::Timeout],
+        ..Default::default()
+    });
+    assert!(policy_only.contains("no fallbacks"), "{policy_only}");
+}
