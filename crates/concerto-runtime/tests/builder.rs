@@ -506,6 +506,8 @@ fn without_the_http_feature_a_retry_budget_is_refused_naming_it() {
 }
 
 /// A fallback that could never be called is refused by `build()`, naming the connection.
+/// (Without the `http` feature every connection override is refused first.)
+#[cfg(feature = "http")]
 #[test]
 fn a_fallback_naming_nothing_is_refused_when_the_runtime_is_built() {
     use concerto_runtime::conn::{Fallback, FallbackOn};
