@@ -387,6 +387,50 @@ struct Leg {
     other: bool,
 }
 
+/// Takes the connection's secrets out of a reply: a server that echoes the key it was sent
+/// (in its text, a tool call's arguments, …) must not hand it to the program, its emits or a
+/// recording.
+fn redact_response(conn: &Resolved, response: &mut ChatResponse) {
+    response.text = conn.redact(&response.text);
+    response.model = conn.redact(&response.model);
+    if let Some(reason) = response.finish_reason.as_mut() {
+        *reason = conn.redact(reason);
+    }
+    for call in &mut response.tool_calls {
+        call.id = conn.redact(&call.id);
+        call.name = conn.redact(&call.name);
+        redact_json(conn, &mut call.arguments, 0);
+    }
+}
+
+fn redact_json(conn: &Resolved, value: &mut serde_json::Value, depth: usize) {
+    match value {
+        serde_json::Value::String(text) => *text = conn.redact(text),
+        serde_json::Value::Array(items) if depth < 128 => {
+            for item in items {
+                redact_json(conn, item, depth + 1);
+            }
+        }
+        serde_json::Value::Object(map) if depth < 128 => {
+            for item in map.values_mut() {
+                redact_json(conn, item, depth + 1);
+            }
+            // A key holding a secret (rare) is renamed; the others keep their place.
+            let leaking: Vec<String> = map
+                .keys()
+                .filter(|key| conn.redact(key) != **key)
+                .cloned()
+                .collect();
+            for key in leaking {
+                if let Some(item) = map.remove(&key) {
+                    map.insert(conn.redact(&key), item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Everything one call needs, owned (the future outlives `chat`'s borrow of `self`).
 struct Call {
     client: HttpClient,
@@ -492,6 +536,7 @@ impl Call {
             };
             match self.run_leg(target, leg, &request, &mut progress).await {
                 Ok(mut response) => {
+                    redact_response(&target.conn, &mut response);
                     response.attempts = progress.attempts;
                     if leg.other {
                         response.connection = Some(target.conn.name.clone());
