@@ -1379,10 +1379,13 @@ fn a_program_that_mocks_its_own_connection_says_so_on_stderr() {
     let mut ir: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(harbour()).unwrap()).unwrap();
     let mut names = Vec::new();
-    for conn in ir["connections"].as_array_mut().unwrap() {
-        conn["config"] = serde_json::json!({"provider": "mock"});
+    // Spellings the connection layer takes for the mock: each must be announced.
+    let spellings = ["mock", "Mock", " MOCK "];
+    for (i, conn) in ir["connections"].as_array_mut().unwrap().iter_mut().enumerate() {
+        conn["config"] = serde_json::json!({"provider": spellings[i % spellings.len()]});
         names.push(conn["name"].as_str().unwrap().to_string());
     }
+    assert!(names.len() >= 2, "the example has two connections");
     let path = dir.join("mocked.conc-ir");
     std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
     let out = bin()

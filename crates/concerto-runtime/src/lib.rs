@@ -340,7 +340,12 @@ impl Runtime {
     /// the system, once per load, unless the host overrides that connection's provider.
     fn announce_program_mocks(&self, program: &Program) {
         for conn in &program.connections {
-            let mocked = conn.config.get("provider").and_then(|p| p.as_str()) == Some("mock");
+            // Spelt as the connection layer reads it: trimmed, any case.
+            let mocked = conn
+                .config
+                .get("provider")
+                .and_then(|p| p.as_str())
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("mock"));
             let overridden = self
                 .config
                 .connection_overrides
