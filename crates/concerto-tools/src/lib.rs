@@ -334,10 +334,29 @@ fn kind_of(program: &Program, registered: bool, tool: &str) -> Option<Kind> {
 fn host_launch(program: &Program, name: &str) -> Option<String> {
     let decl = program.hosts.iter().find(|h| h.name == name)?;
     let command = decl.command.as_deref().filter(|c| !c.trim().is_empty())?;
-    let words: Vec<&str> = std::iter::once(command)
-        .chain(decl.args.iter().map(String::as_str))
-        .collect();
-    Some(format!("would start `{}`", words.join(" ")))
+    Some(format!(
+        "would start `{}`",
+        command_line(std::iter::once(command).chain(decl.args.iter().map(String::as_str)))
+    ))
+}
+
+/// A command line as a person must read it before allowing it: each word quoted as a POSIX
+/// shell would need it (so `-c "a b"` is not shown as three words), and control characters
+/// (a carriage return or an escape sequence that could hide the rest) shown as `\u{…}`.
+pub(crate) fn command_line<'a>(words: impl Iterator<Item = &'a str>) -> String {
+    words
+        .map(|w| shlex::try_quote(w).map_or_else(|_| w.to_string(), |q| q.into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn denied(message: String) -> HostError {
@@ -615,6 +634,20 @@ fn test_program(fields: serde_json::Value) -> Program {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    #[test]
+    fn a_refusal_shows_the_command_line_as_it_would_run() {
+        let words = ["sh", "-c", "echo ARGS=[$0]; exit 3", "$OPENAI_API_KEY"];
+        assert_eq!(
+            super::command_line(words.into_iter()),
+            "sh -c 'echo ARGS=[$0]; exit 3' '$OPENAI_API_KEY'"
+        );
+        // A carriage return and an escape sequence cannot hide what runs.
+        let words = ["python3", "evil.py\r\u{1b}[2Kpython3 ./summarise.py --safe"];
+        let shown = super::command_line(words.into_iter());
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("evil.py\\u{d}\\u{1b}[2K"), "{shown}");
+    }
 
     use concerto_vm::Value;
     use concerto_vm::host::ToolHost;

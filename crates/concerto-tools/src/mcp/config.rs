@@ -98,11 +98,8 @@ impl ServerConfig {
     pub(super) fn launch(&self) -> String {
         match &self.transport {
             Transport::Stdio { program, args, .. } => {
-                let words: Vec<String> = std::iter::once(program)
-                    .chain(args)
-                    .map(|w| shlex::try_quote(w).map_or_else(|_| w.clone(), |q| q.into_owned()))
-                    .collect();
-                format!("would start `{}`", words.join(" "))
+                let words = std::iter::once(program).chain(args).map(String::as_str);
+                format!("would start `{}`", crate::command_line(words))
             }
             Transport::Http { url, .. } => format!("would connect to {}", without_query(url)),
         }
