@@ -1381,7 +1381,12 @@ fn a_program_that_mocks_its_own_connection_says_so_on_stderr() {
     let mut names = Vec::new();
     // Spellings the connection layer takes for the mock: each must be announced.
     let spellings = ["mock", "Mock", " MOCK "];
-    for (i, conn) in ir["connections"].as_array_mut().unwrap().iter_mut().enumerate() {
+    for (i, conn) in ir["connections"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
         conn["config"] = serde_json::json!({"provider": spellings[i % spellings.len()]});
         names.push(conn["name"].as_str().unwrap().to_string());
     }

@@ -926,6 +926,31 @@ fn exfiltration_never_escapes_and_the_allowed_paths_still_work() {
         shown(&out.stderr),
     );
 
+    // Control: a variable of --env FILE the host allowed reaches the program and both
+    // children with the file's value (the children see what the program sees).
+    let mut run_flags = allow_provider.clone();
+    run_flags.extend(flags(&["--allow-env", "FILE_CANARY"]));
+    let setup = Setup {
+        base_url: provider.clone(),
+        flags: run_flags,
+        given: vec!["FILE_CANARY"],
+        ..Setup::default()
+    };
+    let out = lab.run(&setup);
+    let env_lines = out
+        .children
+        .lines()
+        .filter(|l| l.contains("\"env\""))
+        .collect::<Vec<_>>();
+    f.control(
+        "child-env",
+        "--allow-env FILE_CANARY from --env FILE reaches the program and both children",
+        out.emits().get("file") == Some(&json!({"Some": FILE_CANARY}))
+            && env_lines.len() == 2
+            && env_lines.iter().all(|l| l.contains(FILE_CANARY)),
+        shown(&out.children),
+    );
+
     // --- errors: the runtime's own messages, when a provider echoes the key it got ---
     lab.allowed.answer(Answer::EchoKey);
     for (what, key, secret) in [

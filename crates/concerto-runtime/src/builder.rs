@@ -450,13 +450,16 @@ impl RuntimeBuilder {
                 }
                 .into());
             }
-            // Made again (with the program's folder) when a program first runs.
-            crate::tool_policy(&self.config, sandbox).map_err(SetupError::Sandbox)?;
         }
         let system = self
             .system
             .clone()
             .unwrap_or_else(|| Arc::new(ProcessSystem::default()));
+        if let Some(sandbox) = &self.sandbox {
+            // Checked here; made again (with the program's folder) when a program first runs.
+            crate::tool_policy(&self.config, sandbox, system.as_ref())
+                .map_err(SetupError::Sandbox)?;
+        }
         let connections = self.connection_layer(&system)?;
         Ok(self.assemble(system, connections))
     }

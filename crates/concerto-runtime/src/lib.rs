@@ -199,6 +199,7 @@ pub struct Runtime {
 pub(crate) fn tool_policy(
     config: &RuntimeConfig,
     sandbox: &Sandbox,
+    system: &dyn System,
 ) -> Result<concerto_tools::Tools, concerto_tools::SandboxError> {
     let policy = concerto_tools::Policy {
         tools: config
@@ -216,6 +217,13 @@ pub(crate) fn tool_policy(
         fs_roots: sandbox.fs_roots.clone(),
         net_domains: sandbox.net_domains.clone(),
         env: sandbox.env.clone(),
+        // Children inherit an allowed variable as the program reads it (an --env FILE
+        // value over the process's own).
+        env_values: system
+            .env_vars()
+            .into_iter()
+            .filter(|(name, _)| concerto_tools::env_allowed(&sandbox.env, name))
+            .collect(),
     };
     concerto_tools::Tools::new(policy)
 }
@@ -490,8 +498,8 @@ impl Runtime {
         let layer: Arc<dyn ToolHost> = match &self.custom_tools {
             Some(custom) => custom.clone(),
             None => {
-                let mut tools =
-                    tool_policy(&self.config, &self.sandbox).map_err(SetupError::Sandbox)?;
+                let mut tools = tool_policy(&self.config, &self.sandbox, self.system.as_ref())
+                    .map_err(SetupError::Sandbox)?;
                 if let Some(dir) = &self.program_dir {
                     tools = tools.with_base_dir(dir.clone());
                 }

@@ -120,6 +120,8 @@ pub struct HostAgents {
     base_dir: Option<std::path::PathBuf>,
     /// Variables of the runtime's environment a process may inherit besides the base ones.
     env_allowed: Vec<String>,
+    /// The host's values of variables (an env file), over the process's own.
+    env_values: Vec<(String, String)>,
 }
 
 impl fmt::Debug for HostAgents {
@@ -152,6 +154,13 @@ impl HostAgents {
         self
     }
 
+    /// The host's view of variables that differs from this process's environment (an env
+    /// file): an allowed one is inherited with this value (see [`crate::child_env`]).
+    pub fn with_env_values(mut self, values: Vec<(String, String)>) -> HostAgents {
+        self.env_values = values;
+        self
+    }
+
     /// One exchange with host `program.hosts[host]`: writes `input` and a newline, reads
     /// one line and returns the reply text (see the module documentation).
     ///
@@ -166,8 +175,13 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<String, HostError> {
-        let (spec, secs, json) =
-            spec_of(program, host, self.base_dir.as_deref(), &self.env_allowed)?;
+        let (spec, secs, json) = spec_of(
+            program,
+            host,
+            self.base_dir.as_deref(),
+            &self.env_allowed,
+            &self.env_values,
+        )?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), slot.io.lock()).await
         else {
@@ -205,7 +219,13 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<ListenSession, HostError> {
-        let (spec, secs, _) = spec_of(program, host, self.base_dir.as_deref(), &self.env_allowed)?;
+        let (spec, secs, _) = spec_of(
+            program,
+            host,
+            self.base_dir.as_deref(),
+            &self.env_allowed,
+            &self.env_values,
+        )?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let turn = Arc::clone(&slot.io).lock_owned();
         let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), turn).await else {
@@ -249,6 +269,7 @@ fn spec_of(
     host: u32,
     base: Option<&Path>,
     env_allowed: &[String],
+    env_values: &[(String, String)],
 ) -> Result<(Spec, u64, bool), HostError> {
     let Some(decl) = program.hosts.get(host as usize) else {
         return Err(HostError::failed(format!(
@@ -292,7 +313,7 @@ fn spec_of(
         name,
         command,
         args,
-        inherited: crate::child_env(env_allowed),
+        inherited: crate::child_env(env_allowed, env_values),
         env,
         working_dir,
         params,

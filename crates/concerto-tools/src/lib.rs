@@ -78,23 +78,38 @@ pub struct Policy {
     /// Variables of the runtime's environment that MCP stdio servers and host agents
     /// inherit besides the base ones (`NAME` or `PREFIX*`; see [`child_env`]).
     pub env: Vec<String>,
+    /// The host's view of the environment where it differs from this process's (the
+    /// variables of an env file): a child inherits an allowed variable's value from here
+    /// first, as the program reads it.
+    pub env_values: Vec<(String, String)>,
 }
 
 /// The variables a child process (an MCP stdio server, a host agent) inherits from this
 /// process's environment: `PATH`, `HOME`, `LANG`, `TMPDIR`, and those matching `allowed`
 /// (`NAME`, or `PREFIX*` for every name starting with `PREFIX`). Nothing else: API keys and
 /// the host's other secrets stay out. The variables its manifest entry declares are set on
-/// top.
-pub fn child_env(allowed: &[String]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+/// top. An allowed variable of `values` (the host's view of the environment, such as an env
+/// file) wins over the process's own, so a child sees what the program sees.
+pub fn child_env(
+    allowed: &[String],
+    values: &[(String, String)],
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     const BASE: [&str; 4] = ["PATH", "HOME", "LANG", "TMPDIR"];
-    std::env::vars_os()
+    let mut vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
         .filter(|(name, _)| {
             let Some(name) = name.to_str() else {
                 return false;
             };
             BASE.contains(&name) || env_allowed(allowed, name)
         })
-        .collect()
+        .collect();
+    for (name, value) in values {
+        if env_allowed(allowed, name) {
+            vars.retain(|(n, _)| n.to_str() != Some(name.as_str()));
+            vars.push((name.into(), value.into()));
+        }
+    }
+    vars
 }
 
 /// Says whether a host (as in a URL) and port may be reached: the `std::http` allow-list,
@@ -209,16 +224,19 @@ impl Tools {
     pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Tools {
         let dir = dir.into();
         let env = self.policy.env.clone();
+        let values = self.policy.env_values.clone();
         self.hosts = Arc::new(
             hosts::HostAgents::new()
                 .with_base_dir(dir.clone())
-                .with_env_allowed(env.clone()),
+                .with_env_allowed(env.clone())
+                .with_env_values(values.clone()),
         );
         let http = self.http.clone();
         self.mcp = Arc::new(
             mcp::McpClients::new()
                 .with_base_dir(dir)
                 .with_env_allowed(env)
+                .with_env_values(values)
                 .with_net_allowed(Arc::new(move |host: &str, port: u16| {
                     http.allows(host, port)
                 })),
@@ -240,6 +258,7 @@ impl Tools {
         };
         let http = Arc::new(http::HttpSandbox::new(&policy.net_domains));
         let env = policy.env.clone();
+        let values = policy.env_values.clone();
         let net: Arc<NetCheck> = {
             let http = http.clone();
             Arc::new(move |host: &str, port: u16| http.allows(host, port))
@@ -248,10 +267,15 @@ impl Tools {
             policy,
             fs: Arc::new(fs),
             http,
-            hosts: Arc::new(hosts::HostAgents::new().with_env_allowed(env.clone())),
+            hosts: Arc::new(
+                hosts::HostAgents::new()
+                    .with_env_allowed(env.clone())
+                    .with_env_values(values.clone()),
+            ),
             mcp: Arc::new(
                 mcp::McpClients::new()
                     .with_env_allowed(env)
+                    .with_env_values(values)
                     .with_net_allowed(net),
             ),
             registered: HashMap::new(),

@@ -89,6 +89,8 @@ pub struct McpClients {
     /// Variables of the runtime's environment a stdio server may inherit besides the base
     /// ones ([`crate::child_env`]).
     env_allowed: Vec<String>,
+    /// The host's values of variables (an env file), over the process's own.
+    env_values: Vec<(String, String)>,
     /// Hosts a server's URL (and every redirect) may go to; `None`: any.
     net: Option<Arc<crate::NetCheck>>,
     slots: parking_lot::Mutex<HashMap<(usize, String), Entry>>,
@@ -252,6 +254,13 @@ impl McpClients {
     /// `PREFIX*`) besides the base ones (see [`crate::child_env`]).
     pub fn with_env_allowed(mut self, patterns: Vec<String>) -> McpClients {
         self.env_allowed = patterns;
+        self
+    }
+
+    /// The host's view of variables that differs from this process's environment (an env
+    /// file): an allowed one is inherited with this value (see [`crate::child_env`]).
+    pub fn with_env_values(mut self, values: Vec<(String, String)>) -> McpClients {
+        self.env_values = values;
         self
     }
 
@@ -515,6 +524,7 @@ impl McpClients {
             &slot.config,
             self.base_dir.as_deref(),
             &self.env_allowed,
+            &self.env_values,
             self.net.as_deref(),
             || self.http_client(),
             &self.refused,

@@ -42,6 +42,11 @@ impl McpClients {
         self
     }
 
+    /// As [`McpClients::new`] (there are no server processes to give variables to).
+    pub fn with_env_values(self, _values: Vec<(String, String)>) -> McpClients {
+        self
+    }
+
     /// Fails, naming the missing feature.
     ///
     /// # Errors

@@ -130,6 +130,7 @@ pub(super) async fn connect(
     config: &ServerConfig,
     base_dir: Option<&std::path::Path>,
     env_allowed: &[String],
+    env_values: &[(String, String)],
     net: Option<&crate::NetCheck>,
     http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
     refused: &RefusedRedirects,
@@ -149,7 +150,7 @@ pub(super) async fn connect(
             command
                 .args(&args)
                 .env_clear()
-                .envs(crate::child_env(env_allowed));
+                .envs(crate::child_env(env_allowed, env_values));
             for (name, value) in env {
                 match value {
                     Some(value) => command.env(name, value),
