@@ -442,14 +442,15 @@ impl RuntimeBuilder {
             }
             .into());
         }
-        if let Some(sandbox) = &self.sandbox {
-            if !cfg!(feature = "http") && !sandbox.net_domains.is_empty() {
-                return Err(SetupError::FeatureOff {
-                    feature: "http",
-                    what: "Sandbox::allow_net (std::http)",
-                }
-                .into());
+        if let Some(sandbox) = &self.sandbox
+            && !cfg!(feature = "http")
+            && !sandbox.net_domains.is_empty()
+        {
+            return Err(SetupError::FeatureOff {
+                feature: "http",
+                what: "Sandbox::allow_net (std::http)",
             }
+            .into());
         }
         let system = self
             .system

@@ -523,8 +523,7 @@ impl McpClients {
         let connected = connect::connect(
             &slot.config,
             self.base_dir.as_deref(),
-            &self.env_allowed,
-            &self.env_values,
+            (&self.env_allowed, &self.env_values),
             self.net.as_deref(),
             || self.http_client(),
             &self.refused,

@@ -129,8 +129,8 @@ pub(super) struct Connected {
 pub(super) async fn connect(
     config: &ServerConfig,
     base_dir: Option<&std::path::Path>,
-    env_allowed: &[String],
-    env_values: &[(String, String)],
+    // The variable patterns a child inherits, and the host's values of variables.
+    (env_allowed, env_values): (&[String], &[(String, String)]),
     net: Option<&crate::NetCheck>,
     http_client: impl FnOnce() -> Result<reqwest::Client, HostError>,
     refused: &RefusedRedirects,
