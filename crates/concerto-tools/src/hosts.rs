@@ -860,18 +860,18 @@ mod tests {
     fn init_waits_ten_seconds_without_a_timeout_and_the_agents_own_with_one() {
         let base = serde_json::json!({"name": "A", "connector": "a", "command": "true",
             "params": {"k": 1}});
-        let (spec, secs, _) = spec_of(&program_with(base.clone()), 0, None, &[]).unwrap();
+        let (spec, secs, _) = spec_of(&program_with(base.clone()), 0, None, &[], &[]).unwrap();
         assert_eq!((spec.init_secs, secs), (10, DEFAULT_TIMEOUT_SECS));
         assert_eq!(spec.params.as_deref(), Some(r#"{"k":1}"#));
         let mut timed = base;
         timed["timeout"] = serde_json::json!(3);
-        let (spec, secs, _) = spec_of(&program_with(timed), 0, None, &[]).unwrap();
+        let (spec, secs, _) = spec_of(&program_with(timed), 0, None, &[], &[]).unwrap();
         assert_eq!((spec.init_secs, secs), (3, 3));
         // Empty params mean no handshake at all.
         let empty = serde_json::json!({"name": "A", "connector": "a", "command": "true",
             "params": {}});
         assert_eq!(
-            spec_of(&program_with(empty), 0, None, &[])
+            spec_of(&program_with(empty), 0, None, &[], &[])
                 .unwrap()
                 .0
                 .params,

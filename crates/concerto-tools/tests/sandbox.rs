@@ -1315,6 +1315,7 @@ async fn fs_several_roots_no_roots_and_disabled() {
         fs_roots: roots.clone(),
         net_domains: Vec::new(),
         env: Vec::new(),
+        env_values: Vec::new(),
     })
     .unwrap();
     let fs_off = Fs {
@@ -1627,6 +1628,7 @@ async fn net_only_allowed_hosts_are_reached() {
         fs_roots: Vec::new(),
         net_domains: vec![format!("127.0.0.1:{p1}")],
         env: Vec::new(),
+        env_values: Vec::new(),
     })
     .unwrap();
     for url in [
