@@ -94,7 +94,8 @@ struct Access {
     /// Let `std::http`, a connection's `base_url` and an MCP server's URL reach DOMAIN
     /// (`std::http` and MCP check every redirect hop; connections follow none): that name
     /// only; `*.example.com` for subdomains; `localhost`, IP literals and `:port` suffixes
-    /// work too; repeatable. A connection reaches its provider's own API without it.
+    /// work too (anything else, such as a URL, is refused); repeatable. A connection reaches
+    /// its provider's own API without it, and its key goes to a host allowed here.
     #[arg(long = "allow-net", value_name = "DOMAIN")]
     allow_net: Vec<String>,
     /// Let the program read environment variable NAME (`std::env`, `env()`), the MCP

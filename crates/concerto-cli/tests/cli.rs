@@ -1659,3 +1659,25 @@ fn a_rate_limit_that_outlasts_the_retries_is_an_error_the_program_handles() {
     assert_eq!(flagged.status.code(), Some(0), "{}", stderr(&flagged));
     assert_eq!(emitted(&flagged, "error_kind"), "rate_limited");
 }
+
+/// An `--allow-net` entry that is not a host allows nothing: it is refused at the start
+/// rather than taken for a permission.
+#[test]
+fn an_allow_net_entry_that_is_not_a_host_is_a_usage_error() {
+    let hello = repo().join("examples/hello/hello.conc-ir");
+    for entry in ["http://127.0.0.1:18555", "127.0.0.1/v1", "*", ""] {
+        let out = bin()
+            .args(["run", "--allow-net", entry])
+            .arg(&hello)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{entry}: {}", stderr(&out));
+        assert_stderr_has(&out, &format!("invalid allowed domain `{entry}`"));
+    }
+    let fine = bin()
+        .args(["run", "--allow-net", "127.0.0.1:18555", "--allow-net", "*.example.com"])
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert_eq!(fine.status.code(), Some(0), "{}", stderr(&fine));
+}

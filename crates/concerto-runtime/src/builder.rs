@@ -457,6 +457,11 @@ impl RuntimeBuilder {
             .clone()
             .unwrap_or_else(|| Arc::new(ProcessSystem::default()));
         if let Some(sandbox) = &self.sandbox {
+            // A host entry that cannot be parsed would allow nothing: refused here, so that a
+            // typo is not mistaken for a permission.
+            #[cfg(feature = "http")]
+            concerto_tools::http::HttpSandbox::try_new(&sandbox.net_domains)
+                .map_err(SetupError::Sandbox)?;
             // Checked here; made again (with the program's folder) when a program first runs.
             crate::tool_policy(&self.config, sandbox, system.as_ref())
                 .map_err(SetupError::Sandbox)?;
