@@ -11,12 +11,17 @@ pub(crate) fn get(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     ret(Value::option(ctx.host.system.env_var(name).map(Value::str)))
 }
 
-/// `require(name)`: `Ok(value)` or `Err("missing environment variable: NAME")`.
+/// `require(name)`: `Ok(value)` or `Err("missing environment variable: NAME (…)")`, the
+/// same for an unset variable and one the host did not allow (the program cannot tell them
+/// apart), with the flag that allows it.
 pub(crate) fn require(ctx: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     let name = text_arg("std::env::require", args)?;
     ret(match ctx.host.system.env_var(name) {
         Some(v) => Value::ok(Value::str(v)),
-        None => Value::err(Value::str(format!("missing environment variable: {name}"))),
+        None => Value::err(Value::str(format!(
+            "missing environment variable: {name} (unset, or not allowed: `--allow-env {name}` \
+             lets a program read it)"
+        ))),
     })
 }
 
