@@ -18,7 +18,7 @@
 //! Only `http` and `https` URLs are allowed. The host the connection goes to
 //! (the URL's host, after any `user@` part, exactly as the connector will use it) must match
 //! an entry, otherwise the request is refused with [`OutsideError::Refused`] naming the host
-//! and `--allow-net DOMAIN`. Redirects (301, 302, 303, 307, 308) are followed by
+//! and the flag that allows it (`--allow-net HOST`, with that host). Redirects (301, 302, 303, 307, 308) are followed by
 //! hand, at most [`MAX_REDIRECTS`], and every hop is checked the same way before anything is
 //! sent to it: a redirect to a host that is not allowed is a refusal. A 303, and a 301 or
 //! 302 answering a `POST`, continue as a `GET` without a body (as browsers do); 307 and 308
@@ -67,8 +67,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
-/// How a refusal tells the user to allow a domain.
-const ALLOW_HINT: &str = "allow it with --allow-net DOMAIN";
 /// Headers dropped when a redirect leaves the origin.
 const ORIGIN_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "host"];
 /// Headers describing a body, dropped when a redirect drops the body.
@@ -488,8 +486,10 @@ impl HttpSandbox {
                 Some(p) => format!("{host}:{p}"),
                 None => host.to_string(),
             };
+            let flag_host = host.trim_start_matches('[').trim_end_matches(']');
             return Err(OutsideError::refused(format!(
-                "std::http: host `{shown_host}` is not allowed ({allowed}); {ALLOW_HINT}"
+                "std::http: host `{shown_host}` is not allowed ({allowed}); allow it with \
+                 `--allow-net {flag_host}`"
             )));
         }
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {

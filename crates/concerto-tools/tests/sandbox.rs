@@ -1591,9 +1591,11 @@ async fn net_only_allowed_hosts_are_reached() {
     let both: [&Server; 2] = [&allowed, &forbidden];
     let mut t = Tally::new("net-hosts");
     let host_needles = |host: &str| {
+        let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let bare = bare.trim_start_matches('[').trim_end_matches(']');
         vec![
             format!("host `{host}` is not allowed"),
-            "--allow-net".to_string(),
+            format!("`--allow-net {bare}`"),
         ]
     };
 
