@@ -593,7 +593,7 @@ fn exfiltration_never_escapes_and_the_allowed_paths_still_work() {
         ..Setup::default()
     };
     let out = lab.run(&setup);
-    let problems = judged(&out, &setup, &[]);
+    let problems = judged(&out, &setup, &["follows no redirect"]);
     f.attempt("net", "a redirect to the forbidden host", problems);
     // No flag at all: the provider's host is not allowed either.
     let setup = Setup {

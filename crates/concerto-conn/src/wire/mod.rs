@@ -182,10 +182,16 @@ pub fn error_message(provider: Provider, status: u16, body: &[u8]) -> String {
             .unwrap_or_else(|| short_text(body)),
         Err(_) => short_text(body),
     };
-    if detail.is_empty() {
-        format!("HTTP {status}")
+    // A connection follows no redirect (the host a redirect names was never allowed).
+    let redirect = if (300..400).contains(&status) {
+        " (a connection follows no redirect: set its base_url to the API's own address)"
     } else {
-        format!("HTTP {status}: {detail}")
+        ""
+    };
+    if detail.is_empty() {
+        format!("HTTP {status}{redirect}")
+    } else {
+        format!("HTTP {status}: {detail}{redirect}")
     }
 }
 
