@@ -3,5 +3,6 @@
 //! build's disk and link time.
 
 mod hosts;
+mod interop;
 mod mcp;
 mod sandbox;

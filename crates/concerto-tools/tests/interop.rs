@@ -1,0 +1,292 @@
+//! Interop: official MCP servers nobody here wrote, started on loopback (issue 16).
+//!
+//! `cargo xtask interop-setup` (run by `cargo xtask ci`) installs them into
+//! `<target>/interop/` (or `$CONCERTO_INTEROP_DIR`) at the versions below; a test whose
+//! server is missing fails with a message naming it and the command that installs it.
+//!
+//! - npm `@modelcontextprotocol/server-everything` 2026.8.31, over stdio and streamable HTTP;
+//! - PyPI `mcp-server-time` 2026.10.19, over stdio.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concerto_tools::mcp::McpClients;
+use concerto_vm::host::Program;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+const EVERYTHING: &str = "@modelcontextprotocol/server-everything 2026.8.31";
+const TIME: &str = "mcp-server-time 2026.10.19";
+
+/// Where `cargo xtask interop-setup` installed the servers: `$CONCERTO_INTEROP_DIR`, else
+/// `interop/` in the target directory this test binary was built in.
+fn interop_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONCERTO_INTEROP_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    // <target>/debug/deps/<this binary>
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test binary lies in <target>/<profile>/deps");
+    target.join("interop")
+}
+
+fn missing(what: &str, detail: &str) -> ! {
+    panic!(
+        "interop suite: {what} is missing ({detail}); install it with `cargo xtask interop-setup` \
+         (needs Node.js with npm and Python 3 with venv; `cargo xtask ci` runs it)"
+    )
+}
+
+/// `node` and the entry point of server-everything.
+fn everything() -> (String, String) {
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing("Node.js (`node` on PATH)", "server-everything runs on it");
+    }
+    let entry = interop_dir()
+        .join("npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    if !entry.is_file() {
+        missing(EVERYTHING, &format!("no {}", entry.display()));
+    }
+    ("node".to_string(), entry.to_string_lossy().into_owned())
+}
+
+/// The `mcp-server-time` executable in the virtualenv.
+fn time_server() -> String {
+    let exe = interop_dir().join("venv/bin/mcp-server-time");
+    if !exe.is_file() {
+        missing(TIME, &format!("no {}", exe.display()));
+    }
+    exe.to_string_lossy().into_owned()
+}
+
+/// A program whose `connections` are `connections`.
+fn program(connections: Value) -> Arc<Program> {
+    let ir = json!({
+        "version": "0.1.0", "module": "m", "source_file": "m.conc",
+        "constants": [{"index": 0, "type": "nil", "value": null}],
+        "functions": [{"name": "main", "module": "m", "visibility": "private", "params": [],
+            "return_type": "nil", "is_async": false, "locals": [],
+            "instructions": [{"op": "LOAD_CONST", "arg": 0}, {"op": "RETURN"}]}],
+        "connections": connections,
+        "metadata": {"compiler_version": "0.1.0", "compiled_at": "", "optimization_level": 0,
+            "debug_info": true, "entry_point": "main"}
+    });
+    Arc::new(concerto_ir::load_str(&ir.to_string()).expect("the test program loads"))
+}
+
+fn mcp(name: &str, mut config: Value) -> Value {
+    config["type"] = json!("mcp");
+    json!({"name": name, "config": config})
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| !stat.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// server-everything serving streamable HTTP on `port`, with every stdout line it writes kept
+/// (it logs each request there, DELETEs included). Killed when dropped.
+struct EverythingHttp {
+    child: tokio::process::Child,
+    log: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl EverythingHttp {
+    async fn start(port: u16) -> EverythingHttp {
+        let (node, entry) = everything();
+        let mut child = tokio::process::Command::new(node)
+            .arg(entry)
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts");
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                kept.lock().push(line);
+            }
+        });
+        let mut err = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = err.next_line().await {
+                if line.contains("listening on port") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            ready,
+            Ok(true),
+            "server-everything did not start on port {port}"
+        );
+        tokio::spawn(async move { while let Ok(Some(_)) = err.next_line().await {} });
+        EverythingHttp { child, log }
+    }
+
+    fn seen(&self, text: &str) -> usize {
+        self.log.lock().iter().filter(|l| l.contains(text)).count()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}/mcp")
+}
+
+// ---------------------------------------------------------------------------------------
+// Basic calls (stdio and streamable HTTP)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn everything_over_stdio_lists_and_calls_tools() {
+    let (node, entry) = everything();
+    let clients = McpClients::new();
+    let program = program(json!([mcp(
+        "Ev",
+        json!({"transport": "stdio", "command": [node, entry, "stdio"], "timeout": 30})
+    )]));
+    let specs = clients.specs(&program, "Ev").await.expect("tools listed");
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"Ev::echo"), "{names:?}");
+    assert!(names.contains(&"Ev::get-sum"), "{names:?}");
+    let echoed = clients
+        .call(&program, "Ev", "echo", json!({"message": "hi"}))
+        .await
+        .expect("the call reaches the server");
+    assert_eq!(echoed, Ok(json!("Echo: hi")));
+    clients.shutdown().await;
+}
+
+#[tokio::test]
+async fn time_server_over_stdio_answers_in_the_zone_asked() {
+    let exe = time_server();
+    let clients = McpClients::new();
+    let program = program(json!([mcp(
+        "Clock",
+        json!({"transport": "stdio", "command": [exe, "--local-timezone", "UTC"], "timeout": 30})
+    )]));
+    let specs = clients
+        .specs(&program, "Clock")
+        .await
+        .expect("tools listed");
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"Clock::get_current_time"), "{names:?}");
+    assert!(names.contains(&"Clock::convert_time"), "{names:?}");
+    let now = clients
+        .call(
+            &program,
+            "Clock",
+            "get_current_time",
+            json!({"timezone": "Asia/Tokyo"}),
+        )
+        .await
+        .expect("the call reaches the server")
+        .expect("the tool answers");
+    let text = now.to_string();
+    assert!(text.contains("Asia/Tokyo"), "{text}");
+    assert!(text.contains("+09:00"), "{text}");
+    let bad = clients
+        .call(
+            &program,
+            "Clock",
+            "get_current_time",
+            json!({"timezone": "Mars/Olympus"}),
+        )
+        .await
+        .expect("the call reaches the server");
+    let failure = bad.expect_err("an unknown zone is the tool's error");
+    assert!(
+        failure.message.contains("Mars/Olympus"),
+        "{}",
+        failure.message
+    );
+    clients.shutdown().await;
+}
+
+#[tokio::test]
+async fn everything_over_http_lists_and_calls_tools() {
+    let port = free_port();
+    let server = EverythingHttp::start(port).await;
+    let clients = McpClients::new();
+    let program = program(json!([mcp(
+        "Web",
+        json!({"url": url(port), "timeout": 30})
+    )]));
+    let specs = clients.specs(&program, "Web").await.expect("tools listed");
+    assert!(specs.iter().any(|s| s.name == "Web::echo"));
+    let echoed = clients
+        .call(&program, "Web", "echo", json!({"message": "over http"}))
+        .await
+        .expect("the call reaches the server");
+    assert_eq!(echoed, Ok(json!("Echo: over http")));
+    clients.shutdown().await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 4: a restarted streamable-HTTP server
+// ---------------------------------------------------------------------------------------
+
+/// The server restarts between two calls: it no longer knows the session and answers its
+/// requests with 400. The next call starts a new session at once instead of waiting for the
+/// block's `timeout` (30 s here).
+#[tokio::test]
+async fn a_restarted_http_server_gets_a_new_session_at_once() {
+    let port = free_port();
+    let server = EverythingHttp::start(port).await;
+    let clients = McpClients::new();
+    let program = program(json!([mcp(
+        "Web",
+        json!({"url": url(port), "timeout": 30})
+    )]));
+    let first = clients
+        .call(&program, "Web", "echo", json!({"message": "one"}))
+        .await
+        .expect("the first call reaches the server");
+    assert_eq!(first, Ok(json!("Echo: one")));
+    server.stop().await;
+    let server = EverythingHttp::start(port).await;
+    for message in ["two", "three"] {
+        let started = Instant::now();
+        let next = clients
+            .call(&program, "Web", "echo", json!({"message": message}))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(
+            next.as_ref().map_err(|e| e.message.clone()),
+            Ok(&Ok(json!(format!("Echo: {message}")))),
+            "after the restart (took {took:?})"
+        );
+        assert!(took < Duration::from_secs(5), "the call took {took:?}");
+    }
+    assert_eq!(
+        server.seen("Session initialized"),
+        1,
+        "{:?}",
+        server.log.lock()
+    );
+    clients.shutdown().await;
+    server.stop().await;
+}
