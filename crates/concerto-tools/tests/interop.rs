@@ -290,3 +290,122 @@ async fn a_restarted_http_server_gets_a_new_session_at_once() {
     clients.shutdown().await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 6: sessions are closed gracefully
+// ---------------------------------------------------------------------------------------
+
+/// `sh -c 'node … stdio; echo $? > record'`: the record holds the server's exit status
+/// when it exited by itself (0 after the end of its input); it stays absent when the shell
+/// was killed.
+fn recorded_stdio_command(record: &std::path::Path) -> Value {
+    let (node, entry) = everything();
+    json!([
+        "sh",
+        "-c",
+        format!("'{node}' '{entry}' stdio; echo $? > '{}'", record.display())
+    ])
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_stdio_server_exit_after_the_end_of_its_input() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let record = dir.path().join("status");
+    let clients = McpClients::new();
+    let program = program(json!([mcp(
+        "Ev",
+        json!({"command": recorded_stdio_command(&record), "timeout": 30})
+    )]));
+    let echoed = clients
+        .call(&program, "Ev", "echo", json!({"message": "bye"}))
+        .await
+        .expect("the call reaches the server");
+    assert_eq!(echoed, Ok(json!("Echo: bye")));
+    let started = Instant::now();
+    clients.shutdown().await;
+    assert_eq!(
+        std::fs::read_to_string(&record).ok().as_deref(),
+        Some("0\n"),
+        "the server did not exit by itself"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_an_http_session_with_a_delete() {
+    let port = free_port();
+    let server = EverythingHttp::start(port).await;
+    let clients = McpClients::new();
+    let program = program(json!([mcp(
+        "Web",
+        json!({"url": url(port), "timeout": 30})
+    )]));
+    let echoed = clients
+        .call(&program, "Web", "echo", json!({"message": "bye"}))
+        .await
+        .expect("the call reaches the server");
+    assert_eq!(echoed, Ok(json!("Echo: bye")));
+    assert_eq!(server.seen("session termination"), 0);
+    clients.shutdown().await;
+    // The server logs the DELETE as it handles it; the client has its answer by now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.seen("session termination") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.seen("session termination"),
+        1,
+        "{:?}",
+        server.log.lock()
+    );
+    server.stop().await;
+}
+
+/// Without `shutdown`, dropping the clients still stops a stdio server (best effort: the
+/// child is killed; nothing can be awaited in `Drop`).
+#[tokio::test]
+async fn dropping_the_clients_stops_a_stdio_server() {
+    let clients = McpClients::new();
+    let (node, entry) = everything();
+    let program = program(json!([mcp(
+        "Ev",
+        // The server ignores the extra argument, which tells its process apart.
+        json!({"command": [node, entry, "stdio", "dropped-clients-marker"], "timeout": 30})
+    )]));
+    let _ = clients
+        .call(&program, "Ev", "echo", json!({"message": "x"}))
+        .await
+        .expect("the call reaches the server");
+    let pid = child_with_arg("dropped-clients-marker").expect("the server's process");
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!process_exists(pid), "process {pid} outlived the clients");
+}
+
+/// The pid of the child of this test process that has `marker` among its arguments.
+fn child_with_arg(marker: &str) -> Option<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|dir| {
+        let pid = dir.file_name().to_str()?.parse::<u32>().ok()?;
+        let cmdline = std::fs::read(dir.path().join("cmdline")).ok()?;
+        let stat = std::fs::read_to_string(dir.path().join("stat")).ok()?;
+        let parent = stat
+            .rsplit_once(") ")?
+            .1
+            .split(' ')
+            .nth(1)?
+            .parse::<u32>()
+            .ok()?;
+        let has = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == marker.as_bytes());
+        (parent == me && has).then_some(pid)
+    })
+}
