@@ -339,7 +339,6 @@ async fn http_transport_lists_and_calls_tools() {
     let clients = McpClients::new();
     let program = program(json!([
         mcp("Web", json!({"transport": "http", "url": server.url})),
-        mcp("Legacy", json!({"transport": "sse", "url": server.url})),
         mcp("Inferred", json!({"url": server.url}))
     ]));
     let specs = clients.specs(&program, "Web").await.unwrap();
@@ -359,7 +358,7 @@ async fn http_transport_lists_and_calls_tools() {
         .await
         .unwrap_err();
     assert!(err.message.contains("`divide`"), "{}", err.message);
-    for name in ["Legacy", "Inferred"] {
+    for name in ["Inferred"] {
         let echoed = clients
             .call(&program, name, "echo", json!({"text": name}))
             .await
