@@ -444,7 +444,10 @@ fn test(args: TestArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let report = match rt.block_on(runtime.run_tests(filter.as_deref())) {
+    let report = rt.block_on(runtime.run_tests(filter.as_deref()));
+    // MCP sessions and host agents are closed gracefully before the command exits.
+    rt.block_on(runtime.shutdown());
+    let report = match report {
         Ok(report) => report,
         Err(err) => {
             eprintln!("error: {err}");
@@ -695,6 +698,8 @@ fn run(args: RunArgs) -> ExitCode {
     } else {
         rt.block_on(runtime.execute())
     };
+    // MCP sessions and host agents are closed gracefully before the command exits.
+    rt.block_on(runtime.shutdown());
     let _ = std::io::stdout().flush();
     for panic in runtime.listener_panics() {
         eprintln!("warning: {panic}");
