@@ -335,6 +335,42 @@ async fn shutdown_lets_a_stdio_server_exit_after_the_end_of_its_input() {
     );
 }
 
+/// A stdio server that neither exits after the end of its input nor on `SIGTERM` (it
+/// ignores it): `shutdown` waits 3 s, sends `SIGTERM`, waits 3 s more, then kills it.
+#[tokio::test]
+async fn shutdown_kills_a_stdio_server_that_does_not_exit() {
+    let (node, entry) = everything();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let pid_file = dir.path().join("pid");
+    let clients = McpClients::new();
+    let script = format!(
+        "echo $$ > '{}'; trap '' TERM; '{node}' '{entry}' stdio; exec sleep 60",
+        pid_file.display()
+    );
+    let program = program(json!([mcp(
+        "Ev",
+        json!({"command": ["sh", "-c", script], "timeout": 30})
+    )]));
+    let echoed = clients
+        .call(&program, "Ev", "echo", json!({"message": "stay"}))
+        .await
+        .expect("the call reaches the server");
+    assert_eq!(echoed, Ok(json!("Echo: stay")));
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let started = Instant::now();
+    clients.shutdown().await;
+    let took = started.elapsed();
+    assert!(!process_exists(pid), "process {pid} survived the shutdown");
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_ends_an_http_session_with_a_delete() {
     let port = free_port();
@@ -409,3 +445,20 @@ fn child_with_arg(marker: &str) -> Option<u32> {
         (parent == me && has).then_some(pid)
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// Items 2, 3 and 8 of issue 16 (another branch implements them; their cases go here,
+// against the same servers):
+//
+// - item 2, tool names that are not Concerto identifiers: a declared `get_sum` matches
+//   server-everything's `get-sum` (and `get_tiny_image` its `get-tiny-image`); two server
+//   tools that both match one declared name are an error naming both.
+// - item 3, declared signatures checked against the server's schemas at first connection:
+//   `get_sum(a: Int, b: Int)` fits `get-sum`'s `inputSchema`; a wrong parameter name or type
+//   (`get_sum(x: Int, b: Int)`, `echo(message: Int)`) is an error naming the tool, the
+//   parameter and both types; results convert to the declared type (text to `String`; text
+//   to `Int` only when it parses exactly, else a clear error), e.g. mcp-server-time's
+//   `convert_time` structured content into a declared struct.
+// - item 8, a tool error reaches a model as its message (no debug rendering), and
+//   `--metrics` counts direct calls from code (`Ev.echo(…)`) as well as a model's.
+// ---------------------------------------------------------------------------------------

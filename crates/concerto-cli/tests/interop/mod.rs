@@ -76,6 +76,11 @@ pub(crate) fn echo_program(dir: &Path, config: Value) -> PathBuf {
                 {"op": "FIELD_GET", "name": "message"}, {"op": "EMIT"},
                 {"op": "LOAD_CONST", "arg": 3}, {"op": "RETURN"}]}],
         "connections": [{"name": "Ev", "config": config}],
+        // The same call as a `@test` function, for `concerto test`.
+        "tests": [{"description": "echo", "expect_fail": false, "instructions": [
+            {"op": "LOAD_LOCAL", "name": "Ev"}, {"op": "LOAD_CONST", "arg": 1},
+            {"op": "CALL_METHOD", "name": "echo", "argc": 1}, {"op": "POP"},
+            {"op": "LOAD_CONST", "arg": 3}, {"op": "RETURN"}]}],
         "metadata": {"compiler_version": "0.1.0", "compiled_at": "", "optimization_level": 0,
             "debug_info": true, "entry_point": "main"}
     });
@@ -92,7 +97,7 @@ fn concerto(args: &[&str]) -> std::process::Output {
         .expect("concerto runs")
 }
 
-/// `concerto run` with a stdio server: when the command ends, the server has read the end
+/// `concerto run` and `concerto test` with a stdio server: when the command ends, the server has read the end
 /// of its input and exited by itself (status 0), rather than being killed with the
 /// command's runtime.
 #[test]
@@ -105,19 +110,28 @@ fn run_lets_a_stdio_server_exit_after_the_end_of_its_input() {
         json!({"command": ["sh", "-c",
             format!("node '{entry}' stdio; echo $? > '{}'", record.display())]}),
     );
-    let out = concerto(&["run", "--allow-tool", "Ev", &program.to_string_lossy()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("Echo: hi"),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The command waited for the server: its status is there as soon as it returns.
-    assert_eq!(
-        std::fs::read_to_string(&record).ok().as_deref(),
-        Some("0\n"),
-        "the server did not exit by itself"
-    );
+    let path = program.to_string_lossy();
+    for command in ["run", "test"] {
+        let _ = std::fs::remove_file(&record);
+        let out = concerto(&[command, "--allow-tool", "Ev", &path]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let expected = if command == "run" {
+            "Echo: hi"
+        } else {
+            "1 passed"
+        };
+        assert!(
+            stdout.contains(expected) && out.status.success(),
+            "{command}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The command waited for the server: its status is there as soon as it returns.
+        assert_eq!(
+            std::fs::read_to_string(&record).ok().as_deref(),
+            Some("0\n"),
+            "{command}: the server did not exit by itself"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
