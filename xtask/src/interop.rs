@@ -1,7 +1,9 @@
 //! `cargo xtask interop-setup`: the official MCP servers the interop suite
-//! (`crates/concerto-tools/tests/interop.rs`) starts, installed from their package registries
-//! into `<target>/interop/` at the versions the suite was tested with. Idempotent: a folder
-//! that already holds these versions is left alone.
+//! (`crates/concerto-tools/tests/interop.rs`, `crates/concerto-cli/tests/interop/`) starts,
+//! installed from their package registries into `<target>/interop/` at the versions they were
+//! tested with: the servers below, and every package they depend on as
+//! `xtask/interop/package-lock.json` and `xtask/interop/constraints.txt` record. Idempotent:
+//! a folder that already holds these versions is left alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,30 +42,35 @@ pub(crate) fn setup() -> Result<()> {
     }
 }
 
+/// npm: `xtask/interop/package.json` and its lock (every package at the version tested)
+/// copied into `<dir>/npm`, then `npm ci` there.
 fn install_npm(dir: &Path) -> Result<()> {
     let (name, version) = EVERYTHING;
     let prefix = dir.join("npm");
     let manifest = prefix.join("node_modules").join(name).join("package.json");
-    if installed_npm_version(&manifest).as_deref() == Some(version) {
+    let pinned = crate::root().join("xtask/interop");
+    let lock = std::fs::read(pinned.join("package-lock.json"))
+        .with_context(|| format!("cannot read {}", pinned.display()))?;
+    let installed_lock = std::fs::read(prefix.join("package-lock.json")).unwrap_or_default();
+    if installed_npm_version(&manifest).as_deref() == Some(version) && installed_lock == lock {
         println!("{name}@{version}: already in {}", prefix.display());
         return Ok(());
     }
+    std::fs::create_dir_all(&prefix)
+        .with_context(|| format!("cannot create {}", prefix.display()))?;
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(pinned.join(file), prefix.join(file))
+            .with_context(|| format!("cannot copy {file} to {}", prefix.display()))?;
+    }
     crate::run(
-        &format!("npm install {name}@{version} (needs Node.js and npm)"),
+        &format!("npm ci ({name}@{version}; needs Node.js and npm)"),
         Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--save-exact",
-                "--prefix",
-            ])
-            .arg(&prefix)
-            .arg(format!("{name}@{version}")),
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix),
     )?;
     if installed_npm_version(&manifest).as_deref() != Some(version) {
         bail!(
-            "npm install did not leave {name}@{version} in {}",
+            "npm ci did not leave {name}@{version} in {}",
             prefix.display()
         );
     }
@@ -76,11 +83,17 @@ fn installed_npm_version(manifest: &Path) -> Option<String> {
     json.get("version")?.as_str().map(str::to_string)
 }
 
+/// PyPI: a virtualenv in `<dir>/venv`, and `pip install` of the server with every
+/// dependency held to the version tested (`xtask/interop/constraints.txt`).
 fn install_pip(dir: &Path) -> Result<()> {
     let (name, version) = TIME;
     let venv = dir.join("venv");
-    let stamp = venv.join(format!("{name}=={version}"));
-    if stamp.is_file() && venv.join("bin").join(name).is_file() {
+    let constraints = crate::root().join("xtask/interop/constraints.txt");
+    let pinned = std::fs::read(&constraints)
+        .with_context(|| format!("cannot read {}", constraints.display()))?;
+    let stamp = venv.join("installed-constraints.txt");
+    let installed = std::fs::read(&stamp).unwrap_or_default();
+    if installed == pinned && venv.join("bin").join(name).is_file() {
         println!("{name}=={version}: already in {}", venv.display());
         return Ok(());
     }
@@ -99,9 +112,11 @@ fn install_pip(dir: &Path) -> Result<()> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                "-c",
             ])
+            .arg(&constraints)
             .arg(format!("{name}=={version}")),
     )?;
-    std::fs::write(&stamp, "").with_context(|| format!("cannot write {}", stamp.display()))?;
+    std::fs::write(&stamp, pinned).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(())
 }
