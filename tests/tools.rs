@@ -636,3 +636,32 @@ fn dropping_a_runtime_without_shutdown_still_stops_its_processes() {
         );
     }
 }
+
+#[test]
+fn a_runtime_stays_usable_after_shutdown() {
+    let connections: Arc<dyn Connections> =
+        Scripted::new(vec![text("It is 42."), text("It is 42.")]);
+    let mut runtime = concerto_runtime::Runtime::builder()
+        .connections(connections)
+        .config(RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods))
+        .build()
+        .expect("runtime");
+    runtime
+        .load_ir_bytes(mcp_program().as_bytes())
+        .expect("program");
+    let echoed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = echoed.clone();
+    runtime.on("echo", move |v: Value| seen.lock().push(v));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        for _ in 0..2 {
+            runtime.execute().await.expect("the run");
+            runtime.shutdown().await;
+        }
+    });
+    // Both executions reached the server: the second started it again.
+    assert_eq!(echoed.lock().len(), 2);
+}
