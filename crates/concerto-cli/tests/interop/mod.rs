@@ -246,8 +246,8 @@ fn run_ends_an_http_session_with_a_delete() {
 }
 
 /// An HTTP endpoint that is not an MCP endpoint (server-everything answers an HTML 404 on
-/// any other path): the program catches the failure, and stderr stays free of the MCP
-/// SDK's own `ERROR` lines (they show only under `RUST_LOG`).
+/// any other path): the program catches the failure, whose message reads plainly, and
+/// stderr stays free of the MCP SDK's own `ERROR` lines (they show only under `RUST_LOG`).
 #[test]
 fn a_handled_mcp_failure_leaves_stderr_clean() {
     let server = HttpServer::start();
@@ -274,6 +274,15 @@ fn a_handled_mcp_failure_leaves_stderr_clean() {
         "{stdout}"
     );
     assert_eq!(stderr, "", "stderr is not clean");
+    // The program's error reads plainly: no Rust type names, no HTML page, one line, a hint.
+    for raw in ["rmcp::", "<html", "<!DOCTYPE", "WorkerTransport"] {
+        assert!(!stdout.contains(raw), "{raw}: {stdout}");
+    }
+    assert_eq!(stdout.trim_end().lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("(an HTML page)") && stdout.contains("`/mcp`"),
+        "{stdout}"
+    );
     // Asked for, the SDK's lines are there.
     let logged = Command::new(env!("CARGO_BIN_EXE_concerto"))
         .args(args)

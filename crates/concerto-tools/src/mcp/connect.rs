@@ -246,11 +246,20 @@ where
 {
     match tokio::time::timeout(config.timeout, serve).await {
         Ok(Ok(session)) => Ok(session),
-        Ok(Err(e)) => Err(HostError::failed(format!(
-            "{ctx}: the MCP handshake with {} failed: {}",
-            config.endpoint(),
-            error_chain(&e)
-        ))),
+        Ok(Err(e)) => {
+            let reason = plain(&error_chain(&e));
+            let hint = if matches!(config.transport, Transport::Http { .. })
+                && reason.contains("HTTP 404")
+            {
+                "; is the URL the server's streamable-HTTP endpoint (often ending in `/mcp`)?"
+            } else {
+                ""
+            };
+            Err(HostError::failed(format!(
+                "{ctx}: the MCP handshake with {} failed: {reason}{hint}",
+                config.endpoint(),
+            )))
+        }
         Err(_) => Err(HostError {
             kind: HostErrorKind::Timeout,
             message: format!(
@@ -261,6 +270,31 @@ where
             provider: None,
         }),
     }
+}
+
+/// An rmcp transport error as a person reads it: without the transport's Rust type name
+/// (`Transport [rmcp::…<…>] error: `), with an HTML error page named rather than quoted, on
+/// one line.
+fn plain(text: &str) -> String {
+    let mut text = text.to_string();
+    if let Some(start) = text.find("Transport [")
+        && let Some(end) = text[start..].find("] error: ")
+    {
+        text.replace_range(..start + end + "] error: ".len(), "");
+    }
+    let lower = text.to_ascii_lowercase();
+    if let Some(start) = lower.find("<!doctype").or_else(|| lower.find("<html")) {
+        let end = lower
+            .rfind("</html>")
+            .map_or(text.len(), |end| end + "</html>".len());
+        if end > start {
+            text.replace_range(start..end, "(an HTML page)");
+        }
+    }
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" ,", ",")
 }
 
 /// An error and its sources, without repeating a source its parent already quotes.
