@@ -511,3 +511,49 @@ fn a_builder_method_with_the_wrong_number_of_arguments_names_the_method() {
         assert!(conn.requests().is_empty());
     }
 }
+
+/// A reply a fallback connection gave (`ChatResponse::connection`) is the program's
+/// `Response.connection`, and its usage and cost are counted for that connection, not for
+/// the one the agent names.
+#[test]
+fn a_fallbacks_reply_names_its_connection_and_is_counted_for_it() {
+    use concerto_runtime::vm::host::ChatResponse;
+    let mut reply: ChatResponse = text("Teal").expect("a reply");
+    reply.connection = Some("backup".into());
+    reply.cost_usd = Some(0.25);
+    let refused = || {
+        Err(HostError::failed(
+            "connection 'llm': HTTP 400 after 1 attempt",
+        ))
+    };
+    let conn = Scripted::new(vec![Ok(reply), refused(), refused(), refused()]);
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("agents/shapes.conc-ir"))
+        .expect("program");
+    let c: Arc<dyn Connections> = conn.clone();
+    let mut rt = concerto_runtime::Runtime::builder()
+        .connections(c)
+        .build()
+        .expect("builds");
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    rt.on("response", move |payload: concerto_runtime::Value| {
+        kept.lock().push(payload.to_json());
+    });
+    rt.load_ir_bytes(&bytes).expect("loads");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    tokio.block_on(rt.execute()).expect("runs");
+    assert_eq!(seen.lock()[0]["connection"], json!("backup"));
+    let m = rt.metrics();
+    let backup = &m.llm.by_connection["backup"];
+    assert_eq!((backup.requests, backup.cost_usd), (1, 0.25));
+    assert_eq!(m.tokens_by_connection("backup"), 16);
+    assert_eq!(
+        m.llm.by_connection.get("llm").map_or(0, |c| c.requests),
+        0,
+        "the named connection did not answer"
+    );
+    assert_eq!(m.llm.by_agent["Writer"].requests, 1);
+}

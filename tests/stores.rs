@@ -785,6 +785,11 @@ fn memory_append_window_messages_clear(open: Open) {
         tool_calls: vec![],
         tool_call_id: Some("call_1".into()),
         name: Some("Search::find".into()),
+        // A tool's images are kept with its result.
+        images: vec![concerto_runtime::vm::host::ImagePart {
+            mime_type: "image/png".into(),
+            data: "iVBORw0KGgo=".into(),
+        }],
     };
     wait(st.memory_append("tools", None, asked.clone())).unwrap();
     wait(st.memory_append("tools", None, answer.clone())).unwrap();

@@ -264,7 +264,8 @@ fn an_mcp_server_is_called_from_code_and_offered_to_agents_once_enabled() {
         )
     }));
     assert_eq!(payload(&out, "echo"), json!("ping"));
-    assert_eq!(payload(&out, "add"), json!({"sum": 42}));
+    // `add` answers the text "42" and the structured {"sum": 42}: the declared Int is 42.
+    assert_eq!(payload(&out, "add"), json!(42));
     let fail = payload(&out, "fail");
     assert!(
         fail.as_str().unwrap_or_default().contains("no luck"),
@@ -281,6 +282,80 @@ fn an_mcp_server_is_called_from_code_and_offered_to_agents_once_enabled() {
     let last = requests[1].messages.last().expect("tool result");
     assert_eq!(last.role, "tool");
     assert!(last.content.contains("42"), "{}", last.content);
+}
+
+/// The 1x1 PNG and GIF of the test MCP server (`fixtures/mcp/server.py`).
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+const GIF: &str = "R0lGODlhAQABAIAAAP///wAAACwAAAAAAQABAAACAkQBADs=";
+
+#[test]
+fn images_an_mcp_tool_returns_reach_the_model_as_images_never_as_text() {
+    let conn = Scripted::new(vec![
+        tools(&[
+            ("c1", "Gallery::snapshot", json!({})),
+            ("c2", "Gallery::album", json!({})),
+        ]),
+        text("Two red dots and a white one."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let json_command = serde_json::to_string(&mcp_command()).expect("json");
+    let ir = program("mcp_images").replace("\"MCP_COMMAND\"", &json_command);
+    let out = emits(&run(&ir, |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default().with_tool_permission("Gallery", ToolPermission::AllMethods),
+        )
+    }));
+    // From code the text stands for the image.
+    assert_eq!(
+        payload(&out, "direct"),
+        json!("a red dot\n[image (image/png)]")
+    );
+    assert_eq!(
+        payload(&out, "answer"),
+        json!("Two red dots and a white one.")
+    );
+    let requests = conn.requests();
+    let results: Vec<_> = requests[1]
+        .messages
+        .iter()
+        .filter(|m| m.role == "tool")
+        .collect();
+    assert_eq!(results.len(), 2);
+    let shown = |m: &concerto_runtime::vm::host::ChatMessage| {
+        m.images
+            .iter()
+            .map(|i| (i.mime_type.clone(), i.data.clone()))
+            .collect::<Vec<_>>()
+    };
+    // An image block: the image, and its placeholder in the text.
+    assert_eq!(results[0].content, "a red dot\n[image (image/png)]");
+    assert_eq!(
+        shown(results[0]),
+        [("image/png".to_string(), PNG.to_string())]
+    );
+    // Structured content with base64 images, and the same PNG as a block: each image once,
+    // the structured content's data replaced by placeholders.
+    let mut album = shown(results[1]);
+    album.sort();
+    assert_eq!(
+        album,
+        [
+            ("image/gif".to_string(), GIF.to_string()),
+            ("image/png".to_string(), PNG.to_string())
+        ]
+    );
+    for m in &results {
+        assert!(
+            !m.content.contains(PNG) && !m.content.contains(GIF),
+            "{}",
+            m.content
+        );
+    }
+    assert!(
+        results[1].content.contains("[image (image/gif)]"),
+        "{}",
+        results[1].content
+    );
 }
 
 #[test]
@@ -342,6 +417,142 @@ fn mcp_method_level_permission() {
     );
     let error = result.error.expect("add is refused").to_string();
     assert!(error.contains("may not call 'add'"), "{error}");
+}
+
+fn mcp_signatures_program() -> String {
+    let json_command = serde_json::to_string(&mcp_command()).expect("json");
+    program("mcp_signatures").replace("\"MCP_COMMAND\"", &json_command)
+}
+
+fn text_of(out: &[(String, serde_json::Value)], channel: &str) -> String {
+    payload(out, channel)
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn mcp_tools_are_matched_by_identifier_form_checked_and_converted_from_code_and_for_agents() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Calc::get_sum", json!({"a": 19, "b": 23}))]),
+        text("It is 42."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let result = run(&mcp_signatures_program(), |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default()
+                .with_tool_permission("Calc", ToolPermission::AllMethods)
+                .with_tool_permission("Loose", ToolPermission::AllMethods),
+        )
+    });
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let out = emits(&result);
+    // `get_sum` reaches the server's `get-sum`; its text "5" is the declared Int.
+    assert_eq!(payload(&out, "sum"), json!(6));
+    // Structured content becomes the declared struct.
+    assert_eq!(payload(&out, "city"), json!("Oslo"));
+    assert_eq!(payload(&out, "temp"), json!(21.5));
+    // `-> String` gives the bare text, not an `Ok`.
+    assert_eq!(payload(&out, "echo"), json!("plain"));
+    assert_eq!(payload(&out, "pair_none"), json!("a\n"));
+    assert_eq!(payload(&out, "pair_some"), json!("a\nb"));
+    // Text that parses exactly is an Int; other text is an Err(ToolError) of kind "type".
+    assert_eq!(payload(&out, "parsed"), json!(42));
+    assert_eq!(payload(&out, "unparsed_kind"), json!("type"));
+    let unparsed = text_of(&out, "unparsed");
+    assert!(unparsed.contains("Loose"), "{unparsed}");
+    assert!(unparsed.contains("\"Echo: hi\""), "{unparsed}");
+    assert!(unparsed.contains("`Int`"), "{unparsed}");
+    // A declaration the server's inputSchema contradicts: tool, parameter and both types.
+    assert_eq!(payload(&out, "mismatch_kind"), json!("type"));
+    let mismatch = text_of(&out, "mismatch");
+    for part in ["tool `add`", "parameter `a`", "`String`", "`integer`"] {
+        assert!(mismatch.contains(part), "{part}: {mismatch}");
+    }
+    // Without `Result<_, ToolError>` the mismatch is raised (and here caught).
+    let raised = text_of(&out, "raised");
+    assert!(raised.starts_with("type: "), "{raised}");
+    assert!(raised.contains("parameter `third`"), "{raised}");
+    let failed = text_of(&out, "failed");
+    assert!(failed.contains("boom"), "{failed}");
+    assert!(raised.contains("tool `pair`"), "{raised}");
+    // Two server tools with the same identifier form: an error naming both.
+    let ambiguous = text_of(&out, "ambiguous");
+    assert!(ambiguous.contains("more than one"), "{ambiguous}");
+    assert!(ambiguous.contains("`a-b`, `a.b`;"), "{ambiguous}");
+    // An agent offered that server fails, naming the mismatch, before asking the model.
+    let refused = text_of(&out, "agent_refused");
+    assert!(refused.contains("parameter `a`"), "{refused}");
+    assert_eq!(payload(&out, "answer"), json!("It is 42."));
+
+    // The model was offered the declared names and its call reached `get-sum`.
+    let requests = conn.requests();
+    assert_eq!(requests.len(), 2);
+    let offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        offered,
+        [
+            "Calc::get_sum",
+            "Calc::weather",
+            "Calc::echo",
+            "Calc::pair",
+            "Calc::fail"
+        ]
+    );
+    let last = requests[1].messages.last().expect("tool result");
+    assert_eq!(last.role, "tool");
+    assert_eq!(last.content, "42");
+}
+
+#[test]
+fn a_failing_mcp_tool_reaches_the_model_as_its_message() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Calc::fail", json!({"message": "disk full"}))]),
+        text("Sorry."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let result = run(&mcp_program(), |b| {
+        b.connections(connections).config(
+            RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods),
+        )
+    });
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let requests = conn.requests();
+    let last = requests[1].messages.last().expect("tool result");
+    assert_eq!(last.role, "tool");
+    assert_eq!(last.content, "error: disk full");
+}
+
+#[test]
+fn metrics_count_tool_calls_made_from_code_as_well_as_by_models() {
+    let conn = Scripted::new(vec![
+        tools(&[("c1", "Calc::add", json!({"a": 19, "b": 23}))]),
+        text("It is 42."),
+    ]);
+    let connections: Arc<dyn Connections> = conn.clone();
+    let mut rt = concerto_runtime::Runtime::builder()
+        .connections(connections)
+        .config(RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods))
+        .build()
+        .expect("builds");
+    rt.load_ir_bytes(mcp_program().as_bytes()).expect("loads");
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    tokio.block_on(rt.execute()).expect("runs");
+    let m = rt.metrics();
+    // echo, add and fail from code, add by the model.
+    assert_eq!(m.tool_calls, 4);
+    assert_eq!(m.llm.by_agent["Clerk"].tool_calls, 1);
+    // The program's own tools called from code count too: add and mul.
+    let mut rt = concerto_runtime::Runtime::builder()
+        .build()
+        .expect("builds");
+    rt.load_ir_bytes(program("own_tools").as_bytes())
+        .expect("loads");
+    tokio.block_on(rt.execute()).expect("runs");
+    assert_eq!(rt.metrics().tool_calls, 2);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@
 //! wrong.
 #![allow(clippy::print_stderr, reason = "the CLI reports to its own stderr")]
 
+mod config_file;
+
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -328,6 +331,7 @@ fn setup(
     compiler: Option<&std::path::Path>,
     timeout: f64,
     access: &Access,
+    overrides: HashMap<String, concerto_runtime::ConnectionOverride>,
 ) -> Result<(Source, RuntimeBuilder), ExitCode> {
     if !(timeout.is_finite() && timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -336,6 +340,7 @@ fn setup(
     let source = Source::prepare(file, compiler)?;
     let mut config = RuntimeConfig {
         execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
+        connection_overrides: overrides,
         ..RuntimeConfig::default()
     };
     access.permissions(&mut config);
@@ -418,10 +423,11 @@ fn test(args: TestArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let (source, mut builder) = match setup(&file, compiler.as_deref(), timeout, &access) {
-        Ok(prepared) => prepared,
-        Err(code) => return code,
-    };
+    let (source, mut builder) =
+        match setup(&file, compiler.as_deref(), timeout, &access, HashMap::new()) {
+            Ok(prepared) => prepared,
+            Err(code) => return code,
+        };
     match system(concerto_runtime::stderr_writer(), env_file.as_deref()) {
         Ok((system, keys)) => {
             builder = builder
@@ -510,12 +516,17 @@ struct RunArgs {
     /// How emits are written to stdout.
     #[arg(long, value_enum, default_value_t = EmitFormat::Text)]
     emit_format: EmitFormat,
-    /// Stop the program after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300.0)]
-    timeout: f64,
-    /// Maximum nesting of calls.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    max_call_depth: usize,
+    /// Read connection overrides and fallbacks, permissions and limits from a TOML file
+    /// (sections `[connections.NAME]`, `[permissions]`, `[limits]`). The permission flags
+    /// add to the file's lists; a limit flag replaces the file's value.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Stop the program after this many seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Maximum nesting of calls [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_call_depth: Option<usize>,
     /// Stop the program after N steps (loop iterations and calls, counted the same way on
     /// every run) with a step-limit error.
     #[arg(long, value_name = "N")]
@@ -587,6 +598,7 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String
 fn run(args: RunArgs) -> ExitCode {
     let RunArgs {
         file,
+        config,
         emit_format: format,
         timeout,
         max_call_depth,
@@ -606,7 +618,38 @@ fn run(args: RunArgs) -> ExitCode {
         resume,
         mock_latency_ms,
     } = args;
-    let (source, mut builder) = match setup(&file, compiler.as_deref(), timeout, &access) {
+    let settings = match &config {
+        Some(path) => match config_file::ConfigFile::load(path) {
+            Ok(settings) => settings,
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        None => config_file::ConfigFile::default(),
+    };
+    // The file's permissions first, the flags' added; a limit flag wins over the file.
+    let mut access = access;
+    let file_access = &settings.permissions;
+    for (flags, from_file) in [
+        (&mut access.allow_tool, &file_access.allow_tool),
+        (&mut access.disable_tool, &file_access.disable_tool),
+        (&mut access.allow_net, &file_access.allow_net),
+        (&mut access.allow_env, &file_access.allow_env),
+    ] {
+        flags.splice(0..0, from_file.iter().cloned());
+    }
+    access
+        .allow_fs
+        .splice(0..0, file_access.allow_fs.iter().cloned());
+    let limits = &settings.limits;
+    let timeout = timeout.or(limits.timeout).unwrap_or(300.0);
+    let max_call_depth = max_call_depth.or(limits.max_call_depth).unwrap_or(1000);
+    let max_steps = max_steps.or(limits.max_steps);
+    let max_hashmap_bytes = max_hashmap_bytes.or(limits.max_hashmap_bytes);
+    let overrides = settings.connection_overrides();
+    let (source, mut builder) = match setup(&file, compiler.as_deref(), timeout, &access, overrides)
+    {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -616,6 +659,9 @@ fn run(args: RunArgs) -> ExitCode {
             .with_max_hashmap_bytes(max_hashmap_bytes)
             .with_max_steps(max_steps),
     );
+    if let Some(retries) = limits.retry_budget {
+        builder = builder.retry_budget(retries);
+    }
     let print_out = match format {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
         EmitFormat::Text => concerto_runtime::stdout_writer(),
@@ -673,6 +719,25 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(program) = runtime.program() {
         for warning in &program.warnings {
             eprintln!("warning: {warning}");
+        }
+        let declared: Vec<&str> = program
+            .connections
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if let (Some(path), Some(name)) = (&config, settings.unused_connections(&declared).first())
+        {
+            eprintln!(
+                "error: config file `{}`: connections.{name} is neither a connection of the \
+                 program ({}) nor a fallback's connection",
+                path.display(),
+                if declared.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            );
+            return ExitCode::from(2);
         }
     }
     let run_id = state.as_ref().map(|_| {

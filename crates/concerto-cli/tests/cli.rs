@@ -1381,10 +1381,18 @@ fn a_program_that_mocks_its_own_connection_says_so_on_stderr() {
     let mut ir: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(harbour()).unwrap()).unwrap();
     let mut names = Vec::new();
-    for conn in ir["connections"].as_array_mut().unwrap() {
-        conn["config"] = serde_json::json!({"provider": "mock"});
+    // Spellings the connection layer takes for the mock: each must be announced.
+    let spellings = ["mock", "Mock", " MOCK "];
+    for (i, conn) in ir["connections"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        conn["config"] = serde_json::json!({"provider": spellings[i % spellings.len()]});
         names.push(conn["name"].as_str().unwrap().to_string());
     }
+    assert!(names.len() >= 2, "the example has two connections");
     let path = dir.join("mocked.conc-ir");
     std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
     let out = bin()
@@ -1430,4 +1438,255 @@ fn the_old_sse_transport_is_refused_at_load_naming_the_alternatives() {
         assert!(!stderr.contains("rmcp"), "{stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A loopback server answering request number `n` (from 0) with `respond(n)`'s status,
+/// extra header lines and JSON body; its base URL and the number of requests it answered.
+fn scripted_server(
+    respond: impl Fn(usize) -> (u16, &'static str, String) + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = count.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let (status, headers, body) = respond(answered.fetch_add(1, Ordering::SeqCst));
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+fn rate_limited() -> (u16, &'static str, String) {
+    (
+        429,
+        "retry-after-ms: 30\r\n",
+        r#"{"error": {"message": "Slow down", "type": "rate_limit"}}"#.to_string(),
+    )
+}
+
+/// The one-call program `programs/fallback.conc-ir` with its connection's `base_url` (a
+/// program's choice) at `url`, written into `dir`.
+fn fallback_program_at(dir: &Path, url: &str) -> PathBuf {
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(programs().join("fallback.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
+    let path = dir.join("fallback.conc-ir");
+    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
+    path
+}
+
+fn emitted(o: &Output, channel: &str) -> serde_json::Value {
+    jsonl(o)
+        .into_iter()
+        .find(|e| e["channel"] == channel)
+        .map(|e| e["payload"].clone())
+        .unwrap_or_else(|| panic!("no emit on {channel}: {}", stdout(o)))
+}
+
+#[test]
+fn a_bad_config_file_exits_two_naming_the_file_the_line_and_the_reason() {
+    let dir = fresh_dir("bad-config");
+    let ir = write_ir(
+        "nil.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"nil","value":null}"#,
+    );
+    let config = dir.join("runtime.toml");
+    std::fs::write(
+        &config,
+        "[connections.openai]\nmodel = \"gpt-4o-mini\"\nfallback = [{ connection = \"b\" }]\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_stderr_has(&out, &format!("config file `{}`", config.display()));
+    assert_stderr_has(&out, "line 3");
+    assert_stderr_has(&out, "unknown field `fallback`");
+    let missing = bin()
+        .args(["run", "--config"])
+        .arg(dir.join("absent.toml"))
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert_stderr_has(&missing, "cannot read config file");
+    // A connection that is neither the program's nor a fallback's: a misspelt name.
+    std::fs::write(&config, "[connections.opena]\nmodel = \"gpt-4o-mini\"\n").unwrap();
+    let misspelt = bin()
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg(&ir)
+        .output()
+        .unwrap();
+    assert_eq!(misspelt.status.code(), Some(2), "{}", stderr(&misspelt));
+    assert_stderr_has(
+        &misspelt,
+        "connections.opena is neither a connection of the program (it declares none) nor a \
+         fallback's connection",
+    );
+}
+
+/// The reviewed file instead of a long command line: `allow_net` lets the program's own
+/// `base_url` be reached, the connection override names its key variable (no approval
+/// needed) and a fallback to a connection only the file declares; a rate-limited primary
+/// falls back, and the emits and `--metrics` name the connection that answered.
+#[test]
+fn a_config_file_opens_the_network_and_sets_a_fallback_that_answers() {
+    let dir = fresh_dir("config-fallback");
+    let (primary, primary_count) = scripted_server(|_| rate_limited());
+    let (backup, backup_count) = scripted_server(|_| {
+        let body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "backup-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
+        });
+        (200, "", body.to_string())
+    });
+    let program = fallback_program_at(&dir, &primary);
+    let config = dir.join("runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# Reviewed deployment settings.
+[connections.openai]
+api_key_env = "CONCERTO_CFG_KEY"
+retry = {{ max_attempts = 2, backoff = "none" }}
+fallbacks = [{{ connection = "backup" }}]
+fallback_on = ["rate_limited"]
+
+[connections.backup]
+base_url = "{backup}"
+api_key_env = "CONCERTO_CFG_KEY"
+model = "backup-model"
+
+[permissions]
+allow_net = ["127.0.0.1"]
+"#
+        ),
+    )
+    .unwrap();
+    let run = |with_config: bool| {
+        let mut cmd = bin();
+        cmd.args(["run", "--metrics", "--emit-format", "jsonl"]);
+        if with_config {
+            cmd.arg("--config").arg(&config);
+        }
+        cmd.arg(&program)
+            .env("CONCERTO_CFG_KEY", "sk-config-test")
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .unwrap()
+    };
+    // Without the file the program's base_url is refused before anything is sent (the
+    // program handles the refusal as a not_enabled AgentError).
+    let refused = run(false);
+    assert_eq!(refused.status.code(), Some(0), "{}", stderr(&refused));
+    assert_eq!(emitted(&refused, "error_kind"), "not_enabled");
+    assert_eq!(primary_count.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let out = run(true);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "text"), "Teal");
+    assert_eq!(emitted(&out, "connection"), "backup");
+    assert_eq!(emitted(&out, "model"), "backup-model");
+    let m = &metrics_lines(&out)[0]["metrics"];
+    assert_eq!(m["connections"]["backup"]["requests"], 1, "{m}");
+    assert_eq!(m["connections"]["backup"]["total_tokens"], 11, "{m}");
+    assert!(m["connections"].get("openai").is_none(), "{m}");
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        (primary_count.load(SeqCst), backup_count.load(SeqCst)),
+        (2, 1)
+    );
+}
+
+/// Issue 16, item 1, through the whole binary: a provider that keeps answering 429 after
+/// the run's retry budget (set in the file's `[limits]`) is spent gives the program a
+/// rate-limited `AgentError` with the provider's retry-after; the run goes on and exits 0.
+#[test]
+fn a_rate_limit_that_outlasts_the_retries_is_an_error_the_program_handles() {
+    let dir = fresh_dir("config-budget");
+    let (primary, count) = scripted_server(|_| rate_limited());
+    let program = fallback_program_at(&dir, &primary);
+    let config = dir.join("runtime.toml");
+    std::fs::write(
+        &config,
+        "[connections.openai]\nretry = { max_attempts = 3, backoff = \"none\" }\n\n\
+         [permissions]\nallow_net = [\"127.0.0.1\"]\n\n[limits]\nretry_budget = 1\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl", "--config"])
+        .arg(&config)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-config-test")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "error_kind"), "rate_limited");
+    assert_eq!(emitted(&out, "status"), 429);
+    assert_eq!(emitted(&out, "retry_after_ms"), 30);
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A limit flag on the command line replaces the file's value; a permission flag adds
+    // to the file's list.
+    let strict = dir.join("strict.toml");
+    std::fs::write(&strict, "[limits]\nmax_steps = 1\n").unwrap();
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["run", "--emit-format", "jsonl", "--config"])
+            .arg(&strict)
+            .args(extra)
+            .arg(&program)
+            .env("OPENAI_API_KEY", "sk-config-test")
+            .output()
+            .unwrap()
+    };
+    let stopped = run(&[]);
+    assert_eq!(stopped.status.code(), Some(1), "{}", stderr(&stopped));
+    assert_stderr_has(&stopped, "step");
+    let flagged = run(&["--max-steps", "100000", "--allow-net", "127.0.0.1"]);
+    assert_eq!(flagged.status.code(), Some(0), "{}", stderr(&flagged));
+    assert_eq!(emitted(&flagged, "error_kind"), "rate_limited");
 }

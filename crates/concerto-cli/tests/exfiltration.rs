@@ -53,6 +53,8 @@ enum Answer {
     Complete,
     /// 401 with an error message quoting the `authorization` header it received.
     EchoKey,
+    /// 200 with a chat completion whose text quotes the `authorization` header.
+    EchoKeyInReply,
     /// 307 to the given URL.
     Redirect(&'static str),
 }
@@ -139,6 +141,20 @@ fn serve(
                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
             .to_string(),
         ),
+        Answer::EchoKeyInReply => {
+            let key = header(&text, "authorization").unwrap_or_default();
+            (
+                "200 OK",
+                String::new(),
+                json!({"id": "c1", "object": "chat.completion", "created": 0,
+                       "model": "gpt-4o-mini",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant",
+                                                "content": format!("you sent {key}")}}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+                .to_string(),
+            )
+        }
         Answer::EchoKey => {
             let key = header(&text, "authorization").unwrap_or_default();
             (
@@ -945,6 +961,41 @@ fn exfiltration_never_escapes_and_the_allowed_paths_still_work() {
         }
         f.attempt("errors", what, problems);
     }
+    // A provider that quotes the key in a successful answer: the program gets the answer,
+    // never the key.
+    lab.allowed.answer(Answer::EchoKeyInReply);
+    for (what, key, secret, sent_key) in [
+        (
+            "the conventional key quoted in a reply",
+            None,
+            KEY_CANARY,
+            None,
+        ),
+        (
+            "a key from --env FILE quoted in a reply",
+            Some(("api_key_env", json!("FILE_CANARY"))),
+            FILE_CANARY,
+            Some("FILE_CANARY"),
+        ),
+    ] {
+        let setup = Setup {
+            base_url: provider.clone(),
+            key,
+            flags: allow_provider.clone(),
+            sent_key,
+            ..Setup::default()
+        };
+        let out = lab.run(&setup);
+        let mut problems = out.leaks(&setup);
+        let reply = out.emits().get("writer").cloned().unwrap_or(Value::Null);
+        if !reply.to_string().contains("you sent Bearer") {
+            problems.push(format!("the reply did not reach the program: {reply}"));
+        }
+        if reply.to_string().contains(secret) {
+            problems.push("the program received the key".into());
+        }
+        f.attempt("replies", what, problems);
+    }
     lab.allowed.answer(Answer::Complete);
 
     let _ = std::fs::remove_dir_all(&lab.dir);
@@ -957,6 +1008,7 @@ fn exfiltration_never_escapes_and_the_allowed_paths_still_work() {
         ("tool-args", 7),
         ("prompt", 7),
         ("errors", 9),
+        ("replies", 2),
         ("cassette", 7),
         ("debug", 7),
     ]);

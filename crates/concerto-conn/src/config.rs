@@ -267,10 +267,22 @@ fn default_key_variable(provider_name: &str) -> Option<&'static str> {
     }
 }
 
-fn read_env(env: &EnvFn, variable: &str) -> Option<String> {
-    env(variable)
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+/// What an API-key variable holds.
+enum KeyVar {
+    /// A key (trimmed).
+    Key(String),
+    /// The variable is set but holds nothing (or only blanks).
+    Empty,
+    /// The variable is not set.
+    Unset,
+}
+
+fn read_env(env: &EnvFn, variable: &str) -> KeyVar {
+    match env(variable) {
+        None => KeyVar::Unset,
+        Some(v) if v.trim().is_empty() => KeyVar::Empty,
+        Some(v) => KeyVar::Key(v.trim().to_string()),
+    }
 }
 
 /// Finds the API key: the host's, else `config.api_key` (literal or `{"$env": VAR}`), else
@@ -290,7 +302,17 @@ fn resolve_key(
     {
         return Ok(Some(key.to_string()));
     }
-    let variable: Option<String> = match config.get("api_key") {
+    // A variable the host named needs no approval, and wins over the program's choice.
+    let host_variable = settings
+        .and_then(|s| s.api_key_env.as_deref())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let config_key = if host_variable.is_some() {
+        None
+    } else {
+        config.get("api_key")
+    };
+    let variable: Option<String> = match config_key {
         None | Some(Json::Null) => None,
         Some(Json::String(key)) if !key.trim().is_empty() => {
             return Ok(Some(key.trim().to_string()));
@@ -312,15 +334,17 @@ fn resolve_key(
             ));
         }
     };
-    let variable = match variable {
-        Some(v) => Some(v),
-        None => opt_str(name, config, "api_key_env")?
+    let variable = match (host_variable, variable) {
+        (Some(v), _) => Some(v.to_string()),
+        (None, Some(v)) => Some(v),
+        (None, None) => opt_str(name, config, "api_key_env")?
             .map(str::to_string)
             .or_else(|| default_key_variable(provider_name).map(str::to_string)),
     };
     // The provider's own conventional variable needs no approval; any other one does (an
     // openai connection may not read ANTHROPIC_API_KEY by itself).
     if let Some(variable) = &variable
+        && host_variable.is_none()
         && let Some(approve) = approve
         && default_key_variable(provider_name) != Some(variable.as_str())
         && !approve(variable)
@@ -340,21 +364,23 @@ fn resolve_key(
         }
         return Ok(None);
     };
-    match read_env(env, &variable) {
-        Some(key) => Ok(Some(key)),
-        None if key_required(provider_name) => Err(err(
+    let state = match read_env(env, &variable) {
+        KeyVar::Key(key) => return Ok(Some(key)),
+        KeyVar::Empty => "is set but empty",
+        KeyVar::Unset => "is not set",
+    };
+    if key_required(provider_name) {
+        return Err(err(
             name,
-            format!("API key not found: environment variable {variable} is not set"),
-        )),
-        None => {
-            tracing::warn!(
-                connection = name,
-                variable = variable.as_str(),
-                "API key variable is not set; sending requests without authentication"
-            );
-            Ok(None)
-        }
+            format!("API key not found: environment variable {variable} {state}"),
+        ));
     }
+    tracing::warn!(
+        connection = name,
+        variable = variable.as_str(),
+        "API key variable {state}; sending requests without authentication"
+    );
+    Ok(None)
 }
 
 fn header_name(name: &str, header: &str) -> Result<HeaderName, HostError> {
@@ -692,6 +718,7 @@ mod tests {
             "OPENAI_API_KEY" => Some("sk-default-var".into()),
             "MY_VAR" => Some("  sk-my-var \n".into()),
             "EMPTY" => Some("   ".into()),
+            "ZERO_LENGTH" => Some(String::new()),
             _ => None,
         }
     }
@@ -750,6 +777,46 @@ mod tests {
     }
 
     #[test]
+    fn a_key_variable_the_host_names_needs_no_approval_and_wins() {
+        let host = ConnectionSettings {
+            api_key_env: Some("MY_VAR".into()),
+            ..ConnectionSettings::default()
+        };
+        let refuse_all = |_: &str| false;
+        let config = json!({"api_key": "sk-literal", "api_key_env": "OPENAI_API_KEY"});
+        let key = resolve_key(
+            "c",
+            "openai",
+            &config,
+            Some(&host),
+            &with_vars,
+            Some(&refuse_all),
+        );
+        assert_eq!(key.unwrap().as_deref(), Some("sk-my-var"));
+        // Without the host's variable the program's unapproved one is refused.
+        let program_only = json!({"api_key_env": "MY_VAR"});
+        let refused = resolve_key(
+            "c",
+            "openai",
+            &program_only,
+            None,
+            &with_vars,
+            Some(&refuse_all),
+        );
+        assert!(refused.unwrap_err().message.contains("was not approved"));
+        let empty = ConnectionSettings {
+            api_key_env: Some("EMPTY".into()),
+            ..ConnectionSettings::default()
+        };
+        let err =
+            resolve_key("c", "openai", &json!({}), Some(&empty), &with_vars, None).unwrap_err();
+        assert_eq!(
+            err.message,
+            "connection 'c': API key not found: environment variable EMPTY is set but empty"
+        );
+    }
+
+    #[test]
     fn key_sources_in_order() {
         let host = ConnectionSettings {
             api_key: Some("sk-host".into()),
@@ -781,12 +848,24 @@ mod tests {
             key(&json!({}), None, "openai").unwrap().as_deref(),
             Some("sk-default-var")
         );
-        // Missing or blank: an error for the hosted providers, no key for the others.
+        // Missing or blank: an error for the hosted providers, no key for the others. A
+        // variable that is set but holds only blanks is reported as such, not as unset.
         let blank = json!({"api_key_env": "EMPTY"});
         let err = key(&blank, None, "openai").unwrap_err();
         assert_eq!(
             err.message,
-            "connection 'c': API key not found: environment variable EMPTY is not set"
+            "connection 'c': API key not found: environment variable EMPTY is set but empty"
+        );
+        let err = key(&json!({"api_key_env": "ZERO_LENGTH"}), None, "anthropic").unwrap_err();
+        assert_eq!(
+            err.message,
+            "connection 'c': API key not found: environment variable ZERO_LENGTH is set but empty"
+        );
+        let unset = json!({"api_key_env": "NOT_THERE"});
+        let err = key(&unset, None, "openai").unwrap_err();
+        assert_eq!(
+            err.message,
+            "connection 'c': API key not found: environment variable NOT_THERE is not set"
         );
         assert_eq!(key(&blank, None, "ollama").unwrap(), None);
         assert_eq!(key(&json!({}), None, "vllm").unwrap(), None);

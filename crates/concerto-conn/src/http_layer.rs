@@ -18,7 +18,10 @@ use crate::config::{EnvFn, Resolved, Target};
 use crate::limits::{AdmitError, LimitSpec, Limits};
 use crate::retry::RetryBudget;
 use crate::wire::{Outgoing, ToolNames};
-use crate::{ConnectionSettings, MockConnections, PriceTable, client, config, model, retry, wire};
+use crate::{
+    ConnectionSettings, Fallback, FallbackOn, MockConnections, PriceTable, client, config, model,
+    retry, wire,
+};
 
 /// Reads an environment variable: how [`HttpConnections`] finds API keys
 /// (`std::env::var` unless [`HttpConnections::with_env`] says otherwise).
@@ -74,9 +77,21 @@ pub const DEFAULT_OUTPUT_RESERVE: u64 = 1024;
 ///   provider's details ([`HostError::provider`]: rate limited, provider error, connection
 ///   failure or timeout, the last HTTP status, the `Retry-After`). A timeout is
 ///   [`HostErrorKind::Timeout`]; a provider's refusal, 429 at the end included, is
-///   [`HostErrorKind::Failed`] (the program gets an `AgentError` it can handle); running out
-///   of the retry budget or a request larger than the tokens-per-minute limit is
-///   [`HostErrorKind::Limit`] (it ends the program).
+///   [`HostErrorKind::Failed`] (the program gets an `AgentError` it can handle), also when
+///   the retry budget ran out first (the message says so); a request larger than the
+///   tokens-per-minute limit is [`HostErrorKind::Limit`] (it ends the program).
+/// - **Fallbacks** ([`ConnectionSettings::fallbacks`], set by the host): when the last
+///   attempt on a connection failed with a kind its [`ConnectionSettings::fallback_on`] lists
+///   (429, 5xx or an error inside a stream, a timeout, a broken connection or cut-short
+///   reply; all four when the list is empty), the next fallback is called — another
+///   connection (one of the program's, or one only the host configured) under its own
+///   retry policy and limits, and/or another model (else that connection's default model,
+///   else the agent's). Other 4xx refusals and malformed replies never fall back. Each move
+///   takes one from the retry budget; without one left the call ends with the last
+///   failure. The reply names the connection that answered ([`ChatResponse::connection`])
+///   and counts every attempt; the error of a call whose fallbacks all failed lists each
+///   failure and carries the last one's details. A fallback that cannot be used (unknown
+///   connection, missing key) ends the call with an error naming it.
 ///
 ///
 /// ```no_run
@@ -105,6 +120,9 @@ pub struct HttpConnections {
     /// the allocation (so the address cannot be reused by another program) and tells
     /// whether the program is still alive.
     resolved: Mutex<ResolvedCache>,
+    /// Connections only the host configured (fallbacks the program does not declare), by
+    /// name, resolved on first use.
+    hosted: Mutex<HashMap<String, Arc<Prepared>>>,
     /// Limit state by connection name and limits, shared by every program.
     limits: Mutex<HashMap<(String, LimitSpec), Arc<Limits>>>,
 }
@@ -117,6 +135,10 @@ type ResolvedCache = HashMap<(usize, u32), (Weak<Program>, Arc<Prepared>)>;
 struct Prepared {
     conn: Resolved,
     limits: Option<Arc<Limits>>,
+    /// The host's fallbacks of this connection, in order.
+    fallbacks: Vec<Fallback>,
+    /// The failures that move a call on to the next fallback (empty: all four kinds).
+    fallback_on: Vec<FallbackOn>,
 }
 
 impl fmt::Debug for HttpConnections {
@@ -149,6 +171,7 @@ impl HttpConnections {
             budget: Arc::new(RetryBudget::new(DEFAULT_RETRY_BUDGET)),
             mock: MockConnections::new(),
             resolved: Mutex::new(HashMap::new()),
+            hosted: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
         }
     }
@@ -157,6 +180,7 @@ impl HttpConnections {
     pub fn with_env(mut self, env: Arc<EnvLookup>) -> Self {
         self.env = env;
         self.resolved.get_mut().clear();
+        self.hosted.get_mut().clear();
         self
     }
 
@@ -170,6 +194,7 @@ impl HttpConnections {
     pub fn with_key_approval(mut self, approve: Arc<KeyApproval>) -> Self {
         self.approve = Some(approve);
         self.resolved.get_mut().clear();
+        self.hosted.get_mut().clear();
         self
     }
 
@@ -183,6 +208,7 @@ impl HttpConnections {
     pub fn with_host_approval(mut self, allow: Arc<HostApproval>) -> Self {
         self.hosts = Some(allow);
         self.resolved.get_mut().clear();
+        self.hosted.get_mut().clear();
         self
     }
 
@@ -190,6 +216,7 @@ impl HttpConnections {
     pub fn with_settings(mut self, connection: &str, settings: ConnectionSettings) -> Self {
         self.settings.insert(connection.to_string(), settings);
         self.resolved.get_mut().clear();
+        self.hosted.get_mut().clear();
         self
     }
 
@@ -232,6 +259,15 @@ impl HttpConnections {
             self.approve.as_deref(),
             self.hosts.as_deref(),
         )?;
+        let prepared = self.with_limits(conn);
+        let mut cache = self.resolved.lock();
+        cache.retain(|_, (program, _)| program.strong_count() > 0);
+        cache.insert(key, (Arc::downgrade(program), Arc::clone(&prepared)));
+        Ok(prepared)
+    }
+
+    /// A resolved connection with its limit state and the host's fallbacks.
+    fn with_limits(&self, conn: Resolved) -> Arc<Prepared> {
         let limits = (!conn.limits.is_unlimited()).then(|| {
             let mut all = self.limits.lock();
             Arc::clone(
@@ -239,10 +275,49 @@ impl HttpConnections {
                     .or_insert_with(|| Arc::new(Limits::new(conn.limits))),
             )
         });
-        let prepared = Arc::new(Prepared { conn, limits });
-        let mut cache = self.resolved.lock();
-        cache.retain(|_, (program, _)| program.strong_count() > 0);
-        cache.insert(key, (Arc::downgrade(program), Arc::clone(&prepared)));
+        let (fallbacks, fallback_on) = self
+            .settings
+            .get(&conn.name)
+            .map(|s| (s.fallbacks.clone(), s.fallback_on.clone()))
+            .unwrap_or_default();
+        Arc::new(Prepared {
+            conn,
+            limits,
+            fallbacks,
+            fallback_on,
+        })
+    }
+
+    /// The connection named `name`: the program's, else one only the host configured
+    /// (resolved from its [`ConnectionSettings`] alone).
+    fn prepared_by_name(
+        &self,
+        program: &Arc<Program>,
+        name: &str,
+    ) -> Result<Arc<Prepared>, HostError> {
+        if let Some(index) = program.connections.iter().position(|c| c.name == name) {
+            return self.prepared(program, u32::try_from(index).unwrap_or(u32::MAX));
+        }
+        if let Some(prepared) = self.hosted.lock().get(name) {
+            return Ok(Arc::clone(prepared));
+        }
+        let Some(settings) = self.settings.get(name) else {
+            return Err(HostError::failed(format!(
+                "connection '{name}' is neither a connection of the program nor one the host configured"
+            )));
+        };
+        let conn = config::resolve(
+            name,
+            &serde_json::Value::Null,
+            Some(settings),
+            &*self.env,
+            self.approve.as_deref(),
+            self.hosts.as_deref(),
+        )?;
+        let prepared = self.with_limits(conn);
+        self.hosted
+            .lock()
+            .insert(name.to_string(), Arc::clone(&prepared));
         Ok(prepared)
     }
 }
@@ -258,16 +333,101 @@ impl Connections for HttpConnections {
             Ok(p) => p,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        if matches!(prepared.conn.target, Target::Mock) {
+        if matches!(prepared.conn.target, Target::Mock) && prepared.fallbacks.is_empty() {
             return self.mock.chat(program, connection, request);
+        }
+        let mut legs = vec![Leg {
+            name: prepared.conn.name.clone(),
+            target: Ok(Arc::clone(&prepared)),
+            model: None,
+            other: false,
+        }];
+        for (n, fallback) in prepared.fallbacks.iter().enumerate() {
+            let other = fallback
+                .connection
+                .as_deref()
+                .filter(|name| *name != prepared.conn.name);
+            let target = match (other, fallback.model.as_deref()) {
+                (None, None) => Err(HostError::failed(format!(
+                    "connection '{}': fallback {} names neither a connection nor a model",
+                    prepared.conn.name,
+                    n + 1
+                ))),
+                (Some(name), _) => self.prepared_by_name(program, name),
+                (None, Some(_)) => Ok(Arc::clone(&prepared)),
+            };
+            legs.push(Leg {
+                name: other.unwrap_or(&prepared.conn.name).to_string(),
+                target,
+                model: fallback.model.clone(),
+                other: other.is_some(),
+            });
         }
         let call = Call {
             client: self.client.clone(),
             prices: Arc::clone(&self.prices),
             budget: Arc::clone(&self.budget),
-            prepared,
+            fallback_on: prepared.fallback_on.clone(),
+            legs,
         };
         Box::pin(call.run(request))
+    }
+}
+
+/// One connection (and model) a call may be answered by: the named connection first, then
+/// its fallbacks in order.
+struct Leg {
+    /// The connection's name.
+    name: String,
+    /// The resolved connection, or why it cannot be used.
+    target: Result<Arc<Prepared>, HostError>,
+    /// The fallback's model, when it names one.
+    model: Option<String>,
+    /// Whether this is a connection other than the named one.
+    other: bool,
+}
+
+/// Takes the connection's secrets out of a reply: a server that echoes the key it was sent
+/// (in its text, a tool call's arguments, …) must not hand it to the program, its emits or a
+/// recording.
+fn redact_response(conn: &Resolved, response: &mut ChatResponse) {
+    response.text = conn.redact(&response.text);
+    response.model = conn.redact(&response.model);
+    if let Some(reason) = response.finish_reason.as_mut() {
+        *reason = conn.redact(reason);
+    }
+    for call in &mut response.tool_calls {
+        call.id = conn.redact(&call.id);
+        call.name = conn.redact(&call.name);
+        redact_json(conn, &mut call.arguments, 0);
+    }
+}
+
+fn redact_json(conn: &Resolved, value: &mut serde_json::Value, depth: usize) {
+    match value {
+        serde_json::Value::String(text) => *text = conn.redact(text),
+        serde_json::Value::Array(items) if depth < 128 => {
+            for item in items {
+                redact_json(conn, item, depth + 1);
+            }
+        }
+        serde_json::Value::Object(map) if depth < 128 => {
+            for item in map.values_mut() {
+                redact_json(conn, item, depth + 1);
+            }
+            // A key holding a secret (rare) is renamed; the others keep their place.
+            let leaking: Vec<String> = map
+                .keys()
+                .filter(|key| conn.redact(key) != **key)
+                .cloned()
+                .collect();
+            for key in leaking {
+                if let Some(item) = map.remove(&key) {
+                    map.insert(conn.redact(&key), item);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -276,7 +436,32 @@ struct Call {
     client: HttpClient,
     prices: Arc<PriceTable>,
     budget: Arc<RetryBudget>,
-    prepared: Arc<Prepared>,
+    /// The failures that move the call to the next leg (empty: all four kinds).
+    fallback_on: Vec<FallbackOn>,
+    legs: Vec<Leg>,
+}
+
+/// How one leg of a call failed: the error, and the last attempt's failure when the provider
+/// was reached (only those may move the call on to a fallback).
+struct LegError {
+    error: HostError,
+    failure: Option<Failure>,
+}
+
+impl From<HostError> for LegError {
+    fn from(error: HostError) -> LegError {
+        LegError {
+            error,
+            failure: None,
+        }
+    }
+}
+
+/// Counted across the legs of one call.
+#[derive(Default)]
+struct Progress {
+    attempts: u32,
+    started: Option<Instant>,
 }
 
 fn with_kind(kind: HostErrorKind, message: String) -> HostError {
@@ -291,46 +476,138 @@ fn plural(n: u32) -> &'static str {
     if n == 1 { "attempt" } else { "attempts" }
 }
 
+/// The fallback kind of a failure, if it is one that may move a call on.
+fn fallback_kind(failure: &Failure) -> Option<FallbackOn> {
+    match failure {
+        Failure::Status { status: 429, .. } => Some(FallbackOn::RateLimited),
+        Failure::Status { status, .. } if (500..=599).contains(status) => {
+            Some(FallbackOn::ServerError)
+        }
+        Failure::Provider(_) => Some(FallbackOn::ServerError),
+        Failure::Timeout(_) => Some(FallbackOn::Timeout),
+        Failure::Transport(_) | Failure::Incomplete(_) => Some(FallbackOn::ConnectionFailed),
+        Failure::Status { .. } | Failure::Invalid(_) | Failure::Setup(_) => None,
+    }
+}
+
 impl Call {
     async fn run(self, request: ChatRequest) -> Result<ChatResponse, HostError> {
-        let conn = &self.prepared.conn;
-        match self.try_run(request).await {
-            Ok(response) => Ok(response),
-            Err(mut e) => {
-                e.message = conn.redact(&e.message);
-                Err(e)
+        let mut progress = Progress::default();
+        // The failures so far, one text per leg tried (secrets redacted).
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<LegError> = None;
+        for (index, leg) in self.legs.iter().enumerate() {
+            if let Some(previous) = last.take() {
+                let kind = previous.failure.as_ref().and_then(fallback_kind);
+                let allowed = kind
+                    .is_some_and(|k| self.fallback_on.is_empty() || self.fallback_on.contains(&k));
+                if !allowed {
+                    return Err(combined(previous.error, &tried));
+                }
+                let next = leg_name(leg, index);
+                if !self.budget.try_take() {
+                    let mut error = combined(previous.error, &tried);
+                    error.message = format!(
+                        "{}; {next} was not tried: the retry budget is exhausted (all {} retries allowed to this connection layer are used up)",
+                        error.message,
+                        self.budget.total()
+                    );
+                    return Err(error);
+                }
+                let target = match &leg.target {
+                    Ok(target) => target,
+                    Err(e) => {
+                        let mut error = combined(previous.error, &tried);
+                        error.kind = e.kind;
+                        error.message =
+                            format!("{}; {next} could not be used: {}", error.message, e.message);
+                        return Err(error);
+                    }
+                };
+                tracing::warn!(
+                    fallback = target.conn.name.as_str(),
+                    model = leg.model.as_deref().unwrap_or(""),
+                    "LLM call failed; trying the next fallback"
+                );
             }
+            let target = match &leg.target {
+                Ok(target) => target,
+                Err(e) => return Err(e.clone()),
+            };
+            match self.run_leg(target, leg, &request, &mut progress).await {
+                Ok(mut response) => {
+                    redact_response(&target.conn, &mut response);
+                    response.attempts = progress.attempts;
+                    if leg.other {
+                        response.connection = Some(target.conn.name.clone());
+                    }
+                    return Ok(response);
+                }
+                Err(mut e) => {
+                    e.error.message = target.conn.redact(&e.error.message);
+                    if index > 0 {
+                        tried.push(format!("{}: {}", leg_name(leg, index), e.error.message));
+                    } else {
+                        tried.push(e.error.message.clone());
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) => Err(combined(e.error, &tried)),
+            None => Err(HostError::failed(
+                "internal error: a call without a connection",
+            )),
         }
     }
 
-    async fn try_run(&self, request: ChatRequest) -> Result<ChatResponse, HostError> {
-        let conn = &self.prepared.conn;
-        let Target::Http(http) = &conn.target else {
-            return Err(HostError::failed(format!(
-                "connection '{}': internal error: not an HTTP connection",
-                conn.name
-            )));
+    /// One leg: the attempts on one connection, under its retry policy and limits.
+    async fn run_leg(
+        &self,
+        prepared: &Prepared,
+        leg: &Leg,
+        request: &ChatRequest,
+        progress: &mut Progress,
+    ) -> Result<ChatResponse, LegError> {
+        let conn = &prepared.conn;
+        let model = match (&leg.model, leg.other) {
+            (Some(model), _) => model::resolve_model(&conn.config, Some(model), None),
+            (None, true) => model::resolve_model(&conn.config, None, conn.default_model.as_deref())
+                .or_else(|| model::resolve_model(&conn.config, request.model.as_deref(), None)),
+            (None, false) => model::resolve_model(
+                &conn.config,
+                request.model.as_deref(),
+                conn.default_model.as_deref(),
+            ),
         };
-        let Some(model) = model::resolve_model(
-            &conn.config,
-            request.model.as_deref(),
-            conn.default_model.as_deref(),
-        ) else {
+        let Some(model) = model else {
             return Err(HostError::failed(format!(
                 "agent '{}': no model to call: the agent names none and connection '{}' has no default_model",
                 request.agent, conn.name
-            )));
+            ))
+            .into());
+        };
+        let http = match &conn.target {
+            Target::Http(http) => http,
+            Target::Mock => {
+                let mut request = request.clone();
+                request.model = Some(model);
+                progress.attempts += 1;
+                return Ok(crate::mock::respond(&conn.config, &request));
+            }
         };
         let stream = request.stream.unwrap_or(conn.stream);
-        let names = ToolNames::for_request(&request, http.provider, conn.anthropic_structured);
+        let names = ToolNames::for_request(request, http.provider, conn.anthropic_structured);
         let body = wire::request_body(
             http.provider,
             &Outgoing {
                 model: &model,
-                request: &request,
+                request,
                 stream,
                 names: &names,
                 anthropic_structured: conn.anthropic_structured,
+                images: matches!(conn.provider_name.as_str(), "openai" | "anthropic"),
             },
         );
         let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| {
@@ -346,15 +623,14 @@ impl Call {
             .filter(|t| !t.is_zero())
             .unwrap_or(conn.timeout);
         let reserve = match conn.limits.tokens_per_minute {
-            Some(tpm) => token_reservation(&request, u64::from(tpm)),
+            Some(tpm) => token_reservation(request, u64::from(tpm)),
             None => 0,
         };
 
         let mut attempts = 0u32;
-        let mut started: Option<Instant> = None;
         loop {
             attempts += 1;
-            let mut admission = match &self.prepared.limits {
+            let mut admission = match &prepared.limits {
                 Some(limits) => Some(limits.admit(reserve).await.map_err(|e| match e {
                     AdmitError::TooManyTokens { reserved, limit } => HostError::limit(format!(
                         "connection '{}': the request needs about {reserved} tokens (estimated input + max_tokens), more than the limit of {limit} tokens per minute",
@@ -367,7 +643,8 @@ impl Call {
                 })?),
                 None => None,
             };
-            let start = *started.get_or_insert_with(Instant::now);
+            progress.attempts += 1;
+            let start = *progress.started.get_or_insert_with(Instant::now);
             tracing::debug!(
                 connection = conn.name.as_str(),
                 agent = request.agent.as_str(),
@@ -394,7 +671,7 @@ impl Call {
                 Ok(reply) => {
                     let usage = match reply.usage {
                         Some(usage) => usage,
-                        None => wire::estimate_usage(&request, &reply.text),
+                        None => wire::estimate_usage(request, &reply.text),
                     };
                     if let Some(admission) = admission.as_mut() {
                         admission
@@ -444,17 +721,28 @@ impl Call {
                 .with_provider(failure.provider_failure())
             };
             if !failure.is_transient() || attempts >= policy.max_attempts {
-                return Err(final_error(attempts));
+                return Err(LegError {
+                    error: final_error(attempts),
+                    failure: Some(failure),
+                });
             }
             if !self.budget.try_take() {
+                // The budget only stops the retrying: the call ends with the provider's
+                // failure, which the program may handle like any other.
                 let last = final_error(attempts);
-                return Err(HostError::limit(format!(
-                    "connection '{}': the retry budget is exhausted (all {} retries allowed to this connection layer are used up); last failure: {}",
-                    conn.name,
-                    self.budget.total(),
-                    last.message
-                ))
-                .with_provider(failure.provider_failure()));
+                return Err(LegError {
+                    error: with_kind(
+                        last.kind,
+                        format!(
+                            "connection '{}': the retry budget is exhausted (all {} retries allowed to this connection layer are used up); last failure: {}",
+                            conn.name,
+                            self.budget.total(),
+                            last.message
+                        ),
+                    )
+                    .with_provider(failure.provider_failure()),
+                    failure: Some(failure),
+                });
             }
             let delay = retry::next_delay(&policy, attempts, failure.retry_after());
             tracing::warn!(
@@ -470,6 +758,24 @@ impl Call {
             }
         }
     }
+}
+
+/// How a fallback leg is named in messages.
+fn leg_name(leg: &Leg, index: usize) -> String {
+    let connection = &leg.name;
+    match &leg.model {
+        Some(model) => format!("fallback {index} (connection '{connection}', model '{model}')"),
+        None => format!("fallback {index} (connection '{connection}')"),
+    }
+}
+
+/// The last error of a call, its message listing every leg's failure when there were
+/// several (the provider details stay the last failure's).
+fn combined(mut last: HostError, tried: &[String]) -> HostError {
+    if tried.len() > 1 {
+        last.message = tried.join("; then ");
+    }
+    last
 }
 
 /// Tokens reserved against a tokens-per-minute limit `tpm` before an attempt: the

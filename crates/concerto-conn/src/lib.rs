@@ -53,4 +53,4 @@ pub use http_layer::{
 pub use mock::MockConnections;
 pub use pricing::{Price, PriceTable};
 pub use record::{Recorder, Replayer};
-pub use settings::ConnectionSettings;
+pub use settings::{ConnectionSettings, Fallback, FallbackOn};

@@ -423,7 +423,17 @@ async fn the_retry_budget_is_shared_and_runs_out() {
         .chat(&program, ConnectionId(0), request(None, "x"))
         .await
         .unwrap_err();
-    assert_eq!(err.kind, HostErrorKind::Limit);
+    // The budget stops the retrying, not the program: the call ends with the provider's
+    // failure, which the program gets as an `AgentError`.
+    assert_eq!(err.kind, HostErrorKind::Failed);
+    assert_eq!(
+        err.provider.as_deref(),
+        Some(&ProviderFailure {
+            kind: ProviderFailureKind::Provider,
+            status: Some(500),
+            retry_after_ms: None,
+        })
+    );
     assert!(
         err.message
             .starts_with("connection 'openai': the retry budget is exhausted (all 2 retries"),
@@ -451,6 +461,40 @@ async fn the_retry_budget_is_shared_and_runs_out() {
         .unwrap_err();
     assert!(err.message.contains("retry budget"), "{}", err.message);
     assert_eq!(server.count(), 7, "two retries again after begin_run");
+}
+
+/// A 429 that outlasts the retries is a provider failure the program can handle, with the
+/// provider's retry-after, also when the run's retry budget is what ended the retrying.
+#[tokio::test]
+async fn rate_limiting_that_spends_the_retry_budget_is_still_a_rate_limited_failure() {
+    let server = MockServer::start().await;
+    server
+        .respond_with(|_| Step::json(429, error_body("Slow down")).header("retry-after-ms", "40"));
+    let conns = conns().with_retry_budget(1);
+    let err = conns
+        .chat(
+            &retrying(&server.base(), 5),
+            ConnectionId(0),
+            request(None, "x"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, HostErrorKind::Failed, "{}", err.message);
+    assert_eq!(
+        err.provider.as_deref(),
+        Some(&ProviderFailure {
+            kind: ProviderFailureKind::RateLimited,
+            status: Some(429),
+            retry_after_ms: Some(40),
+        })
+    );
+    assert!(
+        err.message.contains("the retry budget is exhausted")
+            && err.message.contains("HTTP 429 after 2 attempts: Slow down"),
+        "{}",
+        err.message
+    );
+    assert_eq!(server.count(), 2);
 }
 
 #[tokio::test]

@@ -737,3 +737,64 @@ async fn a_key_variable_outside_the_hosts_approval_is_refused_before_it_is_read(
     assert_eq!(*asked.lock(), ["APPROVED_KEY", "OPENAI_API_KEY"]);
     assert_eq!(server.requests().len(), 2);
 }
+
+/// A request whose tool result carries a PNG.
+fn with_tool_image() -> concerto_vm::host::ChatRequest {
+    let mut req = request(None, "What is in the picture?");
+    req.tools = vec![tally_add()];
+    req.messages.push(ChatMessage::assistant_tool_calls(
+        "",
+        vec![ToolCall {
+            id: "call_1".into(),
+            name: "Tally::add".into(),
+            arguments: json!({"a": 1, "b": 2}),
+        }],
+    ));
+    let mut result = ChatMessage::tool_result("call_1", "Tally::add", "3 [image (image/png)]");
+    result.images = vec![concerto_vm::host::ImagePart {
+        mime_type: "image/png".into(),
+        data: "iVBORw0KGgoIMAGEBYTES".into(),
+    }];
+    req.messages.push(result);
+    req
+}
+
+/// The image of a tool result reaches each provider's API in its own form, and an
+/// OpenAI-compatible server of another provider gets the placeholder only.
+#[tokio::test]
+async fn a_tool_results_image_reaches_the_provider_in_its_form() {
+    let server = MockServer::start().await;
+    server.script([
+        Step::openai_text("a dot"),
+        Step::anthropic_text("a dot"),
+        Step::openai_text("a dot"),
+    ]);
+    let c = conns();
+    for config in [
+        openai_config(&server.base()),
+        anthropic_config(&server.base()),
+        json!({"provider": "ollama", "base_url": server.base(), "default_model": "llava"}),
+    ] {
+        c.chat(&one("c", config), ConnectionId(0), with_tool_image())
+            .await
+            .unwrap();
+    }
+    let requests = server.requests();
+    let openai = &requests[0].body["messages"];
+    let last = openai.as_array().unwrap().last().unwrap();
+    assert_eq!(last["role"], "user");
+    assert_eq!(
+        last["content"][1]["image_url"]["url"],
+        "data:image/png;base64,iVBORw0KGgoIMAGEBYTES"
+    );
+    let anthropic = &requests[1].body["messages"];
+    let result = &anthropic.as_array().unwrap().last().unwrap()["content"][0];
+    assert_eq!(result["type"], "tool_result");
+    assert_eq!(
+        result["content"][1]["source"]["data"],
+        "iVBORw0KGgoIMAGEBYTES"
+    );
+    let other = requests[2].body.to_string();
+    assert!(!other.contains("iVBORw0KGgoIMAGEBYTES"), "{other}");
+    assert!(other.contains("[image (image/png)]"), "{other}");
+}

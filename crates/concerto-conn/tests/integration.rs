@@ -2,6 +2,7 @@
 //! the crate and all its dependencies, so one binary instead of several saves most of a test
 //! build's disk and link time.
 
+mod fallbacks;
 mod faults;
 mod http_calls;
 mod limits;

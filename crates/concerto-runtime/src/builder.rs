@@ -35,6 +35,7 @@ pub struct RuntimeBuilder {
     replies: Option<(&'static str, Replies)>,
     record: Option<PathBuf>,
     prices: concerto_conn::PriceTable,
+    retry_budget: Option<u32>,
     memory: Option<Arc<dyn MemoryStore>>,
     state: Option<StateStore>,
     schema: Option<Arc<dyn SchemaValidator>>,
@@ -81,6 +82,7 @@ impl Runtime {
             replies: None,
             record: None,
             prices: concerto_conn::PriceTable::builtin(),
+            retry_budget: None,
             memory: None,
             state: None,
             schema: None,
@@ -185,6 +187,16 @@ impl RuntimeBuilder {
     /// models.
     pub fn model_price(mut self, model: &str, price: concerto_conn::Price) -> Self {
         self.prices.set(model, price);
+        self
+    }
+
+    /// The retries the built-in HTTP layer may make in one execution, across all its calls
+    /// (default 100): every retry and every move to a
+    /// connection's fallback takes one. When none is left a call makes no more attempts
+    /// and ends with its last failure, which the program can handle (an `AgentError`).
+    /// Without the `http` feature `build()` refuses it.
+    pub fn retry_budget(mut self, retries: u32) -> Self {
+        self.retry_budget = Some(retries);
         self
     }
 
@@ -333,7 +345,8 @@ impl RuntimeBuilder {
     /// [`SetupError::Conflict`] for settings that exclude each other,
     /// [`SetupError::HashmapLimitNotEnforced`] and [`SetupError::NeedsBuiltinStore`] for a
     /// hashmap limit or persistence with a store that is not the built-in one,
-    /// [`SetupError::Sandbox`], [`SetupError::Replay`], [`SetupError::Record`].
+    /// [`SetupError::Sandbox`], [`SetupError::Replay`], [`SetupError::Record`],
+    /// [`SetupError::Fallback`] for a fallback that names neither a connection nor a model.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         if let Some((first, second)) = self.conflict {
             return Err(SetupError::Conflict { first, second }.into());
@@ -380,6 +393,41 @@ impl RuntimeBuilder {
             return Err(SetupError::FeatureOff {
                 feature: "http",
                 what: "RuntimeConfig::connection_overrides (they configure the HTTP layer)",
+            }
+            .into());
+        }
+        for (name, o) in &self.config.connection_overrides {
+            let reason = o
+                .fallbacks
+                .iter()
+                .enumerate()
+                .find_map(|(i, f)| match (&f.connection, &f.model) {
+                    (None, None) => Some(format!(
+                        "fallback {} names neither a connection nor a model",
+                        i + 1
+                    )),
+                    (Some(c), None) if c == name => Some(format!(
+                        "fallback {} names the connection itself without another model",
+                        i + 1
+                    )),
+                    _ => None,
+                })
+                .or_else(|| {
+                    (o.fallbacks.is_empty() && !o.fallback_on.is_empty())
+                        .then(|| "fallback_on is set but there are no fallbacks".to_string())
+                });
+            if let Some(reason) = reason {
+                return Err(SetupError::Fallback {
+                    connection: name.clone(),
+                    reason,
+                }
+                .into());
+            }
+        }
+        if !cfg!(feature = "http") && self.retry_budget.is_some() {
+            return Err(SetupError::FeatureOff {
+                feature: "http",
+                what: "retry_budget (it bounds the HTTP layer's retries)",
             }
             .into());
         }
@@ -486,6 +534,9 @@ impl RuntimeBuilder {
                 net.allows(host, port)
             }))
             .with_prices(self.prices.clone());
+        if let Some(retries) = self.retry_budget {
+            layer = layer.with_retry_budget(retries);
+        }
         for (name, o) in &self.config.connection_overrides {
             layer = layer.with_settings(name, o.clone());
         }

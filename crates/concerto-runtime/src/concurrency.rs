@@ -127,7 +127,13 @@ pub(crate) async fn run_once(
         emit_count: stats.emits,
         errors: stats.errors_caught,
         agent_calls: stats.llm.by_agent.values().map(|c| c.requests).sum(),
-        tool_calls: stats.llm.by_agent.values().map(|c| c.tool_calls).sum(),
+        tool_calls: stats.tool_calls
+            + stats
+                .llm
+                .by_agent
+                .values()
+                .map(|c| c.tool_calls)
+                .sum::<u64>(),
         llm: stats.llm,
     };
     let result = match outcome {

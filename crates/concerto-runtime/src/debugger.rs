@@ -456,7 +456,13 @@ impl Debugger {
             m.emit_count = stats.emits;
             m.errors = stats.errors_caught;
             m.agent_calls = stats.llm.by_agent.values().map(|c| c.requests).sum();
-            m.tool_calls = stats.llm.by_agent.values().map(|c| c.tool_calls).sum();
+            m.tool_calls = stats.tool_calls
+                + stats
+                    .llm
+                    .by_agent
+                    .values()
+                    .map(|c| c.tool_calls)
+                    .sum::<u64>();
             m.llm = stats.llm;
         }
         let flushed = self.runtime.hub.flush();

@@ -50,6 +50,14 @@ pub enum SetupError {
         /// The one that conflicts with it.
         second: &'static str,
     },
+    /// A connection override's fallbacks cannot work as given.
+    #[error("connection override `{connection}`: {reason}")]
+    Fallback {
+        /// The connection whose override it is.
+        connection: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A recording to replay could not be read.
     #[error("cannot replay `{}`: {reason}", path.display())]
     Replay {

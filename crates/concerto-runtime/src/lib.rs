@@ -108,11 +108,12 @@ pub mod vm {
         pub use concerto_vm::host::{
             Backoff, BoxFuture, ChatMessage, ChatRequest, ChatResponse, ConnectionId, Connections,
             ConversationStore, Dialect, EmitSink, FsReply, FsRequest, HashmapStore, HostError,
-            HostErrorKind, HostSession, HttpReply, HttpRequest, JournalRecord, JournalStore,
-            LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId, MemoryStore, OutsideError,
-            OutsideFailure, OutsideFailureKind, Program, ProviderFailure, ProviderFailureKind,
-            Reply, ResponseSchema, RetryPolicy, SchemaCheck, SchemaId, SchemaValidator, Spawned,
-            System, ToolCall, ToolHost, ToolSpec, TypeDefKind, Usage, Write,
+            HostErrorKind, HostSession, HttpReply, HttpRequest, ImagePart, JournalRecord,
+            JournalStore, LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId, MemoryStore,
+            OutsideError, OutsideFailure, OutsideFailureKind, Program, ProviderFailure,
+            ProviderFailureKind, Reply, ResponseSchema, RetryPolicy, SchemaCheck, SchemaId,
+            SchemaValidator, Spawned, System, ToolCall, ToolHost, ToolOutput, ToolSpec,
+            TypeDefKind, Usage, Write,
         };
     }
 
@@ -128,7 +129,8 @@ pub mod conn {
     #[cfg(feature = "http")]
     pub use concerto_conn::HttpConnections;
     pub use concerto_conn::{
-        ConnectionSettings, MockConnections, Price, PriceTable, Recorder, Replayer,
+        ConnectionSettings, Fallback, FallbackOn, MockConnections, Price, PriceTable, Recorder,
+        Replayer,
     };
 }
 
@@ -341,7 +343,12 @@ impl Runtime {
     /// the system, once per load, unless the host overrides that connection's provider.
     fn announce_program_mocks(&self, program: &Program) {
         for conn in &program.connections {
-            let mocked = conn.config.get("provider").and_then(|p| p.as_str()) == Some("mock");
+            // Spelt as the connection layer reads it: trimmed, any case.
+            let mocked = conn
+                .config
+                .get("provider")
+                .and_then(|p| p.as_str())
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("mock"));
             let overridden = self
                 .config
                 .connection_overrides

@@ -20,7 +20,9 @@ pub struct Metrics {
     pub errors: u64,
     /// LLM replies received.
     pub agent_calls: u64,
-    /// Tool calls the models asked for.
+    /// Tool calls: those the models asked for (also counted per agent and connection in
+    /// [`Metrics::llm`]) and those made directly from code (methods of the program's own
+    /// tools and of MCP servers).
     pub tool_calls: u64,
     /// LLM usage by agent and by connection: requests, retries, schema re-asks, tool calls,
     /// input / cached / output tokens, cost.

@@ -316,3 +316,228 @@ async fn a_connection_reaches_a_program_chosen_host_only_when_the_host_allowed_i
     assert!(error.contains("401"), "{error}");
     assert!(received.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
+
+/// A loopback HTTP server answering each request (its number from 0, its body) with
+/// `respond`'s status, extra headers and JSON body; its base URL and request count.
+#[cfg(feature = "http")]
+fn scripted_server(
+    respond: impl Fn(usize, &str) -> (u16, &'static str, String) + Send + 'static,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 65536];
+            // The head, then the body its content-length announces.
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&got).to_string();
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let (status, headers, reply) = respond(n, body);
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}\
+                     content-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+/// An OpenAI chat completion answering `text` as `model`.
+#[cfg(feature = "http")]
+fn openai_reply(text: &str, model: &str) -> String {
+    serde_json::json!({
+        "id": "c", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
+    })
+    .to_string()
+}
+
+/// The CLI tests' one-call program (`fallback.conc`): it emits the answering connection and
+/// model, or the error's kind, status and retry-after.
+#[cfg(feature = "http")]
+fn fallback_program() -> String {
+    format!(
+        "{}/../concerto-cli/tests/programs/fallback.conc-ir",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Runs `runtime` on `fallback_program()` and returns its emits by channel.
+#[cfg(feature = "http")]
+async fn run_fallback_program(
+    runtime: &mut Runtime,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let kept = seen.clone();
+    runtime.on_prefix("", move |channel: &str, payload| {
+        kept.lock()
+            .expect("emits")
+            .insert(channel.to_string(), payload.to_json());
+    });
+    runtime.load_ir(fallback_program()).expect("loads");
+    runtime
+        .execute()
+        .await
+        .expect("the program handles every outcome");
+    seen.lock().expect("emits").clone()
+}
+
+/// Fallbacks and the retry budget set on the builder govern the built-in HTTP layer: a
+/// rate-limited connection falls back to a connection only the host configured, whose name
+/// the program's `Response` and the metrics carry; with no retry left the program gets the
+/// rate-limited `AgentError` with the provider's retry-after, and the fallback is not tried.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn fallbacks_and_the_retry_budget_set_on_the_builder_govern_agent_calls() {
+    use concerto_runtime::conn::Fallback;
+    let (limited, limited_count) = scripted_server(|_, _| {
+        (
+            429,
+            "retry-after-ms: 7\r\n",
+            r#"{"error": {"message": "Slow down", "type": "rate_limit"}}"#.to_string(),
+        )
+    });
+    let (backup, backup_count) =
+        scripted_server(|_, _| (200, "", openai_reply("Teal", "backup-model")));
+    let config = RuntimeConfig::default()
+        .with_connection_override(
+            "openai",
+            ConnectionOverride {
+                base_url: Some(limited),
+                api_key: Some("sk-test-primary".into()),
+                retry: Some(concerto_runtime::vm::host::RetryPolicy {
+                    max_attempts: 2,
+                    backoff: concerto_runtime::vm::host::Backoff::None,
+                    ..Default::default()
+                }),
+                fallbacks: vec![Fallback {
+                    connection: Some("backup".into()),
+                    model: None,
+                }],
+                ..Default::default()
+            },
+        )
+        .with_connection_override(
+            "backup",
+            ConnectionOverride {
+                base_url: Some(backup),
+                api_key: Some("sk-test-backup".into()),
+                default_model: Some("backup-model".into()),
+                ..Default::default()
+            },
+        );
+    let mut runtime = Runtime::builder()
+        .config(config.clone())
+        .build()
+        .expect("builds");
+    let emits = run_fallback_program(&mut runtime).await;
+    assert_eq!(emits["text"], "Teal", "{emits:?}");
+    assert_eq!(emits["connection"], "backup");
+    assert_eq!(emits["model"], "backup-model");
+    let metrics = runtime.metrics();
+    assert_eq!(metrics.llm.by_connection["backup"].requests, 1);
+    assert_eq!(metrics.tokens_by_connection("backup"), 11);
+    assert!(!metrics.llm.by_connection.contains_key("openai"));
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        (limited_count.load(SeqCst), backup_count.load(SeqCst)),
+        (2, 1)
+    );
+
+    let mut budgeted = Runtime::builder()
+        .config(config)
+        .retry_budget(1)
+        .build()
+        .expect("builds");
+    let emits = run_fallback_program(&mut budgeted).await;
+    assert_eq!(emits["error_kind"], "rate_limited", "{emits:?}");
+    assert_eq!(emits["status"], 429);
+    assert_eq!(emits["retry_after_ms"], 7);
+    assert_eq!(
+        (limited_count.load(SeqCst), backup_count.load(SeqCst)),
+        (4, 1)
+    );
+}
+
+/// Built without the `http` feature, a retry budget (which only the HTTP layer has) is
+/// refused by `build()`, naming the feature.
+#[cfg(not(feature = "http"))]
+#[test]
+fn without_the_http_feature_a_retry_budget_is_refused_naming_it() {
+    match Runtime::builder().retry_budget(3).build() {
+        Err(RuntimeError::Setup(SetupError::FeatureOff { feature, .. })) => {
+            assert_eq!(feature, "http")
+        }
+        Err(other) => panic!("expected FeatureOff, got {other}"),
+        Ok(_) => panic!("a retry budget without the HTTP layer must be refused"),
+    }
+}
+
+/// A fallback that could never be called is refused by `build()`, naming the connection.
+/// (Without the `http` feature every connection override is refused first.)
+#[cfg(feature = "http")]
+#[test]
+fn a_fallback_naming_nothing_is_refused_when_the_runtime_is_built() {
+    use concerto_runtime::conn::{Fallback, FallbackOn};
+    let refused = |settings: ConnectionOverride| match Runtime::builder()
+        .config(RuntimeConfig::default().with_connection_override("llm", settings))
+        .build()
+    {
+        Err(RuntimeError::Setup(SetupError::Fallback { connection, reason })) => {
+            assert_eq!(connection, "llm");
+            reason
+        }
+        Err(other) => panic!("expected a fallback error, got {other}"),
+        Ok(_) => panic!("the runtime was built"),
+    };
+    let empty = refused(ConnectionOverride {
+        fallbacks: vec![Fallback::default()],
+        ..Default::default()
+    });
+    assert_eq!(empty, "fallback 1 names neither a connection nor a model");
+    let itself = refused(ConnectionOverride {
+        fallbacks: vec![Fallback {
+            connection: Some("llm".into()),
+            model: None,
+        }],
+        ..Default::default()
+    });
+    assert!(itself.contains("the connection itself"), "{itself}");
+    let policy_only = refused(ConnectionOverride {
+        fallback_on: vec![FallbackOn::Timeout],
+        ..Default::default()
+    });
+    assert!(policy_only.contains("no fallbacks"), "{policy_only}");
+}

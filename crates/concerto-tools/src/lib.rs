@@ -50,7 +50,7 @@ use std::sync::Arc;
 use concerto_vm::Value;
 use concerto_vm::host::{
     BoxFuture, FsReply, FsRequest, HostError, HostSession, HttpReply, HttpRequest, OutsideError,
-    Program, ToolHost, ToolSpec,
+    Program, ToolHost, ToolOutput, ToolSpec,
 };
 
 /// What a tool may do.
@@ -493,6 +493,38 @@ impl ToolHost for Tools {
         let program = program.clone();
         let (tool, method) = (tool.to_string(), method.to_string());
         Box::pin(async move { Ok(tool_value(mcp.call(&program, &tool, &method, args).await?)) })
+    }
+
+    fn call_for_model(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+        method: &str,
+        args: serde_json::Value,
+    ) -> BoxFuture<Result<ToolOutput, HostError>> {
+        // Host-registered tools return JSON, never images.
+        if self.registered.contains_key(tool) {
+            let call = self.call(program, tool, method, args);
+            return Box::pin(async move {
+                Ok(ToolOutput {
+                    value: call.await?,
+                    images: Vec::new(),
+                })
+            });
+        }
+        if let Err(e) = self.check(program, tool, method) {
+            return Box::pin(async move { Err(e) });
+        }
+        let mcp = self.mcp.clone();
+        let program = program.clone();
+        let (tool, method) = (tool.to_string(), method.to_string());
+        Box::pin(async move {
+            let (result, images) = mcp.call_for_model(&program, &tool, &method, args).await?;
+            Ok(ToolOutput {
+                value: tool_value(result),
+                images,
+            })
+        })
     }
 
     fn host_exchange(

@@ -14,7 +14,40 @@
 //! | `url` | endpoint of an HTTP server |
 //! | `headers` | object of extra HTTP request headers |
 //! | `timeout` | seconds allowed for the handshake and for each request (default 60) |
-//! | `tools` | the declared tool signatures (used by [`declared_params`] and checked by [`McpClients::specs`]) |
+//! | `tools` | the declared tool signatures: `[{name, params: [{name, type}], return_type}]` (see below and [`declared_params`]) |
+//!
+//! ## Declared tools
+//!
+//! A declared tool is the server's tool of that name; when the server has none by that
+//! exact name, the one whose name becomes the declared name once every character that
+//! cannot appear in a Concerto identifier (anything but ASCII letters, digits and `_`) is
+//! replaced with `_`: `fn get_sum` calls `get-sum`, and the request carries the server's
+//! name. Two such tools (`a-b` and `a.b` for `a_b`) are an error naming both. The same rule
+//! finds any name [`McpClients::call`] is given, declared or not, and [`McpClients::specs`]
+//! offers a model the declared tools under their declared names (every tool of the server
+//! under its own name when the block declares none).
+//!
+//! When a session lists the server's tools (once, at the first use), every declared
+//! signature is checked against its tool's schemas: each declared parameter must be in the
+//! `inputSchema`'s `properties` with a compatible type, each parameter the schema requires
+//! must be declared and not as an `Option<…>`, and when the tool has an `outputSchema` the
+//! declared return type (`T` of `Result<T, ToolError>`) must be compatible with it.
+//! Compatible: `Int` with `integer` or `number`, `Float` with `number`, `String` with
+//! `string`, `Bool` with `boolean`, `Array<…>` with `array`, `Map<…>` and structs with
+//! `object`, `Option<T>` as `T`; `Any`, enums and schema properties without a type accept
+//! anything (a type list or `anyOf` / `oneOf` allows each of its types). A mismatch names the
+//! tool, the parameter and both types; calling that tool fails with it, as does
+//! [`McpClients::specs`] (an agent offered the server fails), and both are
+//! [`HostErrorKind::Type`]. Only the return type's top level is compared, not struct fields.
+//!
+//! A successful result converts to the declared return type: an object (struct or
+//! `Map<…>`) or an `Array<…>` from the structured content, or from text that parses as
+//! JSON of that kind when there is none; a `String` from the text content (blocks joined
+//! with newlines); an `Int`, `Float` or `Bool` from text that parses exactly (`41`, `4.5`,
+//! `true`; never `4.0` or ` 4` for an `Int`). An undeclared tool gives its structured
+//! content, else its text. A result that does not convert is a [`HostErrorKind::Type`]
+//! error saying what the result was. A failure the tool reports (`isError`) is never
+//! converted.
 //!
 //! [`McpClients`] keeps one session per (program, server), opened on first use. A child's
 //! stderr is captured (logged at `debug`, its last lines quoted in error messages), so it
@@ -30,12 +63,14 @@
 
 mod config;
 mod connect;
+mod images;
+mod signature;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use concerto_vm::host::{HostError, HostErrorKind, Program, ToolSpec};
+use concerto_vm::host::{HostError, HostErrorKind, ImagePart, Program, ToolSpec};
 use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ResourceContents, Tool};
 use serde_json::Value;
@@ -43,6 +78,7 @@ use serde_json::Value;
 use crate::ToolFailure;
 use config::ServerConfig;
 use connect::{Session, StderrTail};
+use signature::{Declared, Resolved, Ty};
 
 /// How long [`McpClients::shutdown`] waits for one server to close.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -82,6 +118,8 @@ struct Entry {
 
 struct Slot {
     config: ServerConfig,
+    /// The tool signatures the block declares.
+    declared: Vec<Declared>,
     /// The live session; the lock is held while connecting, so one connection is made at
     /// a time, and only briefly otherwise (requests run on a shared handle).
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
@@ -93,8 +131,102 @@ struct Live {
     session: Session,
     stderr: Option<Arc<StderrTail>>,
     /// The server's tools, listed once per session (refreshed when a call names a tool
-    /// that is not in the list).
-    tools: parking_lot::Mutex<Option<Arc<Vec<Tool>>>>,
+    /// that is not in the list), and how the declared signatures matched them.
+    tools: parking_lot::Mutex<Option<Arc<Listing>>>,
+}
+
+/// The server's tools and, for each declared signature (in the order of
+/// [`Slot::declared`]), the index of its server tool or why there is none.
+struct Listing {
+    tools: Vec<Tool>,
+    matched: Vec<Result<usize, Unmatched>>,
+}
+
+/// Why a declared tool has no usable server tool.
+enum Unmatched {
+    /// No server tool has the name, exactly or in identifier form.
+    Missing,
+    /// Several server tools have it in identifier form (their names).
+    Ambiguous(Vec<String>),
+    /// The server tool (its index) has schemas that disagree with the declaration (one
+    /// sentence each).
+    Mismatch(usize, Vec<String>),
+}
+
+impl Listing {
+    fn new(tools: Vec<Tool>, declared: &[Declared]) -> Listing {
+        let matched = declared
+            .iter()
+            .map(|decl| match signature::resolve(&tools, &decl.name) {
+                Resolved::Missing => Err(Unmatched::Missing),
+                Resolved::Ambiguous(names) => Err(Unmatched::Ambiguous(
+                    names.into_iter().map(String::from).collect(),
+                )),
+                Resolved::Found(i) => {
+                    let problems = signature::check(decl, &tools[i]);
+                    if problems.is_empty() {
+                        Ok(i)
+                    } else {
+                        Err(Unmatched::Mismatch(i, problems))
+                    }
+                }
+            })
+            .collect();
+        Listing { tools, matched }
+    }
+
+    /// The server's name of the tool the program calls `name` (`decl`: its index among the
+    /// declared signatures); `Ok(None)` when there is none; `Err` when the name is ambiguous
+    /// or the declaration does not match.
+    fn target(
+        &self,
+        decl: Option<usize>,
+        name: &str,
+        ctx: &str,
+    ) -> Result<Option<String>, HostError> {
+        let ambiguous = |names: &[&str]| {
+            HostError::failed(format!(
+                "{ctx}: the name matches more than one of the server's tools once their characters that cannot appear in a Concerto identifier become `_`: {}; rename the declaration to one of them exactly",
+                quoted(names.iter().copied())
+            ))
+        };
+        let Some(i) = decl else {
+            return match signature::resolve(&self.tools, name) {
+                Resolved::Found(i) => Ok(self.tools.get(i).map(|t| t.name.to_string())),
+                Resolved::Missing => Ok(None),
+                Resolved::Ambiguous(names) => Err(ambiguous(&names)),
+            };
+        };
+        match self.matched.get(i) {
+            Some(Ok(index)) => Ok(self.tools.get(*index).map(|t| t.name.to_string())),
+            Some(Err(Unmatched::Ambiguous(names))) => Err(ambiguous(
+                &names.iter().map(String::as_str).collect::<Vec<_>>(),
+            )),
+            Some(Err(Unmatched::Mismatch(index, problems))) => {
+                let server_name = self.tools.get(*index).map_or(name, |t| t.name.as_ref());
+                Err(mismatch(ctx, name, server_name, problems))
+            }
+            Some(Err(Unmatched::Missing)) | None => Ok(None),
+        }
+    }
+}
+
+/// The error for a declaration (of `name`) that disagrees with the schemas of the server's
+/// tool `server_name`.
+fn mismatch(ctx: &str, name: &str, server_name: &str, problems: &[String]) -> HostError {
+    let which = if name == server_name {
+        String::new()
+    } else {
+        format!(" (the server's `{server_name}`)")
+    };
+    HostError {
+        kind: HostErrorKind::Type,
+        message: format!(
+            "{ctx}: the declared signature does not match the server's{which}: {}",
+            problems.join("; ")
+        ),
+        provider: None,
+    }
 }
 
 impl McpClients {
@@ -126,9 +258,11 @@ impl McpClients {
         self
     }
 
-    /// The server's tools as offered to a model: names `Server::tool`, the tool's
-    /// description, and its `inputSchema` as the parameters. Fails when the server does not
-    /// provide a tool the program declares for it.
+    /// The server's tools as offered to a model: names `Server::tool` (the declared names
+    /// when the block declares tools, and then only those), the tool's description, and its
+    /// `inputSchema` as the parameters. Fails when the server does not provide a tool the
+    /// program declares for it, when a declared name is ambiguous, or when a declared
+    /// signature disagrees with the server's schemas.
     pub async fn specs(
         &self,
         program: &Arc<Program>,
@@ -137,12 +271,14 @@ impl McpClients {
         let ctx = format!("MCP server `{server}`");
         let slot = self.slot(program, server)?;
         let live = self.live(&slot, &ctx).await?;
-        let tools = slot.tools(&live, false, &ctx).await?;
-        let declared = config::declared_tools(program, server);
+        let listing = slot.tools(&live, false, &ctx).await?;
+        let tools = &listing.tools;
+        let declared = &slot.declared;
         let missing: Vec<&str> = declared
             .iter()
-            .filter(|d| !tools.iter().any(|t| t.name == d.as_str()))
-            .map(String::as_str)
+            .zip(&listing.matched)
+            .filter(|(_, m)| matches!(m, Err(Unmatched::Missing)))
+            .map(|(d, _)| d.name.as_str())
             .collect();
         if !missing.is_empty() {
             return Err(HostError::failed(format!(
@@ -153,36 +289,71 @@ impl McpClients {
                     "tools"
                 },
                 quoted(missing.iter().copied()),
-                offered(&tools)
+                offered(tools)
             )));
         }
+        let mut problems = Vec::new();
+        for (i, decl) in declared.iter().enumerate() {
+            let ctx = format!("MCP server `{server}`, tool `{}`", decl.name);
+            if let Err(e) = listing.target(Some(i), &decl.name, &ctx) {
+                problems.push(e);
+            }
+        }
+        if !problems.is_empty() {
+            let kind = if problems.iter().any(|e| e.kind == HostErrorKind::Type) {
+                HostErrorKind::Type
+            } else {
+                HostErrorKind::Failed
+            };
+            let message = problems
+                .into_iter()
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(HostError {
+                kind,
+                message,
+                provider: None,
+            });
+        }
+        let spec = |name: &str, tool: &Tool| ToolSpec {
+            name: format!("{server}::{name}"),
+            description: tool
+                .description
+                .as_deref()
+                .or(tool.title.as_deref())
+                .unwrap_or_default()
+                .to_string(),
+            parameters: Value::Object((*tool.input_schema).clone()),
+        };
         // The block's signatures are the program's interface to the server: when it declares
         // any, only those are offered to a model (a server may offer far more than the
-        // program means to use).
-        Ok(tools
+        // program means to use), under the names the program declares.
+        if declared.is_empty() {
+            return Ok(tools.iter().map(|tool| spec(&tool.name, tool)).collect());
+        }
+        Ok(declared
             .iter()
-            .filter(|tool| declared.is_empty() || declared.iter().any(|d| *d == tool.name))
-            .map(|tool| ToolSpec {
-                name: format!("{server}::{}", tool.name),
-                description: tool
-                    .description
-                    .as_deref()
-                    .or(tool.title.as_deref())
-                    .unwrap_or_default()
-                    .to_string(),
-                parameters: Value::Object((*tool.input_schema).clone()),
+            .zip(&listing.matched)
+            .filter_map(|(decl, matched)| {
+                let tool = tools.get(*matched.as_ref().ok()?)?;
+                Some(spec(&decl.name, tool))
             })
             .collect())
     }
 
     /// Calls tool `tool` of server `server` with the JSON object `args` (`null` means no
-    /// arguments).
+    /// arguments); `tool` is the name the program uses, found among the server's tools as
+    /// the module docs say.
     ///
-    /// `Ok(Ok(value))` is the result: its `structuredContent` when present, else its text
-    /// content joined with newlines (a string). `Ok(Err(failure))` is a failure the tool
-    /// reported (`isError`), with its text. `Err` when the server cannot be started or
-    /// reached, the handshake or the protocol fails, the tool does not exist, or the server
-    /// does not answer within the block's `timeout` ([`HostErrorKind::Timeout`]).
+    /// `Ok(Ok(value))` is the result, converted to the declared return type (undeclared:
+    /// its `structuredContent` when present, else its text content joined with newlines).
+    /// `Ok(Err(failure))` is a failure the tool reported (`isError`), with its text. `Err`
+    /// when the server cannot be started or reached, the handshake or the protocol fails,
+    /// the tool does not exist or its name is ambiguous, the server does not answer within
+    /// the block's `timeout` ([`HostErrorKind::Timeout`]), or the declared signature
+    /// disagrees with the server's schemas or the result does not convert
+    /// ([`HostErrorKind::Type`]).
     pub async fn call(
         &self,
         program: &Arc<Program>,
@@ -190,6 +361,32 @@ impl McpClients {
         tool: &str,
         args: Value,
     ) -> Result<Result<Value, ToolFailure>, HostError> {
+        Ok(self.call_inner(program, server, tool, args, false).await?.0)
+    }
+
+    /// [`McpClients::call`] for a model: the same result, but every image in it (image
+    /// blocks, embedded image blobs, base64 images inside structured content) is taken out
+    /// and returned beside it, a placeholder `[image (TYPE)]` standing in the text and the
+    /// structured content, so that the model gets the images as images and never their
+    /// data as text.
+    pub async fn call_for_model(
+        &self,
+        program: &Arc<Program>,
+        server: &str,
+        tool: &str,
+        args: Value,
+    ) -> Result<(Result<Value, ToolFailure>, Vec<ImagePart>), HostError> {
+        self.call_inner(program, server, tool, args, true).await
+    }
+
+    async fn call_inner(
+        &self,
+        program: &Arc<Program>,
+        server: &str,
+        tool: &str,
+        args: Value,
+        for_model: bool,
+    ) -> Result<(Result<Value, ToolFailure>, Vec<ImagePart>), HostError> {
         let ctx = format!("MCP server `{server}`, tool `{tool}`");
         let arguments = match args {
             Value::Object(map) => map,
@@ -203,21 +400,31 @@ impl McpClients {
         };
         let slot = self.slot(program, server)?;
         let live = self.live(&slot, &ctx).await?;
-        if !slot
+        let decl = slot.declared.iter().position(|d| d.name == tool);
+        let target = match slot
             .tools(&live, false, &ctx)
             .await?
-            .iter()
-            .any(|t| t.name == tool)
+            .target(decl, tool, &ctx)?
         {
-            let tools = slot.tools(&live, true, &ctx).await?;
-            if !tools.iter().any(|t| t.name == tool) {
-                return Err(HostError::failed(format!(
-                    "MCP server `{server}` has no tool `{tool}` (it offers: {})",
-                    offered(&tools)
-                )));
+            Some(target) => target,
+            None => {
+                let listing = slot.tools(&live, true, &ctx).await?;
+                match listing.target(decl, tool, &ctx)? {
+                    Some(target) => target,
+                    None => {
+                        return Err(HostError::failed(format!(
+                            "MCP server `{server}` has no tool `{tool}` (it offers: {})",
+                            offered(&listing.tools)
+                        )));
+                    }
+                }
             }
-        }
-        let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
+        };
+        let (returns, returns_text) = match decl.and_then(|i| slot.declared.get(i)) {
+            Some(d) => (d.returns.clone(), d.returns_text.clone()),
+            None => (Ty::Any, String::new()),
+        };
+        let params = CallToolRequestParams::new(target).with_arguments(arguments);
         let timeout = slot.config.timeout;
         match tokio::time::timeout(timeout, live.session.peer().call_tool(params)).await {
             Err(_) => Err(HostError {
@@ -229,7 +436,26 @@ impl McpClients {
                 provider: None,
             }),
             Ok(Err(e)) => Err(slot.request_failed(&live, e, &ctx).await),
-            Ok(Ok(result)) => Ok(tool_result(result)),
+            Ok(Ok(mut result)) => {
+                let mut images = Vec::new();
+                if for_model {
+                    images = images::of_content(&result);
+                    if let Some(structured) = result.structured_content.as_mut() {
+                        images::take_from_structured(structured, &mut images, 0);
+                    }
+                    // A server may send an image both as a block and in structured
+                    // content: the model sees it once.
+                    let mut seen = std::collections::HashSet::new();
+                    images.retain(|i| seen.insert((i.mime_type.clone(), i.data.clone())));
+                }
+                tool_result(result, &returns, &returns_text)
+                    .map(|value| (value, images))
+                    .map_err(|why| HostError {
+                        kind: HostErrorKind::Type,
+                        message: format!("{ctx}: {why}"),
+                        provider: None,
+                    })
+            }
         }
     }
 
@@ -257,8 +483,14 @@ impl McpClients {
             return Ok(entry.slot.clone());
         }
         let config = config::server_config(program, server)?;
+        let tools = program
+            .connections
+            .iter()
+            .find(|c| c.name == server)
+            .and_then(|c| c.config.get("tools"));
         let slot = Arc::new(Slot {
             config,
+            declared: signature::declared(program, tools),
             live: tokio::sync::Mutex::new(None),
         });
         slots.insert(
@@ -320,7 +552,7 @@ impl Slot {
         live: &Live,
         refresh: bool,
         ctx: &str,
-    ) -> Result<Arc<Vec<Tool>>, HostError> {
+    ) -> Result<Arc<Listing>, HostError> {
         if !refresh && let Some(tools) = live.tools.lock().as_ref() {
             return Ok(tools.clone());
         }
@@ -338,7 +570,7 @@ impl Slot {
                 });
             }
             Ok(Err(e)) => return Err(self.request_failed(live, e, ctx).await),
-            Ok(Ok(tools)) => Arc::new(tools),
+            Ok(Ok(tools)) => Arc::new(Listing::new(tools, &self.declared)),
         };
         *live.tools.lock() = Some(tools.clone());
         Ok(tools)
@@ -411,22 +643,25 @@ impl Slot {
     }
 }
 
-/// A `tools/call` result as the program sees it.
-fn tool_result(result: CallToolResult) -> Result<Value, ToolFailure> {
+/// A `tools/call` result as the program sees it: a failure the tool reported, or the
+/// result converted to the declared payload type `returns` (written `returns_text`); `Err`
+/// says why it does not convert.
+fn tool_result(
+    result: CallToolResult,
+    returns: &Ty,
+    returns_text: &str,
+) -> Result<Result<Value, ToolFailure>, String> {
     if result.is_error == Some(true) {
         let text = content_text(&result.content);
-        return Err(ToolFailure::new(if !text.is_empty() {
+        return Ok(Err(ToolFailure::new(if !text.is_empty() {
             text
         } else if let Some(value) = result.structured_content.as_ref() {
             value.to_string()
         } else {
             "the tool reported an error without a message".to_string()
-        }));
+        })));
     }
-    match result.structured_content {
-        Some(value) => Ok(value),
-        None => Ok(Value::String(content_text(&result.content))),
-    }
+    signature::convert(&result, returns, returns_text).map(Ok)
 }
 
 /// The text of a result's content blocks, one per line. Non-text blocks are named rather
@@ -447,7 +682,7 @@ fn content_text(content: &[ContentBlock]) -> String {
                 ),
                 _ => "[unsupported resource]".to_string(),
             },
-            ContentBlock::Image(image) => format!("[image ({})]", image.mime_type),
+            ContentBlock::Image(image) => images::placeholder(&image.mime_type),
             ContentBlock::Audio(audio) => format!("[audio ({})]", audio.mime_type),
             ContentBlock::ResourceLink(link) => format!("[resource {}]", link.uri),
             _ => "[unsupported content]".to_string(),

@@ -68,6 +68,23 @@ impl McpClients {
         Err(feature_off(server))
     }
 
+    /// Always fails: the `mcp` feature is off.
+    pub async fn call_for_model(
+        &self,
+        _program: &Arc<Program>,
+        server: &str,
+        _tool: &str,
+        _args: Value,
+    ) -> Result<
+        (
+            Result<Value, ToolFailure>,
+            Vec<concerto_vm::host::ImagePart>,
+        ),
+        HostError,
+    > {
+        Err(feature_off(server))
+    }
+
     /// Nothing to close.
     pub async fn shutdown(&self) {}
 }

@@ -5,4 +5,5 @@
 mod hosts;
 mod interop;
 mod mcp;
+mod mcp_signatures;
 mod sandbox;

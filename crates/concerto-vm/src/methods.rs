@@ -142,7 +142,11 @@ pub(crate) fn call_builtin_method(
 
 /// `Server.tool(args…)` on an MCP server: the positional arguments are named by the tool's
 /// signature in the `mcp` block and sent through the host, which checks that the server is
-/// enabled.
+/// enabled, finds the server's tool, checks the signature against its schemas and converts
+/// the result to the declared payload type. Here the payload becomes the declared shape (a
+/// struct by its declared name, `Option`), and the call's value the declared return type:
+/// `Ok(v)` / `Err(ToolError)` for `-> Result<_, ToolError>`, the bare value otherwise (a
+/// failure the tool reported is then raised).
 fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<Flow, VmError> {
     let program = ctx.program().clone();
     let conn = &program.connections[server as usize];
@@ -165,16 +169,27 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
     // `-> Result<_, ToolError>` gets `Err(ToolError { message, kind: "not_enabled" })`;
     // other signatures raise the refusal (a catchable `not_enabled` error). The same holds
     // for a refusal that comes only with the call (an HTTP server's host or a redirect hop
-    // the host did not allow).
+    // the host did not allow), and for a declared signature the server's schemas contradict
+    // or a result that does not convert to the declared type (`kind: "type"`).
     let returns = declared
         .get("return_type")
         .and_then(|t| t.as_str())
         .unwrap_or_default()
         .replace(' ', "");
     let handles_refusal = returns.starts_with("Result<") && returns.ends_with(",ToolError>");
+    let payload_type = if handles_refusal {
+        returns["Result<".len()..returns.len() - ",ToolError>".len()].to_string()
+    } else {
+        returns
+    };
     let refusal = move |refused: crate::host::HostError| -> Result<Value, VmError> {
         let err = VmError::from(refused);
-        if handles_refusal && err.kind() == crate::ErrorKind::NotEnabled {
+        if handles_refusal
+            && matches!(
+                err.kind(),
+                crate::ErrorKind::NotEnabled | crate::ErrorKind::Type
+            )
+        {
             return Ok(Value::err(Value::record(
                 "ToolError",
                 vec![
@@ -188,12 +203,18 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
     if let Err(refused) = ctx.host.tools.check(&program, &conn.name, name) {
         return refusal(refused).map(Flow::Value);
     }
-    let params: Vec<&str> = declared
+    let params: Vec<(&str, bool)> = declared
         .get("params")
         .and_then(|p| p.as_array())
         .map(|ps| {
             ps.iter()
-                .filter_map(|p| p.get("name").and_then(|n| n.as_str()))
+                .filter_map(|p| {
+                    let optional = p
+                        .get("type")
+                        .and_then(|t| t.as_str())
+                        .is_some_and(|t| t.trim_start().starts_with("Option<"));
+                    Some((p.get("name")?.as_str()?, optional))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -208,20 +229,88 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
             ),
         ));
     }
+    // An `Option` parameter given `None` is left out (the server's default applies);
+    // `Some(v)` sends `v`.
     let mut obj = serde_json::Map::new();
-    for (param, arg) in params.iter().zip(args) {
-        obj.insert((*param).to_string(), arg.to_json());
+    for ((param, optional), arg) in params.iter().zip(args) {
+        let json = match arg {
+            Value::None if *optional => continue,
+            Value::Some(v) if *optional => v.to_json(),
+            other => other.to_json(),
+        };
+        obj.insert((*param).to_string(), json);
     }
+    ctx.stats.tool_calls += 1;
     let fut = ctx
         .host
         .tools
         .call(&program, &conn.name, name, serde_json::Value::Object(obj));
+    let tool = format!("{}.{name}", conn.name);
     Ok(Flow::Suspend(Box::pin(async move {
         match fut.await {
-            Ok(value) => Ok(value),
+            Ok(Value::Ok(payload)) => {
+                let value = mcp_payload(&program, &payload_type, (**payload).clone());
+                Ok(if handles_refusal {
+                    Value::ok(value)
+                } else {
+                    value
+                })
+            }
+            Ok(Value::Err(e)) if !handles_refusal => {
+                let message = match &**e {
+                    Value::Struct(s) => s.get("message").map(|m| m.to_display()),
+                    _ => None,
+                }
+                .unwrap_or_else(|| e.to_display());
+                Err(VmError::new(
+                    crate::ErrorKind::Host,
+                    format!("MCP tool {tool} failed: {message}"),
+                ))
+            }
+            Ok(other) => Ok(other),
             Err(failed) => refusal(failed),
         }
     })))
+}
+
+/// An MCP tool's converted result in its declared shape `ty` (spaces removed): `Option<T>`
+/// is `None` for nil and `Some` otherwise, a map becomes the declared struct (its declared
+/// fields first, in order, nil when absent, then any others); anything else as it is.
+fn mcp_payload(program: &concerto_ir::Program, ty: &str, value: Value) -> Value {
+    if let Some(inner) = ty.strip_prefix("Option<").and_then(|t| t.strip_suffix('>')) {
+        return match value {
+            Value::Nil | Value::None => Value::None,
+            other => Value::some(mcp_payload(program, inner, other)),
+        };
+    }
+    let Value::Map(map) = &value else {
+        return value;
+    };
+    let Some(concerto_ir::TypeDefKind::Struct { fields }) = program
+        .type_id(ty)
+        .and_then(|id| program.types.get(id as usize))
+        .map(|t| &t.kind)
+    else {
+        return value;
+    };
+    let entries = map.entries();
+    let declared: Vec<&str> = fields.iter().map(|f| &**program.name(*f)).collect();
+    let mut out: Vec<(&str, Value)> = declared
+        .iter()
+        .map(|f| {
+            let v = entries
+                .iter()
+                .find(|(k, _)| k.as_str() == *f)
+                .map_or(Value::Nil, |(_, v)| v.clone());
+            (*f, v)
+        })
+        .collect();
+    for (k, v) in &entries {
+        if !declared.contains(&k.as_str()) {
+            out.push((k.as_str(), v.clone()));
+        }
+    }
+    Value::record(ty, out)
 }
 
 #[cold]

@@ -69,10 +69,26 @@ pub(super) fn request_body(out: &Outgoing<'_>) -> Value {
     let mut open_results = false;
     for message in request.messages.iter().filter(|m| m.role != "system") {
         if message.role == "tool" {
+            let images: Vec<Value> = message
+                .images
+                .iter()
+                .filter(|image| out.images && super::image_type_accepted(&image.mime_type))
+                .map(|image| {
+                    json!({"type": "image", "source": {"type": "base64",
+                        "media_type": image.mime_type.to_ascii_lowercase(), "data": image.data}})
+                })
+                .collect();
+            let content = if images.is_empty() {
+                json!(message.content)
+            } else {
+                let mut blocks = vec![json!({"type": "text", "text": message.content})];
+                blocks.extend(images);
+                Value::Array(blocks)
+            };
             let block = json!({
                 "type": "tool_result",
                 "tool_use_id": message.tool_call_id.as_deref().unwrap_or_default(),
-                "content": message.content,
+                "content": content,
             });
             if open_results
                 && let Some(content) = messages

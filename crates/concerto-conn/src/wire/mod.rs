@@ -93,6 +93,17 @@ pub struct Outgoing<'a> {
     pub names: &'a ToolNames,
     /// How Anthropic receives a response schema (ignored for OpenAI).
     pub anthropic_structured: AnthropicStructured,
+    /// Send the images tool results carry (`openai` and `anthropic` connections: their
+    /// APIs accept them); otherwise the model sees only their placeholders in the text.
+    pub images: bool,
+}
+
+/// The media types both providers accept in an image part.
+pub(crate) fn image_type_accepted(mime_type: &str) -> bool {
+    matches!(
+        mime_type.to_ascii_lowercase().as_str(),
+        "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+    )
 }
 
 /// A parsed reply, before the transport adds attempts, latency, provider and cost.

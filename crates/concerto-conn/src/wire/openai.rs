@@ -32,11 +32,32 @@ pub(super) fn request_body(out: &Outgoing<'_>) -> Value {
     let request = out.request;
     let mut body = Map::new();
     body.insert("model".into(), json!(out.model));
-    let messages: Vec<Value> = request
-        .messages
-        .iter()
-        .map(|message| wire_message(message, out.names))
-        .collect();
+    let mut messages: Vec<Value> = Vec::with_capacity(request.messages.len());
+    // Images of the tool results since the last other message: a tool message carries
+    // text only, so they follow the run of results as one user message.
+    let mut images: Vec<Value> = Vec::new();
+    for message in &request.messages {
+        if message.role != "tool" && !images.is_empty() {
+            messages.push(images_message(std::mem::take(&mut images)));
+        }
+        if message.role == "tool" && out.images {
+            images.extend(
+                message
+                    .images
+                    .iter()
+                    .filter(|image| super::image_type_accepted(&image.mime_type))
+                    .map(|image| {
+                        json!({"type": "image_url", "image_url": {"url": format!(
+                            "data:{};base64,{}", image.mime_type.to_ascii_lowercase(), image.data
+                        )}})
+                    }),
+            );
+        }
+        messages.push(wire_message(message, out.names));
+    }
+    if !images.is_empty() {
+        messages.push(images_message(images));
+    }
     body.insert("messages".into(), Value::Array(messages));
     if let Some(temperature) = request.temperature {
         body.insert("temperature".into(), json!(temperature));
@@ -128,6 +149,15 @@ fn strict_compatible(schema: &Value, depth: usize) -> bool {
         Value::Array(items) => items.iter().all(|v| strict_compatible(v, depth + 1)),
         _ => true,
     }
+}
+
+/// The user message that shows the model the images of the tool results before it.
+fn images_message(parts: Vec<Value>) -> Value {
+    let mut content = vec![
+        json!({"type": "text", "text": "The images the tool results above returned, in order."}),
+    ];
+    content.extend(parts);
+    json!({"role": "user", "content": content})
 }
 
 fn wire_message(message: &ChatMessage, names: &ToolNames) -> Value {

@@ -44,6 +44,7 @@ fn body(provider: Provider, request: &ChatRequest, model: &str, stream: bool) ->
             stream,
             names: &names,
             anthropic_structured: AnthropicStructured::default(),
+            images: true,
         },
     )
 }
@@ -62,6 +63,7 @@ fn body_with(
             stream: false,
             names: &names,
             anthropic_structured: structured,
+            images: true,
         },
     );
     (value, names)
@@ -1225,4 +1227,105 @@ proptest! {
             let _ = error_message(provider, 500, &bytes);
         }
     }
+}
+
+/// The tool conversation with a PNG on the first result and a TIFF (which neither provider
+/// accepts) on the second.
+fn image_conversation() -> ChatRequest {
+    let mut request = tool_conversation();
+    request.messages[3].content = "3 [image (image/png)]".into();
+    request.messages[3].images = vec![concerto_vm::host::ImagePart {
+        mime_type: "image/png".into(),
+        data: "iVBORw0KGgoPNGDATA".into(),
+    }];
+    request.messages[4].images = vec![concerto_vm::host::ImagePart {
+        mime_type: "image/tiff".into(),
+        data: "SUkqAFRJRkZEQVRB".into(),
+    }];
+    request
+}
+
+fn body_images(provider: Provider, request: &ChatRequest, images: bool) -> Value {
+    let names = ToolNames::for_request(request, provider, AnthropicStructured::default());
+    request_body(
+        provider,
+        &Outgoing {
+            model: "m",
+            request,
+            stream: false,
+            names: &names,
+            anthropic_structured: AnthropicStructured::default(),
+            images,
+        },
+    )
+}
+
+#[test]
+fn openai_gets_tool_images_as_a_user_message_after_the_results() {
+    let body = body_images(Provider::OpenAi, &image_conversation(), true);
+    let messages = body["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    // The tool messages stay right after the assistant turn that asked for them.
+    assert_eq!(
+        roles,
+        [
+            "system",
+            "user",
+            "assistant",
+            "tool",
+            "tool",
+            "user",
+            "user"
+        ]
+    );
+    assert_eq!(messages[3]["content"], "3 [image (image/png)]");
+    let parts = messages[5]["content"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0]["type"], "text");
+    assert_eq!(
+        parts[1],
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoPNGDATA"}})
+    );
+    // The TIFF is not sent; the model has its placeholder only.
+    assert!(!body.to_string().contains("SUkqAFRJRkZEQVRB"));
+    assert_eq!(messages[6]["content"], "And now?");
+}
+
+#[test]
+fn anthropic_gets_tool_images_inside_the_tool_result() {
+    let body = body_images(Provider::Anthropic, &image_conversation(), true);
+    let results = body["messages"][2]["content"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(
+        results[0]["content"],
+        json!([{"type": "text", "text": "3 [image (image/png)]"},
+               {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                            "data": "iVBORw0KGgoPNGDATA"}}])
+    );
+    assert_eq!(results[1]["content"], "3");
+    assert!(!body.to_string().contains("SUkqAFRJRkZEQVRB"));
+}
+
+#[test]
+fn a_provider_without_images_gets_placeholders_and_never_the_data() {
+    for provider in [Provider::OpenAi, Provider::Anthropic] {
+        let body = body_images(provider, &image_conversation(), false);
+        let text = body.to_string();
+        assert!(!text.contains("iVBORw0KGgoPNGDATA"), "{text}");
+        assert!(!text.contains("SUkqAFRJRkZEQVRB"), "{text}");
+        assert!(text.contains("[image (image/png)]"), "{text}");
+        assert_eq!(
+            body,
+            body_images(provider, &tool_conversation_with_placeholder(), true)
+        );
+    }
+}
+
+fn tool_conversation_with_placeholder() -> ChatRequest {
+    let mut request = tool_conversation();
+    request.messages[3].content = "3 [image (image/png)]".into();
+    request
 }

@@ -388,20 +388,6 @@ pub(super) fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// The names of the tools the block declares (`config.tools[].name`).
-pub(super) fn declared_tools(program: &Program, server: &str) -> Vec<String> {
-    let Ok(config) = mcp_block(program, server) else {
-        return Vec::new();
-    };
-    config
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.get("name").and_then(Value::as_str).map(String::from))
-        .collect()
-}
-
 /// The parameter names the block declares for `tool`, in order.
 pub(super) fn declared_params(program: &Program, server: &str, tool: &str) -> Option<Vec<String>> {
     let config = mcp_block(program, server).ok()?;

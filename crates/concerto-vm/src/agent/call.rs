@@ -141,11 +141,12 @@ impl AgentCall {
         from_cache: bool,
     ) -> Result<Step, VmError> {
         if !from_cache {
+            // Usage and cost belong to the connection that answered (a fallback's, when one
+            // did).
+            let answered = reply.connection.as_deref().unwrap_or(&self.connection_name);
             ctx.stats
                 .llm
-                .both(&self.agent_name, &self.connection_name, |c| {
-                    c.add_response(&reply)
-                });
+                .both(&self.agent_name, answered, |c| c.add_response(&reply));
             if let Some(key) = self.cache_key.take() {
                 let now = ctx.now();
                 ctx.agent_cache.insert(key, (reply.clone(), now));
@@ -175,7 +176,10 @@ impl AgentCall {
                 // A host agent answers with its raw output; an LLM with a `Response`.
                 let response = match self.via {
                     Via::Host(..) => Value::str(reply.text.as_str()),
-                    Via::Llm(_) => response_value(&reply, &self.connection_name),
+                    Via::Llm(_) => response_value(
+                        &reply,
+                        reply.connection.as_deref().unwrap_or(&self.connection_name),
+                    ),
                 };
                 self.reply = Some(reply);
                 self.succeed(ctx, response)
@@ -348,17 +352,22 @@ impl Continuation for AgentCall {
             },
             Phase::Tool => {
                 let call = self.current.take();
-                let content = match input {
-                    Ok(v) => tool_result_text(&v),
-                    Err(err) if err.is_catchable() => format!("error: {}", err.message()),
+                // An external tool's output carries its images beside its value.
+                let (content, images) = match input {
+                    Ok(v) => match v.carried::<crate::host::ToolOutput>() {
+                        Some(out) => (tool_result_text(&out.value), out.images.clone()),
+                        None => (tool_result_text(&v), Vec::new()),
+                    },
+                    Err(err) if err.is_catchable() => {
+                        (format!("error: {}", err.message()), Vec::new())
+                    }
                     Err(err) => return Err(err),
                 };
                 if let Some(call) = call {
-                    self.request.messages.push(ChatMessage::tool_result(
-                        call.id.as_str(),
-                        call.name.as_str(),
-                        content,
-                    ));
+                    let mut message =
+                        ChatMessage::tool_result(call.id.as_str(), call.name.as_str(), content);
+                    message.images = images;
+                    self.request.messages.push(message);
                 }
                 self.next_tool(ctx)
             }

@@ -64,9 +64,12 @@ impl AgentCall {
                 Ok(ToolRun::External(provider, method, args)) => {
                     self.current = Some(call);
                     self.phase = Phase::Tool;
-                    let fut = ctx.host.tools.call(ctx.program(), &provider, &method, args);
+                    let fut =
+                        ctx.host
+                            .tools
+                            .call_for_model(ctx.program(), &provider, &method, args);
                     return Ok(Step::Suspend(Box::pin(async move {
-                        fut.await.map_err(VmError::from)
+                        fut.await.map(Value::carry).map_err(VmError::from)
                     })));
                 }
                 Err(message) => {
@@ -135,12 +138,19 @@ impl AgentCall {
 }
 
 /// What a tool returned, as the text of the `tool` message: strings as they are, `Ok(v)` as
-/// `v`, `Err(e)` as `error: e`, anything else as JSON.
+/// `v`, `Err(e)` as `error: ` and the error's `message` (a `ToolError`, or any struct with a
+/// string `message`; otherwise `e` displayed), anything else as JSON.
 pub(super) fn tool_result_text(value: &Value) -> String {
     match value {
         Value::Str(s) => s.as_str().to_string(),
         Value::Ok(p) | Value::Some(p) => tool_result_text(p),
-        Value::Err(p) => format!("error: {}", p.to_display()),
+        Value::Err(p) => match &***p {
+            Value::Struct(s) => match s.get("message") {
+                Some(Value::Str(m)) => format!("error: {}", m.as_str()),
+                _ => format!("error: {}", p.to_display()),
+            },
+            other => format!("error: {}", other.to_display()),
+        },
         Value::Nil | Value::None => "null".to_string(),
         other => other.to_json().to_string(),
     }

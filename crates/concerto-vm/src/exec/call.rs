@@ -318,6 +318,7 @@ impl Execution {
                                 .tools
                                 .check(&vm.program, &tool.decl.name, &method)
                                 .map_err(VmError::from)?;
+                            self.ctx.stats.tool_calls += 1;
                             Some(*fid)
                         }
                         None => {

@@ -9,6 +9,9 @@ pub struct ExecStats {
     pub emits: u64,
     /// Errors caught by `try`/`catch` (or by a pipeline stage).
     pub errors_caught: u64,
+    /// Tool calls made directly from code: methods of the program's own tools and of MCP
+    /// servers (those a model asks for are counted in `llm`).
+    pub tool_calls: u64,
     /// Steps taken: backward jumps and calls executed (the fuel counter), counted each time
     /// a grant of fuel is used up.
     pub ticks: u64,
@@ -20,6 +23,7 @@ impl ExecStats {
         self.llm.merge(&other.llm);
         self.emits += other.emits;
         self.errors_caught += other.errors_caught;
+        self.tool_calls += other.tool_calls;
         self.ticks += other.ticks;
     }
 }

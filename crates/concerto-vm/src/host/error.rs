@@ -62,6 +62,10 @@ pub enum HostErrorKind {
     Limit,
     /// The operation failed.
     Failed,
+    /// A declaration or a value does not have the type the program declares (an MCP tool
+    /// whose declared signature disagrees with the server's schemas, or whose result does
+    /// not convert to the declared return type).
+    Type,
 }
 
 impl HostError {
@@ -119,6 +123,7 @@ impl From<HostError> for crate::VmError {
             HostErrorKind::Timeout => ErrorKind::Timeout,
             HostErrorKind::Limit => ErrorKind::Limit,
             HostErrorKind::Failed => ErrorKind::Host,
+            HostErrorKind::Type => ErrorKind::Type,
         };
         let message = match err.kind {
             HostErrorKind::Unsupported => format!("unsupported: {}", err.message),

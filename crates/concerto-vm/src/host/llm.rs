@@ -25,6 +25,30 @@ pub struct ChatMessage {
     /// On a `tool` message: the tool's program name (`Tool::method`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// On a `tool` message: images the tool returned (its `content` names each one with a
+    /// short placeholder). The connection layer passes them on where the provider accepts
+    /// images; it never puts their data into text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImagePart>,
+}
+
+/// An image a tool returned: its media type and its bytes in base64 (as MCP carries them).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePart {
+    /// `image/png`, `image/jpeg`, …
+    pub mime_type: String,
+    /// The bytes, base64-encoded.
+    pub data: String,
+}
+
+impl std::fmt::Debug for ImagePart {
+    // The data is long and says nothing to a reader: its length stands for it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImagePart")
+            .field("mime_type", &self.mime_type)
+            .field("data_len", &self.data.len())
+            .finish()
+    }
 }
 
 impl ChatMessage {
@@ -273,6 +297,11 @@ pub struct ChatResponse {
     /// Time from the first attempt to the reply, in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
+    /// The connection that answered when it is not the one the call named (a fallback
+    /// answered); `None` when the named connection answered. The program's `Response`, its
+    /// usage and the metrics name this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 }
 
 fn one() -> u32 {
@@ -292,6 +321,7 @@ impl ChatResponse {
             cost_usd: None,
             attempts: 1,
             latency_ms: 0,
+            connection: None,
         }
     }
 }

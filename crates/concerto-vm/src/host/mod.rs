@@ -47,8 +47,8 @@ pub use emit::EmitSink;
 pub use error::{HostError, HostErrorKind, ProviderFailure, ProviderFailureKind};
 pub use ids::{ConnectionId, MapId, SchemaId};
 pub use llm::{
-    Backoff, ChatMessage, ChatRequest, ChatResponse, Connections, ResponseSchema, RetryPolicy,
-    ToolCall, ToolSpec, Usage,
+    Backoff, ChatMessage, ChatRequest, ChatResponse, Connections, ImagePart, ResponseSchema,
+    RetryPolicy, ToolCall, ToolSpec, Usage,
 };
 pub use schema::{SchemaCheck, SchemaValidator};
 pub use store::{
@@ -58,7 +58,7 @@ pub use store::{
 pub use system::{LogLevel, Spawned, System};
 pub use tools::{
     FsReply, FsRequest, HostSession, HttpReply, HttpRequest, OutsideError, OutsideFailure,
-    OutsideFailureKind, ToolHost,
+    OutsideFailureKind, ToolHost, ToolOutput,
 };
 
 /// A boxed, sendable future.

@@ -8,6 +8,16 @@ use std::time::Duration;
 use super::{BoxFuture, HostError, Program, ToolSpec};
 use crate::value::Value;
 
+/// What a tool returned to a model's call: the value (what a call from code gets, images
+/// named by placeholders in its text) and the images themselves.
+#[derive(Debug, Clone)]
+pub struct ToolOutput {
+    /// The tool's result.
+    pub value: Value,
+    /// The images among its content.
+    pub images: Vec<super::ImagePart>,
+}
+
 /// Tools beyond the program's own code, the outside world (`std::fs`, `std::http`), and the
 /// permission model every tool call goes through: host-registered tools, MCP servers, host
 /// agents (external agent processes), files and the network.
@@ -46,6 +56,25 @@ pub trait ToolHost: Send + Sync {
         method: &str,
         args: serde_json::Value,
     ) -> BoxFuture<Result<Value, HostError>>;
+
+    /// [`ToolHost::call`] for a model's tool call: the same value, plus the images the
+    /// tool returned, which the connection layer passes on to the model. The default has
+    /// no images.
+    fn call_for_model(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+        method: &str,
+        args: serde_json::Value,
+    ) -> BoxFuture<Result<ToolOutput, HostError>> {
+        let call = self.call(program, tool, method, args);
+        Box::pin(async move {
+            Ok(ToolOutput {
+                value: call.await?,
+                images: Vec::new(),
+            })
+        })
+    }
 
     /// One exchange with host agent `program.hosts[host]`: writes `input` (already in the
     /// host's input format) and returns the reply text (already taken from the host's
