@@ -6,13 +6,18 @@
 //!
 //! - npm `@modelcontextprotocol/server-everything` 2026.8.31, over stdio and streamable HTTP;
 //! - PyPI `mcp-server-time` 2026.10.19, over stdio.
+//!
+//! Cases: basic calls over both transports; item 2 (tool names that are not identifiers),
+//! item 3 (declared signatures and result conversion), item 4 (a restarted HTTP server),
+//! item 6 (sessions closed: EOF and exit, SIGTERM and kill, DELETE, drop). Item 5 and the
+//! CLI's side of item 6 are in `crates/concerto-cli/tests/interop/`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concerto_tools::mcp::McpClients;
-use concerto_vm::host::Program;
+use concerto_vm::host::{HostErrorKind, Program};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
@@ -447,18 +452,101 @@ fn child_with_arg(marker: &str) -> Option<u32> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Items 2, 3 and 8 of issue 16 (another branch implements them; their cases go here,
-// against the same servers):
-//
-// - item 2, tool names that are not Concerto identifiers: a declared `get_sum` matches
-//   server-everything's `get-sum` (and `get_tiny_image` its `get-tiny-image`); two server
-//   tools that both match one declared name are an error naming both.
-// - item 3, declared signatures checked against the server's schemas at first connection:
-//   `get_sum(a: Int, b: Int)` fits `get-sum`'s `inputSchema`; a wrong parameter name or type
-//   (`get_sum(x: Int, b: Int)`, `echo(message: Int)`) is an error naming the tool, the
-//   parameter and both types; results convert to the declared type (text to `String`; text
-//   to `Int` only when it parses exactly, else a clear error), e.g. mcp-server-time's
-//   `convert_time` structured content into a declared struct.
-// - item 8, a tool error reaches a model as its message (no debug rendering), and
-//   `--metrics` counts direct calls from code (`Ev.echo(…)`) as well as a model's.
+// Items 2 and 3: tool names that are not identifiers, declared signatures
 // ---------------------------------------------------------------------------------------
+
+/// server-everything over stdio with the tools `tools` declared (`[{name, params,
+/// return_type}]`, as the compilers write an `mcp` block's signatures).
+fn declared_everything(tools: Value) -> Arc<Program> {
+    let (node, entry) = everything();
+    program(json!([mcp(
+        "Ev",
+        json!({"command": [node, entry, "stdio"], "timeout": 30, "tools": tools})
+    )]))
+}
+
+fn param(name: &str, ty: &str) -> Value {
+    json!({"name": name, "type": ty})
+}
+
+/// Item 2: `get_sum` is server-everything's `get-sum`, for code and for a model.
+#[tokio::test]
+async fn a_declared_identifier_finds_the_servers_dashed_tool() {
+    let clients = McpClients::new();
+    let program = declared_everything(json!([
+        {"name": "get_sum", "params": [param("a", "Int"), param("b", "Int")],
+         "return_type": "Result<String, ToolError>"},
+        {"name": "get_structured_content", "params": [param("location", "String")],
+         "return_type": "Result<Map<String, Any>, ToolError>"}
+    ]));
+    let specs = clients.specs(&program, "Ev").await.expect("tools listed");
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Ev::get_sum", "Ev::get_structured_content"]);
+    let sum = clients
+        .call(&program, "Ev", "get_sum", json!({"a": 2, "b": 40}))
+        .await
+        .expect("the call reaches the server");
+    assert_eq!(sum, Ok(json!("The sum of 2 and 40 is 42.")));
+    // Item 3: structured content (the tool has an outputSchema) to the declared map.
+    let weather = clients
+        .call(
+            &program,
+            "Ev",
+            "get_structured_content",
+            json!({"location": "Chicago"}),
+        )
+        .await
+        .expect("the call reaches the server")
+        .expect("the tool answers");
+    assert!(
+        weather.get("temperature").is_some_and(Value::is_number),
+        "{weather}"
+    );
+    assert!(
+        weather.get("conditions").is_some_and(Value::is_string),
+        "{weather}"
+    );
+    clients.shutdown().await;
+}
+
+/// Item 3: a declared parameter whose type the server's `inputSchema` does not have is an
+/// error naming the tool, the parameter and both types, before anything is sent.
+#[tokio::test]
+async fn a_declared_signature_that_disagrees_with_the_server_is_named() {
+    let clients = McpClients::new();
+    let program = declared_everything(json!([
+        {"name": "echo", "params": [param("message", "Int")],
+         "return_type": "Result<String, ToolError>"}
+    ]));
+    let err = clients
+        .call(&program, "Ev", "echo", json!({"message": 1}))
+        .await
+        .expect_err("a mismatch");
+    assert_eq!(err.kind, HostErrorKind::Type, "{}", err.message);
+    for part in ["echo", "message", "Int", "string"] {
+        assert!(err.message.contains(part), "{part}: {}", err.message);
+    }
+    clients.shutdown().await;
+}
+
+/// Item 3: text converts to `Int` only when it parses exactly; `get-sum`'s sentence does
+/// not, and the error says so.
+#[tokio::test]
+async fn text_that_is_not_a_number_does_not_become_an_int() {
+    let clients = McpClients::new();
+    let program = declared_everything(json!([
+        {"name": "get_sum", "params": [param("a", "Int"), param("b", "Int")],
+         "return_type": "Result<Int, ToolError>"}
+    ]));
+    let err = clients
+        .call(&program, "Ev", "get_sum", json!({"a": 1, "b": 1}))
+        .await
+        .expect_err("the text is not an Int");
+    assert_eq!(err.kind, HostErrorKind::Type, "{}", err.message);
+    assert!(err.message.contains("Int"), "{}", err.message);
+    clients.shutdown().await;
+}
+
+// Item 8 (a tool's error reaching a model as its message; `--metrics` counting calls from
+// code) is tested with the scripted connection layer in the workspace tests: it concerns
+// what the runtime does with a result, not the server that gave it.
