@@ -449,3 +449,26 @@ fn a_file_mixing_the_two_shapes_is_refused_naming_the_sections() {
         }
     }
 }
+
+#[test]
+fn an_mcp_server_over_the_old_sse_transport_is_refused_naming_the_alternatives() {
+    let text = with_sections(
+        r#""connections":[{"name":"Legacy","config":{"type":"mcp","transport":"SSE",
+            "url":"http://127.0.0.1:9/sse"}},
+          {"name":"Web","config":{"type":"mcp","transport":"http","url":"http://127.0.0.1:9/mcp"}}]"#,
+    );
+    let inv = invalid(&text);
+    assert_eq!(inv.function, "MCP server Legacy");
+    for part in [
+        "transport `sse`",
+        "HTTP+SSE",
+        "`transport: \"http\"`",
+        "streamable HTTP",
+    ] {
+        assert!(inv.reason.contains(part), "{part}: {inv}");
+    }
+    let fine = with_sections(
+        r#""connections":[{"name":"Web","config":{"type":"mcp","transport":"http","url":"http://127.0.0.1:9/mcp"}}]"#,
+    );
+    assert!(load_str(&fine).is_ok());
+}

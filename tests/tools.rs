@@ -751,3 +751,128 @@ fn an_agent_reads_a_ledger_through_a_tool() {
         result.content
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Closing sessions and processes (`Runtime::shutdown`)
+
+/// `program` with MCP server `Calc`'s and host `Echo`'s commands wrapped in a shell: with
+/// `pid`, it writes its pid to `calc` / `echo` and becomes the server (`exec`); without, it
+/// runs the server and then writes its exit status there (nothing when the shell was
+/// killed).
+fn wrapped(ir: &str, calc: &Path, echo: &Path, pid: bool) -> String {
+    let mut ir: serde_json::Value = serde_json::from_str(ir).expect("IR");
+    let wrap = |cmd: String, file: &Path| {
+        let script = if pid {
+            format!("echo $$ > '{}'; exec {cmd}", file.display())
+        } else {
+            format!("{cmd}; echo $? > '{}'", file.display())
+        };
+        json!(["sh", "-c", script])
+    };
+    if let Some(conns) = ir["connections"].as_array_mut() {
+        for conn in conns.iter_mut().filter(|c| c["name"] == "Calc") {
+            conn["config"]["command"] = wrap(mcp_command(), calc);
+        }
+    }
+    if let Some(hosts) = ir["hosts"].as_array_mut() {
+        for host in hosts.iter_mut().filter(|h| h["name"] == "Echo") {
+            let cmd = wrap(format!("python3 '{}'", fixture("host_agent.py")), echo);
+            host["command"] = json!("sh");
+            host["args"] = json!(cmd.as_array().map(|a| a[1..].to_vec()));
+        }
+    }
+    ir.to_string()
+}
+
+/// One execution each of the MCP and the host agent programs, each on a runtime of its own,
+/// then `shutdown` (or a plain drop), on a tokio runtime of its own.
+fn run_then(shutdown: bool, dir: &Path) -> (PathBuf, PathBuf) {
+    let (calc, echo) = (dir.join("calc"), dir.join("echo"));
+    let mcp = wrapped(&mcp_program(), &calc, &echo, !shutdown);
+    let host = wrapped(&host_program(), &calc, &echo, !shutdown);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        let connections: Arc<dyn Connections> = Scripted::new(vec![text("It is 42.")]);
+        for ir in [mcp, host] {
+            let mut runtime = concerto_runtime::Runtime::builder()
+                .connections(connections.clone())
+                .config(
+                    RuntimeConfig::default()
+                        .with_tool_permission("Calc", ToolPermission::AllMethods)
+                        .with_tool_permission("Echo", ToolPermission::AllMethods),
+                )
+                .build()
+                .expect("runtime");
+            runtime.load_ir_bytes(ir.as_bytes()).expect("program");
+            let _ = runtime.execute().await;
+            if shutdown {
+                runtime.shutdown().await;
+            }
+        }
+    });
+    (calc, echo)
+}
+
+#[test]
+fn shutdown_lets_mcp_servers_and_host_agents_exit_after_the_end_of_their_input() {
+    let dir = TempDir::new("shutdown");
+    let (calc, echo) = run_then(true, &dir.0);
+    // `shutdown` returned only once both had exited, by themselves.
+    assert_eq!(std::fs::read_to_string(calc).ok().as_deref(), Some("0\n"));
+    assert_eq!(std::fs::read_to_string(echo).ok().as_deref(), Some("0\n"));
+}
+
+#[test]
+fn dropping_a_runtime_without_shutdown_still_stops_its_processes() {
+    let dir = TempDir::new("dropped");
+    let (calc, echo) = run_then(false, &dir.0);
+    for file in [calc, echo] {
+        let pid = std::fs::read_to_string(&file).expect("the server wrote its pid");
+        let pid: u32 = pid.trim().parse().expect("a pid");
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            !running(),
+            "{} (pid {pid}) outlived its runtime",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_runtime_stays_usable_after_shutdown() {
+    let connections: Arc<dyn Connections> =
+        Scripted::new(vec![text("It is 42."), text("It is 42.")]);
+    let mut runtime = concerto_runtime::Runtime::builder()
+        .connections(connections)
+        .config(RuntimeConfig::default().with_tool_permission("Calc", ToolPermission::AllMethods))
+        .build()
+        .expect("runtime");
+    runtime
+        .load_ir_bytes(mcp_program().as_bytes())
+        .expect("program");
+    let echoed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = echoed.clone();
+    runtime.on("echo", move |v: Value| seen.lock().push(v));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        for _ in 0..2 {
+            runtime.execute().await.expect("the run");
+            runtime.shutdown().await;
+        }
+    });
+    // Both executions reached the server: the second started it again.
+    assert_eq!(echoed.lock().len(), 2);
+}

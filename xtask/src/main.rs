@@ -8,6 +8,7 @@
 
 mod bench;
 mod deps;
+mod interop;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +25,10 @@ fn main() {
         Some("fuzz") => fuzz(&args[1..]),
         Some("deps") => deps::check(&root()).and_then(|()| deps::check_minimal(&root())),
         Some("tidy") => tidy::check(&root()),
+        Some("interop-setup") => interop::setup(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene"
+                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop"
             );
             std::process::exit(2);
         }
@@ -204,6 +206,11 @@ fn ci(args: &[String]) -> Result<()> {
     if !keep_check {
         std::fs::remove_dir_all(&check_dir)
             .with_context(|| format!("cannot remove {}", check_dir.display()))?;
+    }
+    // The interop suite's servers, from npm and PyPI. A failed install does not stop CI
+    // here: the suite's tests then fail, each naming what is missing.
+    if let Err(err) = step("interop servers", interop::setup) {
+        println!("interop servers: {err:#} (the interop tests will fail, naming what is missing)");
     }
     step("tests", || {
         // Every target but the examples: `cargo test` would build each example with a test

@@ -451,7 +451,10 @@ fn test(args: TestArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let report = match rt.block_on(runtime.run_tests(filter.as_deref())) {
+    let report = rt.block_on(runtime.run_tests(filter.as_deref()));
+    // MCP sessions and host agents are closed gracefully before the command exits.
+    rt.block_on(runtime.shutdown());
+    let report = match report {
         Ok(report) => report,
         Err(err) => {
             eprintln!("error: {err}");
@@ -761,6 +764,8 @@ fn run(args: RunArgs) -> ExitCode {
     } else {
         rt.block_on(runtime.execute())
     };
+    // MCP sessions and host agents are closed gracefully before the command exits.
+    rt.block_on(runtime.shutdown());
     let _ = std::io::stdout().flush();
     for panic in runtime.listener_panics() {
         eprintln!("warning: {panic}");
@@ -792,9 +797,17 @@ fn run(args: RunArgs) -> ExitCode {
 const TRACE_TARGET: &str = "concerto::trace";
 
 /// Logs to stderr under `RUST_LOG`; `--debug` adds the trace target and drops timestamps
-/// (one short line per op).
+/// (one short line per op). Without `RUST_LOG`, errors are logged, except those of the MCP
+/// SDK (`rmcp`): it logs failures the runtime reports itself, as the program's error or the
+/// value it handles, so its lines show only when `RUST_LOG` asks for them
+/// (`RUST_LOG=rmcp=debug`).
 fn init_logging(debug: bool) {
-    let mut filter = tracing_subscriber::EnvFilter::from_default_env();
+    let asked = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
+    let mut filter = if asked {
+        tracing_subscriber::EnvFilter::from_default_env()
+    } else {
+        tracing_subscriber::EnvFilter::new("error,rmcp=off")
+    };
     if debug && let Ok(directive) = format!("{TRACE_TARGET}=trace").parse() {
         filter = filter.add_directive(directive);
     }

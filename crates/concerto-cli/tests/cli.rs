@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod interop;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_concerto"))
 }
@@ -1407,6 +1409,35 @@ fn a_program_that_mocks_its_own_connection_says_so_on_stderr() {
             &format!("connection `{name}` answers from the built-in mock provider"),
         );
     }
+}
+
+/// A program naming the older HTTP+SSE transport is refused when it loads, by `check` as by
+/// `run`, naming the transport and the alternatives (issue 16).
+#[test]
+fn the_old_sse_transport_is_refused_at_load_naming_the_alternatives() {
+    let dir = std::env::temp_dir().join(format!("concerto-cli-sse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = interop::echo_program(
+        &dir,
+        serde_json::json!({"transport": "sse", "url": "http://127.0.0.1:9/sse"}),
+    );
+    let run = ["run", "--allow-tool", "Ev", "--allow-net", "127.0.0.1"];
+    for args in [&["check"][..], &run[..]] {
+        let command = args[0];
+        let out = bin().args(args).arg(&program).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        for part in [
+            "MCP server Ev",
+            "transport `sse`",
+            "transport: \"http\"",
+            "stdio",
+        ] {
+            assert!(stderr.contains(part), "{command}: {part}: {stderr}");
+        }
+        assert!(!stderr.contains("rmcp"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A loopback server answering request number `n` (from 0) with `respond(n)`'s status,

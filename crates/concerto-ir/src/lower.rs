@@ -83,6 +83,9 @@ pub fn lower(mut module: IrModule) -> Result<Program, LoadError> {
             }
         }
     }
+    for conn in module.connections.iter().filter(|c| c.is_mcp()) {
+        check_mcp_transport(conn)?;
+    }
     for (tool_idx, tool) in module.tools.iter_mut().enumerate() {
         check_tool_signatures(tool)?;
         let mut methods = Vec::new();
@@ -1335,4 +1338,22 @@ fn rotate_loops(code: &mut [Op], spans: &mut [Span], ir_pc: &mut [u32]) {
         spans[p] = spans[t];
         ir_pc[p] = ir_pc[t];
     }
+}
+
+/// An MCP server's `transport` must be one the runtime has a client for. The older HTTP+SSE
+/// transport (MCP 2024-11-05, `transport: "sse"`) has none (the `rmcp` SDK offers no client
+/// for it), so a program naming it is refused when it loads, naming the alternatives, rather
+/// than failing later at the handshake.
+fn check_mcp_transport(conn: &model::Connection) -> Result<(), LoadError> {
+    let transport = conn.config.get("transport").and_then(|t| t.as_str());
+    if transport.is_some_and(|t| t.trim().eq_ignore_ascii_case("sse")) {
+        return Err(LoadError::invalid(
+            format!("MCP server {}", conn.name),
+            None,
+            "transport `sse` (the HTTP+SSE transport of MCP 2024-11-05) is not supported: the \
+             runtime has no client for it; use `transport: \"http\"` (streamable HTTP, MCP \
+             2025-03-26 and later) with a server that offers it, or `transport: \"stdio\"`",
+        ));
+    }
+    Ok(())
 }

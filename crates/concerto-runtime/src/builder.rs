@@ -590,6 +590,7 @@ impl RuntimeBuilder {
                 .unwrap_or_else(|| Arc::new(concerto_schema::JsonSchemaValidator::new())),
             custom_tools: self.tools,
             active_tools: None,
+            builtin_tools: None,
             sandbox: self.sandbox.unwrap_or_default(),
             host_tools: self.host_tools,
             system,

@@ -183,8 +183,10 @@ pub struct Runtime {
     /// The host's own tool layer.
     custom_tools: Option<Arc<dyn ToolHost>>,
     /// The tool layer in use, built on first need and kept (host agent processes and MCP
-    /// sessions outlive single executions).
+    /// sessions outlive single executions, until [`Runtime::shutdown`]).
     active_tools: Option<Arc<dyn ToolHost>>,
+    /// The built-in tool layer, when it is the one in use (closed by [`Runtime::shutdown`]).
+    builtin_tools: Option<Arc<concerto_tools::Tools>>,
     sandbox: Sandbox,
     host_tools: Vec<builder::HostToolRegistration>,
     system: Arc<dyn System>,
@@ -273,6 +275,7 @@ impl Runtime {
             let dir = dir.unwrap_or(Path::new("."));
             self.program_dir = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.into()));
             self.active_tools = None;
+            self.builtin_tools = None;
         }
         self.load_program(program)
     }
@@ -513,11 +516,32 @@ impl Runtime {
                         move |args| handler(args),
                     );
                 }
-                Arc::new(tools)
+                let tools = Arc::new(tools);
+                self.builtin_tools = Some(tools.clone());
+                tools
             }
         };
         self.active_tools = Some(layer.clone());
         Ok(layer)
+    }
+
+    /// Closes what the built-in tool layer keeps open between executions: each MCP session
+    /// (a stdio server gets the end of its input and a few seconds to exit before it is
+    /// terminated, then killed; an HTTP session is ended with its `DELETE`) and each host
+    /// agent process (end of input, three seconds to exit, then killed), all at once.
+    /// Returns when they are closed.
+    ///
+    /// Sessions and processes live across executions of one runtime, so that a program run
+    /// many times does not start its servers each time; call this when the runtime is done
+    /// (the `concerto` command does at the end of `run` and `test`). The runtime stays
+    /// usable: a later execution starts them again. Dropping the runtime without it still
+    /// kills the child processes (best effort: nothing is awaited in `Drop`), but no server
+    /// sees the end of its input and no HTTP session gets its `DELETE`. A tool layer of the
+    /// host's own ([`RuntimeBuilder::tool_host`]) is the host's to close.
+    pub async fn shutdown(&self) {
+        if let Some(tools) = self.builtin_tools.clone() {
+            tools.shutdown().await;
+        }
     }
 
     /// Runs the loaded program's `main` to completion and returns its value.

@@ -32,8 +32,10 @@
 //!
 //! Processes are identified by everything that defines them (host name, command,
 //! arguments, environment, working directory, params), so two programs declaring the same
-//! host share its process. [`HostAgents::shutdown`] kills every process; dropping a
-//! [`HostAgents`] kills them too.
+//! host share its process. [`HostAgents::shutdown`] closes every process gracefully: its
+//! stdin is closed (end of file), it has [`CLOSE_GRACE`] to exit by itself, and is killed
+//! if it has not. Dropping a [`HostAgents`] without it kills the processes (nothing can be
+//! awaited in `Drop`).
 //!
 //! Permission checks are the caller's job.
 
@@ -60,6 +62,8 @@ const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 pub const MAX_REPLY_LINE: usize = 32 * 1024 * 1024;
 /// How much of a process's stderr is kept for error messages.
 const STDERR_TAIL: usize = 2048;
+/// How long [`HostAgents::shutdown`] lets a process exit by itself after its stdin closed.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// How long a killed process is waited for.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How long the end of a dead process's stderr is waited for.
@@ -100,6 +104,25 @@ struct Slot {
 }
 
 impl Slot {
+    /// Closes the process (if any) gracefully: its pipes are dropped, so it reads end of
+    /// file on stdin, and it has [`CLOSE_GRACE`] to exit; then it is killed. A call or
+    /// `listen` session still in flight keeps the pipes: that process is killed after the
+    /// grace period like one that does not exit.
+    async fn close(&self) -> Option<ExitStatus> {
+        if let Ok(mut io) = self.io.try_lock() {
+            *io = None;
+        }
+        let mut child = self.child.lock().take()?;
+        if let Ok(Ok(status)) = tokio::time::timeout(CLOSE_GRACE, child.wait()).await {
+            return Some(status);
+        }
+        let _ = child.start_kill();
+        tokio::time::timeout(KILL_WAIT, child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
     /// Kills the process (if any) and waits for it.
     async fn kill(&self) -> Option<ExitStatus> {
         let child = self.child.lock().take();
@@ -253,12 +276,16 @@ impl HostAgents {
         })
     }
 
-    /// Kills every process. A later call starts its host again.
+    /// Closes every process gracefully, all at once: stdin closed, [`CLOSE_GRACE`] to exit,
+    /// then killed. Returns when every process has exited. A later call starts its host
+    /// again.
     pub async fn shutdown(&self) {
         let slots: Vec<Arc<Slot>> = self.slots.lock().drain().map(|(_, s)| s).collect();
+        let mut closing = tokio::task::JoinSet::new();
         for slot in slots {
-            slot.kill().await;
+            closing.spawn(async move { slot.close().await });
         }
+        while closing.join_next().await.is_some() {}
     }
 }
 

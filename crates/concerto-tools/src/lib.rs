@@ -316,10 +316,12 @@ impl Tools {
         &self.policy
     }
 
-    /// Stops host agent processes and closes MCP sessions.
+    /// Closes host agent processes and MCP sessions gracefully, all at once (see
+    /// [`HostAgents::shutdown`](hosts::HostAgents::shutdown) and
+    /// [`McpClients::shutdown`](mcp::McpClients::shutdown)); returns when they are closed.
+    /// The tools stay usable: a later call starts its process or session again.
     pub async fn shutdown(&self) {
-        self.hosts.shutdown().await;
-        self.mcp.shutdown().await;
+        tokio::join!(self.hosts.shutdown(), self.mcp.shutdown());
     }
 
     fn permission(&self, tool: &str) -> Option<&Permission> {

@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `transport` | `stdio` (a child process), or `http` / `streamable-http` / `sse` (the streamable-HTTP transport at `url`); inferred from `command` / `url` when absent |
+//! | `transport` | `stdio` (a child process), or `http` / `streamable-http` (the streamable-HTTP transport at `url`); inferred from `command` / `url` when absent; `sse` is refused when the program loads (see below) |
 //! | `command` | program and arguments, one string split with POSIX shell quoting rules (never run through a shell), or an array of strings |
 //! | `args` | more arguments (array of strings) |
 //! | `env` | object of variables set for the child (`null` removes one); values never appear in messages |
@@ -52,9 +52,12 @@
 //! [`McpClients`] keeps one session per (program, server), opened on first use. A child's
 //! stderr is captured (logged at `debug`, its last lines quoted in error messages), so it
 //! never mixes with the program's output. A session whose server died or whose connection
-//! dropped is replaced on the next call; the call that saw it die fails. `transport =
-//! "sse"` is served by the streamable-HTTP transport: a server that only speaks the older
-//! HTTP+SSE transport (MCP 2024-11-05) fails at the handshake with a message that says so.
+//! dropped is replaced on the next call; the call that saw it die fails. A streamable-HTTP
+//! server that no longer knows the session (it restarted, or the session expired: 404, or 400
+//! with a JSON-RPC error without an `id`) gets a new session at once and the request is sent
+//! again. `transport = "sse"`, the older HTTP+SSE transport (MCP 2024-11-05), has no client
+//! in `rmcp`: a program naming it does not load (the error names the transport and the
+//! alternatives, `http` and `stdio`).
 //!
 //! Permissions are checked by the caller before it reaches this module.
 

@@ -424,3 +424,57 @@ async fn a_host_process_gets_a_minimal_environment_plus_what_was_allowed() {
     assert_eq!(ask(&allowed, "CARGO_MANIFEST_DIR").await, "<unset>");
     allowed.shutdown().await;
 }
+
+/// A host that keeps a file of how it ended: `eof` when its stdin closed, nothing when it
+/// was killed.
+fn recording_host(name: &str, record: &std::path::Path, after_eof: &str) -> Value {
+    json!({
+        "name": name, "connector": "sh", "input_format": "text", "output_format": "text",
+        "command": "sh",
+        "args": ["-c", format!(
+            "while read -r line; do echo \"got $line\"; done; echo eof > '{}'; {after_eof}",
+            record.display()
+        )],
+    })
+}
+
+#[tokio::test]
+async fn shutdown_closes_stdin_and_lets_the_process_exit_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("ended");
+    let hosts = HostAgents::new();
+    let p = one(recording_host("Polite", &record, ""));
+    assert_eq!(hosts.exchange(&p, 0, "hi".into()).await.unwrap(), "got hi");
+    let started = Instant::now();
+    hosts.shutdown().await;
+    assert_eq!(
+        std::fs::read_to_string(&record).ok().as_deref(),
+        Some("eof\n"),
+        "the process did not see the end of its input"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_kills_a_process_that_does_not_exit_after_its_stdin_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("ended");
+    let hosts = HostAgents::new();
+    let p = one(recording_host("Stubborn", &record, "exec sleep 60"));
+    assert_eq!(hosts.exchange(&p, 0, "hi".into()).await.unwrap(), "got hi");
+    let started = Instant::now();
+    hosts.shutdown().await;
+    let took = started.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(&record).ok().as_deref(),
+        Some("eof\n")
+    );
+    assert!(
+        took >= concerto_tools::hosts::CLOSE_GRACE && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+}

@@ -3,6 +3,7 @@
 //! build's disk and link time.
 
 mod hosts;
+mod interop;
 mod mcp;
 mod mcp_signatures;
 mod sandbox;

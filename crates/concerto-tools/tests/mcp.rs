@@ -339,7 +339,6 @@ async fn http_transport_lists_and_calls_tools() {
     let clients = McpClients::new();
     let program = program(json!([
         mcp("Web", json!({"transport": "http", "url": server.url})),
-        mcp("Legacy", json!({"transport": "sse", "url": server.url})),
         mcp("Inferred", json!({"url": server.url}))
     ]));
     let specs = clients.specs(&program, "Web").await.unwrap();
@@ -359,7 +358,7 @@ async fn http_transport_lists_and_calls_tools() {
         .await
         .unwrap_err();
     assert!(err.message.contains("`divide`"), "{}", err.message);
-    for name in ["Legacy", "Inferred"] {
+    for name in ["Inferred"] {
         let echoed = clients
             .call(&program, name, "echo", json!({"text": name}))
             .await
@@ -794,4 +793,70 @@ async fn an_http_server_and_its_redirects_reach_only_allowed_hosts() {
     let open = McpClients::new();
     let _ = open.call(&redirected, "Hop", "add", json!({})).await;
     assert!(forbidden_bytes.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+/// The fixture over HTTP on `port`, answering requests of another process's session as
+/// `unknown` says (`MCP_UNKNOWN_SESSION`).
+async fn http_server_on(port: u16, unknown: &str) -> HttpServer {
+    let mut child = tokio::process::Command::new("python3")
+        .arg(fixture())
+        .arg("--http")
+        .env("MCP_PORT", port.to_string())
+        .env("MCP_UNKNOWN_SESSION", unknown)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(line.trim(), format!("PORT {port}"));
+    HttpServer {
+        _child: child,
+        url: format!("http://127.0.0.1:{port}/mcp"),
+    }
+}
+
+/// A server that restarted no longer knows the session: whether it says so with 404, with
+/// 400 and a JSON-RPC error without an id, or with a plain 400, the next call opens a new
+/// session at once and succeeds (the block's timeout is 30 s).
+#[tokio::test]
+async fn a_server_that_forgot_the_session_gets_a_new_one_at_once() {
+    for unknown in ["404", "400-json", "400-text"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = http_server_on(port, unknown).await;
+        let clients = McpClients::new();
+        let program = program(json!([mcp(
+            "Web",
+            json!({"url": server.url, "timeout": 30})
+        )]));
+        let first = pid_of(&clients, &program).await;
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _server = http_server_on(port, unknown).await;
+        let started = Instant::now();
+        let second = pid_of(&clients, &program).await;
+        assert_ne!(first, second, "{unknown}: the restarted server answered");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{unknown}: {:?}",
+            started.elapsed()
+        );
+        clients.shutdown().await;
+    }
+}
+
+async fn pid_of(clients: &McpClients, program: &Arc<Program>) -> String {
+    match clients.call(program, "Web", "pid", json!({})).await {
+        Ok(Ok(Value::String(pid))) => pid,
+        other => panic!("{other:?}"),
+    }
 }

@@ -179,7 +179,17 @@ pub(super) fn server_config(
             };
             stdio(config, command).map_err(fail)?
         }
-        "http" | "https" | "streamable-http" | "streamable_http" | "streamablehttp" | "sse" => {
+        // Refused when the program loads (concerto-ir); a `Program` built by other means gets
+        // the same answer here.
+        "sse" => {
+            return Err(fail(
+                "transport `sse` (the HTTP+SSE transport of MCP 2024-11-05) is not supported: \
+                 the runtime has no client for it; use `transport: \"http\"` (streamable HTTP) \
+                 or `transport: \"stdio\"`"
+                    .into(),
+            ));
+        }
+        "http" | "https" | "streamable-http" | "streamable_http" | "streamablehttp" => {
             let Some(url) = url else {
                 return Err(fail(format!("transport `{transport}` needs a `url`")));
             };
@@ -187,7 +197,7 @@ pub(super) fn server_config(
         }
         _ => {
             return Err(fail(format!(
-                "unknown transport `{transport}` (expected `stdio`, or `http`/`streamable-http`/`sse` with a `url`)"
+                "unknown transport `{transport}` (expected `stdio`, or `http`/`streamable-http` with a `url`)"
             )));
         }
     };

@@ -9,8 +9,12 @@ use std::time::Duration;
 use concerto_vm::host::{HostError, HostErrorKind};
 use rmcp::ServiceExt;
 use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+use rmcp::model::{ClientJsonRpcMessage, JsonRpcMessage};
 use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_client::{
+    SseError, StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
+    StreamableHttpPostResponse, StreamableHttpResponseLimits,
+};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use tokio::io::AsyncReadExt;
 use tokio::process::ChildStderr;
@@ -207,7 +211,8 @@ pub(super) async fn connect(
             let client = http_client()?;
             let transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                 .custom_headers(headers.iter().cloned().collect());
-            let transport = StreamableHttpClientTransport::with_client(client, transport_config);
+            let transport =
+                StreamableHttpClientTransport::with_client(SessionAware(client), transport_config);
             let session = match handshake(client_info().serve(transport), config, ctx).await {
                 Ok(session) => session,
                 // The transport reports a refused redirect as a failed request; the policy
@@ -242,11 +247,20 @@ where
 {
     match tokio::time::timeout(config.timeout, serve).await {
         Ok(Ok(session)) => Ok(session),
-        Ok(Err(e)) => Err(HostError::failed(format!(
-            "{ctx}: the MCP handshake with {} failed: {}",
-            config.endpoint(),
-            error_chain(&e)
-        ))),
+        Ok(Err(e)) => {
+            let reason = plain(&error_chain(&e));
+            let hint = if matches!(config.transport, Transport::Http { .. })
+                && reason.contains("HTTP 404")
+            {
+                "; is the URL the server's streamable-HTTP endpoint (often ending in `/mcp`)?"
+            } else {
+                ""
+            };
+            Err(HostError::failed(format!(
+                "{ctx}: the MCP handshake with {} failed: {reason}{hint}",
+                config.endpoint(),
+            )))
+        }
         Err(_) => Err(HostError {
             kind: HostErrorKind::Timeout,
             message: format!(
@@ -257,6 +271,31 @@ where
             provider: None,
         }),
     }
+}
+
+/// An rmcp transport error as a person reads it: without the transport's Rust type name
+/// (`Transport [rmcp::…<…>] error: `), with an HTML error page named rather than quoted, on
+/// one line.
+fn plain(text: &str) -> String {
+    let mut text = text.to_string();
+    if let Some(start) = text.find("Transport [")
+        && let Some(end) = text[start..].find("] error: ")
+    {
+        text.replace_range(..start + end + "] error: ".len(), "");
+    }
+    let lower = text.to_ascii_lowercase();
+    if let Some(start) = lower.find("<!doctype").or_else(|| lower.find("<html")) {
+        let end = lower
+            .rfind("</html>")
+            .map_or(text.len(), |end| end + "</html>".len());
+        if end > start {
+            text.replace_range(start..end, "(an HTML page)");
+        }
+    }
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" ,", ",")
 }
 
 /// An error and its sources, without repeating a source its parent already quotes.
@@ -346,4 +385,163 @@ pub(super) fn build_http_client(
                 error_chain(&e)
             ))
         })
+}
+
+/// The HTTP client of a streamable-HTTP session: `reqwest`, except that a server which no
+/// longer knows the session (it restarted, or the session expired) starts a new session at
+/// once. rmcp does that for a 404; servers built on the official TypeScript SDK answer 400
+/// with a JSON-RPC error without an `id`, which rmcp cannot route to the waiting request, so
+/// the request would wait for its whole timeout. Such an answer to a request that carried a
+/// session, like a 400 without a JSON-RPC body, reads as "session expired": rmcp then opens a
+/// new session and sends the request again (once).
+#[derive(Clone)]
+pub(super) struct SessionAware(reqwest::Client);
+
+impl SessionAware {
+    fn expired(
+        session: bool,
+        result: Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
+        if !session {
+            return result;
+        }
+        match result {
+            Ok(StreamableHttpPostResponse::Json(JsonRpcMessage::Error(error), _))
+                if error.id.is_none() =>
+            {
+                tracing::debug!(target: "concerto::mcp", "the server does not know the session ({}); starting a new one", error.error.message);
+                Err(StreamableHttpError::SessionExpired)
+            }
+            Err(StreamableHttpError::UnexpectedServerResponse(text))
+                if text.starts_with("HTTP 400") =>
+            {
+                tracing::debug!(target: "concerto::mcp", "the server refused the session ({text}); starting a new one");
+                Err(StreamableHttpError::SessionExpired)
+            }
+            other => other,
+        }
+    }
+}
+
+impl StreamableHttpClient for SessionAware {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: std::collections::HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        self.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_header,
+            custom_headers,
+            StreamableHttpResponseLimits::default(),
+        )
+        .await
+    }
+
+    async fn post_message_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: std::collections::HashMap<http::HeaderName, http::HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        let session = session_id.is_some();
+        let result = self
+            .0
+            .post_message_with_max_sse_event_size(
+                uri,
+                message,
+                session_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await;
+        SessionAware::expired(session, result)
+    }
+
+    async fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: std::collections::HashMap<http::HeaderName, http::HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        let session = session_id.is_some();
+        let result = self
+            .0
+            .post_message_with_response_limits(
+                uri,
+                message,
+                session_id,
+                auth_header,
+                custom_headers,
+                limits,
+            )
+            .await;
+        SessionAware::expired(session, result)
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: std::collections::HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> Result<(), StreamableHttpError<Self::Error>> {
+        self.0
+            .delete_session(uri, session_id, auth_header, custom_headers)
+            .await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: std::collections::HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> Result<
+        futures_core::stream::BoxStream<'static, Result<sse_stream::Sse, SseError>>,
+        StreamableHttpError<Self::Error>,
+    > {
+        self.0
+            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+            .await
+    }
+
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: std::collections::HashMap<http::HeaderName, http::HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<
+        futures_core::stream::BoxStream<'static, Result<sse_stream::Sse, SseError>>,
+        StreamableHttpError<Self::Error>,
+    > {
+        self.0
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await
+    }
 }
