@@ -1706,7 +1706,13 @@ fn an_allow_net_entry_that_is_not_a_host_is_a_usage_error() {
         assert_stderr_has(&out, &format!("invalid allowed domain `{entry}`"));
     }
     let fine = bin()
-        .args(["run", "--allow-net", "127.0.0.1:18555", "--allow-net", "*.example.com"])
+        .args([
+            "run",
+            "--allow-net",
+            "127.0.0.1:18555",
+            "--allow-net",
+            "*.example.com",
+        ])
         .arg(&hello)
         .output()
         .unwrap();
