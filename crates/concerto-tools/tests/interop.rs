@@ -550,3 +550,31 @@ async fn text_that_is_not_a_number_does_not_become_an_int() {
 // Item 8 (a tool's error reaching a model as its message; `--metrics` counting calls from
 // code) is tested with the scripted connection layer in the workspace tests: it concerns
 // what the runtime does with a result, not the server that gave it.
+
+/// Item 7 against server-everything: `get-tiny-image`'s image reaches a model as an image,
+/// its text keeps a placeholder and never the data; from code the placeholder is all.
+#[tokio::test]
+async fn a_real_servers_image_is_taken_out_for_the_model() {
+    let clients = McpClients::new();
+    let program = declared_everything(json!([
+        {"name": "get_tiny_image", "params": [], "return_type": "Result<String, ToolError>"}
+    ]));
+    let (value, images) = clients
+        .call_for_model(&program, "Ev", "get_tiny_image", json!({}))
+        .await
+        .expect("the call reaches the server");
+    let text = value.expect("the tool answers").to_string();
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0].mime_type, "image/png");
+    assert!(images[0].data.len() > 100, "{images:?}");
+    assert!(text.contains("[image (image/png)]"), "{text}");
+    assert!(!text.contains(&images[0].data), "{text}");
+    let from_code = clients
+        .call(&program, "Ev", "get_tiny_image", json!({}))
+        .await
+        .expect("the call reaches the server")
+        .expect("the tool answers")
+        .to_string();
+    assert!(!from_code.contains(&images[0].data), "{from_code}");
+    clients.shutdown().await;
+}

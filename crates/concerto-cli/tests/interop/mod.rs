@@ -293,3 +293,35 @@ fn a_handled_mcp_failure_leaves_stderr_clean() {
     assert!(stderr.contains("rmcp"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 8 against server-everything: `--metrics` counts a call made from code (not only the
+/// calls models ask for).
+#[test]
+fn metrics_count_a_call_from_code_to_a_real_server() {
+    let entry = everything();
+    let dir = scratch("metrics");
+    let program = echo_program(&dir, json!({"command": ["node", entry, "stdio"]}));
+    let path = program.to_string_lossy();
+    let out = concerto(&[
+        "run",
+        "--metrics",
+        "--emit-format",
+        "jsonl",
+        "--allow-tool",
+        "Ev",
+        &path,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("Echo: hi"),
+        "{stdout}{stderr}"
+    );
+    let metrics: Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| v.get("metrics").cloned())
+        .unwrap_or_else(|| panic!("no metrics line on stderr: {stderr}"));
+    assert_eq!(metrics["tool_calls"], 1, "{metrics}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
