@@ -100,8 +100,9 @@ struct Access {
     allow_net: Vec<String>,
     /// Let the program read environment variable NAME (`std::env`, `env()`), the MCP
     /// servers and agents it starts inherit it, and a connection may take its API key from
-    /// it; `PREFIX_*` for every variable starting with `PREFIX_`; repeatable. Any other
-    /// variable, those of `--env FILE` included, reads as unset.
+    /// it; `PREFIX_*` for every variable starting with `PREFIX_` (a bare `*` allows every
+    /// variable, API keys included); repeatable. Any other variable, those of `--env FILE`
+    /// included, reads as unset.
     #[arg(long = "allow-env", value_name = "NAME")]
     allow_env: Vec<String>,
 }

@@ -605,6 +605,17 @@ fn exfiltration_never_escapes_and_the_allowed_paths_still_work() {
     if !out.allowed.is_empty() {
         problems.push("the provider's host received a request without --allow-net".into());
     }
+    // The agent call returns the refusal as its error, for the program to handle.
+    let failed = out
+        .emits()
+        .get("writer_failed")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if failed["kind"] != "not_enabled" {
+        problems.push(format!(
+            "the refusal is not Err(AgentError {{ kind: not_enabled }}): {failed}"
+        ));
+    }
     f.attempt("net", "a base_url without --allow-net", problems);
     // Control: the allowed host receives the request and the conventional key.
     let setup = Setup {
