@@ -184,6 +184,18 @@ impl HostAgents {
         self
     }
 
+    /// The process spec of host `program.hosts[host]`, its timeout and whether it answers
+    /// JSON (see [`spec_of`]).
+    fn spec(&self, program: &Program, host: u32) -> Result<(Spec, u64, bool), HostError> {
+        spec_of(
+            program,
+            host,
+            self.base_dir.as_deref(),
+            &self.env_allowed,
+            &self.env_values,
+        )
+    }
+
     /// One exchange with host `program.hosts[host]`: writes `input` and a newline, reads
     /// one line and returns the reply text (see the module documentation).
     ///
@@ -198,13 +210,7 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<String, HostError> {
-        let (spec, secs, json) = spec_of(
-            program,
-            host,
-            self.base_dir.as_deref(),
-            &self.env_allowed,
-            &self.env_values,
-        )?;
+        let (spec, secs, json) = self.spec(program, host)?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), slot.io.lock()).await
         else {
@@ -242,13 +248,7 @@ impl HostAgents {
         host: u32,
         input: String,
     ) -> Result<ListenSession, HostError> {
-        let (spec, secs, _) = spec_of(
-            program,
-            host,
-            self.base_dir.as_deref(),
-            &self.env_allowed,
-            &self.env_values,
-        )?;
+        let (spec, secs, _) = self.spec(program, host)?;
         let slot = Arc::clone(self.slots.lock().entry(spec.clone()).or_default());
         let turn = Arc::clone(&slot.io).lock_owned();
         let Ok(mut io) = tokio::time::timeout(Duration::from_secs(secs), turn).await else {
