@@ -358,6 +358,61 @@ fn images_an_mcp_tool_returns_reach_the_model_as_images_never_as_text() {
     );
 }
 
+/// A run stopped after a model's tool call was journaled and before the model answered: the
+/// resumed run replays the tool's result, images included, and the model's next request
+/// carries them (the MCP server is not asked again).
+#[test]
+fn a_resumed_run_shows_the_model_the_journaled_images() {
+    let dir = TempDir::new("resume-images");
+    let db = dir.0.join("state.db");
+    let json_command = serde_json::to_string(&mcp_command()).expect("json");
+    let ir = program("mcp_images").replace("\"MCP_COMMAND\"", &json_command);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let run = |conn: Arc<Scripted>| {
+        let connections: Arc<dyn Connections> = conn;
+        let mut rt = concerto_runtime::Runtime::builder()
+            .connections(connections)
+            .state_store(concerto_runtime::StateStore::Sqlite(db.clone()))
+            .config(
+                RuntimeConfig::default()
+                    .with_tool_permission("Gallery", ToolPermission::AllMethods),
+            )
+            .build()
+            .expect("builds");
+        rt.load_ir_bytes(ir.as_bytes()).expect("loads");
+        let result = tokio.block_on(rt.execute_run("run-images"));
+        let replayed = rt.replayed_operations();
+        tokio.block_on(rt.shutdown());
+        (result, replayed)
+    };
+    let first = Scripted::new(vec![
+        tools(&[("c1", "Gallery::snapshot", json!({}))]),
+        Err(concerto_runtime::vm::host::HostError::failed(
+            "the provider went away",
+        )),
+    ]);
+    let (result, _) = run(first.clone());
+    assert!(result.is_err(), "the second model call failed");
+    assert_eq!(first.requests().len(), 2);
+    let second = Scripted::new(vec![text("A red dot.")]);
+    let (result, replayed) = run(second.clone());
+    result.expect("the resumed run completes");
+    // The direct call, the first model call and the model's tool call.
+    assert_eq!(replayed, 3);
+    let requests = second.requests();
+    assert_eq!(requests.len(), 1);
+    let tool = requests[0]
+        .messages
+        .iter()
+        .find(|m| m.role == "tool")
+        .expect("the tool result");
+    assert_eq!(tool.images.len(), 1);
+    assert_eq!(tool.images[0].data, PNG);
+}
+
 #[test]
 fn an_mcp_server_without_permission_is_refused_and_never_started() {
     let out = emits(&run(&mcp_program(), |b| b));

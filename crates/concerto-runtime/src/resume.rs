@@ -17,8 +17,8 @@ use std::sync::Arc;
 use concerto_vm::Value as VmValue;
 use concerto_vm::host::{
     BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, EmitSink, FsReply, FsRequest,
-    HostError, HttpReply, HttpRequest, MemoryStore, OutsideError, Program, Reply, ToolHost,
-    ToolSpec,
+    HostError, HttpReply, HttpRequest, ImagePart, MemoryStore, OutsideError, Program, Reply,
+    ToolHost, ToolOutput, ToolSpec,
 };
 use parking_lot::Mutex;
 use serde_json::{Value as Json, json};
@@ -220,6 +220,38 @@ impl ToolHost for JournaledTools {
             let result = call.await?;
             journal.record("tool", fp, encode(&result)).await?;
             Ok(result)
+        })
+    }
+
+    /// A model's tool call: the value and the images, journaled together (a resumed run
+    /// shows the model the same images).
+    fn call_for_model(
+        &self,
+        program: &Arc<Program>,
+        tool: &str,
+        method: &str,
+        args: Json,
+    ) -> BoxFuture<Result<ToolOutput, HostError>> {
+        let fp = fingerprint(&["tool_for_model", tool, method, &args.to_string()]);
+        if let Some(recorded) = self.journal.take(&fp) {
+            return Box::pin(async move {
+                let images: Vec<ImagePart> = serde_json::from_value(recorded["images"].clone())
+                    .map_err(|e| {
+                        HostError::failed(format!("a journaled tool result is unreadable: {e}"))
+                    })?;
+                Ok(ToolOutput {
+                    value: decode(&recorded["value"])?,
+                    images,
+                })
+            });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.call_for_model(program, tool, method, args);
+        Box::pin(async move {
+            let output = call.await?;
+            let recorded = json!({"value": encode(&output.value), "images": output.images});
+            journal.record("tool", fp, recorded).await?;
+            Ok(output)
         })
     }
 
