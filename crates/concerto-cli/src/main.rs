@@ -757,7 +757,13 @@ fn run(args: RunArgs) -> ExitCode {
         // The interpreter's debug loop, with a tracer: the normal loop has no hook.
         let mut debugger = runtime.into_debugger();
         debugger.set_tracer(trace_op);
-        let result = rt.block_on(debugger.run_to_end());
+        // A traced run is journaled like any other.
+        let result = rt.block_on(async {
+            if let Some(run_id) = &run_id {
+                debugger.journal_run(run_id).await?;
+            }
+            debugger.run_to_end().await
+        });
         runtime = debugger.into_runtime();
         result
     } else if let Some(run_id) = &run_id {

@@ -907,6 +907,48 @@ fn a_killed_run_resumes_without_repeating_completed_calls() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A run traced with `--debug` is journaled like any other: resumed under its id, it asks
+/// the provider nothing again.
+#[test]
+fn a_debugged_run_is_journaled_and_resumes_without_repeating_calls() {
+    let dir = fresh_dir("resume-debug");
+    let db = dir.join("state.db");
+    let program = repo().join("tests/resume/ten_calls.conc-ir");
+    let run = |log: &Path, extra: &[&str]| {
+        bin()
+            .args(["run", "--emit-format", "jsonl", "--mock", "--debug"])
+            .arg("--state")
+            .arg(&db)
+            .arg("--record")
+            .arg(log)
+            .args(extra)
+            .arg(&program)
+            .output()
+            .unwrap()
+    };
+    let first_log = dir.join("first.jsonl");
+    let first = run(&first_log, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(lines_of(&first_log).len(), 10);
+    let err = stderr(&first);
+    let run_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("run id: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id on stderr"))
+        .to_string();
+    let second_log = dir.join("second.jsonl");
+    let resumed = run(&second_log, &["--resume", &run_id]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        lines_of(&second_log).is_empty(),
+        "the resumed run asked again: {:?}",
+        lines_of(&second_log)
+    );
+    assert!(stdout(&resumed).contains(r#"{"channel":"done","payload":10}"#));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn resume_without_a_durable_store_is_a_usage_error() {
     let out = bin()

@@ -132,6 +132,8 @@ pub struct Debugger {
     finished: bool,
     /// The run was abandoned when its time limit expired.
     timed_out: Option<VmError>,
+    /// The journal of the run, when it is journaled ([`Debugger::journal_run`]).
+    journal: Option<Arc<crate::resume::Journal>>,
 }
 
 impl Runtime {
@@ -150,6 +152,7 @@ impl Runtime {
             started: None,
             finished: false,
             timed_out: None,
+            journal: None,
         }
     }
 }
@@ -168,6 +171,18 @@ impl DerefMut for Debugger {
 }
 
 impl Debugger {
+    /// Journals the debugged run as run `run_id` in the durable state store, as
+    /// [`Runtime::execute_run`] does: completed calls of an earlier run under that id are
+    /// replayed, new ones recorded. Call before the run starts (it applies from the next
+    /// start).
+    ///
+    /// # Errors
+    /// As [`Runtime::execute_run`] for a store that cannot keep the journal.
+    pub async fn journal_run(&mut self, run_id: &str) -> Result<(), RuntimeError> {
+        self.journal = self.runtime.open_journal(Some(run_id)).await?;
+        Ok(())
+    }
+
     /// The runtime back.
     pub fn into_runtime(self) -> Runtime {
         self.runtime
@@ -396,7 +411,10 @@ impl Debugger {
         }
         // The same wiring as `Runtime::execute`, except the time limit: time spent stopped
         // must not count, so each advance is bounded instead.
-        let (vm, host, mut config, _) = self.runtime.prepare()?;
+        let (vm, mut host, mut config, _) = self.runtime.prepare()?;
+        if let Some(journal) = &self.journal {
+            host = crate::resume::journaled(host, journal);
+        }
         config.timeout = None;
         let mut exec = Execution::new(vm, host, config);
         if let Some(tracer) = &self.tracer {
@@ -448,6 +466,7 @@ impl Debugger {
             return Ok(());
         }
         self.finished = true;
+        self.runtime.replayed = self.journal.as_ref().map_or(0, |j| j.replayed());
         if let Some(exec) = &self.exec {
             let stats = exec.stats();
             self.runtime.metrics = Metrics::default();

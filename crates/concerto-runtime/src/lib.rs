@@ -621,28 +621,25 @@ impl Runtime {
         self.run(Some(run_id)).await
     }
 
-    async fn run(&mut self, run_id: Option<&str>) -> Result<Value, RuntimeError> {
-        let journal = match (run_id, self.vm.clone()) {
+    /// The journal of run `run_id` in the durable state store (`None` without a run id).
+    pub(crate) async fn open_journal(
+        &mut self,
+        run_id: Option<&str>,
+    ) -> Result<Option<Arc<resume::Journal>>, RuntimeError> {
+        Ok(match (run_id, self.vm.clone()) {
             (Some(run), Some(vm)) => {
                 let store = self.memory_store(&vm)?;
                 Some(resume::Journal::open(store, run).await?)
             }
             _ => None,
-        };
+        })
+    }
+
+    async fn run(&mut self, run_id: Option<&str>) -> Result<Value, RuntimeError> {
+        let journal = self.open_journal(run_id).await?;
         let (vm, mut host, config, timeout) = self.prepare()?;
         if let Some(journal) = &journal {
-            host.connections = Arc::new(resume::JournaledConnections {
-                inner: host.connections,
-                journal: journal.clone(),
-            });
-            host.emit = Arc::new(resume::JournaledEmits {
-                inner: host.emit,
-                journal: journal.clone(),
-            });
-            host.tools = Arc::new(resume::JournaledTools {
-                inner: host.tools,
-                journal: journal.clone(),
-            });
+            host = resume::journaled(host, journal);
         }
         let (outcome, metrics) = concurrency::run_once(vm, host, config, timeout).await;
         let outcome = match outcome {

@@ -117,6 +117,23 @@ fn decode(json: &Json) -> Result<VmValue, HostError> {
     concerto_memory::codec::decode_value(json)
 }
 
+/// `host` with its connections, emits and tools going through `journal`.
+pub(crate) fn journaled(mut host: concerto_vm::Host, journal: &Arc<Journal>) -> concerto_vm::Host {
+    host.connections = Arc::new(JournaledConnections {
+        inner: host.connections,
+        journal: journal.clone(),
+    });
+    host.emit = Arc::new(JournaledEmits {
+        inner: host.emit,
+        journal: journal.clone(),
+    });
+    host.tools = Arc::new(JournaledTools {
+        inner: host.tools,
+        journal: journal.clone(),
+    });
+    host
+}
+
 /// Agent calls through the journal.
 pub(crate) struct JournaledConnections {
     pub(crate) inner: Arc<dyn Connections>,
