@@ -49,16 +49,23 @@ impl Journal {
         let records = reply(store.journal_records(run)).await?;
         let mut replay: HashMap<String, VecDeque<Json>> = HashMap::new();
         let mut seen: HashMap<String, u64> = HashMap::new();
-        for text in records {
-            let record: Json = serde_json::from_str(&text).map_err(|e| {
-                HostError::failed(format!("run `{run}`: a journal record is unreadable: {e}"))
+        for (index, text) in records.iter().enumerate() {
+            let record: Json = serde_json::from_str(text).map_err(|e| {
+                HostError::failed(format!(
+                    "run `{run}`: journal entry {} is unreadable: {e}",
+                    index + 1
+                ))
             })?;
-            let fp = record["fp"].as_str().unwrap_or_default().to_string();
+            let Some(fp) = record["fp"].as_str().map(str::to_string) else {
+                return Err(HostError::failed(format!(
+                    "run `{run}`: journal entry {} has no fingerprint",
+                    index + 1
+                )));
+            };
             *seen.entry(fp.clone()).or_default() += 1;
-            replay
-                .entry(fp)
-                .or_default()
-                .push_back(record["result"].clone());
+            let mut record = record;
+            record["index"] = json!(index + 1);
+            replay.entry(fp).or_default().push_back(record);
         }
         Ok(Arc::new(Journal {
             store,
@@ -74,14 +81,29 @@ impl Journal {
         self.replayed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The recorded result of the next operation with fingerprint `fp`, if any.
-    fn take(&self, fp: &str) -> Option<Json> {
-        let found = self.replay.lock().get_mut(fp).and_then(VecDeque::pop_front);
-        if found.is_some() {
-            self.replayed
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        found
+    /// The next recorded operation with fingerprint `fp`, if any: an [`Entry`] whose result
+    /// is read with [`Entry::read`] (which counts it as replayed).
+    fn take(&self, fp: &str) -> Option<Entry<'_>> {
+        let record = self
+            .replay
+            .lock()
+            .get_mut(fp)
+            .and_then(VecDeque::pop_front)?;
+        Some(Entry {
+            run: self.run.clone(),
+            record,
+            journal: self,
+        })
+    }
+
+    /// Encodes `value`, the result of a `kind` operation, for the journal.
+    fn encode(&self, kind: &str, value: &VmValue) -> Result<Json, HostError> {
+        concerto_memory::codec::encode_value(value).map_err(|e| {
+            HostError::failed(format!(
+                "run `{}`: the result of this {kind} cannot be journaled: {}",
+                self.run, e.message
+            ))
+        })
     }
 
     /// Journals a completed operation (committed before the program goes on).
@@ -97,6 +119,34 @@ impl Journal {
     }
 }
 
+/// A recorded operation found for replay.
+struct Entry<'a> {
+    run: String,
+    record: Json,
+    journal: &'a Journal,
+}
+
+impl Entry<'_> {
+    /// The recorded result, read with `read`; an unreadable one is an error naming the run
+    /// and the entry, never a silent call made again.
+    fn read<T>(self, read: impl FnOnce(&Json) -> Result<T, String>) -> Result<T, HostError> {
+        match read(&self.record["result"]) {
+            Ok(value) => {
+                self.journal
+                    .replayed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(value)
+            }
+            Err(why) => Err(HostError::failed(format!(
+                "run `{}`: journal entry {} ({}) cannot be replayed: {why}",
+                self.run,
+                self.record["index"],
+                self.record["kind"].as_str().unwrap_or("?")
+            ))),
+        }
+    }
+}
+
 /// A stable 64-bit FNV-1a fingerprint of `parts`, as hex.
 fn fingerprint(parts: &[&str]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -109,12 +159,8 @@ fn fingerprint(parts: &[&str]) -> String {
     format!("{hash:016x}")
 }
 
-fn encode(value: &VmValue) -> Json {
-    concerto_memory::codec::encode_value(value).unwrap_or(Json::Null)
-}
-
-fn decode(json: &Json) -> Result<VmValue, HostError> {
-    concerto_memory::codec::decode_value(json)
+fn decode(json: &Json) -> Result<VmValue, String> {
+    concerto_memory::codec::decode_value(json).map_err(|e| e.message)
 }
 
 /// `host` with its connections, emits and tools going through `journal`.
@@ -149,16 +195,22 @@ impl Connections for JournaledConnections {
     ) -> BoxFuture<Result<ChatResponse, HostError>> {
         let body = serde_json::to_string(&request).unwrap_or_default();
         let fp = fingerprint(&["agent", &connection.0.to_string(), &body]);
-        if let Some(recorded) = self.journal.take(&fp)
-            && let Ok(response) = serde_json::from_value::<ChatResponse>(recorded)
-        {
-            return Box::pin(async move { Ok(response) });
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(|r| {
+                serde_json::from_value::<ChatResponse>(r.clone()).map_err(|e| e.to_string())
+            });
+            return Box::pin(async move { replayed });
         }
         let journal = self.journal.clone();
         let call = self.inner.chat(program, connection, request);
         Box::pin(async move {
             let response = call.await?;
-            let recorded = serde_json::to_value(&response).unwrap_or(Json::Null);
+            let recorded = serde_json::to_value(&response).map_err(|e| {
+                HostError::failed(format!(
+                    "run `{}`: the reply of this agent call cannot be journaled: {e}",
+                    journal.run
+                ))
+            })?;
             journal.record("agent", fp, recorded).await?;
             Ok(response)
         })
@@ -178,15 +230,21 @@ impl EmitSink for JournaledEmits {
     }
 
     fn emit_await(&self, channel: &str, payload: VmValue) -> BoxFuture<Result<VmValue, HostError>> {
-        let fp = fingerprint(&["emit_await", channel, &encode(&payload).to_string()]);
-        if let Some(recorded) = self.journal.take(&fp) {
-            return Box::pin(async move { decode(&recorded) });
+        let encoded = match self.journal.encode("emit_await", &payload) {
+            Ok(encoded) => encoded,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let fp = fingerprint(&["emit_await", channel, &encoded.to_string()]);
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(decode);
+            return Box::pin(async move { replayed });
         }
         let journal = self.journal.clone();
         let call = self.inner.emit_await(channel, payload);
         Box::pin(async move {
             let answer = call.await?;
-            journal.record("emit_await", fp, encode(&answer)).await?;
+            let recorded = journal.encode("emit_await", &answer)?;
+            journal.record("emit_await", fp, recorded).await?;
             Ok(answer)
         })
     }
@@ -228,14 +286,16 @@ impl ToolHost for JournaledTools {
         args: Json,
     ) -> BoxFuture<Result<VmValue, HostError>> {
         let fp = fingerprint(&["tool", tool, method, &args.to_string()]);
-        if let Some(recorded) = self.journal.take(&fp) {
-            return Box::pin(async move { decode(&recorded) });
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(decode);
+            return Box::pin(async move { replayed });
         }
         let journal = self.journal.clone();
         let call = self.inner.call(program, tool, method, args);
         Box::pin(async move {
             let result = call.await?;
-            journal.record("tool", fp, encode(&result)).await?;
+            let recorded = journal.encode("tool call", &result)?;
+            journal.record("tool", fp, recorded).await?;
             Ok(result)
         })
     }
@@ -250,23 +310,23 @@ impl ToolHost for JournaledTools {
         args: Json,
     ) -> BoxFuture<Result<ToolOutput, HostError>> {
         let fp = fingerprint(&["tool_for_model", tool, method, &args.to_string()]);
-        if let Some(recorded) = self.journal.take(&fp) {
-            return Box::pin(async move {
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(|recorded| {
                 let images: Vec<ImagePart> = serde_json::from_value(recorded["images"].clone())
-                    .map_err(|e| {
-                        HostError::failed(format!("a journaled tool result is unreadable: {e}"))
-                    })?;
+                    .map_err(|e| e.to_string())?;
                 Ok(ToolOutput {
                     value: decode(&recorded["value"])?,
                     images,
                 })
             });
+            return Box::pin(async move { replayed });
         }
         let journal = self.journal.clone();
         let call = self.inner.call_for_model(program, tool, method, args);
         Box::pin(async move {
             let output = call.await?;
-            let recorded = json!({"value": encode(&output.value), "images": output.images});
+            let value = journal.encode("tool call", &output.value)?;
+            let recorded = json!({"value": value, "images": output.images});
             journal.record("tool", fp, recorded).await?;
             Ok(output)
         })
@@ -279,8 +339,12 @@ impl ToolHost for JournaledTools {
         input: String,
     ) -> BoxFuture<Result<String, HostError>> {
         let fp = fingerprint(&["host", &host.to_string(), &input]);
-        if let Some(Json::String(recorded)) = self.journal.take(&fp) {
-            return Box::pin(async move { Ok(recorded) });
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(|r| match r {
+                Json::String(text) => Ok(text.clone()),
+                other => Err(format!("an agent's answer is text, not {other}")),
+            });
+            return Box::pin(async move { replayed });
         }
         let journal = self.journal.clone();
         let call = self.inner.host_exchange(program, host, input);
@@ -316,6 +380,81 @@ impl ToolHost for JournaledTools {
 #[cfg(test)]
 mod tests {
     use super::fingerprint;
+
+    /// A recorded reply that does not read as a reply is an error naming the run and the
+    /// entry; the call is not made again behind the program's back, nor counted replayed.
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn an_unreadable_entry_is_an_error_naming_the_run_and_the_entry() {
+        use super::{Journal, JournaledConnections, reply};
+        use concerto_vm::host::{
+            BoxFuture, ChatMessage, ChatRequest, ChatResponse, ConnectionId, Connections,
+            HostError, MemoryStore, Program,
+        };
+        use serde_json::json;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        struct Counting(AtomicUsize);
+        impl Connections for Counting {
+            fn chat(
+                &self,
+                _: &Arc<Program>,
+                _: ConnectionId,
+                _: ChatRequest,
+            ) -> BoxFuture<Result<ChatResponse, HostError>> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Err(HostError::failed("not expected")) })
+            }
+        }
+
+        let dir = std::env::temp_dir().join(format!("concerto-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn MemoryStore> =
+            Arc::new(concerto_store_sqlite::SqliteStore::open(&dir.join("j.db"), vec![]).unwrap());
+        let request = ChatRequest::new("Agent", None, vec![ChatMessage::new("user", "hi")]);
+        let body = serde_json::to_string(&request).unwrap();
+        let fp = fingerprint(&["agent", "0", &body]);
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let record = json!({"kind": "agent", "fp": fp, "n": 0, "result": {"text": 5}});
+        tokio
+            .block_on(reply(store.journal_append("r1", record.to_string())))
+            .unwrap();
+        let journal = tokio.block_on(Journal::open(store, "r1")).unwrap();
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let conns = JournaledConnections {
+            inner: inner.clone(),
+            journal: journal.clone(),
+        };
+        let program = Arc::new(
+            concerto_ir::load_str(
+                &json!({"version": "0.1.0", "module": "m", "source_file": "m.conc",
+                    "constants": [], "functions": [{"name": "main", "module": "m",
+                    "visibility": "private", "params": [], "return_type": "nil",
+                    "is_async": false, "locals": [], "instructions": [{"op": "RETURN"}]}],
+                    "metadata": {"compiler_version": "0.1.0", "compiled_at": "",
+                    "optimization_level": 0, "debug_info": true, "entry_point": "main"}})
+                .to_string(),
+            )
+            .unwrap(),
+        );
+        let err = tokio
+            .block_on(conns.chat(&program, ConnectionId(0), request))
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("run `r1`: journal entry 1 (agent) cannot be replayed"),
+            "{}",
+            err.message
+        );
+        assert_eq!(inner.0.load(Ordering::SeqCst), 0, "the call was made again");
+        assert_eq!(journal.replayed(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn fingerprints_are_stable_and_separate_their_parts() {
