@@ -949,6 +949,61 @@ fn a_debugged_run_is_journaled_and_resumes_without_repeating_calls() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A resumed run does not send a `std::http` request or append to a file again: it gets the
+/// reply and the contents the first run got.
+#[test]
+fn a_resumed_run_does_not_repeat_its_http_requests_or_file_writes() {
+    let dir = fresh_dir("resume-outside");
+    let db = dir.join("state.db");
+    let (url, seen) = recording_server();
+    let server = url.trim_start_matches("http://").to_string();
+    let log = dir.join("orders.log");
+    let program = dir.join("outside_once.conc-ir");
+    let ir = std::fs::read_to_string(repo().join("tests/resume/outside_once.conc-ir"))
+        .unwrap()
+        .replace("SERVER", &server)
+        .replace("LOG_FILE", log.to_str().unwrap());
+    std::fs::write(&program, ir).unwrap();
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["run", "--emit-format", "jsonl", "--allow-net", "127.0.0.1"])
+            .arg("--allow-fs")
+            .arg(&dir)
+            .arg("--state")
+            .arg(&db)
+            .args(extra)
+            .arg(&program)
+            .env("RESUME_GO", "now")
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    assert_stderr_has(&first, "RESUME_GO");
+    let err = stderr(&first);
+    let run_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("run id: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no run id on stderr: {err}"))
+        .to_string();
+    let posts = || {
+        String::from_utf8_lossy(&seen.lock().unwrap())
+            .matches("POST /orders")
+            .count()
+    };
+    assert_eq!(posts(), 1);
+    let resumed = run(&["--resume", &run_id, "--allow-env", "RESUME_GO"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(posts(), 1, "the resumed run sent the request again");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "appended\n");
+    let out = jsonl(&resumed);
+    assert_eq!(out[0]["payload"], 401);
+    assert_eq!(out[1]["payload"], "appended\n");
+    assert_eq!(out[2]["payload"], "now");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn resume_without_a_durable_store_is_a_usage_error() {
     let out = bin()

@@ -1,5 +1,6 @@
-//! Resumable runs: a journal of completed agent calls, external tool calls and emit-await
-//! answers, kept in the durable state store, and the layers that write and replay it.
+//! Resumable runs: a journal of completed agent calls, external tool calls, emit-await
+//! answers, `std::http` requests and `std::fs` operations, kept in the durable state store,
+//! and the layers that write and replay it.
 //!
 //! Each completed operation is appended as one record `{kind, fp, n, result}`: `fp` is a
 //! fingerprint of the operation (its kind, target and full request), `n` how many earlier
@@ -144,6 +145,24 @@ impl Entry<'_> {
                 self.record["kind"].as_str().unwrap_or("?")
             ))),
         }
+    }
+}
+
+/// A journaled `std::fs` / `std::http` outcome: `{"ok": …}` read by `ok`, or
+/// `{"failed": message}` (the program sees only the message of a failure).
+fn outside_result<T>(
+    recorded: &Json,
+    ok: impl FnOnce(&Json) -> Result<T, &'static str>,
+) -> Result<Result<T, OutsideError>, String> {
+    if let Some(message) = recorded.get("failed").and_then(Json::as_str) {
+        return Ok(Err(OutsideError::failed(
+            concerto_vm::host::OutsideFailureKind::Connection,
+            message,
+        )));
+    }
+    match recorded.get("ok") {
+        Some(value) => ok(value).map(Ok).map_err(|what| format!("expected {what}")),
+        None => Err("neither a reply nor a failure".to_string()),
     }
 }
 
@@ -368,12 +387,106 @@ impl ToolHost for JournaledTools {
         self.inner.host_listen(program, host, input)
     }
 
+    /// `std::fs` through the journal: a resumed run gets what the first run read and does
+    /// not write again what it wrote. A refusal is not journaled (the same flags refuse it
+    /// again).
     fn fs(&self, request: FsRequest) -> BoxFuture<Result<FsReply, OutsideError>> {
-        self.inner.fs(request)
+        let (op, path, content) = match &request {
+            FsRequest::Read(p) => ("read", p, None),
+            FsRequest::Write(p, c) => ("write", p, Some(c)),
+            FsRequest::Append(p, c) => ("append", p, Some(c)),
+            FsRequest::Exists(p) => ("exists", p, None),
+            FsRequest::ListDir(p) => ("list_dir", p, None),
+            FsRequest::Remove(p) => ("remove", p, None),
+            FsRequest::Size(p) => ("size", p, None),
+        };
+        let fp = fingerprint(&["fs", op, path, content.map_or("", String::as_str)]);
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(|r| {
+                outside_result(r, |ok| {
+                    Ok(match ok {
+                        Json::String(text) => FsReply::Text(text.clone()),
+                        Json::Bool(b) => FsReply::Bool(*b),
+                        Json::Number(n) => FsReply::Size(n.as_u64().ok_or("a size")?),
+                        Json::Array(names) => FsReply::Names(
+                            names
+                                .iter()
+                                .map(|n| n.as_str().map(str::to_string).ok_or("a name"))
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        Json::Null => FsReply::Done,
+                        _ => return Err("not an fs reply"),
+                    })
+                })
+            });
+            return Box::pin(async move { replayed.map_err(OutsideError::Host)? });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.fs(request);
+        Box::pin(async move {
+            let result = call.await;
+            let recorded = match &result {
+                Ok(reply) => json!({"ok": match reply {
+                    FsReply::Text(text) => json!(text),
+                    FsReply::Done => Json::Null,
+                    FsReply::Bool(b) => json!(b),
+                    FsReply::Names(names) => json!(names),
+                    FsReply::Size(n) => json!(n),
+                }}),
+                Err(OutsideError::Failed(failure)) => json!({"failed": failure.message}),
+                Err(_) => return result,
+            };
+            journal
+                .record("fs", fp, recorded)
+                .await
+                .map_err(OutsideError::Host)?;
+            result
+        })
     }
 
+    /// `std::http` through the journal: a resumed run gets the reply the first run got and
+    /// does not send the request again. A refusal is not journaled.
     fn http(&self, request: HttpRequest) -> BoxFuture<Result<HttpReply, OutsideError>> {
-        self.inner.http(request)
+        let headers = serde_json::to_string(&request.headers).unwrap_or_default();
+        let fp = fingerprint(&[
+            "http",
+            &request.method,
+            &request.url,
+            &headers,
+            request.body.as_deref().unwrap_or(""),
+        ]);
+        if let Some(entry) = self.journal.take(&fp) {
+            let replayed = entry.read(|r| {
+                outside_result(r, |ok| {
+                    Ok(HttpReply {
+                        status: ok["status"]
+                            .as_u64()
+                            .and_then(|s| u16::try_from(s).ok())
+                            .ok_or("a status")?,
+                        headers: serde_json::from_value(ok["headers"].clone())
+                            .map_err(|_| "headers")?,
+                        body: ok["body"].as_str().ok_or("a body")?.to_string(),
+                    })
+                })
+            });
+            return Box::pin(async move { replayed.map_err(OutsideError::Host)? });
+        }
+        let journal = self.journal.clone();
+        let call = self.inner.http(request);
+        Box::pin(async move {
+            let result = call.await;
+            let recorded = match &result {
+                Ok(reply) => json!({"ok": {"status": reply.status, "headers": reply.headers,
+                                           "body": reply.body}}),
+                Err(OutsideError::Failed(failure)) => json!({"failed": failure.message}),
+                Err(_) => return result,
+            };
+            journal
+                .record("http", fp, recorded)
+                .await
+                .map_err(OutsideError::Host)?;
+            result
+        })
     }
 }
 
