@@ -580,11 +580,18 @@ struct RunArgs {
     /// Runs are then journaled: the run id is printed on stderr.
     #[arg(long = "state", value_name = "FILE.db|redis://HOST:PORT/DB")]
     state: Option<String>,
-    /// Resume run RUN_ID (needs --state): completed agent calls, external tool calls and
-    /// emit-await answers are replayed from the journal, not repeated; the call in flight when
-    /// the run stopped is made again (at least once for it).
+    /// Resume run RUN_ID (needs --state): every effect the run had journaled — agent and
+    /// tool calls, emit-await answers, std::fs and std::http operations, hashmap, ledger and
+    /// memory reads and writes, the clock and randomness, emits — is replayed from the
+    /// journal, not repeated; the effect in flight when the run stopped is performed again
+    /// (at least once for it). Emits the run had delivered are not delivered again (see
+    /// --replay-emits). An id with no journal starts that run.
     #[arg(long = "resume", value_name = "RUN_ID", requires = "state")]
     resume: Option<String>,
+    /// With --resume: deliver again the emits the earlier run delivered (for a consumer that
+    /// starts fresh and wants the program's whole output).
+    #[arg(long = "replay-emits", requires = "resume")]
+    replay_emits: bool,
     /// With --mock: answer each agent call after this many milliseconds (demonstrations and
     /// tests of concurrency and resume).
     #[arg(long = "mock-latency-ms", value_name = "MS", requires = "mock")]
@@ -618,6 +625,7 @@ fn run(args: RunArgs) -> ExitCode {
         debug,
         state,
         resume,
+        replay_emits,
         mock_latency_ms,
     } = args;
     let settings = match &config {
@@ -677,7 +685,9 @@ fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(state) = &state {
-        builder = builder.state_store(concerto_runtime::StateStore::parse(state));
+        builder = builder
+            .state_store(concerto_runtime::StateStore::parse(state))
+            .replay_emits(replay_emits);
     }
     match (mock_latency_ms, mock) {
         (Some(ms), _) => {

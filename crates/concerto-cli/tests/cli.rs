@@ -896,14 +896,24 @@ fn a_killed_run_resumes_without_repeating_completed_calls() {
         "first run completed {completed_first}; resumed run asked {asked:?}"
     );
     assert_eq!(asked.last().map(String::as_str), Some("step 9"));
-    // The resumed run's emits are the program's whole output.
-    let out = stdout(&resumed);
-    for i in 0..10 {
-        let line =
-            format!(r#"{{"channel":"step","payload":[{i},"[mock response to: step {i}]"]}}"#);
-        assert!(out.contains(&line), "missing step {i}: {out}");
-    }
-    assert!(out.contains(r#"{"channel":"done","payload":10}"#), "{out}");
+    // The consumer of both runs' output sees every emit once: the resumed run delivers only
+    // what the first run had not delivered (the emit in flight at the kill at most twice).
+    let expected: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"channel":"step","payload":[{i},"[mock response to: step {i}]"]}}"#))
+        .chain([r#"{"channel":"done","payload":10}"#.to_string()])
+        .collect();
+    let first_out: Vec<String> = String::from_utf8_lossy(&first.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let resumed_out: Vec<String> = stdout(&resumed).lines().map(str::to_string).collect();
+    assert_eq!(first_out[..], expected[..first_out.len()], "first run");
+    let start = expected.len() - resumed_out.len();
+    assert!(
+        start == first_out.len() || start + 1 == first_out.len(),
+        "first run delivered {first_out:?}, the resumed run {resumed_out:?}"
+    );
+    assert_eq!(resumed_out[..], expected[start..], "resumed run");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -945,7 +955,16 @@ fn a_debugged_run_is_journaled_and_resumes_without_repeating_calls() {
         "the resumed run asked again: {:?}",
         lines_of(&second_log)
     );
-    assert!(stdout(&resumed).contains(r#"{"channel":"done","payload":10}"#));
+    // It had delivered everything: nothing again, unless asked for.
+    assert_eq!(stdout(&resumed), "", "emits delivered again");
+    let third_log = dir.join("third.jsonl");
+    let again = run(&third_log, &["--resume", &run_id, "--replay-emits"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(lines_of(&third_log).is_empty());
+    let out = stdout(&again);
+    assert_eq!(out.lines().count(), 11, "{out}");
+    assert!(out.contains(r#"{"channel":"step","payload":[3,"[mock response to: step 3]"]}"#));
+    assert!(out.contains(r#"{"channel":"done","payload":10}"#), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -993,7 +1012,16 @@ fn a_resumed_run_does_not_repeat_its_http_requests_or_file_writes() {
             .count()
     };
     assert_eq!(posts(), 1);
-    let resumed = run(&["--resume", &run_id, "--allow-env", "RESUME_GO"]);
+    let first_out = jsonl(&first);
+    assert_eq!(first_out.len(), 2, "{first_out:?}");
+    // With --replay-emits the resumed run shows the journaled replies again.
+    let resumed = run(&[
+        "--resume",
+        &run_id,
+        "--allow-env",
+        "RESUME_GO",
+        "--replay-emits",
+    ]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert_eq!(posts(), 1, "the resumed run sent the request again");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "appended\n");

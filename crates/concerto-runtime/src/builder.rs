@@ -36,6 +36,7 @@ pub struct RuntimeBuilder {
     record: Option<PathBuf>,
     prices: concerto_conn::PriceTable,
     retry_budget: Option<u32>,
+    replay_emits: bool,
     memory: Option<Arc<dyn MemoryStore>>,
     state: Option<StateStore>,
     schema: Option<Arc<dyn SchemaValidator>>,
@@ -83,6 +84,7 @@ impl Runtime {
             record: None,
             prices: concerto_conn::PriceTable::builtin(),
             retry_budget: None,
+            replay_emits: false,
             memory: None,
             state: None,
             schema: None,
@@ -197,6 +199,15 @@ impl RuntimeBuilder {
     /// Without the `http` feature `build()` refuses it.
     pub fn retry_budget(mut self, retries: u32) -> Self {
         self.retry_budget = Some(retries);
+        self
+    }
+
+    /// A resumed run ([`Runtime::execute_run`] with the id of an earlier run) delivers
+    /// again the emits the earlier run delivered (for a consumer that starts fresh). By
+    /// default it delivers only the emits the journal does not record as delivered, so a
+    /// consumer that read the earlier run's output sees each emit once.
+    pub fn replay_emits(mut self, again: bool) -> Self {
+        self.replay_emits = again;
         self
     }
 
@@ -596,6 +607,7 @@ impl RuntimeBuilder {
             system,
             metrics: Default::default(),
             replayed: 0,
+            replay_emits: self.replay_emits,
             program_dir: self.program_dir,
         }
     }

@@ -390,12 +390,12 @@ impl Debugger {
                     format!("execution timed out after {:.3} s", timeout.as_secs_f64()),
                 );
                 self.timed_out = Some(err.clone());
-                self.finish()?;
+                self.finish(true).await?;
                 return Ok(self.timed_out_state(err));
             }
         };
         if state.halted {
-            self.finish()?;
+            self.finish(matches!(state.outcome, Some(Err(_)))).await?;
         }
         Ok(self.convert(state))
     }
@@ -461,11 +461,16 @@ impl Debugger {
 
     /// The end of the run: deliver buffered emits, save persisted hashmaps, record the
     /// metrics — once.
-    fn finish(&mut self) -> Result<(), RuntimeError> {
+    async fn finish(&mut self, failed: bool) -> Result<(), RuntimeError> {
         if self.finished {
             return Ok(());
         }
         self.finished = true;
+        // The journal's buffered records, as `Runtime::execute_run` commits them.
+        let journaled = match &self.journal {
+            Some(journal) => journal.finish(failed).await,
+            None => Ok(()),
+        };
         self.runtime.replayed = self.journal.as_ref().map_or(0, |j| j.replayed());
         if let Some(exec) = &self.exec {
             let stats = exec.stats();
@@ -487,6 +492,7 @@ impl Debugger {
         let flushed = self.runtime.hub.flush();
         // Persisted hashmaps are saved whatever the outcome.
         let saved = self.runtime.save_hashmaps();
+        journaled?;
         flushed?;
         saved
     }

@@ -62,7 +62,7 @@ pub use error::{ErrorKind, Location, VmError};
 pub use exec::debug::{
     Breakpoint, BreakpointError, FrameInfo, StepState, StopReason, TraceEvent, Tracer, op_name,
 };
-pub use exec::{ExecConfig, ExecStats, Execution, Host};
+pub use exec::{ExecConfig, ExecStats, Execution, Host, TaskScope};
 pub use value::{
     Array, ArrayCell, EnumObj, FuncRef, Map, MapCell, MapInner, NativeObject, Object, Payload,
     Range, RefKind, RefValue, Str, StructObj, StructType, Value, drop_deep,

@@ -330,6 +330,7 @@ pub fn host_with(emits: Arc<RecordingEmits>, system: Arc<FakeSystem>) -> Host {
         schema: Arc::new(Unsupported),
         tools: Arc::new(Unsupported),
         system,
+        tasks: None,
     }
 }
 

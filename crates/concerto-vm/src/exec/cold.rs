@@ -38,7 +38,12 @@ impl Execution {
         // The task shares the execution's deadline.
         let now = self.ctx.host.system.monotonic();
         config.timeout = self.deadline.map(|d| d.saturating_duration_since(now));
-        let mut child = Execution::new(self.ctx.vm.clone(), self.ctx.host.clone(), config);
+        let host = match &self.ctx.host.tasks {
+            Some(tasks) => tasks.child(&self.ctx.host, self.ctx.spawned),
+            None => self.ctx.host.clone(),
+        };
+        self.ctx.spawned += 1;
+        let mut child = Execution::new(self.ctx.vm.clone(), host, config);
         child.ctx.globals = self.ctx.globals.clone();
         child.ctx.child_stats = self.ctx.child_stats.clone();
         child.ctx.mocks = self.ctx.mocks.clone();

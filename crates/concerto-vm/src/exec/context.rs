@@ -37,6 +37,12 @@ pub(crate) struct Ctx {
     /// Emits kept for `test_emits()` (a test run only; shared with spawned tasks).
     pub(crate) captured: Option<CapturedEmits>,
     pub(super) rng: u64,
+    /// Tasks spawned by this execution so far (the index of the next one).
+    pub(super) spawned: u32,
+    /// The emit sink asks the program to wait after each `EMIT` ([`EmitSink::settle`]).
+    ///
+    /// [`EmitSink::settle`]: crate::host::EmitSink::settle
+    pub(super) settle_emits: bool,
 }
 
 impl Ctx {

@@ -541,7 +541,19 @@ impl Execution {
                         }
                     }
                     Op::Emit { chan, payload } => {
-                        at_op!(self.emit_op(base + chan as usize, base + payload as usize))?
+                        at_op!(self.emit_op(base + chan as usize, base + payload as usize))?;
+                        if self.ctx.settle_emits
+                            && let Some(settled) = self.ctx.host.emit.settle()
+                        {
+                            // The channel register is written back unchanged on resume.
+                            let keep = reg!(chan).clone();
+                            save_pc!();
+                            self.resume_dst = base + chan as usize;
+                            return Ok(Exit::Suspend(Box::pin(async move {
+                                settled.await.map_err(VmError::from)?;
+                                Ok(keep)
+                            })));
+                        }
                     }
                     Op::EmitAwait { chan, payload } => {
                         let channel = reg!(chan).to_display();

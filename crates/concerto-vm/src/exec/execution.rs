@@ -43,6 +43,7 @@ impl Execution {
         let mut seed = [0u8; 8];
         host.system.random_bytes(&mut seed);
         let rng = u64::from_le_bytes(seed) | 1;
+        let host_settles = host.emit.settles();
         let globals = vm.global_init.clone();
         let deadline = config
             .timeout
@@ -74,6 +75,8 @@ impl Execution {
                 mocks: Default::default(),
                 captured: None,
                 rng,
+                spawned: 0,
+                settle_emits: host_settles,
             },
         }
     }

@@ -68,6 +68,19 @@ pub struct Host {
     pub tools: Arc<dyn ToolHost>,
     /// Console, environment, clock.
     pub system: Arc<dyn System>,
+    /// Gives each spawned task its own components (`None`: tasks share these). A run
+    /// journal uses it to key every effect by the task that made it.
+    pub tasks: Option<Arc<dyn TaskScope>>,
+}
+
+/// Derives the host components of a spawned task from its parent's. Spawns are counted per
+/// task, in the order the task makes them, so a task's path (`main`, `main/0`,
+/// `main/0/2`, …) is the same in every execution that takes the same path through the
+/// program.
+pub trait TaskScope: Send + Sync {
+    /// The components of the `index`-th task (from 0) spawned by the task whose components
+    /// are `parent`.
+    fn child(&self, parent: &Host, index: u32) -> Host;
 }
 
 /// How the dispatch loop stopped.

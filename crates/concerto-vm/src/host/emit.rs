@@ -10,6 +10,19 @@ pub trait EmitSink: Send + Sync {
     /// [`HostErrorKind::Limit`](super::HostErrorKind::Limit).
     fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError>;
 
+    /// Whether the program should wait after each `EMIT` for [`EmitSink::settle`] (asked
+    /// once per execution; the default is `false`, and `settle` is then never called).
+    fn settles(&self) -> bool {
+        false
+    }
+
+    /// Called after an `EMIT` instruction delivered its emit when [`EmitSink::settles`]: a
+    /// future the program waits for before its next instruction (a run journal commits
+    /// the emit's record), or `None` when there is nothing to wait for.
+    fn settle(&self) -> Option<BoxFuture<Result<(), HostError>>> {
+        None
+    }
+
     /// Delivers an emit that waits for the host's reply (`EMIT_AWAIT`).
     fn emit_await(&self, channel: &str, payload: Value) -> BoxFuture<Result<Value, HostError>> {
         let _ = payload;
