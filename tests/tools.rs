@@ -400,8 +400,10 @@ fn a_resumed_run_shows_the_model_the_journaled_images() {
     let second = Scripted::new(vec![text("A red dot.")]);
     let (result, replayed) = run(second.clone());
     result.expect("the resumed run completes");
-    // The direct call, the first model call and the model's tool call.
-    assert_eq!(replayed, 3);
+    // The execution's random seed, the direct call, the emit of its result, the first model
+    // call and the model's tool call; the failed second model call ended the first run and
+    // was not journaled, so it is asked again.
+    assert_eq!(replayed, 5);
     let requests = second.requests();
     assert_eq!(requests.len(), 1);
     let tool = requests[0]

@@ -3,7 +3,9 @@
 //! 100 000 hashmap operations (50 000 sets, then 50 000 gets, `benches/state/hashmap_ops.conc`)
 //! on each store — process memory, SQLite (a temporary file, every write committed), Redis (a
 //! `redis-server` started here on a free port) — and on Redis from 8 runtimes at once, each
-//! doing its share. Prints one JSON line per case with operations per second.
+//! doing its share; SQLite and Redis also with the run journaled (`Runtime::execute_run`:
+//! each write committed with its journal row, each read recorded). Prints one JSON line per
+//! case with operations per second.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its results")]
 
@@ -28,6 +30,12 @@ fn program(n: u64) -> Vec<u8> {
 
 /// Runs the program once on `state`; the emitted sum is checked.
 async fn run(state: StateStore, n: u64, module: &str) -> Duration {
+    run_as(state, n, module, None).await
+}
+
+/// [`run`], journaled as run `run_id` when given (a resumable run: every write committed
+/// with its journal row, every read recorded).
+async fn run_as(state: StateStore, n: u64, module: &str, run_id: Option<&str>) -> Duration {
     let mut ir: Json = serde_json::from_slice(&program(n)).expect("IR");
     ir["module"] = json!(module);
     let mut runtime = Runtime::builder()
@@ -41,7 +49,11 @@ async fn run(state: StateStore, n: u64, module: &str) -> Duration {
     let sink = sums.clone();
     runtime.on("sum", move |v| sink.lock().push(v.to_json()));
     let started = Instant::now();
-    if let Err(e) = runtime.execute().await {
+    let outcome = match run_id {
+        Some(run) => runtime.execute_run(run).await,
+        None => runtime.execute().await,
+    };
+    if let Err(e) = outcome {
         panic!("the benchmark program failed: {e}");
     }
     let took = started.elapsed();
@@ -112,6 +124,13 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let took = rt.block_on(run(StateStore::Sqlite(dir.join("state.db")), n, "bench"));
     report("sqlite", OPS_PER_RUN, took);
+    let took = rt.block_on(run_as(
+        StateStore::Sqlite(dir.join("journaled.db")),
+        n,
+        "bench",
+        Some("bench-run"),
+    ));
+    report("sqlite_journaled", OPS_PER_RUN, took);
     let _ = std::fs::remove_dir_all(&dir);
 
     let Some(redis) = Redis::start() else {
@@ -124,6 +143,13 @@ fn main() {
     let url = format!("redis://127.0.0.1:{}/0", redis.1);
     let took = rt.block_on(run(StateStore::Redis(url.clone()), n, "bench1"));
     report("redis", OPS_PER_RUN, took);
+    let took = rt.block_on(run_as(
+        StateStore::Redis(url.clone()),
+        n,
+        "bench_journaled",
+        Some("bench-run"),
+    ));
+    report("redis_journaled", OPS_PER_RUN, took);
 
     // 8 runtimes at once on one server, each doing an eighth of the operations.
     let share = n / 8;

@@ -301,7 +301,7 @@ pub trait JournalStore: Send + Sync {
     /// Commits `writes`, in order, and appends `journal` (when given) to its run's journal,
     /// all together or not at all: when this fails, none of the writes and no record were
     /// made. Resumable runs need this to commit a write with the journal record that says it
-    /// was made; nothing in the VM calls it yet.
+    /// was made (the runtime's run journal commits every store write of a journaled run so).
     ///
     /// The default refuses without writing anything, as writing one by one would not be
     /// atomic.
