@@ -412,3 +412,126 @@ fn max_concurrent_agent_calls_bounds_calls_in_flight_across_executions() {
     assert_eq!(totals.agent_calls, 100);
     assert_eq!(conn.peak.load(Ordering::SeqCst), 10);
 }
+
+/// Answers `done:<prompt>` after a delay given per prompt, or fails for one prompt; keeps
+/// the prompts it was asked.
+struct Ordered {
+    delays: Vec<(&'static str, u64)>,
+    fail: Option<&'static str>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl Connections for Ordered {
+    fn chat(
+        &self,
+        _: &Arc<Program>,
+        _: ConnectionId,
+        request: ChatRequest,
+    ) -> BoxFuture<Result<ChatResponse, HostError>> {
+        let prompt = request
+            .messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        self.asked.lock().push(prompt.clone());
+        let delay = self
+            .delays
+            .iter()
+            .find(|(p, _)| *p == prompt)
+            .map_or(10, |(_, ms)| *ms);
+        let fails = self.fail == Some(prompt.as_str());
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if fails {
+                return Err(HostError::failed(format!(
+                    "{prompt}: the provider went away"
+                )));
+            }
+            Ok(ChatResponse::text(
+                format!("done:{prompt}"),
+                "test-model",
+                Usage::default(),
+            ))
+        })
+    }
+}
+
+/// Runs `code` journaled as run `run` in the SQLite file `db` against `conn`.
+fn run_journaled(code: &[Vec<Json>], conn: Arc<Ordered>, db: &Path, run: &str) -> Outcome {
+    let code: Vec<Json> = code.iter().flatten().cloned().collect();
+    let mut runtime = Runtime::builder()
+        .connections(conn)
+        .state_store(concerto_runtime::StateStore::Sqlite(db.to_path_buf()))
+        .build()
+        .expect("builds");
+    let emits = Arc::new(Mutex::new(Vec::new()));
+    let sink = emits.clone();
+    runtime.on_prefix("", move |channel, payload| {
+        sink.lock().push((channel.to_string(), payload.to_json()))
+    });
+    runtime.load_ir_bytes(&program(&code)).expect("load");
+    let error = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(runtime.execute_run(run))
+        .err()
+        .map(|e| e.to_string());
+    let emits = emits.lock().clone();
+    Outcome {
+        emits,
+        error,
+        runtime,
+    }
+}
+
+/// Three spawned tasks each make an agent call; the first run ends when one call fails,
+/// after the other two completed. Resumed with the tasks finishing in the opposite order,
+/// each task's effects are found by its path (not by the order calls complete in): only the
+/// failed call is asked again, the others' results and emits come from the journal.
+#[test]
+fn a_resumed_run_replays_each_task_by_its_path_whatever_order_they_finish_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("state.db");
+    let code = vec![
+        spawn("task_a"),
+        spawn("task_b"),
+        spawn("task_c"),
+        vec![json!({"op": "AWAIT_ALL", "count": 3})],
+        emit_top("all"),
+        finish(),
+    ];
+    let first = Arc::new(Ordered {
+        delays: vec![("a", 10), ("b", 40), ("c", 150)],
+        fail: Some("c"),
+        asked: Mutex::default(),
+    });
+    let out = run_journaled(&code, first.clone(), &db, "tasks");
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("c: the provider went away")
+    );
+    let finished = |out: &Outcome| -> Vec<Json> {
+        out.emits
+            .iter()
+            .filter(|(c, _)| c == "finished")
+            .map(|(_, p)| p.clone())
+            .collect()
+    };
+    assert_eq!(finished(&out), [json!("a"), json!("b")]);
+
+    let second = Arc::new(Ordered {
+        delays: vec![("a", 150), ("b", 40), ("c", 10)],
+        fail: None,
+        asked: Mutex::default(),
+    });
+    let out = run_journaled(&code, second.clone(), &db, "tasks");
+    assert_eq!(out.error, None);
+    assert_eq!(*second.asked.lock(), ["c"], "asked again");
+    assert_eq!(payload(&out, "all"), json!(["done:a", "done:b", "done:c"]));
+    // a's and b's emits were delivered by the first run.
+    assert_eq!(finished(&out), [json!("c")]);
+    assert!(out.runtime.replayed_operations() >= 4);
+}
