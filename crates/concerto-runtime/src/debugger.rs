@@ -172,7 +172,7 @@ impl DerefMut for Debugger {
 
 impl Debugger {
     /// Journals the debugged run as run `run_id` in the durable state store, as
-    /// [`Runtime::execute_run`] does: completed calls of an earlier run under that id are
+    /// [`Runtime::execute_run`] does: the effects an earlier run under that id journaled are
     /// replayed, new ones recorded. Call before the run starts (it applies from the next
     /// start).
     ///
