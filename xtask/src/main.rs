@@ -23,12 +23,13 @@ fn main() {
         Some("ci") => ci(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("durable") => durable(&args[1..]),
         Some("deps") => deps::check(&root()).and_then(|()| deps::check_minimal(&root())),
         Some("tidy") => tidy::check(&root()),
         Some("interop-setup") => interop::setup(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop"
+                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  durable the kill-point harness of resumable runs with a long random-kill loop [--rounds N (200)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop"
             );
             std::process::exit(2);
         }
@@ -118,6 +119,41 @@ fn debug_artifact(name: &str) -> Result<PathBuf> {
 /// `cargo xtask fuzz [--minutes N] [--seed S]`: the fuzzer of `tests/fuzz.rs` for N minutes
 /// (10 by default) on an optimised build; panicking inputs are shrunk and saved under
 /// `tests/fuzz/`, where every later `cargo test` replays them.
+/// The kill-point harness of resumable runs (`crates/concerto-cli/tests/durable.rs`) with a
+/// long random-kill loop: every kill point on SQLite and Redis, then `--rounds` rounds of
+/// random kills per store (CI runs a few).
+fn durable(args: &[String]) -> Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let rounds: u64 = match value("--rounds") {
+        Some(r) => r.parse().context("--rounds takes a whole number")?,
+        None => 200,
+    };
+    let mut cmd = cargo();
+    cmd.args(DURABLE_TEST).args(["--", "--nocapture"]);
+    cmd.env("CONCERTO_DURABLE_ROUNDS", rounds.to_string());
+    if let Some(seed) = value("--seed") {
+        seed.parse::<u64>().context("--seed takes a whole number")?;
+        cmd.env("CONCERTO_DURABLE_SEED", seed);
+    }
+    run("the durable-run harness", &mut cmd)
+}
+
+/// The kill-point harness's test target, built with the fault-injection feature.
+const DURABLE_TEST: [&str; 7] = [
+    "test",
+    "-p",
+    "concerto-cli",
+    "--features",
+    "fault-injection",
+    "--test",
+    "durable",
+];
+
 fn fuzz(args: &[String]) -> Result<()> {
     let value = |flag: &str| {
         args.iter()
@@ -187,6 +223,8 @@ fn ci(args: &[String]) -> Result<()> {
                     "clippy",
                     "--workspace",
                     "--all-targets",
+                    "--features",
+                    "concerto-cli/fault-injection",
                     "--",
                     "-D",
                     "warnings",
@@ -215,17 +253,23 @@ fn ci(args: &[String]) -> Result<()> {
     step("tests", || {
         // Every target but the examples: `cargo test` would build each example with a test
         // harness (empty: they have no tests); the step "binary and examples" builds the
-        // ones CI runs.
+        // ones CI runs. The CLI is built with its fault-injection feature (inert unless
+        // `CONCERTO_FAULT` is set) so the kill-point harness of resumable runs runs too,
+        // with a short random-kill loop (`cargo xtask durable` runs a long one).
         run(
             "cargo test",
-            ci_cargo().args([
-                "test",
-                "--workspace",
-                "--lib",
-                "--bins",
-                "--tests",
-                "--benches",
-            ]),
+            ci_cargo()
+                .args([
+                    "test",
+                    "--workspace",
+                    "--lib",
+                    "--bins",
+                    "--tests",
+                    "--benches",
+                    "--features",
+                    "concerto-cli/fault-injection",
+                ])
+                .env("CONCERTO_DURABLE_ROUNDS", "6"),
         )
     })?;
     step("minimal build (no default features)", || {

@@ -6,6 +6,7 @@
 //! wrong.
 #![allow(clippy::print_stderr, reason = "the CLI reports to its own stderr")]
 
+mod answers;
 mod config_file;
 
 use std::collections::HashMap;
@@ -592,6 +593,12 @@ struct RunArgs {
     /// starts fresh and wants the program's whole output).
     #[arg(long = "replay-emits", requires = "resume")]
     replay_emits: bool,
+    /// Answer emit-await from standard input (needs --emit-format jsonl): each emit-await is
+    /// written to stdout as `{"channel": C, "payload": P, "await": true}` and its answer is
+    /// read as one line of JSON from stdin; end of input or a line that is not JSON is an
+    /// error for that emit-await.
+    #[arg(long = "answer-awaits")]
+    answer_awaits: bool,
     /// With --mock: answer each agent call after this many milliseconds (demonstrations and
     /// tests of concurrency and resume).
     #[arg(long = "mock-latency-ms", value_name = "MS", requires = "mock")]
@@ -626,8 +633,13 @@ fn run(args: RunArgs) -> ExitCode {
         state,
         resume,
         replay_emits,
+        answer_awaits,
         mock_latency_ms,
     } = args;
+    if answer_awaits && format != EmitFormat::Jsonl {
+        eprintln!("error: --answer-awaits needs --emit-format jsonl");
+        return ExitCode::from(2);
+    }
     let settings = match &config {
         Some(path) => match config_file::ConfigFile::load(path) {
             Ok(settings) => settings,
@@ -727,6 +739,10 @@ fn run(args: RunArgs) -> ExitCode {
     };
     if let Err(code) = load(&mut runtime, &source, &file) {
         return code;
+    }
+    if answer_awaits {
+        let answers = answers::Stdin::default();
+        runtime.on_emit_any(move |channel, payload| answers.ask(channel, payload));
     }
     if let Some(program) = runtime.program() {
         for warning in &program.warnings {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
 mod interop;
 
 fn bin() -> Command {
@@ -1842,4 +1843,79 @@ fn an_allow_net_entry_that_is_not_a_host_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(fine.status.code(), Some(0), "{}", stderr(&fine));
+}
+
+/// `--answer-awaits`: each emit-await is a line on stdout marked `"await": true`, answered by
+/// the next line of stdin; a line that is not JSON and the end of input are errors the
+/// program catches, each naming the channel.
+#[test]
+fn emit_await_is_answered_from_standard_input() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = fresh_dir("answer-awaits");
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/emit/await_emit.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(common::make_emit_awaits(&mut ir), 3);
+    let program = dir.join("await_emit.conc-ir");
+    std::fs::write(&program, ir.to_string()).unwrap();
+
+    let refused = bin()
+        .args(["run", "--answer-awaits"])
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_stderr_has(&refused, "--answer-awaits needs --emit-format jsonl");
+
+    let mut child = bin()
+        .args(["run", "--emit-format", "jsonl", "--answer-awaits"])
+        .arg(&program)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(
+        next(),
+        serde_json::json!({"channel": "before", "payload": 1})
+    );
+    // Each question is answered only after it is read: the program waits.
+    let question = next();
+    assert_eq!(question["await"], true);
+    assert_eq!(question["channel"], "ask");
+    assert_eq!(question["payload"]["question"], "proceed?");
+    writeln!(stdin, r#"{{"go": true, "items": [1, 2]}}"#).unwrap();
+    assert_eq!(
+        next(),
+        serde_json::json!({"channel": "answer", "payload": {"go": true, "items": [1, 2]}})
+    );
+    assert_eq!(next()["channel"], "nobody_listens");
+    writeln!(stdin, "yes please").unwrap();
+    let caught = next();
+    assert_eq!(caught["channel"], "missing_handler");
+    let message = caught["payload"].as_str().unwrap();
+    assert!(
+        message.contains("the answer to the emit-await on `nobody_listens` is not JSON"),
+        "{message}"
+    );
+    assert_eq!(next()["channel"], "fails");
+    drop(stdin);
+    let caught = next();
+    assert_eq!(caught["channel"], "handler_error");
+    let message = caught["payload"].as_str().unwrap();
+    assert!(
+        message.contains("standard input ended before an answer to the emit-await on `fails`"),
+        "{message}"
+    );
+    assert_eq!(
+        next(),
+        serde_json::json!({"channel": "after", "payload": 2})
+    );
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -84,6 +84,10 @@ pub type Listener = Arc<dyn Fn(&str, &Value) + Send + Sync>;
 /// A handler for emit-await: receives the payload, answers with a value later.
 pub type AwaitHandler = Arc<dyn Fn(Value) -> BoxFuture<Result<Value, HostError>> + Send + Sync>;
 
+/// An emit-await handler that is told the channel ([`EmitHub::on_emit_any`]).
+pub type ChannelAwaitHandler =
+    Arc<dyn Fn(&str, Value) -> BoxFuture<Result<Value, HostError>> + Send + Sync>;
+
 /// How long an emit-await waits for its handler unless
 /// [`EmitHub::set_await_timeout`] says otherwise: 30 seconds, long enough for a person
 /// to answer a prompt, short enough that a forgotten handler does not hang a run.
@@ -155,6 +159,8 @@ pub struct EmitHub {
     listeners: RwLock<Arc<Vec<(Filter, Listener)>>>,
     sinks: RwLock<Arc<Vec<Arc<dyn FlushSink>>>>,
     await_handlers: RwLock<Vec<(Filter, AwaitHandler)>>,
+    /// Answers emit-await on a channel no other handler takes, given the channel.
+    await_fallback: RwLock<Option<ChannelAwaitHandler>>,
     panics: Mutex<Vec<String>>,
     panic_count: AtomicU64,
     settings: RwLock<Settings>,
@@ -177,6 +183,7 @@ impl Default for EmitHub {
             listeners: RwLock::default(),
             sinks: RwLock::default(),
             await_handlers: RwLock::default(),
+            await_fallback: RwLock::default(),
             panics: Mutex::default(),
             panic_count: AtomicU64::new(0),
             settings: RwLock::new(Settings {
@@ -235,6 +242,12 @@ impl EmitHub {
             Filter::Prefix(prefix.into()),
             handler,
         );
+    }
+
+    /// Answers emit-await on every channel that no channel or prefix handler takes, with
+    /// the channel's name, replacing an earlier such handler.
+    pub fn on_emit_any(&self, handler: ChannelAwaitHandler) {
+        *self.await_fallback.write() = Some(handler);
     }
 
     /// Chooses how fire-and-forget emits are delivered (default [`Delivery::Immediate`]).
@@ -572,7 +585,11 @@ impl EmitSink for EmitHub {
             };
             return Box::pin(async move { Err(e) });
         }
-        let handler = awaiting::find(&self.await_handlers.read(), channel);
+        let handler = awaiting::find(&self.await_handlers.read(), channel).or_else(|| {
+            let any = self.await_fallback.read().clone()?;
+            let name = channel.to_string();
+            Some(Arc::new(move |payload| any(&name, payload)) as AwaitHandler)
+        });
         let timeout = self.settings.read().await_timeout;
         awaiting::call(channel, handler, payload, timeout)
     }

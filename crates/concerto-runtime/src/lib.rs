@@ -494,6 +494,32 @@ impl Runtime {
         self
     }
 
+    /// Answers emit-await on every channel that has no handler of its own
+    /// ([`Runtime::on_emit`]), given the channel's name: the program waits for the reply.
+    pub fn on_emit_any<F, Fut>(&mut self, handler: F) -> &mut Self
+    where
+        F: Fn(&str, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, Box<dyn std::error::Error + Send + Sync>>>
+            + Send
+            + 'static,
+    {
+        self.hub.on_emit_any(Arc::new(
+            move |channel: &str, payload: concerto_vm::Value| {
+                let fut = handler(channel, Value::from(&payload));
+                let channel = channel.to_string();
+                Box::pin(async move {
+                    match fut.await {
+                        Ok(v) => Ok(concerto_vm::Value::from(&v)),
+                        Err(e) => Err(HostError::failed(format!(
+                            "emit-await handler for `{channel}` failed: {e}"
+                        ))),
+                    }
+                })
+            },
+        ));
+        self
+    }
+
     /// The tool layer for the next execution: the host's, or the built-in one under the
     /// configured permissions and sandbox.
     fn tool_layer(&mut self) -> Result<Arc<dyn ToolHost>, RuntimeError> {
