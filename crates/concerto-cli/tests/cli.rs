@@ -1919,3 +1919,52 @@ fn emit_await_is_answered_from_standard_input() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Resuming a run with a program that makes other effects than the journal records stops
+/// at the first one that differs, naming its position and both effects; nothing of the
+/// other program's effects is made.
+#[test]
+fn a_resumed_run_that_diverges_from_its_journal_stops_naming_both_effects() {
+    let dir = fresh_dir("diverge");
+    let db = dir.join("state.db");
+    let first = bin()
+        .args(["run", "--emit-format", "jsonl", "--resume", "shared-id"])
+        .arg("--state")
+        .arg(&db)
+        .arg(repo().join("tests/memory/counter.conc-ir"))
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let record = dir.join("calls.jsonl");
+    let other = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--mock",
+            "--resume",
+            "shared-id",
+        ])
+        .arg("--state")
+        .arg(&db)
+        .arg("--record")
+        .arg(&record)
+        .arg(repo().join("tests/resume/ten_calls.conc-ir"))
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(1), "{}", stderr(&other));
+    assert_stderr_has(
+        &other,
+        "run `shared-id` diverges from its journal at effect main#1",
+    );
+    assert_stderr_has(
+        &other,
+        "the journal has hashmap `counts`.get(\"runs\"), the program now makes agent call `Worker`",
+    );
+    assert!(
+        lines_of(&record).is_empty(),
+        "the other program's call was made"
+    );
+    assert_eq!(stdout(&other), "");
+    let _ = std::fs::remove_dir_all(dir);
+}
