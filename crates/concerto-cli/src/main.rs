@@ -640,6 +640,10 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: --answer-awaits needs --emit-format jsonl");
         return ExitCode::from(2);
     }
+    if resume.as_deref() == Some("") || state.as_deref() == Some("") {
+        eprintln!("error: --state and --resume take a value that is not empty");
+        return ExitCode::from(2);
+    }
     let settings = match &config {
         Some(path) => match config_file::ConfigFile::load(path) {
             Ok(settings) => settings,

@@ -1042,6 +1042,20 @@ fn resume_without_a_durable_store_is_a_usage_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--state"), "{}", stderr(&out));
+    // An empty run id or store location is refused, not taken as a name.
+    for args in [
+        ["--state", "", "--resume", "abc"],
+        ["--state", "s.db", "--resume", ""],
+    ] {
+        let out = bin()
+            .arg("run")
+            .args(args)
+            .arg(repo().join("tests/resume/ten_calls.conc-ir"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_stderr_has(&out, "--state and --resume take a value that is not empty");
+    }
 }
 
 // ---- concertoc 7ad10db programs: `concerto test`, `check`, source files ----

@@ -609,3 +609,45 @@ fn every_kill_point_resumes_to_the_uninterrupted_outcome_on_redis() {
     harness(Store::Redis(Redis::start()), &dir);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// On Redis a run id belongs to its program's module: another program under the same id
+/// starts a run of its own (on SQLite it meets the first program's journal: `cli.rs`'s
+/// divergence test).
+#[test]
+fn on_redis_a_run_id_belongs_to_its_program() {
+    let redis = Redis::start();
+    let state = format!("redis://127.0.0.1:{}/0", redis.port);
+    let counter = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--resume",
+            "shared-id",
+            "--state",
+            &state,
+        ])
+        .arg(repo().join("tests/memory/counter.conc-ir"))
+        .output()
+        .unwrap();
+    assert!(counter.status.success());
+    let other = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--mock",
+            "--resume",
+            "shared-id",
+        ])
+        .args(["--state", &state])
+        .arg(repo().join("tests/resume/ten_calls.conc-ir"))
+        .output()
+        .unwrap();
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    assert!(String::from_utf8_lossy(&other.stdout).contains(r#"{"channel":"done","payload":10}"#));
+}

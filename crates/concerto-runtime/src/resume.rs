@@ -32,8 +32,8 @@
 //! changed) and stops the run naming the position and both sites; an unrecorded position
 //! runs live and is journaled. The effect in flight when a run stopped was performed but
 //! not journaled, and is performed again: at least once for it (an LLM call, an HTTP request,
-//! an MCP call, an emit), exactly once for every other; a store write is never applied
-//! twice (it commits with its row or not at all).
+//! a `std::fs` write, an MCP call, an emit), exactly once for every other; a store write is
+//! never applied twice (it commits with its row or not at all).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -136,7 +136,10 @@ impl Journal {
                     },
                 );
                 if previous.is_some() {
-                    return Err(unreadable(&format!("effect {at} is recorded twice")));
+                    return Err(unreadable(&format!(
+                        "effect {at} is recorded twice (two processes ran this run at once; \
+                         only one may run a run id at a time)"
+                    )));
                 }
             }
         }
@@ -1375,9 +1378,24 @@ struct JournaledSystem {
 }
 
 impl JournaledSystem {
-    /// Keeps `err` to fail the task's next effect (a clock read cannot fail).
+    /// Keeps `err` to fail the task's next effect (a clock read cannot fail), saying so.
     fn poison(&self, err: HostError) {
-        self.task.journal.diverged.lock().get_or_insert(err);
+        let err = HostError {
+            message: format!(
+                "{} (found at a clock read or a random draw, which cannot fail: the run stops \
+                 at its next effect)",
+                err.message
+            ),
+            ..err
+        };
+        let mut kept = self.task.journal.diverged.lock();
+        // `begin` keeps a divergence it finds as it is: this one says where it was found.
+        if kept
+            .as_ref()
+            .is_none_or(|k| err.message.starts_with(&k.message))
+        {
+            *kept = Some(err);
+        }
     }
 
     /// A value the program observes and that cannot fail: replayed, or read and buffered.
@@ -1591,12 +1609,16 @@ mod tests {
         )
     }
 
-    /// Asks agent `Agent` once through a journal holding `row` for run `r1`: the error, the
-    /// calls the connection layer got, and how many effects were replayed.
-    fn ask_with_row(
+    /// Run `r1`'s journal holding `row`, in a fresh SQLite file (removed with the folder
+    /// `name` names), opened on a current-thread tokio runtime.
+    fn journal_with_row(
         name: &str,
-        row: serde_json::Value,
-    ) -> (Result<ChatResponse, HostError>, usize, u64) {
+        row: &serde_json::Value,
+    ) -> (
+        tokio::runtime::Runtime,
+        Result<Arc<Journal>, HostError>,
+        std::path::PathBuf,
+    ) {
         let dir =
             std::env::temp_dir().join(format!("concerto-journal-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1610,10 +1632,23 @@ mod tests {
         tokio
             .block_on(reply(store.journal_append("r1", row.to_string())))
             .unwrap();
-        let opened = tokio.block_on(Journal::open(store, program(), "r1", false));
+        let journal = tokio.block_on(Journal::open(store, program(), "r1", false));
+        (tokio, journal, dir)
+    }
+
+    /// Asks agent `Agent` once through a journal holding `row` for run `r1`: the error, the
+    /// calls the connection layer got, and how many effects were replayed.
+    fn ask_with_row(
+        name: &str,
+        row: serde_json::Value,
+    ) -> (Result<ChatResponse, HostError>, usize, u64) {
+        let (tokio, opened, dir) = journal_with_row(name, &row);
         let journal = match opened {
             Ok(journal) => journal,
-            Err(err) => return (Err(err), 0, 0),
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return (Err(err), 0, 0);
+            }
         };
         let inner = Arc::new(Counting(AtomicUsize::new(0)));
         let conns = JournaledConnections {
@@ -1659,6 +1694,60 @@ mod tests {
                 && err.message.contains(
                     "the journal has agent call `Other`, the program now makes agent call `Agent`"
                 ),
+            "{}",
+            err.message
+        );
+        assert_eq!(calls, 0);
+    }
+
+    /// A clock read that diverges cannot fail where it is made: the task's next effect fails,
+    /// saying where the divergence was found; the clock still answers, and nothing is asked.
+    #[test]
+    fn a_divergent_clock_read_fails_the_next_effect_saying_so() {
+        use super::JournaledSystem;
+        use concerto_vm::host::System;
+        let row = json!({"v": 2, "effects": [{"at": "main#0", "site": "random bytes (8)",
+            "result": {"ok": "0102030405060708"}}]});
+        let (tokio, journal, dir) = journal_with_row("clock", &row);
+        let journal = journal.unwrap();
+        let task = Task::new(journal, "main".to_string());
+        let clock = JournaledSystem {
+            inner: Arc::new(crate::system::ProcessSystem::default()),
+            task: task.clone(),
+        };
+        assert!(clock.now_ms() > 0, "the clock answers");
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let conns = JournaledConnections {
+            inner: inner.clone(),
+            task,
+        };
+        let request = ChatRequest::new("Agent", None, vec![ChatMessage::new("user", "hi")]);
+        let err = tokio
+            .block_on(conns.chat(&program(), ConnectionId(0), request))
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("the journal has random bytes (8), the program now makes the clock")
+                && err
+                    .message
+                    .contains("found at a clock read or a random draw"),
+            "{}",
+            err.message
+        );
+        assert_eq!(inner.0.load(Ordering::SeqCst), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The same position twice (two processes ran the run at once) is named as that.
+    #[test]
+    fn an_effect_recorded_twice_names_two_processes() {
+        let effect = json!({"at": "main#0", "site": "agent call `Agent`", "result": {"ok": null}});
+        let row = json!({"v": 2, "effects": [effect, effect]});
+        let (outcome, calls, _) = ask_with_row("twice", row);
+        let err = outcome.unwrap_err();
+        assert!(
+            err.message
+                .contains("effect main#0 is recorded twice (two processes ran this run at once"),
             "{}",
             err.message
         );
