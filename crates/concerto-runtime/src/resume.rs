@@ -32,8 +32,8 @@
 //! changed) and stops the run naming the position and both sites; an unrecorded position
 //! runs live and is journaled. The effect in flight when a run stopped was performed but
 //! not journaled, and is performed again: at least once for it (an LLM call, an HTTP request,
-//! a `std::fs` write, an MCP call, an emit), exactly once for every other; a store write is
-//! never applied twice (it commits with its row or not at all).
+//! a `std::fs` write, an MCP or tool call, a host-agent exchange, an emit), exactly once for
+//! every other; a store write is never applied twice (it commits with its row or not at all).
 
 use std::collections::HashMap;
 use std::sync::Arc;
