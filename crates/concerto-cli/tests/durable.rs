@@ -1,5 +1,6 @@
 //! The kill-point harness of resumable runs (issue 17), on SQLite and on a real
-//! `redis-server`: `tests/durable/durable.conc` makes effects of every kind (agent calls
+//! `redis-server`, and for the program compiled by concertoc 7ad10db
+//! (`tests/durable/head/`) on SQLite: `tests/durable/durable.conc` makes effects of every kind (agent calls
 //! against a loopback OpenAI-compatible server, an agent with memory, hashmap increments, a
 //! ledger insert, a `std::http` POST to a loopback server, an MCP call to a stdio server that
 //! logs its calls, an emit-await this harness answers, plain emits). It runs once without a
@@ -222,10 +223,14 @@ impl Store {
     }
 }
 
+/// The program, compiled by concertoc 1a8ede9 and by 7ad10db.
+const PROGRAM: &str = "tests/durable/durable.conc-ir";
+const HEAD_PROGRAM: &str = "tests/durable/head/durable.head.conc-ir";
+
 /// The durable program, ready to run: the server's address and the MCP command filled in,
 /// `await emit` made an emit-await (see the program's header).
-fn durable_program(dir: &Path, server: &str, mcp_log: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("tests/durable/durable.conc-ir")).unwrap();
+fn durable_program(source: &str, dir: &Path, server: &str, mcp_log: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join(source)).unwrap();
     let command = format!(
         "python3 '{}' '{}'",
         repo().join("tests/durable/mcp_counter.py").display(),
@@ -445,6 +450,7 @@ fn compare(reference: &Observed, seen: &Observed, extra: usize, exact: bool) -> 
 /// One case: a fresh store and logs, runs until one exits successfully (at most `rounds`
 /// processes; each may be ended by `ending(i)`), then the dump.
 fn case(
+    source: &str,
     store: &Store,
     dir: &Path,
     server: &(String, Arc<Mutex<Seen>>),
@@ -454,7 +460,7 @@ fn case(
     *server.1.lock().unwrap() = Seen::default();
     let mcp_log = dir.join("mcp.log");
     let _ = std::fs::remove_file(&mcp_log);
-    let program = durable_program(dir, &server.0, &mcp_log);
+    let program = durable_program(source, dir, &server.0, &mcp_log);
     let mut outputs = Vec::new();
     let mut questions = Vec::new();
     let mut killed = 0;
@@ -491,9 +497,9 @@ fn case(
 }
 
 /// The number of journal commits of an uninterrupted run, from `CONCERTO_FAULT=count`.
-fn commits(store: &Store, dir: &Path, server: &(String, Arc<Mutex<Seen>>)) -> u64 {
+fn commits(source: &str, store: &Store, dir: &Path, server: &(String, Arc<Mutex<Seen>>)) -> u64 {
     store.reset();
-    let program = durable_program(dir, &server.0, &dir.join("mcp.log"));
+    let program = durable_program(source, dir, &server.0, &dir.join("mcp.log"));
     let ran = run(store, &program, Ending::Fault("count"));
     assert!(ran.status.success(), "{}", ran.stderr);
     ran.stderr
@@ -521,10 +527,15 @@ impl Rng {
     }
 }
 
-fn harness(store: Store, dir: &Path) {
-    let name = store.name();
+/// The harness for the program compiled to `source` (a path from the repository).
+fn harness(source: &str, store: Store, dir: &Path) {
+    let name = if source.ends_with(".head.conc-ir") {
+        format!("{}, 7ad10db", store.name())
+    } else {
+        store.name().to_string()
+    };
     let server = start_server();
-    let (reference, _) = case(&store, dir, &server, &mut |_| Ending::Natural);
+    let (reference, _) = case(source, &store, dir, &server, &mut |_| Ending::Natural);
     // The program's last emit reports what it read back; the dump agrees with it.
     let last = reference.outputs[0].last().cloned().unwrap_or_default();
     assert!(last.contains(r#""channel":"state""#), "{last}");
@@ -537,14 +548,14 @@ fn harness(store: Store, dir: &Path) {
     assert_eq!(reference.mcp_calls.len(), 1);
     assert_eq!(reference.questions.len(), 1);
     let started = Instant::now();
-    let n = commits(&store, dir, &server);
+    let n = commits(source, &store, dir, &server);
     let one_run = started.elapsed();
     assert!(n >= 20, "the program journals {n} commits");
     let mut points = 0;
     for k in 1..=n {
         for (when, exact) in [("before", false), ("after", true)] {
             let fault: &'static str = Box::leak(format!("{when}:{k}").into_boxed_str());
-            let (seen, killed) = case(&store, dir, &server, &mut |i| {
+            let (seen, killed) = case(source, &store, dir, &server, &mut |i| {
                 if i == 0 {
                     Ending::Fault(fault)
                 } else {
@@ -581,7 +592,7 @@ fn harness(store: Store, dir: &Path) {
     for round in 0..rounds {
         // Up to three kills at random moments, then the run may finish.
         let delays: Vec<u64> = (0..3).map(|_| rng.below(span)).collect();
-        let (seen, killed) = case(&store, dir, &server, &mut |i| match delays.get(i) {
+        let (seen, killed) = case(source, &store, dir, &server, &mut |i| match delays.get(i) {
             Some(ms) => Ending::KillAfter(Duration::from_millis(*ms)),
             None => Ending::Natural,
         });
@@ -599,14 +610,22 @@ fn harness(store: Store, dir: &Path) {
 #[test]
 fn every_kill_point_resumes_to_the_uninterrupted_outcome_on_sqlite() {
     let dir = fresh_dir("sqlite");
-    harness(Store::Sqlite(dir.join("state.db")), &dir);
+    harness(PROGRAM, Store::Sqlite(dir.join("state.db")), &dir);
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn every_kill_point_resumes_to_the_uninterrupted_outcome_on_redis() {
     let dir = fresh_dir("redis");
-    harness(Store::Redis(Redis::start()), &dir);
+    harness(PROGRAM, Store::Redis(Redis::start()), &dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same program compiled by concertoc 7ad10db (what users install today), on SQLite.
+#[test]
+fn every_kill_point_of_the_7ad10db_program_resumes_to_the_uninterrupted_outcome() {
+    let dir = fresh_dir("head");
+    harness(HEAD_PROGRAM, Store::Sqlite(dir.join("state.db")), &dir);
     let _ = std::fs::remove_dir_all(dir);
 }
 
