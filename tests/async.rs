@@ -158,24 +158,34 @@ struct Outcome {
 }
 
 fn run(code: Vec<Vec<Json>>, conn: &Arc<Delayed>) -> Outcome {
-    let code: Vec<Json> = code.into_iter().flatten().collect();
-    let mut runtime = Runtime::builder()
-        .connections(Arc::new(Shared(conn.clone())))
-        .build()
-        .expect("builds");
+    let builder = Runtime::builder().connections(Arc::new(Shared(conn.clone())));
+    execute(builder, &code, None)
+}
+
+/// Builds a runtime from `builder`, runs `code` as `main` (journaled as run `run_id` when
+/// given) and collects its emits.
+fn execute(
+    builder: concerto_runtime::RuntimeBuilder,
+    code: &[Vec<Json>],
+    run_id: Option<&str>,
+) -> Outcome {
+    let code: Vec<Json> = code.iter().flatten().cloned().collect();
+    let mut runtime = builder.build().expect("builds");
     let emits = Arc::new(Mutex::new(Vec::new()));
     let sink = emits.clone();
     runtime.on_prefix("", move |channel, payload| {
         sink.lock().push((channel.to_string(), payload.to_json()))
     });
     runtime.load_ir_bytes(&program(&code)).expect("load");
-    let error = tokio::runtime::Builder::new_current_thread()
+    let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("tokio")
-        .block_on(runtime.execute())
-        .err()
-        .map(|e| e.to_string());
+        .expect("tokio");
+    let outcome = match run_id {
+        Some(run) => tokio.block_on(runtime.execute_run(run)),
+        None => tokio.block_on(runtime.execute()),
+    };
+    let error = outcome.err().map(|e| e.to_string());
     let emits = emits.lock().clone();
     Outcome {
         emits,
@@ -458,31 +468,10 @@ impl Connections for Ordered {
 
 /// Runs `code` journaled as run `run` in the SQLite file `db` against `conn`.
 fn run_journaled(code: &[Vec<Json>], conn: Arc<Ordered>, db: &Path, run: &str) -> Outcome {
-    let code: Vec<Json> = code.iter().flatten().cloned().collect();
-    let mut runtime = Runtime::builder()
+    let builder = Runtime::builder()
         .connections(conn)
-        .state_store(concerto_runtime::StateStore::Sqlite(db.to_path_buf()))
-        .build()
-        .expect("builds");
-    let emits = Arc::new(Mutex::new(Vec::new()));
-    let sink = emits.clone();
-    runtime.on_prefix("", move |channel, payload| {
-        sink.lock().push((channel.to_string(), payload.to_json()))
-    });
-    runtime.load_ir_bytes(&program(&code)).expect("load");
-    let error = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio")
-        .block_on(runtime.execute_run(run))
-        .err()
-        .map(|e| e.to_string());
-    let emits = emits.lock().clone();
-    Outcome {
-        emits,
-        error,
-        runtime,
-    }
+        .state_store(concerto_runtime::StateStore::Sqlite(db.to_path_buf()));
+    execute(builder, code, Some(run))
 }
 
 /// Three spawned tasks each make an agent call; the first run ends when one call fails,

@@ -319,7 +319,7 @@ fn metrics_and_env_file() {
 /// A one-thread HTTP server that answers every request with 401 and an error body that
 /// echoes `echo` (as some providers echo the key they were given). Returns its base URL.
 fn echoing_server(echo: &str) -> String {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let body = format!(
@@ -328,29 +328,7 @@ fn echoing_server(echo: &str) -> String {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut stream = stream;
-            let mut buf = [0u8; 65536];
-            let mut seen = Vec::new();
-            // Read the head and the body announced by content-length.
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&seen).to_string();
-                if let Some(head_end) = text.find("\r\n\r\n") {
-                    let len = text[..head_end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if seen.len() >= head_end + 4 + len {
-                        break;
-                    }
-                }
-            }
+            let _ = common::read_request(&mut stream);
             let response = format!(
                 "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -1585,7 +1563,7 @@ fn the_old_sse_transport_is_refused_at_load_naming_the_alternatives() {
 fn scripted_server(
     respond: impl Fn(usize) -> (u16, &'static str, String) + Send + 'static,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1594,28 +1572,7 @@ fn scripted_server(
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 65536];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&seen).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if seen.len() >= end + 4 + len {
-                        break;
-                    }
-                }
-            }
+            let _ = common::read_request(&mut stream);
             let (status, headers, body) = respond(answered.fetch_add(1, Ordering::SeqCst));
             let _ = stream.write_all(
                 format!(

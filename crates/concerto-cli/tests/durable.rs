@@ -73,31 +73,8 @@ fn start_server() -> (String, Arc<Mutex<Seen>>) {
 
 fn serve(mut stream: std::net::TcpStream, log: &Mutex<Seen>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 65536];
-    let (head, body) = loop {
-        let Ok(n) = stream.read(&mut buf) else { return };
-        if n == 0 {
-            return;
-        }
-        seen.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&seen).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if seen.len() >= end + 4 + len {
-                break (
-                    text[..end].to_string(),
-                    text[end + 4..end + 4 + len].to_string(),
-                );
-            }
-        }
+    let Some((head, body)) = common::read_request(&mut stream) else {
+        return;
     };
     let path = head
         .split_whitespace()

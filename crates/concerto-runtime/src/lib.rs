@@ -199,6 +199,25 @@ pub struct Runtime {
     program_dir: Option<PathBuf>,
 }
 
+/// A host emit-await handler's answer as the VM takes it: the value, or a failure naming
+/// the channel.
+fn await_answer<Fut>(
+    channel: String,
+    answer: Fut,
+) -> concerto_vm::host::BoxFuture<Result<concerto_vm::Value, HostError>>
+where
+    Fut: Future<Output = Result<Value, Box<dyn std::error::Error + Send + Sync>>> + Send + 'static,
+{
+    Box::pin(async move {
+        match answer.await {
+            Ok(v) => Ok(concerto_vm::Value::from(&v)),
+            Err(e) => Err(HostError::failed(format!(
+                "emit-await handler for `{channel}` failed: {e}"
+            ))),
+        }
+    })
+}
+
 /// The built-in tool layer's policy from the tool permissions and the sandbox.
 pub(crate) fn tool_policy(
     config: &RuntimeConfig,
@@ -479,16 +498,7 @@ impl Runtime {
         self.hub.on_emit(
             channel,
             Arc::new(move |payload: concerto_vm::Value| {
-                let fut = handler(Value::from(&payload));
-                let channel = channel_name.clone();
-                Box::pin(async move {
-                    match fut.await {
-                        Ok(v) => Ok(concerto_vm::Value::from(&v)),
-                        Err(e) => Err(HostError::failed(format!(
-                            "emit-await handler for `{channel}` failed: {e}"
-                        ))),
-                    }
-                })
+                await_answer(channel_name.clone(), handler(Value::from(&payload)))
             }),
         );
         self
@@ -505,16 +515,7 @@ impl Runtime {
     {
         self.hub.on_emit_any(Arc::new(
             move |channel: &str, payload: concerto_vm::Value| {
-                let fut = handler(channel, Value::from(&payload));
-                let channel = channel.to_string();
-                Box::pin(async move {
-                    match fut.await {
-                        Ok(v) => Ok(concerto_vm::Value::from(&v)),
-                        Err(e) => Err(HostError::failed(format!(
-                            "emit-await handler for `{channel}` failed: {e}"
-                        ))),
-                    }
-                })
+                await_answer(channel.to_string(), handler(channel, Value::from(&payload)))
             },
         ));
         self

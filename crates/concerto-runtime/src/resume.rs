@@ -437,6 +437,19 @@ impl Task {
     }
 }
 
+impl Task {
+    /// A store write with no result (`set`, `clear`, `insert`, `append`, …).
+    fn write_unit(&self, site: String, writes: Vec<Write>) -> Reply<Result<(), HostError>> {
+        self.write(
+            site,
+            writes,
+            || Reply::Ready(Ok(())),
+            encode_unit,
+            decode_unit,
+        )
+    }
+}
+
 impl Replayed {
     /// [`Replayed::outcome`], flattened.
     fn read_outcome<T>(
@@ -998,8 +1011,21 @@ impl JournaledStore {
             .map_or_else(|| format!("#{}", map.0), |h| h.name.clone())
     }
 
-    fn ready<T: Send + 'static>(r: Result<T, HostError>) -> Reply<Result<T, HostError>> {
-        Reply::Ready(r)
+    /// A ledger write whose result is whether entry `identifier` existed (read just before).
+    fn ledger_write(
+        &self,
+        site: String,
+        write: Write,
+        ledger: &str,
+        identifier: &str,
+    ) -> Reply<Result<bool, HostError>> {
+        self.task.write(
+            site,
+            vec![write],
+            || ledger_has(&self.inner, ledger, identifier),
+            encode_bool,
+            decode_bool,
+        )
     }
 }
 
@@ -1007,13 +1033,7 @@ impl HashmapStore for JournaledStore {
     fn hashmap_set(&self, map: MapId, key: Str, value: VmValue) -> Reply<Result<(), HostError>> {
         let site = format!("hashmap `{}`.set({key:?})", self.map_name(map));
         let write = Write::HashmapSet { map, key, value };
-        self.task.write(
-            site,
-            vec![write],
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, vec![write])
     }
 
     fn hashmap_get(&self, map: MapId, key: &str) -> Reply<Result<Option<VmValue>, HostError>> {
@@ -1084,13 +1104,7 @@ impl HashmapStore for JournaledStore {
     fn hashmap_clear(&self, map: MapId) -> Reply<Result<(), HostError>> {
         let site = format!("hashmap `{}`.clear()", self.map_name(map));
         let write = Write::HashmapClear { map };
-        self.task.write(
-            site,
-            vec![write],
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, vec![write])
     }
 
     fn hashmap_set_many(
@@ -1107,13 +1121,7 @@ impl HashmapStore for JournaledStore {
             .into_iter()
             .map(|(key, value)| Write::HashmapSet { map, key, value })
             .collect();
-        self.task.write(
-            site,
-            writes,
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, writes)
     }
 
     fn hashmap_get_many(
@@ -1200,13 +1208,7 @@ impl LedgerStore for JournaledStore {
             ledger: ledger.to_string(),
             entry,
         };
-        self.task.write(
-            site,
-            vec![write],
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, vec![write])
     }
 
     fn ledger_update(
@@ -1221,13 +1223,7 @@ impl LedgerStore for JournaledStore {
             identifier: identifier.to_string(),
             value,
         };
-        self.task.write(
-            site,
-            vec![write],
-            || ledger_has(&self.inner, ledger, identifier),
-            encode_bool,
-            decode_bool,
-        )
+        self.ledger_write(site, write, ledger, identifier)
     }
 
     fn ledger_update_keys(
@@ -1242,13 +1238,7 @@ impl LedgerStore for JournaledStore {
             identifier: identifier.to_string(),
             keys,
         };
-        self.task.write(
-            site,
-            vec![write],
-            || ledger_has(&self.inner, ledger, identifier),
-            encode_bool,
-            decode_bool,
-        )
+        self.ledger_write(site, write, ledger, identifier)
     }
 
     fn ledger_delete(&self, ledger: &str, identifier: &str) -> Reply<Result<bool, HostError>> {
@@ -1257,13 +1247,7 @@ impl LedgerStore for JournaledStore {
             ledger: ledger.to_string(),
             identifier: identifier.to_string(),
         };
-        self.task.write(
-            site,
-            vec![write],
-            || ledger_has(&self.inner, ledger, identifier),
-            encode_bool,
-            decode_bool,
-        )
+        self.ledger_write(site, write, ledger, identifier)
     }
 
     fn ledger_query(
@@ -1295,13 +1279,7 @@ impl LedgerStore for JournaledStore {
         let write = Write::LedgerClear {
             ledger: ledger.to_string(),
         };
-        self.task.write(
-            site,
-            vec![write],
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, vec![write])
     }
 }
 
@@ -1318,13 +1296,7 @@ impl ConversationStore for JournaledStore {
             max_messages,
             message,
         };
-        self.task.write(
-            site,
-            vec![write],
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, vec![write])
     }
 
     fn memory_messages(&self, memory: &str) -> Reply<Result<Vec<ChatMessage>, HostError>> {
@@ -1342,13 +1314,7 @@ impl ConversationStore for JournaledStore {
         let write = Write::MemoryClear {
             memory: memory.to_string(),
         };
-        self.task.write(
-            site,
-            vec![write],
-            || Self::ready(Ok(())),
-            encode_unit,
-            decode_unit,
-        )
+        self.task.write_unit(site, vec![write])
     }
 }
 

@@ -34,3 +34,32 @@ pub(crate) fn make_emit_awaits(ir: &mut Json) -> usize {
     }
     rewritten
 }
+
+/// Reads one HTTP request from `stream`: its head and the body its `content-length`
+/// announces (`None` when the connection ends or fails first).
+pub(crate) fn read_request(stream: &mut impl std::io::Read) -> Option<(String, String)> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&seen[end + 4..end + 4 + len]).to_string();
+                return Some((text[..end].to_string(), body));
+            }
+        }
+    }
+}
