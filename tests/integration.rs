@@ -8,6 +8,7 @@ mod agents;
 mod async_tasks;
 mod emit;
 mod env;
+mod fencing;
 mod fuzz;
 mod limits;
 mod loader;

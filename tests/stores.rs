@@ -81,7 +81,7 @@ fn open_sqlite(names: Vec<String>) -> Fixture {
 }
 
 #[path = "../crates/concerto-store-redis/tests/common/server.rs"]
-mod redis_server;
+pub(crate) mod redis_server;
 
 /// A fresh Redis store on its own `redis-server` (started by the test; the test fails with a
 /// message saying how to install it when it cannot be started).

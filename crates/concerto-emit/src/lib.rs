@@ -147,6 +147,8 @@ struct Settings {
 
 /// One queued emit.
 struct Queued {
+    /// The emit's key ([`EmitSink::emit_keyed`]).
+    key: Option<String>,
     channel: String,
     payload: Value,
 }
@@ -359,12 +361,14 @@ impl EmitHub {
     /// Queues an emit (batch mode), applying the queue bound.
     fn enqueue(
         &self,
+        key: Option<&str>,
         channel: &str,
         payload: &Value,
         max_batch: usize,
         max_queue: Option<usize>,
     ) -> Result<(), HostError> {
         let mut item = Some(Queued {
+            key: key.map(str::to_string),
             channel: channel.to_string(),
             payload: snapshot::snapshot(payload),
         });
@@ -461,7 +465,13 @@ impl EmitHub {
             let listeners = self.listeners.read().clone();
             let mut items = batch.into_iter();
             while let Some(item) = items.next() {
-                let delivered = self.deliver(&item.channel, &item.payload, &sinks, &listeners);
+                let delivered = self.deliver(
+                    item.key.as_deref(),
+                    &item.channel,
+                    &item.payload,
+                    &sinks,
+                    &listeners,
+                );
                 drop(item);
                 self.pending.fetch_sub(1, Ordering::AcqRel);
                 if let Err(e) = delivered {
@@ -479,13 +489,18 @@ impl EmitHub {
     /// Delivers one emit to the sinks, then to the matching listeners.
     fn deliver(
         &self,
+        key: Option<&str>,
         channel: &str,
         payload: &Value,
         sinks: &[Arc<dyn FlushSink>],
         listeners: &[(Filter, Listener)],
     ) -> Result<(), HostError> {
         for sink in sinks {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| sink.emit(channel, payload))) {
+            let send = || match key {
+                Some(key) => sink.emit_keyed(key, channel, payload),
+                None => sink.emit(channel, payload),
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(send)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     return Err(HostError {
@@ -551,8 +566,14 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic".to_string())
 }
 
-impl EmitSink for EmitHub {
-    fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError> {
+impl EmitHub {
+    /// An emit, with its key when it has one.
+    fn emit_with(
+        &self,
+        key: Option<&str>,
+        channel: &str,
+        payload: &Value,
+    ) -> Result<(), HostError> {
         let settings = *self.settings.read();
         match settings.delivery {
             Delivery::Immediate => {
@@ -563,12 +584,49 @@ impl EmitSink for EmitHub {
                 }
                 let sinks = self.sinks.read().clone();
                 let listeners = self.listeners.read().clone();
-                self.deliver(channel, payload, &sinks, &listeners)
+                self.deliver(key, channel, payload, &sinks, &listeners)
             }
             Delivery::Batch { max_batch } => {
-                self.enqueue(channel, payload, max_batch, settings.max_queue)
+                self.enqueue(key, channel, payload, max_batch, settings.max_queue)
             }
         }
+    }
+}
+
+impl EmitSink for EmitHub {
+    fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError> {
+        self.emit_with(None, channel, payload)
+    }
+
+    /// The key goes to every sink ([`EmitSink::emit_keyed`]); listeners get the emit.
+    fn emit_keyed(&self, key: &str, channel: &str, payload: &Value) -> Result<(), HostError> {
+        self.emit_with(Some(key), channel, payload)
+    }
+
+    /// When any sink settles (delivers later, see [`EmitSink::settle`]).
+    fn settles(&self) -> bool {
+        self.sinks.read().iter().any(|sink| sink.settles())
+    }
+
+    /// Delivers what batch mode queued, then waits for every settling sink in turn.
+    fn settle(&self) -> Option<BoxFuture<Result<(), HostError>>> {
+        let sinks = self.sinks.read().clone();
+        if !sinks.iter().any(|sink| sink.settles()) {
+            return None;
+        }
+        if let Err(e) = self.drain(true) {
+            return Some(Box::pin(async move { Err(e) }));
+        }
+        let waits: Vec<_> = sinks.iter().filter_map(|sink| sink.settle()).collect();
+        if waits.is_empty() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            for wait in waits {
+                wait.await?;
+            }
+            Ok(())
+        }))
     }
 
     fn emit_await(&self, channel: &str, payload: Value) -> BoxFuture<Result<Value, HostError>> {

@@ -179,7 +179,7 @@ impl Debugger {
     /// # Errors
     /// As [`Runtime::execute_run`] for a store that cannot keep the journal.
     pub async fn journal_run(&mut self, run_id: &str) -> Result<(), RuntimeError> {
-        self.journal = self.runtime.open_journal(Some(run_id)).await?;
+        self.journal = self.runtime.open_journal(Some(run_id), None).await?;
         Ok(())
     }
 

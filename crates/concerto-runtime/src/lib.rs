@@ -606,7 +606,7 @@ impl Runtime {
     /// uncaught error (function, span, trace) otherwise. Emits made before the error have
     /// been delivered.
     pub async fn execute(&mut self) -> Result<Value, RuntimeError> {
-        self.run(None).await
+        self.run(None, None).await
     }
 
     /// [`Runtime::execute`], journaled as run `run_id` in the durable state store
@@ -651,26 +651,50 @@ impl Runtime {
     /// # Errors
     /// As [`Runtime::execute`], and a store that cannot keep the journal.
     pub async fn execute_run(&mut self, run_id: &str) -> Result<Value, RuntimeError> {
-        self.run(Some(run_id)).await
+        self.run(Some(run_id), None).await
+    }
+
+    /// [`Runtime::execute_run`] of a run held under a lease of epoch `epoch` (a fencing
+    /// token: a queue worker's run, see [`queue`]): first the run's fence in the state store
+    /// is raised to `epoch` ([`JournalStore::journal_fence`](vm::host::JournalStore::journal_fence)),
+    /// then every journal row and store write of the run commits only while the fence still
+    /// stands at `epoch`. Once another process has taken the run over at a newer epoch, this
+    /// one's next write is refused and the run stops with an error of kind `cancelled`
+    /// whose host error kind is [`Fenced`](vm::host::HostErrorKind::Fenced), having written
+    /// nothing more.
+    ///
+    /// # Errors
+    /// As [`Runtime::execute_run`]; the fence stands at a newer epoch already.
+    pub async fn execute_leased_run(
+        &mut self,
+        run_id: &str,
+        epoch: u64,
+    ) -> Result<Value, RuntimeError> {
+        self.run(Some(run_id), Some(epoch)).await
     }
 
     /// The journal of run `run_id` in the durable state store (`None` without a run id).
     pub(crate) async fn open_journal(
         &mut self,
         run_id: Option<&str>,
+        epoch: Option<u64>,
     ) -> Result<Option<Arc<resume::Journal>>, RuntimeError> {
         Ok(match (run_id, self.vm.clone()) {
             (Some(run), Some(vm)) => {
                 let store = self.memory_store(&vm)?;
                 let program = vm.program().clone();
-                Some(resume::Journal::open(store, program, run, self.replay_emits).await?)
+                Some(resume::Journal::open(store, program, run, self.replay_emits, epoch).await?)
             }
             _ => None,
         })
     }
 
-    async fn run(&mut self, run_id: Option<&str>) -> Result<Value, RuntimeError> {
-        let journal = self.open_journal(run_id).await?;
+    async fn run(
+        &mut self,
+        run_id: Option<&str>,
+        epoch: Option<u64>,
+    ) -> Result<Value, RuntimeError> {
+        let journal = self.open_journal(run_id, epoch).await?;
         let (vm, mut host, config, timeout) = self.prepare()?;
         if let Some(journal) = &journal {
             host = resume::journaled(host, journal);
@@ -752,44 +776,7 @@ impl Runtime {
         if let Some(m) = &self.memory {
             return Ok(m.clone());
         }
-        let program = vm.program();
-        let names: Vec<String> = program.hashmaps.iter().map(|h| h.name.clone()).collect();
-        let store: Arc<dyn MemoryStore> = match &self.state {
-            #[cfg(feature = "sqlite")]
-            StateStore::Sqlite(path) => Arc::new(
-                concerto_store_sqlite::SqliteStore::open(path, names).map_err(|source| {
-                    SetupError::StateStore {
-                        store: format!("`{}`", path.display()),
-                        source,
-                    }
-                })?,
-            ),
-            #[cfg(feature = "redis")]
-            StateStore::Redis(url) => Arc::new(
-                concerto_store_redis::RedisStore::connect(url, &program.module, names).map_err(
-                    |source| SetupError::StateStore {
-                        store: "(redis)".into(),
-                        source,
-                    },
-                )?,
-            ),
-            StateStore::Memory => Arc::new(
-                concerto_memory::InMemoryStore::with_names(names)
-                    .with_max_bytes(self.limits.max_hashmap_bytes),
-            ),
-            // Refused by `RuntimeBuilder::build` (this build lacks the store's feature).
-            #[allow(
-                unreachable_patterns,
-                reason = "reachable in builds without a store feature"
-            )]
-            other => {
-                return Err(SetupError::FeatureOff {
-                    feature: builder::missing_feature(other).unwrap_or("sqlite"),
-                    what: "this state store",
-                }
-                .into());
-            }
-        };
+        let store = open_state_store(&self.state, vm.program(), &self.limits)?;
         self.memory = Some(store.clone());
         Ok(store)
     }
@@ -860,4 +847,50 @@ fn _thread_safety(runtime: &mut Runtime) {
     send_sync::<Executor>();
     let execution = runtime.execute();
     send(&execution);
+}
+
+/// Opens the state store `state` for `program` (its hashmaps by name; Redis keys under its
+/// module name).
+pub(crate) fn open_state_store(
+    state: &StateStore,
+    program: &Program,
+    limits: &Limits,
+) -> Result<Arc<dyn MemoryStore>, RuntimeError> {
+    let names: Vec<String> = program.hashmaps.iter().map(|h| h.name.clone()).collect();
+    Ok(match state {
+        #[cfg(feature = "sqlite")]
+        StateStore::Sqlite(path) => Arc::new(
+            concerto_store_sqlite::SqliteStore::open(path, names).map_err(|source| {
+                SetupError::StateStore {
+                    store: format!("`{}`", path.display()),
+                    source,
+                }
+            })?,
+        ),
+        #[cfg(feature = "redis")]
+        StateStore::Redis(url) => Arc::new(
+            concerto_store_redis::RedisStore::connect(url, &program.module, names).map_err(
+                |source| SetupError::StateStore {
+                    store: "(redis)".into(),
+                    source,
+                },
+            )?,
+        ),
+        StateStore::Memory => Arc::new(
+            concerto_memory::InMemoryStore::with_names(names)
+                .with_max_bytes(limits.max_hashmap_bytes),
+        ),
+        // Refused by `RuntimeBuilder::build` (this build lacks the store's feature).
+        #[allow(
+            unreachable_patterns,
+            reason = "reachable in builds without a store feature"
+        )]
+        other => {
+            return Err(SetupError::FeatureOff {
+                feature: builder::missing_feature(other).unwrap_or("sqlite"),
+                what: "this state store",
+            }
+            .into());
+        }
+    })
 }

@@ -77,6 +77,9 @@ pub(crate) struct Journal {
     /// the next effect fails with it.
     diverged: Mutex<Option<HostError>>,
     replay_emits: bool,
+    /// The lease epoch of a leased run (a queue worker's): every row commits through
+    /// [`JournalStore::apply`] carrying it, and is refused once a newer epoch holds the run.
+    epoch: Option<u64>,
     /// Effects answered from the journal in this run.
     replayed: AtomicU64,
     /// Rows this process committed.
@@ -94,12 +97,18 @@ async fn reply<T: Send + 'static>(r: Reply<Result<T, HostError>>) -> Result<T, H
 
 impl Journal {
     /// The journal of run `run` in `store`, with its recorded effects loaded for replay.
+    /// A leased run (`epoch`) raises the run's fence first, so that once its journal is
+    /// read here no older holder can add to it.
     pub(crate) async fn open(
         store: Arc<dyn MemoryStore>,
         program: Arc<Program>,
         run: &str,
         replay_emits: bool,
+        epoch: Option<u64>,
     ) -> Result<Arc<Journal>, HostError> {
+        if let Some(epoch) = epoch {
+            reply(store.journal_fence(run, epoch)).await?;
+        }
         let rows = reply(store.journal_records(run)).await?;
         let mut recorded = HashMap::new();
         for (index, text) in rows.iter().enumerate() {
@@ -152,6 +161,7 @@ impl Journal {
             order: Arc::new(tokio::sync::Mutex::new(())),
             diverged: Mutex::new(None),
             replay_emits,
+            epoch,
             replayed: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             #[cfg(feature = "fault-injection")]
@@ -212,7 +222,7 @@ impl Journal {
         let number = self.commits.load(Ordering::SeqCst) + 1;
         #[cfg(feature = "fault-injection")]
         fault::before(self.fault, number);
-        let committed = if writes.is_empty() {
+        let committed = if writes.is_empty() && self.epoch.is_none() {
             reply(self.store.journal_append(&self.run, row)).await
         } else {
             reply(self.store.apply(
@@ -220,6 +230,7 @@ impl Journal {
                 Some(JournalRecord {
                     run: self.run.clone(),
                     record: row,
+                    epoch: self.epoch,
                 }),
             ))
             .await
@@ -741,7 +752,7 @@ impl EmitSink for JournaledEmits {
                 Ok(())
             }
             Step::Live(effect) => {
-                self.inner.emit(channel, payload)?;
+                self.inner.emit_keyed(&effect.at, channel, payload)?;
                 self.task.journal.buffer(effect.record(json!({"ok": null})));
                 Ok(())
             }
@@ -752,13 +763,23 @@ impl EmitSink for JournaledEmits {
         true
     }
 
+    /// The sink's own settling first (an emit it delivers later is delivered before the
+    /// journal says it was), then the journal's row.
     fn settle(&self) -> Option<BoxFuture<Result<(), HostError>>> {
-        if self.task.journal.pending.lock().is_empty() {
+        let delivered = self.inner.settle();
+        if delivered.is_none() && self.task.journal.pending.lock().is_empty() {
             return None;
         }
-        Some(Box::pin(
-            self.task.journal.clone().commit_row(None, Vec::new()),
-        ))
+        let journal = self.task.journal.clone();
+        Some(Box::pin(async move {
+            if let Some(delivered) = delivered {
+                delivered.await?;
+            }
+            if journal.pending.lock().is_empty() {
+                return Ok(());
+            }
+            journal.commit_row(None, Vec::new()).await
+        }))
     }
 
     fn emit_await(&self, channel: &str, payload: VmValue) -> BoxFuture<Result<VmValue, HostError>> {
@@ -1598,7 +1619,7 @@ mod tests {
         tokio
             .block_on(reply(store.journal_append("r1", row.to_string())))
             .unwrap();
-        let journal = tokio.block_on(Journal::open(store, program(), "r1", false));
+        let journal = tokio.block_on(Journal::open(store, program(), "r1", false, None));
         (tokio, journal, dir)
     }
 

@@ -7,7 +7,7 @@
 
 use concerto_vm::host::{HostError, JournalRecord, Write};
 
-use crate::{Inner, RedisStore, encode, ledger_label, memory_label, shorten, window};
+use crate::{Inner, RedisStore, encode, ledger_label, memory_label, scripts, shorten, window};
 
 /// One write, checked and encoded.
 pub(crate) enum Op {
@@ -165,17 +165,73 @@ impl RedisStore {
     }
 }
 
-/// `EVAL source numkeys keys… args…`
-fn eval(source: &str, keys: &[&str]) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(source).arg(keys.len());
-    for key in keys {
-        cmd.arg(*key);
-    }
-    cmd
+/// How the commands of one batch are built: plain, or fenced (each command checks the
+/// run's fence first: [`scripts::FENCE_PRELUDE`]).
+struct Builder {
+    /// The fence key and the epoch, for a fenced batch.
+    fence: Option<(String, String)>,
 }
 
-/// Sends `ops` and the journal record as one `MULTI`/`EXEC` transaction.
+impl Builder {
+    /// `EVAL source numkeys keys… args…`; the caller adds the arguments, then [`Builder::end`].
+    fn eval(&self, source: &str, keys: &[&str]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        match &self.fence {
+            Some((fence, _)) => {
+                cmd.arg(format!("{}{source}", scripts::FENCE_PRELUDE))
+                    .arg(keys.len() + 1);
+                for key in keys {
+                    cmd.arg(*key);
+                }
+                cmd.arg(fence);
+            }
+            None => {
+                cmd.arg(source).arg(keys.len());
+                for key in keys {
+                    cmd.arg(*key);
+                }
+            }
+        }
+        cmd
+    }
+
+    /// The command's last argument: the epoch, when fenced.
+    fn end(&self, mut cmd: redis::Cmd) -> redis::Cmd {
+        if let Some((_, epoch)) = &self.fence {
+            cmd.arg(epoch);
+        }
+        cmd
+    }
+
+    /// `DEL keys…`
+    fn delete(&self, keys: &[&str]) -> redis::Cmd {
+        if self.fence.is_some() {
+            return self.end(self.eval(scripts::DELETE_KEYS, keys));
+        }
+        let mut cmd = redis::cmd("DEL");
+        for key in keys {
+            cmd.arg(*key);
+        }
+        cmd
+    }
+
+    /// `RPUSH key record`
+    fn push(&self, key: &str, record: &str) -> redis::Cmd {
+        if self.fence.is_some() {
+            let mut cmd = self.eval(scripts::PUSH_RECORD, &[key]);
+            cmd.arg(record);
+            return self.end(cmd);
+        }
+        let mut cmd = redis::cmd("RPUSH");
+        cmd.arg(key).arg(record);
+        cmd
+    }
+}
+
+/// Sends `ops` and the journal record as one `MULTI`/`EXEC` transaction; with a record of a
+/// lease epoch, every command checks the run's fence and the transaction is refused
+/// ([`HostErrorKind::Fenced`](concerto_vm::host::HostErrorKind::Fenced)) when it stands
+/// elsewhere.
 pub(crate) async fn commit(
     inner: &Inner,
     ops: Vec<Op>,
@@ -183,6 +239,11 @@ pub(crate) async fn commit(
 ) -> Result<(), HostError> {
     let src = &inner.scripts.sources;
     let channel = inner.layout.channel.as_str();
+    let fence = journal.as_ref().and_then(|j| {
+        j.epoch
+            .map(|epoch| (inner.layout.fence(&j.run), epoch.to_string()))
+    });
+    let b = Builder { fence };
     let mut pipe = redis::pipe();
     pipe.atomic();
     for op in &ops {
@@ -190,25 +251,25 @@ pub(crate) async fn commit(
             Op::HashmapSet { map, key, json } => {
                 let info = inner.map(*map)?;
                 let k = &info.keys;
-                let mut cmd = eval(&src.hashmap_set, &[&k.data, &k.order, &k.seq]);
+                let mut cmd = b.eval(&src.hashmap_set, &[&k.data, &k.order, &k.seq]);
                 cmd.arg(channel)
                     .arg(&info.event_prefix)
                     .arg("0")
                     .arg(key)
                     .arg(json);
-                cmd
+                b.end(cmd)
             }
             Op::HashmapDelete { map, key } => {
                 let info = inner.map(*map)?;
-                let mut cmd = eval(&src.hashmap_delete, &[&info.keys.data, &info.keys.order]);
+                let mut cmd = b.eval(&src.hashmap_delete, &[&info.keys.data, &info.keys.order]);
                 cmd.arg(channel).arg(&info.event_prefix).arg(key);
-                cmd
+                b.end(cmd)
             }
             Op::HashmapClear { map } => {
                 let info = inner.map(*map)?;
-                let mut cmd = eval(&src.hashmap_clear, &[&info.keys.data, &info.keys.order]);
+                let mut cmd = b.eval(&src.hashmap_clear, &[&info.keys.data, &info.keys.order]);
                 cmd.arg(channel).arg(&info.event_prefix);
-                cmd
+                b.end(cmd)
             }
             Op::LedgerInsert {
                 ledger,
@@ -217,9 +278,9 @@ pub(crate) async fn commit(
                 value,
             } => {
                 let l = inner.layout.ledger(ledger);
-                let mut cmd = eval(&src.ledger_insert, &[&l.value, &l.keys, &l.order, &l.seq]);
+                let mut cmd = b.eval(&src.ledger_insert, &[&l.value, &l.keys, &l.order, &l.seq]);
                 cmd.arg(identifier).arg(keys).arg(value);
-                cmd
+                b.end(cmd)
             }
             Op::LedgerUpdate {
                 ledger,
@@ -229,47 +290,63 @@ pub(crate) async fn commit(
             } => {
                 let l = inner.layout.ledger(ledger);
                 let target = if *keys_field { &l.keys } else { &l.value };
-                let mut cmd = eval(&src.ledger_update, &[&l.value, target]);
+                let mut cmd = b.eval(&src.ledger_update, &[&l.value, target]);
                 cmd.arg(identifier).arg(text);
-                cmd
+                b.end(cmd)
             }
             Op::LedgerDelete { ledger, identifier } => {
                 let l = inner.layout.ledger(ledger);
-                let mut cmd = eval(&src.ledger_delete, &[&l.value, &l.keys, &l.order]);
+                let mut cmd = b.eval(&src.ledger_delete, &[&l.value, &l.keys, &l.order]);
                 cmd.arg(identifier);
-                cmd
+                b.end(cmd)
             }
             Op::LedgerClear { ledger } => {
                 let l = inner.layout.ledger(ledger);
-                let mut cmd = redis::cmd("DEL");
-                cmd.arg(&l.value).arg(&l.keys).arg(&l.order).arg(&l.seq);
-                cmd
+                b.delete(&[&l.value, &l.keys, &l.order, &l.seq])
             }
             Op::MemoryAppend { memory, json, max } => {
                 let key = inner.layout.memory(memory);
-                let mut cmd = eval(&src.memory_append, &[&key]);
+                let mut cmd = b.eval(&src.memory_append, &[&key]);
                 cmd.arg(json).arg(max);
-                cmd
+                b.end(cmd)
             }
-            Op::MemoryClear { memory } => {
-                let mut cmd = redis::cmd("DEL");
-                cmd.arg(inner.layout.memory(memory));
-                cmd
-            }
+            Op::MemoryClear { memory } => b.delete(&[&inner.layout.memory(memory)]),
         };
         pipe.add_command(cmd).ignore();
     }
     if let Some(j) = &journal {
-        pipe.cmd("RPUSH")
-            .arg(inner.layout.journal(&j.run))
-            .arg(&j.record)
+        pipe.add_command(b.push(&inner.layout.journal(&j.run), &j.record))
             .ignore();
     }
     let mut conn = inner.conn.clone();
     let what = format!("a write batch of {} writes", ops.len());
-    let _: () = pipe
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| inner.fail(&what, &e))?;
-    Ok(())
+    let result: Result<(), redis::RedisError> = pipe.query_async(&mut conn).await;
+    match (result, &journal) {
+        (Ok(()), _) => Ok(()),
+        (Err(e), Some(j)) if e.to_string().contains("FENCED") => {
+            let stands = fence_stands(&e.to_string());
+            Err(HostError::fenced(format!(
+                "run '{}': a write of lease epoch {} was refused: the run's fence {stands} \
+                 (another worker holds the run)",
+                j.run,
+                j.epoch.unwrap_or_default()
+            )))
+        }
+        (Err(e), _) => Err(inner.fail(&what, &e)),
+    }
+}
+
+/// `stands at N` / `was never raised`, from a refusal's `FENCED N` / `FENCED never` (as the
+/// client shows it: `FENCED: N`, inside other text).
+pub(crate) fn fence_stands(error: &str) -> String {
+    let after = error.split("FENCED").nth(1).unwrap_or_default();
+    let word: String = after
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    match word.as_str() {
+        "never" | "" => "was never raised".to_string(),
+        n => format!("stands at {n}"),
+    }
 }

@@ -13,6 +13,8 @@
 //! | `concerto:<program>:lg:<ledger>:order` | sorted set | identifier → insertion number |
 //! | `concerto:<program>:lg:<ledger>:seq` | string | the last insertion number given |
 //! | `concerto:<program>:mem:<memory>` | list | JSON chat messages, oldest first |
+//! | `concerto:<program>:journal:<run>` | list | a run's journal records, oldest first |
+//! | `concerto:<program>:fence:<run>` | string | a leased run's newest lease epoch |
 //! | `concerto:<program>:changes` | pub/sub channel | hashmap change events |
 //!
 //! Scoped views (`a:result`) are key prefixes inside a hashmap's keys, so they need no keys
@@ -76,6 +78,11 @@ impl Layout {
     /// The key of a run's journal (a list of records, oldest first).
     pub(crate) fn journal(&self, run: &str) -> String {
         format!("{}:journal:{}", self.base, component(run))
+    }
+
+    /// The key of a run's fence: the newest lease epoch (a decimal string).
+    pub(crate) fn fence(&self, run: &str) -> String {
+        format!("{}:fence:{}", self.base, component(run))
     }
 }
 

@@ -1226,6 +1226,31 @@ impl JournalStore for RedisStore {
         self.run(move |inner| async move { batch::commit(&inner, ops, journal).await })
     }
 
+    /// One script: the fence is read and raised together.
+    fn journal_fence(&self, run: &str, epoch: u64) -> Reply<Result<(), HostError>> {
+        let run = run.to_string();
+        self.run(move |inner| async move {
+            let key = inner.layout.fence(&run);
+            let mut conn = inner.conn.clone();
+            let raised: Result<i64, RedisError> = redis::cmd("EVAL")
+                .arg(scripts::RAISE_FENCE)
+                .arg(1)
+                .arg(&key)
+                .arg(epoch)
+                .query_async(&mut conn)
+                .await;
+            match raised {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("FENCED") => Err(HostError::fenced(format!(
+                    "run '{run}': cannot take the run at lease epoch {epoch}: its fence {} \
+                     (another worker holds the run)",
+                    batch::fence_stands(&e.to_string())
+                ))),
+                Err(e) => Err(inner.fail(&format!("run '{run}': raising its fence"), &e)),
+            }
+        })
+    }
+
     /// One RPUSH: the record is stored (and visible to every process) before the reply.
     fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {
         let run = run.to_string();

@@ -169,6 +169,41 @@ end
 return 1
 "#;
 
+/// Put before a writing script's source for a fenced batch (a journal record with a lease
+/// epoch): the batch's fence key is the last of `KEYS` and the epoch the last of `ARGV`,
+/// both taken off before the script proper reads them. Every command of a fenced
+/// transaction checks the fence, and nothing runs between them, so either all of them see
+/// the epoch and write or none does.
+pub(crate) const FENCE_PRELUDE: &str = r#"
+local fence_key = table.remove(KEYS)
+local fence_epoch = table.remove(ARGV)
+local fence_stands = redis.call('GET', fence_key)
+if fence_stands ~= fence_epoch then
+  return redis.error_reply('FENCED ' .. (fence_stands or 'never'))
+end
+"#;
+
+/// Fenced `DEL` of every key (after [`FENCE_PRELUDE`]).
+pub(crate) const DELETE_KEYS: &str = r#"
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"#;
+
+/// Fenced `RPUSH` of `ARGV[1]` onto `KEYS[1]` (after [`FENCE_PRELUDE`]).
+pub(crate) const PUSH_RECORD: &str = r#"
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"#;
+
+/// Raises the fence `KEYS[1]` to `ARGV[1]`; refused when it stands higher.
+pub(crate) const RAISE_FENCE: &str = r#"
+local stands = redis.call('GET', KEYS[1])
+if stands and tonumber(stands) > tonumber(ARGV[1]) then
+  return redis.error_reply('FENCED ' .. stands)
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"#;
+
 /// Every script, compiled once (the SHA1 is computed here; the server learns the scripts
 /// when the store connects, and again by itself after `SCRIPT FLUSH` or a restart).
 pub(crate) struct Scripts {

@@ -32,3 +32,10 @@ fn a_good_batch_lands_with_its_journal_record() {
     let open = || -> Arc<dyn MemoryStore> { Arc::new(open(&server)) };
     testing::a_good_batch_lands_with_its_journal_record(&open);
 }
+
+#[test]
+fn a_batch_of_an_older_epoch_is_refused_and_writes_nothing() {
+    let server = RedisServer::start();
+    let open = || -> Arc<dyn MemoryStore> { Arc::new(open(&server)) };
+    testing::a_batch_of_an_older_epoch_is_refused_and_writes_nothing(&open);
+}

@@ -218,6 +218,18 @@ pub(crate) fn run_all(
     ops: &[Op],
     journal: Option<&JournalRecord>,
 ) -> Result<(), HostError> {
+    if let Some(JournalRecord {
+        run,
+        epoch: Some(epoch),
+        ..
+    }) = journal
+    {
+        let stands = ops::fence_of(db, run)
+            .map_err(|e| db.fail(&format!("journal of run '{run}': cannot read its fence"), e))?;
+        if stands != Some(*epoch) {
+            return Err(crate::fenced(run, *epoch, stands));
+        }
+    }
     for op in ops {
         op.run(db)?;
     }

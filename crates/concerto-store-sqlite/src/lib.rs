@@ -86,7 +86,7 @@
 //! `schema.rs` (`hashmap_entries (map, key, ord, value)`,
 //! `ledger_entries (ledger, identifier, ord, keys, value)`,
 //! `memory_messages (memory, seq, message)`, `journal_records (run, seq, record)` for the
-//! journals of resumable runs).
+//! journals of resumable runs, `journal_fences (run, epoch)` for the fences of leased runs).
 //!
 //! # Source layout
 //! - `lib.rs`: [`SqliteStore`], its options and its implementations of the store traits that
@@ -757,6 +757,18 @@ impl ConversationStore for SqliteStore {
     }
 }
 
+/// The refusal of a write at `epoch` to run `run`, whose fence stands at `stands`.
+pub(crate) fn fenced(run: &str, epoch: u64, stands: Option<u64>) -> HostError {
+    let stands = stands.map_or_else(
+        || "was never raised".to_string(),
+        |s| format!("stands at {s}"),
+    );
+    HostError::fenced(format!(
+        "run '{run}': a write of lease epoch {epoch} was refused: the run's fence {stands} \
+         (another worker holds the run)"
+    ))
+}
+
 impl JournalStore for SqliteStore {
     /// All or none: every write is checked (its hashmap exists) and encoded first, then the
     /// writes and the journal record run in one transaction, which a failing write rolls
@@ -774,6 +786,20 @@ impl JournalStore for SqliteStore {
             self.worker
                 .call(true, move |db| batch::run_all(db, &ops, journal.as_ref())),
         )
+    }
+
+    /// One transaction: the fence is read and raised together, so of two processes raising
+    /// it at once the one with the older epoch is refused.
+    fn journal_fence(&self, run: &str, epoch: u64) -> Reply<Result<(), HostError>> {
+        let run = run.to_string();
+        later(self.worker.call(true, move |db| {
+            let what = format!("journal of run '{run}': cannot raise its fence");
+            let stands = ops::fence_of(db, &run).map_err(|e| db.fail(&what, e))?;
+            if stands.is_some_and(|s| s > epoch) {
+                return Err(fenced(&run, epoch, stands));
+            }
+            ops::fence_raise(db, &run, epoch).map_err(|e| db.fail(&what, e))
+        }))
     }
 
     fn journal_append(&self, run: &str, record: String) -> Reply<Result<(), HostError>> {

@@ -212,3 +212,24 @@ pub(crate) fn journal_all(db: &Db, run: &str) -> rusqlite::Result<Vec<String>> {
     let rows = stmt.query_map(params![run], |row| row.get(0))?;
     rows.collect()
 }
+
+/// Where run `run`'s fence stands (`None`: never raised).
+pub(crate) fn fence_of(db: &Db, run: &str) -> rusqlite::Result<Option<u64>> {
+    use rusqlite::OptionalExtension;
+    db.conn
+        .prepare_cached("SELECT epoch FROM journal_fences WHERE run = ?1")?
+        .query_row(params![run], |row| row.get::<_, i64>(0))
+        .optional()
+        .map(|e| e.map(|e| e as u64))
+}
+
+/// Raises run `run`'s fence to `epoch` (the caller checked it is not lower).
+pub(crate) fn fence_raise(db: &Db, run: &str, epoch: u64) -> rusqlite::Result<()> {
+    db.conn
+        .prepare_cached(
+            "INSERT INTO journal_fences (run, epoch) VALUES (?1, ?2) \
+             ON CONFLICT (run) DO UPDATE SET epoch = excluded.epoch",
+        )?
+        .execute(params![run, epoch as i64])?;
+    Ok(())
+}

@@ -61,6 +61,15 @@ CREATE TABLE journal_records (
 ) WITHOUT ROWID;
 ";
 
+/// Added to schema version 1 (a table older builds never read): each leased run's fence,
+/// the newest lease epoch ([`JournalStore::journal_fence`](concerto_vm::host::JournalStore::journal_fence)).
+const FENCES: &str = "
+CREATE TABLE IF NOT EXISTS journal_fences (
+    run   TEXT    NOT NULL PRIMARY KEY,
+    epoch INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Opens (creating when missing) the database at `path`, sets up the connection and
 /// creates or checks the schema.
 pub(crate) fn open(path: &Path, options: &SqliteOptions) -> Result<Db, HostError> {
@@ -149,6 +158,7 @@ fn check_or_create(db: &Db) -> Result<(), HostError> {
             .map_err(create)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(create)?;
+        conn.execute_batch(FENCES).map_err(create)?;
         return Ok(());
     }
     if version != SCHEMA_VERSION {
@@ -162,5 +172,6 @@ fn check_or_create(db: &Db) -> Result<(), HostError> {
              version {SCHEMA_VERSION}: {hint}"
         )));
     }
-    Ok(())
+    conn.execute_batch(FENCES)
+        .map_err(|e| db.fail("cannot create the fence table", e))
 }

@@ -27,3 +27,11 @@ fn a_good_batch_lands_with_its_journal_record() {
     let open = || -> Arc<dyn MemoryStore> { Arc::new(open(&path)) };
     testing::a_good_batch_lands_with_its_journal_record(&open);
 }
+
+#[test]
+fn a_batch_of_an_older_epoch_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let open = || -> Arc<dyn MemoryStore> { Arc::new(open(&path)) };
+    testing::a_batch_of_an_older_epoch_is_refused_and_writes_nothing(&open);
+}

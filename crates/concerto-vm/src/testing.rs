@@ -399,6 +399,7 @@ pub fn sample_record() -> JournalRecord {
     JournalRecord {
         run: "run-1".into(),
         record: r#"{"op":"agent"}"#.into(),
+        epoch: None,
     }
 }
 
@@ -462,4 +463,67 @@ pub fn a_good_batch_lands_with_its_journal_record(open: &dyn Fn() -> Arc<dyn Mem
         wait_reply(store.journal_records("run-1")).unwrap(),
         vec![sample_record().record]
     );
+}
+
+/// Checks fencing on the durable store `open` opens: a process at epoch 1 holds run
+/// `run-f`; a second takes it over at epoch 2 (raising the fence); the first one's batch,
+/// clear included, is refused as [`HostErrorKind::Fenced`](crate::host::HostErrorKind::Fenced)
+/// and leaves no write and no record, while the second one's lands; lowering the fence back
+/// to 1 is refused; a record without an epoch is not fenced.
+pub fn a_batch_of_an_older_epoch_is_refused_and_writes_nothing(
+    open: &dyn Fn() -> Arc<dyn MemoryStore>,
+) {
+    use crate::host::HostErrorKind;
+    let record = |epoch: u64, text: &str| JournalRecord {
+        run: "run-f".into(),
+        record: text.into(),
+        epoch: Some(epoch),
+    };
+    let set = |key: &str, v: i64| Write::HashmapSet {
+        map: MapId(0),
+        key: Str::from(key),
+        value: Value::Int(v),
+    };
+    let first = open();
+    let second = open();
+    wait_reply(first.journal_fence("run-f", 1)).unwrap();
+    wait_reply(first.apply(vec![set("k", 1)], Some(record(1, "a")))).unwrap();
+    // An epoch the fence does not stand at yet is refused too (raise first).
+    let early = wait_reply(first.apply(vec![set("k", 9)], Some(record(3, "x")))).unwrap_err();
+    assert_eq!(early.kind, HostErrorKind::Fenced, "{early}");
+    wait_reply(second.journal_fence("run-f", 2)).unwrap();
+    for batch in [
+        vec![set("k", 5), set("other", 5)],
+        vec![Write::HashmapClear { map: MapId(0) }],
+        vec![Write::LedgerClear {
+            ledger: "facts".into(),
+        }],
+        Vec::new(),
+    ] {
+        let err = wait_reply(first.apply(batch, Some(record(1, "stale")))).unwrap_err();
+        assert_eq!(err.kind, HostErrorKind::Fenced, "{err}");
+        assert!(err.message.contains("run-f"), "{err}");
+    }
+    let lower = wait_reply(first.journal_fence("run-f", 1)).unwrap_err();
+    assert_eq!(lower.kind, HostErrorKind::Fenced, "{lower}");
+    wait_reply(second.apply(vec![set("k", 2)], Some(record(2, "b")))).unwrap();
+    wait_reply(second.apply(Vec::new(), Some(record(2, "c")))).unwrap();
+    drop((first, second));
+    let store = open();
+    assert_eq!(
+        wait_reply(store.hashmap_get(MapId(0), "k")).unwrap(),
+        Some(Value::Int(2))
+    );
+    assert_eq!(
+        wait_reply(store.hashmap_get(MapId(0), "other")).unwrap(),
+        None
+    );
+    assert_eq!(
+        wait_reply(store.journal_records("run-f")).unwrap(),
+        vec!["a".to_string(), "b".to_string(), "c".to_string()]
+    );
+    // Unfenced records of another run are not affected.
+    let mut plain = sample_record();
+    plain.run = "run-g".into();
+    wait_reply(store.apply(Vec::new(), Some(plain))).unwrap();
 }

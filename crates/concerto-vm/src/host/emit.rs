@@ -10,6 +10,15 @@ pub trait EmitSink: Send + Sync {
     /// [`HostErrorKind::Limit`](super::HostErrorKind::Limit).
     fn emit(&self, channel: &str, payload: &Value) -> Result<(), HostError>;
 
+    /// [`EmitSink::emit`] of an emit that has a key unique within its run (a journaled
+    /// run's position of the emit, such as `main/0#3`): the same key again is the same
+    /// emit delivered again (a resumed run repeating the emit it made when it stopped), so
+    /// a sink that keeps emits durably can deliver it once. The default ignores the key.
+    fn emit_keyed(&self, key: &str, channel: &str, payload: &Value) -> Result<(), HostError> {
+        let _ = key;
+        self.emit(channel, payload)
+    }
+
     /// Whether the program should wait after each `EMIT` for [`EmitSink::settle`] (asked
     /// once per execution; the default is `false`, and `settle` is then never called).
     fn settles(&self) -> bool {

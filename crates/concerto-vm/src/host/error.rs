@@ -66,6 +66,9 @@ pub enum HostErrorKind {
     /// whose declared signature disagrees with the server's schemas, or whose result does
     /// not convert to the declared return type).
     Type,
+    /// The run was taken over by another process (a newer lease epoch fences this one's
+    /// writes out); the run stops here and writes nothing more. Not catchable.
+    Fenced,
 }
 
 impl HostError {
@@ -91,6 +94,15 @@ impl HostError {
     pub fn not_enabled(message: impl Into<String>) -> HostError {
         HostError {
             kind: HostErrorKind::NotEnabled,
+            message: message.into(),
+            provider: None,
+        }
+    }
+
+    /// A write refused because a newer lease epoch holds the run.
+    pub fn fenced(message: impl Into<String>) -> HostError {
+        HostError {
+            kind: HostErrorKind::Fenced,
             message: message.into(),
             provider: None,
         }
@@ -124,6 +136,7 @@ impl From<HostError> for crate::VmError {
             HostErrorKind::Limit => ErrorKind::Limit,
             HostErrorKind::Failed => ErrorKind::Host,
             HostErrorKind::Type => ErrorKind::Type,
+            HostErrorKind::Fenced => ErrorKind::Cancelled,
         };
         let message = match err.kind {
             HostErrorKind::Unsupported => format!("unsupported: {}", err.message),

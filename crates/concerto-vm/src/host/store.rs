@@ -275,6 +275,11 @@ pub struct JournalRecord {
     pub run: String,
     /// The record (what [`JournalStore::journal_append`] takes).
     pub record: String,
+    /// The lease epoch (fencing token) of the process writing it, when the run is leased
+    /// (a queue worker's run): the batch commits only while the run's fence, raised with
+    /// [`JournalStore::journal_fence`], is still at this epoch; a newer one refuses it with
+    /// [`HostErrorKind::Fenced`](super::HostErrorKind::Fenced) and nothing is written.
+    pub epoch: Option<u64>,
 }
 
 /// Run journals (resumable runs), addressed by the run's id, and write batches committed
@@ -298,10 +303,27 @@ pub trait JournalStore: Send + Sync {
         )))
     }
 
+    /// Raises run `run`'s fence to `epoch`: from now on a batch whose record carries an
+    /// older epoch is refused ([`JournalStore::apply`]). Refused with
+    /// [`HostErrorKind::Fenced`](super::HostErrorKind::Fenced) when the fence already stands
+    /// at a newer epoch (another process took the run over since). A leased run raises its
+    /// fence before it reads its journal, so once the new holder has read it the old one can
+    /// no longer add to it. The default refuses, as for journals.
+    fn journal_fence(&self, run: &str, epoch: u64) -> Reply<Result<(), HostError>> {
+        let _ = (run, epoch);
+        Reply::Ready(Err(HostError::unsupported(
+            "fenced runs (queue workers) need a durable state store (--state FILE.db or redis://…)",
+        )))
+    }
+
     /// Commits `writes`, in order, and appends `journal` (when given) to its run's journal,
     /// all together or not at all: when this fails, none of the writes and no record were
     /// made. Resumable runs need this to commit a write with the journal record that says it
     /// was made (the runtime's run journal commits every store write of a journaled run so).
+    ///
+    /// A record with an [`epoch`](JournalRecord::epoch) commits only while the run's fence
+    /// stands at that epoch (else [`HostErrorKind::Fenced`](super::HostErrorKind::Fenced),
+    /// nothing written).
     ///
     /// The default refuses without writing anything, as writing one by one would not be
     /// atomic.
