@@ -13,6 +13,7 @@ mod fuzz;
 mod limits;
 mod loader;
 mod memory;
+mod queue_api;
 mod robustness;
 mod stores;
 mod stream;

@@ -53,7 +53,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--markdown" => opts.markdown = true,
             "--micro" => opts.micro = true,
             other => bail!(
-                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only; `--filter orchestration`: concurrent agent calls only; `--filter state`: the state stores only), --markdown, --micro)"
+                "unknown bench option `{other}` (--runs N, --filter TEXT (`--filter conn`: the connection layer only; `--filter orchestration`: concurrent agent calls only; `--filter state`: the state stores only; `--filter queue`: queue workers only), --markdown, --micro)"
             ),
         }
     }
@@ -190,7 +190,7 @@ fn check_twin(program: &Program, lang: &str, stdout: &str) -> Result<()> {
     Ok(())
 }
 
-fn median(samples: &mut [f64]) -> f64 {
+pub(crate) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
     if n % 2 == 1 {
@@ -363,6 +363,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     if opts.filter.as_deref() == Some("state") {
         return state_stores();
+    }
+    if opts.filter.as_deref() == Some("queue") {
+        return crate::queue_bench::run(&bin, opts.runs.min(3));
     }
     let startup_ms = startup(&bin)? * 1e3;
     let mut dirs = Vec::new();

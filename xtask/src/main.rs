@@ -9,6 +9,7 @@
 mod bench;
 mod deps;
 mod interop;
+mod queue_bench;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -24,12 +25,13 @@ fn main() {
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("durable") => durable(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
         Some("deps") => deps::check(&root()).and_then(|()| deps::check_minimal(&root())),
         Some("tidy") => tidy::check(&root()),
         Some("interop-setup") => interop::setup(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  durable the kill-point harness of resumable runs with a long random-kill loop [--rounds N (200)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop"
+                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  durable the kill-point harness of resumable runs with a long random-kill loop [--rounds N (200)] [--seed S]\n  chaos   the queue's chaos test at full size: worker processes killed and paused while runs complete\n          [--workers N (4)] [--runs N (200)] [--interval-ms N (2500)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop"
             );
             std::process::exit(2);
         }
@@ -141,6 +143,44 @@ fn durable(args: &[String]) -> Result<()> {
         cmd.env("CONCERTO_DURABLE_SEED", seed);
     }
     run("the durable-run harness", &mut cmd)
+}
+
+/// `cargo xtask chaos`: the chaos test of `crates/concerto-cli/tests/queue.rs` at full size
+/// (4 workers of concurrency 4, 200 runs, a kill or pause every 2.5 s ± half by default).
+fn chaos(args: &[String]) -> Result<()> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "concerto-cli",
+        "--test",
+        "queue",
+        "chaos",
+        "--",
+        "--nocapture",
+    ]);
+    for (flag, var, default) in [
+        ("--workers", "CONCERTO_CHAOS_WORKERS", "4"),
+        ("--runs", "CONCERTO_CHAOS_RUNS", "200"),
+        ("--interval-ms", "CONCERTO_CHAOS_INTERVAL_MS", "2500"),
+        ("--concurrency", "CONCERTO_CHAOS_CONCURRENCY", "4"),
+    ] {
+        let v = value(flag).unwrap_or_else(|| default.to_string());
+        v.parse::<u64>()
+            .with_context(|| format!("{flag} takes a whole number"))?;
+        cmd.env(var, v);
+    }
+    if let Some(seed) = value("--seed") {
+        seed.parse::<u64>().context("--seed takes a whole number")?;
+        cmd.env("CONCERTO_CHAOS_SEED", seed);
+    }
+    run("the queue's chaos test", &mut cmd)
 }
 
 /// The kill-point harness's test target, built with the fault-injection feature.

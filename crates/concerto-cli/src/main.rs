@@ -8,6 +8,7 @@
 
 mod answers;
 mod config_file;
+mod queue;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -69,6 +70,20 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         compiler: Option<PathBuf>,
     },
+    /// Enqueue a run of a program on a Redis queue; prints the run's id as the last word.
+    /// Workers (`concerto worker`) take and execute it; `concerto watch` follows it.
+    Submit(Box<queue::SubmitArgs>),
+    /// Take runs from a Redis queue and execute them, journaled and under a renewed lease:
+    /// a run whose worker dies is resumed by another from its journal. Limits and
+    /// permissions are this command's flags, never the submitter's. SIGTERM or Ctrl-C stops
+    /// taking runs, lets running ones finish (--shutdown-grace) and hands the rest back.
+    Worker(Box<queue::WorkerArgs>),
+    /// Follow a queued run: print its emits as they come, then its end. Exits 0 when it
+    /// is done, 1 when it failed or was dead-lettered.
+    Watch(Box<queue::WatchArgs>),
+    /// Inspect a Redis queue.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Print a shell completion script to stdout (e.g. `concerto completions bash >
     /// ~/.local/share/bash-completion/completions/concerto`).
     Completions {
@@ -77,8 +92,8 @@ enum Command {
     },
 }
 
-/// What a program may reach outside itself (`run` and `test`).
-#[derive(clap::Args)]
+/// What a program may reach outside itself (`run`, `test` and `worker`).
+#[derive(clap::Args, Clone)]
 struct Access {
     /// Enable a tool, MCP server, host agent or host tool (`NAME`), or one method of it
     /// (`NAME.method`); repeatable. Everything that reaches outside the program is off
@@ -230,6 +245,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => run(*args),
+        Command::Submit(args) => queue::submit(*args),
+        Command::Worker(args) => queue::worker(*args),
+        Command::Watch(args) => queue::watch(*args),
+        Command::Queue(command) => queue::queue_command(command),
         Command::Test(args) => test(*args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -341,16 +360,28 @@ fn setup(
         return Err(ExitCode::from(2));
     }
     let source = Source::prepare(file, compiler)?;
+    // The sandbox comes with the system (`sandbox_with_keys`): the env file's variables are
+    // approved key variables.
+    let builder = Runtime::builder()
+        .config(runtime_config(timeout, access, overrides))
+        .program_dir(&source.dir);
+    Ok((source, builder))
+}
+
+/// The runtime configuration of a command: the timeout, the connection overrides and the
+/// tool permissions.
+fn runtime_config(
+    timeout: f64,
+    access: &Access,
+    overrides: HashMap<String, concerto_runtime::ConnectionOverride>,
+) -> RuntimeConfig {
     let mut config = RuntimeConfig {
         execution_timeout: Duration::from_secs_f64(timeout.min(1e9)),
         connection_overrides: overrides,
         ..RuntimeConfig::default()
     };
     access.permissions(&mut config);
-    // The sandbox comes with the system (`sandbox_with_keys`): the env file's variables are
-    // approved key variables.
-    let builder = Runtime::builder().config(config).program_dir(&source.dir);
-    Ok((source, builder))
+    config
 }
 
 /// The console (`print` to `print_out`, diagnostics to stderr) and environment, with the
@@ -519,44 +550,21 @@ struct RunArgs {
     /// How emits are written to stdout.
     #[arg(long, value_enum, default_value_t = EmitFormat::Text)]
     emit_format: EmitFormat,
-    /// Read connection overrides and fallbacks, permissions and limits from a TOML file
-    /// (sections `[connections.NAME]`, `[permissions]`, `[limits]`). The permission flags
-    /// add to the file's lists; a limit flag replaces the file's value.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Stop the program after this many seconds [default: 300].
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
-    /// Maximum nesting of calls [default: 1000].
-    #[arg(long, value_name = "N")]
-    max_call_depth: Option<usize>,
-    /// Stop the program after N steps (loop iterations and calls, counted the same way on
-    /// every run) with a step-limit error.
-    #[arg(long, value_name = "N")]
-    max_steps: Option<u64>,
+    #[command(flatten)]
+    exec: Execution,
     /// Do not print emits (text format only).
     #[arg(long, short)]
     quiet: bool,
-    /// Answer every agent call from the built-in deterministic mock provider (offline;
-    /// no API keys needed).
-    #[arg(long, conflicts_with = "replay")]
-    mock: bool,
     /// Write every LLM request and response of the run to FILE as JSON lines (a new file:
     /// an existing one is replaced).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// Answer LLM requests from a recording made with --record, without network.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "mock")]
     replay: Option<PathBuf>,
-    /// Read environment variables (API keys, …) from a dotenv file; they take precedence
-    /// over the process environment.
-    #[arg(long = "env", value_name = "FILE")]
-    env_file: Option<PathBuf>,
     /// Print metrics (calls, tokens, cost, time) to stderr after the run.
     #[arg(long)]
     metrics: bool,
-    #[command(flatten)]
-    access: Access,
     /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
     #[arg(long, value_name = "PATH")]
     compiler: Option<PathBuf>,
@@ -599,10 +607,161 @@ struct RunArgs {
     /// error for that emit-await.
     #[arg(long = "answer-awaits")]
     answer_awaits: bool,
+}
+
+/// Limits, permissions, connections and the mock: what `run` and `worker` take alike.
+#[derive(clap::Args)]
+struct Execution {
+    /// Read connection overrides and fallbacks, permissions and limits from a TOML file
+    /// (sections `[connections.NAME]`, `[permissions]`, `[limits]`). The permission flags
+    /// add to the file's lists; a limit flag replaces the file's value.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Stop the program after this many seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Maximum nesting of calls [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_call_depth: Option<usize>,
+    /// Stop the program after N steps (loop iterations and calls, counted the same way on
+    /// every run) with a step-limit error.
+    #[arg(long, value_name = "N")]
+    max_steps: Option<u64>,
+    /// Answer every agent call from the built-in deterministic mock provider (offline;
+    /// no API keys needed).
+    #[arg(long)]
+    mock: bool,
     /// With --mock: answer each agent call after this many milliseconds (demonstrations and
     /// tests of concurrency and resume).
     #[arg(long = "mock-latency-ms", value_name = "MS", requires = "mock")]
     mock_latency_ms: Option<u64>,
+    /// Read environment variables (API keys, …) from a dotenv file; they take precedence
+    /// over the process environment.
+    #[arg(long = "env", value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    #[command(flatten)]
+    access: Access,
+}
+
+/// [`Execution`] read: the config file merged with the flags.
+struct Settings {
+    file: config_file::ConfigFile,
+    config_path: Option<PathBuf>,
+    access: Access,
+    timeout: f64,
+    limits: Limits,
+    retry_budget: Option<u32>,
+    mock: Option<Option<u64>>,
+    env_file: Option<PathBuf>,
+}
+
+impl Execution {
+    /// Reads the config file and puts its permissions before the flags'; a limit flag wins
+    /// over the file's value. Errors are reported here.
+    fn settings(self, max_hashmap_bytes: Option<usize>) -> Result<Settings, ExitCode> {
+        let file = match &self.config {
+            Some(path) => config_file::ConfigFile::load(path).map_err(|err| {
+                eprintln!("error: {err}");
+                ExitCode::from(2)
+            })?,
+            None => config_file::ConfigFile::default(),
+        };
+        let mut access = self.access;
+        let file_access = &file.permissions;
+        for (flags, from_file) in [
+            (&mut access.allow_tool, &file_access.allow_tool),
+            (&mut access.disable_tool, &file_access.disable_tool),
+            (&mut access.allow_net, &file_access.allow_net),
+            (&mut access.allow_env, &file_access.allow_env),
+        ] {
+            flags.splice(0..0, from_file.iter().cloned());
+        }
+        access
+            .allow_fs
+            .splice(0..0, file_access.allow_fs.iter().cloned());
+        let limits = &file.limits;
+        let timeout = self.timeout.or(limits.timeout).unwrap_or(300.0);
+        if !(timeout.is_finite() && timeout > 0.0) {
+            eprintln!("error: --timeout must be a positive number of seconds");
+            return Err(ExitCode::from(2));
+        }
+        let built = Limits::default()
+            .with_max_call_depth(
+                self.max_call_depth
+                    .or(limits.max_call_depth)
+                    .unwrap_or(1000),
+            )
+            .with_max_hashmap_bytes(max_hashmap_bytes.or(limits.max_hashmap_bytes))
+            .with_max_steps(self.max_steps.or(limits.max_steps));
+        let retry_budget = limits.retry_budget;
+        Ok(Settings {
+            config_path: self.config,
+            access,
+            timeout,
+            limits: built,
+            retry_budget,
+            mock: self.mock.then_some(self.mock_latency_ms),
+            env_file: self.env_file,
+            file,
+        })
+    }
+}
+
+impl Settings {
+    /// The runtime configuration: the timeout, the connection overrides, the permissions.
+    fn runtime_config(&self) -> RuntimeConfig {
+        runtime_config(self.timeout, &self.access, self.file.connection_overrides())
+    }
+
+    /// Adds the limits, the retry budget, the console and environment (the env file's
+    /// variables, then `extra` over them) with the sandbox, and the mock to `builder`.
+    fn apply(
+        &self,
+        mut builder: RuntimeBuilder,
+        print_out: concerto_runtime::TextOut,
+        extra: &[(String, String)],
+    ) -> Result<RuntimeBuilder, ExitCode> {
+        builder = builder.limits(self.limits.clone());
+        if let Some(retries) = self.retry_budget {
+            builder = builder.retry_budget(retries);
+        }
+        let (system, keys) = system(print_out, self.env_file.as_deref())?;
+        builder = builder
+            .system(Arc::new(system.with_env(extra.iter().cloned())))
+            .sandbox(self.access.sandbox_with_keys(&keys));
+        Ok(match self.mock {
+            Some(Some(ms)) => builder.mock_provider_with_latency(Duration::from_millis(ms)),
+            Some(None) => builder.mock_provider(),
+            None => builder,
+        })
+    }
+
+    /// When the config file names a connection that is neither one of the program's nor a
+    /// fallback's: reported, exit code 2.
+    fn check_connections(&self, program: &concerto_runtime::ir::Program) -> Result<(), ExitCode> {
+        let declared: Vec<&str> = program
+            .connections
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if let (Some(path), Some(name)) = (
+            &self.config_path,
+            self.file.unused_connections(&declared).first(),
+        ) {
+            eprintln!(
+                "error: config file `{}`: connections.{name} is neither a connection of the \
+                 program ({}) nor a fallback's connection",
+                path.display(),
+                if declared.is_empty() {
+                    "it declares none".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            );
+            return Err(ExitCode::from(2));
+        }
+        Ok(())
+    }
 }
 
 /// The variables of a dotenv file.
@@ -614,18 +773,12 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String
 fn run(args: RunArgs) -> ExitCode {
     let RunArgs {
         file,
-        config,
         emit_format: format,
-        timeout,
-        max_call_depth,
-        max_steps,
+        exec,
         quiet,
-        mock,
         record,
         replay,
-        env_file,
         metrics,
-        access,
         compiler,
         persist,
         max_hashmap_bytes,
@@ -634,7 +787,6 @@ fn run(args: RunArgs) -> ExitCode {
         resume,
         replay_emits,
         answer_awaits,
-        mock_latency_ms,
     } = args;
     if answer_awaits && format != EmitFormat::Jsonl {
         eprintln!("error: --answer-awaits needs --emit-format jsonl");
@@ -644,73 +796,29 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("error: --state and --resume take a value that is not empty");
         return ExitCode::from(2);
     }
-    let settings = match &config {
-        Some(path) => match config_file::ConfigFile::load(path) {
-            Ok(settings) => settings,
-            Err(err) => {
-                eprintln!("error: {err}");
-                return ExitCode::from(2);
-            }
-        },
-        None => config_file::ConfigFile::default(),
-    };
-    // The file's permissions first, the flags' added; a limit flag wins over the file.
-    let mut access = access;
-    let file_access = &settings.permissions;
-    for (flags, from_file) in [
-        (&mut access.allow_tool, &file_access.allow_tool),
-        (&mut access.disable_tool, &file_access.disable_tool),
-        (&mut access.allow_net, &file_access.allow_net),
-        (&mut access.allow_env, &file_access.allow_env),
-    ] {
-        flags.splice(0..0, from_file.iter().cloned());
-    }
-    access
-        .allow_fs
-        .splice(0..0, file_access.allow_fs.iter().cloned());
-    let limits = &settings.limits;
-    let timeout = timeout.or(limits.timeout).unwrap_or(300.0);
-    let max_call_depth = max_call_depth.or(limits.max_call_depth).unwrap_or(1000);
-    let max_steps = max_steps.or(limits.max_steps);
-    let max_hashmap_bytes = max_hashmap_bytes.or(limits.max_hashmap_bytes);
-    let overrides = settings.connection_overrides();
-    let (source, mut builder) = match setup(&file, compiler.as_deref(), timeout, &access, overrides)
-    {
-        Ok(prepared) => prepared,
+    let settings = match exec.settings(max_hashmap_bytes) {
+        Ok(settings) => settings,
         Err(code) => return code,
     };
-    builder = builder.limits(
-        Limits::default()
-            .with_max_call_depth(max_call_depth)
-            .with_max_hashmap_bytes(max_hashmap_bytes)
-            .with_max_steps(max_steps),
-    );
-    if let Some(retries) = limits.retry_budget {
-        builder = builder.retry_budget(retries);
-    }
+    let source = match Source::prepare(&file, compiler.as_deref()) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
+    let builder = Runtime::builder()
+        .config(settings.runtime_config())
+        .program_dir(&source.dir);
     let print_out = match format {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
         EmitFormat::Text => concerto_runtime::stdout_writer(),
     };
-    match system(print_out, env_file.as_deref()) {
-        Ok((system, keys)) => {
-            builder = builder
-                .system(Arc::new(system))
-                .sandbox(access.sandbox_with_keys(&keys));
-        }
+    let mut builder = match settings.apply(builder, print_out, &[]) {
+        Ok(builder) => builder,
         Err(code) => return code,
     };
     if let Some(state) = &state {
         builder = builder
             .state_store(concerto_runtime::StateStore::parse(state))
             .replay_emits(replay_emits);
-    }
-    match (mock_latency_ms, mock) {
-        (Some(ms), _) => {
-            builder = builder.mock_provider_with_latency(Duration::from_millis(ms));
-        }
-        (None, true) => builder = builder.mock_provider(),
-        (None, false) => {}
     }
     if let Some(path) = replay {
         builder = builder.replay_llm(path);
@@ -752,24 +860,8 @@ fn run(args: RunArgs) -> ExitCode {
         for warning in &program.warnings {
             eprintln!("warning: {warning}");
         }
-        let declared: Vec<&str> = program
-            .connections
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        if let (Some(path), Some(name)) = (&config, settings.unused_connections(&declared).first())
-        {
-            eprintln!(
-                "error: config file `{}`: connections.{name} is neither a connection of the \
-                 program ({}) nor a fallback's connection",
-                path.display(),
-                if declared.is_empty() {
-                    "it declares none".to_string()
-                } else {
-                    declared.join(", ")
-                }
-            );
-            return ExitCode::from(2);
+        if let Err(code) = settings.check_connections(program) {
+            return code;
         }
     }
     let run_id = state.as_ref().map(|_| {

@@ -25,13 +25,15 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
 mod common;
+
+use common::Redis;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_concerto"))
@@ -108,63 +110,6 @@ fn serve(mut stream: std::net::TcpStream, log: &Mutex<Seen>) {
         )
         .as_bytes(),
     );
-}
-
-/// A real `redis-server` on a free loopback port, without persistence, stopped on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): the durable harness needs a real one; \
-                     install it with `apt-get install redis-server` (.ci/run does)"
-                )
-            });
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        redis
-    }
-
-    /// Empties the server (a fresh store for the next case).
-    fn flush(&self) {
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        conn.write_all(b"*1\r\n$8\r\nFLUSHALL\r\n").unwrap();
-        let mut reply = [0u8; 5];
-        conn.read_exact(&mut reply).unwrap();
-        assert_eq!(&reply, b"+OK\r\n");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Where a case keeps its state.

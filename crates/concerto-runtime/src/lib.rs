@@ -64,6 +64,8 @@
 //! - `config`: [`RuntimeConfig`] and its parts, [`Limits`], [`Sandbox`], [`StateStore`].
 //! - `concurrency`: [`Executor`], the runtime-wide bound on agent calls.
 //! - `resume`: the journal of a run ([`Runtime::execute_run`]).
+//! - [`queue`] (feature `redis`): workers that take queued runs ([`queue::Worker`]), and
+//!   the client that submits and watches them ([`queue::Queue`]).
 //! - `metrics`: [`Metrics`] and [`Cost`].
 //! - `debugger`: [`Debugger`] (`Runtime::new_debugger`): breakpoints, stepping, inspection.
 //! - `value`: the host-side [`Value`].
@@ -77,6 +79,8 @@ mod config;
 mod debugger;
 mod error;
 mod metrics;
+#[cfg(feature = "redis")]
+pub mod queue;
 mod resume;
 mod system;
 mod testing;

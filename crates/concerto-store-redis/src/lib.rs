@@ -99,6 +99,7 @@
 mod batch;
 mod events;
 mod keys;
+pub mod queue;
 mod redact;
 mod scripts;
 
