@@ -267,6 +267,7 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
+        let stop = shutdown_signal();
         let worker = match Worker::connect(&queue.queue, options, factory).await {
             Ok(worker) => worker,
             Err(err) => {
@@ -279,7 +280,7 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
             "worker {name}: taking runs from queue `{}` (concurrency {concurrency})",
             worker.queue().name()
         );
-        match worker.run_until(shutdown_signal()).await {
+        match worker.run_until(stop).await {
             Ok(report) => {
                 eprintln!(
                     "worker {name}: stopped: {} taken, {} done, {} failed, {} lost to another \
@@ -301,26 +302,34 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
     })
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C: the handlers are installed when this is called (inside the async
+/// runtime, before the worker connects), so a signal that arrives while the worker is still
+/// starting stops it gracefully too; the future completes on the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

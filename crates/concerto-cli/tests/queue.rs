@@ -590,15 +590,10 @@ fn chaos_every_run_completes_exactly_once_while_workers_are_killed_and_paused() 
     let spawn = |started: &mut usize| {
         *started += 1;
         let name = format!("w{started}");
-        start_worker(
-            &queue,
-            &config,
-            &name,
-            &dir.join(format!("{name}.log")),
-            &flags,
-        )
+        let log = dir.join(format!("{name}.log"));
+        (start_worker(&queue, &config, &name, &log, &flags), log)
     };
-    let mut pool: Vec<Child> = (0..workers).map(|_| spawn(&mut started)).collect();
+    let mut pool: Vec<(Child, PathBuf)> = (0..workers).map(|_| spawn(&mut started)).collect();
     let (mut kills, mut stops) = (0, 0);
     let began = Instant::now();
     let limit = Duration::from_secs(60 + runs as u64);
@@ -618,23 +613,32 @@ fn chaos_every_run_completes_exactly_once_while_workers_are_killed_and_paused() 
         std::thread::sleep(Duration::from_millis(interval / 2 + rng.below(interval)));
         let victim = rng.below(pool.len() as u64) as usize;
         if rng.below(10) < 7 {
-            let mut dead = pool.swap_remove(victim);
+            let (mut dead, _) = pool.swap_remove(victim);
             let _ = dead.kill();
             let _ = dead.wait();
             kills += 1;
             pool.push(spawn(&mut started));
         } else {
-            signal(&pool[victim], "STOP");
+            signal(&pool[victim].0, "STOP");
             std::thread::sleep(Duration::from_millis(2000 + rng.below(1000)));
-            signal(&pool[victim], "CONT");
+            signal(&pool[victim].0, "CONT");
             stops += 1;
         }
     }
-    for worker in &pool {
+    // A worker started by the last kill may still be starting: each is stopped once it is
+    // taking runs (its signal handlers are in place).
+    for (worker, log) in &mut pool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&*log)
+            .unwrap_or_default()
+            .contains("taking runs")
+        {
+            assert!(Instant::now() < deadline, "a worker did not start: {log:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         signal(worker, "TERM");
-    }
-    for worker in &mut pool {
-        assert!(wait_for(worker, Duration::from_secs(40)).success());
+        let status = wait_for(worker, Duration::from_secs(40));
+        assert!(status.success(), "a worker stopped by SIGTERM: {status:?}");
     }
     let end = stats(&queue);
     assert_eq!(
