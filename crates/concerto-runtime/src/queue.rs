@@ -2,7 +2,7 @@
 //! group), and a dead worker's runs finish elsewhere.
 //!
 //! [`Queue`] submits runs ([`Queue::submit`]), follows their emits and end
-//! ([`Queue::events`], [`watch`]) and counts them ([`Queue::stats`]). A [`Worker`] takes runs
+//! ([`Queue::events`], [`watch()`]) and counts them ([`Queue::stats`]). A [`Worker`] takes runs
 //! and executes each as a journaled, leased run ([`Runtime::execute_leased_run`](crate::Runtime::execute_leased_run)) in the
 //! state store (the queue's Redis unless [`WorkerOptions::state`] names another), with a
 //! runtime its [`RunFactory`] builds — so limits and permissions are the worker's, never the

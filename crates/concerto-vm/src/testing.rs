@@ -467,7 +467,7 @@ pub fn a_good_batch_lands_with_its_journal_record(open: &dyn Fn() -> Arc<dyn Mem
 
 /// Checks fencing on the durable store `open` opens: a process at epoch 1 holds run
 /// `run-f`; a second takes it over at epoch 2 (raising the fence); the first one's batch,
-/// clear included, is refused as [`HostErrorKind::Fenced`](crate::host::HostErrorKind::Fenced)
+/// clear included, is refused as [`HostErrorKind::Fenced`]
 /// and leaves no write and no record, while the second one's lands; lowering the fence back
 /// to 1 is refused; a record without an epoch is not fenced.
 pub fn a_batch_of_an_older_epoch_is_refused_and_writes_nothing(
