@@ -6,12 +6,11 @@ local function area(s, k)
   local size = s[1]
   if k == 1 then return size * size * 3 elseif k == 2 then return size * size else return size * 2 end
 end
-local i, total = 0, 0
-while i < 500000 do
+local total = 0
+for i = 0, 499999 do
   local k = kind(i)
   local s
   if k == 1 then s = {i % 10, tag = "Circle"} else s = {i % 10, tag = "Square"} end
   total = (total + area(s, k)) % 1000003
-  i = i + 1
 end
 print(total)

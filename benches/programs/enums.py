@@ -30,11 +30,13 @@ def area(s, k):
     return size * 2
 
 
-i = 0
-total = 0
-while i < 500000:
-    k = kind(i)
-    s = Circle(i % 10) if k == 1 else Square(i % 10)
-    total = (total + area(s, k)) % 1000003
-    i += 1
-print(total)
+def main():
+    total = 0
+    for i in range(500000):
+        k = kind(i)
+        s = Circle(i % 10) if k == 1 else Square(i % 10)
+        total = (total + area(s, k)) % 1000003
+    print(total)
+
+
+main()

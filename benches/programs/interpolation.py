@@ -1,7 +1,9 @@
-i = 0
-total = 0
-while i < 300000:
-    line = "item %d: %d units at %d.5 each" % (i, i * 2, i % 10)
-    total += len(line)
-    i += 1
-print(total)
+def main():
+    total = 0
+    for i in range(300000):
+        line = f"item {i}: {i * 2} units at {i % 10}.5 each"
+        total += len(line)
+    print(total)
+
+
+main()

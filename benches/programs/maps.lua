@@ -1,6 +1,6 @@
 local cache, size = {}, 0
-local i, hits = 0, 0
-while i < 300000 do
+local hits = 0
+for i = 0, 299999 do
   local key = "user:" .. (i % 5000)
   local v = cache[key]
   if v ~= nil then
@@ -10,7 +10,6 @@ while i < 300000 do
     cache[key] = i % 97
     size = size + 1
   end
-  i = i + 1
 end
 print(hits)
 print(size)

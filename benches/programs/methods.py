@@ -12,11 +12,13 @@ class Vec2:
         return self.dot(other) * k
 
 
-a = Vec2(3, 4)
-b = Vec2(5, 6)
-i = 0
-acc = 0
-while i < 1000000:
-    acc = (acc + a.scaled_dot(b, i % 7)) % 1000003
-    i += 1
-print(acc)
+def main():
+    a = Vec2(3, 4)
+    b = Vec2(5, 6)
+    acc = 0
+    for i in range(1000000):
+        acc = (acc + a.scaled_dot(b, i % 7)) % 1000003
+    print(acc)
+
+
+main()

@@ -9,15 +9,17 @@ def check(i):
     return i % 13
 
 
-i = 0
-ok = 0
-caught = 0
-while i < 300000:
-    try:
-        v = check(i)
-        ok += v
-    except Failure as f:
-        caught += f.code
-    i += 1
-print(ok)
-print(caught)
+def main():
+    ok = 0
+    caught = 0
+    for i in range(300000):
+        try:
+            v = check(i)
+            ok += v
+        except Failure as f:
+            caught += f.code
+    print(ok)
+    print(caught)
+
+
+main()

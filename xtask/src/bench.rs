@@ -1,8 +1,12 @@
 //! `cargo xtask bench`: times every benchmark program with our release binary, its Python
 //! twin with the real CPython executable, and its Lua twin when a Lua 5.4 interpreter is
-//! installed. Runs alternate between the implementations, several rounds in one invocation;
-//! every run's output is checked against the expected result; the table reports medians and
-//! the ratio ours/Python (and ours/Lua), with the geometric mean of the ratios.
+//! installed. Each implementation of a program runs once untimed (warm-up: caches, the page
+//! cache, CPU frequency), then the timed rounds alternate between the implementations; every
+//! run's output, warm-up included, is checked against the expected result; the table reports
+//! medians and the ratio ours/Python (and ours/Lua), with the geometric means of the ratios,
+//! with and without `strings` (quadratic in CPython and Lua at its size). A Python twin whose
+//! loop runs at module level (where every variable is a global-dictionary lookup) is refused:
+//! twins are written the way a Python programmer writes a hot loop, inside a function.
 //!
 //! Programs: `../shared/bench/NAME.conc-ir` and `benches/programs/NAME.conc-ir`, each with
 //! `NAME.expected.jsonl` and `NAME.py` (and optionally `NAME.lua`) beside it.
@@ -104,6 +108,45 @@ fn programs(dirs: &[PathBuf], filter: Option<&str>) -> Result<Vec<Program>> {
         }
     }
     Ok(out)
+}
+
+/// Refuses a Python twin with a `for` or `while` loop at module level (outside every
+/// function and class): prints `line N` of the first and exits 1.
+const MODULE_LOOP_CHECK: &str = r#"
+import ast, sys
+tree = ast.parse(open(sys.argv[1]).read(), sys.argv[1])
+def walk(nodes):
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            print(node.lineno)
+            sys.exit(1)
+        walk(ast.iter_child_nodes(node))
+walk(tree.body)
+"#;
+
+/// Checks that `script`'s loops run inside functions ([`MODULE_LOOP_CHECK`]).
+fn check_python_twin(python: &std::path::Path, script: &std::path::Path) -> Result<()> {
+    let out = Command::new(python)
+        .args(["-c", MODULE_LOOP_CHECK])
+        .arg(script)
+        .output()
+        .context("cannot run python3 for the twin check")?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => bail!(
+            "{}: line {}: a loop at module level, where every variable is a global lookup; \
+             write the twin as a Python programmer writes a hot loop, inside a function",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ),
+        _ => bail!(
+            "{}: the twin check failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// The real CPython executable behind `python3` (a launcher script's start-up is not timed).
@@ -379,6 +422,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     let python = python_executable();
     let lua = lua_executable();
+    if let Some(exe) = &python {
+        for program in &programs {
+            if let Some(script) = &program.python {
+                check_python_twin(exe, script)?;
+            }
+        }
+    }
     println!(
         "bench: {} programs, {} runs each, alternating; python: {}; lua: {}",
         programs.len(),
@@ -402,29 +452,30 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let mut ours = Vec::new();
         let mut py = Vec::new();
         let mut lu = Vec::new();
-        for round in 0..opts.runs {
+        // Round 0 is the untimed warm-up; every round's output is checked.
+        for round in 0..=opts.runs {
             let (t, out) = time(
                 Command::new(&bin)
                     .args(["run", "--emit-format", "jsonl"])
                     .arg(&program.ir),
             )?;
-            if round == 0 {
-                check_ours(program, &out)?;
+            check_ours(program, &out)?;
+            if round > 0 {
+                ours.push(t);
             }
-            ours.push(t);
             if let (Some(exe), Some(script)) = (&python, &program.python) {
                 let (t, out) = time(Command::new(exe).arg(script))?;
-                if round == 0 {
-                    check_twin(program, "Python", &out)?;
+                check_twin(program, "Python", &out)?;
+                if round > 0 {
+                    py.push(t);
                 }
-                py.push(t);
             }
             if let (Some(exe), Some(script)) = (&lua, &program.lua) {
                 let (t, out) = time(Command::new(exe).arg(script))?;
-                if round == 0 {
-                    check_twin(program, "Lua", &out)?;
+                check_twin(program, "Lua", &out)?;
+                if round > 0 {
+                    lu.push(t);
                 }
-                lu.push(t);
             }
         }
         let row = Row {
@@ -436,14 +487,21 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         eprintln!("  {}: ours {:.1} ms", row.name, row.ours * 1e3);
         rows.push(row);
     }
-    let py_ratios: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.python.map(|p| r.ours / p))
-        .collect();
-    let lua_ratios: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.lua.map(|l| r.ours / l))
-        .collect();
+    let ratios = |twin: fn(&Row) -> Option<f64>, with_strings: bool| -> Vec<f64> {
+        rows.iter()
+            .filter(|r| with_strings || r.name != "strings")
+            .filter_map(|r| twin(r).map(|t| r.ours / t))
+            .collect()
+    };
+    let means = |twin: fn(&Row) -> Option<f64>| {
+        format!(
+            "{} ({})",
+            geomean(&ratios(twin, true)),
+            geomean(&ratios(twin, false))
+        )
+    };
+    let py_means = means(|r| r.python);
+    let lua_means = means(|r| r.lua);
     let fmt_ms = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{:.1}", s * 1e3));
     let fmt_ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
     println!("\nstart-up: `concerto run` of hello world, median of 50 runs: {startup_ms:.2} ms");
@@ -462,9 +520,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             );
         }
         println!(
-            "| **geometric mean** | | | **{}** | | **{}** |",
-            geomean(&py_ratios),
-            geomean(&lua_ratios)
+            "| **geometric mean (without strings)** | | | **{py_means}** | | **{lua_means}** |"
         );
     } else {
         println!(
@@ -483,13 +539,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             );
         }
         println!(
-            "{:<16} {:>10} {:>12} {:>8} {:>10} {:>8}",
-            "geomean",
-            "",
-            "",
-            geomean(&py_ratios),
-            "",
-            geomean(&lua_ratios)
+            "{:<16} {:>10} {:>12} {:>8} {:>10} {:>8}   (without strings in parentheses)",
+            "geomean", "", "", py_means, "", lua_means
         );
     }
     if opts.filter.is_none() {
@@ -498,4 +549,44 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         state_stores()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The twin check refuses a loop at module level (also inside an `if` there) and takes
+    /// loops inside functions and methods.
+    #[test]
+    fn a_python_twin_with_a_module_level_loop_is_refused() {
+        let Some(python) = python_executable() else {
+            panic!("python3 is needed by the benchmark runner and its tests");
+        };
+        let dir = std::env::temp_dir().join(format!("concerto-twin-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let global = write(
+            "global.py",
+            "total = 0\nfor i in range(10):\n    total += i\nprint(total)\n",
+        );
+        let nested = write(
+            "nested.py",
+            "if __name__ == '__main__':\n    i = 0\n    while i < 3:\n        i += 1\n",
+        );
+        let local = write(
+            "local.py",
+            "class A:\n    def f(self):\n        for i in range(3):\n            pass\n\n\
+             def main():\n    for i in range(3):\n        print(i)\n\n\nmain()\n",
+        );
+        let err = check_python_twin(&python, &global).unwrap_err().to_string();
+        assert!(err.contains("line 2: a loop at module level"), "{err}");
+        let err = check_python_twin(&python, &nested).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        check_python_twin(&python, &local).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
