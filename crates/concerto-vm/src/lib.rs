@@ -48,6 +48,7 @@ mod error;
 mod exec;
 mod hashmaps;
 pub mod host;
+mod json_io;
 mod listen;
 mod methods;
 mod ops;

@@ -8,8 +8,8 @@ use crate::value::Value;
 /// `parse(text)`: `Ok(value)` (objects become maps, in document order) or `Err(message)`.
 pub(crate) fn parse(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     let text = text_arg("std::json::parse", args)?;
-    ret(match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(json) => Value::ok(Value::from_json(&json)),
+    ret(match crate::json_io::parse(text) {
+        Ok(v) => Value::ok(v),
         Err(e) => Value::err(Value::str(e.to_string())),
     })
 }
@@ -19,7 +19,7 @@ pub(crate) fn stringify(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmError> {
     let Some(v) = args.first() else {
         return Err(VmError::type_error("std::json::stringify missing argument"));
     };
-    ret(Value::str(v.to_json().to_string()))
+    ret(Value::str(crate::json_io::to_string(v)))
 }
 
 /// `stringify_pretty(v)`: two-space indented JSON.
@@ -29,8 +29,7 @@ pub(crate) fn stringify_pretty(_: &mut Ctx, args: &[Value]) -> Result<Flow, VmEr
             "std::json::stringify_pretty missing argument",
         ));
     };
-    let text = serde_json::to_string_pretty(&v.to_json()).unwrap_or_default();
-    ret(Value::str(text))
+    ret(Value::str(crate::json_io::to_string_pretty(v)))
 }
 
 /// `is_valid(text)`
