@@ -327,6 +327,17 @@ fn ci(args: &[String]) -> Result<()> {
                 "integration",
                 "builder",
             ]),
+        )?;
+        // The `concerto` binary with the system allocator (without its `mimalloc` feature).
+        run(
+            "cargo build -p concerto-cli --no-default-features",
+            ci_cargo().args([
+                "build",
+                "-p",
+                "concerto-cli",
+                "--no-default-features",
+                "--bins",
+            ]),
         )
     })?;
     step("doc tests", || {

@@ -35,6 +35,10 @@ pub(crate) fn check(root: &Path) -> Result<()> {
     let ignore_attr = ["#[", "ignore]"].concat();
     let should_panic = ["#[", "should_panic"].concat();
     let todo = ["todo", "!("].concat();
+    // Only the `concerto` binary chooses an allocator; the library crates leave it to the
+    // program that embeds them.
+    let global_allocator = ["#[", "global_allocator]"].concat();
+    let allocator_home = Path::new("crates/concerto-cli/src/main.rs");
     for file in &files {
         let rel = file
             .strip_prefix(root)
@@ -52,6 +56,14 @@ pub(crate) fn check(root: &Path) -> Result<()> {
             for (idx, line) in text.lines().enumerate() {
                 if line.ends_with(' ') || line.ends_with('\t') {
                     problems.push(format!("{rel}:{}: trailing whitespace", idx + 1));
+                }
+                if line.contains(&global_allocator)
+                    && file.strip_prefix(root).ok() != Some(allocator_home)
+                {
+                    problems.push(format!(
+                        "{rel}:{}: a global allocator outside the `concerto` binary",
+                        idx + 1
+                    ));
                 }
                 if line.contains(&ignore_attr)
                     || line.contains(&should_panic)
@@ -172,7 +184,34 @@ fn unreachable_test_files(root: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::unreachable_test_files;
+    use super::{check, unreachable_test_files};
+
+    #[test]
+    fn a_global_allocator_outside_the_binary_is_refused() {
+        let root = std::env::temp_dir().join(format!("xtask-tidy-alloc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let attr = ["#[", "global_allocator]"].concat();
+        let binary = root.join("crates/concerto-cli/src");
+        let library = root.join("crates/demo/src");
+        std::fs::create_dir_all(&binary).unwrap();
+        std::fs::create_dir_all(&library).unwrap();
+        std::fs::write(
+            binary.join("main.rs"),
+            format!("//! b\n{attr}\nstatic A: X = X;\n"),
+        )
+        .unwrap();
+        std::fs::write(library.join("lib.rs"), "//! l\n").unwrap();
+        let in_binary = check(&root);
+        std::fs::write(
+            library.join("lib.rs"),
+            format!("//! l\n{attr}\nstatic A: X = X;\n"),
+        )
+        .unwrap();
+        let in_library = check(&root);
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(in_binary.is_ok(), "{in_binary:?}");
+        assert!(in_library.is_err(), "a library's allocator passed");
+    }
 
     #[test]
     fn a_test_file_no_binary_compiles_is_reported() {

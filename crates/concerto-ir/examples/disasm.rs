@@ -7,6 +7,8 @@
     reason = "a debugging tool prints"
 )]
 
+use std::io::Write;
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(path) = args.next() else {
@@ -16,9 +18,13 @@ fn main() {
     let only = args.next();
     match concerto_ir::load_path(&path) {
         Ok(program) => {
+            let mut out = std::io::stdout().lock();
             for f in &program.functions {
                 if only.as_deref().is_none_or(|o| o == &*f.name) {
-                    println!("{}", f.disassemble());
+                    // A closed pipe (`disasm … | head`) ends the listing quietly.
+                    if writeln!(out, "{}", f.disassemble()).is_err() {
+                        return;
+                    }
                 }
             }
         }
