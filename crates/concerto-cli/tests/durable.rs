@@ -571,7 +571,11 @@ fn on_redis_a_run_id_belongs_to_its_program() {
         .arg(repo().join("tests/memory/counter.conc-ir"))
         .output()
         .unwrap();
-    assert!(counter.status.success());
+    assert!(
+        counter.status.success(),
+        "{}",
+        String::from_utf8_lossy(&counter.stderr)
+    );
     let other = bin()
         .args([
             "run",

@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod liveness;
 mod loader;
 mod lower;
 pub mod model;

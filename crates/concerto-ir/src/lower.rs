@@ -641,6 +641,15 @@ impl Lowerer {
         let mut ir_pc = registers.ir_pc;
         self.immediates(&mut code);
         rotate_loops(&mut code, &mut spans, &mut ir_pc);
+        if registers.chains.is_empty() {
+            crate::liveness::take_dead_moves(
+                &mut code,
+                n_slots,
+                registers.frame_size,
+                &self.call_sites,
+                &self.shapes,
+            );
+        }
         Ok(Function {
             name,
             kind,

@@ -133,6 +133,14 @@ pub enum Op {
         /// Source.
         src: Reg,
     },
+    /// `dst = src`, moving the value out of `src`, a local no path reads again before
+    /// writing it (found by `liveness`): no reference count changes. `src` is left `nil`.
+    Take {
+        /// Destination.
+        dst: Reg,
+        /// Source (a local slot).
+        src: Reg,
+    },
     /// `dst = slot`, or global `global` while the slot is unset.
     LoadLocal {
         /// Destination.
@@ -450,6 +458,80 @@ pub enum Op {
 }
 
 impl Op {
+    /// The registers this op may read, as `(first, count)` ranges: a call's whole window,
+    /// a struct's fields by its shape, a call site's operands by its kind (`call_sites` and
+    /// `shapes` are the program's). Every op is listed, so a new op cannot be forgotten by
+    /// the debugger or the liveness analysis that use it.
+    pub fn reads(&self, call_sites: &[CallSite], shapes: &[Shape]) -> Vec<(Reg, u32)> {
+        let one = |r: Reg| vec![(r, 1)];
+        match *self {
+            Op::LoadConst { .. }
+            | Op::LoadGlobal { .. }
+            | Op::Jump { .. }
+            | Op::ReturnNil
+            | Op::TryBegin { .. }
+            | Op::TryEnd
+            | Op::Catch { .. } => Vec::new(),
+            Op::Move { src, .. }
+            | Op::Take { src, .. }
+            | Op::StoreGlobal { src, .. }
+            | Op::Neg { src, .. }
+            | Op::Not { src, .. }
+            | Op::Return { src }
+            | Op::Throw { src } => one(src),
+            Op::LoadLocal { slot, .. } => one(slot),
+            Op::Bin { a, b, .. }
+            | Op::And { a, b, .. }
+            | Op::Or { a, b, .. }
+            | Op::CmpJump { a, b, .. } => vec![(a, 1), (b, 1)],
+            Op::BinK { a, .. } | Op::BinI { a, .. } | Op::CmpJumpK { a, .. } => one(a),
+            Op::CmpJumpI { a, .. } => one(a),
+            Op::JumpIf { cond, .. } => one(cond),
+            Op::Call { base, argc } | Op::CallMethod { base, argc, .. } => {
+                vec![(base, u32::from(argc) + 1)]
+            }
+            Op::CallGlobal { base, argc, .. } => vec![(base, u32::from(argc))],
+            Op::CallSite { base, site } => {
+                let count = match call_sites.get(site as usize) {
+                    Some(CallSite::MethodWithSchema { argc, .. }) => u32::from(*argc) + 1,
+                    Some(
+                        CallSite::Native { argc, .. }
+                        | CallSite::Agent { argc, .. }
+                        | CallSite::Tool { argc, .. },
+                    ) => u32::from(*argc),
+                    Some(CallSite::Hashmap {
+                        op: HashmapOp::Set, ..
+                    }) => 2,
+                    Some(CallSite::Hashmap { .. } | CallSite::NilCoalescePrep) | None => 1,
+                    Some(CallSite::BuildRange) => 3,
+                    Some(CallSite::Listen { argc, .. }) => u32::from(*argc),
+                    Some(CallSite::MockModel { .. }) => 0,
+                };
+                vec![(base, count)]
+            }
+            Op::Emit { chan, payload } | Op::EmitAwait { chan, payload } => {
+                vec![(chan, 1), (payload, 1)]
+            }
+            Op::Propagate { reg }
+            | Op::Cast { reg, .. }
+            | Op::CheckType { reg, .. }
+            | Op::Await { reg, .. }
+            | Op::SpawnAsync { reg } => one(reg),
+            Op::BuildArray { start, n } | Op::AwaitAll { start, n, .. } => vec![(start, n)],
+            Op::BuildMap { start, n } => vec![(start, n.saturating_mul(2))],
+            Op::BuildStruct { start, shape } => {
+                let n = shapes
+                    .get(shape as usize)
+                    .map_or(1, |s| s.fields.len() as u32);
+                vec![(start, n)]
+            }
+            Op::FieldGet { obj, .. } => one(obj),
+            Op::FieldSet { obj, src, .. } => vec![(obj, 1), (src, 1)],
+            Op::IndexGet { coll, idx, .. } => vec![(coll, 1), (idx, 1)],
+            Op::IndexSet { coll, idx, src } => vec![(coll, 1), (idx, 1), (src, 1)],
+        }
+    }
+
     /// The register holding the op's result, if it has one: `dst`, a call's `base` (its
     /// result; the rest of the window is the callee's), `EmitAwait`'s `chan`, the start of a
     /// built collection or awaited batch, or the register rewritten in place (`Cast`,
@@ -458,6 +540,7 @@ impl Op {
         match *self {
             Op::LoadConst { dst, .. }
             | Op::Move { dst, .. }
+            | Op::Take { dst, .. }
             | Op::LoadLocal { dst, .. }
             | Op::LoadGlobal { dst, .. }
             | Op::Bin { dst, .. }

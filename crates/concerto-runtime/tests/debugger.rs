@@ -194,6 +194,59 @@ async fn locals_follow_assignments_step_by_step() {
     assert_eq!(frame_names(&state), ["half", "main"]);
 }
 
+/// `fn id(v) { return v }`, `fn main() { let s = "text"; let t = id(s); return t }`: `s` is
+/// not read after the call, so lowering moves it into the call (`Take`).
+const TAKEN: &str = r#"{"version":"0.1.0","module":"t","source_file":"t.conc",
+  "constants":[{"index":0,"type":"string","value":"text"}],
+  "functions":[
+    {"name":"id","module":"t","visibility":"private","params":[{"name":"v","type":"String"}],
+     "return_type":"String","is_async":false,"locals":[],"instructions":[
+       {"op":"LOAD_LOCAL","name":"v","span":[1,20]},{"op":"RETURN","span":[1,13]}]},
+    {"name":"main","module":"t","visibility":"private","params":[],
+     "return_type":"String","is_async":false,"locals":[],"instructions":[
+       {"op":"LOAD_CONST","arg":0,"span":[2,21]},{"op":"STORE_LOCAL","name":"s","span":[2,13]},
+       {"op":"LOAD_LOCAL","name":"s","span":[2,40]},{"op":"LOAD_LOCAL","name":"id","span":[2,37]},
+       {"op":"CALL","argc":1,"span":[2,37]},{"op":"STORE_LOCAL","name":"t","span":[2,29]},
+       {"op":"LOAD_LOCAL","name":"t","span":[2,52]},{"op":"RETURN","span":[2,45]}]}],
+  "metadata":{"compiler_version":"0.1.0","compiled_at":"","optimization_level":0,
+    "debug_info":true,"entry_point":"main"}}"#;
+
+#[tokio::test]
+async fn a_local_moved_into_its_last_call_stays_visible_while_debugging() {
+    // The lowering takes `s` (moves it instead of copying it) in a normal run...
+    let program = concerto_runtime::ir::load_str(TAKEN).expect("loads");
+    let main = program
+        .functions
+        .iter()
+        .find(|f| &*f.name == "main")
+        .expect("main");
+    assert!(
+        main.disassemble().contains("Take"),
+        "{}",
+        main.disassemble()
+    );
+    let mut plain = Runtime::new(RuntimeConfig::default());
+    plain.load_ir_bytes(TAKEN.as_bytes()).expect("loads");
+    assert_eq!(
+        plain.execute().await.expect("runs"),
+        Value::String("text".into())
+    );
+    // ...and the debugger still shows it after the call, as the program wrote it.
+    let mut runtime = Runtime::new_debugger(RuntimeConfig::default());
+    runtime.load_ir_bytes(TAKEN.as_bytes()).expect("loads");
+    let (states, end) = step_to_end(&mut runtime).await;
+    let after_call = states
+        .iter()
+        .find(|st| st.function == "main" && local(st, "t").is_some())
+        .expect("a step in main after the call");
+    assert_eq!(
+        local(after_call, "s"),
+        Some(&Value::String("text".into())),
+        "{after_call:?}"
+    );
+    assert_eq!(end.value, Some(Value::String("text".into())));
+}
+
 #[tokio::test]
 async fn an_uncaught_error_halts_with_the_error() {
     let mut runtime = Runtime::new_debugger(RuntimeConfig::default());

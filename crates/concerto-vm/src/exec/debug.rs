@@ -37,7 +37,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use concerto_ir::{BinOp, CallSite, FuncId, Function, HashmapOp, Op, Program, Reg, Span};
+use concerto_ir::{BinOp, FuncId, Function, Op, Program, Reg, Span};
 
 use super::Execution;
 use super::execution::{entry_of, main_outcome};
@@ -637,7 +637,7 @@ impl Liveness {
                 if let Some((w, m)) = op.result_reg().and_then(|r| bit(r as usize)) {
                     out[w] &= !m;
                 }
-                for (first, count) in reads(op, program) {
+                for (first, count) in op.reads(&program.call_sites, &program.shapes) {
                     for reg in first as usize..first as usize + count as usize {
                         if let Some((w, m)) = bit(reg) {
                             out[w] |= m;
@@ -700,77 +700,6 @@ fn successors(pc: usize, op: &Op, func: &Function) -> Vec<(usize, Option<Reg>)> 
     }
 }
 
-/// The registers an op reads, as `(first, count)` ranges.
-fn reads(op: &Op, program: &Program) -> Vec<(Reg, u32)> {
-    let one = |r: Reg| vec![(r, 1)];
-    match *op {
-        Op::LoadConst { .. }
-        | Op::LoadGlobal { .. }
-        | Op::Jump { .. }
-        | Op::ReturnNil
-        | Op::TryBegin { .. }
-        | Op::TryEnd
-        | Op::Catch { .. } => Vec::new(),
-        Op::Move { src, .. }
-        | Op::StoreGlobal { src, .. }
-        | Op::Neg { src, .. }
-        | Op::Not { src, .. }
-        | Op::Return { src }
-        | Op::Throw { src } => one(src),
-        Op::LoadLocal { slot, .. } => one(slot),
-        Op::Bin { a, b, .. }
-        | Op::And { a, b, .. }
-        | Op::Or { a, b, .. }
-        | Op::CmpJump { a, b, .. } => vec![(a, 1), (b, 1)],
-        Op::BinK { a, .. } | Op::BinI { a, .. } | Op::CmpJumpK { a, .. } => one(a),
-        Op::CmpJumpI { a, .. } => one(a),
-        Op::JumpIf { cond, .. } => one(cond),
-        Op::Call { base, argc } | Op::CallMethod { base, argc, .. } => {
-            vec![(base, u32::from(argc) + 1)]
-        }
-        Op::CallGlobal { base, argc, .. } => vec![(base, u32::from(argc))],
-        Op::CallSite { base, site } => {
-            let count = match program.call_sites.get(site as usize) {
-                Some(CallSite::MethodWithSchema { argc, .. }) => u32::from(*argc) + 1,
-                Some(
-                    CallSite::Native { argc, .. }
-                    | CallSite::Agent { argc, .. }
-                    | CallSite::Tool { argc, .. },
-                ) => u32::from(*argc),
-                Some(CallSite::Hashmap {
-                    op: HashmapOp::Set, ..
-                }) => 2,
-                Some(CallSite::Hashmap { .. } | CallSite::NilCoalescePrep) | None => 1,
-                Some(CallSite::BuildRange) => 3,
-                Some(CallSite::Listen { argc, .. }) => u32::from(*argc),
-                Some(CallSite::MockModel { .. }) => 0,
-            };
-            vec![(base, count)]
-        }
-        Op::Emit { chan, payload } | Op::EmitAwait { chan, payload } => {
-            vec![(chan, 1), (payload, 1)]
-        }
-        Op::Propagate { reg }
-        | Op::Cast { reg, .. }
-        | Op::CheckType { reg, .. }
-        | Op::Await { reg, .. }
-        | Op::SpawnAsync { reg } => one(reg),
-        Op::BuildArray { start, n } | Op::AwaitAll { start, n, .. } => vec![(start, n)],
-        Op::BuildMap { start, n } => vec![(start, n.saturating_mul(2))],
-        Op::BuildStruct { start, shape } => {
-            let n = program
-                .shapes
-                .get(shape as usize)
-                .map_or(1, |s| s.fields.len() as u32);
-            vec![(start, n)]
-        }
-        Op::FieldGet { obj, .. } => one(obj),
-        Op::FieldSet { obj, src, .. } => vec![(obj, 1), (src, 1)],
-        Op::IndexGet { coll, idx, .. } => vec![(coll, 1), (idx, 1)],
-        Op::IndexSet { coll, idx, src } => vec![(coll, 1), (idx, 1), (src, 1)],
-    }
-}
-
 /// A short name of a lowered op in the IR's style: `LOAD_CONST`, `ADD`, `CALL_GLOBAL`,
 /// `JUMP_IF_FALSE`, `LT_JUMP_IF_TRUE`, …
 pub fn op_name(op: &Op) -> String {
@@ -783,7 +712,7 @@ pub fn op_name(op: &Op) -> String {
     }
     let name = match *op {
         Op::LoadConst { .. } => "LOAD_CONST",
-        Op::Move { .. } => "MOVE",
+        Op::Move { .. } | Op::Take { .. } => "MOVE",
         Op::LoadLocal { .. } => "LOAD_LOCAL",
         Op::LoadGlobal { .. } => "LOAD_GLOBAL",
         Op::StoreGlobal { .. } => "STORE_GLOBAL",

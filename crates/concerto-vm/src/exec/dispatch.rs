@@ -222,6 +222,17 @@ impl Execution {
                         let v = reg!(src).clone();
                         store(&mut reg!(dst), v);
                     }
+                    Op::Take { dst, src } => {
+                        // `src` is a local no path reads again (lowering proved it): move
+                        // the value, no reference count changes. In debug mode locals stay
+                        // visible to the debugger, so the value is copied as by `Move`.
+                        let v = if DEBUG {
+                            reg!(src).clone()
+                        } else {
+                            std::mem::take(&mut reg!(src))
+                        };
+                        store(&mut reg!(dst), v);
+                    }
                     Op::LoadLocal { dst, slot, global } => {
                         let v = match &reg!(slot) {
                             Value::Unset => at_op!(self.load_global(global))?,
