@@ -1,14 +1,12 @@
 //! The `concerto` binary: exit codes, the JSON-lines protocol, the text format, messages.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 mod interop;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_concerto"))
-}
+use common::{bin, fresh_dir};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -379,14 +377,6 @@ fn a_canary_api_key_never_appears_in_any_output() {
         assert!(!recorded.is_empty());
         assert!(!recorded.contains(canary), "the recording leaks the key");
     }
-}
-
-/// A fresh temp directory for test `name`.
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("concerto-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::canonicalize(&dir).unwrap()
 }
 
 /// A copy of the tool test program `name` with `replacements` applied, written into `dir`.

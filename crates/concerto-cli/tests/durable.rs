@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,21 +33,10 @@ use serde_json::{Value as Json, json};
 
 mod common;
 
-use common::Redis;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_concerto"))
-}
+use common::{Redis, bin, fresh_dir};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("concerto-durable-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// What the loopback server saw: each chat request's messages, each order posted.

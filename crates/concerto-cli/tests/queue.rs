@@ -29,21 +29,10 @@ use serde_json::{Value as Json, json};
 
 mod common;
 
-use common::Redis;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_concerto"))
-}
+use common::{Redis, bin, fresh_dir};
 
 fn program() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/queue/chaos.head.conc-ir")
-}
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("concerto-queue-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A loopback OpenAI-compatible server answering `answer to: <last message>` after

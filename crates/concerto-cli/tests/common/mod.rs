@@ -1,10 +1,29 @@
 //! Helpers shared by the CLI's test binaries.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
+
+/// The `concerto` binary under test.
+pub(crate) fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_concerto"))
+}
+
+/// An empty temp directory for test `name` of this test binary
+/// (`concerto-<binary>-<name>-<pid>`), by its canonical path.
+pub(crate) fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "concerto-{}-{name}-{}",
+        env!("CARGO_CRATE_NAME"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::canonicalize(&dir).unwrap()
+}
 
 /// Turns each `EMIT; LOAD_CONST nil; AWAIT` of `ir` (how concertoc 1a8ede9 lowers
 /// `await emit(..)`, losing the answer) into `EMIT_AWAIT; AWAIT; AWAIT`, the IR a fixed
