@@ -10,9 +10,7 @@
 //! site's operands) and only the single result register of an op counts as written, so a
 //! local is never taken while some path may still read it.
 
-#[cfg(test)]
-use crate::program::Reg;
-use crate::program::{CallSite, Op, Shape};
+use crate::program::{CallSite, Op, Reg, Shape};
 
 /// A set of registers.
 #[derive(Clone, PartialEq)]
@@ -21,6 +19,10 @@ struct Regs(Vec<u64>);
 impl Regs {
     fn new(size: usize) -> Regs {
         Regs(vec![0; size.div_ceil(64)])
+    }
+
+    fn clear(&mut self) {
+        self.0.fill(0);
     }
 
     fn insert(&mut self, r: usize) {
@@ -79,14 +81,16 @@ pub(crate) fn take_dead_moves(
         return;
     }
     let size = frame_size as usize;
-    let empty = Regs::new(size);
+    // Each op's reads, worked out once; the fixpoint below allocates nothing.
+    let reads: Vec<Vec<(Reg, u32)>> = code.iter().map(|op| op.reads(call_sites, shapes)).collect();
     // live_in[i]: registers some path from op i reads before writing.
-    let mut live_in = vec![empty.clone(); code.len()];
+    let mut live_in = vec![Regs::new(size); code.len()];
+    let mut live = Regs::new(size);
     let mut changed = true;
     while changed {
         changed = false;
         for i in (0..code.len()).rev() {
-            let mut live = empty.clone();
+            live.clear();
             for s in successors(code, i).into_iter().flatten() {
                 if let Some(set) = live_in.get(s) {
                     live.union_with(set);
@@ -95,14 +99,14 @@ pub(crate) fn take_dead_moves(
             if let Some(r) = code[i].result_reg() {
                 live.remove(usize::from(r));
             }
-            for (first, count) in code[i].reads(call_sites, shapes) {
+            for &(first, count) in &reads[i] {
                 let first = usize::from(first);
                 for r in first..first.saturating_add(count as usize).min(size) {
                     live.insert(r);
                 }
             }
             if live != live_in[i] {
-                live_in[i] = live;
+                live_in[i].0.copy_from_slice(&live.0);
                 changed = true;
             }
         }
