@@ -492,7 +492,7 @@ impl Continuation for NotifyOp {
             self.plan(ctx, changes);
         }
         match self.calls.pop_front() {
-            Some((callback, args)) => Ok(Step::Call(callback, args)),
+            Some((callback, args)) => Ok(Step::Call(callback, args.into())),
             None => Ok(Step::Return(std::mem::take(&mut self.value))),
         }
     }
@@ -607,7 +607,7 @@ impl ScanOp {
         match self.entries.get(self.idx) {
             Some((k, v)) => Ok(Step::Call(
                 self.pred.clone(),
-                vec![Value::Str(k.clone()), v.clone()],
+                smallvec::smallvec![Value::Str(k.clone()), v.clone()],
             )),
             None => Ok(Step::Return(match self.kind {
                 Scan::Query => Value::Map(Map::from_pairs(std::mem::take(&mut self.out))),

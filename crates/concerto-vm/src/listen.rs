@@ -187,7 +187,7 @@ impl Listen {
                     program: ctx.vm.registry_id,
                     id: handler.function,
                 });
-                Ok(Step::Call(callee, vec![param]))
+                Ok(Step::Call(callee, smallvec::smallvec![param]))
             }
             (_, None) => {
                 ctx.emit(

@@ -414,13 +414,18 @@ enum SeqKind {
 
 impl SeqOp {
     fn new(kind: SeqKind, items: Vec<Value>, f: Value, acc: Value) -> SeqOp {
+        // `map` yields one value per item: its output is allocated once.
+        let out = match kind {
+            SeqKind::Map => Vec::with_capacity(items.len()),
+            _ => Vec::new(),
+        };
         SeqOp {
             kind,
             items,
             f,
             idx: 0,
             started: false,
-            out: Vec::new(),
+            out,
             acc,
         }
     }
@@ -428,8 +433,8 @@ impl SeqOp {
     fn call_next(&self) -> Step {
         let item = self.items[self.idx].clone();
         let args = match self.kind {
-            SeqKind::Reduce => vec![self.acc.clone(), item],
-            _ => vec![item],
+            SeqKind::Reduce => smallvec::smallvec![self.acc.clone(), item],
+            _ => smallvec::smallvec![item],
         };
         Step::Call(self.f.clone(), args)
     }
@@ -455,6 +460,10 @@ impl Continuation for SeqOp {
                 SeqKind::Map => self.out.push(result),
                 SeqKind::Filter => {
                     if result.is_truthy() {
+                        if self.out.capacity() == 0 {
+                            // At most the items left: one allocation, not a doubling series.
+                            self.out.reserve_exact(self.items.len() - self.idx);
+                        }
                         self.out.push(item.clone());
                     }
                 }
@@ -755,7 +764,7 @@ impl Continuation for Apply {
     fn resume(&mut self, _ctx: &mut Ctx, input: Result<Value, VmError>) -> Result<Step, VmError> {
         let result = input?;
         match self.payload.take() {
-            Some(p) => Ok(Step::Call(self.f.clone(), vec![p])),
+            Some(p) => Ok(Step::Call(self.f.clone(), smallvec::smallvec![p])),
             None => Ok(Step::Return((self.wrap)(result))),
         }
     }

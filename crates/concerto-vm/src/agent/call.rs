@@ -202,7 +202,7 @@ impl AgentCall {
                             Some(fid) => {
                                 self.phase = Phase::Validator;
                                 self.validated = Some(value.clone());
-                                Ok(Step::CallWithSelf(fid, value, Vec::new()))
+                                Ok(Step::CallWithSelf(fid, value, Default::default()))
                             }
                             None => self.succeed(ctx, value),
                         }

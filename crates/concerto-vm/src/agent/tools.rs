@@ -59,7 +59,7 @@ impl AgentCall {
                 Ok(ToolRun::Own(fid, tool, args)) => {
                     self.current = Some(call);
                     self.phase = Phase::Tool;
-                    return Ok(Step::CallWithSelf(fid, tool, args));
+                    return Ok(Step::CallWithSelf(fid, tool, args.into()));
                 }
                 Ok(ToolRun::External(provider, method, args)) => {
                     self.current = Some(call);

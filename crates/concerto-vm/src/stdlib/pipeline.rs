@@ -135,7 +135,7 @@ impl PipelineRun {
             program: ctx.vm.registry_id,
             id: stage.function,
         });
-        Ok(Step::Call(func, args))
+        Ok(Step::Call(func, args.into()))
     }
 
     fn next_stage(&mut self, ctx: &mut Ctx) -> Result<Step, VmError> {
