@@ -224,7 +224,12 @@ enum EmitFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let debug = matches!(&cli.command, Command::Run(args) if args.debug);
-    init_logging(debug);
+    // `run --trace FILE`: the run's spans are collected from the start.
+    let chrome = match &cli.command {
+        Command::Run(args) if args.trace.is_some() => Some(concerto_runtime::ChromeTrace::new()),
+        _ => None,
+    };
+    init_logging(debug, chrome.clone());
     match cli.command {
         Command::Check { file, compiler } => {
             let source = match Source::prepare(&file, compiler.as_deref()) {
@@ -251,7 +256,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, chrome),
         Command::Submit(args) => queue::submit(*args),
         Command::Worker(args) => queue::worker(*args),
         Command::Watch(args) => queue::watch(*args),
@@ -572,6 +577,12 @@ struct RunArgs {
     /// Print metrics (calls, tokens, cost, time) to stderr after the run.
     #[arg(long)]
     metrics: bool,
+    /// Write the run's spans (the run, its tasks, agent calls, their requests and HTTP
+    /// attempts, tool calls) to FILE as Chrome Trace Event JSON, for ui.perfetto.dev or
+    /// chrome://tracing: which calls ran in parallel and where the time went. Written when
+    /// the run ends, whatever its outcome (an existing file is replaced).
+    #[arg(long, value_name = "FILE.json")]
+    trace: Option<PathBuf>,
     /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
     #[arg(long, value_name = "PATH")]
     compiler: Option<PathBuf>,
@@ -777,7 +788,7 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String
     iter.map(|item| item.map_err(|e| e.to_string())).collect()
 }
 
-fn run(args: RunArgs) -> ExitCode {
+fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode {
     let RunArgs {
         file,
         emit_format: format,
@@ -786,6 +797,7 @@ fn run(args: RunArgs) -> ExitCode {
         record,
         replay,
         metrics,
+        trace: trace_file,
         compiler,
         persist,
         max_hashmap_bytes,
@@ -909,7 +921,21 @@ fn run(args: RunArgs) -> ExitCode {
     if metrics {
         print_metrics(runtime.metrics(), format);
     }
+    // The runtime's spans are closed once it is dropped (a task's span lives as long as it).
+    drop(runtime);
+    drop(rt);
+    let mut trace_failed = false;
+    if let (Some(path), Some(chrome)) = (&trace_file, &chrome)
+        && let Err(e) = chrome.write(path)
+    {
+        eprintln!(
+            "error: could not write the trace to {}: {e}",
+            path.display()
+        );
+        trace_failed = true;
+    }
     match result {
+        Ok(_) if trace_failed => ExitCode::from(1),
         Ok(_) => ExitCode::SUCCESS,
         Err(RuntimeError::Execution(err)) => {
             eprintln!("runtime error: {}", err.message());
@@ -937,7 +963,10 @@ const TRACE_TARGET: &str = "concerto::trace";
 /// SDK (`rmcp`): it logs failures the runtime reports itself, as the program's error or the
 /// value it handles, so its lines show only when `RUST_LOG` asks for them
 /// (`RUST_LOG=rmcp=debug`).
-fn init_logging(debug: bool) {
+fn init_logging(debug: bool, chrome: Option<concerto_runtime::ChromeTrace>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let asked = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
     let mut filter = if asked {
         tracing_subscriber::EnvFilter::from_default_env()
@@ -947,15 +976,25 @@ fn init_logging(debug: bool) {
     if debug && let Ok(directive) = format!("{TRACE_TARGET}=trace").parse() {
         filter = filter.add_directive(directive);
     }
-    let logger = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logger = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = if debug {
-        logger.without_time().try_init()
+    let logger = if debug {
+        logger.without_time().with_filter(filter).boxed()
     } else {
-        logger.try_init()
+        logger.with_filter(filter).boxed()
     };
+    // `--trace`: the spans of the run, whatever RUST_LOG says about log lines.
+    let chrome = chrome.map(|layer| {
+        layer.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(concerto_runtime::vm::SPAN_TARGET, tracing::Level::INFO),
+        )
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logger)
+        .with(chrome)
+        .try_init();
 }
 
 /// `--debug`: one trace line for an op about to run.

@@ -1929,3 +1929,542 @@ fn a_resumed_run_that_diverges_from_its_journal_stops_naming_both_effects() {
     assert_eq!(stdout(&other), "");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The `X` events of a `--trace` file, and the file's text.
+fn trace_events(path: &Path) -> (Vec<serde_json::Value>, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the trace is JSON");
+    let events = json["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .cloned()
+        .collect();
+    (events, text)
+}
+
+fn span_of(e: &serde_json::Value) -> (f64, f64) {
+    let ts = e["ts"].as_f64().unwrap();
+    (ts, ts + e["dur"].as_f64().unwrap())
+}
+
+/// `e` lies within `outer` in time, on the same track.
+fn assert_inside(e: &serde_json::Value, outer: &serde_json::Value) {
+    let ((s, t), (os, ot)) = (span_of(e), span_of(outer));
+    assert!(os <= s && t <= ot, "{e} is not inside {outer}");
+    assert_eq!(e["tid"], outer["tid"], "{e} / {outer}");
+}
+
+/// Issue 20, `--trace`, through the whole binary against loopback servers: a call whose
+/// connection answers 429 twice falls back to a second connection. The trace holds the
+/// run, the agent call, its request and the three HTTP attempts (two refused, with status
+/// and error type, then the fallback's), nested in time on one track, with the GenAI
+/// attributes of the reply; the key, the prompt and the completion appear nowhere in it.
+#[test]
+fn a_trace_file_shows_the_call_its_refused_attempts_and_the_fallback_that_answered() {
+    let dir = fresh_dir("trace-fallback");
+    let (primary, primary_count) = scripted_server(|_| rate_limited());
+    let (backup, _) = scripted_server(|_| {
+        let body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "backup-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
+        });
+        (200, "", body.to_string())
+    });
+    let program = fallback_program_at(&dir, &primary);
+    let config = dir.join("runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[connections.openai]
+api_key_env = "CONCERTO_TRACE_KEY"
+retry = {{ max_attempts = 2, backoff = "none" }}
+fallbacks = [{{ connection = "backup" }}]
+fallback_on = ["rate_limited"]
+
+[connections.backup]
+base_url = "{backup}"
+api_key_env = "CONCERTO_TRACE_KEY"
+model = "backup-model"
+
+[permissions]
+allow_net = ["127.0.0.1"]
+"#
+        ),
+    )
+    .unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl", "--config"])
+        .arg(&config)
+        .arg("--trace")
+        .arg(&trace)
+        .arg(&program)
+        .env("CONCERTO_TRACE_KEY", "sk-trace-canary-4711")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "text"), "Teal");
+    assert_eq!(primary_count.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let (events, text) = trace_events(&trace);
+    for secret in ["sk-trace-canary-4711", "Name a colour", "Teal"] {
+        assert!(!text.contains(secret), "{secret} is in the trace: {text}");
+    }
+    let named = |name: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["name"] == name)
+            .cloned()
+            .collect()
+    };
+    let run = &named("run")[0];
+    let call = &named("invoke_agent Writer")[0];
+    let args = &call["args"];
+    assert_eq!(args["gen_ai.operation.name"], "invoke_agent", "{call}");
+    assert_eq!(args["gen_ai.request.model"], "gpt-4o", "{call}");
+    assert_eq!(args["gen_ai.response.model"], "backup-model", "{call}");
+    assert_eq!(args["gen_ai.usage.input_tokens"], 8, "{call}");
+    assert_eq!(args["gen_ai.usage.output_tokens"], 3, "{call}");
+    assert_eq!(args["gen_ai.response.finish_reasons"], "stop", "{call}");
+    assert_eq!(args["concerto.usage.estimated"], false, "{call}");
+    assert_eq!(args["concerto.connection"], "openai", "{call}");
+    assert_eq!(args["concerto.agent"], "Writer", "{call}");
+    assert_eq!(args["gen_ai.agent.name"], "Writer", "{call}");
+    assert_eq!(args["gen_ai.provider.name"], "openai", "{call}");
+    assert_eq!(args["concerto.requests"], 1, "{call}");
+    assert_eq!(
+        args["concerto.cost_usd"], "unknown",
+        "backup-model has no price: {call}"
+    );
+    assert_inside(call, run);
+    let request = &named("chat gpt-4o")[0];
+    assert_eq!(
+        request["args"]["concerto.connection"], "backup",
+        "{request}"
+    );
+    assert_eq!(
+        request["args"]["gen_ai.response.model"], "backup-model",
+        "{request}"
+    );
+    assert_eq!(
+        request["args"]["gen_ai.usage.output_tokens"], 3,
+        "{request}"
+    );
+    assert_eq!(request["args"]["concerto.attempts"], 3, "{request}");
+    assert_inside(request, call);
+    let attempts: Vec<_> = events
+        .iter()
+        .filter(|e| e["args"]["concerto.attempt"].is_u64())
+        .collect();
+    assert_eq!(attempts.len(), 3, "{text}");
+    for (i, attempt) in attempts.iter().enumerate() {
+        assert_inside(attempt, request);
+        let a = &attempt["args"];
+        if i < 2 {
+            assert_eq!(attempt["name"], "chat gpt-4o", "{attempt}");
+            assert_eq!(a["concerto.attempt"], i as u64 + 1, "{attempt}");
+            assert_eq!(a["concerto.fallback"], 0, "{attempt}");
+            assert_eq!(a["concerto.connection"], "openai", "{attempt}");
+            assert_eq!(a["gen_ai.provider.name"], "openai", "{attempt}");
+            assert_eq!(a["http.response.status_code"], 429, "{attempt}");
+            assert_eq!(a["error.type"], "429", "{attempt}");
+        } else {
+            assert_eq!(attempt["name"], "chat backup-model", "{attempt}");
+            assert_eq!(a["concerto.fallback"], 1, "{attempt}");
+            assert_eq!(a["concerto.connection"], "backup", "{attempt}");
+            assert!(a.get("error.type").is_none(), "{attempt}");
+        }
+    }
+    // In the order they were made.
+    assert!(span_of(attempts[0]).1 <= span_of(attempts[1]).0, "{text}");
+    assert!(span_of(attempts[1]).1 <= span_of(attempts[2]).0, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace` with calls made in parallel: two spawned tasks each make an agent call that the
+/// mock answers after 300 ms. Each task has a track of its own, its call lies inside its
+/// task's span, and the two calls overlap in time; the run takes about one call's time, not
+/// two.
+#[test]
+fn a_trace_file_shows_calls_made_in_parallel_side_by_side() {
+    let dir = fresh_dir("trace-parallel");
+    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/async/tasks.conc-ir");
+    let mut ir: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tasks).unwrap()).unwrap();
+    let constants = ir["constants"].as_array_mut().unwrap();
+    let base = constants.len();
+    for (i, value) in ["task_a", "task_b"].iter().enumerate() {
+        constants.push(serde_json::json!({"index": base + i, "type": "string", "value": value}));
+    }
+    constants.push(serde_json::json!({"index": base + 2, "type": "nil", "value": null}));
+    let main = ir["functions"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "main")
+        .unwrap();
+    main["instructions"] = serde_json::json!([
+        {"op": "LOAD_CONST", "arg": base},
+        {"op": "SPAWN_ASYNC"},
+        {"op": "LOAD_CONST", "arg": base + 1},
+        {"op": "SPAWN_ASYNC"},
+        {"op": "AWAIT_ALL", "count": 2},
+        {"op": "POP"},
+        {"op": "LOAD_CONST", "arg": base + 2},
+        {"op": "RETURN"}
+    ]);
+    let program = dir.join("parallel.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--mock",
+            "--mock-latency-ms",
+            "300",
+            "--emit-format",
+            "jsonl",
+        ])
+        .arg("--trace")
+        .arg(&trace)
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        jsonl(&out)
+            .iter()
+            .filter(|e| e["channel"] == "finished")
+            .count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+
+    let (events, text) = trace_events(&trace);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let track_names: Vec<String> = json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "thread_name")
+        .map(|e| e["args"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        track_names.contains(&"task task_a".to_string()),
+        "{track_names:?}"
+    );
+    assert!(
+        track_names.contains(&"task task_b".to_string()),
+        "{track_names:?}"
+    );
+    let run = events.iter().find(|e| e["name"] == "run").expect("run");
+    let task_spans: Vec<_> = events.iter().filter(|e| e["name"] == "task").collect();
+    let calls: Vec<_> = events
+        .iter()
+        .filter(|e| e["name"] == "invoke_agent Worker")
+        .collect();
+    assert_eq!((task_spans.len(), calls.len()), (2, 2), "{text}");
+    for call in &calls {
+        let task = task_spans
+            .iter()
+            .find(|t| t["tid"] == call["tid"])
+            .expect("the call is on its task's track");
+        assert_inside(call, task);
+        assert_ne!(call["tid"], run["tid"], "{call}");
+        let (s, t) = span_of(call);
+        assert!(t - s >= 300_000.0, "the mock answered after 300 ms: {call}");
+    }
+    assert_ne!(calls[0]["tid"], calls[1]["tid"]);
+    let ((a0, a1), (b0, b1)) = (span_of(calls[0]), span_of(calls[1]));
+    assert!(a0 < b1 && b0 < a1, "the calls overlap: {text}");
+    let (r0, r1) = span_of(run);
+    assert!(
+        r1 - r0 < 600_000.0,
+        "the run took one call's time, not two: {run}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace` with a tool round: the model (a loopback server that reads the tool's wire
+/// name from the request) asks for `Stock::count`, then answers. The trace holds two
+/// requests (rounds 0 and 1) and between them the tool call, with its GenAI name and call
+/// id, all inside the agent call.
+#[test]
+fn a_trace_file_shows_a_tool_call_between_the_two_requests() {
+    use std::io::Write;
+    let dir = fresh_dir("trace-tool");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, mut stream) in listener.incoming().flatten().enumerate() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let Some((_, body)) = common::read_request(&mut stream) else {
+                continue;
+            };
+            let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let message = if n == 0 {
+                let tool = request["tools"][0]["function"]["name"].clone();
+                serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": "call_1", "type": "function",
+                    "function": {"name": tool, "arguments": "{\"item\": \"lanterns\"}"}}]})
+            } else {
+                serde_json::json!({"role": "assistant", "content": "Seven lanterns"})
+            };
+            let reply = serde_json::json!({
+                "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": if n == 0 { "tool_calls" } else { "stop" }}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+            })
+            .to_string();
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{reply}",
+                    reply.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(programs().join("tool_call.head.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
+    let program = dir.join("tool_call.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-net",
+            "127.0.0.1",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-trace-tool-canary")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "text"), "Seven lanterns");
+
+    let (events, text) = trace_events(&trace);
+    assert!(!text.contains("sk-trace-tool-canary"), "{text}");
+    assert!(
+        !text.contains("lanterns"),
+        "prompt, arguments or reply in the trace: {text}"
+    );
+    assert!(
+        !text.contains("90210"),
+        "the tool's result in the trace: {text}"
+    );
+    let call = events
+        .iter()
+        .find(|e| e["name"] == "invoke_agent Storekeeper")
+        .expect("the agent call");
+    assert_eq!(call["args"]["concerto.requests"], 2, "{call}");
+    assert_eq!(call["args"]["gen_ai.usage.input_tokens"], 20, "{call}");
+    assert!(
+        call["args"]["concerto.cost_usd"].is_f64(),
+        "gpt-4o has a price: {call}"
+    );
+    let requests: Vec<_> = events
+        .iter()
+        .filter(|e| e["name"] == "chat gpt-4o")
+        .collect();
+    let rounds: Vec<_> = requests
+        .iter()
+        .filter(|e| e["args"]["concerto.round"].is_u64())
+        .collect();
+    assert_eq!(rounds.len(), 2, "{text}");
+    assert_eq!(rounds[0]["args"]["concerto.round"], 0);
+    assert_eq!(
+        rounds[0]["args"]["gen_ai.response.finish_reasons"],
+        "tool_calls"
+    );
+    assert_eq!(rounds[1]["args"]["concerto.round"], 1);
+    let tool = events
+        .iter()
+        .find(|e| e["name"] == "execute_tool Stock::count")
+        .expect("the tool call");
+    assert_eq!(
+        tool["args"]["gen_ai.operation.name"], "execute_tool",
+        "{tool}"
+    );
+    assert_eq!(tool["args"]["gen_ai.tool.name"], "Stock::count", "{tool}");
+    assert_eq!(tool["args"]["gen_ai.tool.call.id"], "call_1", "{tool}");
+    assert!(tool["args"].get("error.type").is_none(), "{tool}");
+    for inner in [rounds[0], rounds[1], tool] {
+        assert_inside(inner, call);
+    }
+    assert!(span_of(rounds[0]).1 <= span_of(tool).0, "{text}");
+    assert!(span_of(tool).1 <= span_of(rounds[1]).0, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace` with a schema re-ask: the first reply does not match the schema, the second
+/// does. The agent call holds two requests, `concerto.schema_attempt` 0 then 1, one after
+/// the other.
+#[test]
+fn a_trace_file_shows_each_schema_re_ask_as_a_request() {
+    let dir = fresh_dir("trace-schema");
+    let (url, count) = scripted_server(|n| {
+        let content = if n == 0 {
+            r#"{"item": "lamp"}"#
+        } else {
+            r#"{"item": "lamp", "units": 7}"#
+        };
+        let mut body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}]
+        });
+        // The first reply reports no usage: the runtime estimates it, and says so.
+        if n > 0 {
+            body["usage"] = serde_json::json!({"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14});
+        }
+        (200, "", body.to_string())
+    });
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(programs().join("schema_reask.head.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
+    let program = dir.join("schema_reask.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-net",
+            "127.0.0.1",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-trace-schema-canary")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "units"), 7);
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let (events, text) = trace_events(&trace);
+    assert!(!text.contains("sk-trace-schema-canary"), "{text}");
+    assert!(!text.contains("lanterns"), "{text}");
+    let call = events
+        .iter()
+        .find(|e| e["name"] == "invoke_agent Counter")
+        .expect("the agent call");
+    assert_eq!(
+        call["args"]["concerto.method"], "execute_with_schema",
+        "{call}"
+    );
+    assert_eq!(call["args"]["concerto.requests"], 2, "{call}");
+    let requests: Vec<_> = events
+        .iter()
+        .filter(|e| e["args"]["concerto.schema_attempt"].is_u64())
+        .collect();
+    assert_eq!(requests.len(), 2, "{text}");
+    for (i, request) in requests.iter().enumerate() {
+        assert_eq!(
+            request["args"]["concerto.schema_attempt"], i as u64,
+            "{request}"
+        );
+        assert_eq!(
+            request["args"]["concerto.usage.estimated"],
+            i == 0,
+            "{request}"
+        );
+        assert_inside(request, call);
+    }
+    assert_eq!(call["args"]["concerto.usage.estimated"], true, "{call}");
+    assert!(span_of(requests[0]).1 <= span_of(requests[1]).0, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace` when things fail: an agent call whose connection answers 429 (one attempt
+/// allowed) carries `error.type` on its attempt (`429`), its request and itself
+/// (`rate_limited`, the `AgentError` kind the program sees); a run that then fails is
+/// traced too, with its error kind, and the file is written although the run exits 1.
+#[test]
+fn a_trace_file_carries_the_error_type_of_what_failed() {
+    let dir = fresh_dir("trace-errors");
+    let (primary, _) = scripted_server(|_| rate_limited());
+    let program = fallback_program_at(&dir, &primary);
+    let config = dir.join("runtime.toml");
+    std::fs::write(
+        &config,
+        "[connections.openai]\napi_key_env = \"CONCERTO_TRACE_KEY\"\n\
+         retry = { max_attempts = 1, backoff = \"none\" }\n\n\
+         [permissions]\nallow_net = [\"127.0.0.1\"]\n",
+    )
+    .unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl", "--config"])
+        .arg(&config)
+        .arg("--trace")
+        .arg(&trace)
+        .arg(&program)
+        .env("CONCERTO_TRACE_KEY", "sk-trace-error-canary")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "error_kind"), "rate_limited");
+    let (events, text) = trace_events(&trace);
+    assert!(!text.contains("sk-trace-error-canary"), "{text}");
+    let call = events
+        .iter()
+        .find(|e| e["name"] == "invoke_agent Writer")
+        .expect("the agent call");
+    assert_eq!(call["args"]["error.type"], "rate_limited", "{call}");
+    let request = events
+        .iter()
+        .find(|e| e["args"]["concerto.round"].is_u64())
+        .expect("the request");
+    assert_eq!(request["args"]["error.type"], "rate_limited", "{request}");
+    let attempt = events
+        .iter()
+        .find(|e| e["args"]["concerto.attempt"].is_u64())
+        .expect("the attempt");
+    assert_eq!(attempt["args"]["error.type"], "429", "{attempt}");
+    assert_eq!(
+        attempt["args"]["http.response.status_code"], 429,
+        "{attempt}"
+    );
+    let run = events.iter().find(|e| e["name"] == "run").expect("run");
+    assert!(run["args"].get("error.type").is_none(), "{run}");
+
+    // A run that fails: integer division by zero, uncaught.
+    let failing = write_ir(
+        "trace-fails.conc-ir",
+        r#"{"op":"LOAD_CONST","arg":0},{"op":"LOAD_CONST","arg":1},{"op":"DIV"},{"op":"RETURN"}"#,
+        r#"{"index":0,"type":"int","value":1},{"index":1,"type":"int","value":0}"#,
+    );
+    let out = bin()
+        .args(["run", "--trace"])
+        .arg(&trace)
+        .arg(&failing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (events, text) = trace_events(&trace);
+    let run = events.iter().find(|e| e["name"] == "run").expect("run");
+    let kind = run["args"]["error.type"].as_str().unwrap_or_default();
+    assert!(!kind.is_empty(), "{text}");
+    assert!(stderr(&out).contains("division"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

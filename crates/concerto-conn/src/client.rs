@@ -163,6 +163,20 @@ impl Failure {
         }
     }
 
+    /// The failure's class for a span's `error.type` (OpenTelemetry: low cardinality): the
+    /// HTTP status for a refusal, otherwise a fixed name.
+    pub(crate) fn error_type(&self) -> String {
+        match self {
+            Failure::Status { status, .. } => status.to_string(),
+            Failure::Timeout(_) => "timeout".to_string(),
+            Failure::Transport(_) => "transport".to_string(),
+            Failure::Invalid(_) => "invalid_response".to_string(),
+            Failure::Incomplete(_) => "incomplete_response".to_string(),
+            Failure::Provider(_) => "provider_error".to_string(),
+            Failure::Setup(_) => "setup".to_string(),
+        }
+    }
+
     /// The short name of the failure (`HTTP 500`, `timed out`, …).
     pub(crate) fn headline(&self) -> String {
         match self {

@@ -534,7 +534,10 @@ impl Call {
                 Ok(target) => target,
                 Err(e) => return Err(e.clone()),
             };
-            match self.run_leg(target, leg, &request, &mut progress).await {
+            match self
+                .run_leg(target, leg, index, &request, &mut progress)
+                .await
+            {
                 Ok(mut response) => {
                     redact_response(&target.conn, &mut response);
                     response.attempts = progress.attempts;
@@ -567,6 +570,7 @@ impl Call {
         &self,
         prepared: &Prepared,
         leg: &Leg,
+        fallback: usize,
         request: &ChatRequest,
         progress: &mut Progress,
     ) -> Result<ChatResponse, LegError> {
@@ -591,10 +595,12 @@ impl Call {
         let http = match &conn.target {
             Target::Http(http) => http,
             Target::Mock => {
+                let span = attempt_span(&conn.name, "mock", &model, 1, fallback);
                 let mut request = request.clone();
                 request.model = Some(model);
                 progress.attempts += 1;
-                return Ok(crate::mock::respond(&conn.config, &request));
+                let response = span.in_scope(|| crate::mock::respond(&conn.config, &request));
+                return Ok(response);
             }
         };
         let stream = request.stream.unwrap_or(conn.stream);
@@ -630,6 +636,7 @@ impl Call {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
+            let span = attempt_span(&conn.name, &conn.provider_name, &model, attempts, fallback);
             let mut admission = match &prepared.limits {
                 Some(limits) => Some(limits.admit(reserve).await.map_err(|e| match e {
                     AdmitError::TooManyTokens { reserved, limit } => HostError::limit(format!(
@@ -653,20 +660,30 @@ impl Call {
                 stream,
                 "sending LLM request"
             );
-            let outcome = tokio::time::timeout(
-                timeout,
-                client::attempt(
-                    &self.client,
-                    Attempt {
-                        target: http,
-                        body: body.clone(),
-                        stream,
-                        names: &names,
-                    },
+            let outcome = tracing::Instrument::instrument(
+                tokio::time::timeout(
+                    timeout,
+                    client::attempt(
+                        &self.client,
+                        Attempt {
+                            target: http,
+                            body: body.clone(),
+                            stream,
+                            names: &names,
+                        },
+                    ),
                 ),
+                span.clone(),
             )
             .await
             .unwrap_or(Err(Failure::Timeout(timeout)));
+            if let Err(failure) = &outcome {
+                if let Failure::Status { status, .. } = failure {
+                    span.record("http.response.status_code", *status);
+                }
+                span.record("error.type", failure.error_type());
+            }
+            drop(span);
             let failure = match outcome {
                 Ok(reply) => {
                     let usage = match reply.usage {
@@ -792,3 +809,28 @@ fn token_reservation(request: &ChatRequest, tpm: u64) -> u64 {
 
 /// How long the connection layer waits for one attempt when nothing else says.
 pub const DEFAULT_TIMEOUT: Duration = crate::config::DEFAULT_TIMEOUT;
+
+/// The span of one attempt on one connection (a child of the agent call's request span,
+/// made in the VM): which connection and model, which attempt (retries are the second and
+/// later), which fallback (0: the call's own connection), and how it ended.
+fn attempt_span(
+    connection: &str,
+    provider: &str,
+    model: &str,
+    attempt: u32,
+    fallback: usize,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: concerto_vm::spans::TARGET,
+        "llm_attempt",
+        otel.name = %format_args!("chat {model}"),
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = model,
+        concerto.connection = connection,
+        concerto.attempt = attempt,
+        concerto.fallback = fallback,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}

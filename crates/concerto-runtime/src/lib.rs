@@ -74,6 +74,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+pub mod chrome_trace;
 mod concurrency;
 mod config;
 mod debugger;
@@ -97,9 +98,13 @@ use concerto_vm::host::{Connections, HostError, MemoryStore, SchemaValidator, Sy
 use concerto_vm::{ExecConfig, Host, Vm};
 
 pub use builder::RuntimeBuilder;
+pub use chrome_trace::ChromeTrace;
 /// The interpreter's types a host meets: runtime values and errors, the debugger's trace,
 /// and ([`vm::host`]) the traits a replacement component implements.
 pub mod vm {
+    /// The `tracing` target of a run's spans (run, agent calls, requests, attempts, tool
+    /// calls, tasks): a subscriber that enables it sees them.
+    pub use concerto_vm::spans::TARGET as SPAN_TARGET;
     pub use concerto_vm::{
         BreakpointError, ErrorKind, FrameInfo, Location, StepState, StopReason, Str, TraceEvent,
         Value, VmError, op_name,
@@ -703,7 +708,22 @@ impl Runtime {
         if let Some(journal) = &journal {
             host = resume::journaled(host, journal);
         }
-        let (outcome, metrics) = concurrency::run_once(vm, host, config, timeout).await;
+        // The run's span: every agent call, tool call and task of the run is under it.
+        let span = tracing::info_span!(
+            target: concerto_vm::spans::TARGET,
+            "run",
+            concerto.run_id = run_id.unwrap_or(""),
+            error.type = tracing::field::Empty,
+        );
+        let (outcome, metrics) = tracing::Instrument::instrument(
+            concurrency::run_once(vm, host, config, timeout),
+            span.clone(),
+        )
+        .await;
+        if let Err(RuntimeError::Execution(err)) = &outcome {
+            span.record("error.type", err.kind().as_str());
+        }
+        drop(span);
         // What the run buffered (reads, emits) is committed whatever the outcome; a failure
         // that ended it is not (resuming tries that effect again).
         let finished = match &journal {

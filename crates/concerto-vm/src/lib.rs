@@ -52,6 +52,7 @@ mod json_io;
 mod listen;
 mod methods;
 mod ops;
+pub mod spans;
 mod stdlib;
 mod task;
 pub mod testing;

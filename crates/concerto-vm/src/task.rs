@@ -95,11 +95,17 @@ pub(crate) fn spawn(
         cancelled: std::sync::atomic::AtomicBool::new(false),
     });
     let done = shared.clone();
-    let body: BoxFuture<()> = Box::pin(async move {
-        let result = exec.call(func, Vec::new()).await;
-        child_stats.lock().merge(&exec.own_stats());
-        *done.slot.lock() = Slot::Done(result);
-    });
+    // The task's spans (its agent calls) are children of the span current where it was
+    // spawned.
+    let span = crate::spans::task(&label);
+    let body: BoxFuture<()> = Box::pin(tracing::Instrument::instrument(
+        async move {
+            let result = exec.call(func, Vec::new()).await;
+            child_stats.lock().merge(&exec.own_stats());
+            *done.slot.lock() = Slot::Done(result);
+        },
+        span,
+    ));
     match system.spawn(body) {
         Ok(Spawned { done, abort }) => {
             *shared.done.lock() = Some(done);

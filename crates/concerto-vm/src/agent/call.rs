@@ -77,6 +77,25 @@ pub(crate) struct AgentCall {
     pub(super) frame_name: String,
     /// What a `MOCK_MODEL` made this model answer (tests).
     pub(super) mock: Option<concerto_ir::MockReply>,
+    /// The call's span (closed when the call is dropped, after its result is handed back).
+    pub(super) span: tracing::Span,
+    /// The span of the request in flight, closed when its reply or failure arrives.
+    pub(super) request_span: Option<tracing::Span>,
+    /// The span of the tool call in progress.
+    pub(super) tool_span: Option<tracing::Span>,
+    /// Usage summed over the call's requests, for its span.
+    pub(super) totals: Totals,
+}
+
+/// Usage and cost summed over the requests of one agent call (recorded on its span).
+#[derive(Default)]
+pub(super) struct Totals {
+    requests: u32,
+    input_tokens: u64,
+    output_tokens: u64,
+    estimated: bool,
+    /// `None` once a reply's cost is unknown.
+    cost_usd: Option<f64>,
 }
 
 impl AgentCall {
@@ -109,6 +128,7 @@ impl AgentCall {
         };
         match self.mock.clone() {
             Some(concerto_ir::MockReply::Response(text)) => {
+                self.start_request();
                 let model = self.request.model.clone().unwrap_or_default();
                 let mut reply = ChatResponse::text(text, model, crate::host::Usage::default());
                 reply.provider = "mock".into();
@@ -120,17 +140,72 @@ impl AgentCall {
             }
             None => {}
         }
+        let span = self.start_request();
         let fut = ctx.host.connections.chat(
             ctx.program(),
             ConnectionId(connection),
             self.request.clone(),
         );
-        Ok(Step::Suspend(Box::pin(async move {
-            match fut.await {
-                Ok(reply) => Ok(Value::carry(reply)),
-                Err(e) => Ok(Value::carry(e)),
-            }
-        })))
+        Ok(Step::Suspend(Box::pin(tracing::Instrument::instrument(
+            async move {
+                match fut.await {
+                    Ok(reply) => Ok(Value::carry(reply)),
+                    Err(e) => Ok(Value::carry(e)),
+                }
+            },
+            span,
+        ))))
+    }
+
+    /// Opens the span of the request about to be sent (a child of the call's span) and
+    /// returns it for the request's future.
+    fn start_request(&mut self) -> tracing::Span {
+        let span = crate::spans::request(
+            &self.span,
+            self.request.model.as_deref(),
+            self.rounds,
+            self.schema_attempts,
+        );
+        self.request_span = Some(span.clone());
+        span
+    }
+
+    /// Records a reply on the request's span (closing it) and the running totals on the
+    /// call's span.
+    fn record_reply(&mut self, reply: &ChatResponse) {
+        if let Some(span) = self.request_span.take() {
+            crate::spans::record_reply(&span, reply);
+            span.record("concerto.attempts", reply.attempts);
+            span.record(
+                "concerto.connection",
+                reply.connection.as_deref().unwrap_or(&self.connection_name),
+            );
+        }
+        let first = self.totals.requests == 0;
+        let t = &mut self.totals;
+        t.requests += 1;
+        t.input_tokens += reply.usage.input_tokens;
+        t.output_tokens += reply.usage.output_tokens;
+        t.estimated |= reply.usage.estimated;
+        t.cost_usd = match (first, t.cost_usd, reply.cost_usd) {
+            (true, _, cost) => cost,
+            (false, Some(sum), Some(cost)) => Some(sum + cost),
+            _ => None,
+        };
+        let span = &self.span;
+        span.record("gen_ai.provider.name", reply.provider.as_str());
+        span.record("gen_ai.response.model", reply.model.as_str());
+        span.record("gen_ai.usage.input_tokens", t.input_tokens);
+        span.record("gen_ai.usage.output_tokens", t.output_tokens);
+        span.record("concerto.usage.estimated", t.estimated);
+        if let Some(reason) = &reply.finish_reason {
+            span.record("gen_ai.response.finish_reasons", reason.as_str());
+        }
+        match t.cost_usd {
+            Some(cost) => span.record("concerto.cost_usd", cost),
+            None => span.record("concerto.cost_usd", "unknown"),
+        };
+        span.record("concerto.requests", t.requests);
     }
 
     /// A reply arrived: run its tool calls, check it against the schema, or finish.
@@ -140,6 +215,7 @@ impl AgentCall {
         reply: ChatResponse,
         from_cache: bool,
     ) -> Result<Step, VmError> {
+        self.record_reply(&reply);
         if !from_cache {
             // Usage and cost belong to the connection that answered (a fallback's, when one
             // did).
@@ -352,6 +428,9 @@ impl Continuation for AgentCall {
             },
             Phase::Tool => {
                 let call = self.current.take();
+                if let (Some(span), Err(err)) = (self.tool_span.take(), &input) {
+                    span.record("error.type", err.kind().as_str());
+                }
                 // An external tool's output carries its images beside its value.
                 let (content, images) = match input {
                     Ok(v) => match v.carried::<crate::host::ToolOutput>() {

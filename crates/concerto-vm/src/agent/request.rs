@@ -342,7 +342,17 @@ impl AgentCall {
             Kind::Text => "execute",
             Kind::Schema(_) => "execute_with_schema",
         };
+        let span = crate::spans::agent_call(
+            &agent_name,
+            &connection_name,
+            request.model.as_deref(),
+            method,
+        );
         Ok(AgentCall {
+            span,
+            request_span: None,
+            tool_span: None,
+            totals: Default::default(),
             frame_name: format!("{agent_name}.{method}"),
             agent_name,
             via,

@@ -57,20 +57,25 @@ impl AgentCall {
                 });
             match self.resolve_tool(ctx, &call) {
                 Ok(ToolRun::Own(fid, tool, args)) => {
+                    self.tool_span =
+                        Some(crate::spans::tool_call(&self.span, &call.name, &call.id));
                     self.current = Some(call);
                     self.phase = Phase::Tool;
                     return Ok(Step::CallWithSelf(fid, tool, args.into()));
                 }
                 Ok(ToolRun::External(provider, method, args)) => {
+                    let span = crate::spans::tool_call(&self.span, &call.name, &call.id);
+                    self.tool_span = Some(span.clone());
                     self.current = Some(call);
                     self.phase = Phase::Tool;
                     let fut =
                         ctx.host
                             .tools
                             .call_for_model(ctx.program(), &provider, &method, args);
-                    return Ok(Step::Suspend(Box::pin(async move {
-                        fut.await.map(Value::carry).map_err(VmError::from)
-                    })));
+                    return Ok(Step::Suspend(Box::pin(tracing::Instrument::instrument(
+                        async move { fut.await.map(Value::carry).map_err(VmError::from) },
+                        span,
+                    ))));
                 }
                 Err(message) => {
                     self.request.messages.push(ChatMessage::tool_result(
