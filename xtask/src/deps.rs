@@ -168,8 +168,13 @@ pub(crate) fn check(root: &Path) -> Result<()> {
 }
 
 /// Crates an embedder who builds `concerto-runtime` without its default features (the VM
-/// and a connection layer of their own) must not get: HTTP and TLS, MCP, SQLite, Redis.
+/// and a connection layer of their own) must not get: HTTP and TLS, MCP, SQLite, Redis,
+/// the OpenTelemetry exporter.
 const OPTIONAL_CRATES: &[&str] = &[
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry-otlp",
+    "tracing-opentelemetry",
     "hyper",
     "hyper-util",
     "hyper-rustls",

@@ -229,7 +229,21 @@ fn main() -> ExitCode {
         Command::Run(args) if args.trace.is_some() => Some(concerto_runtime::ChromeTrace::new()),
         _ => None,
     };
-    init_logging(debug, chrome.clone());
+    // `run --otlp URL` or the standard variable: the spans are exported as they end. Made
+    // before any async runtime exists (its HTTP client is a blocking one).
+    let otlp = match &cli.command {
+        Command::Run(args) if args.otlp.is_some() || concerto_runtime::otel::endpoint_in_env() => {
+            match concerto_runtime::otel::OtlpExport::new(args.otlp.as_deref()) {
+                Ok(export) => Some(export),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    init_logging(debug, chrome.clone(), otlp.as_ref());
     match cli.command {
         Command::Check { file, compiler } => {
             let source = match Source::prepare(&file, compiler.as_deref()) {
@@ -256,7 +270,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run(args) => run(*args, chrome),
+        Command::Run(args) => {
+            let code = run(*args, chrome);
+            // Everything the run's spans still have queued goes out before the process ends.
+            if let Some(export) = &otlp
+                && let Err(e) = export.shutdown()
+            {
+                eprintln!("warning: {e}");
+            }
+            code
+        }
         Command::Submit(args) => queue::submit(*args),
         Command::Worker(args) => queue::worker(*args),
         Command::Watch(args) => queue::watch(*args),
@@ -583,6 +606,13 @@ struct RunArgs {
     /// the run ends, whatever its outcome (an existing file is replaced).
     #[arg(long, value_name = "FILE.json")]
     trace: Option<PathBuf>,
+    /// Export the run's spans over OTLP/HTTP (protobuf) to the collector at URL, a base URL
+    /// as in OTEL_EXPORTER_OTLP_ENDPOINT (spans go to URL/v1/traces): Jaeger, Grafana
+    /// Tempo, Honeycomb, Arize Phoenix, Langfuse. Without it, a non-empty
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (a base URL) or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the
+    /// full URL) turns the export on.
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
     /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
     #[arg(long, value_name = "PATH")]
     compiler: Option<PathBuf>,
@@ -798,6 +828,7 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
         replay,
         metrics,
         trace: trace_file,
+        otlp: _,
         compiler,
         persist,
         max_hashmap_bytes,
@@ -963,7 +994,11 @@ const TRACE_TARGET: &str = "concerto::trace";
 /// SDK (`rmcp`): it logs failures the runtime reports itself, as the program's error or the
 /// value it handles, so its lines show only when `RUST_LOG` asks for them
 /// (`RUST_LOG=rmcp=debug`).
-fn init_logging(debug: bool, chrome: Option<concerto_runtime::ChromeTrace>) {
+fn init_logging(
+    debug: bool,
+    chrome: Option<concerto_runtime::ChromeTrace>,
+    otlp: Option<&concerto_runtime::otel::OtlpExport>,
+) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -991,9 +1026,11 @@ fn init_logging(debug: bool, chrome: Option<concerto_runtime::ChromeTrace>) {
                 .with_target(concerto_runtime::vm::SPAN_TARGET, tracing::Level::INFO),
         )
     });
+    let otlp = otlp.map(|export| export.layer());
     let _ = tracing_subscriber::registry()
         .with(logger)
         .with(chrome)
+        .with(otlp)
         .try_init();
 }
 

@@ -2093,33 +2093,7 @@ allow_net = ["127.0.0.1"]
 #[test]
 fn a_trace_file_shows_calls_made_in_parallel_side_by_side() {
     let dir = fresh_dir("trace-parallel");
-    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/async/tasks.conc-ir");
-    let mut ir: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tasks).unwrap()).unwrap();
-    let constants = ir["constants"].as_array_mut().unwrap();
-    let base = constants.len();
-    for (i, value) in ["task_a", "task_b"].iter().enumerate() {
-        constants.push(serde_json::json!({"index": base + i, "type": "string", "value": value}));
-    }
-    constants.push(serde_json::json!({"index": base + 2, "type": "nil", "value": null}));
-    let main = ir["functions"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|f| f["name"] == "main")
-        .unwrap();
-    main["instructions"] = serde_json::json!([
-        {"op": "LOAD_CONST", "arg": base},
-        {"op": "SPAWN_ASYNC"},
-        {"op": "LOAD_CONST", "arg": base + 1},
-        {"op": "SPAWN_ASYNC"},
-        {"op": "AWAIT_ALL", "count": 2},
-        {"op": "POP"},
-        {"op": "LOAD_CONST", "arg": base + 2},
-        {"op": "RETURN"}
-    ]);
-    let program = dir.join("parallel.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let program = parallel_program(&dir);
     let trace = dir.join("trace.json");
     let out = bin()
         .args([
@@ -2189,6 +2163,40 @@ fn a_trace_file_shows_calls_made_in_parallel_side_by_side() {
         "the run took one call's time, not two: {run}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tests/async/tasks.conc-ir` with a `main` written here (concertoc has no spawn): spawn
+/// `task_a` and `task_b`, await both, return nil. Each task makes one agent call and emits
+/// `finished`.
+fn parallel_program(dir: &Path) -> PathBuf {
+    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/async/tasks.conc-ir");
+    let mut ir: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tasks).unwrap()).unwrap();
+    let constants = ir["constants"].as_array_mut().unwrap();
+    let base = constants.len();
+    for (i, value) in ["task_a", "task_b"].iter().enumerate() {
+        constants.push(serde_json::json!({"index": base + i, "type": "string", "value": value}));
+    }
+    constants.push(serde_json::json!({"index": base + 2, "type": "nil", "value": null}));
+    let main = ir["functions"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|f| f["name"] == "main")
+        .unwrap();
+    main["instructions"] = serde_json::json!([
+        {"op": "LOAD_CONST", "arg": base},
+        {"op": "SPAWN_ASYNC"},
+        {"op": "LOAD_CONST", "arg": base + 1},
+        {"op": "SPAWN_ASYNC"},
+        {"op": "AWAIT_ALL", "count": 2},
+        {"op": "POP"},
+        {"op": "LOAD_CONST", "arg": base + 2},
+        {"op": "RETURN"}
+    ]);
+    let program = dir.join("parallel.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    program
 }
 
 /// `--trace` with a tool round: the model (a loopback server that reads the tool's wire
@@ -2466,5 +2474,324 @@ fn a_trace_file_carries_the_error_type_of_what_failed() {
     let kind = run["args"]["error.type"].as_str().unwrap_or_default();
     assert!(!kind.is_empty(), "{text}");
     assert!(stderr(&out).contains("division"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An in-process OTLP/HTTP receiver: every `POST /v1/traces` body is decoded as an
+/// `ExportTraceServiceRequest` and answered 200; the raw bodies are kept too (to search
+/// for secrets). Returns the base URL and the collected requests.
+#[allow(clippy::type_complexity)]
+fn otlp_receiver() -> (
+    String,
+    std::sync::Arc<
+        std::sync::Mutex<
+            Vec<(
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+                Vec<u8>,
+            )>,
+        >,
+    >,
+) {
+    use prost::Message;
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            // Head, then exactly content-length bytes of (binary) body.
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 65536];
+            let body = loop {
+                let Ok(n) = stream.read(&mut buf) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if raw.len() >= end + 4 + len {
+                    assert!(head.starts_with("post /v1/traces"), "{head}");
+                    break Some(raw[end + 4..end + 4 + len].to_vec());
+                }
+            };
+            if let Some(body) = body {
+                let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                    body.as_slice(),
+                )
+                .expect("an OTLP protobuf body");
+                sink.lock().unwrap().push((request, body));
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\
+                  connection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, got)
+}
+
+/// One exported span, flattened: name, ids, times and attributes as JSON values.
+#[derive(Debug)]
+struct Exported {
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+    start: u64,
+    end: u64,
+    attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+fn exported_spans(
+    requests: &[(
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        Vec<u8>,
+    )],
+) -> (Vec<Exported>, Vec<String>) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    let mut spans = Vec::new();
+    let mut services = Vec::new();
+    for (request, _) in requests {
+        for rs in &request.resource_spans {
+            for kv in rs.resource.iter().flat_map(|r| &r.attributes) {
+                if kv.key == "service.name"
+                    && let Some(V::StringValue(s)) =
+                        kv.value.as_ref().and_then(|v| v.value.as_ref())
+                {
+                    services.push(s.clone());
+                }
+            }
+            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+                let attrs = span
+                    .attributes
+                    .iter()
+                    .map(|kv| {
+                        let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(V::StringValue(s)) => serde_json::json!(s),
+                            Some(V::IntValue(i)) => serde_json::json!(i),
+                            Some(V::BoolValue(b)) => serde_json::json!(b),
+                            Some(V::DoubleValue(d)) => serde_json::json!(d),
+                            other => serde_json::json!(format!("{other:?}")),
+                        };
+                        (kv.key.clone(), value)
+                    })
+                    .collect();
+                spans.push(Exported {
+                    name: span.name.clone(),
+                    trace_id: span.trace_id.clone(),
+                    span_id: span.span_id.clone(),
+                    parent: span.parent_span_id.clone(),
+                    start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    attrs,
+                });
+            }
+        }
+    }
+    (spans, services)
+}
+
+/// Issue 20, `--otlp URL` through the whole binary: the 429, 429, fallback call of the
+/// trace test, exported to an in-process OTLP/HTTP receiver that decodes the protobuf. One
+/// trace: run → invoke_agent → chat (the request) → three attempts, linked by parent ids;
+/// the GenAI attributes typed (ints as ints); `error.type` on the refused attempts; the
+/// service named `concerto`; the key, the prompt and the completion in no byte sent.
+#[test]
+fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
+    let dir = fresh_dir("otlp-fallback");
+    let (collector, received) = otlp_receiver();
+    let (primary, _) = scripted_server(|_| rate_limited());
+    let (backup, _) = scripted_server(|_| {
+        let body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "backup-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
+        });
+        (200, "", body.to_string())
+    });
+    let program = fallback_program_at(&dir, &primary);
+    let config = dir.join("runtime.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[connections.openai]\napi_key_env = \"CONCERTO_OTLP_KEY\"\n\
+             retry = {{ max_attempts = 2, backoff = \"none\" }}\n\
+             fallbacks = [{{ connection = \"backup\" }}]\nfallback_on = [\"rate_limited\"]\n\n\
+             [connections.backup]\nbase_url = \"{backup}\"\napi_key_env = \"CONCERTO_OTLP_KEY\"\n\
+             model = \"backup-model\"\n\n[permissions]\nallow_net = [\"127.0.0.1\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["run", "--emit-format", "jsonl", "--config"])
+        .arg(&config)
+        .args(["--otlp", &collector])
+        .arg(&program)
+        .env("CONCERTO_OTLP_KEY", "sk-otlp-canary-2024")
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "text"), "Teal");
+
+    let received = received.lock().unwrap();
+    assert!(
+        !received.is_empty(),
+        "nothing was exported: {}",
+        stderr(&out)
+    );
+    for (_, raw) in received.iter() {
+        for secret in [&b"sk-otlp-canary-2024"[..], b"Name a colour", b"Teal"] {
+            assert!(
+                !raw.windows(secret.len()).any(|w| w == secret),
+                "{} was sent",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+    let (spans, services) = exported_spans(&received);
+    assert!(
+        services.iter().all(|s| s == "concerto") && !services.is_empty(),
+        "{services:?}"
+    );
+    let find = |pred: &dyn Fn(&Exported) -> bool| -> Vec<&Exported> {
+        spans.iter().filter(|s| pred(s)).collect()
+    };
+    let run = find(&|s| s.name == "run");
+    let call = find(&|s| s.name == "invoke_agent Writer");
+    let request = find(&|s| s.name == "chat gpt-4o" && s.attrs.contains_key("concerto.round"));
+    assert_eq!(
+        (run.len(), call.len(), request.len()),
+        (1, 1, 1),
+        "{spans:#?}"
+    );
+    let (run, call, request) = (run[0], call[0], request[0]);
+    assert!(
+        spans.iter().all(|s| s.trace_id == run.trace_id),
+        "one trace: {spans:#?}"
+    );
+    assert_eq!(call.parent, run.span_id);
+    assert_eq!(request.parent, call.span_id);
+    let a = &call.attrs;
+    assert_eq!(a["gen_ai.operation.name"], "invoke_agent", "{a:?}");
+    assert_eq!(a["gen_ai.provider.name"], "openai", "{a:?}");
+    assert_eq!(a["gen_ai.request.model"], "gpt-4o", "{a:?}");
+    assert_eq!(a["gen_ai.response.model"], "backup-model", "{a:?}");
+    assert_eq!(a["gen_ai.usage.input_tokens"], 8, "{a:?}");
+    assert_eq!(a["gen_ai.usage.output_tokens"], 3, "{a:?}");
+    assert_eq!(a["concerto.agent"], "Writer", "{a:?}");
+    assert!(call.start <= request.start && request.end <= call.end);
+    let mut attempts = find(&|s| s.attrs.contains_key("concerto.attempt"));
+    attempts.sort_by_key(|s| s.start);
+    assert_eq!(attempts.len(), 3, "{spans:#?}");
+    for (i, attempt) in attempts.iter().enumerate() {
+        assert_eq!(attempt.parent, request.span_id, "{attempt:?}");
+        let refused = i < 2;
+        assert_eq!(
+            attempt.attrs.get("error.type").is_some(),
+            refused,
+            "{attempt:?}"
+        );
+        if refused {
+            assert_eq!(attempt.attrs["error.type"], "429", "{attempt:?}");
+            assert_eq!(
+                attempt.attrs["http.response.status_code"], 429,
+                "{attempt:?}"
+            );
+        } else {
+            assert_eq!(attempt.name, "chat backup-model", "{attempt:?}");
+            assert_eq!(attempt.attrs["concerto.fallback"], 1, "{attempt:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--otlp` with calls made in parallel: the two spawned tasks' spans are siblings under
+/// the run span, each task's agent call its child, and the two calls overlap in time.
+#[test]
+fn otlp_export_shows_parallel_calls_as_overlapping_siblings() {
+    let dir = fresh_dir("otlp-parallel");
+    let (collector, received) = otlp_receiver();
+    let program = parallel_program(&dir);
+    let out = bin()
+        .args([
+            "run",
+            "--mock",
+            "--mock-latency-ms",
+            "200",
+            "--emit-format",
+            "jsonl",
+        ])
+        .arg(&program)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let received = received.lock().unwrap();
+    let (spans, _) = exported_spans(&received);
+    let run = spans.iter().find(|s| s.name == "run").expect("run");
+    let tasks: Vec<_> = spans.iter().filter(|s| s.name == "task").collect();
+    let calls: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "invoke_agent Worker")
+        .collect();
+    assert_eq!((tasks.len(), calls.len()), (2, 2), "{spans:#?}");
+    for task in &tasks {
+        assert_eq!(task.parent, run.span_id, "{task:?}");
+    }
+    for call in &calls {
+        assert!(
+            tasks.iter().any(|t| t.span_id == call.parent),
+            "a call's parent is a task: {call:?}"
+        );
+    }
+    assert_ne!(calls[0].parent, calls[1].parent);
+    assert!(
+        calls[0].start < calls[1].end && calls[1].start < calls[0].end,
+        "the calls overlap: {calls:#?}"
+    );
+    drop(received);
+
+    // The per-signal variable (a full URL) turns the export on too; OTEL_SERVICE_NAME names
+    // the service.
+    let (collector, received) = otlp_receiver();
+    let out = bin()
+        .args(["run", "--mock", "--emit-format", "jsonl"])
+        .arg(&program)
+        .env(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            format!("{collector}/v1/traces"),
+        )
+        .env("OTEL_SERVICE_NAME", "harbour-bot")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (spans, services) = exported_spans(&received.lock().unwrap());
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "task").count(),
+        2,
+        "{spans:#?}"
+    );
+    assert!(
+        !services.is_empty() && services.iter().all(|s| s == "harbour-bot"),
+        "{services:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -679,7 +679,7 @@ impl Call {
             .unwrap_or(Err(Failure::Timeout(timeout)));
             if let Err(failure) = &outcome {
                 if let Failure::Status { status, .. } = failure {
-                    span.record("http.response.status_code", *status);
+                    span.record("http.response.status_code", i64::from(*status));
                 }
                 span.record("error.type", failure.error_type());
             }
@@ -828,8 +828,8 @@ fn attempt_span(
         gen_ai.provider.name = provider,
         gen_ai.request.model = model,
         concerto.connection = connection,
-        concerto.attempt = attempt,
-        concerto.fallback = fallback,
+        concerto.attempt = concerto_vm::spans::int(attempt),
+        concerto.fallback = concerto_vm::spans::int(fallback),
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     )

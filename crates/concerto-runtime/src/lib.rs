@@ -80,6 +80,8 @@ mod config;
 mod debugger;
 mod error;
 mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "redis")]
 pub mod queue;
 mod resume;

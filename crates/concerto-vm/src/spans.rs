@@ -21,6 +21,12 @@ use crate::host::ChatResponse;
 /// The `tracing` target of every span of a run (the connection layer's attempts included).
 pub const TARGET: &str = "concerto::span";
 
+/// A count as a span field: a signed 64-bit integer, the integer type OpenTelemetry
+/// attributes have (an unsigned field would be exported as text).
+pub fn int(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 /// The span of one agent call (`Agent.execute`, `execute_with_schema`, `chat`), from the
 /// call until its result is handed back; its requests and tool calls are its children.
 pub(crate) fn agent_call(agent: &str, connection: &str, model: Option<&str>, method: &str) -> Span {
@@ -67,8 +73,8 @@ pub(crate) fn request(parent: &Span, model: Option<&str>, round: u32, schema_att
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         gen_ai.response.finish_reasons = Empty,
-        concerto.round = round,
-        concerto.schema_attempt = schema_attempt,
+        concerto.round = int(round),
+        concerto.schema_attempt = int(schema_attempt),
         concerto.usage.estimated = Empty,
         concerto.cost_usd = Empty,
         concerto.attempts = Empty,
@@ -86,8 +92,8 @@ pub(crate) fn request(parent: &Span, model: Option<&str>, round: u32, schema_att
 pub(crate) fn record_reply(span: &Span, reply: &ChatResponse) {
     span.record("gen_ai.provider.name", reply.provider.as_str());
     span.record("gen_ai.response.model", reply.model.as_str());
-    span.record("gen_ai.usage.input_tokens", reply.usage.input_tokens);
-    span.record("gen_ai.usage.output_tokens", reply.usage.output_tokens);
+    span.record("gen_ai.usage.input_tokens", int(reply.usage.input_tokens));
+    span.record("gen_ai.usage.output_tokens", int(reply.usage.output_tokens));
     span.record("concerto.usage.estimated", reply.usage.estimated);
     if let Some(reason) = &reply.finish_reason {
         span.record("gen_ai.response.finish_reasons", reason.as_str());

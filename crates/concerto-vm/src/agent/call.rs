@@ -175,7 +175,7 @@ impl AgentCall {
     fn record_reply(&mut self, reply: &ChatResponse) {
         if let Some(span) = self.request_span.take() {
             crate::spans::record_reply(&span, reply);
-            span.record("concerto.attempts", reply.attempts);
+            span.record("concerto.attempts", crate::spans::int(reply.attempts));
             span.record(
                 "concerto.connection",
                 reply.connection.as_deref().unwrap_or(&self.connection_name),
@@ -195,8 +195,14 @@ impl AgentCall {
         let span = &self.span;
         span.record("gen_ai.provider.name", reply.provider.as_str());
         span.record("gen_ai.response.model", reply.model.as_str());
-        span.record("gen_ai.usage.input_tokens", t.input_tokens);
-        span.record("gen_ai.usage.output_tokens", t.output_tokens);
+        span.record(
+            "gen_ai.usage.input_tokens",
+            crate::spans::int(t.input_tokens),
+        );
+        span.record(
+            "gen_ai.usage.output_tokens",
+            crate::spans::int(t.output_tokens),
+        );
         span.record("concerto.usage.estimated", t.estimated);
         if let Some(reason) = &reply.finish_reason {
             span.record("gen_ai.response.finish_reasons", reason.as_str());
@@ -205,7 +211,7 @@ impl AgentCall {
             Some(cost) => span.record("concerto.cost_usd", cost),
             None => span.record("concerto.cost_usd", "unknown"),
         };
-        span.record("concerto.requests", t.requests);
+        span.record("concerto.requests", crate::spans::int(t.requests));
     }
 
     /// A reply arrived: run its tool calls, check it against the schema, or finish.
