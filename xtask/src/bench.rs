@@ -287,6 +287,16 @@ fn micro() -> Result<()> {
 /// Runs `cargo run --release -p PACKAGE --example EXAMPLE` and returns the JSON lines it
 /// printed.
 fn example_results(package: &str, example: &str, what: &str) -> Result<Vec<Value>> {
+    example_results_with(package, example, what, &[])
+}
+
+/// [`example_results`] with arguments for the example.
+fn example_results_with(
+    package: &str,
+    example: &str,
+    what: &str,
+    args: &[&str],
+) -> Result<Vec<Value>> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(crate::root())
         .args([
@@ -297,7 +307,9 @@ fn example_results(package: &str, example: &str, what: &str) -> Result<Vec<Value
             package,
             "--example",
             example,
+            "--",
         ])
+        .args(args)
         .output()
         .with_context(|| format!("cannot run the {what} benchmark"))?;
     if !output.status.success() {
@@ -319,7 +331,78 @@ fn connections() -> Result<()> {
     println!(
         "\nconnection layer: 1000 agent calls through the Connections trait, 100 in flight, mock answering after 50 ms; then one call at a time against an instant mock"
     );
+    println!("spans not exported (no subscriber):");
     let results = example_results("concerto-conn", "conn_bench", "connection")?;
+    connection_report(&results)?;
+    // The same with the spans exported over OTLP/HTTP to a local collector that accepts
+    // and counts them.
+    let (url, received) = otlp_sink()?;
+    println!("spans exported over OTLP/HTTP to a local collector ({url}):");
+    let results = example_results_with(
+        "concerto-conn",
+        "conn_bench",
+        "connection",
+        &["--otlp", &url],
+    )?;
+    connection_report(&results)?;
+    let (requests, bytes) = *received.lock().unwrap_or_else(|e| e.into_inner());
+    println!("  collector received  {requests} export requests, {bytes} bytes");
+    if requests == 0 {
+        bail!("the OTLP collector of the benchmark received nothing");
+    }
+    Ok(())
+}
+
+/// A loopback HTTP server that answers every request 200 and counts the requests and body
+/// bytes it received: the collector of the benchmark's OTLP export.
+fn otlp_sink() -> Result<(String, std::sync::Arc<std::sync::Mutex<(u64, u64)>>)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the OTLP sink")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let seen = counts.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 65536];
+                loop {
+                    let Ok(n) = stream.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if raw.len() < end + 4 + len {
+                        continue;
+                    }
+                    if let Ok(mut c) = seen.lock() {
+                        c.0 += 1;
+                        c.1 += len as u64;
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+            });
+        }
+    });
+    Ok((url, counts))
+}
+
+/// Prints one run of the connection benchmark against its targets.
+fn connection_report(results: &[Value]) -> Result<()> {
     let r = results
         .last()
         .context("the connection benchmark printed no result")?;

@@ -2041,6 +2041,14 @@ allow_net = ["127.0.0.1"]
         args["concerto.cost_usd"], "unknown",
         "backup-model has no price: {call}"
     );
+    // Where the call is in the source: `Writer.execute(...)` on line 10 of fallback.conc.
+    assert_eq!(args["code.function.name"], "main", "{call}");
+    assert_eq!(args["code.file.path"], "fallback.conc", "{call}");
+    assert_eq!(args["code.line.number"], 10, "{call}");
+    assert!(
+        args["code.column.number"].as_u64().is_some_and(|c| c > 0),
+        "{call}"
+    );
     assert_inside(call, run);
     let request = &named("chat gpt-4o")[0];
     assert_eq!(
@@ -2695,6 +2703,7 @@ fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
     assert_eq!(a["gen_ai.usage.input_tokens"], 8, "{a:?}");
     assert_eq!(a["gen_ai.usage.output_tokens"], 3, "{a:?}");
     assert_eq!(a["concerto.agent"], "Writer", "{a:?}");
+    assert_eq!(a["code.line.number"], 10, "{a:?}");
     assert!(call.start <= request.start && request.end <= call.end);
     let mut attempts = find(&|s| s.attrs.contains_key("concerto.attempt"));
     attempts.sort_by_key(|s| s.start);

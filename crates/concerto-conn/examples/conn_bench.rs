@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! cargo run --release -p concerto-conn --example conn_bench -- \
-//!     [--calls 1000] [--in-flight 100] [--delay-ms 50] [--seq 2000]
+//!     [--calls 1000] [--in-flight 100] [--delay-ms 50] [--seq 2000] [--otlp URL]
 //! ```
+//!
+//! Each call of ours is made inside the spans the VM makes for an agent call
+//! (`invoke_agent`, then `chat` for the request; the layer adds the attempt's): without
+//! `--otlp` no subscriber is installed and they cost their callsite checks; with it, a
+//! subscriber exports them over OTLP/HTTP (batch processor, protobuf) to the collector at
+//! URL, as `concerto run --otlp` does.
 //!
 //! - (a) `--calls` calls through `HttpConnections` used as `Arc<dyn Connections>`,
 //!   `--in-flight` at a time, the server answering an OpenAI-shaped reply after
@@ -47,6 +53,7 @@ struct Options {
     in_flight: usize,
     delay_ms: u64,
     seq: usize,
+    otlp: Option<String>,
 }
 
 fn options() -> Result<Options, String> {
@@ -55,6 +62,7 @@ fn options() -> Result<Options, String> {
         in_flight: 100,
         delay_ms: 50,
         seq: 2000,
+        otlp: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -62,6 +70,11 @@ fn options() -> Result<Options, String> {
         let value = args
             .get(i + 1)
             .ok_or_else(|| format!("{} needs a value", args[i]))?;
+        if args[i] == "--otlp" {
+            o.otlp = Some(value.clone());
+            i += 2;
+            continue;
+        }
         let n: u64 = value
             .parse()
             .map_err(|_| format!("{} needs a number, not {value}", args[i]))?;
@@ -237,8 +250,23 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match run(&o) {
-        Ok(report) => {
+    let export = match o.otlp.as_deref().map(install_otlp).transpose() {
+        Ok(export) => export,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "conn_bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = run(&o);
+    if let Some(provider) = export
+        && let Err(e) = provider.shutdown()
+    {
+        let _ = writeln!(std::io::stderr(), "conn_bench: OTLP export: {e}");
+        std::process::exit(1);
+    }
+    match result {
+        Ok(mut report) => {
+            report["otlp"] = json!(o.otlp.is_some());
             let _ = writeln!(std::io::stdout(), "{report}");
         }
         Err(e) => {
@@ -302,7 +330,18 @@ fn run(o: &Options) -> Result<Value, String> {
     let ours = |i: usize| {
         let conns = Arc::clone(&conns);
         let program = Arc::clone(&program);
-        async move { ours_call(&conns, &program, i).await }
+        // The spans of an agent call, as the VM makes them.
+        let call =
+            concerto_vm::spans::agent_call("Bench", "openai", Some("gpt-4o-mini"), "execute");
+        let request = concerto_vm::spans::request(&call, Some("gpt-4o-mini"), 0, 0);
+        async move {
+            let reply =
+                tracing::Instrument::instrument(ours_call(&conns, &program, i), request.clone())
+                    .await;
+            drop(request);
+            drop(call);
+            reply
+        }
     };
     let plain = |i: usize| {
         let bare = bare.clone();
@@ -376,4 +415,51 @@ fn run(o: &Options) -> Result<Value, String> {
         "added_latency_us_median": round(percentile(&diffs, 0.5)),
         "added_latency_us_p99": round(percentile(&diffs, 0.99)),
     }))
+}
+
+/// Installs a subscriber that exports the spans over OTLP/HTTP to the collector at `base`
+/// (`base/v1/traces`), with a batch processor; the provider is shut down (flushed) at the end.
+fn install_otlp(base: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // Plain HTTP to a local collector: rustls on ring without roots.
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("concerto"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(concerto_vm::spans::TARGET, tracing::Level::INFO),
+        );
+    tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(provider)
 }

@@ -29,7 +29,8 @@ pub fn int(n: impl TryInto<i64>) -> i64 {
 
 /// The span of one agent call (`Agent.execute`, `execute_with_schema`, `chat`), from the
 /// call until its result is handed back; its requests and tool calls are its children.
-pub(crate) fn agent_call(agent: &str, connection: &str, model: Option<&str>, method: &str) -> Span {
+/// (Public, with [`request`], so that benchmarks can make the spans an agent call makes.)
+pub fn agent_call(agent: &str, connection: &str, model: Option<&str>, method: &str) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         "agent_call",
@@ -49,6 +50,10 @@ pub(crate) fn agent_call(agent: &str, connection: &str, model: Option<&str>, met
         concerto.cost_usd = Empty,
         concerto.requests = Empty,
         error.type = Empty,
+        code.function.name = Empty,
+        code.file.path = Empty,
+        code.line.number = Empty,
+        code.column.number = Empty,
     );
     // The model the agent names; without one the connection's default answers, and the
     // reply's `gen_ai.response.model` says which.
@@ -60,7 +65,7 @@ pub(crate) fn agent_call(agent: &str, connection: &str, model: Option<&str>, met
 
 /// The span of one request of an agent call to its connection (the first, each tool round,
 /// each schema re-ask): a child of the call's span; the attempts are its children.
-pub(crate) fn request(parent: &Span, model: Option<&str>, round: u32, schema_attempt: u32) -> Span {
+pub fn request(parent: &Span, model: Option<&str>, round: u32, schema_attempt: u32) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         parent: parent,
@@ -89,7 +94,7 @@ pub(crate) fn request(parent: &Span, model: Option<&str>, round: u32, schema_att
 
 /// Records what a reply says on a request's span (made by [`request`]): provider, model,
 /// tokens (and whether they are estimates), finish reason, cost (`unknown` without a price).
-pub(crate) fn record_reply(span: &Span, reply: &ChatResponse) {
+pub fn record_reply(span: &Span, reply: &ChatResponse) {
     span.record("gen_ai.provider.name", reply.provider.as_str());
     span.record("gen_ai.response.model", reply.model.as_str());
     span.record("gen_ai.usage.input_tokens", int(reply.usage.input_tokens));
@@ -121,4 +126,17 @@ pub(crate) fn tool_call(parent: &Span, tool: &str, call_id: &str) -> Span {
 /// The span of a spawned task, a child of the span current where it was spawned.
 pub(crate) fn task(label: &str) -> Span {
     tracing::info_span!(target: TARGET, "task", concerto.task = label)
+}
+
+/// Records where in the Concerto source a span's call was made: the calling function, the
+/// program's source file, and the line and column when the IR carries them.
+pub(crate) fn record_call_site(span: &Span, function: &str, file: &str, at: concerto_ir::Span) {
+    span.record("code.function.name", function);
+    if !file.is_empty() {
+        span.record("code.file.path", file);
+    }
+    if at.is_known() {
+        span.record("code.line.number", int(at.line));
+        span.record("code.column.number", int(at.column));
+    }
 }

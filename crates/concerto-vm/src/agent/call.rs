@@ -499,6 +499,10 @@ impl Continuation for AgentCall {
         matches!(self.phase, Phase::Tool | Phase::Validator)
     }
 
+    fn span(&self) -> Option<&tracing::Span> {
+        Some(&self.span)
+    }
+
     fn frame_name(&self) -> &str {
         &self.frame_name
     }

@@ -239,6 +239,20 @@ impl Execution {
                         ),
                     ));
                 }
+                if let Some(span) = cont.span()
+                    && let Some(caller) = self.frames.last()
+                    && caller.native == NO_NATIVE
+                {
+                    // The caller's pc was saved after the call op.
+                    let program = &self.ctx.vm.program;
+                    let func = program.function(caller.func);
+                    let at = func
+                        .spans
+                        .get(caller.pc.saturating_sub(1) as usize)
+                        .copied()
+                        .unwrap_or_default();
+                    crate::spans::record_call_site(span, &func.name, &program.source_file, at);
+                }
                 let idx = self.natives.len() as u32;
                 self.natives.push(Some(cont));
                 self.ensure(base + 1);

@@ -40,6 +40,11 @@ pub(crate) trait Continuation: Send {
     }
     /// Name shown in traces.
     fn frame_name(&self) -> &str;
+    /// The span of what this continuation does (an agent call's), which learns the call
+    /// site when the continuation starts.
+    fn span(&self) -> Option<&tracing::Span> {
+        None
+    }
 }
 
 /// What a built-in function or method produced.
