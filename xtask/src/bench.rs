@@ -353,9 +353,12 @@ fn connections() -> Result<()> {
     Ok(())
 }
 
+/// Requests and body bytes a collector received.
+type Received = std::sync::Arc<std::sync::Mutex<(u64, u64)>>;
+
 /// A loopback HTTP server that answers every request 200 and counts the requests and body
 /// bytes it received: the collector of the benchmark's OTLP export.
-fn otlp_sink() -> Result<(String, std::sync::Arc<std::sync::Mutex<(u64, u64)>>)> {
+fn otlp_sink() -> Result<(String, Received)> {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the OTLP sink")?;
     let url = format!("http://{}", listener.local_addr()?);
