@@ -2804,3 +2804,42 @@ fn otlp_export_shows_parallel_calls_as_overlapping_siblings() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--otlp` with a pipeline: the run holds the pipeline span, the pipeline its two stage
+/// spans (one after the other), and each stage the agent call its code made.
+#[test]
+fn otlp_export_puts_each_stage_call_under_its_stage() {
+    let (collector, received) = otlp_receiver();
+    let out = bin()
+        .args([
+            "run",
+            "--mock",
+            "--emit-format",
+            "jsonl",
+            "--otlp",
+            &collector,
+        ])
+        .arg(programs().join("pipeline_calls.head.conc-ir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "done"), true);
+    let (spans, _) = exported_spans(&received.lock().unwrap());
+    let one = |name: &str| -> &Exported {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+        found[0]
+    };
+    let run = one("run");
+    let pipeline = one("pipeline Newsletter");
+    assert_eq!(pipeline.parent, run.span_id);
+    assert_eq!(pipeline.attrs["concerto.stages"], 2, "{pipeline:?}");
+    let (draft, edit) = (one("stage draft"), one("stage edit"));
+    for stage in [draft, edit] {
+        assert_eq!(stage.parent, pipeline.span_id, "{stage:?}");
+        assert_eq!(stage.attrs["concerto.attempt"], 1, "{stage:?}");
+    }
+    assert!(draft.end <= edit.start, "{draft:?} / {edit:?}");
+    assert_eq!(one("invoke_agent Drafter").parent, draft.span_id);
+    assert_eq!(one("invoke_agent Editor").parent, edit.span_id);
+}

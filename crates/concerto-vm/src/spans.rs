@@ -140,3 +140,30 @@ pub(crate) fn record_call_site(span: &Span, function: &str, file: &str, at: conc
         span.record("code.column.number", int(at.column));
     }
 }
+
+/// The span of one `Pipeline.run`: its stages are its children.
+pub(crate) fn pipeline(name: &str, stages: usize) -> Span {
+    tracing::info_span!(
+        target: TARGET,
+        "pipeline",
+        otel.name = %format_args!("pipeline {name}"),
+        concerto.pipeline = name,
+        concerto.stages = int(stages),
+        error.type = Empty,
+    )
+}
+
+/// The span of one attempt of a pipeline stage (a child of the pipeline's span); the agent
+/// calls its code makes are its children.
+pub(crate) fn stage(parent: &Span, pipeline: &str, stage: &str, attempt: u32) -> Span {
+    tracing::info_span!(
+        target: TARGET,
+        parent: parent,
+        "stage",
+        otel.name = %format_args!("stage {stage}"),
+        concerto.pipeline = pipeline,
+        concerto.stage = stage,
+        concerto.attempt = int(attempt),
+        error.type = Empty,
+    )
+}

@@ -503,6 +503,10 @@ impl Continuation for AgentCall {
         Some(&self.span)
     }
 
+    fn child_parent(&self) -> Option<&tracing::Span> {
+        self.tool_span.as_ref()
+    }
+
     fn frame_name(&self) -> &str {
         &self.frame_name
     }

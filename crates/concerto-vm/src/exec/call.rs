@@ -277,6 +277,8 @@ impl Execution {
         name: concerto_ir::NameId,
         schema: Option<u32>,
     ) -> Result<Called, VmError> {
+        let parent = self.code_parent_span();
+        let _entered = parent.as_ref().map(tracing::Span::enter);
         // Hashmap get/has/set answered at once by the store: no intermediate values.
         if let Value::Ref(r) = self.stack[base]
             && r.kind == crate::value::RefKind::Hashmap
@@ -370,6 +372,8 @@ impl Execution {
     }
 
     pub(super) fn call_site(&mut self, base: usize, idx: u32) -> Result<Called, VmError> {
+        let parent = self.code_parent_span();
+        let _entered = parent.as_ref().map(tracing::Span::enter);
         let vm = self.ctx.vm.clone();
         match &vm.program.call_sites[idx as usize] {
             concerto_ir::CallSite::MethodWithSchema { name, argc, schema } => {

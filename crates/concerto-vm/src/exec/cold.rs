@@ -48,6 +48,8 @@ impl Execution {
         child.ctx.child_stats = self.ctx.child_stats.clone();
         child.ctx.mocks = self.ctx.mocks.clone();
         child.ctx.captured = self.ctx.captured.clone();
+        let parent = self.code_parent_span();
+        let _entered = parent.as_ref().map(tracing::Span::enter);
         self.stack[at] = crate::task::spawn(
             child,
             func,

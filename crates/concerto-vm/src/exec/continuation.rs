@@ -45,6 +45,11 @@ pub(crate) trait Continuation: Send {
     fn span(&self) -> Option<&tracing::Span> {
         None
     }
+    /// The span that what the Concerto code this continuation calls does belongs under (a
+    /// pipeline stage's, a tool call's): the execution enters it while that code runs.
+    fn child_parent(&self) -> Option<&tracing::Span> {
+        None
+    }
 }
 
 /// What a built-in function or method produced.

@@ -257,6 +257,19 @@ impl Execution {
         self.fuel = grant;
     }
 
+    /// The `child_parent` span of the innermost native frame that has one: spans made by
+    /// the code running now (its agent calls, pipelines and tasks) go under it. Entered
+    /// around the calls that may make one (method calls, call sites, spawns), off the
+    /// dispatch loop's inline paths.
+    pub(super) fn code_parent_span(&self) -> Option<tracing::Span> {
+        self.natives
+            .iter()
+            .rev()
+            .flatten()
+            .find_map(|c| c.child_parent())
+            .cloned()
+    }
+
     fn reset(&mut self) {
         self.stack.clear();
         self.frames.clear();

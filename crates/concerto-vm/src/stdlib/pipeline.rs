@@ -39,6 +39,9 @@ pub(crate) struct PipelineRun {
     started: Option<Instant>,
     stage_started: Option<Instant>,
     frame_name: String,
+    /// The run's span, and the span of the stage attempt in progress.
+    span: tracing::Span,
+    stage_span: Option<tracing::Span>,
 }
 
 #[derive(Clone, Copy)]
@@ -90,8 +93,11 @@ fn policy(decorators: &[Decorator]) -> Policy {
 
 impl PipelineRun {
     pub(crate) fn new(ctx: &Ctx, pipeline: u32, input: Value) -> PipelineRun {
-        let name = ctx.program().pipelines[pipeline as usize].name.to_string();
+        let def = &ctx.program().pipelines[pipeline as usize];
+        let name = def.name.to_string();
         PipelineRun {
+            span: crate::spans::pipeline(&name, def.stages.len()),
+            stage_span: None,
             pipeline,
             frame_name: format!("{name}.run"),
             name,
@@ -123,6 +129,12 @@ impl PipelineRun {
             )?;
         }
         self.attempt += 1;
+        self.stage_span = Some(crate::spans::stage(
+            &self.span,
+            &self.name,
+            &stage.name,
+            self.attempt,
+        ));
         self.stage_started = Some(ctx.now());
         self.state = State::Running;
         let n_params = program.function(stage.function).n_params as usize;
@@ -179,6 +191,9 @@ impl PipelineRun {
     }
 
     fn stage_failed(&mut self, ctx: &mut Ctx, error: String) -> Result<Step, VmError> {
+        if let Some(span) = self.stage_span.take() {
+            span.record("error.type", "stage_failed");
+        }
         let program = ctx.program().clone();
         let stage = &program.pipelines[self.pipeline as usize].stages[self.stage];
         let policy = policy(&stage.decorators);
@@ -192,6 +207,7 @@ impl PipelineRun {
             return Ok(Step::Suspend(ctx.sleep(delay)));
         }
         let stage_name = stage.name.to_string();
+        self.span.record("error.type", "stage_failed");
         ctx.emit(
             "pipeline:error",
             &Value::map([
@@ -266,6 +282,7 @@ impl Continuation for PipelineRun {
                 };
                 match result {
                     Ok(v) => {
+                        self.stage_span = None;
                         let stage_name = self.stage_name(ctx);
                         ctx.emit(
                             "pipeline:stage_complete",
@@ -291,6 +308,10 @@ impl Continuation for PipelineRun {
 
     fn frame_name(&self) -> &str {
         &self.frame_name
+    }
+
+    fn child_parent(&self) -> Option<&tracing::Span> {
+        self.stage_span.as_ref()
     }
 }
 
