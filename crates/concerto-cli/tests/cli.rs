@@ -2843,3 +2843,68 @@ fn otlp_export_puts_each_stage_call_under_its_stage() {
     assert_eq!(one("invoke_agent Drafter").parent, draft.span_id);
     assert_eq!(one("invoke_agent Editor").parent, edit.span_id);
 }
+
+/// `--trace` with emit-awaits answered from standard input: one `emit_await <channel>` span
+/// per question, lasting until its answer; the two that got no usable answer (a line that
+/// is not JSON, the end of input) carry `error.type`. The answers are not in the file.
+#[test]
+fn a_trace_file_shows_each_emit_await_until_its_answer() {
+    use std::io::Write;
+    let dir = fresh_dir("trace-awaits");
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/emit/await_emit.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(common::make_emit_awaits(&mut ir), 3);
+    let program = dir.join("await_emit.conc-ir");
+    std::fs::write(&program, ir.to_string()).unwrap();
+    let trace = dir.join("trace.json");
+    let mut child = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--answer-awaits",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"go": true, "items": ["secret-answer-77"]}}"#).unwrap();
+    writeln!(stdin, "yes please").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (events, text) = trace_events(&trace);
+    assert!(!text.contains("secret-answer-77"), "{text}");
+    let run = events.iter().find(|e| e["name"] == "run").expect("run");
+    let awaits: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("emit_await "))
+        })
+        .collect();
+    let names: Vec<_> = awaits.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "emit_await ask",
+            "emit_await nobody_listens",
+            "emit_await fails"
+        ],
+        "{text}"
+    );
+    for (i, e) in awaits.iter().enumerate() {
+        assert_inside(e, run);
+        assert_eq!(e["args"]["error.type"].is_string(), i > 0, "{e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

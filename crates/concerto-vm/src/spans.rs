@@ -167,3 +167,17 @@ pub(crate) fn stage(parent: &Span, pipeline: &str, stage: &str, attempt: u32) ->
         error.type = Empty,
     )
 }
+
+/// The span of one emit-await, from the emit to the host's answer: under `parent` (the
+/// stage or tool call whose code made it), else under the span current here.
+pub(crate) fn emit_await(parent: Option<&Span>, channel: &str) -> Span {
+    let parent = parent.and_then(Span::id).or_else(|| Span::current().id());
+    tracing::info_span!(
+        target: TARGET,
+        parent: parent,
+        "emit_await",
+        otel.name = %format_args!("emit_await {channel}"),
+        concerto.channel = channel,
+        error.type = Empty,
+    )
+}

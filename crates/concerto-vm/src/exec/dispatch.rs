@@ -571,11 +571,21 @@ impl Execution {
                         let payload = reg!(payload).clone();
                         self.ctx.stats.emits += 1;
                         let fut = self.ctx.host.emit.emit_await(&channel, payload);
+                        let span =
+                            crate::spans::emit_await(self.code_parent_span().as_ref(), &channel);
                         save_pc!();
                         self.resume_dst = base + chan as usize;
-                        return Ok(Exit::Suspend(Box::pin(async move {
-                            fut.await.map_err(VmError::from)
-                        })));
+                        return Ok(Exit::Suspend(Box::pin(tracing::Instrument::instrument(
+                            async move {
+                                let answer = fut.await.map_err(VmError::from);
+                                if let Err(e) = &answer {
+                                    tracing::Span::current()
+                                        .record("error.type", e.kind().as_str());
+                                }
+                                answer
+                            },
+                            span,
+                        ))));
                     }
                     Op::TryBegin { chain, err } => {
                         self.handlers.push(Handler {
