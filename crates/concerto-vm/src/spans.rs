@@ -169,7 +169,7 @@ pub(crate) fn stage(parent: &Span, pipeline: &str, stage: &str, attempt: u32) ->
 }
 
 /// The span of one emit-await, from the emit to the host's answer: under `parent` (the
-/// stage or tool call whose code made it), else under the span current here.
+/// innermost `child_parent` span, e.g. a stage's), else under the span current here.
 pub(crate) fn emit_await(parent: Option<&Span>, channel: &str) -> Span {
     let parent = parent.and_then(Span::id).or_else(|| Span::current().id());
     tracing::info_span!(

@@ -45,8 +45,9 @@ pub(crate) trait Continuation: Send {
     fn span(&self) -> Option<&tracing::Span> {
         None
     }
-    /// The span that what the Concerto code this continuation calls does belongs under (a
-    /// pipeline stage's, a tool call's): the execution enters it while that code runs.
+    /// The span that the spans made by the Concerto code this continuation calls (agent
+    /// calls, pipelines, tasks, emit-awaits) go under; a pipeline names the stage in
+    /// progress.
     fn child_parent(&self) -> Option<&tracing::Span> {
         None
     }
