@@ -9,6 +9,7 @@
 mod bench;
 mod deps;
 mod interop;
+mod phoenix;
 mod queue_bench;
 mod tidy;
 
@@ -29,9 +30,10 @@ fn main() {
         Some("deps") => deps::check(&root()).and_then(|()| deps::check_minimal(&root())),
         Some("tidy") => tidy::check(&root()),
         Some("interop-setup") => interop::setup(),
+        Some("phoenix") => phoenix::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  durable the kill-point harness of resumable runs with a long random-kill loop [--rounds N (200)] [--seed S]\n  chaos   the queue's chaos test at full size: worker processes killed and paused while runs complete\n          [--workers N (4)] [--runs N (200)] [--interval-ms N (2500)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop"
+                "usage: cargo xtask <command>\n\n  ci      fmt, clippy, tests, docs, dependency direction, tidy, conformance, examples\n          [--quick: no examples or corpora] [--keep-check: keep target/check]\n  bench   time the benchmark programs against CPython (and Lua when installed)\n  fuzz    generated and mutated IR into the runtime, optimised build [--minutes N (10)] [--seed S]\n  durable the kill-point harness of resumable runs with a long random-kill loop [--rounds N (200)] [--seed S]\n  chaos   the queue's chaos test at full size: worker processes killed and paused while runs complete\n          [--workers N (4)] [--runs N (200)] [--interval-ms N (2500)] [--seed S]\n  deps    check the crate dependency direction\n  tidy    check source hygiene\n  interop-setup  install the MCP servers of the interop suite into target/interop\n  phoenix spans exported over OTLP to a local Arize Phoenix, read back and checked\n          [--phoenix-bin PATH (else $PHOENIX_BIN, else phoenix on PATH)]"
             );
             std::process::exit(2);
         }
