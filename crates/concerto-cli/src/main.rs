@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use concerto_runtime::emit::{JsonLinesSink, TextSink};
+use concerto_runtime::progress::StatusLine;
 use concerto_runtime::{
     Limits, ProcessSystem, Runtime, RuntimeBuilder, RuntimeConfig, RuntimeError, Sandbox,
     ToolPermission,
@@ -243,7 +244,12 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
-    init_logging(debug, chrome.clone(), otlp.as_ref());
+    // `run`: the live status line, counting from the run's spans.
+    let status = match &cli.command {
+        Command::Run(args) => status_line(args),
+        _ => None,
+    };
+    init_logging(debug, chrome.clone(), otlp.as_ref(), status.as_ref());
     match cli.command {
         Command::Check { file, compiler } => {
             let source = match Source::prepare(&file, compiler.as_deref()) {
@@ -271,7 +277,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let code = run(*args, chrome);
+            let code = run(*args, chrome, status);
             // Everything the run's spans still have queued goes out before the process ends.
             if let Some(export) = &otlp
                 && let Err(e) = export.shutdown()
@@ -426,7 +432,16 @@ fn system(
     print_out: concerto_runtime::TextOut,
     env_file: Option<&std::path::Path>,
 ) -> Result<(ProcessSystem, Vec<String>), ExitCode> {
-    let system = ProcessSystem::with_output(print_out, concerto_runtime::stderr_writer());
+    system_with_log(print_out, concerto_runtime::stderr_writer(), env_file)
+}
+
+/// [`system`] with `std::log` lines going to `log_out`.
+fn system_with_log(
+    print_out: concerto_runtime::TextOut,
+    log_out: concerto_runtime::TextOut,
+    env_file: Option<&std::path::Path>,
+) -> Result<(ProcessSystem, Vec<String>), ExitCode> {
+    let system = ProcessSystem::with_output(print_out, log_out);
     let Some(path) = env_file else {
         return Ok((system, Vec::new()));
     };
@@ -613,6 +628,18 @@ struct RunArgs {
     /// full URL) turns the export on.
     #[arg(long, value_name = "URL")]
     otlp: Option<String>,
+    /// Put the text of prompts and replies on the spans of model requests
+    /// (gen_ai.input.messages, gen_ai.output.messages) in --trace and --otlp output. Off by
+    /// default: without it the spans carry no prompt or completion text.
+    #[arg(long)]
+    trace_content: bool,
+    /// Show the live status line on stderr even when it would be off: stderr not a terminal
+    /// (then it is written as plain lines, a new one each time it changes), --quiet,
+    /// --emit-format jsonl, --debug. The line shows the agent calls in flight and done,
+    /// retries, fallbacks, tokens and cost so far, and the elapsed time; on a terminal it is
+    /// on by default and cleared when the run ends.
+    #[arg(long)]
+    progress: bool,
     /// The concertoc to compile a `.conc` file with (default: `concertoc` on PATH).
     #[arg(long, value_name = "PATH")]
     compiler: Option<PathBuf>,
@@ -701,6 +728,8 @@ struct Settings {
     retry_budget: Option<u32>,
     mock: Option<Option<u64>>,
     env_file: Option<PathBuf>,
+    /// Where the program's `std::log` lines go (stderr when none).
+    log_out: Option<concerto_runtime::TextOut>,
 }
 
 impl Execution {
@@ -750,6 +779,7 @@ impl Execution {
             retry_budget,
             mock: self.mock.then_some(self.mock_latency_ms),
             env_file: self.env_file,
+            log_out: None,
             file,
         })
     }
@@ -773,7 +803,11 @@ impl Settings {
         if let Some(retries) = self.retry_budget {
             builder = builder.retry_budget(retries);
         }
-        let (system, keys) = system(print_out, self.env_file.as_deref())?;
+        let log_out = self
+            .log_out
+            .clone()
+            .unwrap_or_else(concerto_runtime::stderr_writer);
+        let (system, keys) = system_with_log(print_out, log_out, self.env_file.as_deref())?;
         builder = builder
             .system(Arc::new(system.with_env(extra.iter().cloned())))
             .sandbox(self.access.sandbox_with_keys(&keys));
@@ -818,7 +852,11 @@ fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String
     iter.map(|item| item.map_err(|e| e.to_string())).collect()
 }
 
-fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode {
+fn run(
+    args: RunArgs,
+    chrome: Option<concerto_runtime::ChromeTrace>,
+    status: Option<StatusLine>,
+) -> ExitCode {
     let RunArgs {
         file,
         emit_format: format,
@@ -829,6 +867,8 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
         metrics,
         trace: trace_file,
         otlp: _,
+        trace_content,
+        progress: _,
         compiler,
         persist,
         max_hashmap_bytes,
@@ -846,7 +886,7 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
         eprintln!("error: --state and --resume take a value that is not empty");
         return ExitCode::from(2);
     }
-    let settings = match exec.settings(max_hashmap_bytes) {
+    let mut settings = match exec.settings(max_hashmap_bytes) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
@@ -855,11 +895,26 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
         Err(code) => return code,
     };
     let builder = Runtime::builder()
-        .config(settings.runtime_config())
+        .config(RuntimeConfig {
+            trace_content,
+            ..settings.runtime_config()
+        })
         .program_dir(&source.dir);
-    let print_out = match format {
+    let mut print_out = match format {
         EmitFormat::Jsonl => concerto_runtime::stderr_writer(),
         EmitFormat::Text => concerto_runtime::stdout_writer(),
+    };
+    // While the status line is shown, the program's output and the emits are written above
+    // it, whole lines at a time (stdout and stderr are often the same terminal).
+    if let Some(status) = &status {
+        print_out = status.text_out(print_out);
+        settings.log_out = Some(status.text_out(concerto_runtime::stderr_writer()));
+    }
+    let stdout = || -> Box<dyn Write + Send> {
+        match &status {
+            Some(status) => Box::new(status.writer(std::io::stdout())),
+            None => Box::new(std::io::stdout()),
+        }
     };
     let mut builder = match settings.apply(builder, print_out, &[]) {
         Ok(builder) => builder,
@@ -878,10 +933,10 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
     }
     match format {
         EmitFormat::Jsonl => {
-            builder = builder.emit_sink(Arc::new(JsonLinesSink::new(std::io::stdout())));
+            builder = builder.emit_sink(Arc::new(JsonLinesSink::new(stdout())));
         }
         EmitFormat::Text if !quiet => {
-            builder = builder.emit_sink(Arc::new(TextSink::new(std::io::stdout())));
+            builder = builder.emit_sink(Arc::new(TextSink::new(stdout())));
         }
         EmitFormat::Text => {}
     }
@@ -924,6 +979,9 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if let Some(status) = &status {
+        status.start();
+    }
     let trace = debug || tracing::enabled!(target: TRACE_TARGET, tracing::Level::TRACE);
     let result = if trace {
         // The interpreter's debug loop, with a tracer: the normal loop has no hook.
@@ -945,6 +1003,10 @@ fn run(args: RunArgs, chrome: Option<concerto_runtime::ChromeTrace>) -> ExitCode
     };
     // MCP sessions and host agents are closed gracefully before the command exits.
     rt.block_on(runtime.shutdown());
+    // Cleared (on a terminal) before anything else is reported.
+    if let Some(status) = &status {
+        status.finish();
+    }
     let _ = std::io::stdout().flush();
     for panic in runtime.listener_panics() {
         eprintln!("warning: {panic}");
@@ -998,8 +1060,10 @@ fn init_logging(
     debug: bool,
     chrome: Option<concerto_runtime::ChromeTrace>,
     otlp: Option<&concerto_runtime::otel::OtlpExport>,
+    status: Option<&StatusLine>,
 ) {
     use tracing_subscriber::Layer;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let asked = std::env::var_os("RUST_LOG").is_some_and(|v| !v.is_empty());
@@ -1011,9 +1075,17 @@ fn init_logging(
     if debug && let Ok(directive) = format!("{TRACE_TARGET}=trace").parse() {
         filter = filter.add_directive(directive);
     }
+    // Log lines written while the status line is shown go above it.
+    let writer = match status {
+        Some(status) => {
+            let status = status.clone();
+            BoxMakeWriter::new(move || status.writer(std::io::stderr()))
+        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     let logger = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let logger = if debug {
         logger.without_time().with_filter(filter).boxed()
     } else {
@@ -1027,11 +1099,36 @@ fn init_logging(
         )
     });
     let otlp = otlp.map(|export| export.layer());
+    // The status line counts from the run's spans.
+    let status = status.map(|layer| {
+        layer.clone().with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(concerto_runtime::vm::SPAN_TARGET, tracing::Level::INFO),
+        )
+    });
     let _ = tracing_subscriber::registry()
         .with(logger)
         .with(chrome)
         .with(otlp)
+        .with(status)
         .try_init();
+}
+
+/// `run`'s live status line, or none: on when stderr is a terminal, unless --quiet,
+/// --emit-format jsonl or --debug (whose trace lines fill stderr) turn it off; --progress
+/// turns it on in every case. Drawn over itself on a terminal, else written as plain lines.
+fn status_line(args: &RunArgs) -> Option<StatusLine> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let by_default = terminal && !args.quiet && !args.debug && args.emit_format == EmitFormat::Text;
+    if !(args.progress || by_default) {
+        return None;
+    }
+    Some(if terminal {
+        StatusLine::stderr()
+    } else {
+        StatusLine::lines(std::io::stderr())
+    })
 }
 
 /// `--debug`: one trace line for an op about to run.
@@ -1108,6 +1205,29 @@ fn print_metrics(m: &concerto_runtime::Metrics, format: EmitFormat) {
     row("errors caught", m.errors.to_string());
     row("total tokens", m.total_tokens().to_string());
     row("estimated cost", money(m.estimated_cost()));
+    let mut time = concerto_runtime::TimeTotals::default();
+    for c in m.llm.by_connection.values() {
+        time.merge(&c.time);
+    }
+    if time.timed > 0 {
+        row(
+            "LLM time",
+            format!(
+                "{} ms over {} timed {} (waiting for limits {} ms, connecting {} ms, to first byte {} ms, runtime overhead {} µs)",
+                time.total_us / 1000,
+                time.timed,
+                if time.timed == 1 {
+                    "request"
+                } else {
+                    "requests"
+                },
+                time.queue_us / 1000,
+                time.connect_us / 1000,
+                time.ttfb_us / 1000,
+                time.overhead_us
+            ),
+        );
+    }
     let tables = [
         ("agent", &m.llm.by_agent),
         ("connection", &m.llm.by_connection),

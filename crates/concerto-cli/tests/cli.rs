@@ -2180,9 +2180,18 @@ fn parallel_program(dir: &Path) -> PathBuf {
     let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/async/tasks.conc-ir");
     let mut ir: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tasks).unwrap()).unwrap();
+    spawn_from_main(&mut ir, "task_a", "task_b");
+    let program = dir.join("parallel.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    program
+}
+
+/// Makes `main` spawn the functions `a` and `b` (no parameters) as tasks and await both
+/// (neither compiler has a spawn the tests could write in source).
+fn spawn_from_main(ir: &mut serde_json::Value, a: &str, b: &str) {
     let constants = ir["constants"].as_array_mut().unwrap();
     let base = constants.len();
-    for (i, value) in ["task_a", "task_b"].iter().enumerate() {
+    for (i, value) in [a, b].iter().enumerate() {
         constants.push(serde_json::json!({"index": base + i, "type": "string", "value": value}));
     }
     constants.push(serde_json::json!({"index": base + 2, "type": "nil", "value": null}));
@@ -2202,19 +2211,187 @@ fn parallel_program(dir: &Path) -> PathBuf {
         {"op": "LOAD_CONST", "arg": base + 2},
         {"op": "RETURN"}
     ]);
-    let program = dir.join("parallel.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
-    program
 }
 
-/// `--trace` with a tool round: the model (a loopback server that reads the tool's wire
-/// name from the request) asks for `Stock::count`, then answers. The trace holds two
-/// requests (rounds 0 and 1) and between them the tool call, with its GenAI name and call
-/// id, all inside the agent call.
+/// Where a call's time went, seen by the program, `--metrics` and `--trace`: two calls run
+/// as parallel tasks through a connection that allows one request at a time, against a
+/// loopback server that holds each response head back 150 ms and streams three chunks 80 ms
+/// apart over a new connection each. Each `Response.timing` adds up (the parts within the
+/// total), one call waited for the other (`queue_ms`), both made a connection, both
+/// streamed (`first_token_ms` after `ttfb_ms`); the metrics sum the two; each request span
+/// and attempt span carries the same parts in microseconds.
 #[test]
-fn a_trace_file_shows_a_tool_call_between_the_two_requests() {
+fn response_timing_metrics_and_spans_show_where_a_calls_time_went() {
     use std::io::Write;
-    let dir = fresh_dir("trace-tool");
+    let dir = fresh_dir("timing");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                if common::read_request(&mut stream).is_none() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                );
+                let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+                    let c = serde_json::json!({"id": "s", "object": "chat.completion.chunk",
+                        "created": 1, "model": "gpt-4o",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                    format!("data: {c}\n\n")
+                };
+                let mut events = vec![chunk(
+                    serde_json::json!({"role": "assistant"}),
+                    serde_json::Value::Null,
+                )];
+                for piece in ["All ", "clear", "."] {
+                    events.push(chunk(
+                        serde_json::json!({"content": piece}),
+                        serde_json::Value::Null,
+                    ));
+                }
+                events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
+                events.push("data: [DONE]\n\n".to_string());
+                for event in events {
+                    std::thread::sleep(std::time::Duration::from_millis(80));
+                    if stream.write_all(event.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(programs().join("timed.head.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    let config = &mut ir["connections"][0]["config"];
+    config["base_url"] = serde_json::json!(url);
+    config["stream"] = serde_json::json!(true);
+    config["rate_limit"] = serde_json::json!({"concurrent_requests": 1});
+    spawn_from_main(&mut ir, "first", "second");
+    let program = dir.join("timed.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--metrics",
+            "--allow-net",
+            "127.0.0.1",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-timing-canary")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let timings: Vec<serde_json::Value> = jsonl(&out)
+        .into_iter()
+        .filter(|e| e["channel"] == "timing")
+        .map(|e| e["payload"].clone())
+        .collect();
+    assert_eq!(timings.len(), 2, "{}", stdout(&out));
+    let ms = |t: &serde_json::Value, field: &str| {
+        t[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} is not a number: {t}"))
+    };
+    for t in &timings {
+        let (total, queue, ttfb, first) = (
+            ms(t, "total_ms"),
+            ms(t, "queue_ms"),
+            ms(t, "ttfb_ms"),
+            ms(t, "first_token_ms"),
+        );
+        assert!(ms(t, "connect_ms") <= ttfb, "{t}");
+        assert!(ttfb >= 150 && first >= ttfb + 80, "{t}");
+        assert!(queue + first <= total, "{t}");
+        assert!(ms(t, "overhead_us") / 1000 + queue + ttfb <= total, "{t}");
+    }
+    let queued: Vec<u64> = timings.iter().map(|t| ms(t, "queue_ms")).collect();
+    assert!(
+        queued.iter().any(|q| *q >= 300) && queued.iter().any(|q| *q < 150),
+        "one call waited for the other's ~550 ms: {queued:?}"
+    );
+
+    let metrics = &metrics_lines(&out)[0]["metrics"]["connections"]["openai"];
+    assert_eq!(metrics["timed_requests"], 2, "{metrics}");
+    assert!(metrics["queue_ms"].as_u64().unwrap() >= 300, "{metrics}");
+    assert!(metrics["ttfb_ms"].as_u64().unwrap() >= 300, "{metrics}");
+    // Whole milliseconds: the sum of the microseconds, rounded down once.
+    let summed: u64 = timings.iter().map(|t| ms(t, "total_ms")).sum();
+    let llm_ms = metrics["llm_time_ms"].as_u64().unwrap();
+    assert!(
+        (summed..=summed + 1).contains(&llm_ms),
+        "{summed}: {metrics}"
+    );
+
+    // The table for people has the same sums on one line.
+    let text = bin()
+        .args(["run", "--metrics", "--allow-net", "127.0.0.1"])
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-timing-canary")
+        .output()
+        .unwrap();
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    let line = stderr(&text)
+        .lines()
+        .find(|l| l.trim_start().starts_with("LLM time"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no LLM time line: {}", stderr(&text)));
+    assert!(line.contains(" ms over 2 timed requests (waiting for limits "), "{line}");
+
+    let (events, _) = trace_events(&trace);
+    let requests: Vec<_> = events
+        .iter()
+        .filter(|e| e["args"]["concerto.round"].is_u64())
+        .collect();
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        let args = &request["args"];
+        let us = |f: &str| args[f].as_u64().unwrap_or_else(|| panic!("{f}: {request}"));
+        assert!(
+            us("concerto.queue_us") + us("concerto.first_token_us") <= us("concerto.total_us"),
+            "{request}"
+        );
+        assert!(us("concerto.ttfb_us") >= 150_000, "{request}");
+        assert!(
+            us("concerto.connect_us") <= us("concerto.ttfb_us"),
+            "{request}"
+        );
+        let attempt = events
+            .iter()
+            .find(|e| {
+                e["args"]["concerto.attempt"].is_u64() && {
+                    let (a, b) = (span_of(e), span_of(request));
+                    a.0 >= b.0 && a.1 <= b.1
+                }
+            })
+            .expect("the request's attempt");
+        assert_eq!(
+            attempt["args"]["concerto.ttfb_us"], args["concerto.ttfb_us"],
+            "{attempt}"
+        );
+        assert_eq!(
+            attempt["args"]["concerto.first_token_us"], args["concerto.first_token_us"],
+            "{attempt}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The tool-round program `programs/tool_call.head.conc-ir`, written into `dir`, against a
+/// loopback model that first asks for `Stock::count` (reading the tool's wire name from the
+/// request) and then answers "Seven lanterns".
+fn tool_call_program(dir: &Path) -> PathBuf {
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -2256,6 +2433,17 @@ fn a_trace_file_shows_a_tool_call_between_the_two_requests() {
     ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
     let program = dir.join("tool_call.conc-ir");
     std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    program
+}
+
+/// `--trace` with a tool round: the model (a loopback server that reads the tool's wire
+/// name from the request) asks for `Stock::count`, then answers. The trace holds two
+/// requests (rounds 0 and 1) and between them the tool call, with its GenAI name and call
+/// id, all inside the agent call.
+#[test]
+fn a_trace_file_shows_a_tool_call_between_the_two_requests() {
+    let dir = fresh_dir("trace-tool");
+    let program = tool_call_program(&dir);
     let trace = dir.join("trace.json");
     let out = bin()
         .args([
@@ -2325,6 +2513,188 @@ fn a_trace_file_shows_a_tool_call_between_the_two_requests() {
     }
     assert!(span_of(rounds[0]).1 <= span_of(tool).0, "{text}");
     assert!(span_of(tool).1 <= span_of(rounds[1]).0, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace` shows the calls a program's own code makes outside the process: each
+/// `std::http` request is a span named by its method with the server's address and port
+/// and the status (the query, which carries a token here, is not recorded), a request to a
+/// port where nothing listens has `error.type`, and each call of an MCP server's tool is an
+/// `execute_tool <Server.tool>` span; all are children of the run's span, in program order.
+#[test]
+fn a_trace_file_shows_the_http_and_mcp_calls_a_program_makes() {
+    let dir = fresh_dir("trace-outside");
+    let (server, count) = scripted_server(|_| (201, "", "{}".to_string()));
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let command = format!(
+        "python3 '{}' '{}'",
+        repo().join("tests/durable/mcp_counter.py").display(),
+        dir.join("mcp.log").display()
+    );
+    let text = std::fs::read_to_string(programs().join("outside_calls.head.conc-ir"))
+        .unwrap()
+        .replace("\"MCP_COMMAND\"", &serde_json::to_string(&command).unwrap())
+        .replace("http://SERVER/", &format!("{server}/"))
+        .replace("http://CLOSED/", &format!("http://{closed}/"));
+    let program = dir.join("outside_calls.conc-ir");
+    std::fs::write(&program, text).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-net",
+            "127.0.0.1",
+            "--allow-tool",
+            "Calc",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "posted"), 201);
+    assert_eq!(emitted(&out, "closed"), "unreachable");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let (events, text) = trace_events(&trace);
+    assert!(
+        !text.contains("secret-query"),
+        "the query is not recorded: {text}"
+    );
+    let run = events.iter().find(|e| e["name"] == "run").expect("the run");
+    let port = |address: &str| address.rsplit(':').next().unwrap().parse::<u64>().unwrap();
+    let posted = events
+        .iter()
+        .find(|e| e["name"] == "POST")
+        .expect("the POST");
+    assert_eq!(posted["args"]["http.request.method"], "POST", "{posted}");
+    assert_eq!(posted["args"]["server.address"], "127.0.0.1", "{posted}");
+    assert_eq!(posted["args"]["server.port"], port(&server), "{posted}");
+    assert_eq!(posted["args"]["http.response.status_code"], 201, "{posted}");
+    let refused = events.iter().find(|e| e["name"] == "GET").expect("the GET");
+    assert_eq!(refused["args"]["server.port"], port(&closed), "{refused}");
+    assert_eq!(refused["args"]["error.type"], "request_failed", "{refused}");
+    assert!(
+        refused["args"]["http.response.status_code"].is_null(),
+        "{refused}"
+    );
+    let tools: Vec<_> = events
+        .iter()
+        .filter(|e| e["name"] == "execute_tool Calc.add")
+        .collect();
+    assert_eq!(tools.len(), 2, "{text}");
+    for tool in &tools {
+        assert_eq!(tool["args"]["gen_ai.tool.name"], "Calc.add", "{tool}");
+        assert_eq!(tool["args"]["concerto.tool.kind"], "mcp", "{tool}");
+        assert!(tool["args"]["error.type"].is_null(), "{tool}");
+        assert_inside(tool, run);
+    }
+    assert_inside(posted, run);
+    assert_inside(refused, run);
+    assert!(span_of(posted).1 <= span_of(refused).0, "{text}");
+    assert!(span_of(refused).1 <= span_of(tools[0]).0, "{text}");
+    assert!(span_of(tools[0]).1 <= span_of(tools[1]).0, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--trace-content` is the host's opt-in to prompt and reply text on the spans: with it,
+/// each request span of a tool round carries the messages it sent (`gen_ai.input.messages`:
+/// the prompt, then the tool call and its result) and the reply (`gen_ai.output.messages`:
+/// the tool call asked for, then the answer); the agent call, attempt and tool spans carry
+/// none, and the API key appears nowhere. (Without the flag none of this text is in the
+/// trace: the tool-round test above.)
+#[test]
+fn trace_content_puts_prompts_and_replies_on_the_request_spans() {
+    let dir = fresh_dir("trace-content");
+    let program = tool_call_program(&dir);
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-net",
+            "127.0.0.1",
+            "--trace-content",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-trace-content-canary")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(emitted(&out, "text"), "Seven lanterns");
+    let (events, text) = trace_events(&trace);
+    assert!(!text.contains("sk-trace-content-canary"), "{text}");
+    let rounds: Vec<_> = events
+        .iter()
+        .filter(|e| e["args"]["concerto.round"].is_u64())
+        .collect();
+    assert_eq!(rounds.len(), 2, "{text}");
+    let messages = |e: &serde_json::Value, field: &str| -> serde_json::Value {
+        serde_json::from_str(
+            e["args"][field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field}: {e}")),
+        )
+        .unwrap()
+    };
+    let first_in = messages(rounds[0], "gen_ai.input.messages");
+    let user = first_in
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "user")
+        .expect("the prompt");
+    assert!(
+        user["parts"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("lanterns"),
+        "{first_in}"
+    );
+    let first_out = messages(rounds[0], "gen_ai.output.messages");
+    assert_eq!(first_out[0]["parts"][0]["type"], "tool_call", "{first_out}");
+    assert_eq!(
+        first_out[0]["parts"][0]["name"], "Stock::count",
+        "{first_out}"
+    );
+    assert_eq!(
+        first_out[0]["parts"][0]["arguments"]["item"], "lanterns",
+        "{first_out}"
+    );
+    let second_in = messages(rounds[1], "gen_ai.input.messages");
+    let answered = second_in
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["parts"].as_array().unwrap().iter())
+        .find(|p| p["type"] == "tool_call_response")
+        .expect("the tool's result");
+    assert_eq!(answered["id"], "call_1", "{second_in}");
+    let second_out = messages(rounds[1], "gen_ai.output.messages");
+    assert_eq!(
+        second_out[0]["parts"][0]["content"], "Seven lanterns",
+        "{second_out}"
+    );
+    assert_eq!(second_out[0]["finish_reason"], "stop", "{second_out}");
+    for e in events
+        .iter()
+        .filter(|e| !e["args"]["concerto.round"].is_u64())
+    {
+        let args = e["args"].to_string();
+        assert!(
+            !args.contains("lanterns"),
+            "text outside the request spans: {e}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -2559,6 +2929,8 @@ struct Exported {
     parent: Vec<u8>,
     start: u64,
     end: u64,
+    /// The span status's code: 0 unset, 1 ok, 2 error.
+    status: i32,
     attrs: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -2603,6 +2975,7 @@ fn exported_spans(
                     parent: span.parent_span_id.clone(),
                     start: span.start_time_unix_nano,
                     end: span.end_time_unix_nano,
+                    status: span.status.as_ref().map_or(0, |s| s.code),
                     attrs,
                 });
             }
@@ -2616,6 +2989,60 @@ fn exported_spans(
 /// trace: run → invoke_agent → chat (the request) → three attempts, linked by parent ids;
 /// the GenAI attributes typed (ints as ints); `error.type` on the refused attempts; the
 /// service named `concerto`; the key, the prompt and the completion in no byte sent.
+/// Spans the collector does not take are not lost in silence: a collector that refuses
+/// every export (503, counted) and one that is not listening at all each leave the run's
+/// result alone (exit 0, its emits) and a warning on stderr saying how many spans could not
+/// be sent and why.
+#[test]
+fn otlp_export_failures_are_reported_on_stderr() {
+    let dir = fresh_dir("otlp-failing");
+    let (answer, _) = scripted_server(|_| {
+        let body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
+        });
+        (200, "", body.to_string())
+    });
+    let program = fallback_program_at(&dir, &answer);
+    let (refusing, refused) = scripted_server(|_| (503, "", "{}".to_string()));
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    for collector in [&refusing, &closed] {
+        let out = bin()
+            .args([
+                "run",
+                "--emit-format",
+                "jsonl",
+                "--allow-net",
+                "127.0.0.1",
+                "--otlp",
+            ])
+            .arg(collector)
+            .arg(&program)
+            .env("OPENAI_API_KEY", "sk-otlp-failing")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(emitted(&out, "text"), "Teal");
+        let err = stderr(&out);
+        let warning = err
+            .lines()
+            .find(|l| l.starts_with("warning: OTLP export: "))
+            .unwrap_or_else(|| panic!("no export warning for {collector}: {err}"));
+        assert!(warning.contains("spans could not be sent: "), "{warning}");
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the refusing collector was asked"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
     let dir = fresh_dir("otlp-fallback");
@@ -2695,6 +3122,7 @@ fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
     );
     assert_eq!(call.parent, run.span_id);
     assert_eq!(request.parent, call.span_id);
+    assert_eq!((run.status, call.status, request.status), (0, 0, 0));
     let a = &call.attrs;
     assert_eq!(a["gen_ai.operation.name"], "invoke_agent", "{a:?}");
     assert_eq!(a["gen_ai.provider.name"], "openai", "{a:?}");
@@ -2716,6 +3144,9 @@ fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
             refused,
             "{attempt:?}"
         );
+        // A refused attempt's status is an error (what backends mark and filter on); the
+        // request and the call it was retried within succeeded.
+        assert_eq!(attempt.status, if refused { 2 } else { 0 }, "{attempt:?}");
         if refused {
             assert_eq!(attempt.attrs["error.type"], "429", "{attempt:?}");
             assert_eq!(

@@ -2,18 +2,22 @@
 //! one attempt of one call: send, check the status, read the body whole or as a stream.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
 
 use crate::config::{HttpTarget, Secrets};
 use crate::retry;
@@ -28,7 +32,7 @@ const STREAM_END_GRACE: Duration = Duration::from_millis(250);
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
-type Hyper = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Hyper = Client<Timed<HttpsConnector<HttpConnector>>, Full<Bytes>>;
 
 /// The shared HTTP client: HTTP/1.1 and HTTP/2 (chosen by ALPN) over TLS with the webpki
 /// roots, plain HTTP for local servers, pooled connections.
@@ -62,6 +66,7 @@ impl HttpClient {
                     .enable_http1()
                     .enable_http2()
                     .wrap_connector(http);
+                let https = Timed(https);
                 Ok(Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(POOL_IDLE)
@@ -295,6 +300,99 @@ async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, Result<
     Ok(out)
 }
 
+/// When a connection was made and how long making it took: carried by every response on
+/// it (hyper's `Connected::extra`), so an attempt can tell whether it paid for a new one.
+#[derive(Debug, Clone, Copy)]
+struct Made {
+    at: Instant,
+    took: Duration,
+}
+
+/// A connector that times the connections it makes (the wrapped connector's whole work).
+#[derive(Clone)]
+pub(crate) struct Timed<C>(C);
+
+impl<C> tower_service::Service<Uri> for Timed<C>
+where
+    C: tower_service::Service<Uri> + Send,
+    C::Future: Send + 'static,
+{
+    type Response = TimedIo<C::Response>;
+    type Error = C::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, C::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), C::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let at = Instant::now();
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(TimedIo {
+                io,
+                made: Made {
+                    at,
+                    took: at.elapsed(),
+                },
+            })
+        })
+    }
+}
+
+/// A connection made by [`Timed`]: the stream, and when it was made.
+pub(crate) struct TimedIo<T> {
+    io: T,
+    made: Made,
+}
+
+impl<T: Connection> Connection for TimedIo<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(self.made)
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for TimedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for TimedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
 /// What one attempt sends.
 pub(crate) struct Attempt<'a> {
     /// Endpoint, headers and secrets.
@@ -307,15 +405,36 @@ pub(crate) struct Attempt<'a> {
     pub(crate) names: &'a ToolNames,
 }
 
+/// When the moments of one attempt happened, as far as it got.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AttemptClock {
+    /// The request was handed to the HTTP client.
+    pub(crate) sent: Option<Instant>,
+    /// How long making the connection took, when one was made for this request.
+    pub(crate) connect: Option<Duration>,
+    /// The response head arrived.
+    pub(crate) head: Option<Instant>,
+    /// The stream's first text or tool-call content arrived.
+    pub(crate) first_token: Option<Instant>,
+}
+
 /// Runs one attempt (without a time limit: the caller applies it and drops this future
-/// at the deadline, which abandons the request).
-pub(crate) async fn attempt(client: &HttpClient, at: Attempt<'_>) -> Result<Reply, Failure> {
-    run(client, &at)
+/// at the deadline, which abandons the request), noting its moments in `clock`.
+pub(crate) async fn attempt(
+    client: &HttpClient,
+    at: Attempt<'_>,
+    clock: &mut AttemptClock,
+) -> Result<Reply, Failure> {
+    run(client, &at, clock)
         .await
         .map_err(|f| f.redacted(&at.target.secrets))
 }
 
-async fn run(client: &HttpClient, at: &Attempt<'_>) -> Result<Reply, Failure> {
+async fn run(
+    client: &HttpClient,
+    at: &Attempt<'_>,
+    clock: &mut AttemptClock,
+) -> Result<Reply, Failure> {
     let provider = at.target.provider;
     let mut request = Request::new(Full::new(at.body.clone()));
     *request.method_mut() = Method::POST;
@@ -326,7 +445,15 @@ async fn run(client: &HttpClient, at: &Attempt<'_>) -> Result<Reply, Failure> {
             .headers_mut()
             .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     }
+    let sent = Instant::now();
+    clock.sent = Some(sent);
     let response = client.send(request).await?;
+    clock.head = Some(Instant::now());
+    clock.connect = response
+        .extensions()
+        .get::<Made>()
+        .filter(|made| made.at >= sent)
+        .map(|made| made.took);
     let status = response.status().as_u16();
     let (parts, mut body) = response.into_parts();
     if !(200..300).contains(&status) {
@@ -366,6 +493,9 @@ async fn run(client: &HttpClient, at: &Attempt<'_>) -> Result<Reply, Failure> {
                     )));
                 }
                 decoder.feed(&data).map_err(wire_failure)?;
+                if clock.first_token.is_none() && decoder.has_output() {
+                    clock.first_token = Some(Instant::now());
+                }
                 if decoder.is_complete() {
                     break;
                 }

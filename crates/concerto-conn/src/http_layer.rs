@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use concerto_vm::host::{
-    BoxFuture, ChatRequest, ChatResponse, ConnectionId, Connections, HostError, HostErrorKind,
-    Program,
+    BoxFuture, CallTiming, ChatRequest, ChatResponse, ConnectionId, Connections, HostError,
+    HostErrorKind, Program,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::client::{Attempt, Failure, HttpClient};
+use crate::client::{Attempt, AttemptClock, Failure, HttpClient};
 use crate::config::{EnvFn, Resolved, Target};
 use crate::limits::{AdmitError, LimitSpec, Limits};
 use crate::retry::RetryBudget;
@@ -458,10 +458,52 @@ impl From<HostError> for LegError {
 }
 
 /// Counted across the legs of one call.
-#[derive(Default)]
 struct Progress {
     attempts: u32,
+    /// When the call was taken.
+    begun: Instant,
+    /// When the first attempt was sent (after its limit wait).
     started: Option<Instant>,
+    /// Time spent waiting for limits, in retry delays, and in the attempts' exchanges.
+    queued: Duration,
+    delayed: Duration,
+    exchanging: Duration,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            attempts: 0,
+            begun: Instant::now(),
+            started: None,
+            queued: Duration::ZERO,
+            delayed: Duration::ZERO,
+            exchanging: Duration::ZERO,
+        }
+    }
+
+    /// The call's timing, now that `answer` (the answering attempt's clock) answered.
+    fn timing(&self, answer: &AttemptClock) -> CallTiming {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let total = self.begun.elapsed();
+        let since_sent = |at: Option<Instant>| {
+            answer
+                .sent
+                .zip(at)
+                .map(|(sent, at)| us(at.saturating_duration_since(sent)))
+        };
+        CallTiming {
+            total_us: us(total),
+            queue_us: us(self.queued),
+            connect_us: answer.connect.map(us),
+            ttfb_us: since_sent(answer.head),
+            first_token_us: since_sent(answer.first_token),
+            overhead_us: us(total
+                .saturating_sub(self.queued)
+                .saturating_sub(self.delayed)
+                .saturating_sub(self.exchanging)),
+        }
+    }
 }
 
 fn with_kind(kind: HostErrorKind, message: String) -> HostError {
@@ -492,7 +534,7 @@ fn fallback_kind(failure: &Failure) -> Option<FallbackOn> {
 
 impl Call {
     async fn run(self, request: ChatRequest) -> Result<ChatResponse, HostError> {
-        let mut progress = Progress::default();
+        let mut progress = Progress::new();
         // The failures so far, one text per leg tried (secrets redacted).
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<LegError> = None;
@@ -599,7 +641,14 @@ impl Call {
                 let mut request = request.clone();
                 request.model = Some(model);
                 progress.attempts += 1;
-                let response = span.in_scope(|| crate::mock::respond(&conn.config, &request));
+                let sent = Instant::now();
+                let mut response = span.in_scope(|| crate::mock::respond(&conn.config, &request));
+                progress.exchanging += sent.elapsed();
+                let clock = AttemptClock {
+                    sent: Some(sent),
+                    ..AttemptClock::default()
+                };
+                response.timing = Some(progress.timing(&clock));
                 return Ok(response);
             }
         };
@@ -637,6 +686,7 @@ impl Call {
         loop {
             attempts += 1;
             let span = attempt_span(&conn.name, &conn.provider_name, &model, attempts, fallback);
+            let waiting = Instant::now();
             let mut admission = match &prepared.limits {
                 Some(limits) => Some(limits.admit(reserve).await.map_err(|e| match e {
                     AdmitError::TooManyTokens { reserved, limit } => HostError::limit(format!(
@@ -650,6 +700,7 @@ impl Call {
                 })?),
                 None => None,
             };
+            progress.queued += waiting.elapsed();
             progress.attempts += 1;
             let start = *progress.started.get_or_insert_with(Instant::now);
             tracing::debug!(
@@ -660,6 +711,8 @@ impl Call {
                 stream,
                 "sending LLM request"
             );
+            let mut clock = AttemptClock::default();
+            let exchange = Instant::now();
             let outcome = tracing::Instrument::instrument(
                 tokio::time::timeout(
                     timeout,
@@ -671,17 +724,20 @@ impl Call {
                             stream,
                             names: &names,
                         },
+                        &mut clock,
                     ),
                 ),
                 span.clone(),
             )
             .await
             .unwrap_or(Err(Failure::Timeout(timeout)));
+            progress.exchanging += exchange.elapsed();
+            record_clock(&span, &clock);
             if let Err(failure) = &outcome {
                 if let Failure::Status { status, .. } = failure {
                     span.record("http.response.status_code", i64::from(*status));
                 }
-                span.record("error.type", failure.error_type());
+                concerto_vm::spans::record_error(&span, &failure.error_type());
             }
             drop(span);
             let failure = match outcome {
@@ -707,6 +763,7 @@ impl Call {
                     response.attempts = attempts;
                     response.latency_ms =
                         u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    response.timing = Some(progress.timing(&clock));
                     return Ok(response);
                 }
                 Err(failure) => failure,
@@ -771,7 +828,9 @@ impl Call {
                 "LLM request failed; retrying"
             );
             if !delay.is_zero() {
+                let sleeping = Instant::now();
                 tokio::time::sleep(delay).await;
+                progress.delayed += sleeping.elapsed();
             }
         }
     }
@@ -832,5 +891,28 @@ fn attempt_span(
         concerto.fallback = concerto_vm::spans::int(fallback),
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        concerto.connect_us = tracing::field::Empty,
+        concerto.ttfb_us = tracing::field::Empty,
+        concerto.first_token_us = tracing::field::Empty,
     )
+}
+
+/// Records an attempt's moments on its span: the connection it made, the response head and
+/// the first streamed content, each in microseconds after the request was sent.
+fn record_clock(span: &tracing::Span, clock: &AttemptClock) {
+    let Some(sent) = clock.sent else { return };
+    let us = |d: Duration| concerto_vm::spans::int(d.as_micros());
+    if let Some(connect) = clock.connect {
+        span.record("concerto.connect_us", us(connect));
+    }
+    if let Some(head) = clock.head {
+        span.record("concerto.ttfb_us", us(head.saturating_duration_since(sent)));
+    }
+    if let Some(first) = clock.first_token {
+        span.record(
+            "concerto.first_token_us",
+            us(first.saturating_duration_since(sent)),
+        );
+    }
 }

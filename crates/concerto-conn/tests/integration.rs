@@ -7,3 +7,4 @@ mod faults;
 mod http_calls;
 mod limits;
 mod support;
+mod timing;

@@ -63,6 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         // Debug mode
         debug: false,
+
+        // Prompt and reply text on the request spans (off: traces carry none)
+        trace_content: false,
+
+        // No export of the run's spans to an OTLP collector
+        otlp_endpoint: None,
     };
 
     let mut runtime = Runtime::new(config);

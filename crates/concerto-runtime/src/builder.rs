@@ -435,6 +435,13 @@ impl RuntimeBuilder {
                 .into());
             }
         }
+        if !cfg!(feature = "otel") && self.config.otlp_endpoint.is_some() {
+            return Err(SetupError::FeatureOff {
+                feature: "otel",
+                what: "RuntimeConfig::otlp_endpoint",
+            }
+            .into());
+        }
         if !cfg!(feature = "http") && self.retry_budget.is_some() {
             return Err(SetupError::FeatureOff {
                 feature: "http",
@@ -602,6 +609,8 @@ impl RuntimeBuilder {
             custom_tools: self.tools,
             active_tools: None,
             builtin_tools: None,
+            #[cfg(feature = "otel")]
+            otlp: None,
             sandbox: self.sandbox.unwrap_or_default(),
             host_tools: self.host_tools,
             system,

@@ -25,6 +25,8 @@ use std::time::Duration;
 ///     emit_mode: EmitMode::Immediate,
 ///     execution_timeout: Duration::from_secs(300),
 ///     debug: false,
+///     trace_content: false,
+///     otlp_endpoint: None,
 /// };
 /// # let _ = config;
 /// ```
@@ -41,6 +43,18 @@ pub struct RuntimeConfig {
     /// Include traces and extra detail in errors: an uncaught error's text (its `Display`)
     /// also lists the call trace, one `called from` line per frame.
     pub debug: bool,
+    /// Record the text of prompts and replies on the spans of model requests
+    /// (`gen_ai.input.messages`, `gen_ai.output.messages`); off by default, so traces carry
+    /// no prompt or completion text unless the host opts in.
+    pub trace_content: bool,
+    /// Export the spans of every run to the OTLP/HTTP collector at this base URL (as in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; spans go to its `/v1/traces`), flushed when each run
+    /// ends. Set on a runtime's first run through [`crate::otel::install`], which makes
+    /// the process's global `tracing` subscriber: a host with a subscriber of its own adds
+    /// [`crate::otel::OtlpExport::layer`] to it instead. Needs the `otel` feature; the
+    /// first run fails with a setup error when the export cannot be set up. Spans the
+    /// collector does not take are dropped: a run never fails for them.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -51,6 +65,8 @@ impl Default for RuntimeConfig {
             emit_mode: EmitMode::Immediate,
             execution_timeout: Duration::from_secs(300),
             debug: false,
+            trace_content: false,
+            otlp_endpoint: None,
         }
     }
 }

@@ -122,11 +122,14 @@ pub enum SetupError {
     /// A setting needs a Cargo feature of `concerto-runtime` this build does not have.
     #[error("{what} needs the `{feature}` feature of concerto-runtime, which this build lacks")]
     FeatureOff {
-        /// The feature (`sqlite`, `redis`, `http`, `mcp`).
+        /// The feature (`sqlite`, `redis`, `http`, `mcp`, `otel`).
         feature: &'static str,
         /// What needed it.
         what: &'static str,
     },
+    /// The export of spans asked for by `RuntimeConfig::otlp_endpoint` could not be set up.
+    #[error("RuntimeConfig::otlp_endpoint: {0}")]
+    Otlp(String),
     /// A breakpoint does not fit the program.
     #[error(transparent)]
     Breakpoint(#[from] concerto_vm::BreakpointError),

@@ -66,6 +66,8 @@
 //! - `resume`: the journal of a run ([`Runtime::execute_run`]).
 //! - [`queue`] (feature `redis`): workers that take queued runs ([`queue::Worker`]), and
 //!   the client that submits and watches them ([`queue::Queue`]).
+//! - [`progress`] (feature `progress`): [`progress::StatusLine`], the live status line of a
+//!   run.
 //! - `metrics`: [`Metrics`] and [`Cost`].
 //! - `debugger`: [`Debugger`] (`Runtime::new_debugger`): breakpoints, stepping, inspection.
 //! - `value`: the host-side [`Value`].
@@ -82,6 +84,8 @@ mod error;
 mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+#[cfg(feature = "progress")]
+pub mod progress;
 #[cfg(feature = "redis")]
 pub mod queue;
 mod resume;
@@ -117,13 +121,13 @@ pub mod vm {
     /// one and hand it to [`crate::RuntimeBuilder`].
     pub mod host {
         pub use concerto_vm::host::{
-            Backoff, BoxFuture, ChatMessage, ChatRequest, ChatResponse, ConnectionId, Connections,
-            ConversationStore, Dialect, EmitSink, FsReply, FsRequest, HashmapStore, HostError,
-            HostErrorKind, HostSession, HttpReply, HttpRequest, ImagePart, JournalRecord,
-            JournalStore, LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId, MemoryStore,
-            OutsideError, OutsideFailure, OutsideFailureKind, Program, ProviderFailure,
-            ProviderFailureKind, Reply, ResponseSchema, RetryPolicy, SchemaCheck, SchemaId,
-            SchemaValidator, Spawned, System, ToolCall, ToolHost, ToolOutput, ToolSpec,
+            Backoff, BoxFuture, CallTiming, ChatMessage, ChatRequest, ChatResponse, ConnectionId,
+            Connections, ConversationStore, Dialect, EmitSink, FsReply, FsRequest, HashmapStore,
+            HostError, HostErrorKind, HostSession, HttpReply, HttpRequest, ImagePart,
+            JournalRecord, JournalStore, LedgerEntry, LedgerQuery, LedgerStore, LogLevel, MapId,
+            MemoryStore, OutsideError, OutsideFailure, OutsideFailureKind, Program,
+            ProviderFailure, ProviderFailureKind, Reply, ResponseSchema, RetryPolicy, SchemaCheck,
+            SchemaId, SchemaValidator, Spawned, System, ToolCall, ToolHost, ToolOutput, ToolSpec,
             TypeDefKind, Usage, Write,
         };
     }
@@ -154,7 +158,7 @@ pub mod emit {
 pub mod ir {
     pub use concerto_ir::{LoadError, Program, load_bytes, load_path, load_str};
 }
-pub use concerto_vm::{LlmCounters, LlmStats};
+pub use concerto_vm::{LlmCounters, LlmStats, TimeTotals};
 pub use concurrency::Executor;
 pub use config::{
     ConnectionOverride, EmitMode, Limits, RuntimeConfig, Sandbox, StateStore, ToolPermission,
@@ -198,6 +202,9 @@ pub struct Runtime {
     active_tools: Option<Arc<dyn ToolHost>>,
     /// The built-in tool layer, when it is the one in use (closed by [`Runtime::shutdown`]).
     builtin_tools: Option<Arc<concerto_tools::Tools>>,
+    /// The span exporter [`RuntimeConfig::otlp_endpoint`] asked for, once installed.
+    #[cfg(feature = "otel")]
+    otlp: Option<Arc<otel::OtlpExport>>,
     sandbox: Sandbox,
     host_tools: Vec<builder::HostToolRegistration>,
     system: Arc<dyn System>,
@@ -705,6 +712,16 @@ impl Runtime {
         run_id: Option<&str>,
         epoch: Option<u64>,
     ) -> Result<Value, RuntimeError> {
+        #[cfg(feature = "otel")]
+        let export = self.otlp_export().await?;
+        #[cfg(not(feature = "otel"))]
+        if self.config.otlp_endpoint.is_some() {
+            return Err(SetupError::FeatureOff {
+                feature: "otel",
+                what: "RuntimeConfig::otlp_endpoint",
+            }
+            .into());
+        }
         let journal = self.open_journal(run_id, epoch).await?;
         let (vm, mut host, config, timeout) = self.prepare()?;
         if let Some(journal) = &journal {
@@ -716,6 +733,7 @@ impl Runtime {
             "run",
             concerto.run_id = run_id.unwrap_or(""),
             error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
         let (outcome, metrics) = tracing::Instrument::instrument(
             concurrency::run_once(vm, host, config, timeout),
@@ -723,9 +741,15 @@ impl Runtime {
         )
         .await;
         if let Err(RuntimeError::Execution(err)) = &outcome {
-            span.record("error.type", err.kind().as_str());
+            concerto_vm::spans::record_error(&span, err.kind().as_str());
         }
         drop(span);
+        // The run's spans reach the collector before the run returns (a host may exit right
+        // after); what is not delivered is dropped, the run's outcome stands.
+        #[cfg(feature = "otel")]
+        if let Some(export) = export {
+            let _ = tokio::task::spawn_blocking(move || export.flush()).await;
+        }
         // What the run buffered (reads, emits) is committed whatever the outcome; a failure
         // that ended it is not (resuming tries that effect again).
         let finished = match &journal {
@@ -749,6 +773,24 @@ impl Runtime {
         flushed?;
         saved?;
         Ok(value)
+    }
+
+    /// The exporter of [`RuntimeConfig::otlp_endpoint`], installed on first need (off the
+    /// async workers: it makes a blocking HTTP client).
+    #[cfg(feature = "otel")]
+    async fn otlp_export(&mut self) -> Result<Option<Arc<otel::OtlpExport>>, RuntimeError> {
+        let Some(endpoint) = self.config.otlp_endpoint.clone() else {
+            return Ok(None);
+        };
+        if let Some(export) = &self.otlp {
+            return Ok(Some(export.clone()));
+        }
+        let export = tokio::task::spawn_blocking(move || otel::install(&endpoint))
+            .await
+            .map_err(|e| SetupError::Otlp(e.to_string()))?
+            .map_err(SetupError::Otlp)?;
+        self.otlp = Some(export.clone());
+        Ok(Some(export))
     }
 
     /// A fresh run id (random, 16 hex digits) for [`Runtime::execute_run`].
@@ -839,6 +881,7 @@ impl Runtime {
             max_call_depth: self.limits.max_call_depth,
             max_steps: self.limits.max_steps,
             timeout: Some(timeout),
+            trace_content: self.config.trace_content,
             ..ExecConfig::default()
         };
         Ok((vm, host, config, timeout))

@@ -65,13 +65,18 @@ impl Metrics {
     ///                       "schema_retries": 0, "tool_calls": 0, "cache_hits": 0,
     ///                       "input_tokens": 60, "cached_tokens": 0, "output_tokens": 84,
     ///                       "total_tokens": 144, "estimated_usage": 0,
-    ///                       "cost_usd": null, "known_cost_usd": 0.0, "unpriced_calls": 2}},
+    ///                       "cost_usd": null, "known_cost_usd": 0.0, "unpriced_calls": 2,
+    ///                       "timed_requests": 2, "llm_time_ms": 840, "queue_ms": 0,
+    ///                       "connect_ms": 1, "ttfb_ms": 610, "overhead_us": 212}},
     ///  "connections": {"openai": {…the same fields…}}}
     /// ```
     ///
     /// `estimated_cost_usd` and each `cost_usd` are `null` when some call had no known
     /// price; `known_cost_usd` is then the cost of the priced calls and `unpriced_calls`
-    /// how many had none.
+    /// how many had none. The time fields sum the [`CallTiming`](crate::vm::host::CallTiming)
+    /// of the `timed_requests` (replies whose connection layer timed them): `llm_time_ms`
+    /// their totals, `queue_ms` the waits for limits, `connect_ms` the connections made,
+    /// `ttfb_ms` the waits for the response heads, `overhead_us` the layer's own time.
     pub fn to_json(&self) -> Json {
         let cost = self.estimated_cost();
         json!({
@@ -135,6 +140,12 @@ fn breakdown_json(map: &std::collections::BTreeMap<String, LlmCounters>) -> Json
             "cost_usd": cost.usd(),
             "known_cost_usd": cost.known_usd,
             "unpriced_calls": cost.unpriced_calls,
+            "timed_requests": c.time.timed,
+            "llm_time_ms": c.time.total_us / 1000,
+            "queue_ms": c.time.queue_us / 1000,
+            "connect_ms": c.time.connect_us / 1000,
+            "ttfb_ms": c.time.ttfb_us / 1000,
+            "overhead_us": c.time.overhead_us,
         });
         (name.clone(), entry)
     });

@@ -16,6 +16,7 @@ use std::time::Duration;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use parking_lot::Mutex;
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan;
@@ -23,6 +24,53 @@ use tracing_subscriber::registry::LookupSpan;
 /// The OTLP exporter of a process's run spans.
 pub struct OtlpExport {
     provider: SdkTracerProvider,
+    failures: Arc<Mutex<Failures>>,
+}
+
+/// The exports the collector did not take: how many spans they held, and the last error.
+#[derive(Debug, Default)]
+struct Failures {
+    spans: usize,
+    last: Option<String>,
+}
+
+/// The OTLP exporter, counting the spans of every export that fails (the SDK's batch
+/// processor drops them and only says so in its own internal log).
+#[derive(Debug)]
+struct Watched {
+    inner: opentelemetry_otlp::SpanExporter,
+    failures: Arc<Mutex<Failures>>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for Watched {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let spans = batch.len();
+        let sent = self.inner.export(batch);
+        async move {
+            let result = sent.await;
+            if let Err(e) = &result {
+                let mut failures = self.failures.lock();
+                failures.spans += spans;
+                failures.last = Some(e.to_string());
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 impl std::fmt::Debug for OtlpExport {
@@ -75,11 +123,16 @@ impl OtlpExport {
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(service)
             .build();
+        let failures = Arc::new(Mutex::new(Failures::default()));
+        let exporter = Watched {
+            inner: exporter,
+            failures: failures.clone(),
+        };
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource)
             .build();
-        Ok(OtlpExport { provider })
+        Ok(OtlpExport { provider, failures })
     }
 
     /// The layer that turns the run's spans (target
@@ -101,16 +154,80 @@ impl OtlpExport {
             )
     }
 
+    /// Sends the spans queued so far and waits until the collector took them (or the export
+    /// failed). Call it outside an async context.
+    ///
+    /// # Errors
+    /// The flush failed, or some spans were not delivered since the exporter was made.
+    pub fn flush(&self) -> Result<(), String> {
+        let flushed = self.provider.force_flush();
+        self.undelivered()?;
+        flushed.map_err(|e| format!("OTLP export: {e}"))
+    }
+
+    /// `Err` saying how many spans were not delivered and why, if any were not.
+    fn undelivered(&self) -> Result<(), String> {
+        let failures = self.failures.lock();
+        if failures.spans > 0 {
+            return Err(format!(
+                "OTLP export: {} {} could not be sent: {}",
+                failures.spans,
+                if failures.spans == 1 { "span" } else { "spans" },
+                failures.last.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        Ok(())
+    }
+
     /// Sends the spans still queued and stops the exporter. Call it after the last run,
     /// outside an async context.
     ///
     /// # Errors
-    /// The collector could not be reached or refused the spans.
+    /// Some spans were not delivered, at any time since the exporter was made (the
+    /// collector could not be reached or refused them): the message says how many and the
+    /// last error; or the exporter could not be shut down.
     pub fn shutdown(&self) -> Result<(), String> {
-        self.provider
-            .shutdown()
-            .map_err(|e| format!("OTLP export: {e}"))
+        let stopped = self.provider.shutdown();
+        self.undelivered()?;
+        stopped.map_err(|e| format!("OTLP export: {e}"))
     }
+}
+
+/// The exporter [`install`] set up, and its endpoint: one per process.
+static INSTALLED: Mutex<Option<(String, Arc<OtlpExport>)>> = Mutex::new(None);
+
+/// Exports the spans of every run in this process to the collector at `endpoint` (a base
+/// URL, as for [`OtlpExport::new`]): makes the exporter and sets the process's global
+/// `tracing` subscriber to one that sends the run spans to it. What
+/// [`RuntimeConfig::otlp_endpoint`](crate::RuntimeConfig::otlp_endpoint) does on a runtime's
+/// first run; a later call with the same endpoint returns the same exporter. Call it
+/// outside an async context.
+///
+/// # Errors
+/// The endpoint is not an http(s) URL; another endpoint was installed before (one per
+/// process); the process already has a global subscriber (add [`OtlpExport::layer`] to it
+/// instead).
+pub fn install(endpoint: &str) -> Result<Arc<OtlpExport>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let mut installed = INSTALLED.lock();
+    if let Some((at, export)) = &*installed {
+        return if at == endpoint {
+            Ok(export.clone())
+        } else {
+            Err(format!(
+                "spans of this process already go to {at}; one OTLP endpoint per process"
+            ))
+        };
+    }
+    let export = Arc::new(OtlpExport::new(Some(endpoint))?);
+    let subscriber = tracing_subscriber::registry().with(export.layer());
+    tracing::subscriber::set_global_default(subscriber).map_err(|_| {
+        "the process already has a global tracing subscriber: add \
+         concerto_runtime::otel::OtlpExport::layer() to it instead"
+            .to_string()
+    })?;
+    *installed = Some((endpoint.to_string(), export.clone()));
+    Ok(export)
 }
 
 /// The exporter's HTTP client: rustls on ring with the webpki roots (the TLS stack of the

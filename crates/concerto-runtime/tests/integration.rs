@@ -4,4 +4,5 @@
 
 mod builder;
 mod debugger;
+mod otlp;
 mod value_json;

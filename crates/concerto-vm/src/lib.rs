@@ -59,7 +59,7 @@ pub mod testing;
 mod value;
 mod vm;
 
-pub use agent::{LlmCounters, LlmStats};
+pub use agent::{LlmCounters, LlmStats, TimeTotals};
 pub use error::{ErrorKind, Location, VmError};
 pub use exec::debug::{
     Breakpoint, BreakpointError, FrameInfo, StepState, StopReason, TraceEvent, Tracer, op_name,

@@ -246,8 +246,18 @@ fn mcp_method(ctx: &mut Ctx, server: u32, name: &str, args: &[Value]) -> Result<
         .tools
         .call(&program, &conn.name, name, serde_json::Value::Object(obj));
     let tool = format!("{}.{name}", conn.name);
+    // Not entered around the call: the MCP client may start the server's session inside
+    // it, and a span made current there would stay open as long as the session does.
+    let span = crate::spans::mcp_call(&conn.name, name);
     Ok(Flow::Suspend(Box::pin(async move {
-        match fut.await {
+        let result = fut.await;
+        match &result {
+            Ok(Value::Err(_)) => crate::spans::record_error(&span, "tool_error"),
+            Err(e) => crate::spans::record_error(&span, crate::spans::host_error_type(e.kind)),
+            Ok(_) => {}
+        }
+        drop(span);
+        match result {
             Ok(Value::Ok(payload)) => {
                 let value = mcp_payload(&program, &payload_type, (**payload).clone());
                 Ok(if handles_refusal {

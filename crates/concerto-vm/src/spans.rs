@@ -11,7 +11,8 @@
 //! `gen_ai.response.finish_reasons`, `gen_ai.tool.name`, `gen_ai.tool.call.id`,
 //! `error.type`), `otel.name` carries the conventional span name (`chat <model>`,
 //! `execute_tool <tool>`), and `concerto.*` fields add ours. Prompt and completion text are
-//! never recorded, nor are keys.
+//! recorded only when the host opts in ([`crate::ExecConfig::trace_content`]); keys never
+//! are.
 
 use tracing::Span;
 use tracing::field::Empty;
@@ -50,6 +51,7 @@ pub fn agent_call(agent: &str, connection: &str, model: Option<&str>, method: &s
         concerto.cost_usd = Empty,
         concerto.requests = Empty,
         error.type = Empty,
+        otel.status_code = Empty,
         code.function.name = Empty,
         code.file.path = Empty,
         code.line.number = Empty,
@@ -84,7 +86,16 @@ pub fn request(parent: &Span, model: Option<&str>, round: u32, schema_attempt: u
         concerto.cost_usd = Empty,
         concerto.attempts = Empty,
         concerto.connection = Empty,
+        concerto.total_us = Empty,
+        concerto.queue_us = Empty,
+        concerto.connect_us = Empty,
+        concerto.ttfb_us = Empty,
+        concerto.first_token_us = Empty,
+        concerto.overhead_us = Empty,
+        gen_ai.input.messages = Empty,
+        gen_ai.output.messages = Empty,
         error.type = Empty,
+        otel.status_code = Empty,
     );
     if let Some(model) = model {
         span.record("gen_ai.request.model", model);
@@ -93,8 +104,24 @@ pub fn request(parent: &Span, model: Option<&str>, round: u32, schema_attempt: u
 }
 
 /// Records what a reply says on a request's span (made by [`request`]): provider, model,
-/// tokens (and whether they are estimates), finish reason, cost (`unknown` without a price).
+/// tokens (and whether they are estimates), finish reason, cost (`unknown` without a price),
+/// and where its time went when the connection layer measured it (`concerto.total_us`,
+/// `queue_us`, `connect_us`, `ttfb_us`, `first_token_us`, `overhead_us`).
 pub fn record_reply(span: &Span, reply: &ChatResponse) {
+    if let Some(t) = &reply.timing {
+        span.record("concerto.total_us", int(t.total_us));
+        span.record("concerto.queue_us", int(t.queue_us));
+        span.record("concerto.overhead_us", int(t.overhead_us));
+        for (field, value) in [
+            ("concerto.connect_us", t.connect_us),
+            ("concerto.ttfb_us", t.ttfb_us),
+            ("concerto.first_token_us", t.first_token_us),
+        ] {
+            if let Some(us) = value {
+                span.record(field, int(us));
+            }
+        }
+    }
     span.record("gen_ai.provider.name", reply.provider.as_str());
     span.record("gen_ai.response.model", reply.model.as_str());
     span.record("gen_ai.usage.input_tokens", int(reply.usage.input_tokens));
@@ -109,6 +136,51 @@ pub fn record_reply(span: &Span, reply: &ChatResponse) {
     };
 }
 
+/// Records the messages a request sends on its span as `gen_ai.input.messages` (the GenAI
+/// conventions' JSON form: role, then parts of type `text`, `tool_call` or
+/// `tool_call_response`). Only when the host opted in
+/// ([`crate::ExecConfig::trace_content`]).
+pub(crate) fn record_input(span: &Span, messages: &[crate::host::ChatMessage]) {
+    let messages: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| {
+            let mut parts = Vec::new();
+            match &m.tool_call_id {
+                Some(id) => parts.push(serde_json::json!(
+                    {"type": "tool_call_response", "id": id, "response": m.content})),
+                None if !m.content.is_empty() => {
+                    parts.push(serde_json::json!({"type": "text", "content": m.content}));
+                }
+                None => {}
+            }
+            parts.extend(m.tool_calls.iter().map(tool_call_part));
+            serde_json::json!({"role": m.role, "parts": parts})
+        })
+        .collect();
+    span.record(
+        "gen_ai.input.messages",
+        serde_json::Value::Array(messages).to_string(),
+    );
+}
+
+/// Records a reply's text and tool calls on its request's span as
+/// `gen_ai.output.messages` (only when the host opted in).
+pub(crate) fn record_output(span: &Span, reply: &ChatResponse) {
+    let mut parts = Vec::new();
+    if !reply.text.is_empty() {
+        parts.push(serde_json::json!({"type": "text", "content": reply.text}));
+    }
+    parts.extend(reply.tool_calls.iter().map(tool_call_part));
+    let message = serde_json::json!([{"role": "assistant", "parts": parts,
+                                      "finish_reason": reply.finish_reason}]);
+    span.record("gen_ai.output.messages", message.to_string());
+}
+
+fn tool_call_part(call: &crate::host::ToolCall) -> serde_json::Value {
+    serde_json::json!({"type": "tool_call", "id": call.id, "name": call.name,
+                       "arguments": call.arguments})
+}
+
 /// The span of one tool call the model asked for: a child of the agent call's span.
 pub(crate) fn tool_call(parent: &Span, tool: &str, call_id: &str) -> Span {
     tracing::info_span!(
@@ -120,7 +192,79 @@ pub(crate) fn tool_call(parent: &Span, tool: &str, call_id: &str) -> Span {
         gen_ai.tool.name = tool,
         gen_ai.tool.call.id = call_id,
         error.type = Empty,
+        otel.status_code = Empty,
     )
+}
+
+/// The span of a call the program's code makes to an MCP server's tool (`Server.tool(..)`):
+/// a child of the span current where it is made (the run's, a task's, a stage's).
+pub(crate) fn mcp_call(server: &str, tool: &str) -> Span {
+    tracing::info_span!(
+        target: TARGET,
+        "mcp_call",
+        otel.name = %format_args!("execute_tool {server}.{tool}"),
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = %format_args!("{server}.{tool}"),
+        concerto.tool.kind = "mcp",
+        concerto.mcp.server = server,
+        error.type = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+/// The span of an HTTP request the program's code makes (`std::http::*`): method, the
+/// server's host and port (never the path or query, which may carry tokens), the status,
+/// and `error.type` when no response came.
+pub(crate) fn http_call(method: &str, url: &str) -> Span {
+    let (host, port) = url
+        .split_once("://")
+        .map(|(_, rest)| {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let authority = authority.rsplit('@').next().unwrap_or_default();
+            match authority.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                    (h.to_string(), p.parse::<i64>().ok())
+                }
+                _ => (authority.to_string(), None),
+            }
+        })
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        target: TARGET,
+        "http_call",
+        otel.name = method,
+        http.request.method = method,
+        server.address = host.as_str(),
+        server.port = Empty,
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+    );
+    if let Some(port) = port {
+        span.record("server.port", port);
+    }
+    span
+}
+
+/// Marks a span as failed: `error.type` says how, and its OpenTelemetry status becomes
+/// `ERROR` (`otel.status_code`), which tracing backends show and filter on.
+pub fn record_error(span: &Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+}
+
+/// A host error's kind as an `error.type` value.
+pub(crate) fn host_error_type(kind: crate::host::HostErrorKind) -> &'static str {
+    use crate::host::HostErrorKind as K;
+    match kind {
+        K::Unsupported => "unsupported",
+        K::NotEnabled => "not_enabled",
+        K::Timeout => "timeout",
+        K::Limit => "limit",
+        K::Failed => "failed",
+        K::Type => "type",
+        K::Fenced => "fenced",
+    }
 }
 
 /// The span of a spawned task, a child of the span current where it was spawned.
@@ -150,6 +294,7 @@ pub(crate) fn pipeline(name: &str, stages: usize) -> Span {
         concerto.pipeline = name,
         concerto.stages = int(stages),
         error.type = Empty,
+        otel.status_code = Empty,
     )
 }
 
@@ -165,6 +310,7 @@ pub(crate) fn stage(parent: &Span, pipeline: &str, stage: &str, attempt: u32) ->
         concerto.stage = stage,
         concerto.attempt = int(attempt),
         error.type = Empty,
+        otel.status_code = Empty,
     )
 }
 
@@ -179,5 +325,6 @@ pub(crate) fn emit_await(parent: Option<&Span>, channel: &str) -> Span {
         otel.name = %format_args!("emit_await {channel}"),
         concerto.channel = channel,
         error.type = Empty,
+        otel.status_code = Empty,
     )
 }

@@ -373,6 +373,14 @@ impl AnthropicStream {
         self.done
     }
 
+    pub(super) fn has_output(&self) -> bool {
+        !self.text.is_empty()
+            || self
+                .blocks
+                .values()
+                .any(|block| matches!(block, Block::ToolUse { .. }))
+    }
+
     pub(super) fn text(&self) -> &str {
         &self.text
     }

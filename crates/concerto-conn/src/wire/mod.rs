@@ -256,6 +256,13 @@ impl StreamState {
         }
     }
 
+    fn has_output(&self) -> bool {
+        match self {
+            StreamState::OpenAi(state) => state.has_output(),
+            StreamState::Anthropic(state) => state.has_output(),
+        }
+    }
+
     fn on_event(&mut self, event: &SseEvent) -> Result<(), WireError> {
         match self {
             StreamState::OpenAi(state) => state.on_event(event),
@@ -284,6 +291,11 @@ impl StreamDecoder {
     /// The provider this decoder reads.
     pub fn provider(&self) -> Provider {
         self.provider
+    }
+
+    /// Whether any text or tool-call content has arrived yet.
+    pub fn has_output(&self) -> bool {
+        self.state.has_output()
     }
 
     /// Whether the provider's end marker has arrived (bytes after it are ignored).

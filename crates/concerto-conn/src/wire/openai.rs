@@ -319,6 +319,10 @@ impl OpenAiStream {
         self.done
     }
 
+    pub(super) fn has_output(&self) -> bool {
+        !self.text.is_empty() || !self.refusal.is_empty() || !self.calls.is_empty()
+    }
+
     pub(super) fn text(&self) -> &str {
         &self.text
     }

@@ -79,6 +79,9 @@ pub(crate) struct AgentCall {
     pub(super) mock: Option<concerto_ir::MockReply>,
     /// The call's span (closed when the call is dropped, after its result is handed back).
     pub(super) span: tracing::Span,
+    /// Whether the request spans carry the messages sent and the reply's text (the host's
+    /// opt-in, [`crate::ExecConfig::trace_content`]).
+    pub(super) trace_content: bool,
     /// The span of the request in flight, closed when its reply or failure arrives.
     pub(super) request_span: Option<tracing::Span>,
     /// The span of the tool call in progress.
@@ -166,6 +169,9 @@ impl AgentCall {
             self.rounds,
             self.schema_attempts,
         );
+        if self.trace_content {
+            crate::spans::record_input(&span, &self.request.messages);
+        }
         self.request_span = Some(span.clone());
         span
     }
@@ -175,6 +181,9 @@ impl AgentCall {
     fn record_reply(&mut self, reply: &ChatResponse) {
         if let Some(span) = self.request_span.take() {
             crate::spans::record_reply(&span, reply);
+            if self.trace_content {
+                crate::spans::record_output(&span, reply);
+            }
             span.record("concerto.attempts", crate::spans::int(reply.attempts));
             span.record(
                 "concerto.connection",
@@ -435,7 +444,7 @@ impl Continuation for AgentCall {
             Phase::Tool => {
                 let call = self.current.take();
                 if let (Some(span), Err(err)) = (self.tool_span.take(), &input) {
-                    span.record("error.type", err.kind().as_str());
+                    crate::spans::record_error(&span, err.kind().as_str());
                 }
                 // An external tool's output carries its images beside its value.
                 let (content, images) = match input {

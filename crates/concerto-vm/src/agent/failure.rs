@@ -81,9 +81,9 @@ impl AgentCall {
             .llm
             .both(&self.agent_name, &self.connection_name, |c| c.failures += 1);
         if let Some(span) = self.request_span.take() {
-            span.record("error.type", failure.kind.as_str());
+            crate::spans::record_error(&span, failure.kind.as_str());
         }
-        self.span.record("error.type", failure.kind.as_str());
+        crate::spans::record_error(&self.span, failure.kind.as_str());
         let opt_int =
             |v: Option<u64>| v.map_or(Value::Nil, |n| Value::Int(n.min(i64::MAX as u64) as i64));
         let mut fields = vec![

@@ -37,7 +37,7 @@ mod usage;
 pub(crate) use builder::{AgentBuilder, agent_method, builder_method, host_method};
 pub(crate) use host_agent::host_input;
 pub(crate) use response::schema_value;
-pub use usage::{LlmCounters, LlmStats};
+pub use usage::{LlmCounters, LlmStats, TimeTotals};
 
 /// What a call gives back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -350,6 +350,7 @@ impl AgentCall {
         );
         Ok(AgentCall {
             span,
+            trace_content: ctx.config.trace_content,
             request_span: None,
             tool_span: None,
             totals: Default::default(),

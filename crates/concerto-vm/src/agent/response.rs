@@ -12,8 +12,12 @@ use crate::value::Value;
 ///   provider reported no counts and these are the runtime's estimate);
 /// - `finish_reason` (`stop`, `length`, `tool_calls`, `end_turn`, …; nil when unknown),
 ///   `attempts` (HTTP attempts, 1 when the first succeeded);
-/// - `timing { total_ms, queue_ms, connect_ms, ttfb_ms, first_token_ms, overhead_us }`:
-///   `total_ms` is measured; the parts are nil until the connection layer measures them;
+/// - `timing { total_ms, queue_ms, connect_ms, ttfb_ms, first_token_ms, overhead_us }` of
+///   the request that produced this reply, in whole milliseconds (`overhead_us` in
+///   microseconds), as the connection layer measured them ([`crate::host::CallTiming`]):
+///   `connect_ms` is nil when the request went over a pooled connection, `first_token_ms`
+///   when the reply was not streamed; every part is nil, and `total_ms` the reply's own
+///   latency, when the layer measured none (mock models, replayed recordings, host agents);
 /// - `tokens_in`, `tokens_out`, `latency_ms`: the 1a8ede9 names of `usage.input_tokens`,
 ///   `usage.output_tokens` and `timing.total_ms`.
 pub(super) fn response_value(reply: &ChatResponse, connection: &str) -> Value {
@@ -27,15 +31,25 @@ pub(super) fn response_value(reply: &ChatResponse, connection: &str) -> Value {
             ("estimated", Value::Bool(reply.usage.estimated)),
         ],
     );
+    let ms = |us: u64| int(us / 1000);
+    let part = |us: Option<u64>| us.map_or(Value::Nil, ms);
+    let measured = reply.timing.as_ref();
+    let total_ms = measured.map_or(int(reply.latency_ms), |t| ms(t.total_us));
     let timing = Value::record(
         "Timing",
         vec![
-            ("total_ms", int(reply.latency_ms)),
-            ("queue_ms", Value::Nil),
-            ("connect_ms", Value::Nil),
-            ("ttfb_ms", Value::Nil),
-            ("first_token_ms", Value::Nil),
-            ("overhead_us", Value::Nil),
+            ("total_ms", total_ms.clone()),
+            ("queue_ms", part(measured.map(|t| t.queue_us))),
+            ("connect_ms", part(measured.and_then(|t| t.connect_us))),
+            ("ttfb_ms", part(measured.and_then(|t| t.ttfb_us))),
+            (
+                "first_token_ms",
+                part(measured.and_then(|t| t.first_token_us)),
+            ),
+            (
+                "overhead_us",
+                measured.map_or(Value::Nil, |t| int(t.overhead_us)),
+            ),
         ],
     );
     Value::record(
@@ -57,7 +71,7 @@ pub(super) fn response_value(reply: &ChatResponse, connection: &str) -> Value {
             ("timing", timing),
             ("tokens_in", int(reply.usage.input_tokens)),
             ("tokens_out", int(reply.usage.output_tokens)),
-            ("latency_ms", int(reply.latency_ms)),
+            ("latency_ms", total_ms),
         ],
     )
 }

@@ -64,18 +64,20 @@ impl AgentCall {
                     return Ok(Step::CallWithSelf(fid, tool, args.into()));
                 }
                 Ok(ToolRun::External(provider, method, args)) => {
-                    let span = crate::spans::tool_call(&self.span, &call.name, &call.id);
-                    self.tool_span = Some(span.clone());
+                    self.tool_span =
+                        Some(crate::spans::tool_call(&self.span, &call.name, &call.id));
                     self.current = Some(call);
                     self.phase = Phase::Tool;
                     let fut =
                         ctx.host
                             .tools
                             .call_for_model(ctx.program(), &provider, &method, args);
-                    return Ok(Step::Suspend(Box::pin(tracing::Instrument::instrument(
-                        async move { fut.await.map(Value::carry).map_err(VmError::from) },
-                        span,
-                    ))));
+                    // The span is not entered around the call: an MCP client that (re)starts
+                    // its server's session inside it would keep it open as long as the
+                    // session lasts.
+                    return Ok(Step::Suspend(Box::pin(async move {
+                        fut.await.map(Value::carry).map_err(VmError::from)
+                    })));
                 }
                 Err(message) => {
                     self.request.messages.push(ChatMessage::tool_result(

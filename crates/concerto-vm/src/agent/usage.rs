@@ -32,6 +32,47 @@ pub struct LlmCounters {
     pub cost_usd: f64,
     /// Replies whose cost is unknown (model not in the price table).
     pub unpriced: u64,
+    /// Where the time of the replies the connection layer timed went, summed (see
+    /// [`crate::host::CallTiming`]).
+    pub time: TimeTotals,
+}
+
+/// Timings summed over replies, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeTotals {
+    /// Replies with a timing.
+    pub timed: u64,
+    /// Their `total_us`.
+    pub total_us: u64,
+    /// Their `queue_us`.
+    pub queue_us: u64,
+    /// Their `connect_us` (over the replies that made a connection).
+    pub connect_us: u64,
+    /// Their `ttfb_us`.
+    pub ttfb_us: u64,
+    /// Their `overhead_us`.
+    pub overhead_us: u64,
+}
+
+impl TimeTotals {
+    /// Adds `other`'s sums to these.
+    pub fn merge(&mut self, other: &TimeTotals) {
+        self.timed += other.timed;
+        self.total_us += other.total_us;
+        self.queue_us += other.queue_us;
+        self.connect_us += other.connect_us;
+        self.ttfb_us += other.ttfb_us;
+        self.overhead_us += other.overhead_us;
+    }
+
+    fn add(&mut self, t: &crate::host::CallTiming) {
+        self.timed += 1;
+        self.total_us += t.total_us;
+        self.queue_us += t.queue_us;
+        self.connect_us += t.connect_us.unwrap_or(0);
+        self.ttfb_us += t.ttfb_us.unwrap_or(0);
+        self.overhead_us += t.overhead_us;
+    }
 }
 
 impl LlmCounters {
@@ -49,6 +90,7 @@ impl LlmCounters {
         self.estimated_usage += other.estimated_usage;
         self.cost_usd += other.cost_usd;
         self.unpriced += other.unpriced;
+        self.time.merge(&other.time);
     }
 
     pub(super) fn add_response(&mut self, response: &ChatResponse) {
@@ -63,6 +105,9 @@ impl LlmCounters {
         match response.cost_usd {
             Some(cost) => self.cost_usd += cost,
             None => self.unpriced += 1,
+        }
+        if let Some(timing) = &response.timing {
+            self.time.add(timing);
         }
     }
 }

@@ -20,6 +20,10 @@ pub struct ExecConfig {
     /// program, since code without loops or calls ends by itself. Each spawned task has a
     /// budget of its own.
     pub max_steps: Option<u64>,
+    /// Record the text of prompts and replies on the spans of model requests
+    /// (`gen_ai.input.messages`, `gen_ai.output.messages`). Off by default: the spans
+    /// carry no prompt or completion text unless the host opts in. Spawned tasks inherit it.
+    pub trace_content: bool,
 }
 
 impl Default for ExecConfig {
@@ -29,6 +33,7 @@ impl Default for ExecConfig {
             timeout: None,
             max_collection_len: 1 << 30,
             max_steps: None,
+            trace_content: false,
         }
     }
 }

@@ -579,8 +579,10 @@ impl Execution {
                             async move {
                                 let answer = fut.await.map_err(VmError::from);
                                 if let Err(e) = &answer {
-                                    tracing::Span::current()
-                                        .record("error.type", e.kind().as_str());
+                                    crate::spans::record_error(
+                                        &tracing::Span::current(),
+                                        e.kind().as_str(),
+                                    );
                                 }
                                 answer
                             },

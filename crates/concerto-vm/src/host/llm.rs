@@ -302,6 +302,37 @@ pub struct ChatResponse {
     /// usage and the metrics name this connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<String>,
+    /// Where the call's time went, when the connection layer measured it (`None` from
+    /// layers that do not, and for replies read back from a recording).
+    #[serde(skip)]
+    pub timing: Option<CallTiming>,
+}
+
+/// Where the time of one call went, as the HTTP connection layer measures it (every part
+/// in microseconds).
+///
+/// `total_us` runs from the moment the connection layer takes the call to the reply,
+/// retries, their delays and fallbacks included. The parts never add up to more than it:
+/// `queue_us` plus the attempts' exchanges plus the retry delays plus `overhead_us` is the
+/// total, and `connect_us` ≤ `ttfb_us` ≤ `first_token_us` lie inside the answering
+/// attempt's exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTiming {
+    /// The whole call.
+    pub total_us: u64,
+    /// Waiting for a rate or concurrency limit, over all attempts (0 without limits).
+    pub queue_us: u64,
+    /// Making the new connection the answering attempt was sent on; `None` when it went
+    /// over a pooled connection.
+    pub connect_us: Option<u64>,
+    /// From sending the answering attempt to its response head.
+    pub ttfb_us: Option<u64>,
+    /// From sending the answering attempt to the first text or tool-call content of its
+    /// stream; `None` for a reply that was not streamed or had no content.
+    pub first_token_us: Option<u64>,
+    /// The connection layer's own time: the total less the limit waits, the retry delays
+    /// and the HTTP exchanges (sending, waiting, reading and decoding).
+    pub overhead_us: u64,
 }
 
 fn one() -> u32 {
@@ -322,6 +353,7 @@ impl ChatResponse {
             attempts: 1,
             latency_ms: 0,
             connection: None,
+            timing: None,
         }
     }
 }

@@ -47,8 +47,8 @@ pub use emit::EmitSink;
 pub use error::{HostError, HostErrorKind, ProviderFailure, ProviderFailureKind};
 pub use ids::{ConnectionId, MapId, SchemaId};
 pub use llm::{
-    Backoff, ChatMessage, ChatRequest, ChatResponse, Connections, ImagePart, ResponseSchema,
-    RetryPolicy, ToolCall, ToolSpec, Usage,
+    Backoff, CallTiming, ChatMessage, ChatRequest, ChatResponse, Connections, ImagePart,
+    ResponseSchema, RetryPolicy, ToolCall, ToolSpec, Usage,
 };
 pub use schema::{SchemaCheck, SchemaValidator};
 pub use store::{

@@ -125,9 +125,22 @@ fn http_flow(ctx: &Ctx, mut request: HttpRequest, body: Option<&Value>) -> Flow 
                 .push(("content-type".into(), "application/json".into()));
         }
     }
+    let span = crate::spans::http_call(&request.method, &request.url);
     let fut = ctx.host.tools.http(request);
     Flow::Suspend(Box::pin(async move {
-        outcome(fut.await, |reply| Value::ok(http_value(reply)))
+        let result = fut.await;
+        match &result {
+            Ok(reply) => {
+                span.record("http.response.status_code", crate::spans::int(reply.status));
+            }
+            Err(OutsideError::Failed(_)) => crate::spans::record_error(&span, "request_failed"),
+            Err(OutsideError::Refused(_)) => crate::spans::record_error(&span, "not_enabled"),
+            Err(OutsideError::Host(e)) => {
+                crate::spans::record_error(&span, crate::spans::host_error_type(e.kind));
+            }
+        }
+        drop(span);
+        outcome(result, |reply| Value::ok(http_value(reply)))
     }))
 }
 

@@ -192,7 +192,7 @@ impl PipelineRun {
 
     fn stage_failed(&mut self, ctx: &mut Ctx, error: String) -> Result<Step, VmError> {
         if let Some(span) = self.stage_span.take() {
-            span.record("error.type", "stage_failed");
+            crate::spans::record_error(&span, "stage_failed");
         }
         let program = ctx.program().clone();
         let stage = &program.pipelines[self.pipeline as usize].stages[self.stage];
@@ -207,7 +207,7 @@ impl PipelineRun {
             return Ok(Step::Suspend(ctx.sleep(delay)));
         }
         let stage_name = stage.name.to_string();
-        self.span.record("error.type", "stage_failed");
+        crate::spans::record_error(&self.span, "stage_failed");
         ctx.emit(
             "pipeline:error",
             &Value::map([
