@@ -2346,7 +2346,10 @@ fn response_timing_metrics_and_spans_show_where_a_calls_time_went() {
         .find(|l| l.trim_start().starts_with("LLM time"))
         .map(str::to_string)
         .unwrap_or_else(|| panic!("no LLM time line: {}", stderr(&text)));
-    assert!(line.contains(" ms over 2 timed requests (waiting for limits "), "{line}");
+    assert!(
+        line.contains(" ms over 2 timed requests (waiting for limits "),
+        "{line}"
+    );
 
     let (events, _) = trace_events(&trace);
     let requests: Vec<_> = events
