@@ -618,7 +618,8 @@ struct RunArgs {
     /// Write the run's spans (the run, its tasks, agent calls, their requests and HTTP
     /// attempts, tool calls) to FILE as Chrome Trace Event JSON, for ui.perfetto.dev or
     /// chrome://tracing: which calls ran in parallel and where the time went. Written when
-    /// the run ends, whatever its outcome (an existing file is replaced).
+    /// the run ends, whatever its outcome (an existing file is replaced); a FILE that cannot
+    /// be created is refused before the program runs.
     #[arg(long, value_name = "FILE.json")]
     trace: Option<PathBuf>,
     /// Export the run's spans over OTLP/HTTP (protobuf) to the collector at URL, a base URL
@@ -880,6 +881,14 @@ fn run(
     } = args;
     if answer_awaits && format != EmitFormat::Jsonl {
         eprintln!("error: --answer-awaits needs --emit-format jsonl");
+        return ExitCode::from(2);
+    }
+    // The trace file is written when the run ends; a path that cannot take it is refused
+    // before the program runs and has effects.
+    if let Some(path) = &trace_file
+        && let Err(e) = std::fs::File::create(path)
+    {
+        eprintln!("error: cannot write the trace to {}: {e}", path.display());
         return ExitCode::from(2);
     }
     if resume.as_deref() == Some("") || state.as_deref() == Some("") {

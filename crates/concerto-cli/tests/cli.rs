@@ -2378,6 +2378,12 @@ fn response_timing_metrics_and_spans_show_where_a_calls_time_went() {
                 }
             })
             .expect("the request's attempt");
+        // The attempt's bar begins when the limit let it go: the wait is not in it.
+        let waited = us("concerto.queue_us") as f64;
+        assert!(
+            span_of(attempt).0 + 1000.0 >= span_of(request).0 + waited,
+            "{attempt} {request}"
+        );
         assert_eq!(
             attempt["args"]["concerto.ttfb_us"], args["concerto.ttfb_us"],
             "{attempt}"
@@ -2519,6 +2525,101 @@ fn a_trace_file_shows_a_tool_call_between_the_two_requests() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A `--trace` path that cannot be written is refused before the program runs (exit 2,
+/// naming the path): the program's effects do not happen (the loopback server is never
+/// called).
+#[test]
+fn a_trace_path_that_cannot_be_written_is_refused_before_the_run() {
+    let dir = fresh_dir("trace-unwritable");
+    let (url, count) = scripted_server(|_| rate_limited());
+    let program = fallback_program_at(&dir, &url);
+    let out = bin()
+        .args(["run", "--allow-net", "127.0.0.1", "--trace"])
+        .arg(dir.join("missing").join("t.json"))
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-unwritable")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_stderr_has(&out, "cannot write the trace to ");
+    assert_stderr_has(&out, "t.json");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An attempt cut short keeps what it got as far as it got: a stream whose head and first
+/// chunk arrive and which then stalls until the run's `--timeout` ends the run leaves its
+/// attempt span with `concerto.ttfb_us` and `concerto.first_token_us`.
+#[test]
+fn an_attempt_cut_short_by_the_run_timeout_keeps_its_head_and_first_token_times() {
+    use std::io::Write;
+    let dir = fresh_dir("timing-cut");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                if common::read_request(&mut stream).is_none() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let chunk = serde_json::json!({"id": "s", "object": "chat.completion.chunk",
+                    "created": 1, "model": "gpt-4o",
+                    "choices": [{"index": 0, "delta": {"content": "All "}, "finish_reason": null}]});
+                let _ = stream.write_all(format!("data: {chunk}\n\n").as_bytes());
+                std::thread::sleep(std::time::Duration::from_secs(10));
+            });
+        }
+    });
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(programs().join("timed.head.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
+    ir["connections"][0]["config"]["stream"] = serde_json::json!(true);
+    let program = dir.join("timed.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--allow-net",
+            "127.0.0.1",
+            "--timeout",
+            "1",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-timing-cut")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (events, text) = trace_events(&trace);
+    let attempt = events
+        .iter()
+        .find(|e| e["args"]["concerto.attempt"].is_u64())
+        .unwrap_or_else(|| panic!("no attempt: {text}"));
+    let us = |f: &str| {
+        attempt["args"][f]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{f}: {attempt}"))
+    };
+    assert!(us("concerto.ttfb_us") >= 100_000, "{attempt}");
+    assert!(
+        us("concerto.first_token_us") >= us("concerto.ttfb_us") + 100_000,
+        "{attempt}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--trace` shows the calls a program's own code makes outside the process: each
 /// `std::http` request is a span named by its method with the server's address and port
 /// and the status (the query, which carries a token here, is not recorded), a request to a
@@ -2580,6 +2681,7 @@ fn a_trace_file_shows_the_http_and_mcp_calls_a_program_makes() {
     assert_eq!(posted["args"]["server.address"], "127.0.0.1", "{posted}");
     assert_eq!(posted["args"]["server.port"], port(&server), "{posted}");
     assert_eq!(posted["args"]["http.response.status_code"], 201, "{posted}");
+    assert_eq!(posted["args"]["otel.kind"], "client", "{posted}");
     let refused = events.iter().find(|e| e["name"] == "GET").expect("the GET");
     assert_eq!(refused["args"]["server.port"], port(&closed), "{refused}");
     assert_eq!(refused["args"]["error.type"], "request_failed", "{refused}");
@@ -2595,6 +2697,7 @@ fn a_trace_file_shows_the_http_and_mcp_calls_a_program_makes() {
     for tool in &tools {
         assert_eq!(tool["args"]["gen_ai.tool.name"], "Calc.add", "{tool}");
         assert_eq!(tool["args"]["concerto.tool.kind"], "mcp", "{tool}");
+        assert_eq!(tool["args"]["otel.kind"], "client", "{tool}");
         assert!(tool["args"]["error.type"].is_null(), "{tool}");
         assert_inside(tool, run);
     }
@@ -2784,6 +2887,63 @@ fn a_trace_file_shows_each_schema_re_ask_as_a_request() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A call whose replies never match its schema fails like any other: its span carries
+/// `error.type` `schema` (with the status ERROR) and `--metrics` counts the failure.
+#[test]
+fn a_schema_failure_is_an_error_on_its_span_and_in_the_metrics() {
+    let dir = fresh_dir("trace-schema-fail");
+    let (url, count) = scripted_server(|_| {
+        let body = serde_json::json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant",
+                         "content": "{\"item\": \"lamp\"}"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
+        });
+        (200, "", body.to_string())
+    });
+    let mut ir: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(programs().join("schema_reask.head.conc-ir")).unwrap(),
+    )
+    .unwrap();
+    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
+    let program = dir.join("schema_reask.conc-ir");
+    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .args([
+            "run",
+            "--emit-format",
+            "jsonl",
+            "--metrics",
+            "--allow-net",
+            "127.0.0.1",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .env("OPENAI_API_KEY", "sk-schema-fail")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        emitted(&out, "error")
+            .as_str()
+            .unwrap()
+            .contains("schema validation failed")
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let (events, text) = trace_events(&trace);
+    let call = events
+        .iter()
+        .find(|e| e["name"] == "invoke_agent Counter")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(call["args"]["error.type"], "schema", "{call}");
+    assert_eq!(call["args"]["otel.status_code"], "ERROR", "{call}");
+    let metrics = &metrics_lines(&out)[0]["metrics"]["agents"]["Counter"];
+    assert_eq!(metrics["failures"], 1, "{metrics}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--trace` when things fail: an agent call whose connection answers 429 (one attempt
 /// allowed) carries `error.type` on its attempt (`429`), its request and itself
 /// (`rate_limited`, the `AgentError` kind the program sees); a run that then fails is
@@ -2934,6 +3094,8 @@ struct Exported {
     end: u64,
     /// The span status's code: 0 unset, 1 ok, 2 error.
     status: i32,
+    /// The span kind: 1 internal, 3 client.
+    kind: i32,
     attrs: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -2979,6 +3141,7 @@ fn exported_spans(
                     start: span.start_time_unix_nano,
                     end: span.end_time_unix_nano,
                     status: span.status.as_ref().map_or(0, |s| s.code),
+                    kind: span.kind,
                     attrs,
                 });
             }
@@ -3126,6 +3289,8 @@ fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
     assert_eq!(call.parent, run.span_id);
     assert_eq!(request.parent, call.span_id);
     assert_eq!((run.status, call.status, request.status), (0, 0, 0));
+    // The call runs in the process; its requests go out to the provider.
+    assert_eq!((run.kind, call.kind, request.kind), (1, 1, 3));
     let a = &call.attrs;
     assert_eq!(a["gen_ai.operation.name"], "invoke_agent", "{a:?}");
     assert_eq!(a["gen_ai.provider.name"], "openai", "{a:?}");
@@ -3150,6 +3315,7 @@ fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
         // A refused attempt's status is an error (what backends mark and filter on); the
         // request and the call it was retried within succeeded.
         assert_eq!(attempt.status, if refused { 2 } else { 0 }, "{attempt:?}");
+        assert_eq!(attempt.kind, 3, "{attempt:?}");
         if refused {
             assert_eq!(attempt.attrs["error.type"], "429", "{attempt:?}");
             assert_eq!(

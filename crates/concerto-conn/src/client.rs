@@ -300,6 +300,11 @@ async fn read_body(body: &mut Incoming, limit: usize) -> Result<Vec<u8>, Result<
     Ok(out)
 }
 
+/// A duration as a span field: whole microseconds.
+fn micros(d: Duration) -> i64 {
+    concerto_vm::spans::int(d.as_micros())
+}
+
 /// When a connection was made and how long making it took: carried by every response on
 /// it (hyper's `Connected::extra`), so an attempt can tell whether it paid for a new one.
 #[derive(Debug, Clone, Copy)]
@@ -448,12 +453,19 @@ async fn run(
     let sent = Instant::now();
     clock.sent = Some(sent);
     let response = client.send(request).await?;
-    clock.head = Some(Instant::now());
+    let head = Instant::now();
+    clock.head = Some(head);
     clock.connect = response
         .extensions()
         .get::<Made>()
         .filter(|made| made.at >= sent)
         .map(|made| made.took);
+    // On the attempt's span as they happen: an attempt cut short later keeps them.
+    let span = tracing::Span::current();
+    if let Some(connect) = clock.connect {
+        span.record("concerto.connect_us", micros(connect));
+    }
+    span.record("concerto.ttfb_us", micros(head - sent));
     let status = response.status().as_u16();
     let (parts, mut body) = response.into_parts();
     if !(200..300).contains(&status) {
@@ -494,7 +506,10 @@ async fn run(
                 }
                 decoder.feed(&data).map_err(wire_failure)?;
                 if clock.first_token.is_none() && decoder.has_output() {
-                    clock.first_token = Some(Instant::now());
+                    let first = Instant::now();
+                    clock.first_token = Some(first);
+                    tracing::Span::current()
+                        .record("concerto.first_token_us", micros(first - sent));
                 }
                 if decoder.is_complete() {
                     break;

@@ -685,7 +685,6 @@ impl Call {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let span = attempt_span(&conn.name, &conn.provider_name, &model, attempts, fallback);
             let waiting = Instant::now();
             let mut admission = match &prepared.limits {
                 Some(limits) => Some(limits.admit(reserve).await.map_err(|e| match e {
@@ -701,6 +700,8 @@ impl Call {
                 None => None,
             };
             progress.queued += waiting.elapsed();
+            // The attempt's span starts once the limits let it go: its bar is the exchange.
+            let span = attempt_span(&conn.name, &conn.provider_name, &model, attempts, fallback);
             progress.attempts += 1;
             let start = *progress.started.get_or_insert_with(Instant::now);
             tracing::debug!(
@@ -732,7 +733,6 @@ impl Call {
             .await
             .unwrap_or(Err(Failure::Timeout(timeout)));
             progress.exchanging += exchange.elapsed();
-            record_clock(&span, &clock);
             if let Err(failure) = &outcome {
                 if let Failure::Status { status, .. } = failure {
                     span.record("http.response.status_code", i64::from(*status));
@@ -882,6 +882,7 @@ fn attempt_span(
     tracing::info_span!(
         target: concerto_vm::spans::TARGET,
         "llm_attempt",
+        otel.kind = "client",
         otel.name = %format_args!("chat {model}"),
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = provider,
@@ -896,23 +897,4 @@ fn attempt_span(
         concerto.ttfb_us = tracing::field::Empty,
         concerto.first_token_us = tracing::field::Empty,
     )
-}
-
-/// Records an attempt's moments on its span: the connection it made, the response head and
-/// the first streamed content, each in microseconds after the request was sent.
-fn record_clock(span: &tracing::Span, clock: &AttemptClock) {
-    let Some(sent) = clock.sent else { return };
-    let us = |d: Duration| concerto_vm::spans::int(d.as_micros());
-    if let Some(connect) = clock.connect {
-        span.record("concerto.connect_us", us(connect));
-    }
-    if let Some(head) = clock.head {
-        span.record("concerto.ttfb_us", us(head.saturating_duration_since(sent)));
-    }
-    if let Some(first) = clock.first_token {
-        span.record(
-            "concerto.first_token_us",
-            us(first.saturating_duration_since(sent)),
-        );
-    }
 }

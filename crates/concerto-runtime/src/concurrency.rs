@@ -1,6 +1,7 @@
 //! Running many executions at once: [`Executor`], and the runtime-wide bound on agent calls
 //! in flight ([`Bounded`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,10 +68,18 @@ struct Inner {
     config: ExecConfig,
     timeout: Duration,
     totals: Mutex<Metrics>,
+    /// `RuntimeConfig::otlp_endpoint`: each execution's spans are flushed to it.
+    otlp: Option<String>,
 }
 
 impl Executor {
-    pub(crate) fn new(vm: Arc<Vm>, host: Host, config: ExecConfig, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        vm: Arc<Vm>,
+        host: Host,
+        config: ExecConfig,
+        timeout: Duration,
+        otlp: Option<String>,
+    ) -> Self {
         Executor {
             inner: Arc::new(Inner {
                 vm,
@@ -78,6 +87,7 @@ impl Executor {
                 config,
                 timeout,
                 totals: Mutex::new(Metrics::default()),
+                otlp,
             }),
         }
     }
@@ -90,16 +100,39 @@ impl Executor {
         self.execute_with_metrics().await.0
     }
 
-    /// [`Executor::execute`], with this execution's own counters.
+    /// [`Executor::execute`], with this execution's own counters. Each execution has a
+    /// `run` span, and with [`crate::RuntimeConfig::otlp_endpoint`] its spans reach the
+    /// collector before it returns, as a [`crate::Runtime`] run's do.
     pub async fn execute_with_metrics(&self) -> (Result<Value, RuntimeError>, Metrics) {
         let inner = &self.inner;
-        let (result, metrics) = run_once(
-            inner.vm.clone(),
-            inner.host.clone(),
-            inner.config.clone(),
-            inner.timeout,
+        #[cfg(feature = "otel")]
+        let export = match &inner.otlp {
+            Some(endpoint) => match crate::otel::install_off_workers(endpoint.clone()).await {
+                Ok(export) => Some(export),
+                Err(e) => return (Err(e), Metrics::default()),
+            },
+            None => None,
+        };
+        #[cfg(not(feature = "otel"))]
+        if inner.otlp.is_some() {
+            let off = crate::SetupError::FeatureOff {
+                feature: "otel",
+                what: "RuntimeConfig::otlp_endpoint",
+            };
+            return (Err(off.into()), Metrics::default());
+        }
+        let (result, metrics) = traced(
+            None,
+            run_once(
+                inner.vm.clone(),
+                inner.host.clone(),
+                inner.config.clone(),
+                inner.timeout,
+            ),
         )
         .await;
+        #[cfg(feature = "otel")]
+        crate::otel::flush_after_run(export).await;
         inner.totals.lock().merge(&metrics);
         (result, metrics)
     }
@@ -109,6 +142,29 @@ impl Executor {
     pub fn metrics(&self) -> Metrics {
         self.inner.totals.lock().clone()
     }
+}
+
+/// An execution inside its `run` span (every agent call, tool call and task of the run is
+/// under it), the span marked with the error's kind when the execution failed.
+pub(crate) async fn traced(
+    run_id: Option<&str>,
+    execution: impl Future<Output = (Result<Value, RuntimeError>, Metrics)>,
+) -> (Result<Value, RuntimeError>, Metrics) {
+    let span = tracing::info_span!(
+        target: concerto_vm::spans::TARGET,
+        "run",
+        concerto.run_id = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(id) = run_id {
+        span.record("concerto.run_id", id);
+    }
+    let (outcome, metrics) = tracing::Instrument::instrument(execution, span.clone()).await;
+    if let Err(RuntimeError::Execution(err)) = &outcome {
+        concerto_vm::spans::record_error(&span, err.kind().as_str());
+    }
+    (outcome, metrics)
 }
 
 /// One execution of `main` with the execution timeout; its value and counters.

@@ -727,29 +727,10 @@ impl Runtime {
         if let Some(journal) = &journal {
             host = resume::journaled(host, journal);
         }
-        // The run's span: every agent call, tool call and task of the run is under it.
-        let span = tracing::info_span!(
-            target: concerto_vm::spans::TARGET,
-            "run",
-            concerto.run_id = run_id.unwrap_or(""),
-            error.type = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let (outcome, metrics) = tracing::Instrument::instrument(
-            concurrency::run_once(vm, host, config, timeout),
-            span.clone(),
-        )
-        .await;
-        if let Err(RuntimeError::Execution(err)) = &outcome {
-            concerto_vm::spans::record_error(&span, err.kind().as_str());
-        }
-        drop(span);
-        // The run's spans reach the collector before the run returns (a host may exit right
-        // after); what is not delivered is dropped, the run's outcome stands.
+        let (outcome, metrics) =
+            concurrency::traced(run_id, concurrency::run_once(vm, host, config, timeout)).await;
         #[cfg(feature = "otel")]
-        if let Some(export) = export {
-            let _ = tokio::task::spawn_blocking(move || export.flush()).await;
-        }
+        otel::flush_after_run(export).await;
         // What the run buffered (reads, emits) is committed whatever the outcome; a failure
         // that ended it is not (resuming tries that effect again).
         let finished = match &journal {
@@ -785,10 +766,7 @@ impl Runtime {
         if let Some(export) = &self.otlp {
             return Ok(Some(export.clone()));
         }
-        let export = tokio::task::spawn_blocking(move || otel::install(&endpoint))
-            .await
-            .map_err(|e| SetupError::Otlp(e.to_string()))?
-            .map_err(SetupError::Otlp)?;
+        let export = otel::install_off_workers(endpoint).await?;
         self.otlp = Some(export.clone());
         Ok(Some(export))
     }
@@ -835,7 +813,13 @@ impl Runtime {
     /// set up.
     pub fn executor(&mut self) -> Result<Executor, RuntimeError> {
         let (vm, host, config, timeout) = self.prepare()?;
-        Ok(Executor::new(vm, host, config, timeout))
+        Ok(Executor::new(
+            vm,
+            host,
+            config,
+            timeout,
+            self.config.otlp_endpoint.clone(),
+        ))
     }
 
     /// The memory store of the loaded program: the host's, the built-in one, or the durable

@@ -189,7 +189,7 @@ impl OtlpExport {
     pub fn shutdown(&self) -> Result<(), String> {
         let stopped = self.provider.shutdown();
         self.undelivered()?;
-        stopped.map_err(|e| format!("OTLP export: {e}"))
+        stopped.map_err(|e| format!("OTLP export: spans may not have been delivered: {e}"))
     }
 }
 
@@ -228,6 +228,24 @@ pub fn install(endpoint: &str) -> Result<Arc<OtlpExport>, String> {
     })?;
     *installed = Some((endpoint.to_string(), export.clone()));
     Ok(export)
+}
+
+/// [`install`] on the blocking pool (it makes a blocking HTTP client).
+pub(crate) async fn install_off_workers(
+    endpoint: String,
+) -> Result<Arc<OtlpExport>, crate::RuntimeError> {
+    let installed = tokio::task::spawn_blocking(move || install(&endpoint))
+        .await
+        .map_err(|e| crate::SetupError::Otlp(e.to_string()))?;
+    Ok(installed.map_err(crate::SetupError::Otlp)?)
+}
+
+/// After a run: its spans reach the collector before the run returns (a host may exit right
+/// after). What is not delivered is dropped; the run's outcome stands.
+pub(crate) async fn flush_after_run(export: Option<Arc<OtlpExport>>) {
+    if let Some(export) = export {
+        let _ = tokio::task::spawn_blocking(move || export.flush()).await;
+    }
 }
 
 /// The exporter's HTTP client: rustls on ring with the webpki roots (the TLS stack of the

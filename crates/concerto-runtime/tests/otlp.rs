@@ -65,7 +65,8 @@ fn contains(bodies: &Mutex<Vec<Vec<u8>>>, text: &str) -> bool {
 }
 
 /// The spans of a run are at the collector when `execute` returns (no shutdown, no wait): the
-/// run's span and its agent call's. A second runtime naming another endpoint fails its
+/// run's span and its agent call's; so are an `Executor`'s executions. A second runtime
+/// naming another endpoint fails its
 /// first run with a setup error naming the endpoint in use; one naming the same endpoint
 /// shares the exporter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +100,15 @@ async fn an_endpoint_in_the_config_exports_each_run_before_it_returns() {
     assert!(
         bodies.lock().expect("lock").len() > after_first,
         "the second run was exported too"
+    );
+
+    // An executor's executions too, each before it returns.
+    let executor = same.executor().expect("executor");
+    let before = bodies.lock().expect("lock").len();
+    executor.execute().await.expect("runs");
+    assert!(
+        bodies.lock().expect("lock").len() > before,
+        "an executor's execution was exported before it returned"
     );
 
     let (other, _) = collector();

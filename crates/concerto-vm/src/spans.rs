@@ -72,6 +72,7 @@ pub fn request(parent: &Span, model: Option<&str>, round: u32, schema_attempt: u
         target: TARGET,
         parent: parent,
         "llm_request",
+        otel.kind = "client",
         otel.name = %format_args!("chat{}{}", if model.is_some() { " " } else { "" }, model.unwrap_or("")),
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = Empty,
@@ -202,6 +203,7 @@ pub(crate) fn mcp_call(server: &str, tool: &str) -> Span {
     tracing::info_span!(
         target: TARGET,
         "mcp_call",
+        otel.kind = "client",
         otel.name = %format_args!("execute_tool {server}.{tool}"),
         gen_ai.operation.name = "execute_tool",
         gen_ai.tool.name = %format_args!("{server}.{tool}"),
@@ -232,6 +234,7 @@ pub(crate) fn http_call(method: &str, url: &str) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         "http_call",
+        otel.kind = "client",
         otel.name = method,
         http.request.method = method,
         server.address = host.as_str(),

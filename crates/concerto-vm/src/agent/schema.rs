@@ -85,6 +85,11 @@ impl AgentCall {
                 ),
             ],
         );
+        // A failed call, like any other: counted, and its span says so.
+        ctx.stats
+            .llm
+            .both(&self.agent_name, &self.connection_name, |c| c.failures += 1);
+        crate::spans::record_error(&self.span, FailureKind::Schema.as_str());
         self.finish_err(ctx, value, message, ErrorKind::Schema)
     }
 }
