@@ -2547,6 +2547,47 @@ fn a_trace_path_that_cannot_be_written_is_refused_before_the_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A `--debug` run (the interpreter's debug loop) is traced like any other: one `run` span,
+/// with the tasks and their agent calls inside it.
+#[test]
+fn a_debugged_run_has_its_run_span_around_its_calls() {
+    let dir = fresh_dir("trace-debug");
+    let program = parallel_program(&dir);
+    let trace = dir.join("trace.json");
+    let out = bin()
+        .env_remove("RUST_LOG")
+        .args([
+            "run",
+            "--mock",
+            "--mock-latency-ms",
+            "50",
+            "--emit-format",
+            "jsonl",
+            "--debug",
+            "--trace",
+        ])
+        .arg(&trace)
+        .arg(&program)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let (events, text) = trace_events(&trace);
+    let runs: Vec<_> = events.iter().filter(|e| e["name"] == "run").collect();
+    assert_eq!(runs.len(), 1, "{text}");
+    let calls: Vec<_> = events
+        .iter()
+        .filter(|e| e["name"] == "invoke_agent Worker")
+        .collect();
+    assert_eq!(calls.len(), 2, "{text}");
+    // Each call is on its task's track, within the run's time.
+    let run = span_of(runs[0]);
+    for call in calls {
+        let (start, end) = span_of(call);
+        assert!(run.0 <= start && end <= run.1, "{call} {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An attempt cut short keeps what it got as far as it got: a stream whose head and first
 /// chunk arrive and which then stalls until the run's `--timeout` ends the run leaves its
 /// attempt span with `concerto.ttfb_us` and `concerto.first_token_us`.

@@ -144,12 +144,8 @@ impl Executor {
     }
 }
 
-/// An execution inside its `run` span (every agent call, tool call and task of the run is
-/// under it), the span marked with the error's kind when the execution failed.
-pub(crate) async fn traced(
-    run_id: Option<&str>,
-    execution: impl Future<Output = (Result<Value, RuntimeError>, Metrics)>,
-) -> (Result<Value, RuntimeError>, Metrics) {
+/// The `run` span of one execution (`concerto.run_id` when the run has an id).
+pub(crate) fn run_span(run_id: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!(
         target: concerto_vm::spans::TARGET,
         "run",
@@ -160,6 +156,16 @@ pub(crate) async fn traced(
     if let Some(id) = run_id {
         span.record("concerto.run_id", id);
     }
+    span
+}
+
+/// An execution inside its `run` span (every agent call, tool call and task of the run is
+/// under it), the span marked with the error's kind when the execution failed.
+pub(crate) async fn traced(
+    run_id: Option<&str>,
+    execution: impl Future<Output = (Result<Value, RuntimeError>, Metrics)>,
+) -> (Result<Value, RuntimeError>, Metrics) {
+    let span = run_span(run_id);
     let (outcome, metrics) = tracing::Instrument::instrument(execution, span.clone()).await;
     if let Err(RuntimeError::Execution(err)) = &outcome {
         concerto_vm::spans::record_error(&span, err.kind().as_str());

@@ -255,12 +255,19 @@ impl Debugger {
     }
 
     /// Runs the program to its end, ignoring breakpoints (a tracer still sees every op),
-    /// and returns `main`'s value, as [`Runtime::execute`] does.
+    /// and returns `main`'s value, as [`Runtime::execute`] does; what runs from here is
+    /// inside a `run` span, as an execution of [`Runtime::execute`] is.
     ///
     /// # Errors
     /// [`RuntimeError::Execution`] with the uncaught error, or as [`Debugger::step`].
     pub async fn run_to_end(&mut self) -> Result<Value, RuntimeError> {
-        let state = self.advance(Advance::Finish).await?;
+        let span = crate::concurrency::run_span(None);
+        let state =
+            tracing::Instrument::instrument(self.advance(Advance::Finish), span.clone()).await?;
+        if let Some(err) = &state.error {
+            concerto_vm::spans::record_error(&span, err.kind().as_str());
+        }
+        drop(span);
         match (state.error, state.value) {
             (Some(err), _) => Err(RuntimeError::Execution(err)),
             (None, Some(value)) => Ok(value),
