@@ -6,7 +6,10 @@ use std::process::Output;
 mod common;
 mod interop;
 
-use common::{bin, fresh_dir};
+use common::{
+    answered, bin, fresh_dir, program_at, program_ir, programs, rate_limited, save_program,
+    scripted_server,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -350,8 +353,7 @@ fn a_canary_api_key_never_appears_in_any_output() {
         conn["config"]["base_url"] = serde_json::Value::String(url.clone());
         conn["config"]["retry"] = serde_json::json!({"max_attempts": 1, "backoff": "none"});
     }
-    let path = dir.join("harbour.conc-ir");
-    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
+    let path = save_program(&dir, "harbour.conc-ir", &ir);
     let record = dir.join("calls.jsonl");
     for format in ["jsonl", "text"] {
         let out = bin()
@@ -1028,10 +1030,6 @@ fn resume_without_a_durable_store_is_a_usage_error() {
 
 // ---- concertoc 7ad10db programs: `concerto test`, `check`, source files ----
 
-fn programs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
-}
-
 /// A fresh empty folder under the system temp dir.
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -1354,9 +1352,7 @@ fn harbour_keyed(dir: &Path, url: &str, variable: &str) -> PathBuf {
         conn["config"]["api_key_env"] = serde_json::json!(variable);
         conn["config"]["retry"] = serde_json::json!({"max_attempts": 1, "backoff": "none"});
     }
-    let path = dir.join("harbour-keyed.conc-ir");
-    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
-    path
+    save_program(dir, "harbour-keyed.conc-ir", &ir)
 }
 
 #[test]
@@ -1501,8 +1497,7 @@ fn a_program_that_mocks_its_own_connection_says_so_on_stderr() {
         names.push(conn["name"].as_str().unwrap().to_string());
     }
     assert!(names.len() >= 2, "the example has two connections");
-    let path = dir.join("mocked.conc-ir");
-    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
+    let path = save_program(&dir, "mocked.conc-ir", &ir);
     let out = bin()
         .args(["run", "--emit-format", "jsonl"])
         .arg(&path)
@@ -1548,54 +1543,10 @@ fn the_old_sse_transport_is_refused_at_load_naming_the_alternatives() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A loopback server answering request number `n` (from 0) with `respond(n)`'s status,
-/// extra header lines and JSON body; its base URL and the number of requests it answered.
-fn scripted_server(
-    respond: impl Fn(usize) -> (u16, &'static str, String) + Send + 'static,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::Write;
-    use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let answered = count.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            let _ = common::read_request(&mut stream);
-            let (status, headers, body) = respond(answered.fetch_add(1, Ordering::SeqCst));
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-        }
-    });
-    (format!("http://{addr}"), count)
-}
-
-fn rate_limited() -> (u16, &'static str, String) {
-    (
-        429,
-        "retry-after-ms: 30\r\n",
-        r#"{"error": {"message": "Slow down", "type": "rate_limit"}}"#.to_string(),
-    )
-}
-
 /// The one-call program `programs/fallback.conc-ir` with its connection's `base_url` (a
 /// program's choice) at `url`, written into `dir`.
 fn fallback_program_at(dir: &Path, url: &str) -> PathBuf {
-    let mut ir: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(programs().join("fallback.conc-ir")).unwrap(),
-    )
-    .unwrap();
-    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
-    let path = dir.join("fallback.conc-ir");
-    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
-    path
+    program_at(dir, "fallback.conc-ir", url, "fallback.conc-ir")
 }
 
 fn emitted(o: &Output, channel: &str) -> serde_json::Value {
@@ -1662,15 +1613,7 @@ fn a_bad_config_file_exits_two_naming_the_file_the_line_and_the_reason() {
 fn a_config_file_opens_the_network_and_sets_a_fallback_that_answers() {
     let dir = fresh_dir("config-fallback");
     let (primary, primary_count) = scripted_server(|_| rate_limited());
-    let (backup, backup_count) = scripted_server(|_| {
-        let body = serde_json::json!({
-            "id": "c", "object": "chat.completion", "created": 1, "model": "backup-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
-        });
-        (200, "", body.to_string())
-    });
+    let (backup, backup_count) = scripted_server(|_| answered("backup-model", "Teal", (8, 3)));
     let program = fallback_program_at(&dir, &primary);
     let config = dir.join("runtime.toml");
     std::fs::write(
@@ -1965,15 +1908,7 @@ fn assert_inside(e: &serde_json::Value, outer: &serde_json::Value) {
 fn a_trace_file_shows_the_call_its_refused_attempts_and_the_fallback_that_answered() {
     let dir = fresh_dir("trace-fallback");
     let (primary, primary_count) = scripted_server(|_| rate_limited());
-    let (backup, _) = scripted_server(|_| {
-        let body = serde_json::json!({
-            "id": "c", "object": "chat.completion", "created": 1, "model": "backup-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
-        });
-        (200, "", body.to_string())
-    });
+    let (backup, _) = scripted_server(|_| answered("backup-model", "Teal", (8, 3)));
     let program = fallback_program_at(&dir, &primary);
     let config = dir.join("runtime.toml");
     std::fs::write(
@@ -2181,9 +2116,7 @@ fn parallel_program(dir: &Path) -> PathBuf {
     let mut ir: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tasks).unwrap()).unwrap();
     spawn_from_main(&mut ir, "task_a", "task_b");
-    let program = dir.join("parallel.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
-    program
+    save_program(dir, "parallel.conc-ir", &ir)
 }
 
 /// Makes `main` spawn the functions `a` and `b` (no parameters) as tasks and await both
@@ -2264,17 +2197,13 @@ fn response_timing_metrics_and_spans_show_where_a_calls_time_went() {
             });
         }
     });
-    let mut ir: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(programs().join("timed.head.conc-ir")).unwrap(),
-    )
-    .unwrap();
+    let mut ir = program_ir("timed.head.conc-ir");
     let config = &mut ir["connections"][0]["config"];
     config["base_url"] = serde_json::json!(url);
     config["stream"] = serde_json::json!(true);
     config["rate_limit"] = serde_json::json!({"concurrent_requests": 1});
     spawn_from_main(&mut ir, "first", "second");
-    let program = dir.join("timed.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let program = save_program(&dir, "timed.conc-ir", &ir);
     let trace = dir.join("trace.json");
     let out = bin()
         .args([
@@ -2435,14 +2364,7 @@ fn tool_call_program(dir: &Path) -> PathBuf {
             );
         }
     });
-    let mut ir: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(programs().join("tool_call.head.conc-ir")).unwrap(),
-    )
-    .unwrap();
-    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
-    let program = dir.join("tool_call.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
-    program
+    program_at(dir, "tool_call.head.conc-ir", &url, "tool_call.conc-ir")
 }
 
 /// `--trace` with a tool round: the model (a loopback server that reads the tool's wire
@@ -2617,14 +2539,10 @@ fn an_attempt_cut_short_by_the_run_timeout_keeps_its_head_and_first_token_times(
             });
         }
     });
-    let mut ir: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(programs().join("timed.head.conc-ir")).unwrap(),
-    )
-    .unwrap();
+    let mut ir = program_ir("timed.head.conc-ir");
     ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
     ir["connections"][0]["config"]["stream"] = serde_json::json!(true);
-    let program = dir.join("timed.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let program = save_program(&dir, "timed.conc-ir", &ir);
     let trace = dir.join("trace.json");
     let out = bin()
         .args([
@@ -2868,13 +2786,12 @@ fn a_trace_file_shows_each_schema_re_ask_as_a_request() {
         }
         (200, "", body.to_string())
     });
-    let mut ir: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(programs().join("schema_reask.head.conc-ir")).unwrap(),
-    )
-    .unwrap();
-    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
-    let program = dir.join("schema_reask.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let program = program_at(
+        &dir,
+        "schema_reask.head.conc-ir",
+        &url,
+        "schema_reask.conc-ir",
+    );
     let trace = dir.join("trace.json");
     let out = bin()
         .args([
@@ -2933,22 +2850,13 @@ fn a_trace_file_shows_each_schema_re_ask_as_a_request() {
 #[test]
 fn a_schema_failure_is_an_error_on_its_span_and_in_the_metrics() {
     let dir = fresh_dir("trace-schema-fail");
-    let (url, count) = scripted_server(|_| {
-        let body = serde_json::json!({
-            "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-            "choices": [{"index": 0, "message": {"role": "assistant",
-                         "content": "{\"item\": \"lamp\"}"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
-        });
-        (200, "", body.to_string())
-    });
-    let mut ir: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(programs().join("schema_reask.head.conc-ir")).unwrap(),
-    )
-    .unwrap();
-    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
-    let program = dir.join("schema_reask.conc-ir");
-    std::fs::write(&program, serde_json::to_string(&ir).unwrap()).unwrap();
+    let (url, count) = scripted_server(|_| answered("gpt-4o", r#"{"item": "lamp"}"#, (10, 4)));
+    let program = program_at(
+        &dir,
+        "schema_reask.head.conc-ir",
+        &url,
+        "schema_reask.conc-ir",
+    );
     let trace = dir.join("trace.json");
     let out = bin()
         .args([
@@ -3075,7 +2983,7 @@ fn otlp_receiver() -> (
     >,
 ) {
     use prost::Message;
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -3083,31 +2991,13 @@ fn otlp_receiver() -> (
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-            // Head, then exactly content-length bytes of (binary) body.
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 65536];
-            let body = loop {
-                let Ok(n) = stream.read(&mut buf) else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                raw.extend_from_slice(&buf[..n]);
-                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-                let len = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if raw.len() >= end + 4 + len {
-                    assert!(head.starts_with("post /v1/traces"), "{head}");
-                    break Some(raw[end + 4..end + 4 + len].to_vec());
-                }
-            };
+            let body = common::read_request_bytes(&mut stream).map(|(head, body)| {
+                assert!(
+                    head.to_ascii_lowercase().starts_with("post /v1/traces"),
+                    "{head}"
+                );
+                body
+            });
             if let Some(body) = body {
                 let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
                     body.as_slice(),
@@ -3203,15 +3093,7 @@ fn exported_spans(
 #[test]
 fn otlp_export_failures_are_reported_on_stderr() {
     let dir = fresh_dir("otlp-failing");
-    let (answer, _) = scripted_server(|_| {
-        let body = serde_json::json!({
-            "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
-        });
-        (200, "", body.to_string())
-    });
+    let (answer, _) = scripted_server(|_| answered("gpt-4o", "Teal", (8, 3)));
     let program = fallback_program_at(&dir, &answer);
     let (refusing, refused) = scripted_server(|_| (503, "", "{}".to_string()));
     let closed = {
@@ -3255,15 +3137,7 @@ fn otlp_export_sends_the_span_tree_with_its_genai_attributes() {
     let dir = fresh_dir("otlp-fallback");
     let (collector, received) = otlp_receiver();
     let (primary, _) = scripted_server(|_| rate_limited());
-    let (backup, _) = scripted_server(|_| {
-        let body = serde_json::json!({
-            "id": "c", "object": "chat.completion", "created": 1, "model": "backup-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11}
-        });
-        (200, "", body.to_string())
-    });
+    let (backup, _) = scripted_server(|_| answered("backup-model", "Teal", (8, 3)));
     let program = fallback_program_at(&dir, &primary);
     let config = dir.join("runtime.toml");
     std::fs::write(

@@ -2,7 +2,6 @@
 //! waits. Runs of the binary against a loopback OpenAI-compatible server that answers
 //! slowly, once after a 429; and on a terminal made by `script`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -11,11 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{bin, fresh_dir};
-
-fn programs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
-}
+use common::{answered, bin, fresh_dir, program_at, programs, rate_limited, scripted_server};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
@@ -33,55 +28,15 @@ fn slow_server(
     refusal_delay: Duration,
     delay: Duration,
 ) -> (String, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let answered = count.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = common::read_request(&mut stream);
-            let n = answered.fetch_add(1, Ordering::SeqCst);
-            let (status, headers, body) = if n < refused {
-                std::thread::sleep(refusal_delay);
-                (
-                    429,
-                    "retry-after-ms: 30\r\n",
-                    r#"{"error": {"message": "Slow down", "type": "rate_limit"}}"#.to_string(),
-                )
-            } else {
-                std::thread::sleep(delay);
-                let body = serde_json::json!({
-                    "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Teal"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1000, "completion_tokens": 200,
-                              "total_tokens": 1200}
-                });
-                (200, "", body.to_string())
-            };
-            let _ = stream.write_all(
-                format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
+    scripted_server(move |n| {
+        if n < refused {
+            std::thread::sleep(refusal_delay);
+            rate_limited()
+        } else {
+            std::thread::sleep(delay);
+            answered("gpt-4o", "Teal", (1000, 200))
         }
-    });
-    (format!("http://{addr}"), count)
-}
-
-/// The program `programs/NAME` with its connection's `base_url` at `url`, written into
-/// `dir`.
-fn program_at(dir: &Path, name: &str, url: &str) -> PathBuf {
-    let mut ir: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(programs().join(name)).unwrap()).unwrap();
-    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_string(&ir).unwrap()).unwrap();
-    path
+    })
 }
 
 /// A config file letting the program reach the loopback server, with one retry.
@@ -137,7 +92,12 @@ fn status_lines(err: &str) -> Vec<(u64, String)> {
 fn progress_shows_calls_in_flight_and_done_retries_tokens_cost_and_elapsed_time() {
     let dir = fresh_dir("slow");
     let (url, count) = slow_server(1, Duration::from_millis(600), Duration::from_millis(1500));
-    let program = program_at(&dir, "pipeline_calls.head.conc-ir", &url);
+    let program = program_at(
+        &dir,
+        "pipeline_calls.head.conc-ir",
+        &url,
+        "pipeline_calls.head.conc-ir",
+    );
     let out = run(&["--progress"], &config_in(&dir), &program);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -197,7 +157,12 @@ fn progress_shows_calls_in_flight_and_done_retries_tokens_cost_and_elapsed_time(
 fn without_progress_a_piped_stderr_gets_no_status_line() {
     let dir = fresh_dir("off");
     let (url, count) = slow_server(1, Duration::ZERO, Duration::from_millis(300));
-    let program = program_at(&dir, "pipeline_calls.head.conc-ir", &url);
+    let program = program_at(
+        &dir,
+        "pipeline_calls.head.conc-ir",
+        &url,
+        "pipeline_calls.head.conc-ir",
+    );
     let out = run(&[], &config_in(&dir), &program);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -219,7 +184,7 @@ fn without_progress_a_piped_stderr_gets_no_status_line() {
 fn progress_with_jsonl_leaves_stdout_exactly_json_lines() {
     let dir = fresh_dir("jsonl");
     let (url, _) = slow_server(0, Duration::ZERO, Duration::from_millis(1500));
-    let program = program_at(&dir, "fallback.conc-ir", &url);
+    let program = program_at(&dir, "fallback.conc-ir", &url, "fallback.conc-ir");
     let out = run(
         &["--progress", "--emit-format", "jsonl"],
         &config_in(&dir),

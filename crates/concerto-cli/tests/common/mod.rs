@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI's test binaries.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,13 @@ pub(crate) fn make_emit_awaits(ir: &mut Json) -> usize {
 /// Reads one HTTP request from `stream`: its head and the body its `content-length`
 /// announces (`None` when the connection ends or fails first).
 pub(crate) fn read_request(stream: &mut impl std::io::Read) -> Option<(String, String)> {
+    let (head, body) = read_request_bytes(stream)?;
+    Some((head, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// [`read_request`] with the body as bytes (a binary body: OTLP protobuf).
+#[allow(dead_code, reason = "not every test binary reads binary bodies")]
+pub(crate) fn read_request_bytes(stream: &mut impl std::io::Read) -> Option<(String, Vec<u8>)> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 65536];
     loop {
@@ -70,20 +77,20 @@ pub(crate) fn read_request(stream: &mut impl std::io::Read) -> Option<(String, S
             return None;
         }
         seen.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&seen).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if seen.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&seen[end + 4..end + 4 + len]).to_string();
-                return Some((text[..end].to_string(), body));
-            }
+        let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&seen[..end]).to_string();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if seen.len() >= end + 4 + len {
+            return Some((head, seen[end + 4..end + 4 + len].to_vec()));
         }
     }
 }
@@ -167,4 +174,89 @@ impl Redis {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// The test programs' folder.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn programs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
+}
+
+/// A loopback server answering request number `n` (from 0) with `respond(n)`'s status,
+/// extra header lines and JSON body; its base URL and the number of requests it answered.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn scripted_server(
+    respond: impl Fn(usize) -> (u16, &'static str, String) + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = count.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = read_request(&mut stream);
+            let (status, headers, body) = respond(answered.fetch_add(1, Ordering::SeqCst));
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn rate_limited() -> (u16, &'static str, String) {
+    (
+        429,
+        "retry-after-ms: 30\r\n",
+        r#"{"error": {"message": "Slow down", "type": "rate_limit"}}"#.to_string(),
+    )
+}
+
+/// A 200 chat completion from `model` answering `content`, with its usage.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn answered(
+    model: &str,
+    content: &str,
+    (prompt, completion): (u64, u64),
+) -> (u16, &'static str, String) {
+    let body = serde_json::json!({
+        "id": "c", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion}
+    });
+    (200, "", body.to_string())
+}
+
+/// The IR of the test program `programs/<name>`.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn program_ir(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(programs().join(name)).unwrap()).unwrap()
+}
+
+/// Writes `ir` into `dir` as `name`; its path.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn save_program(dir: &Path, name: &str, ir: &serde_json::Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string(ir).unwrap()).unwrap();
+    path
+}
+
+/// The test program `programs/<name>` with its connection's `base_url` (a program's
+/// choice) at `url`, written into `dir` as `saved_as`.
+#[allow(dead_code, reason = "not every test binary uses every helper")]
+pub(crate) fn program_at(dir: &Path, name: &str, url: &str, saved_as: &str) -> PathBuf {
+    let mut ir = program_ir(name);
+    ir["connections"][0]["config"]["base_url"] = serde_json::json!(url);
+    save_program(dir, saved_as, &ir)
 }
