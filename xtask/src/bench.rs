@@ -359,7 +359,7 @@ type Received = std::sync::Arc<std::sync::Mutex<(u64, u64)>>;
 /// A loopback HTTP server that answers every request 200 and counts the requests and body
 /// bytes it received: the collector of the benchmark's OTLP export.
 fn otlp_sink() -> Result<(String, Received)> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the OTLP sink")?;
     let url = format!("http://{}", listener.local_addr()?);
     let counts = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
@@ -369,35 +369,16 @@ fn otlp_sink() -> Result<(String, Received)> {
             let seen = seen.clone();
             std::thread::spawn(move || {
                 let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-                let mut raw = Vec::new();
-                let mut buf = [0u8; 65536];
-                loop {
-                    let Ok(n) = stream.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    raw.extend_from_slice(&buf[..n]);
-                    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if raw.len() < end + 4 + len {
-                        continue;
-                    }
-                    if let Ok(mut c) = seen.lock() {
-                        c.0 += 1;
-                        c.1 += len as u64;
-                    }
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    );
+                let Some((_, body)) = crate::loopback::read_request(&mut stream) else {
                     return;
+                };
+                if let Ok(mut c) = seen.lock() {
+                    c.0 += 1;
+                    c.1 += body.len() as u64;
                 }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
             });
         }
     });

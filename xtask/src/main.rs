@@ -9,6 +9,7 @@
 mod bench;
 mod deps;
 mod interop;
+mod loopback;
 mod phoenix;
 mod queue_bench;
 mod tidy;

@@ -405,26 +405,8 @@ impl MockLlm {
 
 fn answer(mut stream: TcpStream, seen: &Mutex<Vec<String>>, limited: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 65536];
-    let body = loop {
-        let Ok(n) = stream.read(&mut buf) else { return };
-        if n == 0 {
-            return;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-        let len = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if raw.len() >= end + 4 + len {
-            break raw[end + 4..end + 4 + len].to_vec();
-        }
+    let Some((_, body)) = crate::loopback::read_request(&mut stream) else {
+        return;
     };
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = request["model"].as_str().unwrap_or("?").to_string();
