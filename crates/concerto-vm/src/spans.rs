@@ -218,26 +218,14 @@ pub(crate) fn mcp_call(server: &str, tool: &str) -> Span {
 /// server's host and port (never the path or query, which may carry tokens), the status,
 /// and `error.type` when no response came.
 pub(crate) fn http_call(method: &str, url: &str) -> Span {
-    let (host, port) = url
-        .split_once("://")
-        .map(|(_, rest)| {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            let authority = authority.rsplit('@').next().unwrap_or_default();
-            match authority.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                    (h.to_string(), p.parse::<i64>().ok())
-                }
-                _ => (authority.to_string(), None),
-            }
-        })
-        .unwrap_or_default();
+    let (host, port) = server_of(url);
     let span = tracing::info_span!(
         target: TARGET,
         "http_call",
         otel.kind = "client",
         otel.name = method,
         http.request.method = method,
-        server.address = host.as_str(),
+        server.address = host,
         server.port = Empty,
         http.response.status_code = Empty,
         error.type = Empty,
@@ -247,6 +235,27 @@ pub(crate) fn http_call(method: &str, url: &str) -> Span {
         span.record("server.port", port);
     }
     span
+}
+
+/// The host and port of a URL's authority, without any user information (which may hold a
+/// password); an IPv6 host without its brackets.
+fn server_of(url: &str) -> (&str, Option<i64>) {
+    let Some((_, rest)) = url.split_once("://") else {
+        return ("", None);
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => (bracketed, None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    (host, port.and_then(|p| p.parse().ok()))
 }
 
 /// Marks a span as failed: `error.type` says how, and its OpenTelemetry status becomes
@@ -330,4 +339,29 @@ pub(crate) fn emit_await(parent: Option<&Span>, channel: &str) -> Span {
         error.type = Empty,
         otel.status_code = Empty,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_of;
+
+    #[test]
+    fn the_server_of_a_url_is_its_host_and_port_and_nothing_else() {
+        assert_eq!(
+            server_of("http://127.0.0.1:8080/orders?token=x"),
+            ("127.0.0.1", Some(8080))
+        );
+        assert_eq!(
+            server_of("https://api.example.com/v1"),
+            ("api.example.com", None)
+        );
+        assert_eq!(
+            server_of("https://user:secret@example.com:8443/"),
+            ("example.com", Some(8443))
+        );
+        assert_eq!(server_of("http://[::1]:9000/x"), ("::1", Some(9000)));
+        assert_eq!(server_of("http://[::1]/x"), ("::1", None));
+        assert_eq!(server_of("http://example.com#frag"), ("example.com", None));
+        assert_eq!(server_of("not a url"), ("", None));
+    }
 }
