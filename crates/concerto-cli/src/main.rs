@@ -884,12 +884,23 @@ fn run(
         return ExitCode::from(2);
     }
     // The trace file is written when the run ends; a path that cannot take it is refused
-    // before the program runs and has effects.
-    if let Some(path) = &trace_file
-        && let Err(e) = std::fs::File::create(path)
-    {
-        eprintln!("error: cannot write the trace to {}: {e}", path.display());
-        return ExitCode::from(2);
+    // before the program runs and has effects. The check leaves the path as it found it.
+    if let Some(path) = &trace_file {
+        let existed = path.exists();
+        match std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            Ok(_) if !existed => {
+                let _ = std::fs::remove_file(path);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: cannot write the trace to {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
     }
     if resume.as_deref() == Some("") || state.as_deref() == Some("") {
         eprintln!("error: --state and --resume take a value that is not empty");

@@ -2466,6 +2466,16 @@ fn a_trace_path_that_cannot_be_written_is_refused_before_the_run() {
     assert_stderr_has(&out, "cannot write the trace to ");
     assert_stderr_has(&out, "t.json");
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The check leaves no file behind when the run does not happen for another reason.
+    let trace = dir.join("t.json");
+    let out = bin()
+        .args(["run", "--trace"])
+        .arg(&trace)
+        .arg(dir.join("missing.conc-ir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!trace.exists(), "an empty trace file was left behind");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
